@@ -1,0 +1,375 @@
+//! The metadata model shared by broker, coordinator and proxies.
+//!
+//! The broker stores it, the coordinator carries it, the proxy routes by it. One type per
+//! concept, serialised the same way everywhere: the JSON a proxy takes in `UMCTL SETDB` is
+//! exactly the [`ProxyConfig`] the broker serves, and the cluster inside it is exactly what
+//! `GET /api/v1/clusters/{name}` answers.
+
+use crate::slot::SLOT_COUNT;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fmt;
+
+/// The broker's global metadata version. It only ever goes up.
+pub type Epoch = u64;
+
+/// An inclusive range of slots. Serialised as `[start, end]` (the migration API's form).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(from = "(u16, u16)", into = "(u16, u16)")]
+pub struct SlotRange {
+    pub start: u16,
+    pub end: u16,
+}
+
+impl SlotRange {
+    pub fn new(start: u16, end: u16) -> SlotRange {
+        SlotRange { start, end }
+    }
+
+    pub fn len(&self) -> usize {
+        usize::from(self.end.saturating_sub(self.start)) + 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    pub fn contains(&self, slot: u16) -> bool {
+        self.start <= slot && slot <= self.end
+    }
+
+    pub fn overlaps(&self, other: &SlotRange) -> bool {
+        self.start <= other.end && other.start <= self.end
+    }
+
+    pub fn slots(&self) -> impl Iterator<Item = u16> {
+        self.start..=self.end
+    }
+
+    /// Checks `start <= end < 16384`.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        if self.start > self.end || self.end >= SLOT_COUNT {
+            return Err(ModelError::BadRange(*self));
+        }
+        Ok(())
+    }
+}
+
+impl From<(u16, u16)> for SlotRange {
+    fn from((start, end): (u16, u16)) -> Self {
+        SlotRange { start, end }
+    }
+}
+
+impl From<SlotRange> for (u16, u16) {
+    fn from(r: SlotRange) -> Self {
+        (r.start, r.end)
+    }
+}
+
+impl fmt::Display for SlotRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.start, self.end)
+    }
+}
+
+/// Splits the 16384 slots into `n` contiguous ranges whose sizes differ by at most one.
+pub fn split_slots_evenly(n: usize) -> Vec<SlotRange> {
+    let total = usize::from(SLOT_COUNT);
+    let n = n.clamp(1, total);
+    let mut start = 0usize;
+    (0..n)
+        .map(|i| {
+            let len = total / n + usize::from(i < total % n);
+            let r = SlotRange::new(start as u16, (start + len - 1) as u16);
+            start += len;
+            r
+        })
+        .collect()
+}
+
+/// Migration role of a slot range on a node (the seed's MIGRATING / IMPORTING flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlotTag {
+    /// Owned here and being moved away.
+    Migrating,
+    /// Being moved here; still owned by the migrating side until the switch.
+    Importing,
+}
+
+/// Slots assigned to a node, as `GET /api/v1/clusters/{name}` shows them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotAssignment {
+    pub start: u16,
+    pub end: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<SlotTag>,
+    /// The id of the migration that tagged this range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<String>,
+}
+
+impl SlotAssignment {
+    pub fn plain(range: SlotRange) -> SlotAssignment {
+        SlotAssignment { start: range.start, end: range.end, tag: None, migration: None }
+    }
+
+    pub fn range(&self) -> SlotRange {
+        SlotRange::new(self.start, self.end)
+    }
+}
+
+/// One node of a cluster: a proxy and the Redis node behind it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeView {
+    /// The proxy's client-facing address (`host:port`), what `MOVED` names.
+    pub proxy: String,
+    /// The Redis node's address, as the proxies reach it.
+    pub node: String,
+    pub slots: Vec<SlotAssignment>,
+}
+
+/// A cluster as clients and operators see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterView {
+    pub name: String,
+    /// The epoch of the last change to this cluster.
+    pub epoch: Epoch,
+    pub nodes: Vec<NodeView>,
+}
+
+/// How a migration moves data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MigrationMode {
+    /// The destination replicates the whole source node, then takes over (empty destination only).
+    Replication,
+    /// Keys are moved one batch at a time with `MIGRATE`.
+    Keys,
+    /// Replication for an empty destination, keys otherwise (resolved at creation).
+    #[default]
+    Auto,
+}
+
+/// The phases of a migration, in order (seeds: partition-move.md and slots-migration.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MigrationPhase {
+    Pending,
+    Starting,
+    Following,
+    Switching,
+    Switched,
+    Committed,
+    Cleaning,
+    Done,
+    Failed,
+    Aborted,
+}
+
+impl MigrationPhase {
+    /// Whether the migration has ended, well or not.
+    pub fn is_final(self) -> bool {
+        matches!(self, MigrationPhase::Done | MigrationPhase::Failed | MigrationPhase::Aborted)
+    }
+}
+
+/// What both proxies of a migration must know about it (seed: "Notices"). It travels inside
+/// the proxy config, tied to the epoch at which the migration started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationMeta {
+    pub id: String,
+    /// The epoch at which the migration started.
+    pub epoch: Epoch,
+    pub cluster: String,
+    pub src_proxy: String,
+    pub src_node: String,
+    pub dst_proxy: String,
+    pub dst_node: String,
+    pub slots: Vec<SlotRange>,
+    pub mode: MigrationMode,
+}
+
+/// Everything one proxy must hold: what `UMCTL SETDB` and gRPC `SetConfig` take, and what
+/// the broker serves for each proxy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyConfig {
+    /// The broker's global epoch this config was computed at.
+    pub epoch: Epoch,
+    /// The proxy this config is for (its client-facing address).
+    pub proxy: String,
+    /// The cluster the proxy serves; absent for a free proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterView>,
+    /// Migrations in which this proxy is the source or the destination.
+    #[serde(default)]
+    pub migrations: Vec<MigrationMeta>,
+}
+
+/// A model that does not hold together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModelError {
+    #[error("slot range {0} is outside 0-16383 or has start > end")]
+    BadRange(SlotRange),
+    #[error("slot {slot} is owned by both {a} and {b}")]
+    SlotOwnedTwice { slot: u16, a: String, b: String },
+    #[error("slot {slot} is importing on {proxy} but migrating nowhere")]
+    ImportingWithoutSource { slot: u16, proxy: String },
+    #[error("proxy {0} appears twice in the cluster")]
+    DuplicateProxy(String),
+    #[error("proxy {0} is not a node of the cluster")]
+    NotInCluster(String),
+}
+
+impl ClusterView {
+    /// For each slot, the index in `nodes` of its owner: the node holding it untagged or
+    /// migrating. Importing ranges never own a slot: until the switch the source serves it.
+    pub fn slot_owners(&self) -> Result<Vec<Option<usize>>, ModelError> {
+        let mut owners = vec![None; usize::from(SLOT_COUNT)];
+        let mut seen = HashMap::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            if seen.insert(node.proxy.as_str(), i).is_some() {
+                return Err(ModelError::DuplicateProxy(node.proxy.clone()));
+            }
+            for a in &node.slots {
+                a.range().validate()?;
+                if a.tag == Some(SlotTag::Importing) {
+                    continue;
+                }
+                for slot in a.range().slots() {
+                    if let Some(prev) = owners[usize::from(slot)] {
+                        let prev: usize = prev;
+                        return Err(ModelError::SlotOwnedTwice {
+                            slot,
+                            a: self.nodes[prev].proxy.clone(),
+                            b: node.proxy.clone(),
+                        });
+                    }
+                    owners[usize::from(slot)] = Some(i);
+                }
+            }
+        }
+        for node in &self.nodes {
+            for a in node.slots.iter().filter(|a| a.tag == Some(SlotTag::Importing)) {
+                for slot in a.range().slots() {
+                    if owners[usize::from(slot)].is_none() {
+                        return Err(ModelError::ImportingWithoutSource { slot, proxy: node.proxy.clone() });
+                    }
+                }
+            }
+        }
+        Ok(owners)
+    }
+}
+
+impl ProxyConfig {
+    /// An empty config for a proxy that belongs to no cluster.
+    pub fn free(proxy: impl Into<String>, epoch: Epoch) -> ProxyConfig {
+        ProxyConfig { epoch, proxy: proxy.into(), cluster: None, migrations: Vec::new() }
+    }
+
+    /// Checks that the config is usable by the proxy `me`.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        if let Some(cluster) = &self.cluster {
+            cluster.slot_owners()?;
+            if !cluster.nodes.iter().any(|n| n.proxy == self.proxy) {
+                return Err(ModelError::NotInCluster(self.proxy.clone()));
+            }
+        }
+        for m in &self.migrations {
+            for r in &m.slots {
+                r.validate()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A stable 40-hex-digit node id for a proxy address, as `CLUSTER NODES`/`MYID` show it.
+/// Derived from the address so every proxy computes the same id for a peer.
+pub fn node_id(proxy_address: &str) -> String {
+    // FNV-1a, run with three seeds to get 160 bits; stable across builds and platforms.
+    let mut out = String::with_capacity(48);
+    for seed in [0xcbf2_9ce4_8422_2325u64, 0x8422_2325_cbf2_9ce4, 0x9e37_79b9_7f4a_7c15] {
+        let h = proxy_address
+            .bytes()
+            .fold(seed, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
+        out.push_str(&format!("{h:016x}"));
+    }
+    out.truncate(40);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(nodes: Vec<(&str, Vec<SlotAssignment>)>) -> ClusterView {
+        ClusterView {
+            name: "c".into(),
+            epoch: 1,
+            nodes: nodes
+                .into_iter()
+                .map(|(p, slots)| NodeView { proxy: p.into(), node: format!("node-{p}"), slots })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn even_split_covers_every_slot_once() {
+        for n in [1, 2, 3, 5, 7, 100] {
+            let ranges = split_slots_evenly(n);
+            assert_eq!(ranges.len(), n);
+            assert_eq!(ranges[0].start, 0);
+            assert_eq!(ranges[n - 1].end, 16383);
+            for w in ranges.windows(2) {
+                assert_eq!(w[0].end + 1, w[1].start);
+            }
+            let sizes: Vec<usize> = ranges.iter().map(SlotRange::len).collect();
+            assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1);
+        }
+    }
+
+    #[test]
+    fn slot_range_serialises_as_a_pair() {
+        let r: SlotRange = serde_json::from_str("[0,1000]").unwrap();
+        assert_eq!(r, SlotRange::new(0, 1000));
+        assert_eq!(serde_json::to_string(&r).unwrap(), "[0,1000]");
+    }
+
+    #[test]
+    fn owners_follow_tags() {
+        let mig = SlotAssignment {
+            start: 0,
+            end: 9,
+            tag: Some(SlotTag::Migrating),
+            migration: Some("m1".into()),
+        };
+        let imp = SlotAssignment { tag: Some(SlotTag::Importing), ..mig.clone() };
+        let c = cluster(vec![("a", vec![mig]), ("b", vec![imp])]);
+        let owners = c.slot_owners().unwrap();
+        assert_eq!(owners[5], Some(0));
+        assert_eq!(owners[10], None);
+    }
+
+    #[test]
+    fn a_slot_owned_twice_is_refused() {
+        let c = cluster(vec![
+            ("a", vec![SlotAssignment::plain(SlotRange::new(0, 10))]),
+            ("b", vec![SlotAssignment::plain(SlotRange::new(10, 20))]),
+        ]);
+        assert!(matches!(c.slot_owners(), Err(ModelError::SlotOwnedTwice { slot: 10, .. })));
+        let bad = cluster(vec![("a", vec![SlotAssignment::plain(SlotRange::new(0, 16384))])]);
+        assert!(matches!(bad.slot_owners(), Err(ModelError::BadRange(_))));
+    }
+
+    #[test]
+    fn node_ids_are_stable_and_distinct() {
+        let a = node_id("127.0.0.1:6001");
+        assert_eq!(a.len(), 40);
+        assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(a, node_id("127.0.0.1:6001"));
+        assert_ne!(a, node_id("127.0.0.1:6002"));
+    }
+}

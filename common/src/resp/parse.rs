@@ -1,0 +1,440 @@
+//! A cursor-based RESP parser over a byte slice.
+//!
+//! Two jobs, both without allocating per byte:
+//! - [`measure`] finds where the first complete frame ends, validating it on the way. The proxy
+//!   uses it to cut raw replies out of a backend's stream and pass them on untouched.
+//! - [`parse_command`] cuts one client command (multibulk or inline) and records where its
+//!   arguments are, so they can be handed out as zero-copy `Bytes` slices.
+//!
+//! When the input is incomplete both report how many bytes are needed at least, so a caller
+//! waiting for a 100 MB value does not re-scan its buffer on every read.
+
+use super::frame::Frame;
+use bytes::Bytes;
+
+/// Bounds on what a peer may send. A declared length is checked against these before we
+/// wait for the data, and nothing is ever allocated from a declared length alone.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest bulk string (Redis: `proto-max-bulk-len`, 512 MB).
+    pub max_bulk_len: usize,
+    /// Most elements of one array.
+    pub max_array_len: usize,
+    /// Deepest nesting of aggregates.
+    pub max_depth: usize,
+    /// Longest type line or inline command (Redis: 64 KB).
+    pub max_line_len: usize,
+}
+
+impl Limits {
+    /// What a client may send: Redis's own defaults.
+    pub const CLIENT: Limits = Limits {
+        max_bulk_len: 512 * 1024 * 1024,
+        max_array_len: 1024 * 1024 * 1024,
+        max_depth: 1,
+        max_line_len: 64 * 1024,
+    };
+    /// What a Redis server may answer: larger lines (error texts, `INFO`), deep nesting.
+    pub const SERVER: Limits = Limits {
+        max_bulk_len: 1024 * 1024 * 1024,
+        max_array_len: usize::MAX,
+        max_depth: 128,
+        max_line_len: 16 * 1024 * 1024,
+    };
+}
+
+/// Malformed input. The text follows Redis's own `Protocol error: …` wording.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Protocol error: {0}")]
+pub struct ProtocolError(pub String);
+
+impl ProtocolError {
+    fn new(msg: impl Into<String>) -> ProtocolError {
+        ProtocolError(msg.into())
+    }
+}
+
+/// Result of looking at a buffer that may hold only part of a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scan {
+    /// The first frame is complete and this many bytes long.
+    Complete(usize),
+    /// Not complete; at least this many bytes (in total) are needed before trying again.
+    Incomplete(usize),
+}
+
+/// Internal step result: where the next frame starts, or how much input is needed.
+enum Step {
+    Next(usize),
+    Need(usize),
+}
+
+macro_rules! step {
+    ($e:expr) => {
+        match $e? {
+            Step::Next(p) => p,
+            Step::Need(n) => return Ok(Step::Need(n)),
+        }
+    };
+}
+
+/// Finds the end of the line starting at `pos`; `Next` is the index of its `\r`.
+fn line_end(buf: &[u8], pos: usize, limits: &Limits) -> Result<Step, ProtocolError> {
+    let rest = &buf[pos.min(buf.len())..];
+    match memchr::memchr(b'\r', rest) {
+        Some(i) if i > limits.max_line_len => Err(ProtocolError::new("too big line")),
+        Some(i) => {
+            let cr = pos + i;
+            match buf.get(cr + 1) {
+                None => Ok(Step::Need(cr + 2)),
+                Some(b'\n') => Ok(Step::Next(cr)),
+                Some(_) => Err(ProtocolError::new("expected \\r\\n after line")),
+            }
+        }
+        None if rest.len() > limits.max_line_len => Err(ProtocolError::new("too big line")),
+        None => Ok(Step::Need(buf.len() + 1)),
+    }
+}
+
+/// Parses a decimal integer the strict way Redis does (no spaces, no `+`).
+pub fn parse_int(s: &[u8]) -> Option<i64> {
+    let (neg, digits) = match s.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, s),
+    };
+    if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    let mut v: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        v = v.checked_mul(10)?.checked_add(i64::from(d - b'0'))?;
+    }
+    Some(if neg { -v } else { v })
+}
+
+/// Reads the integer on the line after the type byte at `pos`; returns (value, start of body).
+fn header(buf: &[u8], pos: usize, limits: &Limits, what: &str) -> Result<Result<(i64, usize), usize>, ProtocolError> {
+    match line_end(buf, pos + 1, limits)? {
+        Step::Need(n) => Ok(Err(n)),
+        Step::Next(cr) => {
+            let v = parse_int(&buf[pos + 1..cr]).ok_or_else(|| ProtocolError::new(format!("invalid {what} length")))?;
+            Ok(Ok((v, cr + 2)))
+        }
+    }
+}
+
+/// Measures the first frame of `buf` (a reply stream: any RESP2/RESP3 type).
+pub fn measure(buf: &[u8], limits: &Limits) -> Result<Scan, ProtocolError> {
+    match measure_at(buf, 0, 0, limits)? {
+        Step::Next(end) => Ok(Scan::Complete(end)),
+        Step::Need(n) => Ok(Scan::Incomplete(n)),
+    }
+}
+
+fn measure_at(buf: &[u8], pos: usize, depth: usize, limits: &Limits) -> Result<Step, ProtocolError> {
+    let Some(&tag) = buf.get(pos) else {
+        return Ok(Step::Need(pos + 1));
+    };
+    match tag {
+        b'+' | b'-' | b':' | b',' | b'#' | b'(' | b'_' => {
+            let cr = step!(line_end(buf, pos + 1, limits));
+            Ok(Step::Next(cr + 2))
+        }
+        b'$' | b'!' | b'=' => {
+            let (len, body) = match header(buf, pos, limits, "bulk")? {
+                Ok(h) => h,
+                Err(n) => return Ok(Step::Need(n)),
+            };
+            if len == -1 && tag == b'$' {
+                return Ok(Step::Next(body));
+            }
+            if len < 0 || len as u64 > limits.max_bulk_len as u64 {
+                return Err(ProtocolError::new("invalid bulk length"));
+            }
+            let end = body + len as usize;
+            if buf.len() < end + 2 {
+                return Ok(Step::Need(end + 2));
+            }
+            if &buf[end..end + 2] != b"\r\n" {
+                return Err(ProtocolError::new("bulk string not terminated by \\r\\n"));
+            }
+            Ok(Step::Next(end + 2))
+        }
+        b'*' | b'~' | b'>' | b'%' | b'|' => {
+            if depth >= limits.max_depth {
+                return Err(ProtocolError::new("nesting too deep"));
+            }
+            let (len, mut p) = match header(buf, pos, limits, "multibulk")? {
+                Ok(h) => h,
+                Err(n) => return Ok(Step::Need(n)),
+            };
+            if len == -1 && tag == b'*' {
+                return Ok(Step::Next(p));
+            }
+            if len < 0 || len as u64 > limits.max_array_len as u64 {
+                return Err(ProtocolError::new("invalid multibulk length"));
+            }
+            let items = if tag == b'%' || tag == b'|' { len as u64 * 2 } else { len as u64 };
+            for _ in 0..items {
+                p = step!(measure_at(buf, p, depth + 1, limits));
+            }
+            if tag == b'|' {
+                // An attribute map belongs to the reply that follows it.
+                return measure_at(buf, p, depth, limits);
+            }
+            Ok(Step::Next(p))
+        }
+        other => Err(ProtocolError::new(format!("unexpected type byte '{}'", char::from(other).escape_default()))),
+    }
+}
+
+/// Parses one complete frame from `bytes` (which must hold it: call [`measure`] first).
+/// Attributes are dropped; the reply they annotate is returned.
+pub fn parse_frame(bytes: &Bytes, limits: &Limits) -> Result<(Frame, usize), ProtocolError> {
+    parse_at(bytes, 0, 0, limits)
+}
+
+fn parse_at(b: &Bytes, pos: usize, depth: usize, limits: &Limits) -> Result<(Frame, usize), ProtocolError> {
+    let incomplete = || ProtocolError::new("incomplete frame");
+    let tag = *b.get(pos).ok_or_else(incomplete)?;
+    let line = |b: &Bytes| -> Result<(Bytes, usize), ProtocolError> {
+        match line_end(b, pos + 1, limits)? {
+            Step::Next(cr) => Ok((b.slice(pos + 1..cr), cr + 2)),
+            Step::Need(_) => Err(incomplete()),
+        }
+    };
+    let count = |b: &Bytes| -> Result<(i64, usize), ProtocolError> {
+        let (l, next) = line(b)?;
+        let n = parse_int(&l).ok_or_else(|| ProtocolError::new("invalid length"))?;
+        Ok((n, next))
+    };
+    match tag {
+        b'+' => line(b).map(|(l, n)| (Frame::Simple(l), n)),
+        b'-' => line(b).map(|(l, n)| (Frame::Error(l), n)),
+        b':' => {
+            let (l, n) = line(b)?;
+            let i = parse_int(&l).ok_or_else(|| ProtocolError::new("invalid integer"))?;
+            Ok((Frame::Integer(i), n))
+        }
+        b',' => line(b).map(|(l, n)| (Frame::Double(l), n)),
+        b'(' => line(b).map(|(l, n)| (Frame::BigNumber(l), n)),
+        b'_' => line(b).map(|(_, n)| (Frame::Null, n)),
+        b'#' => {
+            let (l, n) = line(b)?;
+            match &l[..] {
+                b"t" => Ok((Frame::Boolean(true), n)),
+                b"f" => Ok((Frame::Boolean(false), n)),
+                _ => Err(ProtocolError::new("invalid boolean")),
+            }
+        }
+        b'$' | b'!' | b'=' => {
+            let (len, body) = count(b)?;
+            if len == -1 && tag == b'$' {
+                return Ok((Frame::Null, body));
+            }
+            if len < 0 || len as u64 > limits.max_bulk_len as u64 {
+                return Err(ProtocolError::new("invalid bulk length"));
+            }
+            let end = body + len as usize;
+            if b.len() < end + 2 {
+                return Err(incomplete());
+            }
+            let data = b.slice(body..end);
+            let frame = match tag {
+                b'$' => Frame::Bulk(data),
+                b'!' => Frame::BlobError(data),
+                _ if data.len() >= 4 && data[3] == b':' => Frame::Verbatim(data.slice(..3), data.slice(4..)),
+                _ => Frame::Verbatim(Bytes::from_static(b"txt"), data),
+            };
+            Ok((frame, end + 2))
+        }
+        b'*' | b'~' | b'>' | b'%' | b'|' => {
+            if depth >= limits.max_depth {
+                return Err(ProtocolError::new("nesting too deep"));
+            }
+            let (len, mut p) = count(b)?;
+            if len == -1 && tag == b'*' {
+                return Ok((Frame::NullArray, p));
+            }
+            if len < 0 || len as u64 > limits.max_array_len as u64 {
+                return Err(ProtocolError::new("invalid multibulk length"));
+            }
+            let len = len as usize;
+            if tag == b'%' || tag == b'|' {
+                let mut pairs = Vec::with_capacity(len.min(1024));
+                for _ in 0..len {
+                    let (k, next) = parse_at(b, p, depth + 1, limits)?;
+                    let (v, next) = parse_at(b, next, depth + 1, limits)?;
+                    pairs.push((k, v));
+                    p = next;
+                }
+                if tag == b'|' {
+                    return parse_at(b, p, depth, limits);
+                }
+                return Ok((Frame::Map(pairs), p));
+            }
+            let mut items = Vec::with_capacity(len.min(1024));
+            for _ in 0..len {
+                let (f, next) = parse_at(b, p, depth + 1, limits)?;
+                items.push(f);
+                p = next;
+            }
+            let frame = match tag {
+                b'~' => Frame::Set(items),
+                b'>' => Frame::Push(items),
+                _ => Frame::Array(items),
+            };
+            Ok((frame, p))
+        }
+        other => Err(ProtocolError::new(format!("unexpected type byte '{}'", char::from(other).escape_default()))),
+    }
+}
+
+/// Where one client command lies in the buffer.
+#[derive(Debug)]
+pub enum CommandScan {
+    /// A multibulk command of `len` bytes; `args` holds (start, end) of each argument.
+    Multibulk { len: usize },
+    /// An inline command line of `len` bytes (including its line ending).
+    Inline { len: usize },
+    /// Not complete yet: at least this many bytes are needed.
+    Incomplete(usize),
+}
+
+/// Scans one client command. For a multibulk command the argument positions are pushed into
+/// `args` (cleared first), so the caller can slice them out of the frozen buffer.
+pub fn scan_command(buf: &[u8], limits: &Limits, args: &mut Vec<(usize, usize)>) -> Result<CommandScan, ProtocolError> {
+    args.clear();
+    let Some(&first) = buf.first() else {
+        return Ok(CommandScan::Incomplete(1));
+    };
+    if first != b'*' {
+        return match memchr::memchr(b'\n', buf) {
+            Some(i) if i > limits.max_line_len => Err(ProtocolError::new("too big inline request")),
+            Some(i) => Ok(CommandScan::Inline { len: i + 1 }),
+            None if buf.len() > limits.max_line_len => Err(ProtocolError::new("too big inline request")),
+            None => Ok(CommandScan::Incomplete(buf.len() + 1)),
+        };
+    }
+    let (count, mut p) = match header(buf, 0, limits, "multibulk")? {
+        Ok(h) => h,
+        Err(n) => return Ok(CommandScan::Incomplete(n)),
+    };
+    if count > limits.max_array_len as i64 {
+        return Err(ProtocolError::new("invalid multibulk length"));
+    }
+    for _ in 0..count.max(0) {
+        match buf.get(p) {
+            None => return Ok(CommandScan::Incomplete(p + 1)),
+            Some(b'$') => {}
+            Some(&other) => {
+                return Err(ProtocolError::new(format!("expected '$', got '{}'", char::from(other).escape_default())));
+            }
+        }
+        let (len, body) = match header(buf, p, limits, "bulk")? {
+            Ok(h) => h,
+            Err(n) => return Ok(CommandScan::Incomplete(n)),
+        };
+        if len < 0 || len as u64 > limits.max_bulk_len as u64 {
+            return Err(ProtocolError::new("invalid bulk length"));
+        }
+        let end = body + len as usize;
+        if buf.len() < end + 2 {
+            return Ok(CommandScan::Incomplete(end + 2));
+        }
+        if &buf[end..end + 2] != b"\r\n" {
+            return Err(ProtocolError::new("bulk string not terminated by \\r\\n"));
+        }
+        args.push((body, end));
+        p = end + 2;
+    }
+    Ok(CommandScan::Multibulk { len: p })
+}
+
+/// Splits an inline command line into arguments, with Redis's quoting rules
+/// (`"..."` with escapes, `'...'`). `None` when the quotes do not balance.
+pub fn split_inline(line: &[u8]) -> Option<Vec<Bytes>> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    let n = line.len();
+    loop {
+        while i < n && line[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i >= n {
+            return Some(out);
+        }
+        let mut cur = Vec::new();
+        let mut in_dq = false;
+        let mut in_sq = false;
+        loop {
+            if in_dq {
+                if i >= n {
+                    return None;
+                }
+                if line[i] == b'\\' && i + 3 < n && line[i + 1] == b'x' && line[i + 2].is_ascii_hexdigit() && line[i + 3].is_ascii_hexdigit() {
+                    let hex = std::str::from_utf8(&line[i + 2..i + 4]).ok()?;
+                    cur.push(u8::from_str_radix(hex, 16).ok()?);
+                    i += 4;
+                    continue;
+                }
+                if line[i] == b'\\' && i + 1 < n {
+                    cur.push(match line[i + 1] {
+                        b'n' => b'\n',
+                        b'r' => b'\r',
+                        b't' => b'\t',
+                        b'b' => 8,
+                        b'a' => 7,
+                        c => c,
+                    });
+                    i += 2;
+                    continue;
+                }
+                if line[i] == b'"' {
+                    // A closing quote must be followed by a space or the end.
+                    if i + 1 < n && !line[i + 1].is_ascii_whitespace() {
+                        return None;
+                    }
+                    in_dq = false;
+                    i += 1;
+                    break;
+                }
+                cur.push(line[i]);
+                i += 1;
+            } else if in_sq {
+                if i >= n {
+                    return None;
+                }
+                if line[i] == b'\\' && i + 1 < n && line[i + 1] == b'\'' {
+                    cur.push(b'\'');
+                    i += 2;
+                    continue;
+                }
+                if line[i] == b'\'' {
+                    if i + 1 < n && !line[i + 1].is_ascii_whitespace() {
+                        return None;
+                    }
+                    in_sq = false;
+                    i += 1;
+                    break;
+                }
+                cur.push(line[i]);
+                i += 1;
+            } else {
+                if i >= n || line[i].is_ascii_whitespace() {
+                    break;
+                }
+                match line[i] {
+                    b'"' if cur.is_empty() => in_dq = true,
+                    b'\'' if cur.is_empty() => in_sq = true,
+                    c => cur.push(c),
+                }
+                i += 1;
+            }
+        }
+        out.push(Bytes::from(cur));
+    }
+}
