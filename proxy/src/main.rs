@@ -1,1 +1,28 @@
-fn main() {}
+use anyhow::Context;
+use clap::Parser;
+use sluice_proxy::options::{LogFormat, ProxyOptions};
+use sluice_proxy::state::Shared;
+use std::sync::Arc;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let opts = ProxyOptions::parse();
+    init_logging(opts.log_format);
+    let listener = tokio::net::TcpListener::bind(&opts.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", opts.listen))?;
+    tracing::info!(listen = %opts.listen, announce = %opts.announce(), node = %opts.node, "sluice-proxy serving");
+    let shared = Arc::new(Shared::new(opts));
+    sluice_proxy::server::run(listener, shared).await?;
+    Ok(())
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

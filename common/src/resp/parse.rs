@@ -368,73 +368,75 @@ pub fn split_inline(line: &[u8]) -> Option<Vec<Bytes>> {
             return Some(out);
         }
         let mut cur = Vec::new();
-        let mut in_dq = false;
-        let mut in_sq = false;
-        loop {
-            if in_dq {
-                if i >= n {
-                    return None;
-                }
-                if line[i] == b'\\' && i + 3 < n && line[i + 1] == b'x' && line[i + 2].is_ascii_hexdigit() && line[i + 3].is_ascii_hexdigit() {
-                    let hex = std::str::from_utf8(&line[i + 2..i + 4]).ok()?;
-                    cur.push(u8::from_str_radix(hex, 16).ok()?);
-                    i += 4;
-                    continue;
-                }
-                if line[i] == b'\\' && i + 1 < n {
-                    cur.push(match line[i + 1] {
-                        b'n' => b'\n',
-                        b'r' => b'\r',
-                        b't' => b'\t',
-                        b'b' => 8,
-                        b'a' => 7,
-                        c => c,
-                    });
-                    i += 2;
-                    continue;
-                }
-                if line[i] == b'"' {
-                    // A closing quote must be followed by a space or the end.
-                    if i + 1 < n && !line[i + 1].is_ascii_whitespace() {
-                        return None;
-                    }
-                    in_dq = false;
+        match line[i] {
+            b'"' => i = double_quoted(line, i + 1, &mut cur)?,
+            b'\'' => i = single_quoted(line, i + 1, &mut cur)?,
+            _ => {
+                while i < n && !line[i].is_ascii_whitespace() {
+                    cur.push(line[i]);
                     i += 1;
-                    break;
                 }
-                cur.push(line[i]);
-                i += 1;
-            } else if in_sq {
-                if i >= n {
-                    return None;
-                }
-                if line[i] == b'\\' && i + 1 < n && line[i + 1] == b'\'' {
-                    cur.push(b'\'');
-                    i += 2;
-                    continue;
-                }
-                if line[i] == b'\'' {
-                    if i + 1 < n && !line[i + 1].is_ascii_whitespace() {
-                        return None;
-                    }
-                    in_sq = false;
-                    i += 1;
-                    break;
-                }
-                cur.push(line[i]);
-                i += 1;
-            } else {
-                if i >= n || line[i].is_ascii_whitespace() {
-                    break;
-                }
-                match line[i] {
-                    b'"' if cur.is_empty() => in_dq = true,
-                    b'\'' if cur.is_empty() => in_sq = true,
-                    c => cur.push(c),
-                }
-                i += 1;
             }
         }
         out.push(Bytes::from(cur));
+    }
+}
+
+/// A closing quote must be followed by whitespace or the end of the line.
+fn after_quote(line: &[u8], i: usize) -> Option<usize> {
+    match line.get(i + 1) {
+        Some(c) if !c.is_ascii_whitespace() => None,
+        _ => Some(i + 1),
+    }
+}
+
+/// Reads a `"..."` argument whose body starts at `i`; returns where the next one may start.
+fn double_quoted(line: &[u8], mut i: usize, cur: &mut Vec<u8>) -> Option<usize> {
+    loop {
+        let c = *line.get(i)?;
+        match c {
+            b'\\' if line.get(i + 1) == Some(&b'x')
+                && line.get(i + 2).is_some_and(u8::is_ascii_hexdigit)
+                && line.get(i + 3).is_some_and(u8::is_ascii_hexdigit) =>
+            {
+                let hex = std::str::from_utf8(&line[i + 2..i + 4]).ok()?;
+                cur.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 4;
+            }
+            b'\\' if i + 1 < line.len() => {
+                cur.push(match line[i + 1] {
+                    b'n' => b'\n',
+                    b'r' => b'\r',
+                    b't' => b'\t',
+                    b'b' => 8,
+                    b'a' => 7,
+                    other => other,
+                });
+                i += 2;
+            }
+            b'"' => return after_quote(line, i),
+            _ => {
+                cur.push(c);
+                i += 1;
+            }
+        }
+    }
+}
+
+/// Reads a `'...'` argument (only `\'` is an escape) whose body starts at `i`.
+fn single_quoted(line: &[u8], mut i: usize, cur: &mut Vec<u8>) -> Option<usize> {
+    loop {
+        let c = *line.get(i)?;
+        match c {
+            b'\\' if line.get(i + 1) == Some(&b'\'') => {
+                cur.push(b'\'');
+                i += 2;
+            }
+            b'\'' => return after_quote(line, i),
+            _ => {
+                cur.push(c);
+                i += 1;
+            }
+        }
     }
 }

@@ -1,0 +1,335 @@
+//! Pipelined connections to a RESP server (the proxy's Redis node, or a peer proxy).
+//!
+//! Many client sessions share one connection: each request carries a reply slot, the writer
+//! task batches whatever is queued into one `write`, and the reader task hands replies to the
+//! slots in order. Redis answers a connection strictly in order, so the n-th reply belongs
+//! to the n-th request. Batching is what lets the proxy keep up with direct access: Redis
+//! reads fifty commands with one syscall instead of fifty.
+//!
+//! A request is written at most once. When a connection fails, every request on it gets an
+//! error; nothing is replayed on the next connection.
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use sluice_common::resp::{Command, Frame, Limits, Protocol, ReplyCodec};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+
+/// Why a request got no reply from its backend.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BackendError {
+    #[error("ERR sluice: cannot reach backend {addr}: {reason}")]
+    Unreachable { addr: Arc<str>, reason: String },
+    #[error("ERR sluice: connection to backend {addr} lost; the command may or may not have run")]
+    Lost { addr: Arc<str> },
+    #[error("ERR sluice: backend {addr} refused the connection setup: {reason}")]
+    Handshake { addr: Arc<str>, reason: String },
+}
+
+impl BackendError {
+    /// The error as a reply frame for the client.
+    pub fn to_frame(&self) -> Frame {
+        Frame::error(self.to_string())
+    }
+}
+
+pub type ReplyResult = Result<Bytes, BackendError>;
+
+/// Where the replies of one request go.
+enum Sink {
+    One(oneshot::Sender<ReplyResult>),
+    /// A request made of `n` commands (a `MULTI … EXEC` unit); every reply is delivered.
+    Many { n: usize, got: Vec<Bytes>, tx: oneshot::Sender<Result<Vec<Bytes>, BackendError>> },
+}
+
+struct Request {
+    data: Bytes,
+    sink: Sink,
+}
+
+/// How to open a connection.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    pub protocol: Protocol,
+    /// Sent as `AUTH` on connect.
+    pub password: Option<String>,
+    /// Extra commands sent on connect (e.g. `UMCTL PEER` towards another proxy).
+    pub setup: Vec<Command>,
+    pub connect_timeout: Duration,
+}
+
+/// A handle to one pipelined connection. Cheap to clone.
+#[derive(Clone)]
+pub struct Backend {
+    tx: mpsc::UnboundedSender<Request>,
+    addr: Arc<str>,
+}
+
+impl Backend {
+    /// Connects, runs the setup commands and starts the reader and writer tasks.
+    pub async fn connect(addr: &str, opts: &ConnectOptions) -> Result<Backend, BackendError> {
+        let addr: Arc<str> = Arc::from(addr);
+        let unreachable = |reason: String| BackendError::Unreachable { addr: addr.clone(), reason };
+        let stream = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(&*addr))
+            .await
+            .map_err(|_| unreachable(format!("no answer within {:?}", opts.connect_timeout)))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        stream.set_nodelay(true).map_err(|e| unreachable(e.to_string()))?;
+        let (rd, mut wr) = stream.into_split();
+        let mut reader = FramedRead::new(rd, ReplyCodec::new(Limits::SERVER));
+
+        let mut setup = Vec::new();
+        if let Some(pass) = &opts.password {
+            setup.push(Command::from_strs(&["AUTH", pass.as_str()]));
+        }
+        if opts.protocol == Protocol::Resp3 {
+            setup.push(Command::from_strs(&["HELLO", "3"]));
+        }
+        setup.extend(opts.setup.iter().cloned());
+        for cmd in &setup {
+            let handshake = |reason: String| BackendError::Handshake { addr: addr.clone(), reason };
+            let exchange = async {
+                wr.write_all(cmd.raw()).await.map_err(|e| handshake(e.to_string()))?;
+                match reader.next().await {
+                    Some(Ok(reply)) if reply.first() == Some(&b'-') => {
+                        Err(handshake(String::from_utf8_lossy(&reply[1..]).trim_end().to_string()))
+                    }
+                    Some(Ok(_)) => Ok(()),
+                    Some(Err(e)) => Err(handshake(e.to_string())),
+                    None => Err(handshake("connection closed".into())),
+                }
+            };
+            tokio::time::timeout(opts.connect_timeout, exchange)
+                .await
+                .map_err(|_| handshake(format!("no answer within {:?}", opts.connect_timeout)))??;
+        }
+
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (pending_tx, pending_rx) = mpsc::unbounded_channel();
+        let stop = CancellationToken::new();
+        tokio::spawn(write_loop(rx, wr, pending_tx, stop.clone()));
+        tokio::spawn(read_loop(reader, pending_rx, stop, addr.clone()));
+        Ok(Backend { tx, addr })
+    }
+
+    pub fn addr(&self) -> &Arc<str> {
+        &self.addr
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// Queues one command. `Err` (with the data back) if the connection is already closed,
+    /// in which case nothing was sent and the caller may use another connection.
+    pub fn send(&self, data: Bytes) -> Result<oneshot::Receiver<ReplyResult>, Bytes> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Request { data, sink: Sink::One(tx) })
+            .map_err(|e| e.0.data)?;
+        Ok(rx)
+    }
+
+    /// Queues `n` commands written back to back (a transaction); all `n` replies come back.
+    pub fn send_many(&self, data: Bytes, n: usize) -> Result<oneshot::Receiver<Result<Vec<Bytes>, BackendError>>, Bytes> {
+        let (tx, rx) = oneshot::channel();
+        let sink = Sink::Many { n, got: Vec::with_capacity(n), tx };
+        self.tx.send(Request { data, sink }).map_err(|e| e.0.data)?;
+        Ok(rx)
+    }
+
+    /// Sends one command and waits for its reply.
+    pub async fn call(&self, cmd: &Command) -> ReplyResult {
+        let lost = || BackendError::Lost { addr: self.addr.clone() };
+        let rx = self.send(cmd.raw().clone()).map_err(|_| lost())?;
+        rx.await.map_err(|_| lost())?
+    }
+}
+
+/// Largest batch written with one call; past it, the writer flushes and goes on.
+const MAX_BATCH: usize = 256 * 1024;
+
+async fn write_loop(
+    mut rx: mpsc::UnboundedReceiver<Request>,
+    mut wr: OwnedWriteHalf,
+    pending: mpsc::UnboundedSender<Sink>,
+    stop: CancellationToken,
+) {
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    'outer: loop {
+        let first = tokio::select! {
+            r = rx.recv() => r,
+            _ = stop.cancelled() => None,
+        };
+        let Some(mut req) = first else { break };
+        loop {
+            // The sink is queued before the bytes go out, so a reply never beats its sink.
+            if pending.send(req.sink).is_err() {
+                break 'outer;
+            }
+            if req.data.len() >= MAX_BATCH {
+                if !buf.is_empty() && wr.write_all(&buf).await.is_err() {
+                    break 'outer;
+                }
+                buf.clear();
+                if wr.write_all(&req.data).await.is_err() {
+                    break 'outer;
+                }
+            } else {
+                buf.extend_from_slice(&req.data);
+            }
+            if buf.len() >= MAX_BATCH {
+                break;
+            }
+            match rx.try_recv() {
+                Ok(next) => req = next,
+                Err(_) => break,
+            }
+        }
+        if !buf.is_empty() {
+            if wr.write_all(&buf).await.is_err() {
+                break;
+            }
+            buf.clear();
+        }
+    }
+    stop.cancel();
+}
+
+async fn read_loop(
+    mut reader: FramedRead<tokio::net::tcp::OwnedReadHalf, ReplyCodec>,
+    mut pending: mpsc::UnboundedReceiver<Sink>,
+    stop: CancellationToken,
+    addr: Arc<str>,
+) {
+    let mut current: Option<Sink> = None;
+    loop {
+        let frame = tokio::select! {
+            f = reader.next() => f,
+            _ = stop.cancelled() => None,
+        };
+        let Some(Ok(reply)) = frame else { break };
+        let sink = match current.take() {
+            Some(s) => s,
+            None => match pending.try_recv() {
+                Ok(s) => s,
+                Err(_) => {
+                    // A reply nobody asked for: the stream is out of step; drop it.
+                    tracing::warn!(backend = %addr, "unexpected reply from backend; closing the connection");
+                    break;
+                }
+            },
+        };
+        match sink {
+            Sink::One(tx) => {
+                let _ = tx.send(Ok(reply));
+            }
+            Sink::Many { n, mut got, tx } => {
+                got.push(reply);
+                if got.len() >= n {
+                    let _ = tx.send(Ok(got));
+                } else {
+                    current = Some(Sink::Many { n, got, tx });
+                }
+            }
+        }
+    }
+    stop.cancel();
+    pending.close();
+    let lost = BackendError::Lost { addr: addr.clone() };
+    for sink in current.into_iter().chain(std::iter::from_fn(|| pending.try_recv().ok())) {
+        match sink {
+            Sink::One(tx) => {
+                let _ = tx.send(Err(lost.clone()));
+            }
+            Sink::Many { tx, .. } => {
+                let _ = tx.send(Err(lost.clone()));
+            }
+        }
+    }
+}
+
+/// A few shared connections to one backend, per protocol, reconnected on demand.
+pub struct BackendPool {
+    addr: String,
+    opts: ConnectOptions,
+    size: usize,
+    resp2: Vec<Slot>,
+    resp3: Vec<Slot>,
+}
+
+#[derive(Default)]
+struct Slot {
+    conn: Mutex<SlotState>,
+}
+
+#[derive(Default)]
+struct SlotState {
+    backend: Option<Backend>,
+    /// When the last connect failed: for a short while callers fail fast instead of
+    /// queueing behind another connect attempt.
+    failed: Option<(Instant, BackendError)>,
+}
+
+/// How long a failed connect is remembered before the next attempt.
+const RECONNECT_BACKOFF: Duration = Duration::from_millis(100);
+
+impl BackendPool {
+    pub fn new(addr: impl Into<String>, opts: ConnectOptions, size: usize) -> BackendPool {
+        let size = size.max(1);
+        BackendPool {
+            addr: addr.into(),
+            opts,
+            size,
+            resp2: (0..size).map(|_| Slot::default()).collect(),
+            resp3: (0..size).map(|_| Slot::default()).collect(),
+        }
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// A live shared connection for `protocol`; `key` spreads sessions over the pool (a
+    /// session always uses the same one, which keeps its commands in order).
+    pub async fn get(&self, protocol: Protocol, key: u64) -> Result<Backend, BackendError> {
+        let slots = if protocol == Protocol::Resp3 { &self.resp3 } else { &self.resp2 };
+        let slot = &slots[(key % self.size as u64) as usize];
+        let mut state = slot.conn.lock().await;
+        if let Some(b) = &state.backend {
+            if !b.is_closed() {
+                return Ok(b.clone());
+            }
+        }
+        if let Some((at, err)) = &state.failed {
+            if at.elapsed() < RECONNECT_BACKOFF {
+                return Err(err.clone());
+            }
+        }
+        let opts = ConnectOptions { protocol, ..self.opts.clone() };
+        match Backend::connect(&self.addr, &opts).await {
+            Ok(b) => {
+                state.backend = Some(b.clone());
+                state.failed = None;
+                Ok(b)
+            }
+            Err(e) => {
+                tracing::warn!(backend = %self.addr, error = %e, "backend connect failed");
+                state.backend = None;
+                state.failed = Some((Instant::now(), e.clone()));
+                Err(e)
+            }
+        }
+    }
+
+    /// A new connection used by one session only (blocking commands, `WATCH`).
+    pub async fn private(&self, protocol: Protocol) -> Result<Backend, BackendError> {
+        Backend::connect(&self.addr, &ConnectOptions { protocol, ..self.opts.clone() }).await
+    }
+}

@@ -1,0 +1,162 @@
+//! `CLUSTER …` emulation: what a Redis Cluster client asks to learn the topology, answered
+//! from the proxy's config. Every proxy is a master owning its node's slots; there are no
+//! replicas. Commands that would change a native cluster are refused: the broker owns
+//! the topology.
+
+use crate::command::CommandSpec;
+use crate::route::{Peer, RouteTable};
+use crate::state::Shared;
+use bytes::Bytes;
+use sluice_common::model::node_id;
+use sluice_common::resp::{Command, Frame};
+use sluice_common::slot::key_slot;
+
+pub fn handle(shared: &Shared, cmd: &Command, spec: &CommandSpec) -> Frame {
+    let routes = shared.routes();
+    match spec.name {
+        "cluster|slots" => slots(&routes),
+        "cluster|shards" => shards(&routes),
+        "cluster|nodes" => text(nodes(&routes, shared.me())),
+        "cluster|info" => text(info(&routes)),
+        "cluster|keyslot" => Frame::Integer(i64::from(key_slot(&cmd.args()[2]))),
+        "cluster|myid" | "cluster|myshardid" => Frame::bulk(node_id(shared.me())),
+        "cluster|replicas" | "cluster|slaves" => {
+            let id = String::from_utf8_lossy(&cmd.args()[2]).into_owned();
+            if id == node_id(shared.me()) || routes.peers.iter().any(|p| p.id == id) {
+                Frame::Array(Vec::new())
+            } else {
+                Frame::error(format!("ERR Unknown node {id}"))
+            }
+        }
+        "cluster|links" => Frame::Array(Vec::new()),
+        "cluster|help" => Frame::Array(
+            [
+                "CLUSTER <subcommand> (answered by the sluice proxy)",
+                "SLOTS | SHARDS | NODES | INFO | KEYSLOT <key> | MYID | MYSHARDID | REPLICAS <id> | LINKS",
+                "The topology is managed by the sluice broker; other subcommands are refused.",
+            ]
+            .into_iter()
+            .map(Frame::simple)
+            .collect(),
+        ),
+        other => Frame::error(format!(
+            "ERR sluice: '{other}' is not available: the cluster topology is managed by the sluice broker"
+        )),
+    }
+}
+
+fn text(s: String) -> Frame {
+    Frame::Verbatim(Bytes::from_static(b"txt"), Bytes::from(s))
+}
+
+/// Splits `host:port`; an address without a valid port gets 0.
+fn host_port(addr: &str) -> (&str, i64) {
+    match addr.rsplit_once(':') {
+        Some((h, p)) => (h.trim_start_matches('[').trim_end_matches(']'), p.parse().unwrap_or(0)),
+        None => (addr, 0),
+    }
+}
+
+fn node_entry(peer: &Peer) -> Frame {
+    let (host, port) = host_port(&peer.proxy);
+    Frame::Array(vec![Frame::bulk(host.to_string()), Frame::Integer(port), Frame::bulk(peer.id.clone())])
+}
+
+/// `CLUSTER SLOTS`: one entry per contiguous range, master only.
+fn slots(routes: &RouteTable) -> Frame {
+    Frame::Array(
+        routes
+            .runs()
+            .into_iter()
+            .map(|(start, end, owner)| {
+                Frame::Array(vec![
+                    Frame::Integer(i64::from(start)),
+                    Frame::Integer(i64::from(end)),
+                    node_entry(&routes.peers[owner]),
+                ])
+            })
+            .collect(),
+    )
+}
+
+/// `CLUSTER SHARDS` (Redis 7): one shard per node, with its ranges and its single master.
+fn shards(routes: &RouteTable) -> Frame {
+    let runs = routes.runs();
+    Frame::Array(
+        routes
+            .peers
+            .iter()
+            .enumerate()
+            .map(|(i, peer)| {
+                let ranges: Vec<Frame> = runs
+                    .iter()
+                    .filter(|r| r.2 == i)
+                    .flat_map(|&(s, e, _)| [Frame::Integer(i64::from(s)), Frame::Integer(i64::from(e))])
+                    .collect();
+                let (host, port) = host_port(&peer.proxy);
+                let node = Frame::Map(vec![
+                    (Frame::bulk("id"), Frame::bulk(peer.id.clone())),
+                    (Frame::bulk("port"), Frame::Integer(port)),
+                    (Frame::bulk("ip"), Frame::bulk(host.to_string())),
+                    (Frame::bulk("endpoint"), Frame::bulk(host.to_string())),
+                    (Frame::bulk("role"), Frame::bulk("master")),
+                    (Frame::bulk("replication-offset"), Frame::Integer(0)),
+                    (Frame::bulk("health"), Frame::bulk("online")),
+                ]);
+                Frame::Map(vec![
+                    (Frame::bulk("slots"), Frame::Array(ranges)),
+                    (Frame::bulk("nodes"), Frame::Array(vec![node])),
+                ])
+            })
+            .collect(),
+    )
+}
+
+/// `CLUSTER NODES`: one line per node, this proxy flagged `myself`.
+fn nodes(routes: &RouteTable, me: &str) -> String {
+    let epoch = routes.epoch();
+    let runs = routes.runs();
+    let line = |id: &str, addr: &str, myself: bool, ranges: &[String]| {
+        let (host, port) = host_port(addr);
+        let cport = if port + 10000 <= 65535 { port + 10000 } else { port };
+        let flags = if myself { "myself,master" } else { "master" };
+        let mut l = format!("{id} {host}:{port}@{cport} {flags} - 0 0 {epoch} connected");
+        for r in ranges {
+            l.push(' ');
+            l.push_str(r);
+        }
+        l.push('\n');
+        l
+    };
+    if routes.peers.is_empty() {
+        return line(&node_id(me), me, true, &[]);
+    }
+    routes
+        .peers
+        .iter()
+        .enumerate()
+        .map(|(i, peer)| {
+            let ranges: Vec<String> = runs
+                .iter()
+                .filter(|r| r.2 == i)
+                .map(|&(s, e, _)| if s == e { s.to_string() } else { format!("{s}-{e}") })
+                .collect();
+            line(&peer.id, &peer.proxy, routes.me == Some(i), &ranges)
+        })
+        .collect()
+}
+
+/// `CLUSTER INFO`: `ok` only when every slot is served.
+fn info(routes: &RouteTable) -> String {
+    let assigned = routes.slots_assigned();
+    let state = if assigned == 16384 { "ok" } else { "fail" };
+    let size = routes.runs().iter().map(|r| r.2).collect::<std::collections::BTreeSet<_>>().len();
+    let epoch = routes.epoch();
+    format!(
+        "cluster_state:{state}\r\ncluster_slots_assigned:{assigned}\r\ncluster_slots_ok:{assigned}\r\n\
+         cluster_slots_pfail:0\r\ncluster_slots_fail:0\r\ncluster_known_nodes:{}\r\ncluster_size:{size}\r\n\
+         cluster_current_epoch:{epoch}\r\ncluster_my_epoch:{epoch}\r\ncluster_stats_messages_sent:0\r\n\
+         cluster_stats_messages_received:0\r\ntotal_cluster_links_buffer_limit_exceeded:0\r\n",
+        routes.peers.len().max(1),
+    )
+}

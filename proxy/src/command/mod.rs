@@ -1,0 +1,223 @@
+//! The command table: for every Redis command, its arity, flags and where its keys are.
+//!
+//! A proxy passes hundreds of commands through untouched; it only needs to know where the
+//! keys are to route them. The table is generated from Redis's own `COMMAND INFO`
+//! (`scripts/gen-command-table.py`), and keys are found with Redis's key-spec algorithm,
+//! so `EVAL`, `ZUNIONSTORE`, `XREAD … STREAMS`, `LMPOP` and friends route by their real keys.
+
+pub mod spec;
+mod table;
+
+use sluice_common::resp::{parse_int, Command};
+use smallvec::SmallVec;
+pub use spec::{flags, BeginSearch, CommandSpec, FindKeys, KeySpec};
+
+/// Positions of the keys of a command (indices into its arguments).
+pub type KeyPositions = SmallVec<[usize; 4]>;
+
+/// Why the keys of a command could not be found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeysError {
+    #[error("ERR value is not an integer or out of range")]
+    BadNumKeys,
+    #[error("ERR Number of keys can't be greater than number of args")]
+    TooManyKeys,
+    #[error("ERR Number of keys can't be negative")]
+    NegativeNumKeys,
+}
+
+/// Finds the table entry for a command, descending into subcommands (`OBJECT ENCODING`).
+pub fn lookup(cmd: &Command) -> Option<&'static CommandSpec> {
+    let mut buf = [0u8; 64];
+    let name = lower_into(cmd.name(), &mut buf)?;
+    let spec = find(name)?;
+    if !spec.has_subcommands {
+        return Some(spec);
+    }
+    let Some(sub) = cmd.arg(1) else {
+        return Some(spec); // arity check will refuse it
+    };
+    let mut full = [0u8; 64];
+    let n = name.len();
+    full[..n].copy_from_slice(name.as_bytes());
+    full[n] = b'|';
+    let sub = lower_into(sub, &mut full[n + 1..])?.len();
+    let full = std::str::from_utf8(&full[..n + 1 + sub]).ok()?;
+    find(full).or(Some(spec))
+}
+
+fn find(name: &str) -> Option<&'static CommandSpec> {
+    table::COMMANDS
+        .binary_search_by(|c| c.name.cmp(name))
+        .ok()
+        .map(|i| &table::COMMANDS[i])
+}
+
+/// Lower-cases `src` into `buf`; `None` if it does not fit or is not UTF-8.
+fn lower_into<'a>(src: &[u8], buf: &'a mut [u8]) -> Option<&'a str> {
+    let dst = buf.get_mut(..src.len())?;
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = s.to_ascii_lowercase();
+    }
+    std::str::from_utf8(dst).ok()
+}
+
+/// The positions of every key of `cmd`, in argument order, by Redis's key-spec rules.
+pub fn key_positions(cmd: &Command, spec: &CommandSpec) -> Result<KeyPositions, KeysError> {
+    let args = cmd.args();
+    let argc = args.len();
+    let mut keys = KeyPositions::new();
+    if spec.name == "sort" || spec.name == "sort_ro" {
+        return Ok(sort_keys(cmd));
+    }
+    for ks in spec.keys {
+        let first = match ks.begin {
+            BeginSearch::Index(i) => i,
+            BeginSearch::Keyword { keyword, start_from } => match find_keyword(args, keyword, start_from) {
+                Some(i) => i + 1,
+                None => continue,
+            },
+            BeginSearch::Unknown => continue,
+        };
+        let (first, last, step) = match ks.find {
+            FindKeys::Range { last_key, step, limit } => {
+                let last = if last_key >= 0 {
+                    first as isize + last_key
+                } else if limit <= 1 {
+                    argc as isize + last_key
+                } else {
+                    first as isize + ((argc as isize - first as isize) / limit as isize + last_key)
+                };
+                (first, last, step.max(1))
+            }
+            FindKeys::KeyNum { key_num_index, first_key, step } => {
+                let Some(raw) = args.get(first + key_num_index) else {
+                    continue;
+                };
+                let n = parse_int(raw).ok_or(KeysError::BadNumKeys)?;
+                if n < 0 {
+                    return Err(KeysError::NegativeNumKeys);
+                }
+                let start = first + first_key;
+                let step = step.max(1);
+                if n == 0 {
+                    continue;
+                }
+                let last = start as i64 + (n - 1) * step as i64;
+                if last >= argc as i64 {
+                    return Err(KeysError::TooManyKeys);
+                }
+                (start, last as isize, step)
+            }
+            FindKeys::Unknown => continue,
+        };
+        let mut i = first as isize;
+        while i <= last {
+            if i as usize >= argc {
+                // Arity checks keep well-formed commands from getting here; an incomplete
+                // spec (MIGRATE's KEYS) simply ends.
+                break;
+            }
+            keys.push(i as usize);
+            i += step as isize;
+        }
+    }
+    Ok(keys)
+}
+
+/// Redis's `begin_search` keyword rule: forward from `start_from`, or backwards from the end.
+fn find_keyword(args: &[bytes::Bytes], keyword: &str, start_from: isize) -> Option<usize> {
+    let argc = args.len() as isize;
+    let (start, end) = if start_from > 0 { (start_from, argc - 1) } else { (argc + start_from, 1) };
+    let mut i = start;
+    loop {
+        if i >= argc || i < 1 {
+            return None;
+        }
+        if args[i as usize].eq_ignore_ascii_case(keyword.as_bytes()) {
+            return Some(i as usize);
+        }
+        if i == end {
+            return None;
+        }
+        i += if start <= end { 1 } else { -1 };
+    }
+}
+
+/// SORT's keys: the sorted key and the `STORE` destination (Redis's `sortGetKeys`).
+fn sort_keys(cmd: &Command) -> KeyPositions {
+    let mut keys = KeyPositions::new();
+    keys.push(1);
+    let args = cmd.args();
+    let mut i = 2;
+    let mut store = None;
+    while i < args.len() {
+        let a = &args[i];
+        let skip = if a.eq_ignore_ascii_case(b"limit") {
+            2
+        } else if a.eq_ignore_ascii_case(b"get") || a.eq_ignore_ascii_case(b"by") {
+            1
+        } else if a.eq_ignore_ascii_case(b"store") {
+            if i + 1 < args.len() {
+                store = Some(i + 1);
+            }
+            1
+        } else {
+            0
+        };
+        i += skip + 1;
+    }
+    keys.extend(store);
+    keys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys_of(args: &[&str]) -> Vec<String> {
+        let cmd = Command::from_strs(args);
+        let spec = lookup(&cmd).expect("known command");
+        key_positions(&cmd, spec)
+            .expect("keys")
+            .into_iter()
+            .map(|i| String::from_utf8_lossy(&cmd.args()[i]).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn keys_are_found_like_redis_finds_them() {
+        assert_eq!(keys_of(&["GET", "a"]), ["a"]);
+        assert_eq!(keys_of(&["mset", "a", "1", "b", "2"]), ["a", "b"]);
+        assert_eq!(keys_of(&["DEL", "a", "b", "c"]), ["a", "b", "c"]);
+        assert_eq!(keys_of(&["BLPOP", "a", "b", "0"]), ["a", "b"]);
+        assert_eq!(keys_of(&["EVAL", "return 1", "2", "a", "b", "x"]), ["a", "b"]);
+        assert!(keys_of(&["EVAL", "return 1", "0"]).is_empty());
+        assert_eq!(keys_of(&["ZUNIONSTORE", "d", "2", "a", "b", "WEIGHTS", "1", "2"]), ["d", "a", "b"]);
+        assert_eq!(keys_of(&["XREAD", "COUNT", "2", "STREAMS", "s1", "s2", "0", "0"]), ["s1", "s2"]);
+        assert_eq!(keys_of(&["XREADGROUP", "GROUP", "g", "c", "STREAMS", "s1", ">"]), ["s1"]);
+        assert_eq!(keys_of(&["LMPOP", "2", "a", "b", "LEFT"]), ["a", "b"]);
+        assert_eq!(keys_of(&["OBJECT", "ENCODING", "k"]), ["k"]);
+        assert_eq!(keys_of(&["SORT", "k", "LIMIT", "0", "1", "STORE", "d"]), ["k", "d"]);
+        assert_eq!(keys_of(&["GEORADIUS", "g", "0", "0", "1", "km", "STORE", "d"]), ["g", "d"]);
+        assert!(keys_of(&["PING"]).is_empty());
+    }
+
+    #[test]
+    fn bad_numkeys_is_an_error_not_a_guess() {
+        let cmd = Command::from_strs(&["EVAL", "return 1", "5", "a"]);
+        let spec = lookup(&cmd).unwrap();
+        assert_eq!(key_positions(&cmd, spec), Err(KeysError::TooManyKeys));
+        let cmd = Command::from_strs(&["EVAL", "return 1", "x", "a"]);
+        assert_eq!(key_positions(&cmd, spec), Err(KeysError::BadNumKeys));
+    }
+
+    #[test]
+    fn lookup_is_case_insensitive_and_knows_subcommands() {
+        let cmd = Command::from_strs(&["client", "SetName", "x"]);
+        assert_eq!(lookup(&cmd).unwrap().name, "client|setname");
+        assert!(lookup(&Command::from_strs(&["NOPE"])).is_none());
+        assert!(lookup(&Command::from_strs(&["get"])).unwrap().has(flags::READONLY));
+        assert!(lookup(&Command::from_strs(&["BLPOP"])).unwrap().has(flags::BLOCKING));
+    }
+}

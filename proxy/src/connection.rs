@@ -1,0 +1,186 @@
+//! Connection-level commands the proxy answers itself: `PING`, `ECHO`, `QUIT`, `AUTH`,
+//! `HELLO`, `SELECT`, `RESET`, `READONLY`/`READWRITE`/`ASKING`, and `CLIENT` basics.
+//! They describe the client's connection to the proxy, not the proxy's to Redis.
+
+use crate::command::CommandSpec;
+use crate::keyed;
+use crate::session::{Flow, Pending, Session};
+use crate::transaction::TxState;
+use bytes::Bytes;
+use sluice_common::resp::{parse_int, Command, Frame, Protocol};
+
+/// The Redis version the proxy presents (the command set it routes is Redis 7.0's).
+pub const REDIS_VERSION: &str = "7.0.0";
+
+pub async fn handle(s: &mut Session, cmd: Command, spec: &'static CommandSpec) -> Flow {
+    let args = cmd.args();
+    match spec.name {
+        "ping" => {
+            let reply = match args.get(1) {
+                Some(msg) => Frame::Bulk(msg.clone()),
+                None => Frame::simple("PONG"),
+            };
+            s.reply(reply).await
+        }
+        "echo" => s.reply(Frame::Bulk(args[1].clone())).await,
+        "quit" => {
+            s.reply(Frame::ok()).await;
+            s.push(Pending::Close).await;
+            Flow::Close
+        }
+        "readonly" | "readwrite" | "asking" => s.reply(Frame::ok()).await,
+        "select" => {
+            let reply = match parse_int(&args[1]) {
+                Some(0) => Frame::ok(),
+                Some(_) => Frame::error("ERR SELECT is not allowed in cluster mode"),
+                None => Frame::error("ERR value is not an integer or out of range"),
+            };
+            s.reply(reply).await
+        }
+        "auth" => {
+            let (user, pass) = match args.len() {
+                2 => (None, &args[1]),
+                3 => (Some(&args[1]), &args[2]),
+                _ => return s.reply(Frame::error("ERR syntax error")).await,
+            };
+            let reply = match check_password(s, user, pass) {
+                Ok(()) => Frame::ok(),
+                Err(e) => e,
+            };
+            s.reply(reply).await
+        }
+        "hello" => hello(s, &cmd).await,
+        "reset" => {
+            s.tx = TxState::None;
+            s.protocol = Protocol::Resp2;
+            s.name = None;
+            s.authenticated = s.shared.opts.requirepass.is_none();
+            s.reset_backends();
+            s.reply(Frame::simple("RESET")).await
+        }
+        "client|setname" => {
+            let name = &args[2];
+            if name.iter().any(|&b| b <= b' ' || b > b'~') {
+                return s
+                    .reply(Frame::error("ERR Client names cannot contain spaces, newlines or special characters."))
+                    .await;
+            }
+            s.name = (!name.is_empty()).then(|| name.clone());
+            s.reply(Frame::ok()).await
+        }
+        "client|getname" => {
+            let reply = s.name.clone().map_or(Frame::Null, Frame::Bulk);
+            s.reply(reply).await
+        }
+        "client|id" => s.reply(Frame::Integer(s.id as i64)).await,
+        "client|info" => {
+            let line = client_info_line(s);
+            s.reply(Frame::Verbatim(Bytes::from_static(b"txt"), Bytes::from(line))).await
+        }
+        // Library identification and eviction hints: accepted, nothing to do here.
+        "client|setinfo" | "client|no-evict" | "client|no-touch" => s.reply(Frame::ok()).await,
+        _ => {
+            let err = keyed::refusal(&cmd, spec).unwrap_or_else(|| Frame::error("ERR sluice: unsupported command"));
+            s.reply(err).await
+        }
+    }
+}
+
+/// `Ok` if the password is right; the error Redis would give otherwise.
+fn check_password(s: &mut Session, user: Option<&Bytes>, pass: &Bytes) -> Result<(), Frame> {
+    let Some(required) = &s.shared.opts.requirepass else {
+        return Err(Frame::error(
+            "ERR AUTH <password> called without any password configured for the default user. \
+             Are you sure your configuration is correct?",
+        ));
+    };
+    let user_ok = user.is_none_or(|u| &u[..] == b"default");
+    if user_ok && constant_time_eq(pass, required.as_bytes()) {
+        s.authenticated = true;
+        Ok(())
+    } else {
+        Err(Frame::error("WRONGPASS invalid username-password pair or user is disabled."))
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `HELLO [protover [AUTH user pass] [SETNAME name]]`
+async fn hello(s: &mut Session, cmd: &Command) -> Flow {
+    let args = cmd.args();
+    let mut protocol = s.protocol;
+    if let Some(v) = args.get(1) {
+        protocol = match parse_int(v) {
+            Some(2) => Protocol::Resp2,
+            Some(3) => Protocol::Resp3,
+            Some(_) => return s.reply(Frame::error("NOPROTO unsupported protocol version")).await,
+            None => return s.reply(Frame::error("ERR Protocol version is not an integer or out of range")).await,
+        };
+    }
+    let mut i = 2;
+    let mut name = None;
+    while i < args.len() {
+        let opt = &args[i];
+        if opt.eq_ignore_ascii_case(b"auth") && i + 2 < args.len() {
+            if let Err(e) = check_password(s, Some(&args[i + 1]), &args[i + 2]) {
+                return s.reply(e).await;
+            }
+            i += 3;
+        } else if opt.eq_ignore_ascii_case(b"setname") && i + 1 < args.len() {
+            name = Some(args[i + 1].clone());
+            i += 2;
+        } else {
+            return s
+                .reply(Frame::error(format!("ERR Syntax error in HELLO option '{}'", String::from_utf8_lossy(opt))))
+                .await;
+        }
+    }
+    if !s.authenticated {
+        return s
+            .reply(Frame::error(
+                "NOAUTH HELLO must be called with the client already authenticated, otherwise the \
+                 HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and \
+                 select the RESP protocol version at the same time",
+            ))
+            .await;
+    }
+    if let Some(n) = name {
+        s.name = Some(n);
+    }
+    if protocol != s.protocol {
+        // Replies pass through untouched, so the node connections must speak the same protocol.
+        s.protocol = protocol;
+        s.reset_backends();
+    }
+    let reply = Frame::Map(vec![
+        (Frame::bulk("server"), Frame::bulk("redis")),
+        (Frame::bulk("version"), Frame::bulk(REDIS_VERSION)),
+        (Frame::bulk("proto"), Frame::Integer(if protocol == Protocol::Resp3 { 3 } else { 2 })),
+        (Frame::bulk("id"), Frame::Integer(s.id as i64)),
+        (Frame::bulk("mode"), Frame::bulk("cluster")),
+        (Frame::bulk("role"), Frame::bulk("master")),
+        (Frame::bulk("modules"), Frame::Array(Vec::new())),
+    ]);
+    s.reply(reply).await
+}
+
+/// A `CLIENT INFO` line in Redis's format, describing the client's connection to the proxy.
+fn client_info_line(s: &Session) -> String {
+    let addr = s.addr.map(|a| a.to_string()).unwrap_or_default();
+    let laddr = s.local_addr.map(|a| a.to_string()).unwrap_or_default();
+    let name = s.name.as_ref().map(|n| String::from_utf8_lossy(n).into_owned()).unwrap_or_default();
+    let multi = match &s.tx {
+        TxState::Queued { commands, .. } => commands.len() as i64,
+        _ => -1,
+    };
+    let resp = if s.protocol == Protocol::Resp3 { 3 } else { 2 };
+    format!(
+        "id={} addr={addr} laddr={laddr} fd=0 name={name} age={} idle=0 flags=N db=0 sub=0 psub=0 ssub=0 \
+         multi={multi} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 \
+         events=r cmd=client|info user=default redir=-1 resp={resp}\n",
+        s.id,
+        s.created.elapsed().as_secs(),
+    )
+}

@@ -1,0 +1,285 @@
+//! Routing of ordinary commands by the slots of their keys.
+//!
+//! One slot served here: to the node, untouched. One slot served by a peer: `MOVED` (or
+//! forwarded with `--redirect forward`). Keys in several slots: `CROSSSLOT`, as Redis
+//! Cluster answers, except for the commands [`multikey`] knows how to split and merge.
+//! Keyless commands run on this proxy's node, unless they cannot be served correctly
+//! through a proxy; those get a clear error (see [`refusal`]).
+
+use crate::command::{self, flags, CommandSpec, KeyPositions};
+use crate::multikey::{self, MergeKind};
+use crate::route::{Peer, Route};
+use crate::session::{error_bytes, is_blocking, Flow, Lane, Pending, Session};
+use bytes::Bytes;
+use sluice_common::resp::{parse_frame, Command, Frame, Limits};
+use sluice_common::slot::key_slot;
+
+pub fn crossslot() -> Frame {
+    Frame::error("CROSSSLOT Keys in request don't hash to the same slot")
+}
+
+pub fn clusterdown() -> Frame {
+    Frame::error("CLUSTERDOWN Hash slot not served")
+}
+
+pub fn moved(slot: u16, peer: &Peer) -> Frame {
+    Frame::error(format!("MOVED {slot} {}", peer.proxy))
+}
+
+/// Commands that cannot be served correctly through a proxy, and why.
+pub fn refusal(cmd: &Command, spec: &CommandSpec) -> Option<Frame> {
+    let name = spec.name;
+    if spec.has(flags::PUBSUB) {
+        return Some(Frame::error(format!("ERR sluice: pub/sub ('{name}') is not supported through the proxy")));
+    }
+    if spec.has(flags::ADMIN) {
+        return Some(Frame::error(format!(
+            "ERR sluice: '{name}' is an admin command; run it on the Redis node directly"
+        )));
+    }
+    let msg = match name {
+        "move" => "ERR MOVE is not allowed in cluster mode",
+        "swapdb" => "ERR SWAPDB is not allowed in cluster mode",
+        "copy" if cmd.args().iter().skip(3).any(|a| a.eq_ignore_ascii_case(b"db")) => {
+            "ERR Copying to another database is not allowed in cluster mode"
+        }
+        "randomkey" => "ERR sluice: RANDOMKEY is not supported through the proxy (it could name a key of another proxy)",
+        "wait" | "waitaof" => "ERR sluice: WAIT is not supported through the proxy (nodes have no replicas of their own)",
+        "migrate" => "ERR sluice: MIGRATE is reserved for sluice's own slot migrations",
+        _ if name.starts_with("client|") => "ERR sluice: this CLIENT subcommand is not supported through the proxy",
+        "sort" | "sort_ro" if sort_uses_patterns(cmd) => {
+            "ERR sluice: SORT with BY or GET patterns is not supported in cluster mode"
+        }
+        _ => return None,
+    };
+    Some(Frame::error(msg))
+}
+
+/// SORT's BY/GET patterns read other keys, which may live anywhere (`GET #` is fine).
+fn sort_uses_patterns(cmd: &Command) -> bool {
+    let args = cmd.args();
+    args.iter().enumerate().skip(2).any(|(i, a)| {
+        let next = args.get(i + 1).map(|b| &b[..]);
+        (a.eq_ignore_ascii_case(b"by") && next.is_some_and(|n| !n.eq_ignore_ascii_case(b"nosort")))
+            || (a.eq_ignore_ascii_case(b"get") && next != Some(b"#"))
+    })
+}
+
+/// The single slot of a command's keys, if it has keys: `CROSSSLOT` if they span slots.
+fn single_slot(cmd: &Command, keys: &KeyPositions) -> Result<Option<u16>, Frame> {
+    let mut slot = None;
+    for &i in keys {
+        let s = key_slot(&cmd.args()[i]);
+        match slot {
+            None => slot = Some(s),
+            Some(prev) if prev != s => return Err(crossslot()),
+            _ => {}
+        }
+    }
+    Ok(slot)
+}
+
+/// For commands that must run here as a whole (transactions): the slot of their keys if it
+/// is served here, or the error a Redis Cluster node would give.
+pub fn local_slot(s: &Session, cmd: &Command, spec: &CommandSpec) -> Result<Option<u16>, Frame> {
+    if let Some(err) = refusal(cmd, spec) {
+        return Err(err);
+    }
+    let keys = command::key_positions(cmd, spec).map_err(|e| Frame::error(e.to_string()))?;
+    let slot = single_slot(cmd, &keys)?;
+    if let Some(slot) = slot {
+        check_local(s, slot)?;
+    }
+    Ok(slot)
+}
+
+/// `Ok` if this proxy serves `slot`, else `MOVED`/`CLUSTERDOWN`.
+pub fn check_local(s: &Session, slot: u16) -> Result<(), Frame> {
+    let routes = s.shared.routes();
+    match routes.route(slot) {
+        Route::Local => Ok(()),
+        Route::Peer(p) => Err(moved(slot, p)),
+        Route::Unserved => Err(clusterdown()),
+    }
+}
+
+/// Routes an ordinary command.
+pub async fn handle(s: &mut Session, cmd: Command, spec: &'static CommandSpec) -> Flow {
+    if let Some(err) = refusal(&cmd, spec) {
+        return s.reply(err).await;
+    }
+    let keys = match command::key_positions(&cmd, spec) {
+        Ok(k) => k,
+        Err(e) => return s.reply(Frame::error(e.to_string())).await,
+    };
+    let lane = if is_blocking(&cmd, spec) { Lane::Private } else { Lane::Shared };
+    match single_slot(&cmd, &keys) {
+        Ok(None) => s.send_to_node(lane, cmd.raw().clone()).await,
+        Ok(Some(slot)) => {
+            let target = {
+                let routes = s.shared.routes();
+                match routes.route(slot) {
+                    Route::Local => None,
+                    Route::Peer(p) => Some(Err(p.clone())),
+                    Route::Unserved => Some(Ok(())),
+                }
+            };
+            match target {
+                None => s.send_to_node(lane, cmd.raw().clone()).await,
+                Some(Err(peer)) if s.forwards() => forward(s, &peer, cmd.raw().clone()).await,
+                Some(Err(peer)) => s.reply(moved(slot, &peer)).await,
+                Some(Ok(())) => s.reply(clusterdown()).await,
+            }
+        }
+        Err(crossslot) => match multikey::merge_kind(spec.name) {
+            Some(kind) => multi_slot(s, cmd, kind, &keys).await,
+            None => s.reply(crossslot).await,
+        },
+    }
+}
+
+/// Where each key of a multi-key command goes.
+enum Dest {
+    Local,
+    Peer(Peer),
+}
+
+/// A splittable command whose keys span slots.
+async fn multi_slot(s: &mut Session, cmd: Command, kind: MergeKind, keys: &KeyPositions) -> Flow {
+    let mut dests: Vec<(Dest, Vec<usize>)> = Vec::new();
+    let mut first_foreign: Option<u16> = None;
+    {
+        let routes = s.shared.routes();
+        for (ordinal, &pos) in keys.iter().enumerate() {
+            let slot = key_slot(&cmd.args()[pos]);
+            let dest = match routes.route(slot) {
+                Route::Local => Dest::Local,
+                Route::Peer(p) => {
+                    first_foreign.get_or_insert(slot);
+                    Dest::Peer(p.clone())
+                }
+                Route::Unserved => {
+                    drop(routes);
+                    return s.reply(clusterdown()).await;
+                }
+            };
+            let found = dests.iter_mut().find(|(d, _)| match (d, &dest) {
+                (Dest::Local, Dest::Local) => true,
+                (Dest::Peer(a), Dest::Peer(b)) => a.proxy == b.proxy,
+                _ => false,
+            });
+            match found {
+                Some((_, ords)) => ords.push(ordinal),
+                None => dests.push((dest, vec![ordinal])),
+            }
+        }
+    }
+    // Everything here: the node is not a cluster, one command does it (and keeps MSET atomic).
+    if let [(Dest::Local, _)] = dests.as_slice() {
+        return s.send_to_node(Lane::Shared, cmd.raw().clone()).await;
+    }
+    if !s.forwards() {
+        return match (dests.as_slice(), first_foreign) {
+            ([(Dest::Peer(p), _)], Some(slot)) => {
+                let frame = moved(slot, p);
+                s.reply(frame).await
+            }
+            _ => s.reply(crossslot()).await,
+        };
+    }
+    // Forwarding: each destination gets its share, the answers are merged in key order.
+    let mut parts = Vec::with_capacity(dests.len());
+    for (dest, ordinals) in dests {
+        let positions: Vec<usize> = ordinals.iter().map(|&o| keys[o]).collect();
+        let sub = multikey::sub_command(&cmd, kind, &positions);
+        let rx = match dest {
+            Dest::Local => s.node_request(Lane::Shared, sub.raw().clone()).await,
+            Dest::Peer(p) => peer_request(s, &p, sub.raw().clone()).await,
+        };
+        match rx {
+            Ok(rx) => parts.push((ordinals, rx)),
+            Err(e) => return s.reply(e.to_frame()).await,
+        }
+    }
+    let protocol = s.protocol;
+    let total = keys.len();
+    let fut = async move {
+        let mut results = Vec::with_capacity(parts.len());
+        for (ordinals, rx) in parts {
+            let reply = match rx.await {
+                Ok(r) => r,
+                Err(_) => return Frame::error("ERR sluice: reply lost").to_bytes(protocol),
+            };
+            results.push((ordinals, reply));
+        }
+        multikey::merge(kind, results, total).to_bytes(protocol)
+    };
+    s.push(Pending::Future(Box::pin(fut))).await
+}
+
+async fn peer_request(
+    s: &Session,
+    peer: &Peer,
+    data: Bytes,
+) -> Result<tokio::sync::oneshot::Receiver<crate::backend::ReplyResult>, crate::backend::BackendError> {
+    let pool = s.shared.peer_pool(&peer.proxy);
+    let mut data = data;
+    for _ in 0..2 {
+        let backend = pool.get(s.protocol, s.id).await?;
+        match backend.send(data) {
+            Ok(rx) => return Ok(rx),
+            Err(back) => data = back,
+        }
+    }
+    Err(crate::backend::BackendError::Lost { addr: peer.proxy.as_str().into() })
+}
+
+/// Forwards a whole command to the proxy that serves its slot and relays the answer.
+async fn forward(s: &mut Session, peer: &Peer, data: Bytes) -> Flow {
+    match peer_request(s, peer, data).await {
+        Ok(rx) => s.push(Pending::Reply(rx)).await,
+        Err(e) => s.reply(e.to_frame()).await,
+    }
+}
+
+/// `SCAN` and `KEYS`: run on the node, then drop every key of a slot this proxy does not
+/// serve (keys a migration left behind stay invisible).
+pub async fn scan(s: &mut Session, cmd: Command, spec: &'static CommandSpec) -> Flow {
+    let rx = match s.node_request(Lane::Shared, cmd.raw().clone()).await {
+        Ok(rx) => rx,
+        Err(e) => return s.reply(e.to_frame()).await,
+    };
+    let shared = s.shared.clone();
+    let protocol = s.protocol;
+    let is_scan = spec.name == "scan";
+    let fut = async move {
+        let raw = match rx.await {
+            Ok(Ok(raw)) => raw,
+            Ok(Err(e)) => return error_bytes(&e, protocol),
+            Err(_) => return Frame::error("ERR sluice: reply lost").to_bytes(protocol),
+        };
+        let Ok((frame, _)) = parse_frame(&raw, &Limits::SERVER) else {
+            return raw;
+        };
+        let routes = shared.routes();
+        let keep = |keys: Vec<Frame>| -> Vec<Frame> {
+            keys.into_iter()
+                .filter(|k| k.as_bytes().is_some_and(|b| routes.is_local(key_slot(b))))
+                .collect()
+        };
+        let filtered = match (is_scan, frame) {
+            (true, Frame::Array(mut parts)) if parts.len() == 2 => {
+                let keys = match parts.pop() {
+                    Some(Frame::Array(keys)) | Some(Frame::Set(keys)) => keys,
+                    _ => return raw,
+                };
+                parts.push(Frame::Array(keep(keys)));
+                Frame::Array(parts)
+            }
+            (false, Frame::Array(keys)) | (false, Frame::Set(keys)) => Frame::Array(keep(keys)),
+            _ => return raw,
+        };
+        filtered.to_bytes(protocol)
+    };
+    s.push(Pending::Future(Box::pin(fut))).await
+}

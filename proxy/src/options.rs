@@ -1,0 +1,69 @@
+//! Command-line options of `sluice-proxy`.
+
+use clap::{Parser, ValueEnum};
+use std::time::Duration;
+
+/// What to do with a command for a slot another proxy serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Redirect {
+    /// Answer `MOVED <slot> <proxy>`, as a Redis Cluster node does.
+    Moved,
+    /// Send it on to that proxy and relay the answer (for clients that do not follow MOVED).
+    Forward,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "sluice-proxy", version, about = "RESP proxy in front of one Redis node, emulating Redis Cluster")]
+pub struct ProxyOptions {
+    /// Address to serve clients on.
+    #[arg(long, env = "SLUICE_PROXY_LISTEN", default_value = "127.0.0.1:6001")]
+    pub listen: String,
+    /// Address other proxies and clients should use for this proxy (`MOVED`, `CLUSTER SLOTS`).
+    /// Defaults to --listen.
+    #[arg(long, env = "SLUICE_PROXY_ANNOUNCE")]
+    pub announce: Option<String>,
+    /// The Redis node this proxy fronts.
+    #[arg(long, env = "SLUICE_PROXY_NODE", default_value = "127.0.0.1:7001")]
+    pub node: String,
+    /// Password of the Redis node (sent as AUTH).
+    #[arg(long, env = "SLUICE_NODE_PASSWORD")]
+    pub node_password: Option<String>,
+    /// Password clients must give with AUTH or HELLO … AUTH.
+    #[arg(long, env = "SLUICE_PROXY_REQUIREPASS")]
+    pub requirepass: Option<String>,
+    /// MOVED for slots of other proxies, or forward to them.
+    #[arg(long, env = "SLUICE_PROXY_REDIRECT", value_enum, default_value = "moved")]
+    pub redirect: Redirect,
+    /// Shared connections to the node per protocol (RESP2/RESP3).
+    #[arg(long, env = "SLUICE_PROXY_BACKEND_CONNECTIONS", default_value_t = 2)]
+    pub backend_connections: usize,
+    /// Most replies a single client may have outstanding before the proxy stops reading from it.
+    #[arg(long, default_value_t = 1024)]
+    pub pipeline_depth: usize,
+    /// Largest bulk string a client may send, in bytes (Redis: proto-max-bulk-len).
+    #[arg(long, default_value_t = 512 * 1024 * 1024)]
+    pub max_bulk_len: usize,
+    /// Timeout for connecting to the node or a peer proxy, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub connect_timeout_ms: u64,
+    #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl ProxyOptions {
+    /// The address this proxy is known by.
+    pub fn announce(&self) -> &str {
+        self.announce.as_deref().unwrap_or(&self.listen)
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+}

@@ -1,0 +1,509 @@
+//! One client connection: read commands, route each one, write replies in order.
+//!
+//! The reading side (this `Session`) decides what to do with every command and queues a
+//! [`Pending`] reply for it right away, without waiting for the backend; the writing side
+//! ([`reply_writer`]) resolves the pending replies strictly in the order they were queued.
+//! That is how a pipeline keeps its order while its commands are in flight together.
+//!
+//! Commands normally share the proxy's pooled connection to the node ("shared lane").
+//! Blocking commands and `WATCH` need a connection of their own ("private lane"). Before a
+//! session switches lanes it waits until every reply it has queued is in, so the node still
+//! sees the session's commands in the order the client sent them.
+
+use crate::backend::{Backend, BackendError, ReplyResult};
+use crate::command::{self, flags, CommandSpec};
+use crate::state::Shared;
+use crate::{cluster, connection, info, keyed, transaction, umctl};
+use bytes::{Bytes, BytesMut};
+use futures::future::BoxFuture;
+use futures::StreamExt;
+use sluice_common::resp::{CodecError, Command, CommandCodec, Frame, Limits, Protocol};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_util::codec::FramedRead;
+
+/// A reply that will be written to the client once it is known, in queue order.
+pub enum Pending {
+    /// Already encoded.
+    Ready(Bytes),
+    /// A raw reply from a backend, passed through unchanged.
+    Reply(oneshot::Receiver<ReplyResult>),
+    /// Anything that needs work after the backend answered (merges, filters).
+    Future(BoxFuture<'static, Bytes>),
+    /// Write what is queued, then close the connection (`QUIT`, protocol errors).
+    Close,
+}
+
+/// Replies the writer has resolved, so the reader can wait for its in-flight commands.
+#[derive(Default)]
+pub struct Progress {
+    completed: AtomicU64,
+    closed: AtomicBool,
+    notify: Notify,
+}
+
+impl Progress {
+    fn complete(&self) {
+        self.completed.fetch_add(1, Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+}
+
+/// What the session does after a command.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Close,
+}
+
+/// Which connection a command to the local node travels on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    Shared,
+    Private,
+}
+
+/// Most commands read ahead while waiting at a lane switch (to notice a client that leaves).
+const MAX_BACKLOG: usize = 1024;
+
+pub struct Session {
+    pub shared: Arc<Shared>,
+    pub id: u64,
+    pub addr: Option<SocketAddr>,
+    pub local_addr: Option<SocketAddr>,
+    pub created: Instant,
+    pub protocol: Protocol,
+    pub authenticated: bool,
+    pub name: Option<Bytes>,
+    /// This connection comes from another proxy forwarding to us: never forward again.
+    pub is_peer: bool,
+    pub tx: transaction::TxState,
+    reader: FramedRead<OwnedReadHalf, CommandCodec>,
+    backlog: VecDeque<Result<Command, CodecError>>,
+    replies: mpsc::Sender<Pending>,
+    progress: Arc<Progress>,
+    dispatched: u64,
+    lane: Lane,
+    node: Option<Backend>,
+    private: Option<Backend>,
+    /// The private connection that held this session's WATCH broke.
+    pub private_lost: bool,
+    /// The client disconnected while the session waited at a lane switch.
+    client_gone: bool,
+}
+
+/// Serves one client until it leaves.
+pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
+    let addr = stream.peer_addr().ok();
+    let local_addr = stream.local_addr().ok();
+    let _ = stream.set_nodelay(true);
+    let (rd, wr) = stream.into_split();
+    let (tx, rx) = mpsc::channel(shared.opts.pipeline_depth.max(1));
+    let progress = Arc::new(Progress::default());
+    let writer = tokio::spawn(reply_writer(wr, rx, progress.clone()));
+    let limits = Limits { max_bulk_len: shared.opts.max_bulk_len, ..Limits::CLIENT };
+    let authenticated = shared.opts.requirepass.is_none();
+    let id = shared.next_client_id();
+    shared.connected_clients.fetch_add(1, Ordering::Relaxed);
+    let mut session = Session {
+        shared: shared.clone(),
+        id,
+        addr,
+        local_addr,
+        created: Instant::now(),
+        protocol: Protocol::Resp2,
+        authenticated,
+        name: None,
+        is_peer: false,
+        tx: transaction::TxState::default(),
+        reader: FramedRead::with_capacity(rd, CommandCodec::new(limits), 16 * 1024),
+        backlog: VecDeque::new(),
+        replies: tx,
+        progress,
+        dispatched: 0,
+        lane: Lane::Shared,
+        node: None,
+        private: None,
+        private_lost: false,
+        client_gone: false,
+    };
+    session.run().await;
+    drop(session);
+    let _ = writer.await;
+    shared.connected_clients.fetch_sub(1, Ordering::Relaxed);
+}
+
+impl Session {
+    async fn run(&mut self) {
+        while !self.client_gone {
+            let next = match self.backlog.pop_front() {
+                Some(item) => Some(item),
+                None => self.reader.next().await,
+            };
+            let flow = match next {
+                None => Flow::Close,
+                Some(Ok(cmd)) => self.handle(cmd).await,
+                Some(Err(CodecError::Protocol(e))) => {
+                    // Like Redis: say what was wrong, then close the connection.
+                    tracing::debug!(client = self.id, error = %e, "protocol error from client");
+                    let _ = self.reply(Frame::error(format!("ERR {e}"))).await;
+                    let _ = self.push(Pending::Close).await;
+                    Flow::Close
+                }
+                Some(Err(CodecError::Io(_))) => Flow::Close,
+            };
+            if flow == Flow::Close {
+                return;
+            }
+        }
+    }
+
+    /// Decides what to do with one command and queues its reply.
+    async fn handle(&mut self, cmd: Command) -> Flow {
+        if cmd.name().eq_ignore_ascii_case(b"umctl") {
+            if !self.authenticated {
+                return self.reply(noauth()).await;
+            }
+            return umctl::handle(self, cmd).await;
+        }
+        let Some(spec) = command::lookup(&cmd) else {
+            let err = unknown_command(&cmd);
+            return self.reply_error_in_tx(err).await;
+        };
+        if !self.authenticated && !matches!(spec.name, "auth" | "hello" | "quit" | "reset") {
+            return self.reply(noauth()).await;
+        }
+        if spec.has_subcommands {
+            let err = Frame::error(format!(
+                "ERR unknown subcommand '{}'. Try {} HELP.",
+                String::from_utf8_lossy(cmd.arg(1).map(|a| &a[..]).unwrap_or(b"")),
+                spec.name.to_ascii_uppercase()
+            ));
+            return self.reply_error_in_tx(err).await;
+        }
+        if !spec.arity_ok(cmd.len()) {
+            let err = Frame::error(format!("ERR wrong number of arguments for '{}' command", spec.name));
+            return self.reply_error_in_tx(err).await;
+        }
+        if let Some(flow) = transaction::intercept(self, &cmd, spec).await {
+            return flow;
+        }
+        match spec.name {
+            "ping" | "echo" | "quit" | "auth" | "hello" | "select" | "reset" | "readonly" | "readwrite" | "asking" => {
+                connection::handle(self, cmd, spec).await
+            }
+            name if name.starts_with("client|") => connection::handle(self, cmd, spec).await,
+            name if name.starts_with("cluster|") => {
+                let reply = cluster::handle(&self.shared, &cmd, spec);
+                self.reply(reply).await
+            }
+            "info" => info::handle(self, cmd).await,
+            "scan" | "keys" => keyed::scan(self, cmd, spec).await,
+            _ => keyed::handle(self, cmd, spec).await,
+        }
+    }
+
+    /// An error reply for a rejected command; inside a transaction it also dooms the
+    /// transaction (Redis answers `EXECABORT` at `EXEC`).
+    pub async fn reply_error_in_tx(&mut self, err: Frame) -> Flow {
+        self.tx.mark_dirty();
+        self.reply(err).await
+    }
+
+    /// Queues a reply the proxy computed itself.
+    pub async fn reply(&mut self, frame: Frame) -> Flow {
+        let bytes = frame.to_bytes(self.protocol);
+        self.push(Pending::Ready(bytes)).await
+    }
+
+    /// Queues a pending reply; `Close` if the client is gone.
+    pub async fn push(&mut self, pending: Pending) -> Flow {
+        self.dispatched += 1;
+        match self.replies.send(pending).await {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Close,
+        }
+    }
+
+    /// Sends raw command bytes to this proxy's node on `lane` and queues the reply.
+    pub async fn send_to_node(&mut self, lane: Lane, data: Bytes) -> Flow {
+        match self.node_request(lane, data).await {
+            Ok(rx) => self.push(Pending::Reply(rx)).await,
+            Err(e) => self.reply(e.to_frame()).await,
+        }
+    }
+
+    /// Sends raw bytes to the node on `lane`; the receiver yields the reply. Switching lanes
+    /// first waits for every reply queued so far (see the module doc).
+    pub async fn node_request(&mut self, lane: Lane, data: Bytes) -> Result<oneshot::Receiver<ReplyResult>, BackendError> {
+        if lane != self.lane {
+            self.barrier().await;
+            self.lane = lane;
+        }
+        if self.client_gone {
+            return Err(BackendError::Lost { addr: Arc::from(self.shared.node.addr()) });
+        }
+        let mut data = data;
+        for _ in 0..2 {
+            let backend = match lane {
+                Lane::Shared => self.shared_backend().await?,
+                Lane::Private => self.private_backend().await?,
+            };
+            match backend.send(data) {
+                Ok(rx) => return Ok(rx),
+                Err(back) => {
+                    // Closed before anything was sent: safe to use a fresh connection.
+                    data = back;
+                    match lane {
+                        Lane::Shared => self.node = None,
+                        Lane::Private => self.drop_private(),
+                    }
+                }
+            }
+        }
+        Err(BackendError::Lost { addr: Arc::from(self.shared.node.addr()) })
+    }
+
+    /// Sends `n` commands as one unit (a transaction) on the shared lane.
+    pub async fn node_request_many(
+        &mut self,
+        data: Bytes,
+        n: usize,
+    ) -> Result<oneshot::Receiver<Result<Vec<Bytes>, BackendError>>, BackendError> {
+        if self.lane != Lane::Shared {
+            self.barrier().await;
+            self.lane = Lane::Shared;
+        }
+        let mut data = data;
+        for _ in 0..2 {
+            let backend = self.shared_backend().await?;
+            match backend.send_many(data, n) {
+                Ok(rx) => return Ok(rx),
+                Err(back) => {
+                    data = back;
+                    self.node = None;
+                }
+            }
+        }
+        Err(BackendError::Lost { addr: Arc::from(self.shared.node.addr()) })
+    }
+
+    async fn shared_backend(&mut self) -> Result<Backend, BackendError> {
+        if let Some(b) = &self.node {
+            if !b.is_closed() {
+                return Ok(b.clone());
+            }
+        }
+        let b = self.shared.node.get(self.protocol, self.id).await?;
+        self.node = Some(b.clone());
+        Ok(b)
+    }
+
+    async fn private_backend(&mut self) -> Result<Backend, BackendError> {
+        if let Some(b) = &self.private {
+            if !b.is_closed() {
+                return Ok(b.clone());
+            }
+            // The connection that held WATCH state is gone; a new one would not hold it.
+            self.drop_private();
+        }
+        if self.private_lost {
+            return Err(BackendError::Lost { addr: Arc::from(self.shared.node.addr()) });
+        }
+        let b = self.shared.node.private(self.protocol).await?;
+        self.private = Some(b.clone());
+        Ok(b)
+    }
+
+    /// Forgets the private connection. If a transaction depended on it (WATCH), the
+    /// transaction can no longer be trusted and fails instead of running unwatched.
+    pub fn drop_private(&mut self) {
+        self.private = None;
+        if self.tx.is_watching() {
+            self.private_lost = true;
+        }
+    }
+
+    /// Before a fresh `WATCH`: a broken private connection from earlier may be replaced.
+    pub fn prepare_private_for_watch(&mut self) {
+        if self.private.as_ref().is_some_and(Backend::is_closed) {
+            self.private = None;
+        }
+        self.private_lost = false;
+    }
+
+    /// Drops the shared-connection handle so the next command picks one for the new protocol.
+    pub fn reset_backends(&mut self) {
+        self.node = None;
+        self.private = None;
+        self.private_lost = false;
+        self.lane = Lane::Shared;
+    }
+
+    /// Waits until every reply queued so far has come in. Meanwhile keeps reading from the
+    /// client (into a backlog), so a client that disconnects while, say, `BLPOP key 0`
+    /// blocks is noticed and its private connection closed.
+    async fn barrier(&mut self) {
+        loop {
+            if self.client_gone
+                || self.progress.completed.load(Ordering::Acquire) >= self.dispatched
+                || self.progress.closed.load(Ordering::Acquire)
+            {
+                return;
+            }
+            let notified = self.progress.notify.notified();
+            tokio::select! {
+                _ = notified => {}
+                next = self.reader.next(), if self.backlog.len() < MAX_BACKLOG => match next {
+                    Some(item) => self.backlog.push_back(item),
+                    None => {
+                        // The client left: nobody waits for these replies any more.
+                        self.private = None;
+                        self.client_gone = true;
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    /// The client's protocol-specific encoding of a frame.
+    pub fn encode(&self, frame: &Frame) -> Bytes {
+        frame.to_bytes(self.protocol)
+    }
+
+    /// Whether commands for other proxies' slots are forwarded (never for peer connections).
+    pub fn forwards(&self) -> bool {
+        !self.is_peer && self.shared.opts.redirect == crate::options::Redirect::Forward
+    }
+}
+
+/// Writes replies in queue order, batching whatever is ready into one write.
+async fn reply_writer(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Pending>, progress: Arc<Progress>) {
+    const FLUSH_AT: usize = 64 * 1024;
+    let mut out = BytesMut::with_capacity(16 * 1024);
+    loop {
+        let item = match rx.try_recv() {
+            Ok(item) => item,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                if !out.is_empty() {
+                    if wr.write_all(&out).await.is_err() {
+                        break;
+                    }
+                    out.clear();
+                }
+                match rx.recv().await {
+                    Some(item) => item,
+                    None => break,
+                }
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+        };
+        let bytes = match item {
+            Pending::Ready(b) => b,
+            Pending::Reply(mut reply) => {
+                let result = match reply.try_recv() {
+                    Ok(r) => Some(r),
+                    Err(oneshot::error::TryRecvError::Empty) => None,
+                    Err(oneshot::error::TryRecvError::Closed) => Some(Err(lost())),
+                };
+                let result = match result {
+                    Some(r) => r,
+                    None => {
+                        // Not in yet: let the client have what is ready before waiting.
+                        if !out.is_empty() {
+                            if wr.write_all(&out).await.is_err() {
+                                break;
+                            }
+                            out.clear();
+                        }
+                        reply.await.unwrap_or_else(|_| Err(lost()))
+                    }
+                };
+                match result {
+                    Ok(b) => b,
+                    Err(e) => e.to_frame().to_bytes(Protocol::Resp2),
+                }
+            }
+            Pending::Future(f) => {
+                if !out.is_empty() {
+                    if wr.write_all(&out).await.is_err() {
+                        break;
+                    }
+                    out.clear();
+                }
+                f.await
+            }
+            Pending::Close => {
+                let _ = wr.write_all(&out).await;
+                let _ = wr.shutdown().await;
+                progress.complete();
+                break;
+            }
+        };
+        progress.complete();
+        if bytes.len() >= FLUSH_AT {
+            if (!out.is_empty() && wr.write_all(&out).await.is_err()) || wr.write_all(&bytes).await.is_err() {
+                break;
+            }
+            out.clear();
+        } else {
+            out.extend_from_slice(&bytes);
+            if out.len() >= FLUSH_AT {
+                if wr.write_all(&out).await.is_err() {
+                    break;
+                }
+                out.clear();
+            }
+        }
+    }
+    progress.close();
+}
+
+fn lost() -> BackendError {
+    BackendError::Lost { addr: Arc::from("node") }
+}
+
+pub fn noauth() -> Frame {
+    Frame::error("NOAUTH Authentication required.")
+}
+
+fn unknown_command(cmd: &Command) -> Frame {
+    let mut msg = format!(
+        "ERR unknown command '{}', with args beginning with: ",
+        String::from_utf8_lossy(cmd.name())
+    );
+    for a in cmd.args().iter().skip(1).take(16) {
+        msg.push_str(&format!("'{}' ", String::from_utf8_lossy(a)));
+    }
+    Frame::error(msg)
+}
+
+/// Sends `frame` as the reply of a future (used by handlers that post-process replies).
+pub fn error_bytes(e: &BackendError, protocol: Protocol) -> Bytes {
+    e.to_frame().to_bytes(protocol)
+}
+
+/// Whether a command blocks on the node (needs a private connection). `XREAD` and
+/// `XREADGROUP` are flagged blocking but only block with the `BLOCK` option.
+pub fn is_blocking(cmd: &Command, spec: &CommandSpec) -> bool {
+    if !spec.has(flags::BLOCKING) {
+        return false;
+    }
+    match spec.name {
+        "xread" | "xreadgroup" => cmd.args().iter().skip(1).any(|a| a.eq_ignore_ascii_case(b"block")),
+        _ => true,
+    }
+}
