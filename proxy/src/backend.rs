@@ -309,7 +309,10 @@ impl BackendPool {
         }
         if let Some((at, err)) = &state.failed {
             if at.elapsed() < RECONNECT_BACKOFF {
-                return Err(err.clone());
+                // Another connection of the pool may be up again already.
+                let err = err.clone();
+                drop(state);
+                return self.any_live(slots).await.ok_or(err);
             }
         }
         let opts = ConnectOptions { protocol, ..self.opts.clone() };
@@ -326,6 +329,18 @@ impl BackendPool {
                 Err(e)
             }
         }
+    }
+
+    /// Any live connection among `slots` (skipping those being connected right now).
+    async fn any_live(&self, slots: &[Slot]) -> Option<Backend> {
+        for slot in slots {
+            if let Ok(state) = slot.conn.try_lock() {
+                if let Some(b) = state.backend.as_ref().filter(|b| !b.is_closed()) {
+                    return Some(b.clone());
+                }
+            }
+        }
+        None
     }
 
     /// A new connection used by one session only (blocking commands, `WATCH`).

@@ -1,0 +1,66 @@
+//! A minimal RESP client for the harness itself (configuring proxies, checking nodes),
+//! built on sluice's own codec. Tests use real client libraries for what they assert.
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::BytesMut;
+use sluice_common::resp::{encode_command, parse_frame, Frame, Limits, ReplyCodec};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::codec::Decoder;
+
+/// One connection; commands are sent one at a time.
+pub struct RespConn {
+    stream: TcpStream,
+    buf: BytesMut,
+    codec: ReplyCodec,
+}
+
+impl RespConn {
+    pub async fn connect(addr: &str) -> Result<RespConn> {
+        let stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
+            .await
+            .map_err(|_| anyhow!("connect to {addr} timed out"))?
+            .with_context(|| format!("connect to {addr}"))?;
+        Ok(RespConn { stream, buf: BytesMut::new(), codec: ReplyCodec::new(Limits::SERVER) })
+    }
+
+    /// Sends a command and reads its reply (an error reply is a `Frame::Error`, not `Err`).
+    pub async fn call<A: AsRef<[u8]>>(&mut self, args: &[A]) -> Result<Frame> {
+        let mut out = BytesMut::new();
+        encode_command(args, &mut out);
+        self.stream.write_all(&out).await?;
+        self.read_reply().await
+    }
+
+    pub async fn read_reply(&mut self) -> Result<Frame> {
+        loop {
+            if let Some(raw) = self.codec.decode(&mut self.buf)? {
+                return Ok(parse_frame(&raw, &Limits::SERVER)?.0);
+            }
+            let n = tokio::time::timeout(Duration::from_secs(30), self.stream.read_buf(&mut self.buf))
+                .await
+                .map_err(|_| anyhow!("no reply within 30 s"))??;
+            if n == 0 {
+                bail!("connection closed");
+            }
+        }
+    }
+
+    pub fn stream(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+}
+
+/// Connects, sends one command, returns the reply.
+pub async fn call<A: AsRef<[u8]>>(addr: &str, args: &[A]) -> Result<Frame> {
+    RespConn::connect(addr).await?.call(args).await
+}
+
+/// Like [`call`], but an error reply is an `Err`.
+pub async fn call_ok<A: AsRef<[u8]>>(addr: &str, args: &[A]) -> Result<Frame> {
+    match call(addr, args).await? {
+        Frame::Error(e) => bail!("{addr} answered {}", String::from_utf8_lossy(&e)),
+        f => Ok(f),
+    }
+}

@@ -1,0 +1,16 @@
+//! The multi-process harness: real `redis-server` processes and the real sluice binaries on
+//! loopback ports, driven by real clients. `sluice local` and every end-to-end test start
+//! clusters with this code.
+
+pub mod bins;
+pub mod client;
+pub mod cluster;
+pub mod ports;
+pub mod process;
+pub mod redis_node;
+pub mod wait;
+
+pub use cluster::ProxyCluster;
+pub use process::ChildProcess;
+pub use redis_node::RedisNode;
+pub use wait::wait_for;
