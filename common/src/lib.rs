@@ -1,5 +1,7 @@
-//! Pieces shared by every sluice program: the RESP codec, slot hashing and the metadata model.
+//! Pieces shared by every sluice program: the RESP codec, slot hashing, the metadata model and
+//! the broker's HTTP API types.
 
+pub mod api;
 pub mod model;
 pub mod resp;
 pub mod slot;

@@ -89,6 +89,7 @@ pub fn split_slots_evenly(n: usize) -> Vec<SlotRange> {
 }
 
 /// Migration role of a slot range on a node (the seed's MIGRATING / IMPORTING flags).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SlotTag {
@@ -99,6 +100,7 @@ pub enum SlotTag {
 }
 
 /// Slots assigned to a node, as `GET /api/v1/clusters/{name}` shows them.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlotAssignment {
     pub start: u16,
@@ -121,6 +123,7 @@ impl SlotAssignment {
 }
 
 /// One node of a cluster: a proxy and the Redis node behind it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeView {
     /// The proxy's client-facing address (`host:port`), what `MOVED` names.
@@ -131,15 +134,18 @@ pub struct NodeView {
 }
 
 /// A cluster as clients and operators see it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterView {
     pub name: String,
     /// The epoch of the last change to this cluster.
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub epoch: Epoch,
     pub nodes: Vec<NodeView>,
 }
 
 /// How a migration moves data.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum MigrationMode {
@@ -153,6 +159,7 @@ pub enum MigrationMode {
 }
 
 /// The phases of a migration, in order (seeds: partition-move.md and slots-migration.md).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MigrationPhase {
@@ -177,10 +184,12 @@ impl MigrationPhase {
 
 /// What both proxies of a migration must know about it (seed: "Notices"). It travels inside
 /// the proxy config, tied to the epoch at which the migration started.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MigrationMeta {
     pub id: String,
     /// The epoch at which the migration started.
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub epoch: Epoch,
     pub cluster: String,
     pub src_proxy: String,
@@ -193,9 +202,11 @@ pub struct MigrationMeta {
 
 /// Everything one proxy must hold: what `UMCTL SETDB` and gRPC `SetConfig` take, and what
 /// the broker serves for each proxy.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProxyConfig {
     /// The broker's global epoch this config was computed at.
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub epoch: Epoch,
     /// The proxy this config is for (its client-facing address).
     pub proxy: String,
@@ -292,13 +303,18 @@ pub fn node_id(proxy_address: &str) -> String {
     // FNV-1a, run with three seeds to get 160 bits; stable across builds and platforms.
     let mut out = String::with_capacity(48);
     for seed in [0xcbf2_9ce4_8422_2325u64, 0x8422_2325_cbf2_9ce4, 0x9e37_79b9_7f4a_7c15] {
-        let h = proxy_address
-            .bytes()
-            .fold(seed, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
-        out.push_str(&format!("{h:016x}"));
+        let h = proxy_address.bytes().fold(seed, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
+        out.push_str(&format!("{:016x}", mix(h)));
     }
     out.truncate(40);
     out
+}
+
+/// splitmix64's finaliser: spreads FNV's output so nearby addresses get unrelated ids.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 #[cfg(test)]
@@ -340,12 +356,7 @@ mod tests {
 
     #[test]
     fn owners_follow_tags() {
-        let mig = SlotAssignment {
-            start: 0,
-            end: 9,
-            tag: Some(SlotTag::Migrating),
-            migration: Some("m1".into()),
-        };
+        let mig = SlotAssignment { start: 0, end: 9, tag: Some(SlotTag::Migrating), migration: Some("m1".into()) };
         let imp = SlotAssignment { tag: Some(SlotTag::Importing), ..mig.clone() };
         let c = cluster(vec![("a", vec![mig]), ("b", vec![imp])]);
         let owners = c.slot_owners().unwrap();

@@ -24,8 +24,7 @@ const fn build_table() -> [u16; 256] {
 }
 
 pub fn crc16(data: &[u8]) -> u16 {
-    data.iter()
-        .fold(0u16, |crc, &b| (crc << 8) ^ CRC16_TABLE[usize::from(((crc >> 8) as u8) ^ b)])
+    data.iter().fold(0u16, |crc, &b| (crc << 8) ^ CRC16_TABLE[usize::from(((crc >> 8) as u8) ^ b)])
 }
 
 /// The part of `key` that is hashed: the hash tag if there is a non-empty one.

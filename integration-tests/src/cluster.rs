@@ -24,10 +24,15 @@ pub struct ProxyProcess {
 impl ProxyProcess {
     /// Starts a proxy for `node` on a free port and waits until it answers PING.
     pub async fn start(dir: &Path, node: &str, extra_args: &[&str]) -> Result<ProxyProcess> {
+        ProxyProcess::start_on(dir, None, node, extra_args).await
+    }
+
+    /// Like [`ProxyProcess::start`], on `port` if given (no retry on another port then).
+    pub async fn start_on(dir: &Path, port: Option<u16>, node: &str, extra_args: &[&str]) -> Result<ProxyProcess> {
         let bin = binary("sluice-proxy")?;
         let mut last = None;
-        for _ in 0..5 {
-            let port = free_port();
+        for _ in 0..if port.is_some() { 1 } else { 5 } {
+            let port = port.unwrap_or_else(free_port);
             let addr = format!("127.0.0.1:{port}");
             let mut args: Vec<String> = vec!["--listen".into(), addr.clone(), "--node".into(), node.to_string()];
             args.extend(extra_args.iter().map(|a| a.to_string()));
@@ -90,12 +95,18 @@ pub struct ProxyCluster {
 impl ProxyCluster {
     /// Starts `n` nodes and proxies (with `proxy_args` added) and configures them at epoch 1.
     pub async fn start(n: usize, proxy_args: &[&str]) -> Result<ProxyCluster> {
-        let dir = tempfile::Builder::new().prefix("sluice-test-").tempdir()?;
+        ProxyCluster::start_at(n, None, proxy_args).await
+    }
+
+    /// Like [`ProxyCluster::start`], with proxies on `base_port`, `base_port + 1`, … if given.
+    pub async fn start_at(n: usize, base_port: Option<u16>, proxy_args: &[&str]) -> Result<ProxyCluster> {
+        let dir = tempfile::Builder::new().prefix("sluice-").tempdir()?;
         let mut nodes = Vec::new();
         let mut proxies = Vec::new();
         for i in 0..n {
             let node = RedisNode::start(&dir.path().join(format!("node{i}")), &[]).await?;
-            let proxy = ProxyProcess::start(dir.path(), &node.addr(), proxy_args).await?;
+            let port = base_port.map(|b| b + i as u16);
+            let proxy = ProxyProcess::start_on(dir.path(), port, &node.addr(), proxy_args).await?;
             nodes.push(node);
             proxies.push(proxy);
         }
@@ -115,7 +126,11 @@ impl ProxyCluster {
         let nodes = split_slots_evenly(self.proxies.len())
             .into_iter()
             .zip(&self.proxies)
-            .map(|(range, p)| NodeView { proxy: p.addr(), node: p.node.clone(), slots: vec![SlotAssignment::plain(range)] })
+            .map(|(range, p)| NodeView {
+                proxy: p.addr(),
+                node: p.node.clone(),
+                slots: vec![SlotAssignment::plain(range)],
+            })
             .collect();
         ClusterView { name: "test".into(), epoch, nodes }
     }
@@ -142,10 +157,7 @@ impl ProxyCluster {
 
     /// Index of the proxy that owns `slot`.
     pub fn owner_of(&self, slot: u16) -> usize {
-        split_slots_evenly(self.proxies.len())
-            .iter()
-            .position(|r| r.contains(slot))
-            .unwrap_or(0)
+        split_slots_evenly(self.proxies.len()).iter().position(|r| r.contains(slot)).unwrap_or(0)
     }
 
     /// `redis://` URLs of all proxies, for cluster clients.

@@ -2,8 +2,8 @@
 //! configured with `UMCTL SETDB`, real clients (redis-rs cluster client, redis-cli, raw RESP).
 
 use anyhow::Result;
-use redis::AsyncCommands;
 use futures::StreamExt;
+use redis::AsyncCommands;
 use sluice_common::resp::{parse_frame, Frame, Limits, ReplyCodec};
 use sluice_common::slot::key_slot;
 use sluice_harness::client::{call, RespConn};
@@ -97,11 +97,8 @@ async fn redis_cli_gets_moved_and_follows_it() -> Result<()> {
 async fn cluster_slots_shards_and_nodes_agree_with_the_config() -> Result<()> {
     let cluster = ProxyCluster::start(3, &[]).await?;
     let view = cluster.cluster_view(1);
-    let expected: Vec<(i64, i64, String)> = view
-        .nodes
-        .iter()
-        .map(|n| (i64::from(n.slots[0].start), i64::from(n.slots[0].end), n.proxy.clone()))
-        .collect();
+    let expected: Vec<(i64, i64, String)> =
+        view.nodes.iter().map(|n| (i64::from(n.slots[0].start), i64::from(n.slots[0].end), n.proxy.clone())).collect();
     for proxy in cluster.proxy_addrs() {
         // CLUSTER SLOTS
         let Frame::Array(entries) = call(&proxy, &["CLUSTER", "SLOTS"]).await? else { panic!("SLOTS") };
@@ -127,7 +124,8 @@ async fn cluster_slots_shards_and_nodes_agree_with_the_config() -> Result<()> {
             assert_eq!(ranges, vec![*start, *end]);
             let Frame::Array(nodes) = &kv[3] else { panic!("nodes") };
             let Frame::Array(node) = &nodes[0] else { panic!("node") };
-            let fields: Vec<String> = node.iter().map(|f| bulk(f).unwrap_or_else(|| format!("{:?}", f.as_integer()))).collect();
+            let fields: Vec<String> =
+                node.iter().map(|f| bulk(f).unwrap_or_else(|| format!("{:?}", f.as_integer()))).collect();
             let port = addr.rsplit(':').next().unwrap();
             assert!(fields.contains(&format!("Some({port})")), "{fields:?} has port {port}");
         }
@@ -200,11 +198,8 @@ async fn a_stale_or_conflicting_setdb_is_refused_and_changes_nothing() -> Result
 async fn mget_across_slots_of_one_proxy_returns_values_in_order() -> Result<()> {
     let cluster = ProxyCluster::start(3, &[]).await?;
     let proxy = cluster.proxies[1].addr();
-    let keys: Vec<String> = (0..)
-        .map(|i| format!("m:{i}"))
-        .filter(|k| cluster.owner_of(key_slot(k.as_bytes())) == 1)
-        .take(20)
-        .collect();
+    let keys: Vec<String> =
+        (0..).map(|i| format!("m:{i}")).filter(|k| cluster.owner_of(key_slot(k.as_bytes())) == 1).take(20).collect();
     let slots: std::collections::HashSet<u16> = keys.iter().map(|k| key_slot(k.as_bytes())).collect();
     assert!(slots.len() > 10, "keys in many slots");
     let mut c = RespConn::connect(&proxy).await?;
@@ -238,12 +233,8 @@ async fn mget_across_slots_of_one_proxy_returns_values_in_order() -> Result<()> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pipeline_of_10000_mixed_commands_answers_in_order() -> Result<()> {
     let cluster = ProxyCluster::start(3, &[]).await?;
-    let local = |i: usize| {
-        (0..)
-            .map(|j| format!("p:{i}:{j}"))
-            .find(|k| cluster.owner_of(key_slot(k.as_bytes())) == 0)
-            .unwrap()
-    };
+    let local =
+        |i: usize| (0..).map(|j| format!("p:{i}:{j}")).find(|k| cluster.owner_of(key_slot(k.as_bytes())) == 0).unwrap();
     let foreign = key_owned_by(&cluster, 1, "far");
     let foreign_slot = key_slot(foreign.as_bytes());
     let mut out = bytes::BytesMut::new();
@@ -455,11 +446,8 @@ async fn scan_and_keys_only_show_keys_of_owned_slots() -> Result<()> {
     let cluster = ProxyCluster::start(2, &[]).await?;
     let proxy = cluster.proxies[0].addr();
     let mut c = RespConn::connect(&proxy).await?;
-    let mine: Vec<String> = (0..)
-        .map(|i| format!("own:{i}"))
-        .filter(|k| cluster.owner_of(key_slot(k.as_bytes())) == 0)
-        .take(50)
-        .collect();
+    let mine: Vec<String> =
+        (0..).map(|i| format!("own:{i}")).filter(|k| cluster.owner_of(key_slot(k.as_bytes())) == 0).take(50).collect();
     for k in &mine {
         assert_eq!(c.call(&["SET", k.as_str(), "1"]).await?, Frame::ok());
     }
@@ -522,7 +510,8 @@ async fn forward_mode_serves_clients_that_do_not_follow_moved() -> Result<()> {
     for k in &keys {
         conn.set::<_, _, ()>(k, format!("v-{k}")).await?;
     }
-    let owners: std::collections::HashSet<usize> = keys.iter().map(|k| cluster.owner_of(key_slot(k.as_bytes()))).collect();
+    let owners: std::collections::HashSet<usize> =
+        keys.iter().map(|k| cluster.owner_of(key_slot(k.as_bytes()))).collect();
     assert_eq!(owners.len(), 3, "keys on all three proxies");
     let values: Vec<Option<String>> = conn.mget(&keys).await?;
     assert_eq!(values, keys.iter().map(|k| Some(format!("v-{k}"))).collect::<Vec<_>>());

@@ -45,7 +45,11 @@ pub type ReplyResult = Result<Bytes, BackendError>;
 enum Sink {
     One(oneshot::Sender<ReplyResult>),
     /// A request made of `n` commands (a `MULTI … EXEC` unit); every reply is delivered.
-    Many { n: usize, got: Vec<Bytes>, tx: oneshot::Sender<Result<Vec<Bytes>, BackendError>> },
+    Many {
+        n: usize,
+        got: Vec<Bytes>,
+        tx: oneshot::Sender<Result<Vec<Bytes>, BackendError>>,
+    },
 }
 
 struct Request {
@@ -130,14 +134,16 @@ impl Backend {
     /// in which case nothing was sent and the caller may use another connection.
     pub fn send(&self, data: Bytes) -> Result<oneshot::Receiver<ReplyResult>, Bytes> {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Request { data, sink: Sink::One(tx) })
-            .map_err(|e| e.0.data)?;
+        self.tx.send(Request { data, sink: Sink::One(tx) }).map_err(|e| e.0.data)?;
         Ok(rx)
     }
 
     /// Queues `n` commands written back to back (a transaction); all `n` replies come back.
-    pub fn send_many(&self, data: Bytes, n: usize) -> Result<oneshot::Receiver<Result<Vec<Bytes>, BackendError>>, Bytes> {
+    pub fn send_many(
+        &self,
+        data: Bytes,
+        n: usize,
+    ) -> Result<oneshot::Receiver<Result<Vec<Bytes>, BackendError>>, Bytes> {
         let (tx, rx) = oneshot::channel();
         let sink = Sink::Many { n, got: Vec::with_capacity(n), tx };
         self.tx.send(Request { data, sink }).map_err(|e| e.0.data)?;

@@ -16,9 +16,9 @@ pub async fn handle(s: &mut Session, cmd: Command) -> Flow {
     let shared = s.shared.clone();
     let protocol = s.protocol;
     let wants_sluice = cmd.len() == 1
-        || cmd.args()[1..].iter().any(|a| {
-            ["sluice", "all", "everything", "default"].iter().any(|w| a.eq_ignore_ascii_case(w.as_bytes()))
-        });
+        || cmd.args()[1..]
+            .iter()
+            .any(|a| ["sluice", "all", "everything", "default"].iter().any(|w| a.eq_ignore_ascii_case(w.as_bytes())));
     let fut = async move {
         let raw = match rx.await {
             Ok(Ok(raw)) => raw,

@@ -43,8 +43,12 @@ pub fn refusal(cmd: &Command, spec: &CommandSpec) -> Option<Frame> {
         "copy" if cmd.args().iter().skip(3).any(|a| a.eq_ignore_ascii_case(b"db")) => {
             "ERR Copying to another database is not allowed in cluster mode"
         }
-        "randomkey" => "ERR sluice: RANDOMKEY is not supported through the proxy (it could name a key of another proxy)",
-        "wait" | "waitaof" => "ERR sluice: WAIT is not supported through the proxy (nodes have no replicas of their own)",
+        "randomkey" => {
+            "ERR sluice: RANDOMKEY is not supported through the proxy (it could name a key of another proxy)"
+        }
+        "wait" | "waitaof" => {
+            "ERR sluice: WAIT is not supported through the proxy (nodes have no replicas of their own)"
+        }
         "migrate" => "ERR sluice: MIGRATE is reserved for sluice's own slot migrations",
         _ if name.starts_with("client|") => "ERR sluice: this CLIENT subcommand is not supported through the proxy",
         "sort" | "sort_ro" if sort_uses_patterns(cmd) => {
@@ -263,9 +267,7 @@ pub async fn scan(s: &mut Session, cmd: Command, spec: &'static CommandSpec) -> 
         };
         let routes = shared.routes();
         let keep = |keys: Vec<Frame>| -> Vec<Frame> {
-            keys.into_iter()
-                .filter(|k| k.as_bytes().is_some_and(|b| routes.is_local(key_slot(b))))
-                .collect()
+            keys.into_iter().filter(|k| k.as_bytes().is_some_and(|b| routes.is_local(key_slot(b)))).collect()
         };
         let filtered = match (is_scan, frame) {
             (true, Frame::Array(mut parts)) if parts.len() == 2 => {

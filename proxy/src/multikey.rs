@@ -116,10 +116,7 @@ mod tests {
     fn counts_add_up_and_errors_win() {
         let parts = vec![(vec![0], raw(Frame::Integer(2))), (vec![1], raw(Frame::Integer(1)))];
         assert_eq!(merge(MergeKind::Sum, parts, 3), Frame::Integer(3));
-        let parts = vec![
-            (vec![0], raw(Frame::Integer(2))),
-            (vec![1], raw(Frame::error("ERR boom"))),
-        ];
+        let parts = vec![(vec![0], raw(Frame::Integer(2))), (vec![1], raw(Frame::error("ERR boom")))];
         assert!(merge(MergeKind::Sum, parts, 2).is_error());
     }
 }

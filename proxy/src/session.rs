@@ -247,7 +247,11 @@ impl Session {
 
     /// Sends raw bytes to the node on `lane`; the receiver yields the reply. Switching lanes
     /// first waits for every reply queued so far (see the module doc).
-    pub async fn node_request(&mut self, lane: Lane, data: Bytes) -> Result<oneshot::Receiver<ReplyResult>, BackendError> {
+    pub async fn node_request(
+        &mut self,
+        lane: Lane,
+        data: Bytes,
+    ) -> Result<oneshot::Receiver<ReplyResult>, BackendError> {
         if lane != self.lane {
             self.barrier().await;
             self.lane = lane;
@@ -481,10 +485,7 @@ pub fn noauth() -> Frame {
 }
 
 fn unknown_command(cmd: &Command) -> Frame {
-    let mut msg = format!(
-        "ERR unknown command '{}', with args beginning with: ",
-        String::from_utf8_lossy(cmd.name())
-    );
+    let mut msg = format!("ERR unknown command '{}', with args beginning with: ", String::from_utf8_lossy(cmd.name()));
     for a in cmd.args().iter().skip(1).take(16) {
         msg.push_str(&format!("'{}' ", String::from_utf8_lossy(a)));
     }

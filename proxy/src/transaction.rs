@@ -50,7 +50,19 @@ impl TxState {
 fn answered_by_proxy(name: &str) -> bool {
     matches!(
         name,
-        "ping" | "echo" | "quit" | "auth" | "hello" | "select" | "reset" | "readonly" | "readwrite" | "asking" | "info" | "scan" | "keys"
+        "ping"
+            | "echo"
+            | "quit"
+            | "auth"
+            | "hello"
+            | "select"
+            | "reset"
+            | "readonly"
+            | "readwrite"
+            | "asking"
+            | "info"
+            | "scan"
+            | "keys"
     ) || name.starts_with("client|")
         || name.starts_with("cluster|")
 }
@@ -198,9 +210,7 @@ async fn exec(s: &mut Session) -> Flow {
             if let Some(slot) = slot {
                 if let Err(e) = keyed::check_local(s, slot) {
                     let why = String::from_utf8_lossy(e.as_bytes().map(|b| &b[..]).unwrap_or(b"")).into_owned();
-                    return s
-                        .reply(Frame::error(format!("EXECABORT Transaction discarded: {why}")))
-                        .await;
+                    return s.reply(Frame::error(format!("EXECABORT Transaction discarded: {why}"))).await;
                 }
             }
             let mut data = BytesMut::new();
@@ -235,9 +245,7 @@ async fn finish_private(s: &mut Session, data: Bytes, answer: Option<Frame>) -> 
     s.tx = TxState::None;
     let lost = std::mem::take(&mut s.private_lost);
     if lost {
-        return s
-            .reply(Frame::error("EXECABORT Transaction discarded: the connection holding WATCH was lost"))
-            .await;
+        return s.reply(Frame::error("EXECABORT Transaction discarded: the connection holding WATCH was lost")).await;
     }
     match answer {
         None => s.send_to_node(Lane::Private, data).await,

@@ -26,9 +26,7 @@ pub async fn handle(s: &mut Session, cmd: Command) -> Flow {
         ("SETDB" | "GETEPOCH" | "INFOMGR" | "PEER", _) => {
             Frame::error(format!("ERR wrong number of arguments for 'umctl|{}' command", sub.to_ascii_lowercase()))
         }
-        _ => Frame::error(format!(
-            "ERR sluice: unknown UMCTL subcommand '{sub}'; try SETDB <json>, GETEPOCH, INFOMGR"
-        )),
+        _ => Frame::error(format!("ERR sluice: unknown UMCTL subcommand '{sub}'; try SETDB <json>, GETEPOCH, INFOMGR")),
     };
     s.reply(reply).await
 }

@@ -69,8 +69,8 @@ impl Decoder for CommandCodec {
                 CommandScan::Inline { len } => {
                     self.need = 0;
                     let line = buf.split_to(len);
-                    let args = split_inline(&line)
-                        .ok_or_else(|| ProtocolError("unbalanced quotes in request".into()))?;
+                    let args =
+                        split_inline(&line).ok_or_else(|| ProtocolError("unbalanced quotes in request".into()))?;
                     if args.is_empty() {
                         continue; // an empty line is ignored
                     }

@@ -51,11 +51,7 @@ impl Frame {
     /// An error reply; `msg` should start with the error code (`ERR`, `MOVED`, …).
     pub fn error(msg: impl Into<String>) -> Frame {
         // Error lines cannot contain CR/LF: replace them so the frame stays valid.
-        let msg: String = msg
-            .into()
-            .chars()
-            .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
-            .collect();
+        let msg: String = msg.into().chars().map(|c| if c == '\r' || c == '\n' { ' ' } else { c }).collect();
         Frame::Error(Bytes::from(msg))
     }
 

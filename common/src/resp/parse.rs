@@ -395,9 +395,10 @@ fn double_quoted(line: &[u8], mut i: usize, cur: &mut Vec<u8>) -> Option<usize> 
     loop {
         let c = *line.get(i)?;
         match c {
-            b'\\' if line.get(i + 1) == Some(&b'x')
-                && line.get(i + 2).is_some_and(u8::is_ascii_hexdigit)
-                && line.get(i + 3).is_some_and(u8::is_ascii_hexdigit) =>
+            b'\\'
+                if line.get(i + 1) == Some(&b'x')
+                    && line.get(i + 2).is_some_and(u8::is_ascii_hexdigit)
+                    && line.get(i + 3).is_some_and(u8::is_ascii_hexdigit) =>
             {
                 let hex = std::str::from_utf8(&line[i + 2..i + 4]).ok()?;
                 cur.push(u8::from_str_radix(hex, 16).ok()?);

@@ -47,10 +47,7 @@ pub fn lookup(cmd: &Command) -> Option<&'static CommandSpec> {
 }
 
 fn find(name: &str) -> Option<&'static CommandSpec> {
-    table::COMMANDS
-        .binary_search_by(|c| c.name.cmp(name))
-        .ok()
-        .map(|i| &table::COMMANDS[i])
+    table::COMMANDS.binary_search_by(|c| c.name.cmp(name)).ok().map(|i| &table::COMMANDS[i])
 }
 
 /// Lower-cases `src` into `buf`; `None` if it does not fit or is not UTF-8.

@@ -34,10 +34,18 @@ pub enum BeginSearch {
 pub enum FindKeys {
     /// Keys up to `last_key` (relative to begin; negative: from the end), every `step`
     /// arguments; `limit` > 1 means only 1/limit of the remaining arguments are keys.
-    Range { last_key: isize, step: usize, limit: usize },
+    Range {
+        last_key: isize,
+        step: usize,
+        limit: usize,
+    },
     /// The argument at `key_num_index` (relative to begin) holds the number of keys, which
     /// start at `first_key` (relative to begin), every `step` arguments.
-    KeyNum { key_num_index: usize, first_key: usize, step: usize },
+    KeyNum {
+        key_num_index: usize,
+        first_key: usize,
+        step: usize,
+    },
     Unknown,
 }
 

@@ -1,0 +1,260 @@
+//! Migrations: creation and reading (operators), progress, commit, abort and fail
+//! (the coordinator).
+
+use super::extract::{ApiPath, IfMatch, JsonBody, OptionalJsonBody};
+use super::{reply, AppState};
+use crate::error::ApiError;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::Deserialize;
+use sluice_common::api::{
+    CommitRequest, CreateMigration, ErrorBody, Migration, MigrationList, ProgressReport, StopRequest,
+};
+use sluice_common::model::MigrationPhase;
+
+/// Creates a migration of `slots` from `src` to `dst`: the ranges are tagged `migrating` on src
+/// and `importing` on dst (a free dst joins the cluster), and the epoch moves.
+#[utoipa::path(
+    post,
+    path = "/api/v1/clusters/{name}/migrations",
+    tag = "migrations",
+    request_body = CreateMigration,
+    params(
+        ("name" = String, Path, description = "Cluster name"),
+        ("If-Match" = Option<String>, Header, description = "Expected global epoch"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Created; the coordinator carries it out", body = Migration),
+        (status = 400, description = "Bad body: ranges, addresses, src = dst", body = ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 404, description = "No such cluster", body = ErrorBody),
+        (status = 409, description = "src does not own the slots, they are already moving, dst is busy or in another cluster", body = ErrorBody),
+        (status = 412, description = "Epoch mismatch", body = ErrorBody),
+    )
+)]
+pub async fn create_migration(
+    State(app): State<AppState>,
+    IfMatch(if_match): IfMatch,
+    ApiPath(name): ApiPath<String>,
+    JsonBody(req): JsonBody<CreateMigration>,
+) -> Result<Response, ApiError> {
+    let (m, s) = app.mutate(if_match, move |t| t.create_migration(&name, req)).await?;
+    Ok(reply(StatusCode::ACCEPTED, s.epoch, m))
+}
+
+/// The cluster's migrations, running and recent, in creation order.
+#[utoipa::path(
+    get,
+    path = "/api/v1/clusters/{name}/migrations",
+    tag = "migrations",
+    params(("name" = String, Path, description = "Cluster name")),
+    responses(
+        (status = 200, description = "Migrations", body = MigrationList),
+        (status = 404, description = "No such cluster", body = ErrorBody),
+    )
+)]
+pub async fn list_migrations(
+    State(app): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let s = app.store.snapshot();
+    if !s.clusters.contains_key(&name) {
+        return Err(ApiError::not_found(format!("no cluster named {name:?}; GET /api/v1/clusters lists them")));
+    }
+    let migrations = s.migrations_of(&name).map(|(_, m)| m.clone()).collect();
+    Ok(reply(StatusCode::OK, s.epoch, MigrationList { migrations }))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct MigrationPath {
+    pub name: String,
+    pub id: String,
+}
+
+fn lookup(app: &AppState, p: &MigrationPath) -> Result<Response, ApiError> {
+    let s = app.store.snapshot();
+    if !s.clusters.contains_key(&p.name) {
+        return Err(ApiError::not_found(format!("no cluster named {:?}; GET /api/v1/clusters lists them", p.name)));
+    }
+    let (_, m) = s
+        .migration(&p.name, &p.id)
+        .ok_or_else(|| ApiError::not_found(format!("cluster {:?} has no migration {:?}", p.name, p.id)))?;
+    Ok(reply(StatusCode::OK, s.epoch, m))
+}
+
+/// One migration: its meta, phase, error, progress and phase timestamps.
+#[utoipa::path(
+    get,
+    path = "/api/v1/clusters/{name}/migrations/{id}",
+    tag = "migrations",
+    params(
+        ("name" = String, Path, description = "Cluster name"),
+        ("id" = String, Path, description = "Migration id, e.g. m-3"),
+    ),
+    responses(
+        (status = 200, description = "The migration", body = Migration),
+        (status = 404, description = "No such cluster or migration", body = ErrorBody),
+    )
+)]
+pub async fn get_migration(
+    State(app): State<AppState>,
+    ApiPath(p): ApiPath<MigrationPath>,
+) -> Result<Response, ApiError> {
+    lookup(&app, &p)
+}
+
+/// The progress report's body as read: `phase` as text, so an unknown phase is a 409 that
+/// names the valid ones rather than a bare parse error.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProgress {
+    pub phase: String,
+    #[serde(default)]
+    pub progress: Option<serde_json::Value>,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// A progress report from the coordinator: status only, the epoch does not move. Phases only
+/// go forward; the same phase again is fine (progress and error are updated).
+#[utoipa::path(
+    post,
+    path = "/api/v1/clusters/{name}/migrations/{id}/progress",
+    tag = "coordinator",
+    request_body = ProgressReport,
+    params(
+        ("name" = String, Path, description = "Cluster name"),
+        ("id" = String, Path, description = "Migration id"),
+        ("If-Match" = Option<String>, Header, description = "Expected global epoch"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Recorded", body = Migration),
+        (status = 400, description = "Bad body", body = ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 404, description = "No such cluster or migration", body = ErrorBody),
+        (status = 409, description = "Unknown phase, a phase going backwards, or a migration that ended", body = ErrorBody),
+        (status = 412, description = "Epoch mismatch", body = ErrorBody),
+    )
+)]
+pub async fn report_progress(
+    State(app): State<AppState>,
+    IfMatch(if_match): IfMatch,
+    ApiPath(p): ApiPath<MigrationPath>,
+    JsonBody(r): JsonBody<RawProgress>,
+) -> Result<Response, ApiError> {
+    let (m, s) = app
+        .mutate(if_match, move |t| {
+            let before = t.state.migration(&p.name, &p.id).map(|(_, m)| m.phase);
+            let m = t.report_progress(&p.name, &p.id, &r.phase, r.progress, r.error)?;
+            if before != Some(m.phase) {
+                tracing::info!(migration = %m.id, cluster = %m.cluster, phase = %crate::ops::phase_name(m.phase), "migration phase");
+            }
+            Ok(m)
+        })
+        .await?;
+    Ok(reply(StatusCode::OK, s.epoch, m))
+}
+
+/// Commits a switched migration: the tags go, the ranges belong to dst, a node left without
+/// slots leaves the cluster (its proxy is free), phase `committed`, the epoch moves.
+/// Committing again is a 200 that changes nothing.
+#[utoipa::path(
+    post,
+    path = "/api/v1/clusters/{name}/migrations/{id}/commit",
+    tag = "coordinator",
+    request_body(content = Option<CommitRequest>, description = "Optional: the migration's epoch, to refuse a stale commit"),
+    params(
+        ("name" = String, Path, description = "Cluster name"),
+        ("id" = String, Path, description = "Migration id"),
+        ("If-Match" = Option<String>, Header, description = "Expected global epoch"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Committed (now or before)", body = Migration),
+        (status = 400, description = "Bad body", body = ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 404, description = "No such cluster or migration", body = ErrorBody),
+        (status = 409, description = "Not switched yet, ended otherwise, or a stale epoch", body = ErrorBody),
+        (status = 412, description = "Epoch mismatch", body = ErrorBody),
+    )
+)]
+pub async fn commit_migration(
+    State(app): State<AppState>,
+    IfMatch(if_match): IfMatch,
+    ApiPath(p): ApiPath<MigrationPath>,
+    OptionalJsonBody(req): OptionalJsonBody<CommitRequest>,
+) -> Result<Response, ApiError> {
+    let (m, s) = app.mutate(if_match, move |t| t.commit(&p.name, &p.id, req.epoch)).await?;
+    Ok(reply(StatusCode::OK, s.epoch, m))
+}
+
+/// Aborts a migration that has not switched: the tags go, the slots stay on src, a dst that
+/// joined for it leaves again; phase `aborted`, the epoch moves. Again: 200, no change.
+#[utoipa::path(
+    post,
+    path = "/api/v1/clusters/{name}/migrations/{id}/abort",
+    tag = "migrations",
+    request_body(content = Option<StopRequest>, description = "Optional: why"),
+    params(
+        ("name" = String, Path, description = "Cluster name"),
+        ("id" = String, Path, description = "Migration id"),
+        ("If-Match" = Option<String>, Header, description = "Expected global epoch"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Aborted (now or before)", body = Migration),
+        (status = 400, description = "Bad body", body = ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 404, description = "No such cluster or migration", body = ErrorBody),
+        (status = 409, description = "Already switched: it can only be committed", body = ErrorBody),
+        (status = 412, description = "Epoch mismatch", body = ErrorBody),
+    )
+)]
+pub async fn abort_migration(
+    State(app): State<AppState>,
+    IfMatch(if_match): IfMatch,
+    ApiPath(p): ApiPath<MigrationPath>,
+    OptionalJsonBody(req): OptionalJsonBody<StopRequest>,
+) -> Result<Response, ApiError> {
+    let error = req.error.filter(|e| !e.is_empty()).unwrap_or_else(|| "aborted on request".to_string());
+    let (m, s) = app.mutate(if_match, move |t| t.stop(&p.name, &p.id, MigrationPhase::Aborted, error)).await?;
+    Ok(reply(StatusCode::OK, s.epoch, m))
+}
+
+/// The coordinator's failure report for a migration that has not switched: like abort, with
+/// phase `failed` and the error recorded.
+#[utoipa::path(
+    post,
+    path = "/api/v1/clusters/{name}/migrations/{id}/fail",
+    tag = "coordinator",
+    request_body(content = StopRequest, description = "`error` is required"),
+    params(
+        ("name" = String, Path, description = "Cluster name"),
+        ("id" = String, Path, description = "Migration id"),
+        ("If-Match" = Option<String>, Header, description = "Expected global epoch"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Failed (now or before)", body = Migration),
+        (status = 400, description = "Bad body or no error given", body = ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 404, description = "No such cluster or migration", body = ErrorBody),
+        (status = 409, description = "Already switched: it can only be committed", body = ErrorBody),
+        (status = 412, description = "Epoch mismatch", body = ErrorBody),
+    )
+)]
+pub async fn fail_migration(
+    State(app): State<AppState>,
+    IfMatch(if_match): IfMatch,
+    ApiPath(p): ApiPath<MigrationPath>,
+    JsonBody(req): JsonBody<StopRequest>,
+) -> Result<Response, ApiError> {
+    let Some(error) = req.error.filter(|e| !e.trim().is_empty()) else {
+        return Err(ApiError::invalid("fail needs the reason: {\"error\": \"…\"}"));
+    };
+    let (m, s) = app.mutate(if_match, move |t| t.stop(&p.name, &p.id, MigrationPhase::Failed, error)).await?;
+    Ok(reply(StatusCode::OK, s.epoch, m))
+}

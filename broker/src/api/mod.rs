@@ -1,0 +1,255 @@
+//! The HTTP API: one table of routes (served and documented from the same list), the token
+//! check, the JSON fallbacks, and the handlers, one file per resource.
+
+pub mod clusters;
+pub mod extract;
+pub mod migrations;
+pub mod proxies;
+pub mod system;
+
+use crate::error::ApiError;
+use crate::ops::Txn;
+use crate::state::State;
+use crate::store::Store;
+use axum::extract::{DefaultBodyLimit, Request, State as AxumState};
+use axum::handler::Handler;
+use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{on, MethodFilter};
+use axum::{Json, Router};
+use futures::StreamExt;
+use serde::Serialize;
+use sluice_common::model::Epoch;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::watch;
+
+/// The largest body the API reads.
+pub const BODY_LIMIT: usize = 1 << 20;
+
+/// What every handler gets.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<Store>,
+    /// With a token, mutating calls need `Authorization: Bearer <token>`.
+    pub token: Option<Arc<str>>,
+    /// The global epoch, for long polls on `GET /api/v1/epoch?after=N`.
+    pub epoch: Arc<watch::Sender<Epoch>>,
+}
+
+impl AppState {
+    pub fn new(store: Arc<Store>, token: Option<String>) -> AppState {
+        let epoch = store.snapshot().epoch;
+        AppState { store, token: token.map(Arc::from), epoch: Arc::new(watch::Sender::new(epoch)) }
+    }
+
+    /// Runs one change on a blocking thread (sled writes and flushes block) and publishes the
+    /// resulting epoch.
+    pub async fn mutate<R: Send + 'static>(
+        &self,
+        if_match: Option<Epoch>,
+        f: impl FnOnce(&mut Txn) -> Result<R, ApiError> + Send + 'static,
+    ) -> Result<(R, Arc<State>), ApiError> {
+        let store = self.store.clone();
+        let out = tokio::task::spawn_blocking(move || store.mutate(if_match, f))
+            .await
+            .map_err(|e| ApiError::internal(format!("the metadata task failed: {e}")))?;
+        let now = self.store.snapshot().epoch;
+        self.epoch.send_if_modified(|e| {
+            let moved = now > *e;
+            if moved {
+                *e = now;
+            }
+            moved
+        });
+        out
+    }
+}
+
+/// A JSON answer with the global epoch it was computed at as its `ETag`.
+pub fn reply<T: Serialize>(status: StatusCode, epoch: Epoch, body: T) -> Response {
+    let mut response = (status, Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{epoch}\"")) {
+        response.headers_mut().insert(header::ETAG, v);
+    }
+    response
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Get,
+    Post,
+    Put,
+    Delete,
+}
+
+impl Verb {
+    pub fn name(self) -> &'static str {
+        match self {
+            Verb::Get => "GET",
+            Verb::Post => "POST",
+            Verb::Put => "PUT",
+            Verb::Delete => "DELETE",
+        }
+    }
+
+    fn filter(self) -> MethodFilter {
+        match self {
+            Verb::Get => MethodFilter::GET,
+            Verb::Post => MethodFilter::POST,
+            Verb::Put => MethodFilter::PUT,
+            Verb::Delete => MethodFilter::DELETE,
+        }
+    }
+}
+
+/// The router being built, and the list of what it serves (checked against the OpenAPI
+/// document by a test).
+pub struct RouteTable {
+    router: Router<AppState>,
+    served: Vec<(Verb, &'static str)>,
+}
+
+impl RouteTable {
+    fn new() -> RouteTable {
+        RouteTable { router: Router::new(), served: Vec::new() }
+    }
+
+    fn add<H, T>(mut self, verb: Verb, path: &'static str, handler: H) -> RouteTable
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        self.router = self.router.route(path, on(verb.filter(), handler));
+        self.served.push((verb, path));
+        self
+    }
+}
+
+fn route_table() -> RouteTable {
+    use Verb::*;
+    RouteTable::new()
+        .add(Get, "/api/v1/epoch", system::get_epoch)
+        .add(Get, "/api/v1/openapi.json", system::openapi_json)
+        .add(Get, "/api/v1/configs", system::get_configs)
+        .add(Get, "/api/v1/migrations", system::list_all_migrations)
+        .add(Get, "/api/v1/proxies", proxies::list_proxies)
+        .add(Post, "/api/v1/proxies", proxies::register_proxy)
+        .add(Get, "/api/v1/proxies/{address}", proxies::get_proxy)
+        .add(Delete, "/api/v1/proxies/{address}", proxies::delete_proxy)
+        .add(Get, "/api/v1/proxies/{address}/config", proxies::get_proxy_config)
+        .add(Put, "/api/v1/proxies/{address}/health", proxies::put_proxy_health)
+        .add(Get, "/api/v1/clusters", clusters::list_clusters)
+        .add(Post, "/api/v1/clusters", clusters::create_cluster)
+        .add(Get, "/api/v1/clusters/{name}", clusters::get_cluster)
+        .add(Delete, "/api/v1/clusters/{name}", clusters::delete_cluster)
+        .add(Post, "/api/v1/clusters/{name}/scale", clusters::scale_cluster)
+        .add(Get, "/api/v1/clusters/{name}/migrations", migrations::list_migrations)
+        .add(Post, "/api/v1/clusters/{name}/migrations", migrations::create_migration)
+        .add(Get, "/api/v1/clusters/{name}/migrations/{id}", migrations::get_migration)
+        .add(Post, "/api/v1/clusters/{name}/migrations/{id}/progress", migrations::report_progress)
+        .add(Post, "/api/v1/clusters/{name}/migrations/{id}/commit", migrations::commit_migration)
+        .add(Post, "/api/v1/clusters/{name}/migrations/{id}/abort", migrations::abort_migration)
+        .add(Post, "/api/v1/clusters/{name}/migrations/{id}/fail", migrations::fail_migration)
+}
+
+/// Every (method, path) the router serves, in the OpenAPI path syntax.
+pub fn served_routes() -> Vec<(&'static str, &'static str)> {
+    route_table().served.into_iter().map(|(v, p)| (v.name(), p)).collect()
+}
+
+/// The whole API as an axum router.
+pub fn router(app: AppState) -> Router {
+    route_table()
+        .router
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(app.clone(), guard))
+        .layer(middleware::from_fn(buffer_body))
+        .with_state(app)
+}
+
+async fn no_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no route {method} {}; GET /api/v1/openapi.json lists the API", uri.path()))
+}
+
+async fn wrong_method(method: Method, uri: Uri) -> ApiError {
+    ApiError::method_not_allowed(format!(
+        "{method} is not served on {}; GET /api/v1/openapi.json lists the API",
+        uri.path()
+    ))
+}
+
+/// How much of a too-large body is read (and dropped) before answering 413, so the client,
+/// still sending, reads the answer instead of a reset connection.
+pub const DRAIN_LIMIT: usize = 16 << 20;
+
+/// Reads the whole body before anything answers. A server that answers before reading the
+/// body (a 404 for an unknown name, a 401) and then closes the connection can make the
+/// client lose the answer in a TCP reset while it is still sending; reading first avoids it.
+async fn buffer_body(req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let mut stream = body.into_data_stream();
+    let mut buffered: Vec<u8> = Vec::new();
+    let mut total = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => return ApiError::invalid(format!("could not read the body: {e}")).into_response(),
+        };
+        total = total.saturating_add(chunk.len());
+        if total <= BODY_LIMIT {
+            buffered.extend_from_slice(&chunk);
+        } else if total > DRAIN_LIMIT {
+            break;
+        }
+    }
+    if total > BODY_LIMIT {
+        return ApiError::payload_too_large(format!("the body is {total} bytes or more; the limit is {BODY_LIMIT}"))
+            .into_response();
+    }
+    next.run(Request::from_parts(parts, axum::body::Body::from(buffered))).await
+}
+
+/// Whether the request changes something (and so needs the token).
+fn is_mutating(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// Compares without stopping at the first differing byte.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn bearer(req: &Request) -> Option<&[u8]> {
+    let value = req.headers().get(header::AUTHORIZATION)?.as_bytes();
+    let (scheme, rest) = value.split_at_checked(7)?;
+    scheme.eq_ignore_ascii_case(b"bearer ").then(|| rest.trim_ascii())
+}
+
+/// Checks the bearer token on mutating calls, and logs every request at debug level.
+async fn guard(AxumState(app): AxumState<AppState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    if let Some(token) = &app.token {
+        if is_mutating(&method) {
+            let refused = match bearer(&req) {
+                None => Some(
+                    "this call changes metadata and needs Authorization: Bearer <token> (the broker's --api-token)",
+                ),
+                Some(given) if !same_secret(given, token.as_bytes()) => Some("the bearer token is wrong"),
+                Some(_) => None,
+            };
+            if let Some(why) = refused {
+                tracing::warn!(%method, path, "refused a mutating call: {why}");
+                return ApiError::unauthorized(why).into_response();
+            }
+        }
+    }
+    let response = next.run(req).await;
+    tracing::debug!(%method, path, status = response.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "request");
+    response
+}

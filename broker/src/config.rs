@@ -1,0 +1,149 @@
+//! The broker's settings: command-line flags, `SLUICE_*` environment variables and an optional
+//! TOML file. Precedence: flag > environment > file > default (clap gives flag over
+//! environment; [`Config::resolve`] lays the file and the defaults underneath).
+
+use clap::{Parser, ValueEnum};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Where the broker listens when nothing says otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7799";
+/// Where the sled database lives when nothing says otherwise (relative to the working dir).
+pub const DEFAULT_DATA_DIR: &str = "sluice-broker-data";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// sluice-broker: epoch-versioned cluster metadata (sled) behind the HTTP API.
+#[derive(Debug, Clone, Default, Parser)]
+#[command(name = "sluice-broker", version, about)]
+pub struct Cli {
+    /// Address to serve the HTTP API on [default: 127.0.0.1:7799]
+    #[arg(long, env = "SLUICE_LISTEN", value_name = "HOST:PORT")]
+    pub listen: Option<String>,
+
+    /// Directory of the sled database [default: ./sluice-broker-data]
+    #[arg(long, env = "SLUICE_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Bearer token every mutating call (POST/PUT/DELETE) must carry [default: none, open]
+    #[arg(long, env = "SLUICE_API_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+
+    /// TOML file with any of: listen, data_dir, api_token, log_format
+    #[arg(long, env = "SLUICE_CONFIG", value_name = "FILE.toml")]
+    pub config: Option<PathBuf>,
+
+    /// Log line format [default: text]
+    #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The TOML file: the same settings as the flags, all optional.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub api_token: Option<String>,
+    pub log_format: Option<LogFormat>,
+}
+
+/// The settings the broker runs with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    /// `None`: mutating calls are open (an empty token counts as none).
+    pub api_token: Option<String>,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config file {path}: {source}")]
+    Parse { path: String, source: Box<toml::de::Error> },
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        toml::from_str(&text)
+            .map_err(|source| ConfigError::Parse { path: path.display().to_string(), source: Box::new(source) })
+    }
+}
+
+impl Config {
+    /// Flags and environment (already merged by clap) over the file named by `--config`, over
+    /// the defaults.
+    pub fn resolve(cli: Cli) -> Result<Config, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        Ok(Config::merge(cli, file))
+    }
+
+    /// The merge itself, without touching the disk.
+    pub fn merge(cli: Cli, file: FileConfig) -> Config {
+        Config {
+            listen: cli.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_string()),
+            data_dir: cli.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            api_token: cli.api_token.or(file.api_token).filter(|t| !t.is_empty()),
+            log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply_when_nothing_is_set() {
+        let c = Config::merge(Cli::default(), FileConfig::default());
+        assert_eq!(c.listen, DEFAULT_LISTEN);
+        assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(c.api_token, None);
+        assert_eq!(c.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn flags_beat_the_file_and_the_file_beats_defaults() {
+        let file: FileConfig =
+            toml::from_str("listen = \"0.0.0.0:1\"\ndata_dir = \"/f\"\napi_token = \"file\"\nlog_format = \"json\"\n")
+                .unwrap();
+        let cli = Cli::try_parse_from(["sluice-broker", "--listen", "127.0.0.1:2"]).unwrap();
+        let c = Config::merge(cli, file.clone());
+        assert_eq!(c.listen, "127.0.0.1:2");
+        assert_eq!(c.data_dir, PathBuf::from("/f"));
+        assert_eq!(c.api_token.as_deref(), Some("file"));
+        assert_eq!(c.log_format, LogFormat::Json);
+
+        let cli = Cli::try_parse_from(["sluice-broker", "--log-format", "text", "--api-token", "cli"]).unwrap();
+        let c = Config::merge(cli, file);
+        assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.api_token.as_deref(), Some("cli"));
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        assert!(toml::from_str::<FileConfig>("listn = \"x\"").is_err());
+    }
+
+    #[test]
+    fn an_empty_token_means_no_token() {
+        let cli = Cli::try_parse_from(["sluice-broker", "--api-token", ""]).unwrap();
+        assert_eq!(Config::merge(cli, FileConfig::default()).api_token, None);
+    }
+}

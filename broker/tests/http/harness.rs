@@ -1,0 +1,275 @@
+//! Starts the real `sluice-broker` binary on a free port with a temp data dir and talks to it
+//! over HTTP. The port is the one the broker itself reports (it binds port 0), so two tests
+//! never race for a port; readiness is polled on `GET /api/v1/epoch` with a deadline.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const STARTUP_DEADLINE: Duration = Duration::from_secs(20);
+
+/// How to start a broker beyond the defaults.
+#[derive(Default, Clone)]
+pub struct Opts {
+    pub args: Vec<String>,
+    pub envs: Vec<(String, String)>,
+}
+
+impl Opts {
+    pub fn token(token: &str) -> Opts {
+        Opts { args: vec!["--api-token".into(), token.into()], envs: Vec::new() }
+    }
+}
+
+pub struct Broker {
+    child: Child,
+    pub base: String,
+    pub client: reqwest::Client,
+    /// Bearer token sent with every request, if set.
+    pub token: Option<String>,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+/// One answer: status and JSON body (`Value::Null` if the body was not JSON).
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl Answer {
+    /// Asserts an API error with this status and the promised shape; answers the message.
+    #[track_caller]
+    pub fn expect_error(&self, status: u16, code: &str) -> String {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.body);
+        let e = &self.body["error"];
+        assert_eq!(e["code"], code, "body: {}", self.body);
+        let message = e["message"].as_str().unwrap_or_default().to_string();
+        assert!(!message.is_empty(), "error without message: {}", self.body);
+        assert_eq!(self.body.as_object().map(|o| o.len()), Some(1), "extra fields: {}", self.body);
+        message
+    }
+
+    #[track_caller]
+    pub fn expect(&self, status: u16) -> &Value {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.body);
+        &self.body
+    }
+}
+
+impl Broker {
+    /// Starts a broker on `data_dir`.
+    pub async fn start_in(data_dir: &Path, opts: Opts) -> Broker {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice-broker"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("SLUICE_") || k == "RUST_LOG" {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--log-format")
+            .arg("json")
+            .args(&opts.args)
+            .envs(opts.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn sluice-broker");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        {
+            let logs = logs.clone();
+            std::thread::spawn(move || {
+                let mut tx = Some(tx);
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                        if v["fields"]["message"] == "listening" {
+                            if let (Some(tx), Some(addr)) = (tx.take(), v["fields"]["addr"].as_str()) {
+                                let _ = tx.send(addr.to_string());
+                            }
+                        }
+                    }
+                    logs.lock().unwrap().push(line);
+                }
+            });
+        }
+        let addr = match rx.recv_timeout(STARTUP_DEADLINE) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("broker did not report its address; logs:\n{}", logs.lock().unwrap().join("\n"));
+            }
+        };
+        let token = opts.args.iter().position(|a| a == "--api-token").and_then(|i| opts.args.get(i + 1)).cloned();
+        let broker = Broker {
+            child,
+            base: format!("http://{addr}"),
+            client: reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap(),
+            token,
+            logs,
+        };
+        broker.wait_ready().await;
+        broker
+    }
+
+    /// Polls `GET /api/v1/epoch` until it answers 200, or fails at the deadline.
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + STARTUP_DEADLINE;
+        loop {
+            if let Ok(r) = self.client.get(format!("{}/api/v1/epoch", self.base)).send().await {
+                if r.status() == StatusCode::OK {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "broker never answered; logs:\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    /// SIGKILL, and wait until the process is gone (its sled lock with it).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends a request with an optional raw body and extra headers.
+    pub async fn raw(&self, method: Method, path: &str, body: Option<Vec<u8>>, headers: &[(&str, &str)]) -> Answer {
+        let url = if path.starts_with("http") { path.to_string() } else { format!("{}{}", self.base, path) };
+        let mut req = self.client.request(method, url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status();
+        let bytes = resp.bytes().await.expect("body");
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Answer { status, body }
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        self.raw(Method::GET, path, None, &[]).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Answer {
+        self.raw(Method::POST, path, Some(body.to_string().into_bytes()), &[]).await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> Answer {
+        self.raw(Method::PUT, path, Some(body.to_string().into_bytes()), &[]).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Answer {
+        self.raw(Method::DELETE, path, None, &[]).await
+    }
+
+    pub async fn epoch(&self) -> u64 {
+        self.get("/api/v1/epoch").await.expect(200)["epoch"].as_u64().expect("epoch")
+    }
+
+    /// Registers `127.0.0.1:<port>` with control port +1000 and node port +2000.
+    pub async fn register(&self, port: u16) -> Answer {
+        self.post("/api/v1/proxies", registration(port)).await
+    }
+
+    /// Everything a client can read, in one value: for "nothing changed" checks.
+    pub async fn model(&self) -> Value {
+        let epoch = self.epoch().await;
+        let proxies = self.get("/api/v1/proxies").await.expect(200).clone();
+        let names: Vec<String> = self.get("/api/v1/clusters").await.expect(200)["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
+        let mut clusters = serde_json::Map::new();
+        for name in &names {
+            let view = self.get(&format!("/api/v1/clusters/{name}")).await.expect(200).clone();
+            let migrations = self.get(&format!("/api/v1/clusters/{name}/migrations")).await.expect(200).clone();
+            clusters.insert(name.clone(), json!({"view": view, "migrations": migrations}));
+        }
+        let configs = self.get("/api/v1/configs").await.expect(200).clone();
+        json!({"epoch": epoch, "proxies": proxies, "clusters": clusters, "configs": configs})
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn addr(port: u16) -> String {
+    format!("127.0.0.1:{port}")
+}
+
+pub fn registration(port: u16) -> Value {
+    json!({
+        "address": addr(port),
+        "control_address": addr(port + 1000),
+        "node_address": addr(port + 2000),
+    })
+}
+
+/// A broker in a fresh temp dir (kept alive as long as the returned guard).
+pub async fn fresh(opts: Opts) -> (Broker, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = Broker::start_in(&dir.path().join("data"), opts).await;
+    (broker, dir)
+}
+
+/// Registers the proxies on `ports` (all answering 201).
+pub async fn register_all(b: &Broker, ports: impl IntoIterator<Item = u16>) {
+    for p in ports {
+        b.register(p).await.expect(201);
+    }
+}
+
+/// One slot assignment as (start, end, tag, migration).
+pub type Slots = (u64, u64, Option<String>, Option<String>);
+
+/// The slots of a node in a cluster view.
+pub fn node_slots(view: &Value, proxy: &str) -> Option<Vec<Slots>> {
+    let node = view["nodes"].as_array()?.iter().find(|n| n["proxy"] == proxy)?;
+    Some(
+        node["slots"]
+            .as_array()?
+            .iter()
+            .map(|s| {
+                (
+                    s["start"].as_u64().unwrap(),
+                    s["end"].as_u64().unwrap(),
+                    s["tag"].as_str().map(str::to_string),
+                    s["migration"].as_str().map(str::to_string),
+                )
+            })
+            .collect(),
+    )
+}
+
+pub fn plain(start: u64, end: u64) -> Slots {
+    (start, end, None, None)
+}
+
+pub fn tagged(start: u64, end: u64, tag: &str, id: &str) -> Slots {
+    (start, end, Some(tag.to_string()), Some(id.to_string()))
+}

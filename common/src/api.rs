@@ -1,0 +1,419 @@
+//! The broker's HTTP API, as types: what `sluice-broker` answers and what the coordinator,
+//! the `sluice` CLI and the tests send and read.
+//!
+//! Every body is JSON. The cluster and proxy-config bodies are the model types themselves
+//! ([`ClusterView`](crate::model::ClusterView), [`ProxyConfig`]), so the API and the proxies
+//! can never disagree on their shape. `docs/broker-api.md` is the prose for these types.
+
+use crate::model::{Epoch, MigrationMeta, MigrationMode, MigrationPhase, ProxyConfig, SlotRange};
+use serde::{Deserialize, Serialize};
+
+/// The error body of every non-2xx answer: `{"error":{"code":"…","message":"…"}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong, for machines (`code`) and for people (`message`, which says what to fix).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ErrorDetail {
+    /// One of `invalid` (400), `unauthorized` (401), `not_found` (404), `method_not_allowed`
+    /// (405), `conflict` (409), `epoch_mismatch` (412), `payload_too_large` (413),
+    /// `internal` (500).
+    pub code: String,
+    pub message: String,
+}
+
+/// `GET /api/v1/epoch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EpochResponse {
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
+    pub epoch: Epoch,
+}
+
+/// Where a proxy stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyState {
+    /// Registered and part of no cluster: can be taken by a cluster creation, a scale-out
+    /// or a migration.
+    Free,
+    /// A node of a cluster (possibly one that only imports slots so far).
+    Serving,
+    /// Marked failed by a failure report; never picked for new work.
+    Failed,
+}
+
+/// A registered proxy, as `GET /api/v1/proxies` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ProxyInfo {
+    /// The client-facing address (`host:port`): the proxy's identity everywhere.
+    pub address: String,
+    /// The gRPC control address the coordinator pushes configs to.
+    pub control_address: String,
+    /// The Redis node behind the proxy, as the proxies reach it.
+    pub node_address: String,
+    /// The cluster the proxy is a node of; `null` for a free proxy.
+    pub cluster: Option<String>,
+    pub state: ProxyState,
+    /// Why the proxy was marked failed, if it is and a reason was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+}
+
+/// `GET /api/v1/proxies`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ProxyList {
+    pub proxies: Vec<ProxyInfo>,
+}
+
+/// `POST /api/v1/proxies`: a proxy registers itself (or an operator registers it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RegisterProxy {
+    pub address: String,
+    pub control_address: String,
+    pub node_address: String,
+}
+
+/// `PUT /api/v1/proxies/{address}/health`: a failure report (or its end). Status only: it
+/// never bumps the epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct HealthReport {
+    pub failed: bool,
+    /// Why, for operators (e.g. "no answer to PING for 5s").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `GET /api/v1/clusters`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ClusterList {
+    pub clusters: Vec<String>,
+}
+
+/// Which proxies a new cluster takes: a count of free proxies or a list of free proxies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(untagged)]
+pub enum ProxySelection {
+    /// Take this many free proxies.
+    Count(u64),
+    /// Take exactly these proxies (all must be free).
+    Addresses(Vec<String>),
+}
+
+/// `POST /api/v1/clusters`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CreateCluster {
+    /// `[A-Za-z0-9_-]{1,64}`.
+    pub name: String,
+    pub proxies: ProxySelection,
+}
+
+/// `DELETE /api/v1/proxies/{address}` and `DELETE /api/v1/clusters/{name}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Deleted {
+    /// The proxy address or cluster name that was deleted.
+    pub deleted: String,
+    /// The global epoch after the deletion.
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
+    pub epoch: Epoch,
+    /// The proxies the deletion set free (cluster deletion only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub freed: Vec<String>,
+}
+
+/// `POST /api/v1/clusters/{name}/migrations`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CreateMigration {
+    /// The proxy that owns the slots now.
+    pub src: String,
+    /// The proxy that takes them: a node of the same cluster or a free proxy (it joins).
+    pub dst: String,
+    /// Inclusive `[start, end]` ranges, all owned (untagged) by `src`.
+    pub slots: Vec<SlotRange>,
+    #[serde(default)]
+    pub mode: MigrationMode,
+}
+
+/// When a migration entered each phase (RFC 3339, UTC). A phase it skipped has no entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PhaseTimestamps {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starting: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub following: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switching: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switched: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committed: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleaning: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aborted: Option<String>,
+}
+
+impl PhaseTimestamps {
+    /// The entry of `phase`.
+    pub fn get(&self, phase: MigrationPhase) -> Option<&str> {
+        self.slot(phase).as_deref()
+    }
+
+    /// Records when `phase` was entered.
+    pub fn set(&mut self, phase: MigrationPhase, at: String) {
+        *self.slot_mut(phase) = Some(at);
+    }
+
+    fn slot(&self, phase: MigrationPhase) -> &Option<String> {
+        match phase {
+            MigrationPhase::Pending => &self.pending,
+            MigrationPhase::Starting => &self.starting,
+            MigrationPhase::Following => &self.following,
+            MigrationPhase::Switching => &self.switching,
+            MigrationPhase::Switched => &self.switched,
+            MigrationPhase::Committed => &self.committed,
+            MigrationPhase::Cleaning => &self.cleaning,
+            MigrationPhase::Done => &self.done,
+            MigrationPhase::Failed => &self.failed,
+            MigrationPhase::Aborted => &self.aborted,
+        }
+    }
+
+    fn slot_mut(&mut self, phase: MigrationPhase) -> &mut Option<String> {
+        match phase {
+            MigrationPhase::Pending => &mut self.pending,
+            MigrationPhase::Starting => &mut self.starting,
+            MigrationPhase::Following => &mut self.following,
+            MigrationPhase::Switching => &mut self.switching,
+            MigrationPhase::Switched => &mut self.switched,
+            MigrationPhase::Committed => &mut self.committed,
+            MigrationPhase::Cleaning => &mut self.cleaning,
+            MigrationPhase::Done => &mut self.done,
+            MigrationPhase::Failed => &mut self.failed,
+            MigrationPhase::Aborted => &mut self.aborted,
+        }
+    }
+}
+
+/// A migration record: the seed's migration meta plus its status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Migration {
+    /// Short and unique for the broker's lifetime: `m-<n>`.
+    pub id: String,
+    /// The epoch at which the migration started (the epoch its creation produced).
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
+    pub epoch: Epoch,
+    pub cluster: String,
+    /// Source proxy.
+    pub src: String,
+    /// Source proxy's Redis node.
+    pub src_node: String,
+    /// Destination proxy.
+    pub dst: String,
+    /// Destination proxy's Redis node.
+    pub dst_node: String,
+    pub slots: Vec<SlotRange>,
+    /// The resolved mode: never `auto`.
+    pub mode: MigrationMode,
+    pub phase: MigrationPhase,
+    /// Why the migration failed or was aborted, or the last error a report carried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The last progress the coordinator reported: a free-form JSON object (keys mode:
+    /// `{"keys_moved": …, "keys_seen": …}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub progress: Option<serde_json::Value>,
+    /// When each phase was entered.
+    pub timestamps: PhaseTimestamps,
+    /// When the record last changed (RFC 3339, UTC).
+    pub updated_at: String,
+}
+
+impl Migration {
+    /// The part both proxies must hold (seed: "Notices").
+    pub fn meta(&self) -> MigrationMeta {
+        MigrationMeta {
+            id: self.id.clone(),
+            epoch: self.epoch,
+            cluster: self.cluster.clone(),
+            src_proxy: self.src.clone(),
+            src_node: self.src_node.clone(),
+            dst_proxy: self.dst.clone(),
+            dst_node: self.dst_node.clone(),
+            slots: self.slots.clone(),
+            mode: self.mode,
+        }
+    }
+
+    /// Whether the migration's tags are in the cluster metadata: created and neither
+    /// committed nor ended. Such a migration travels in both proxies' configs.
+    pub fn is_tagged(&self) -> bool {
+        self.phase < MigrationPhase::Committed
+    }
+}
+
+/// `GET /api/v1/clusters/{name}/migrations`, `GET /api/v1/migrations`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MigrationList {
+    pub migrations: Vec<Migration>,
+}
+
+/// `POST /api/v1/clusters/{name}/migrations/{id}/progress`: a status report. Never bumps the
+/// epoch; phases never go backwards.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ProgressReport {
+    /// One of `pending`, `starting`, `following`, `switching`, `switched` (before the
+    /// commit) or `cleaning`, `done` (after it).
+    pub phase: MigrationPhase,
+    /// A free-form JSON object; replaces the previous one when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub progress: Option<serde_json::Value>,
+    /// A non-fatal error worth showing (a fatal one goes to `/fail`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `POST /api/v1/clusters/{name}/migrations/{id}/commit` (the body is optional).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CommitRequest {
+    /// The migration's epoch as the committer knows it; a different one is refused (409),
+    /// so a stale coordinator cannot commit a migration it never saw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
+    pub epoch: Option<Epoch>,
+}
+
+/// `POST …/abort` (optional body) and `POST …/fail` (`error` required).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct StopRequest {
+    /// Why the migration is stopped; recorded as the migration's `error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `POST /api/v1/clusters/{name}/scale`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ScaleRequest {
+    /// How many free proxies join the cluster.
+    pub add: u64,
+}
+
+/// `POST /api/v1/clusters/{name}/scale` → 202: the migrations created, all at one epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ScalePlan {
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
+    pub epoch: Epoch,
+    pub migrations: Vec<Migration>,
+}
+
+/// One entry of `GET /api/v1/configs`: a proxy and the config it must hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ProxyConfigEntry {
+    pub proxy: ProxyInfo,
+    pub config: ProxyConfig,
+}
+
+/// `GET /api/v1/configs`: every proxy's config at one epoch, in one answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ConfigsResponse {
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
+    pub epoch: Epoch,
+    pub configs: Vec<ProxyConfigEntry>,
+}
+
+#[cfg(feature = "openapi")]
+mod schema {
+    //! [`SlotRange`] is serialised as a `[start, end]` pair, which a derive cannot see.
+
+    use super::SlotRange;
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Schema, Type};
+    use utoipa::openapi::{KnownFormat, RefOr, SchemaFormat};
+
+    impl utoipa::PartialSchema for SlotRange {
+        fn schema() -> RefOr<Schema> {
+            let slot = ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int32)))
+                .minimum(Some(0))
+                .maximum(Some(16383));
+            ArrayBuilder::new()
+                .items(slot)
+                .min_items(Some(2))
+                .max_items(Some(2))
+                .description(Some("An inclusive slot range `[start, end]`, 0 <= start <= end <= 16383."))
+                .examples([serde_json::json!([0, 1000])])
+                .into()
+        }
+    }
+
+    impl utoipa::ToSchema for SlotRange {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_selection_takes_a_count_or_a_list() {
+        let c: CreateCluster = serde_json::from_str(r#"{"name":"shop","proxies":3}"#).unwrap();
+        assert_eq!(c.proxies, ProxySelection::Count(3));
+        let c: CreateCluster = serde_json::from_str(r#"{"name":"shop","proxies":["a:1","b:2"]}"#).unwrap();
+        assert_eq!(c.proxies, ProxySelection::Addresses(vec!["a:1".into(), "b:2".into()]));
+    }
+
+    #[test]
+    fn create_migration_defaults_to_auto() {
+        let m: CreateMigration = serde_json::from_str(r#"{"src":"a:1","dst":"b:2","slots":[[0,1000]]}"#).unwrap();
+        assert_eq!(m.mode, MigrationMode::Auto);
+        assert_eq!(m.slots, vec![SlotRange::new(0, 1000)]);
+    }
+
+    #[test]
+    fn timestamps_are_set_per_phase() {
+        let mut t = PhaseTimestamps::default();
+        t.set(MigrationPhase::Switched, "2024-01-01T00:00:00Z".into());
+        assert_eq!(t.get(MigrationPhase::Switched), Some("2024-01-01T00:00:00Z"));
+        assert_eq!(t.get(MigrationPhase::Pending), None);
+        assert_eq!(serde_json::to_string(&t).unwrap(), r#"{"switched":"2024-01-01T00:00:00Z"}"#);
+    }
+}

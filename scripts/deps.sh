@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what sluice needs to build and run, with apt-get, only when missing.
+# Sourced by scripts/local.sh and scripts/test.sh.
+set -euo pipefail
+
+sluice_apt_install() {
+  local sudo=""
+  if [[ $(id -u) -ne 0 ]]; then
+    command -v sudo >/dev/null || { echo "need root or sudo to install: $*" >&2; return 1; }
+    sudo="sudo"
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get install -y -q "$@" </dev/null || { $sudo apt-get update -q </dev/null && $sudo apt-get install -y -q "$@" </dev/null; }
+}
+
+sluice_install_deps() {
+  local missing=()
+  command -v redis-server >/dev/null || missing+=(redis-server)
+  command -v redis-cli >/dev/null || missing+=(redis-tools)
+  command -v redis-benchmark >/dev/null || missing+=(redis-tools)
+  command -v protoc >/dev/null || missing+=(protobuf-compiler)
+  command -v python3 >/dev/null || missing+=(python3)
+  if ((${#missing[@]})); then
+    echo "installing: ${missing[*]}"
+    sluice_apt_install "${missing[@]}"
+  fi
+  # The tests start their own redis-server processes; a packaged one running as a service
+  # is not needed (and is left alone).
+}

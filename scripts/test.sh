@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs every check CI runs: formatting, clippy, unit and integration tests.
+# Installs what is missing first (redis-server, redis-tools, protobuf-compiler, cargo-nextest).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/deps.sh
+sluice_install_deps
+
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
+# The integration tests start the real binaries: build them first.
+cargo build --workspace --bins
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast
+else
+  cargo test --workspace --no-fail-fast
+fi
