@@ -4,6 +4,7 @@
 #
 #   bash bench/proxy.sh            # 300000 requests per run, 2 rounds (best of each kept)
 #   N=100000 ROUNDS=1 bash bench/proxy.sh
+#   PROXY_ARGS="--threads 2" bash bench/proxy.sh   # extra sluice-proxy flags
 #
 # The machine is shared: compare ratios measured in one run, never absolute numbers.
 set -euo pipefail
@@ -30,9 +31,9 @@ trap cleanup EXIT
 
 rport=$(free_port)
 redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" --loglevel warning \
-  --logfile "$work/redis.log" & pids+=($!)
+  --logfile "$work/redis.log" & pids+=($!); disown
 pport=$(free_port)
-"$SLUICE_BIN_DIR/sluice-proxy" --listen "127.0.0.1:$pport" --node "127.0.0.1:$rport" 2>"$work/proxy.log" & pids+=($!)
+"$SLUICE_BIN_DIR/sluice-proxy" --listen "127.0.0.1:$pport" --node "127.0.0.1:$rport" ${PROXY_ARGS:-} 2>"$work/proxy.log" & pids+=($!); disown
 
 for _ in $(seq 100); do
   redis-cli -p "$rport" ping >/dev/null 2>&1 && redis-cli -p "$pport" ping >/dev/null 2>&1 && break

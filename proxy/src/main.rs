@@ -4,10 +4,18 @@ use sluice_proxy::options::{LogFormat, ProxyOptions};
 use sluice_proxy::state::Shared;
 use std::sync::Arc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let opts = ProxyOptions::parse();
     init_logging(opts.log_format);
+    let runtime = if opts.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(opts.threads).enable_all().build()?
+    };
+    runtime.block_on(serve(opts))
+}
+
+async fn serve(opts: ProxyOptions) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&opts.listen)
         .await
         .with_context(|| format!("cannot listen on {}", opts.listen))?;

@@ -50,6 +50,10 @@ pub struct ProxyOptions {
     /// Largest bulk string a client may send, in bytes (Redis: proto-max-bulk-len).
     #[arg(long, default_value_t = 512 * 1024 * 1024)]
     pub max_bulk_len: usize,
+    /// Worker threads. One is usually fastest: Redis itself runs on one core, and a single
+    /// thread avoids waking tasks across cores.
+    #[arg(long, env = "SLUICE_PROXY_THREADS", default_value_t = 1)]
+    pub threads: usize,
     /// Timeout for connecting to the node or a peer proxy, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub connect_timeout_ms: u64,

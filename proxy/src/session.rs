@@ -16,18 +16,17 @@ use crate::state::Shared;
 use crate::{cluster, connection, info, keyed, transaction, umctl};
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
-use futures::StreamExt;
 use sluice_common::resp::{CodecError, Command, CommandCodec, Frame, Limits, Protocol};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify};
-use tokio_util::codec::FramedRead;
+use tokio_util::codec::Decoder;
 
 /// A reply that will be written to the client once it is known, in queue order.
 pub enum Pending {
@@ -35,6 +34,8 @@ pub enum Pending {
     Ready(Bytes),
     /// A raw reply from a backend, passed through unchanged.
     Reply(oneshot::Receiver<ReplyResult>),
+    /// The raw replies of a batch of commands sent together, passed through unchanged.
+    Batch(oneshot::Receiver<Result<Vec<Bytes>, BackendError>>, usize),
     /// Anything that needs work after the backend answered (merges, filters).
     Future(BoxFuture<'static, Bytes>),
     /// Write what is queued, then close the connection (`QUIT`, protocol errors).
@@ -50,8 +51,8 @@ pub struct Progress {
 }
 
 impl Progress {
-    fn complete(&self) {
-        self.completed.fetch_add(1, Ordering::Release);
+    fn complete(&self, n: u64) {
+        self.completed.fetch_add(n, Ordering::Release);
         self.notify.notify_one();
     }
 
@@ -78,6 +79,10 @@ pub enum Lane {
 /// Most commands read ahead while waiting at a lane switch (to notice a client that leaves).
 const MAX_BACKLOG: usize = 1024;
 
+/// A batch of pass-through commands is sent once it holds this many bytes or commands.
+const MAX_BATCH_BYTES: usize = 64 * 1024;
+const MAX_BATCH_COMMANDS: usize = 256;
+
 pub struct Session {
     pub shared: Arc<Shared>,
     pub id: u64,
@@ -90,7 +95,7 @@ pub struct Session {
     /// This connection comes from another proxy forwarding to us: never forward again.
     pub is_peer: bool,
     pub tx: transaction::TxState,
-    reader: FramedRead<OwnedReadHalf, CommandCodec>,
+    reader: ClientInput,
     backlog: VecDeque<Result<Command, CodecError>>,
     replies: mpsc::Sender<Pending>,
     progress: Arc<Progress>,
@@ -102,6 +107,10 @@ pub struct Session {
     pub private_lost: bool,
     /// The client disconnected while the session waited at a lane switch.
     client_gone: bool,
+    /// Pass-through commands for the shared lane, not sent yet: everything the client
+    /// pipelined is sent as one request with one reply slot (see [`Session::flush_batch`]).
+    batch: BytesMut,
+    batch_len: usize,
 }
 
 /// Serves one client until it leaves.
@@ -128,7 +137,12 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
         name: None,
         is_peer: false,
         tx: transaction::TxState::default(),
-        reader: FramedRead::with_capacity(rd, CommandCodec::new(limits), 16 * 1024),
+        reader: ClientInput {
+            rd,
+            buf: BytesMut::with_capacity(16 * 1024),
+            codec: CommandCodec::new(limits),
+            done: false,
+        },
         backlog: VecDeque::new(),
         replies: tx,
         progress,
@@ -138,6 +152,8 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
         private: None,
         private_lost: false,
         client_gone: false,
+        batch: BytesMut::new(),
+        batch_len: 0,
     };
     session.run().await;
     drop(session);
@@ -152,21 +168,44 @@ impl Session {
                 Some(item) => Some(item),
                 None => self.reader.next().await,
             };
-            let flow = match next {
-                None => Flow::Close,
-                Some(Ok(cmd)) => self.handle(cmd).await,
-                Some(Err(CodecError::Protocol(e))) => {
-                    // Like Redis: say what was wrong, then close the connection.
-                    tracing::debug!(client = self.id, error = %e, "protocol error from client");
-                    let _ = self.reply(Frame::error(format!("ERR {e}"))).await;
-                    let _ = self.push(Pending::Close).await;
-                    Flow::Close
-                }
-                Some(Err(CodecError::Io(_))) => Flow::Close,
-            };
-            if flow == Flow::Close {
-                return;
+            if self.step(next).await == Flow::Close {
+                break;
             }
+            // Whatever else the client already sent is handled before anything is sent on, so
+            // a pipeline travels to the node as one batch.
+            while let Some(item) = self.buffered() {
+                if self.step(Some(item)).await == Flow::Close {
+                    self.flush_batch().await;
+                    return;
+                }
+            }
+            if self.flush_batch().await == Flow::Close {
+                break;
+            }
+        }
+        self.flush_batch().await;
+    }
+
+    /// The next command already read from the client, without reading more.
+    fn buffered(&mut self) -> Option<Result<Command, CodecError>> {
+        match self.backlog.pop_front() {
+            Some(item) => Some(item),
+            None => self.reader.decode_buffered(),
+        }
+    }
+
+    async fn step(&mut self, next: Option<Result<Command, CodecError>>) -> Flow {
+        match next {
+            None => Flow::Close,
+            Some(Ok(cmd)) => self.handle(cmd).await,
+            Some(Err(CodecError::Protocol(e))) => {
+                // Like Redis: say what was wrong, then close the connection.
+                tracing::debug!(client = self.id, error = %e, "protocol error from client");
+                let _ = self.reply(Frame::error(format!("ERR {e}"))).await;
+                let _ = self.push(Pending::Close).await;
+                Flow::Close
+            }
+            Some(Err(CodecError::Io(_))) => Flow::Close,
         }
     }
 
@@ -228,21 +267,59 @@ impl Session {
         self.push(Pending::Ready(bytes)).await
     }
 
-    /// Queues a pending reply; `Close` if the client is gone.
+    /// Queues a pending reply; `Close` if the client is gone. A batch of commands queued
+    /// before it goes first, so replies keep their order.
     pub async fn push(&mut self, pending: Pending) -> Flow {
-        self.dispatched += 1;
+        if self.flush_batch().await == Flow::Close {
+            return Flow::Close;
+        }
+        self.enqueue(pending, 1).await
+    }
+
+    async fn enqueue(&mut self, pending: Pending, replies: u64) -> Flow {
+        self.dispatched += replies;
         match self.replies.send(pending).await {
             Ok(()) => Flow::Continue,
             Err(_) => Flow::Close,
         }
     }
 
-    /// Sends raw command bytes to this proxy's node on `lane` and queues the reply.
+    /// Sends raw command bytes to this proxy's node on `lane` and queues the reply. On the
+    /// shared lane the command joins the batch, sent when the client's input is drained.
     pub async fn send_to_node(&mut self, lane: Lane, data: Bytes) -> Flow {
+        if lane == Lane::Shared && self.lane == Lane::Shared && !self.client_gone {
+            self.batch.extend_from_slice(&data);
+            self.batch_len += 1;
+            if self.batch.len() >= MAX_BATCH_BYTES || self.batch_len >= MAX_BATCH_COMMANDS {
+                return self.flush_batch().await;
+            }
+            return Flow::Continue;
+        }
         match self.node_request(lane, data).await {
             Ok(rx) => self.push(Pending::Reply(rx)).await,
             Err(e) => self.reply(e.to_frame()).await,
         }
+    }
+
+    /// Sends the batched commands as one request; their replies come back together.
+    async fn flush_batch(&mut self) -> Flow {
+        if self.batch_len == 0 {
+            return Flow::Continue;
+        }
+        let n = std::mem::take(&mut self.batch_len);
+        let data = self.batch.split().freeze();
+        let pending = match self.send_shared(data, n).await {
+            Ok(rx) => Pending::Batch(rx, n),
+            Err(e) => {
+                let err = e.to_frame().to_bytes(self.protocol);
+                let mut all = BytesMut::with_capacity(err.len() * n);
+                for _ in 0..n {
+                    all.extend_from_slice(&err);
+                }
+                Pending::Ready(all.freeze())
+            }
+        };
+        self.enqueue(pending, n as u64).await
     }
 
     /// Sends raw bytes to the node on `lane`; the receiver yields the reply. Switching lanes
@@ -286,9 +363,24 @@ impl Session {
         data: Bytes,
         n: usize,
     ) -> Result<oneshot::Receiver<Result<Vec<Bytes>, BackendError>>, BackendError> {
+        if self.flush_batch().await == Flow::Close {
+            self.client_gone = true;
+        }
+        self.send_shared(data, n).await
+    }
+
+    /// Sends `n` commands written back to back on the shared lane; all replies come back.
+    async fn send_shared(
+        &mut self,
+        data: Bytes,
+        n: usize,
+    ) -> Result<oneshot::Receiver<Result<Vec<Bytes>, BackendError>>, BackendError> {
         if self.lane != Lane::Shared {
             self.barrier().await;
             self.lane = Lane::Shared;
+        }
+        if self.client_gone {
+            return Err(BackendError::Lost { addr: Arc::from(self.shared.node.addr()) });
         }
         let mut data = data;
         for _ in 0..2 {
@@ -394,6 +486,57 @@ impl Session {
     }
 }
 
+/// The client's side of the connection: its socket and what was read but not decoded yet.
+struct ClientInput {
+    rd: OwnedReadHalf,
+    buf: BytesMut,
+    codec: CommandCodec,
+    /// End of input or an error was reported: nothing more will come.
+    done: bool,
+}
+
+impl ClientInput {
+    /// The next command, reading from the socket as needed; `None` at the end of input.
+    /// Cancel-safe: an interrupted read loses nothing.
+    async fn next(&mut self) -> Option<Result<Command, CodecError>> {
+        loop {
+            if let Some(item) = self.decode_buffered() {
+                return Some(item);
+            }
+            if self.done {
+                return None;
+            }
+            if self.buf.capacity() - self.buf.len() < 4096 {
+                self.buf.reserve(16 * 1024);
+            }
+            match self.rd.read_buf(&mut self.buf).await {
+                Ok(0) => self.done = true,
+                Ok(_) => {}
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(CodecError::Io(e)));
+                }
+            }
+        }
+    }
+
+    /// The next command among the bytes already read, if there is a complete one.
+    fn decode_buffered(&mut self) -> Option<Result<Command, CodecError>> {
+        if self.done && self.buf.is_empty() {
+            return None;
+        }
+        match self.codec.decode(&mut self.buf) {
+            Ok(Some(cmd)) => Some(Ok(cmd)),
+            Ok(None) => None,
+            Err(e) => {
+                self.done = true;
+                self.buf.clear();
+                Some(Err(e))
+            }
+        }
+    }
+}
+
 /// Writes replies in queue order, batching whatever is ready into one write.
 async fn reply_writer(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Pending>, progress: Arc<Progress>) {
     const FLUSH_AT: usize = 64 * 1024;
@@ -415,8 +558,40 @@ async fn reply_writer(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Pending>, p
             }
             Err(mpsc::error::TryRecvError::Disconnected) => break,
         };
+        let mut replies = 1;
         let bytes = match item {
             Pending::Ready(b) => b,
+            Pending::Batch(mut batch, n) => {
+                replies = n as u64;
+                let result = match batch.try_recv() {
+                    Ok(r) => r,
+                    Err(oneshot::error::TryRecvError::Closed) => Err(lost()),
+                    Err(oneshot::error::TryRecvError::Empty) => {
+                        if !out.is_empty() {
+                            if wr.write_all(&out).await.is_err() {
+                                break;
+                            }
+                            out.clear();
+                        }
+                        batch.await.unwrap_or_else(|_| Err(lost()))
+                    }
+                };
+                match result {
+                    Ok(all) => {
+                        for b in &all {
+                            out.extend_from_slice(b);
+                        }
+                        Bytes::new()
+                    }
+                    Err(e) => {
+                        let err = e.to_frame().to_bytes(Protocol::Resp2);
+                        for _ in 0..n {
+                            out.extend_from_slice(&err);
+                        }
+                        Bytes::new()
+                    }
+                }
+            }
             Pending::Reply(mut reply) => {
                 let result = match reply.try_recv() {
                     Ok(r) => Some(r),
@@ -453,11 +628,11 @@ async fn reply_writer(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Pending>, p
             Pending::Close => {
                 let _ = wr.write_all(&out).await;
                 let _ = wr.shutdown().await;
-                progress.complete();
+                progress.complete(1);
                 break;
             }
         };
-        progress.complete();
+        progress.complete(replies);
         if bytes.len() >= FLUSH_AT {
             if (!out.is_empty() && wr.write_all(&out).await.is_err()) || wr.write_all(&bytes).await.is_err() {
                 break;

@@ -11,6 +11,9 @@ mod table;
 use sluice_common::resp::{parse_int, Command};
 use smallvec::SmallVec;
 pub use spec::{flags, BeginSearch, CommandSpec, FindKeys, KeySpec};
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::OnceLock;
 
 /// Positions of the keys of a command (indices into its arguments).
 pub type KeyPositions = SmallVec<[usize; 4]>;
@@ -46,8 +49,31 @@ pub fn lookup(cmd: &Command) -> Option<&'static CommandSpec> {
     find(full).or(Some(spec))
 }
 
+/// Looks a lower-case name up in a hash index of the table (built on first use): this runs
+/// for every command, and a binary search costs a dozen string compares.
 fn find(name: &str) -> Option<&'static CommandSpec> {
-    table::COMMANDS.binary_search_by(|c| c.name.cmp(name)).ok().map(|i| &table::COMMANDS[i])
+    type Index = HashMap<&'static str, &'static CommandSpec, BuildHasherDefault<Fnv>>;
+    static INDEX: OnceLock<Index> = OnceLock::new();
+    INDEX.get_or_init(|| table::COMMANDS.iter().map(|c| (c.name, c)).collect()).get(name).copied()
+}
+
+/// FNV-1a: fast for the short keys of the command index (no attacker chooses the table's keys,
+/// and a lookup of an unknown name costs one probe).
+#[derive(Default)]
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
+        for &b in bytes {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.0 = h;
+    }
 }
 
 /// Lower-cases `src` into `buf`; `None` if it does not fit or is not UTF-8.
