@@ -1,12 +1,15 @@
 //! `sluice`: the operator's command.
 //!
-//! `sluice local` starts redis-server nodes and a sluice-proxy in front of each on this
-//! machine, gives every proxy its share of the 16384 slots (with `UMCTL SETDB`, until the
-//! broker and coordinator exist), prints how to connect, and stops everything on Ctrl-C.
+//! `sluice local` starts a whole deployment on this machine: the broker (sled data in
+//! `--data-dir`), a coordinator, redis-server nodes from PATH and a sluice-proxy in front of
+//! each (they register with the broker), creates the cluster `local` through the broker's
+//! API, waits until every proxy holds the broker's epoch, prints how to connect, and stops
+//! every child on Ctrl-C or SIGTERM.
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use sluice_harness::ProxyCluster;
+use sluice_harness::{LocalCluster, LocalSpec};
+use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(name = "sluice", version, about = "sluice: Redis Cluster from plain redis-server nodes")]
@@ -17,36 +20,56 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a local cluster (redis-server nodes from PATH + sluice proxies) until Ctrl-C.
+    /// Run broker, coordinator, redis-server nodes and proxies on this machine until Ctrl-C.
     Local {
-        /// Number of proxies, each in front of its own redis-server.
+        /// Proxies in the cluster, each in front of its own redis-server.
         #[arg(long, default_value_t = 3)]
         proxies: usize,
-        /// Port of the first proxy; the others follow.
+        /// Extra free proxies (with their redis-server) to scale out into.
+        #[arg(long, default_value_t = 1)]
+        spare: usize,
+        /// Port of the first proxy; the others follow, control ports are 10000 above, the
+        /// broker listens on 7799.
         #[arg(long, default_value_t = 6001)]
         base_port: u16,
+        /// Where the broker's data, node files and logs go (kept); a temporary directory,
+        /// removed at exit, when absent.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::Local { proxies, base_port } => local(proxies, base_port).await,
+        Command::Local { proxies, spare, base_port, data_dir } => local(proxies, spare, base_port, data_dir).await,
     }
 }
 
-async fn local(proxies: usize, base_port: u16) -> Result<()> {
+async fn local(proxies: usize, spare: usize, base_port: u16, data_dir: Option<PathBuf>) -> Result<()> {
     anyhow::ensure!(proxies >= 1, "--proxies must be at least 1");
-    let cluster = ProxyCluster::start_at(proxies, Some(base_port), &[]).await?;
-    println!("sluice local cluster is up: {proxies} proxies, each in front of its own redis-server\n");
-    for (p, n) in cluster.proxies.iter().zip(&cluster.nodes) {
-        println!("  proxy {}  ->  redis-server {}", p.addr(), n.addr());
+    let spec = LocalSpec { proxies, spare, base_port: Some(base_port), data_dir, ..LocalSpec::default() };
+    let cluster = LocalCluster::start(spec).await?;
+    let broker = cluster.broker.url();
+    let epoch = cluster.broker_client().epoch().await?;
+    println!("sluice local is up (epoch {epoch})\n");
+    println!("  broker       {broker}");
+    println!("  coordinator  1 running");
+    for (i, (p, n)) in cluster.proxies.iter().zip(&cluster.nodes).enumerate() {
+        let role = if i < proxies { "cluster 'local'" } else { "spare (free)" };
+        println!("  proxy        {}  ->  redis-server {}   {role}", p.addr(), n.addr());
     }
+    let first = cluster.proxies[0].addr();
     println!("\nTry:");
     println!("  redis-cli -c -p {base_port} SET hello world");
-    println!("  redis-cli -c -p {base_port} CLUSTER SLOTS");
-    println!("  redis-cli -p {base_port} UMCTL GETEPOCH");
-    println!("\nFiles under {}. Ctrl-C stops everything.", cluster.dir.path().display());
+    println!("  curl -s {broker}/api/v1/clusters/local");
+    if spare > 0 {
+        let dst = cluster.proxies[proxies].addr();
+        println!(
+            "  curl -s -X POST {broker}/api/v1/clusters/local/migrations -d '{{\"src\":\"{first}\",\"dst\":\"{dst}\",\"slots\":[[0,1000]]}}'"
+        );
+    }
+    println!("\nFiles and logs under {}. Ctrl-C stops everything.", cluster.dir.display());
     wait_for_shutdown().await;
     println!("stopping");
     drop(cluster);

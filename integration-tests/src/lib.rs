@@ -3,14 +3,18 @@
 //! clusters with this code.
 
 pub mod bins;
+pub mod broker;
 pub mod client;
 pub mod cluster;
+pub mod local;
 pub mod ports;
 pub mod process;
 pub mod redis_node;
 pub mod wait;
 
+pub use broker::{BrokerClient, BrokerProcess};
 pub use cluster::ProxyCluster;
+pub use local::{LocalCluster, LocalSpec};
 pub use process::ChildProcess;
 pub use redis_node::RedisNode;
 pub use wait::wait_for;

@@ -20,7 +20,21 @@ async fn serve(opts: ProxyOptions) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", opts.listen))?;
     tracing::info!(listen = %opts.listen, announce = %opts.announce(), node = %opts.node, "sluice-proxy serving");
-    let shared = Arc::new(Shared::new(opts));
+    let shared = Arc::new(Shared::new(opts.clone()));
+    if let Some(control) = &opts.control {
+        let listener = tokio::net::TcpListener::bind(control)
+            .await
+            .with_context(|| format!("cannot listen on --control {control}"))?;
+        tracing::info!(control = %control, "control service serving");
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            if let Err(e) = sluice_proxy::control::serve(listener, shared).await {
+                tracing::error!(error = %e, "control service stopped");
+                std::process::exit(1);
+            }
+        });
+    }
+    tokio::spawn(sluice_proxy::register::register(opts));
     sluice_proxy::server::run(listener, shared).await?;
     Ok(())
 }

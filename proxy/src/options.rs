@@ -32,6 +32,22 @@ pub struct ProxyOptions {
     /// The Redis node this proxy fronts.
     #[arg(long, env = "SLUICE_PROXY_NODE", default_value = "127.0.0.1:7001")]
     pub node: String,
+    /// The node's address as other nodes reach it (for replication during migrations).
+    /// Defaults to --node.
+    #[arg(long, env = "SLUICE_PROXY_NODE_ANNOUNCE")]
+    pub node_announce: Option<String>,
+    /// Address of the gRPC control service (SetConfig, TmpSwitch, Status); none if absent.
+    #[arg(long, env = "SLUICE_PROXY_CONTROL")]
+    pub control: Option<String>,
+    /// The control address others should use. Defaults to --control.
+    #[arg(long, env = "SLUICE_PROXY_CONTROL_ANNOUNCE")]
+    pub control_announce: Option<String>,
+    /// The broker to register with on start (e.g. http://127.0.0.1:7799); retried until it answers.
+    #[arg(long, env = "SLUICE_BROKER")]
+    pub broker: Option<String>,
+    /// Bearer token for the broker's mutating calls.
+    #[arg(long, env = "SLUICE_API_TOKEN")]
+    pub api_token: Option<String>,
     /// Password of the Redis node (sent as AUTH).
     #[arg(long, env = "SLUICE_NODE_PASSWORD")]
     pub node_password: Option<String>,
@@ -65,6 +81,16 @@ impl ProxyOptions {
     /// The address this proxy is known by.
     pub fn announce(&self) -> &str {
         self.announce.as_deref().unwrap_or(&self.listen)
+    }
+
+    /// The node address registered with the broker.
+    pub fn node_announce(&self) -> &str {
+        self.node_announce.as_deref().unwrap_or(&self.node)
+    }
+
+    /// The control address registered with the broker.
+    pub fn control_announce(&self) -> Option<&str> {
+        self.control_announce.as_deref().or(self.control.as_deref())
     }
 
     pub fn connect_timeout(&self) -> Duration {

@@ -1,57 +1,52 @@
 //! `UMCTL …`: the proxy's control commands on its data port, for operators with redis-cli
-//! (the names come from the seed design).
+//! (the names come from the seed design). They run the same code as the gRPC service.
 //!
-//! - `UMCTL SETDB <json>`: take a [`ProxyConfig`] (the JSON the broker serves per proxy).
+//! - `UMCTL SETDB <json>`: take a [`ProxyConfig`](sluice_common::model::ProxyConfig).
 //! - `UMCTL GETEPOCH`: the epoch of the config held, as an integer.
-//! - `UMCTL INFOMGR`: the proxy's state as JSON.
+//! - `UMCTL INFOMGR`: the proxy's state as JSON (what gRPC `Status` reports).
+//! - `UMCTL TMPSWITCH <migration-id> <epoch>`: the temporary switch of a migration.
 //! - `UMCTL PEER`: marks this connection as another proxy's (never forwarded again).
 
+use crate::control;
 use crate::session::{Flow, Session};
-use crate::state::Applied;
-use bytes::Bytes;
-use sluice_common::model::ProxyConfig;
-use sluice_common::resp::{Command, Frame};
-use std::sync::atomic::Ordering;
+use crate::status;
+use sluice_common::resp::{parse_int, Command, Frame};
 
 pub async fn handle(s: &mut Session, cmd: Command) -> Flow {
     let sub = cmd.arg(1).map(|a| String::from_utf8_lossy(a).to_ascii_uppercase()).unwrap_or_default();
-    let reply = match (sub.as_str(), cmd.len()) {
-        ("SETDB", 3) => setdb(s, &cmd.args()[2]),
+    let args = cmd.args();
+    let reply = match (sub.as_str(), args.len()) {
+        ("SETDB", 3) => match control::set_config_json(&s.shared, &args[2]) {
+            Ok(_) => Frame::ok(),
+            Err(e) => Frame::error(e.to_string()),
+        },
         ("GETEPOCH", 2) => Frame::Integer(s.shared.epoch() as i64),
-        ("INFOMGR", 2) => infomgr(s),
+        ("INFOMGR", 2) => {
+            let status = status::collect(&s.shared).await;
+            let mut json = serde_json::to_value(&status).unwrap_or_default();
+            json["migrations"] = serde_json::to_value(&s.shared.routes().config.migrations).unwrap_or_default();
+            Frame::bulk(json.to_string())
+        }
+        ("TMPSWITCH", 4) => {
+            let id = String::from_utf8_lossy(&args[2]).into_owned();
+            match parse_int(&args[3]) {
+                Some(epoch) if epoch >= 0 => match control::tmp_switch(&s.shared, &id, epoch as u64) {
+                    Ok(()) => Frame::ok(),
+                    Err(e) => Frame::error(format!("ERR sluice: {e}")),
+                },
+                _ => Frame::error("ERR sluice: the epoch must be a non-negative integer"),
+            }
+        }
         ("PEER", 2) => {
             s.is_peer = true;
             Frame::ok()
         }
-        ("SETDB" | "GETEPOCH" | "INFOMGR" | "PEER", _) => {
+        ("SETDB" | "GETEPOCH" | "INFOMGR" | "TMPSWITCH" | "PEER", _) => {
             Frame::error(format!("ERR wrong number of arguments for 'umctl|{}' command", sub.to_ascii_lowercase()))
         }
-        _ => Frame::error(format!("ERR sluice: unknown UMCTL subcommand '{sub}'; try SETDB <json>, GETEPOCH, INFOMGR")),
+        _ => Frame::error(format!(
+            "ERR sluice: unknown UMCTL subcommand '{sub}'; try SETDB <json>, GETEPOCH, INFOMGR, TMPSWITCH <id> <epoch>"
+        )),
     };
     s.reply(reply).await
-}
-
-fn setdb(s: &Session, json: &Bytes) -> Frame {
-    let config: ProxyConfig = match serde_json::from_slice(json) {
-        Ok(c) => c,
-        Err(e) => return Frame::error(format!("ERR sluice: invalid config JSON: {e}")),
-    };
-    match s.shared.apply_config(config) {
-        Ok(Applied::Updated { .. }) | Ok(Applied::Unchanged) => Frame::ok(),
-        Err(e) => Frame::error(e.to_string()),
-    }
-}
-
-fn infomgr(s: &Session) -> Frame {
-    let routes = s.shared.routes();
-    let status = serde_json::json!({
-        "proxy": s.shared.me(),
-        "node": s.shared.opts.node,
-        "epoch": routes.epoch(),
-        "cluster": routes.cluster().map(|c| c.name.clone()),
-        "slots_served": (0..16384u16).filter(|&slot| routes.is_local(slot)).count(),
-        "connected_clients": s.shared.connected_clients.load(Ordering::Relaxed),
-        "migrations": routes.config.migrations,
-    });
-    Frame::bulk(status.to_string())
 }

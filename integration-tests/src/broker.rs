@@ -1,0 +1,147 @@
+//! A `sluice-broker` process and a small HTTP client for it.
+
+use crate::bins::binary;
+use crate::ports::free_port;
+use crate::process::ChildProcess;
+use crate::wait::wait_for;
+use anyhow::{bail, Context, Result};
+use serde::de::DeserializeOwned;
+use sluice_common::api::{ClusterList, CreateCluster, EpochResponse, ProxyList, ProxySelection};
+use sluice_common::model::{ClusterView, Epoch};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub struct BrokerProcess {
+    pub port: u16,
+    pub data_dir: PathBuf,
+    process: ChildProcess,
+}
+
+impl BrokerProcess {
+    /// Starts a broker with its sled data in `data_dir`, on `port` or a free one, and waits
+    /// until it answers.
+    pub async fn start(dir: &Path, data_dir: &Path, port: Option<u16>) -> Result<BrokerProcess> {
+        let bin = binary("sluice-broker")?;
+        let mut last = None;
+        for _ in 0..if port.is_some() { 1 } else { 5 } {
+            let port = port.unwrap_or_else(free_port);
+            let args: Vec<String> = vec![
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+                "--data-dir".into(),
+                data_dir.display().to_string(),
+            ];
+            let log = dir.join(format!("broker-{port}.log"));
+            let process = ChildProcess::spawn(&format!("broker-{port}"), &bin, &args, &log)?;
+            let mut broker = BrokerProcess { port, data_dir: data_dir.to_path_buf(), process };
+            match broker.wait_ready().await {
+                Ok(()) => return Ok(broker),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("sluice-broker did not start")))
+    }
+
+    async fn wait_ready(&mut self) -> Result<()> {
+        let client = self.client();
+        let pid_alive = self.process.is_running();
+        wait_for("sluice-broker to answer", Duration::from_secs(15), || {
+            let client = client.clone();
+            async move {
+                if !pid_alive {
+                    bail!("sluice-broker exited");
+                }
+                Ok(client.epoch().await.ok().map(|_| ()))
+            }
+        })
+        .await
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn client(&self) -> BrokerClient {
+        BrokerClient::new(&self.url())
+    }
+
+    pub fn process(&mut self) -> &mut ChildProcess {
+        &mut self.process
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts it again on the same port and data, and waits until it answers.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.process.restart()?;
+        self.wait_ready().await
+    }
+}
+
+/// The broker's HTTP API, as the harness and the CLI use it.
+#[derive(Clone)]
+pub struct BrokerClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl BrokerClient {
+    pub fn new(url: &str) -> BrokerClient {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
+        BrokerClient { base: format!("{}/api/v1", url.trim_end_matches('/')), http }
+    }
+
+    /// GET `path` (under /api/v1) as JSON.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let resp = self.http.get(format!("{}{path}", self.base)).send().await?;
+        decode(resp).await
+    }
+
+    /// POST `body` to `path`, as JSON.
+    pub async fn post<T: DeserializeOwned>(&self, path: &str, body: &impl serde::Serialize) -> Result<T> {
+        let resp = self.http.post(format!("{}{path}", self.base)).json(body).send().await?;
+        decode(resp).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<serde_json::Value> {
+        let resp = self.http.delete(format!("{}{path}", self.base)).send().await?;
+        decode(resp).await
+    }
+
+    pub async fn epoch(&self) -> Result<Epoch> {
+        Ok(self.get::<EpochResponse>("/epoch").await?.epoch)
+    }
+
+    pub async fn proxies(&self) -> Result<ProxyList> {
+        self.get("/proxies").await
+    }
+
+    pub async fn clusters(&self) -> Result<Vec<String>> {
+        Ok(self.get::<ClusterList>("/clusters").await?.clusters)
+    }
+
+    pub async fn cluster(&self, name: &str) -> Result<ClusterView> {
+        self.get(&format!("/clusters/{name}")).await
+    }
+
+    pub async fn create_cluster(&self, name: &str, proxies: Vec<String>) -> Result<ClusterView> {
+        self.post("/clusters", &CreateCluster { name: name.to_string(), proxies: ProxySelection::Addresses(proxies) })
+            .await
+    }
+
+    pub async fn delete_cluster(&self, name: &str) -> Result<()> {
+        self.delete(&format!("/clusters/{name}")).await.map(|_| ())
+    }
+}
+
+async fn decode<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T> {
+    let status = resp.status();
+    let text = resp.text().await.context("read the broker's answer")?;
+    if !status.is_success() {
+        bail!("broker answered {status}: {text}");
+    }
+    serde_json::from_str(&text).with_context(|| format!("decode the broker's answer: {text}"))
+}
