@@ -28,10 +28,12 @@ enum Command {
         /// Extra free proxies (with their redis-server) to scale out into.
         #[arg(long, default_value_t = 1)]
         spare: usize,
-        /// Port of the first proxy; the others follow, control ports are 10000 above, the
-        /// broker listens on 7799.
+        /// Port of the first proxy; the others follow; control ports are 10000 above.
         #[arg(long, default_value_t = 6001)]
         base_port: u16,
+        /// Port of the broker's HTTP API.
+        #[arg(long, default_value_t = 7799)]
+        broker_port: u16,
         /// Where the broker's data, node files and logs go (kept); a temporary directory,
         /// removed at exit, when absent.
         #[arg(long)]
@@ -42,13 +44,24 @@ enum Command {
 #[tokio::main]
 async fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::Local { proxies, spare, base_port, data_dir } => local(proxies, spare, base_port, data_dir).await,
+        Command::Local { proxies, spare, base_port, broker_port, data_dir } => {
+            let spec = LocalSpec {
+                proxies,
+                spare,
+                base_port: Some(base_port),
+                broker_port: Some(broker_port),
+                data_dir,
+                ..LocalSpec::default()
+            };
+            local(spec).await
+        }
     }
 }
 
-async fn local(proxies: usize, spare: usize, base_port: u16, data_dir: Option<PathBuf>) -> Result<()> {
-    anyhow::ensure!(proxies >= 1, "--proxies must be at least 1");
-    let spec = LocalSpec { proxies, spare, base_port: Some(base_port), data_dir, ..LocalSpec::default() };
+async fn local(spec: LocalSpec) -> Result<()> {
+    anyhow::ensure!(spec.proxies >= 1, "--proxies must be at least 1");
+    let (proxies, spare) = (spec.proxies, spec.spare);
+    let base_port = spec.base_port.unwrap_or(6001);
     let cluster = LocalCluster::start(spec).await?;
     let broker = cluster.broker.url();
     let epoch = cluster.broker_client().epoch().await?;

@@ -23,9 +23,10 @@ pub struct LocalSpec {
     pub proxies: usize,
     /// Extra free proxies (for scaling out).
     pub spare: usize,
-    /// Proxies on base_port, base_port + 1, …; control ports 10000 above; broker on 7799.
-    /// Free ports when absent.
+    /// Proxies on base_port, base_port + 1, …; control ports 10000 above. Free ports when absent.
     pub base_port: Option<u16>,
+    /// The broker's port; a free one when absent.
+    pub broker_port: Option<u16>,
     /// Where every file goes (kept); a temporary directory when absent (removed).
     pub data_dir: Option<PathBuf>,
     pub coordinators: usize,
@@ -40,6 +41,7 @@ impl Default for LocalSpec {
             proxies: 3,
             spare: 1,
             base_port: None,
+            broker_port: None,
             data_dir: None,
             coordinators: 1,
             cluster: "local".into(),
@@ -71,8 +73,7 @@ impl LocalCluster {
                 (t.path().to_path_buf(), Some(t))
             }
         };
-        let broker_port = spec.base_port.map(|_| 7799);
-        let broker = BrokerProcess::start(&dir, &dir.join("broker"), broker_port).await?;
+        let broker = BrokerProcess::start(&dir, &dir.join("broker"), spec.broker_port).await?;
         let mut cluster = LocalCluster {
             spec,
             broker,

@@ -20,8 +20,9 @@ pub struct ProxyStatus {
     pub connected_clients: usize,
 }
 
-/// How long the node may take to answer the status probe.
-const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long the node may take to answer the status probe: well under the coordinator's RPC
+/// timeout (500 ms), so a hung node shows as unhealthy instead of a silent proxy.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
 
 pub async fn collect(shared: &Shared) -> ProxyStatus {
     let routes = shared.routes();

@@ -1,0 +1,35 @@
+//! `sluice-coordinator` keeps the proxies in step with the broker (DESIGN.md, "Coordinator").
+//!
+//! Every round it reads what each proxy must hold (`GET /api/v1/configs`) and the running
+//! migrations, asks every proxy for its `Status` over gRPC (in parallel, each call bounded),
+//! pushes `SetConfig` to the proxies that are behind, reports proxies that stop answering,
+//! and reports migration progress, switches (→ commit) and failures to the broker.
+//!
+//! It is stateless on purpose: the broker and the proxies hold all the state, and every
+//! action is derived from comparing the two, so any number of coordinators can run and a
+//! crashed one is simply restarted. See [`reconcile`] for the decisions, [`run`] for the loop.
+
+pub mod broker_client;
+pub mod config;
+pub mod health;
+pub mod proxy_client;
+pub mod quiet;
+pub mod reconcile;
+pub mod run;
+
+pub use broker_client::{BrokerClient, BrokerError};
+pub use config::{Cli, LogFormat, Settings};
+pub use run::{run, Coordinator, CoordinatorError, RoundSummary};
+
+/// Logs to stderr as text or JSON lines; `RUST_LOG` filters (default `info`).
+pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    // A second call (tests) keeps the first subscriber.
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}

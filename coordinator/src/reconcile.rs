@@ -1,0 +1,854 @@
+//! The coordinator's decisions, as pure functions of what the broker and the proxies said:
+//! which proxy needs a config push, and what to report about each migration.
+//!
+//! Nothing here remembers anything between rounds. Every decision compares what a proxy
+//! reports with what the broker records and asks only for the difference, so running it
+//! twice (the next round, or a second coordinator) asks for nothing more, and whatever was
+//! already done by someone else is at worst refused by the broker as stale (409, benign).
+//! The broker enforces the rules again (phases only forward, commit only from `switched`
+//! and only with the migration's epoch); these functions keep the coordinator from asking
+//! for what would be refused, so a refusal in the logs means a race, not a bug.
+
+use serde_json::Value;
+use sluice_common::api::{Migration, ProgressReport};
+use sluice_common::model::{Epoch, MigrationPhase};
+use sluice_proto::control::{MigrationTask, StatusReply};
+use std::collections::HashMap;
+
+use MigrationPhase::*;
+
+/// What to do about one proxy's config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushDecision {
+    /// The proxy holds the config's epoch.
+    UpToDate,
+    /// The proxy is behind: push the config.
+    Push { from: Epoch, to: Epoch },
+    /// The proxy holds a newer epoch than the config read: this coordinator's read is old
+    /// (another one pushed a newer config meanwhile). Never push backwards.
+    ProxyAhead { proxy: Epoch, config: Epoch },
+}
+
+/// Compares the epoch a proxy holds with the epoch of the config the broker has for it.
+pub fn push_decision(proxy_epoch: Epoch, config_epoch: Epoch) -> PushDecision {
+    use std::cmp::Ordering;
+    match proxy_epoch.cmp(&config_epoch) {
+        Ordering::Less => PushDecision::Push { from: proxy_epoch, to: config_epoch },
+        Ordering::Equal => PushDecision::UpToDate,
+        Ordering::Greater => PushDecision::ProxyAhead { proxy: proxy_epoch, config: config_epoch },
+    }
+}
+
+/// One proxy's view of one migration, read from its `Status.migrations`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskView {
+    pub phase: MigrationPhase,
+    /// A JSON object, or `None` when the proxy gave none (or something that is not an
+    /// object: the broker only takes objects, and a malformed progress is not worth
+    /// dropping the phase for).
+    pub progress: Option<Value>,
+    pub error: Option<String>,
+}
+
+/// Reads a task. `Err` names an unknown phase.
+pub fn parse_task(task: &MigrationTask) -> Result<TaskView, String> {
+    let name = task.phase.trim().to_ascii_lowercase();
+    let phase: MigrationPhase =
+        serde_json::from_value(Value::String(name)).map_err(|_| format!("unknown migration phase {:?}", task.phase))?;
+    let progress = match task.progress_json.trim() {
+        "" => None,
+        text => serde_json::from_str::<Value>(text).ok().filter(Value::is_object),
+    };
+    let error = Some(task.error.trim()).filter(|e| !e.is_empty()).map(str::to_string);
+    Ok(TaskView { phase, progress, error })
+}
+
+/// What one proxy of a migration (its source or its destination) shows about it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Side {
+    /// The proxy's Status did not answer this round: nothing is known.
+    NoAnswer,
+    /// It answered and lists no task for the migration: it has nothing (more) to do for it.
+    NoTask,
+    /// It lists a task for the migration, at the migration's epoch, in the expected role.
+    Task(TaskView),
+    /// It lists something for the migration that cannot be taken at its word (another
+    /// epoch, the wrong role, an unknown phase). Counts as not knowing.
+    Unreadable(String),
+}
+
+impl Side {
+    pub fn task(&self) -> Option<&TaskView> {
+        match self {
+            Side::Task(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+/// What `proxy` (the migration's source when `is_source`) shows about `m`, from the Status
+/// replies of the proxies that answered this round, keyed by proxy address.
+pub fn side(m: &Migration, is_source: bool, statuses: &HashMap<String, StatusReply>) -> Side {
+    let proxy = if is_source { &m.src } else { &m.dst };
+    let Some(status) = statuses.get(proxy) else { return Side::NoAnswer };
+    let mut tasks = status.migrations.iter().filter(|t| t.id == m.id);
+    let Some(task) = tasks.next() else { return Side::NoTask };
+    if tasks.next().is_some() {
+        return Side::Unreadable(format!("{proxy} lists migration {} twice", m.id));
+    }
+    if task.epoch != m.epoch {
+        return Side::Unreadable(format!(
+            "{proxy} has migration {} at epoch {}, the broker at epoch {}",
+            m.id, task.epoch, m.epoch
+        ));
+    }
+    if task.is_source != is_source {
+        let role = |s: bool| if s { "source" } else { "destination" };
+        return Side::Unreadable(format!(
+            "{proxy} runs migration {} as its {}, the broker has it as the {}",
+            m.id,
+            role(task.is_source),
+            role(is_source)
+        ));
+    }
+    match parse_task(task) {
+        Ok(t) => Side::Task(t),
+        Err(e) => Side::Unreadable(format!("{proxy}, migration {}: {e}", m.id)),
+    }
+}
+
+/// A call to make to the broker about one migration. A list of them is made in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MigrationAction {
+    /// `POST …/{id}/progress`.
+    Progress(ProgressReport),
+    /// `POST …/{id}/commit {"epoch"}`.
+    Commit { epoch: Epoch },
+    /// `POST …/{id}/fail {"error"}`.
+    Fail { error: String },
+}
+
+/// Whether `phase` may be sent with `POST …/progress` at all (the others have their own calls).
+pub fn reportable(phase: MigrationPhase) -> bool {
+    matches!(phase, Pending | Starting | Following | Switching | Switched | Cleaning | Done)
+}
+
+/// What to tell the broker about `m`, given its source's and its destination's view.
+///
+/// `progress_due`: whether a report that only refreshes progress (same phase) may be sent
+/// this round; the caller throttles those, phase changes always go at once.
+///
+/// Before the commit:
+/// 1. the source reports `switched` (or later) → record `switched` if the broker has not, then
+///    commit with the migration's epoch. Only the source's word commits: it is the one that
+///    released its queue and redirects the slots.
+/// 2. a task reports `failed` while no one reports `switched` → fail the migration with its
+///    error. Once the destination has switched it serves the slots, and failing would hand
+///    them back to the source without the writes taken meanwhile: the error is then only
+///    recorded.
+/// 3. otherwise the most advanced phase either proxy reports, if ahead of the broker.
+///
+/// After the commit, both proxies delete their garbage: `cleaning` while either works on it,
+/// `done` once both have answered and neither has anything left (a proxy that lists no
+/// task has nothing to do), and at least one of them said `done`.
+///
+/// Phases never go backwards: a proxy behind the broker (another coordinator reported for
+/// the faster proxy, or this round's read is old) leads to no report.
+pub fn decide(m: &Migration, src: &Side, dst: &Side, progress_due: bool) -> Vec<MigrationAction> {
+    let current = m.phase;
+    if current.is_final() {
+        return Vec::new();
+    }
+    let (target, task, extra_error) = if current < Committed {
+        if let Some(s) = src.task().filter(|s| s.phase >= Switched && !matches!(s.phase, Failed | Aborted)) {
+            let mut actions = Vec::new();
+            if current < Switched {
+                actions.push(MigrationAction::Progress(ProgressReport {
+                    phase: Switched,
+                    progress: s.progress.clone(),
+                    error: s.error.clone().filter(|e| m.error.as_ref() != Some(e)),
+                }));
+            }
+            actions.push(MigrationAction::Commit { epoch: m.epoch });
+            return actions;
+        }
+        let best = most_advanced_before_commit(src, dst);
+        let switched = current == Switched || best.is_some_and(|(p, _)| p == Switched);
+        let failed = [src, dst].into_iter().filter_map(Side::task).find(|t| t.phase == Failed);
+        if let Some(f) = failed {
+            let error = f.error.clone().unwrap_or_else(|| format!("a proxy reported migration {} failed", m.id));
+            if !switched {
+                return vec![MigrationAction::Fail { error }];
+            }
+            match best {
+                Some((phase, task)) => (phase, Some(task), Some(error)),
+                None => (current, None, Some(error)),
+            }
+        } else {
+            match best {
+                Some((phase, task)) => (phase, Some(task), None),
+                None => return Vec::new(),
+            }
+        }
+    } else {
+        let (phase, task) = after_commit(src, dst);
+        let failed = [src, dst].into_iter().filter_map(Side::task).find(|t| t.phase == Failed);
+        let error = failed.map(|f| f.error.clone().unwrap_or_else(|| "cleaning failed".to_string()));
+        (phase, task, error)
+    };
+
+    // A proxy behind the broker has no phase news; an error it carries may still be worth
+    // recording, at the broker's phase.
+    let (target, task) = if target < current { (current, None) } else { (target, task) };
+    if !reportable(target) {
+        return Vec::new();
+    }
+    let error = extra_error.or_else(|| task.and_then(|t| t.error.clone())).filter(|e| m.error.as_ref() != Some(e));
+    let progress = task.and_then(|t| t.progress.clone());
+    if target == current {
+        let fresh_progress = progress_due && progress.is_some() && progress != m.progress;
+        if !fresh_progress && error.is_none() {
+            return Vec::new();
+        }
+    }
+    vec![MigrationAction::Progress(ProgressReport { phase: target, progress, error })]
+}
+
+/// The most advanced phase before the commit that either proxy reports (`failed`/`aborted`
+/// excluded), with the task that reports it; the source wins a tie, as the one that drives
+/// the migration and measures its progress.
+fn most_advanced_before_commit<'a>(src: &'a Side, dst: &'a Side) -> Option<(MigrationPhase, &'a TaskView)> {
+    let mut best: Option<(MigrationPhase, &TaskView)> = None;
+    for t in [src, dst].into_iter().filter_map(Side::task) {
+        if matches!(t.phase, Failed | Aborted) {
+            continue;
+        }
+        let phase = t.phase.min(Switched);
+        if best.is_none_or(|(b, _)| phase > b) {
+            best = Some((phase, t));
+        }
+    }
+    best
+}
+
+/// How far one side is with its garbage after the commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Cleanup {
+    /// Not known (no answer, unreadable).
+    Unknown,
+    /// Still at the switch: it has not taken the committed config yet.
+    NotStarted,
+    Cleaning,
+    Done,
+}
+
+fn cleanup(side: &Side) -> Cleanup {
+    match side {
+        Side::NoAnswer | Side::Unreadable(_) => Cleanup::Unknown,
+        Side::NoTask => Cleanup::Done,
+        Side::Task(t) => match t.phase {
+            Done => Cleanup::Done,
+            // A failed cleanup is not done: the garbage is still there.
+            Cleaning | Failed => Cleanup::Cleaning,
+            _ => Cleanup::NotStarted,
+        },
+    }
+}
+
+/// The phase after the commit and the task whose progress goes with it.
+fn after_commit<'a>(src: &'a Side, dst: &'a Side) -> (MigrationPhase, Option<&'a TaskView>) {
+    let (s, d) = (cleanup(src), cleanup(dst));
+    let said_done = [src, dst].into_iter().filter_map(Side::task).any(|t| t.phase == Done);
+    if s == Cleanup::Done && d == Cleanup::Done && said_done {
+        return (Done, src.task().or(dst.task()));
+    }
+    // The least advanced side that has started, source first: its progress is what is left.
+    let working = [(s, src), (d, dst)]
+        .into_iter()
+        .filter(|(c, side)| *c >= Cleanup::Cleaning && side.task().is_some())
+        .min_by_key(|(c, _)| *c)
+        .and_then(|(_, side)| side.task());
+    match working {
+        Some(t) => (Cleaning, Some(t)),
+        None => (Committed, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use sluice_common::api::PhaseTimestamps;
+    use sluice_common::model::{MigrationMode, SlotRange};
+
+    const SRC: &str = "127.0.0.1:6001";
+    const DST: &str = "127.0.0.1:6004";
+
+    fn migration(phase: MigrationPhase) -> Migration {
+        Migration {
+            id: "m-1".into(),
+            epoch: 6,
+            cluster: "shop".into(),
+            src: SRC.into(),
+            src_node: "127.0.0.1:7001".into(),
+            dst: DST.into(),
+            dst_node: "127.0.0.1:7004".into(),
+            slots: vec![SlotRange::new(0, 1000)],
+            mode: MigrationMode::Replication,
+            phase,
+            error: None,
+            progress: None,
+            timestamps: PhaseTimestamps::default(),
+            updated_at: "2026-01-01T00:00:00.000Z".into(),
+        }
+    }
+
+    fn task(phase: MigrationPhase) -> Side {
+        Side::Task(TaskView { phase, progress: None, error: None })
+    }
+
+    fn task_with(phase: MigrationPhase, progress: Value) -> Side {
+        Side::Task(TaskView { phase, progress: Some(progress), error: None })
+    }
+
+    fn failed_task(error: &str) -> Side {
+        Side::Task(TaskView { phase: Failed, progress: None, error: Some(error.into()) })
+    }
+
+    fn progress(phase: MigrationPhase) -> MigrationAction {
+        MigrationAction::Progress(ProgressReport { phase, progress: None, error: None })
+    }
+
+    // ---- pushes ----
+
+    #[test]
+    fn only_a_proxy_behind_gets_a_push() {
+        assert_eq!(push_decision(0, 5), PushDecision::Push { from: 0, to: 5 });
+        assert_eq!(push_decision(4, 5), PushDecision::Push { from: 4, to: 5 });
+        assert_eq!(push_decision(5, 5), PushDecision::UpToDate);
+        assert_eq!(push_decision(6, 5), PushDecision::ProxyAhead { proxy: 6, config: 5 });
+    }
+
+    // ---- reading tasks ----
+
+    fn raw(id: &str, epoch: u64, phase: &str, is_source: bool) -> MigrationTask {
+        MigrationTask {
+            id: id.into(),
+            epoch,
+            phase: phase.into(),
+            progress_json: String::new(),
+            error: String::new(),
+            is_source,
+        }
+    }
+
+    fn statuses(entries: Vec<(&str, Vec<MigrationTask>)>) -> HashMap<String, StatusReply> {
+        entries
+            .into_iter()
+            .map(|(p, migrations)| (p.to_string(), StatusReply { proxy: p.into(), migrations, ..Default::default() }))
+            .collect()
+    }
+
+    #[test]
+    fn tasks_are_parsed() {
+        let mut t = raw("m-1", 6, "Following", true);
+        t.progress_json = r#"{"lag_bytes":120}"#.into();
+        t.error = "  ".into();
+        let v = parse_task(&t).expect("parses");
+        assert_eq!(v.phase, Following);
+        assert_eq!(v.progress, Some(json!({"lag_bytes":120})));
+        assert_eq!(v.error, None);
+        t.progress_json = "[1,2]".into();
+        assert_eq!(parse_task(&t).expect("parses").progress, None, "only objects are progress");
+        t.progress_json = "{not json".into();
+        assert_eq!(parse_task(&t).expect("parses").progress, None);
+        assert!(parse_task(&raw("m-1", 6, "teleporting", true)).is_err());
+    }
+
+    #[test]
+    fn sides_match_id_epoch_and_role() {
+        let m = migration(Following);
+        let st = statuses(vec![
+            (SRC, vec![raw("m-0", 6, "done", true), raw("m-1", 6, "following", true)]),
+            (DST, vec![raw("m-1", 5, "following", false)]),
+        ]);
+        assert_eq!(side(&m, true, &st), task(Following));
+        assert!(matches!(side(&m, false, &st), Side::Unreadable(e) if e.contains("epoch 5")));
+
+        let st = statuses(vec![(SRC, vec![raw("m-1", 6, "following", false)]), (DST, vec![])]);
+        assert!(matches!(side(&m, true, &st), Side::Unreadable(e) if e.contains("destination")));
+        assert_eq!(side(&m, false, &st), Side::NoTask);
+
+        let st = statuses(vec![(DST, vec![raw("m-1", 6, "warping", false)])]);
+        assert_eq!(side(&m, true, &st), Side::NoAnswer);
+        assert!(matches!(side(&m, false, &st), Side::Unreadable(e) if e.contains("warping")));
+    }
+
+    // ---- before the commit ----
+
+    #[test]
+    fn phases_are_reported_forward() {
+        let m = migration(Pending);
+        assert_eq!(decide(&m, &task(Starting), &Side::NoAnswer, false), vec![progress(Starting)]);
+        // Keys mode skips following: a jump forward is fine.
+        assert_eq!(decide(&m, &task(Switching), &task(Starting), false), vec![progress(Switching)]);
+        // The destination may be ahead (it reports following while the source still starts).
+        assert_eq!(decide(&m, &task(Starting), &task(Following), false), vec![progress(Following)]);
+    }
+
+    #[test]
+    fn never_backwards() {
+        for broker in [Starting, Following, Switching, Switched] {
+            let m = migration(broker);
+            for proxy in [Pending, Starting, Following, Switching] {
+                if proxy < broker {
+                    assert_eq!(decide(&m, &task(proxy), &task(proxy), true), vec![], "{broker:?} <- {proxy:?}");
+                    assert_eq!(
+                        decide(&m, &task_with(proxy, json!({"x":1})), &Side::NoAnswer, true),
+                        vec![],
+                        "no progress under an older phase either"
+                    );
+                }
+            }
+        }
+        for broker in [Committed, Cleaning] {
+            let m = migration(broker);
+            for proxy in [Pending, Starting, Following, Switching, Switched] {
+                let actions = decide(&m, &task(proxy), &task(proxy), true);
+                assert!(
+                    actions.iter().all(|a| matches!(a, MigrationAction::Progress(r) if r.phase >= broker)),
+                    "{broker:?} <- {proxy:?}: {actions:?}"
+                );
+            }
+        }
+        let m = migration(Cleaning);
+        assert_eq!(decide(&m, &task(Switched), &task(Switched), true), vec![]);
+    }
+
+    #[test]
+    fn nothing_to_say_when_the_broker_already_knows() {
+        let m = migration(Following);
+        assert_eq!(decide(&m, &task(Following), &task(Following), true), vec![]);
+        assert_eq!(decide(&m, &Side::NoAnswer, &Side::NoAnswer, true), vec![]);
+        assert_eq!(decide(&m, &Side::NoTask, &Side::NoTask, true), vec![]);
+    }
+
+    #[test]
+    fn progress_is_refreshed_only_when_due_and_changed() {
+        let mut m = migration(Following);
+        let src = task_with(Following, json!({"lag_bytes": 10}));
+        assert_eq!(decide(&m, &src, &Side::NoAnswer, false), vec![], "not due");
+        let report = ProgressReport { phase: Following, progress: Some(json!({"lag_bytes": 10})), error: None };
+        assert_eq!(decide(&m, &src, &Side::NoAnswer, true), vec![MigrationAction::Progress(report)]);
+        m.progress = Some(json!({"lag_bytes": 10}));
+        assert_eq!(decide(&m, &src, &Side::NoAnswer, true), vec![], "unchanged");
+        // A phase change goes at once, with its progress, due or not.
+        let m = migration(Starting);
+        assert_eq!(
+            decide(&m, &src, &Side::NoAnswer, false),
+            vec![MigrationAction::Progress(ProgressReport {
+                phase: Following,
+                progress: Some(json!({"lag_bytes": 10})),
+                error: None
+            })]
+        );
+    }
+
+    #[test]
+    fn the_source_progress_wins_a_tie() {
+        let m = migration(Starting);
+        let actions = decide(
+            &m,
+            &task_with(Following, json!({"from":"src"})),
+            &task_with(Following, json!({"from":"dst"})),
+            true,
+        );
+        assert_eq!(
+            actions,
+            vec![MigrationAction::Progress(ProgressReport {
+                phase: Following,
+                progress: Some(json!({"from":"src"})),
+                error: None
+            })]
+        );
+    }
+
+    #[test]
+    fn a_non_fatal_error_is_recorded_once() {
+        let mut m = migration(Following);
+        let src = Side::Task(TaskView { phase: Following, progress: None, error: Some("lag growing".into()) });
+        let expected = ProgressReport { phase: Following, progress: None, error: Some("lag growing".into()) };
+        assert_eq!(decide(&m, &src, &Side::NoAnswer, false), vec![MigrationAction::Progress(expected)]);
+        m.error = Some("lag growing".into());
+        assert_eq!(decide(&m, &src, &Side::NoAnswer, false), vec![]);
+    }
+
+    #[test]
+    fn commit_only_when_the_source_says_switched() {
+        let m = migration(Switching);
+        for src in [Pending, Starting, Following, Switching] {
+            let actions = decide(&m, &task(src), &task(Switched), true);
+            assert!(!actions.iter().any(|a| matches!(a, MigrationAction::Commit { .. })), "src {src:?}: {actions:?}");
+        }
+        assert_eq!(decide(&m, &Side::NoAnswer, &task(Switched), true), vec![progress(Switched)]);
+        assert_eq!(
+            decide(&m, &task(Switched), &Side::NoAnswer, true),
+            vec![progress(Switched), MigrationAction::Commit { epoch: 6 }]
+        );
+    }
+
+    #[test]
+    fn switched_is_recorded_before_the_commit() {
+        // Whatever the broker has before the switch, the report of `switched` comes first:
+        // the broker commits only from `switched`.
+        for broker in [Pending, Starting, Following, Switching] {
+            let actions = decide(&migration(broker), &task(Switched), &task(Following), false);
+            assert_eq!(actions, vec![progress(Switched), MigrationAction::Commit { epoch: 6 }], "{broker:?}");
+        }
+        let actions = decide(&migration(Switched), &task(Switched), &task(Switched), false);
+        assert_eq!(actions, vec![MigrationAction::Commit { epoch: 6 }]);
+    }
+
+    #[test]
+    fn the_commit_carries_the_migration_epoch() {
+        let mut m = migration(Switched);
+        m.epoch = 41;
+        assert_eq!(decide(&m, &task(Switched), &Side::NoAnswer, false), vec![MigrationAction::Commit { epoch: 41 }]);
+    }
+
+    #[test]
+    fn no_commit_once_committed() {
+        for broker in [Committed, Cleaning, Done] {
+            let actions = decide(&migration(broker), &task(Switched), &task(Switched), true);
+            assert!(!actions.iter().any(|a| matches!(a, MigrationAction::Commit { .. })), "{broker:?}: {actions:?}");
+        }
+    }
+
+    #[test]
+    fn a_failed_task_fails_the_migration_before_the_switch() {
+        for broker in [Pending, Starting, Following, Switching] {
+            let m = migration(broker);
+            assert_eq!(
+                decide(&m, &task(Following), &failed_task("dst DBSIZE is 12, not 0"), false),
+                vec![MigrationAction::Fail { error: "dst DBSIZE is 12, not 0".into() }],
+                "{broker:?}"
+            );
+        }
+        let m = migration(Following);
+        match decide(&m, &Side::Task(TaskView { phase: Failed, progress: None, error: None }), &Side::NoAnswer, false)
+            .as_slice()
+        {
+            [MigrationAction::Fail { error }] => assert!(error.contains("m-1"), "{error}"),
+            other => panic!("expected a fail, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn no_fail_once_the_destination_serves() {
+        // The destination switched: failing would give the slots back without the writes it
+        // took. The error is recorded; the migration goes on to `switched`.
+        let m = migration(Switching);
+        let actions = decide(&m, &failed_task("src lost its node"), &task(Switched), false);
+        assert_eq!(
+            actions,
+            vec![MigrationAction::Progress(ProgressReport {
+                phase: Switched,
+                progress: None,
+                error: Some("src lost its node".into())
+            })]
+        );
+        let m = migration(Switched);
+        let actions = decide(&m, &Side::NoAnswer, &failed_task("late"), false);
+        assert!(!actions.iter().any(|a| matches!(a, MigrationAction::Fail { .. })), "{actions:?}");
+    }
+
+    #[test]
+    fn a_switched_source_outranks_a_failed_destination() {
+        let actions = decide(&migration(Switching), &task(Switched), &failed_task("oops"), false);
+        assert_eq!(actions, vec![progress(Switched), MigrationAction::Commit { epoch: 6 }]);
+    }
+
+    #[test]
+    fn ended_migrations_are_left_alone() {
+        for broker in [Done, Failed, Aborted] {
+            assert_eq!(decide(&migration(broker), &task(Switched), &failed_task("x"), true), vec![]);
+        }
+    }
+
+    // ---- after the commit ----
+
+    #[test]
+    fn cleaning_and_done() {
+        let m = migration(Committed);
+        // The proxies have not taken the committed config yet.
+        assert_eq!(decide(&m, &task(Switched), &task(Switched), true), vec![]);
+        assert_eq!(decide(&m, &task(Cleaning), &task(Switched), true), vec![progress(Cleaning)]);
+        assert_eq!(decide(&m, &task(Done), &task(Cleaning), true), vec![progress(Cleaning)]);
+        assert_eq!(decide(&m, &task(Done), &task(Done), true), vec![progress(Done)]);
+        // A proxy with nothing left lists no task; the other one says done.
+        assert_eq!(decide(&m, &Side::NoTask, &task(Done), true), vec![progress(Done)]);
+        // Not known yet: not done.
+        assert_eq!(decide(&m, &Side::NoAnswer, &task(Done), true), vec![progress(Cleaning)]);
+        // Neither lists the task: nobody said done, so not done.
+        assert_eq!(decide(&m, &Side::NoTask, &Side::NoTask, true), vec![]);
+        let m = migration(Cleaning);
+        assert_eq!(decide(&m, &task(Done), &task(Done), false), vec![progress(Done)]);
+        assert_eq!(decide(&m, &task(Cleaning), &task(Cleaning), false), vec![]);
+    }
+
+    #[test]
+    fn cleaning_progress_comes_from_the_side_still_working() {
+        let m = migration(Committed);
+        let actions =
+            decide(&m, &task_with(Done, json!({"deleted":10})), &task_with(Cleaning, json!({"deleted":3})), true);
+        assert_eq!(
+            actions,
+            vec![MigrationAction::Progress(ProgressReport {
+                phase: Cleaning,
+                progress: Some(json!({"deleted":3})),
+                error: None
+            })]
+        );
+    }
+
+    #[test]
+    fn a_failed_cleanup_is_recorded_not_done() {
+        let m = migration(Cleaning);
+        let actions = decide(&m, &failed_task("UNLINK refused"), &task(Done), false);
+        assert_eq!(
+            actions,
+            vec![MigrationAction::Progress(ProgressReport {
+                phase: Cleaning,
+                progress: None,
+                error: Some("UNLINK refused".into())
+            })]
+        );
+    }
+
+    #[test]
+    fn only_reportable_phases_are_reported() {
+        let all = [Pending, Starting, Following, Switching, Switched, Committed, Cleaning, Done, Failed, Aborted];
+        let sides: Vec<Side> = all
+            .iter()
+            .map(|p| task(*p))
+            .chain([Side::NoAnswer, Side::NoTask, Side::Unreadable("x".into()), failed_task("e")])
+            .collect();
+        for broker in all {
+            for s in &sides {
+                for d in &sides {
+                    for a in decide(&migration(broker), s, d, true) {
+                        if let MigrationAction::Progress(r) = a {
+                            assert!(reportable(r.phase), "{broker:?} {s:?} {d:?}: {r:?}");
+                            assert!(r.phase >= broker, "backwards: {broker:?} {s:?} {d:?}: {r:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // ---- repeated and concurrent coordinators ----
+
+    /// The broker's migration rules (docs/broker-api.md), as far as a report can hit them.
+    #[derive(Debug, Clone, PartialEq)]
+    struct ModelBroker {
+        m: Migration,
+        epoch_bumps: u32,
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum Refusal {
+        Conflict,
+    }
+
+    impl ModelBroker {
+        fn apply(&mut self, action: &MigrationAction) -> Result<(), Refusal> {
+            let current = self.m.phase;
+            match action {
+                MigrationAction::Progress(r) => {
+                    if r.phase != current {
+                        if !reportable(r.phase) || current.is_final() || r.phase < current {
+                            return Err(Refusal::Conflict);
+                        }
+                        if r.phase >= Cleaning && current < Committed {
+                            return Err(Refusal::Conflict);
+                        }
+                        if r.phase < Committed && current >= Committed {
+                            return Err(Refusal::Conflict);
+                        }
+                        self.m.phase = r.phase;
+                    }
+                    if r.progress.is_some() {
+                        self.m.progress = r.progress.clone();
+                    }
+                    if r.error.is_some() {
+                        self.m.error = r.error.clone();
+                    }
+                }
+                MigrationAction::Commit { epoch } => {
+                    if *epoch != self.m.epoch {
+                        return Err(Refusal::Conflict);
+                    }
+                    match current {
+                        Switched => {
+                            self.m.phase = Committed;
+                            self.epoch_bumps += 1;
+                        }
+                        Committed | Cleaning | Done => {}
+                        _ => return Err(Refusal::Conflict),
+                    }
+                }
+                MigrationAction::Fail { error } => match current {
+                    Pending | Starting | Following | Switching => {
+                        self.m.phase = Failed;
+                        self.m.error = Some(error.clone());
+                        self.epoch_bumps += 1;
+                    }
+                    Failed | Aborted => {}
+                    _ => return Err(Refusal::Conflict),
+                },
+            }
+            Ok(())
+        }
+
+        /// Runs one coordinator's decision on `snapshot` (possibly stale) against the broker;
+        /// a refusal stops that coordinator's list, as the real loop does.
+        fn run(&mut self, actions: &[MigrationAction]) -> Vec<Result<(), Refusal>> {
+            let mut out = Vec::new();
+            for a in actions {
+                let r = self.apply(a);
+                let refused = r.is_err();
+                out.push(r);
+                if refused {
+                    break;
+                }
+            }
+            out
+        }
+    }
+
+    fn broker(phase: MigrationPhase) -> ModelBroker {
+        ModelBroker { m: migration(phase), epoch_bumps: 0 }
+    }
+
+    /// What the proxies report at each step of a replication migration, source then
+    /// destination, after which the broker must show the phase at the end of the row.
+    fn script() -> Vec<(Side, Side, MigrationPhase)> {
+        vec![
+            (task(Pending), task(Starting), Starting),
+            (task(Following), task(Following), Following),
+            (task_with(Following, json!({"lag_bytes": 5})), task(Following), Following),
+            (task(Switching), task(Following), Switching),
+            (task(Switching), task(Switched), Switched),
+            (task(Switched), task(Switched), Committed),
+            (task(Cleaning), task(Cleaning), Cleaning),
+            (task(Done), task(Cleaning), Cleaning),
+            (Side::NoTask, task(Done), Done),
+        ]
+    }
+
+    #[test]
+    fn a_whole_migration_driven_by_reports() {
+        let mut b = broker(Pending);
+        for (src, dst, expected) in script() {
+            let actions = decide(&b.m, &src, &dst, true);
+            assert!(b.run(&actions).iter().all(Result::is_ok), "{actions:?} refused at {:?}", b.m.phase);
+            assert_eq!(b.m.phase, expected);
+        }
+        assert_eq!(b.epoch_bumps, 1, "one commit");
+    }
+
+    #[test]
+    fn repeating_a_round_is_harmless() {
+        let mut b = broker(Pending);
+        for (src, dst, expected) in script() {
+            for _ in 0..3 {
+                let actions = decide(&b.m, &src, &dst, true);
+                assert!(b.run(&actions).iter().all(Result::is_ok), "{actions:?}");
+            }
+            assert_eq!(b.m.phase, expected);
+            // Once applied, the same view asks for nothing more.
+            assert_eq!(decide(&b.m, &src, &dst, true), vec![], "at {expected:?}");
+        }
+        assert_eq!(b.epoch_bumps, 1);
+    }
+
+    #[test]
+    fn two_coordinators_on_the_same_snapshot_are_harmless() {
+        // Both read the broker and the proxies at the same moment and act one after the
+        // other: the second one's calls are repeats (accepted, no change) or stale (409),
+        // and the result is what one coordinator alone would have produced.
+        for (src, dst, _) in script() {
+            for start in [Pending, Starting, Following, Switching, Switched, Committed, Cleaning] {
+                let mut alone = broker(start);
+                let actions = decide(&alone.m, &src, &dst, true);
+                alone.run(&actions);
+
+                let mut both = broker(start);
+                let snapshot = both.m.clone();
+                let a = decide(&snapshot, &src, &dst, true);
+                let b = decide(&snapshot, &src, &dst, true);
+                both.run(&a);
+                both.run(&b);
+                assert_eq!(both, alone, "start {start:?}, src {src:?}, dst {dst:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_stale_coordinator_cannot_move_the_broker_back() {
+        // Coordinator B read the broker and the proxies before A's reports went through
+        // (and the proxies moved on since): nothing B asks for moves a phase backwards, and
+        // its commit is either a repeat or refused.
+        let script = script();
+        for (i, (old_src, old_dst, _)) in script.iter().enumerate() {
+            let mut b = broker(Pending);
+            let stale_snapshot = b.m.clone();
+            // A drives the migration further, to every later point of the script.
+            for (src, dst, _) in &script[..=i] {
+                let actions = decide(&b.m, src, dst, true);
+                b.run(&actions);
+            }
+            for later in script.iter().skip(i) {
+                let mut b2 = b.clone();
+                let before = b2.m.phase;
+                let actions = decide(&b2.m, &later.0, &later.1, true);
+                b2.run(&actions);
+                let after_a = b2.m.phase;
+                let stale = decide(&stale_snapshot, old_src, old_dst, true);
+                b2.run(&stale);
+                assert!(
+                    b2.m.phase >= after_a && after_a >= before,
+                    "stale {stale:?} moved {after_a:?} to {:?}",
+                    b2.m.phase
+                );
+                assert!(b2.epoch_bumps <= 1);
+            }
+        }
+    }
+
+    #[test]
+    fn fail_and_commit_never_both_happen() {
+        // Whatever two coordinators see (one a failed task, the other a switched source),
+        // the broker ends either failed or committed, never first one and then the other.
+        let views = [
+            (failed_task("x"), task(Following)),
+            (task(Switched), task(Switched)),
+            (task(Following), failed_task("y")),
+            (task(Switching), task(Switched)),
+        ];
+        for start in [Pending, Following, Switching, Switched] {
+            for (s1, d1) in &views {
+                for (s2, d2) in &views {
+                    let mut b = broker(start);
+                    let snapshot = b.m.clone();
+                    let first = decide(&snapshot, s1, d1, true);
+                    let second = decide(&snapshot, s2, d2, true);
+                    b.run(&first);
+                    b.run(&second);
+                    assert!(b.epoch_bumps <= 1, "{start:?}: {first:?} then {second:?} → {:?}", b.m.phase);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,496 @@
+//! The loop: one round after another, each reading the broker, probing every proxy in
+//! parallel, pushing configs to the proxies that are behind, reporting health and migration
+//! progress; between rounds a long poll on the broker's epoch, so a change reaches the
+//! proxies at once while a quiet cluster costs one request per interval.
+//!
+//! A round keeps nothing that the next one needs to be correct: what it remembers (failure
+//! counts, which warnings were already logged, when progress was last sent) only makes it
+//! quieter or slower to act, never wrong. That is what lets any number of coordinators run.
+
+use crate::broker_client::{BrokerClient, BrokerError};
+use crate::config::Settings;
+use crate::health::{HealthAction, HealthTracker, Probe};
+use crate::proxy_client::ProxyClients;
+use crate::quiet::LogOnce;
+use crate::reconcile::{self, MigrationAction, PushDecision, Side};
+use futures::future::join_all;
+use sluice_common::api::{ConfigsResponse, HealthReport, Migration, ProxyConfigEntry, ProxyState};
+use sluice_common::model::Epoch;
+use sluice_proto::control::StatusReply;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// A report that only refreshes a migration's progress (same phase) is sent at most this
+/// often: each one is a flushed write on the broker. Phase changes go at once.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+/// What one round did, for tests and debug logs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoundSummary {
+    /// The global epoch the configs were read at.
+    pub epoch: Epoch,
+    /// Proxies registered.
+    pub proxies: usize,
+    /// Proxies whose Status answered.
+    pub answered: usize,
+    /// SetConfig calls that changed a proxy's config.
+    pub pushed: usize,
+    /// Health reports the broker accepted.
+    pub health_reports: usize,
+    /// Migration calls (progress, commit, fail) the broker accepted.
+    pub migration_reports: usize,
+}
+
+/// One coordinator: its clients and its (disposable) memory.
+pub struct Coordinator {
+    settings: Settings,
+    broker: BrokerClient,
+    proxies: ProxyClients,
+    health: HealthTracker,
+    quiet: LogOnce,
+    /// When progress was last sent per migration (`cluster/id`).
+    progress_sent: HashMap<String, Instant>,
+    /// Since when the broker has not answered, if it does not.
+    broker_down_since: Option<Instant>,
+}
+
+/// Runs the coordinator until `shutdown` completes.
+pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), CoordinatorError> {
+    Coordinator::new(settings)?.run_until(shutdown).await;
+    Ok(())
+}
+
+impl Coordinator {
+    pub fn new(settings: Settings) -> Result<Coordinator, CoordinatorError> {
+        let broker = BrokerClient::new(&settings.broker, settings.api_token.clone())?;
+        Ok(Coordinator {
+            proxies: ProxyClients::new(settings.rpc_timeout),
+            health: HealthTracker::new(settings.failure_threshold),
+            settings,
+            broker,
+            quiet: LogOnce::new(),
+            progress_sent: HashMap::new(),
+            broker_down_since: None,
+        })
+    }
+
+    /// Rounds until `shutdown` completes. Whatever is in flight then is dropped: every call
+    /// the coordinator makes is safe to have made or not.
+    pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        tracing::info!(
+            broker = %self.settings.broker,
+            interval_ms = self.settings.interval.as_millis() as u64,
+            rpc_timeout_ms = self.settings.rpc_timeout.as_millis() as u64,
+            failure_threshold = self.settings.failure_threshold,
+            "coordinator started"
+        );
+        let mut backoff = Backoff::new(self.settings.interval, self.settings.max_backoff);
+        loop {
+            let round = tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                r = self.round() => r,
+            };
+            let wait = match round {
+                Ok(summary) => {
+                    self.broker_answered();
+                    backoff.reset();
+                    tracing::debug!(?summary, "round done");
+                    let started = Instant::now();
+                    let polled = tokio::select! {
+                        biased;
+                        () = &mut shutdown => break,
+                        r = self.broker.wait_epoch(summary.epoch, self.settings.interval) => r,
+                    };
+                    match polled {
+                        // The epoch moved: go at once.
+                        Ok(epoch) if epoch > summary.epoch => Duration::ZERO,
+                        // The poll timed out, as it should after an interval; a broker that
+                        // answered early without news must not make the loop spin.
+                        Ok(_) => self.settings.interval.saturating_sub(started.elapsed()),
+                        Err(e) => {
+                            self.broker_failed(&e);
+                            backoff.next_delay()
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.broker_failed(&e);
+                    backoff.next_delay()
+                }
+            };
+            if !wait.is_zero() {
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+        tracing::info!("coordinator stopped");
+    }
+
+    /// One round. `Err` only when the broker could not be read: then nothing was done.
+    pub async fn round(&mut self) -> Result<RoundSummary, BrokerError> {
+        let (configs, migrations) = futures::try_join!(self.broker.configs(), self.broker.migrations())?;
+        self.forget_the_gone(&configs, &migrations);
+        let mut summary =
+            RoundSummary { epoch: configs.epoch, proxies: configs.configs.len(), ..RoundSummary::default() };
+
+        let probed = {
+            let clients = &self.proxies;
+            join_all(configs.configs.iter().map(|entry| probe(clients, entry))).await
+        };
+
+        let mut statuses: HashMap<String, StatusReply> = HashMap::new();
+        let mut health_actions = Vec::new();
+        for p in probed {
+            self.log_push(&p);
+            summary.pushed += usize::from(matches!(p.push, Some(PushOutcome::Applied { changed: true, .. })));
+            let broker_failed = p.entry.proxy.state == ProxyState::Failed;
+            let address = p.entry.proxy.address.as_str();
+            let control = p.entry.proxy.control_address.as_str();
+            let action = match &p.status {
+                Ok(_) => self.health.observe(address, control, Probe::Answered, broker_failed),
+                Err(why) => {
+                    let action = self.health.observe(address, control, Probe::Failed(why), broker_failed);
+                    tracing::debug!(proxy = address, control, failures = self.health.failures(address), error = %why, "status call failed");
+                    action
+                }
+            };
+            if let Some(action) = action {
+                health_actions.push((address.to_string(), action));
+            }
+            if let Ok(status) = p.status {
+                self.log_node_health(address, &status);
+                summary.answered += 1;
+                statuses.insert(address.to_string(), status);
+            }
+        }
+
+        summary.health_reports = self.report_health(health_actions).await;
+        summary.migration_reports = self.report_migrations(&migrations, &statuses).await;
+        Ok(summary)
+    }
+
+    /// Drops what is remembered about proxies and migrations the broker no longer lists.
+    fn forget_the_gone(&mut self, configs: &ConfigsResponse, migrations: &[Migration]) {
+        let addresses: HashSet<&str> = configs.configs.iter().map(|e| e.proxy.address.as_str()).collect();
+        let controls: HashSet<&str> = configs.configs.iter().map(|e| e.proxy.control_address.as_str()).collect();
+        self.health.retain(|a| addresses.contains(a));
+        self.proxies.retain(|c| controls.contains(c));
+        let keys: HashSet<String> = migrations.iter().map(migration_key).collect();
+        self.progress_sent.retain(|k, _| keys.contains(k));
+        let live: HashSet<String> = keys.into_iter().chain(addresses.iter().map(|a| a.to_string())).collect();
+        self.quiet.retain_subjects(&live);
+    }
+
+    /// Logs a failed push once per distinct failure (the push is retried every round);
+    /// successful pushes were logged as they happened, in [`probe`].
+    fn log_push(&mut self, p: &Probed<'_>) {
+        let proxy = p.entry.proxy.address.as_str();
+        match &p.push {
+            None => {}
+            Some(PushOutcome::Failed { from, to, error }) => {
+                if self.quiet.first("push", proxy, &format!("{to} {error}")) {
+                    tracing::warn!(proxy, from_epoch = from, to_epoch = to, %error, "config push failed; retrying every round");
+                } else {
+                    tracing::debug!(proxy, to_epoch = to, %error, "config push failed again");
+                }
+            }
+            Some(_) => {
+                self.quiet.clear("push", proxy);
+            }
+        }
+    }
+
+    fn log_node_health(&mut self, proxy: &str, status: &StatusReply) {
+        match self.health.node_health_changed(proxy, status.node_healthy) {
+            Some(false) => {
+                tracing::warn!(proxy, node = %status.node, error = %status.node_error, "proxy's node does not answer")
+            }
+            Some(true) => tracing::info!(proxy, node = %status.node, "proxy's node answers again"),
+            None => {}
+        }
+    }
+
+    /// Sends the health reports, in parallel; answers how many the broker took.
+    async fn report_health(&mut self, actions: Vec<(String, HealthAction)>) -> usize {
+        let broker = &self.broker;
+        let results = join_all(actions.into_iter().map(|(address, action)| async move {
+            let report = match &action {
+                HealthAction::MarkFailed { reason } => HealthReport { failed: true, reason: Some(reason.clone()) },
+                HealthAction::MarkRecovered => HealthReport { failed: false, reason: None },
+            };
+            let result = broker.set_health(&address, &report).await;
+            (address, action, result)
+        }))
+        .await;
+        let mut accepted = 0;
+        for (proxy, action, result) in results {
+            match result {
+                Ok(_) => {
+                    accepted += 1;
+                    self.quiet.clear("health", &proxy);
+                    match action {
+                        HealthAction::MarkFailed { reason } => {
+                            tracing::info!(proxy = %proxy, %reason, "proxy reported failed")
+                        }
+                        HealthAction::MarkRecovered => tracing::info!(proxy = %proxy, "proxy reported recovered"),
+                    }
+                }
+                Err(e) if e.is_not_found() => tracing::debug!(proxy = %proxy, "proxy deregistered meanwhile"),
+                Err(e) => {
+                    if self.quiet.first("health", &proxy, &e.to_string()) {
+                        tracing::warn!(proxy = %proxy, error = %e, "health report failed; retrying every round");
+                    }
+                }
+            }
+        }
+        accepted
+    }
+
+    /// Decides and sends the migration reports; answers how many calls the broker took.
+    async fn report_migrations(&mut self, migrations: &[Migration], statuses: &HashMap<String, StatusReply>) -> usize {
+        let now = Instant::now();
+        let mut plans = Vec::new();
+        for m in migrations {
+            let key = migration_key(m);
+            let sides = [(true, reconcile::side(m, true, statuses)), (false, reconcile::side(m, false, statuses))];
+            for (is_source, side) in &sides {
+                if let Side::Unreadable(why) = side {
+                    let subject = if *is_source { "task-src" } else { "task-dst" };
+                    if self.quiet.first(subject, &key, why) {
+                        tracing::warn!(migration = %m.id, cluster = %m.cluster, %why, "cannot read a proxy's migration task");
+                    }
+                }
+            }
+            let due = self.progress_sent.get(&key).is_none_or(|t| now.duration_since(*t) >= PROGRESS_EVERY);
+            let actions = reconcile::decide(m, &sides[0].1, &sides[1].1, due);
+            if !actions.is_empty() {
+                plans.push((m, actions));
+            }
+        }
+        let broker = &self.broker;
+        let results = join_all(plans.into_iter().map(|(m, actions)| execute(broker, m, actions))).await;
+
+        let mut accepted = 0;
+        for (m, done) in results {
+            let key = migration_key(m);
+            for (action, result) in done {
+                match result {
+                    Ok(after) => {
+                        accepted += 1;
+                        self.quiet.clear("migration", &key);
+                        log_migration_report(m, &action, &after);
+                        if matches!(action, MigrationAction::Progress(_)) {
+                            self.progress_sent.insert(key.clone(), now);
+                        }
+                    }
+                    Err(e) if e.is_conflict() || e.is_not_found() => {
+                        // Someone else was faster (another coordinator, an operator's abort,
+                        // a deleted cluster): this round's read is old. The next one is not.
+                        tracing::debug!(migration = %m.id, cluster = %m.cluster, error = %e, "migration report refused as stale");
+                    }
+                    Err(e) => {
+                        if self.quiet.first("migration", &key, &e.to_string()) {
+                            tracing::warn!(migration = %m.id, cluster = %m.cluster, error = %e, "migration report failed; retrying every round");
+                        }
+                    }
+                }
+            }
+        }
+        accepted
+    }
+
+    fn broker_failed(&mut self, e: &BrokerError) {
+        if self.broker_down_since.is_none() {
+            self.broker_down_since = Some(Instant::now());
+            if e.is_outage() {
+                tracing::warn!(broker = %self.broker.base(), error = %e, "broker unavailable; proxies keep their configs, retrying");
+            } else {
+                tracing::warn!(broker = %self.broker.base(), error = %e, "broker refuses the coordinator's reads; retrying");
+            }
+        } else {
+            tracing::debug!(error = %e, "broker still unavailable");
+        }
+    }
+
+    fn broker_answered(&mut self) {
+        if let Some(since) = self.broker_down_since.take() {
+            tracing::info!(broker = %self.broker.base(), down_ms = since.elapsed().as_millis() as u64, "broker available again");
+        }
+    }
+}
+
+fn migration_key(m: &Migration) -> String {
+    format!("{}/{}", m.cluster, m.id)
+}
+
+/// Makes one migration's calls in order; the first refusal ends the list (a commit after a
+/// refused `switched` report would be refused too).
+async fn execute<'m>(
+    broker: &BrokerClient,
+    m: &'m Migration,
+    actions: Vec<MigrationAction>,
+) -> (&'m Migration, Vec<(MigrationAction, Result<Migration, BrokerError>)>) {
+    let mut done = Vec::new();
+    for action in actions {
+        let result = match &action {
+            MigrationAction::Progress(r) => broker.report_progress(&m.cluster, &m.id, r).await,
+            MigrationAction::Commit { epoch } => broker.commit(&m.cluster, &m.id, *epoch).await,
+            MigrationAction::Fail { error } => broker.fail(&m.cluster, &m.id, error).await,
+        };
+        let refused = result.is_err();
+        done.push((action, result));
+        if refused {
+            break;
+        }
+    }
+    (m, done)
+}
+
+fn log_migration_report(m: &Migration, action: &MigrationAction, after: &Migration) {
+    let (id, cluster) = (&m.id, &m.cluster);
+    match action {
+        MigrationAction::Progress(r) if r.phase != m.phase => tracing::info!(
+            migration = %id, %cluster, from = ?m.phase, phase = ?r.phase, progress = ?r.progress, error = ?r.error,
+            "migration phase reported"
+        ),
+        MigrationAction::Progress(r) if r.error.is_some() => tracing::info!(
+            migration = %id, %cluster, phase = ?r.phase, error = ?r.error, "migration error reported"
+        ),
+        MigrationAction::Progress(r) => {
+            tracing::debug!(migration = %id, %cluster, phase = ?r.phase, progress = ?r.progress, "migration progress reported")
+        }
+        MigrationAction::Commit { epoch } => tracing::info!(
+            migration = %id, %cluster, migration_epoch = epoch, phase = ?after.phase, "migration committed"
+        ),
+        MigrationAction::Fail { error } => {
+            tracing::info!(migration = %id, %cluster, %error, phase = ?after.phase, "migration reported failed")
+        }
+    }
+}
+
+/// What one proxy showed this round.
+struct Probed<'a> {
+    entry: &'a ProxyConfigEntry,
+    /// The Status reply, or why there is none (for the failure report).
+    status: Result<StatusReply, String>,
+    push: Option<PushOutcome>,
+}
+
+enum PushOutcome {
+    /// The proxy took the config (`changed`: it was new to it).
+    Applied {
+        changed: bool,
+        held: Epoch,
+    },
+    /// FAILED_PRECONDITION: the proxy holds a newer config than this round read.
+    Stale {
+        message: String,
+    },
+    Failed {
+        from: Epoch,
+        to: Epoch,
+        error: String,
+    },
+}
+
+/// Status, then SetConfig if the proxy is behind. Both calls are bounded by the RPC timeout.
+async fn probe<'a>(clients: &ProxyClients, entry: &'a ProxyConfigEntry) -> Probed<'a> {
+    let control = entry.proxy.control_address.as_str();
+    let status = match clients.status(control).await {
+        Ok(s) if !s.proxy.is_empty() && s.proxy != entry.proxy.address => {
+            // Another proxy on this control address (a stale registration, a reused port):
+            // this one is not there, and the other must not get its config.
+            Err(format!("control address {control} is answered by proxy {}", s.proxy))
+        }
+        Ok(s) => Ok(s),
+        Err(e) => Err(e.to_string()),
+    };
+    let mut probed = Probed { entry, status, push: None };
+    let Ok(status) = &probed.status else { return probed };
+    let proxy = entry.proxy.address.as_str();
+    let decision = reconcile::push_decision(status.epoch, entry.config.epoch);
+    if let PushDecision::ProxyAhead { proxy: held, config } = decision {
+        tracing::debug!(proxy, held_epoch = held, config_epoch = config, "proxy is ahead of the config read");
+    }
+    if let PushDecision::Push { from, to } = decision {
+        let outcome = match serde_json::to_string(&entry.config) {
+            Err(e) => PushOutcome::Failed { from, to, error: format!("config not serialisable: {e}") },
+            Ok(json) => match clients.set_config(control, to, json).await {
+                Ok(reply) => PushOutcome::Applied { changed: reply.changed, held: reply.epoch },
+                Err(e) if e.is_stale_config() => PushOutcome::Stale { message: e.to_string() },
+                Err(e) => PushOutcome::Failed { from, to, error: e.to_string() },
+            },
+        };
+        // Logged here, as it happens: the round goes on until its slowest proxy answers.
+        match &outcome {
+            PushOutcome::Applied { changed: true, held, .. } => {
+                tracing::info!(proxy, from_epoch = from, to_epoch = to, held_epoch = held, "config pushed")
+            }
+            PushOutcome::Applied { .. } => tracing::debug!(proxy, epoch = to, "proxy already held the config"),
+            PushOutcome::Stale { message } => {
+                tracing::debug!(proxy, epoch = to, %message, "proxy holds a newer config; nothing to push")
+            }
+            PushOutcome::Failed { .. } => {}
+        }
+        probed.push = Some(outcome);
+    }
+    probed
+}
+
+/// Doubling waits while the broker does not answer, from the interval up to a cap.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub fn new(initial: Duration, max: Duration) -> Backoff {
+        let max = max.max(initial);
+        Backoff { initial, max, next: initial }
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+
+    pub fn reset(&mut self) {
+        self.next = self.initial;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(200), Duration::from_millis(1000));
+        let delays: Vec<u128> = (0..5).map(|_| b.next_delay().as_millis()).collect();
+        assert_eq!(delays, vec![200, 400, 800, 1000, 1000]);
+        b.reset();
+        assert_eq!(b.next_delay(), Duration::from_millis(200));
+    }
+
+    #[test]
+    fn backoff_cap_is_never_below_the_start() {
+        let mut b = Backoff::new(Duration::from_millis(500), Duration::from_millis(100));
+        assert_eq!(b.next_delay(), Duration::from_millis(500));
+        assert_eq!(b.next_delay(), Duration::from_millis(500));
+    }
+}

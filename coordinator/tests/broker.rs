@@ -1,0 +1,381 @@
+//! The coordinator's broker client and its decisions against the real `sluice-broker` binary
+//! (no proxies: their control addresses are closed ports). The end-to-end tests with real
+//! proxies live in `integration-tests/`.
+//!
+//! The broker binary is looked up next to this test executable (`target/<profile>/`); build
+//! it first with `cargo build -p sluice-broker` (`cargo test --workspace` does).
+
+use serde_json::{json, Value};
+use sluice_common::api::{HealthReport, Migration, ProgressReport, ProxyState};
+use sluice_common::model::MigrationPhase::{self, *};
+use sluice_coordinator::reconcile::{self, MigrationAction, Side, TaskView};
+use sluice_coordinator::{BrokerClient, Coordinator, Settings};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "s3cret";
+const DEADLINE: Duration = Duration::from_secs(20);
+
+struct Broker {
+    child: Child,
+    base: String,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn broker_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe.parent().expect("test executable has a directory").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join(format!("sluice-broker{}", std::env::consts::EXE_SUFFIX));
+    assert!(bin.exists(), "{} is missing: run `cargo build -p sluice-broker` first", bin.display());
+    bin
+}
+
+impl Broker {
+    /// Starts the broker on a port it picks, with `TOKEN`, and waits for its `listening` line.
+    fn start() -> Broker {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cmd = Command::new(broker_binary());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("SLUICE_") || k == "RUST_LOG" {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.args(["--listen", "127.0.0.1:0", "--log-format", "json", "--api-token", TOKEN])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn sluice-broker");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (tx, rx) = mpsc::channel();
+        // Reads stderr to the end: a full pipe would block the broker.
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if v["fields"]["message"] == "listening" {
+                        if let (Some(tx), Some(addr)) = (tx.take(), v["fields"]["addr"].as_str()) {
+                            let _ = tx.send(addr.to_string());
+                        }
+                    }
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(DEADLINE) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the broker did not report its address");
+            }
+        };
+        let http = reqwest::Client::builder().timeout(DEADLINE).build().expect("http client");
+        Broker { child, base: format!("http://{addr}"), http, _dir: dir }
+    }
+
+    fn client(&self) -> BrokerClient {
+        BrokerClient::new(&self.base, Some(TOKEN.to_string())).expect("client")
+    }
+
+    /// A mutating call made by the test itself (as an operator would), expecting 2xx.
+    async fn post(&self, path: &str, body: Value) -> Value {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        let status = r.status();
+        let body: Value = r.json().await.expect("json");
+        assert!(status.is_success(), "POST {path}: {status} {body}");
+        body
+    }
+
+    /// Registers a proxy `127.0.0.1:<port>` whose control address is a closed port.
+    async fn register(&self, port: u16) -> String {
+        let address = format!("127.0.0.1:{port}");
+        let body = json!({"address": address, "control_address": closed_port(), "node_address": format!("127.0.0.1:{}", port + 1000)});
+        self.post("/api/v1/proxies", body).await;
+        address
+    }
+}
+
+/// A local address nothing listens on (bound, then released).
+fn closed_port() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").to_string()
+}
+
+#[tokio::test]
+async fn configs_are_read_and_health_is_reported() {
+    let broker = Broker::start();
+    let client = broker.client();
+    let p1 = broker.register(16001).await;
+    let p2 = broker.register(16002).await;
+    let p3 = broker.register(16003).await;
+    broker.post("/api/v1/clusters", json!({"name": "shop", "proxies": [p1, p2]})).await;
+
+    let configs = client.configs().await.expect("configs");
+    let epoch = client.epoch().await.expect("epoch");
+    assert_eq!(configs.epoch, epoch);
+    assert_eq!(configs.configs.len(), 3);
+    let by_address = |a: &str| configs.configs.iter().find(|e| e.proxy.address == a).expect("listed").clone();
+    let e1 = by_address(&p1);
+    assert_eq!(e1.config.epoch, epoch);
+    assert_eq!(e1.config.proxy, p1);
+    assert_eq!(e1.config.cluster.as_ref().map(|c| c.name.as_str()), Some("shop"));
+    assert_eq!(e1.proxy.state, ProxyState::Serving);
+    assert!(!e1.proxy.control_address.is_empty());
+    let e3 = by_address(&p3);
+    assert_eq!(e3.proxy.state, ProxyState::Free);
+    assert_eq!(e3.config.cluster, None);
+
+    // Failed, with the reason; status only, the epoch does not move.
+    let report = HealthReport { failed: true, reason: Some("no answer".into()) };
+    let info = client.set_health(&p2, &report).await.expect("mark failed");
+    assert_eq!(info.state, ProxyState::Failed);
+    assert_eq!(info.failure.as_deref(), Some("no answer"));
+    let configs = client.configs().await.expect("configs");
+    assert_eq!(configs.epoch, epoch);
+    assert_eq!(configs.configs.iter().find(|e| e.proxy.address == p2).map(|e| e.proxy.state), Some(ProxyState::Failed));
+    // Twice is harmless.
+    client.set_health(&p2, &report).await.expect("mark failed again");
+
+    let info = client.set_health(&p2, &HealthReport { failed: false, reason: None }).await.expect("recovered");
+    assert_eq!(info.state, ProxyState::Serving);
+    assert_eq!(info.failure, None);
+    let proxies = client.proxies().await.expect("proxies");
+    assert!(proxies.iter().all(|p| p.state != ProxyState::Failed), "{proxies:?}");
+
+    // What the loop needs to tell apart.
+    let err = client.set_health("127.0.0.1:1", &report).await.expect_err("unknown proxy");
+    assert!(err.is_not_found(), "{err}");
+    let anonymous = BrokerClient::new(&broker.base, None).expect("client");
+    let err = anonymous.set_health(&p2, &report).await.expect_err("no token");
+    assert_eq!(err.status(), Some(401), "{err}");
+    assert!(!err.is_outage());
+    let nowhere = BrokerClient::new(&format!("http://{}", closed_port()), None).expect("client");
+    let err = nowhere.configs().await.expect_err("nothing listens");
+    assert!(err.is_outage(), "{err}");
+}
+
+#[tokio::test]
+async fn the_long_poll_wakes_on_a_new_epoch() {
+    let broker = Broker::start();
+    let client = broker.client();
+    let epoch = client.epoch().await.expect("epoch");
+
+    let started = Instant::now();
+    assert_eq!(client.wait_epoch(epoch, Duration::from_millis(150)).await.expect("poll"), epoch);
+    assert!(started.elapsed() >= Duration::from_millis(100), "answered after {:?}", started.elapsed());
+
+    let waiter = {
+        let client = client.clone();
+        tokio::spawn(async move { client.wait_epoch(epoch, Duration::from_secs(15)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = Instant::now();
+    broker.register(16011).await;
+    let woke = waiter.await.expect("join").expect("poll");
+    assert_eq!(woke, epoch + 1);
+    assert!(started.elapsed() < Duration::from_secs(5), "woke after {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn rounds_report_unreachable_proxies_once() {
+    let broker = Broker::start();
+    let p1 = broker.register(16021).await;
+    let p2 = broker.register(16022).await;
+    broker.post("/api/v1/clusters", json!({"name": "shop", "proxies": 1})).await;
+
+    let mut settings = Settings::new(&broker.base);
+    settings.api_token = Some(TOKEN.into());
+    settings.rpc_timeout = Duration::from_millis(300);
+    settings.failure_threshold = 2;
+    let mut coordinator = Coordinator::new(settings).expect("coordinator");
+
+    let first = coordinator.round().await.expect("round 1");
+    assert_eq!((first.proxies, first.answered, first.pushed, first.health_reports), (2, 0, 0, 0));
+    let second = coordinator.round().await.expect("round 2");
+    assert_eq!(second.health_reports, 2, "both reach the threshold");
+    let third = coordinator.round().await.expect("round 3");
+    assert_eq!(third.health_reports, 0, "the broker already shows them failed");
+    assert_eq!(third.epoch, first.epoch, "health reports do not move the epoch");
+
+    let proxies = broker.client().proxies().await.expect("proxies");
+    for address in [&p1, &p2] {
+        let p = proxies.iter().find(|p| &p.address == address).expect("listed");
+        assert_eq!(p.state, ProxyState::Failed);
+        let reason = p.failure.as_deref().unwrap_or_default();
+        assert!(reason.contains(&p.control_address) && reason.contains("2 status calls"), "{reason}");
+    }
+
+    // A second coordinator, fresh: it counts on its own, and has nothing to add.
+    let mut settings = Settings::new(&broker.base);
+    settings.api_token = Some(TOKEN.into());
+    settings.failure_threshold = 1;
+    let mut other = Coordinator::new(settings).expect("coordinator");
+    assert_eq!(other.round().await.expect("round").health_reports, 0);
+}
+
+#[tokio::test]
+async fn the_loop_marks_unreachable_proxies_failed_and_stops_on_request() {
+    let broker = Broker::start();
+    let p1 = broker.register(16031).await;
+    let mut settings = Settings::new(&broker.base);
+    settings.api_token = Some(TOKEN.into());
+    settings.interval = Duration::from_millis(50);
+    settings.rpc_timeout = Duration::from_millis(200);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(sluice_coordinator::run(settings, async {
+        let _ = stopped.await;
+    }));
+
+    let client = broker.client();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let proxies = client.proxies().await.expect("proxies");
+        if proxies.iter().any(|p| p.address == p1 && p.state == ProxyState::Failed) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never marked failed: {proxies:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(5), task).await.expect("stops").expect("join").expect("run");
+}
+
+/// What the proxies report at each step of a replication migration (source, destination),
+/// and the phase the broker must show once the coordinator's calls went through.
+fn script() -> Vec<(Side, Side, MigrationPhase)> {
+    let task = |phase| Side::Task(TaskView { phase, progress: None, error: None });
+    let with = |phase, progress| Side::Task(TaskView { phase, progress: Some(progress), error: None });
+    vec![
+        (task(Pending), task(Starting), Starting),
+        (task(Following), with(Following, json!({"lag_bytes": 120})), Following),
+        (with(Following, json!({"lag_bytes": 5})), task(Following), Following),
+        (task(Switching), task(Following), Switching),
+        (task(Switching), task(Switched), Switched),
+        (task(Switched), task(Switched), Committed),
+        (task(Cleaning), task(Cleaning), Cleaning),
+        (with(Done, json!({"deleted": 10})), task(Cleaning), Cleaning),
+        (Side::NoTask, task(Done), Done),
+    ]
+}
+
+async fn execute(client: &BrokerClient, m: &Migration, actions: &[MigrationAction]) -> Vec<Result<Migration, String>> {
+    let mut out = Vec::new();
+    for a in actions {
+        let r = match a {
+            MigrationAction::Progress(r) => client.report_progress(&m.cluster, &m.id, r).await,
+            MigrationAction::Commit { epoch } => client.commit(&m.cluster, &m.id, *epoch).await,
+            MigrationAction::Fail { error } => client.fail(&m.cluster, &m.id, error).await,
+        };
+        out.push(r.map_err(|e| e.to_string()));
+    }
+    out
+}
+
+async fn record(client: &BrokerClient, id: &str) -> Migration {
+    let path_all = client.migrations().await.expect("migrations");
+    match path_all.into_iter().find(|m| m.id == id) {
+        Some(m) => m,
+        None => panic!("migration {id} is not running"),
+    }
+}
+
+#[tokio::test]
+async fn migration_decisions_hold_against_the_real_broker() {
+    let broker = Broker::start();
+    let client = broker.client();
+    let p1 = broker.register(16041).await;
+    let p2 = broker.register(16042).await;
+    let spare = broker.register(16043).await;
+    broker.post("/api/v1/clusters", json!({"name": "shop", "proxies": [p1, p2]})).await;
+    let created = broker
+        .post("/api/v1/clusters/shop/migrations", json!({"src": p1, "dst": spare, "slots": [[0, 100]], "mode": "auto"}))
+        .await;
+    let id = created["id"].as_str().expect("id").to_string();
+    let migration_epoch = created["epoch"].as_u64().expect("epoch");
+
+    let mut m = record(&client, &id).await;
+    assert_eq!((m.phase, m.epoch), (Pending, migration_epoch));
+    let mut commits = 0;
+    for (src, dst, expected) in script() {
+        // Each step runs twice, as a second coordinator (or the next round) would: the
+        // second time asks for nothing, or for something the broker takes again harmlessly.
+        for attempt in 0..2 {
+            let actions = reconcile::decide(&m, &src, &dst, true);
+            commits += actions.iter().filter(|a| matches!(a, MigrationAction::Commit { .. })).count();
+            for r in execute(&client, &m, &actions).await {
+                assert!(r.is_ok(), "step to {expected:?}, attempt {attempt}: {actions:?}: {r:?}");
+            }
+            if expected == Done {
+                // Ended: the work list no longer has it.
+                assert!(client.migrations().await.expect("migrations").iter().all(|x| x.id != id));
+                break;
+            }
+            m = record(&client, &id).await;
+            assert_eq!(m.phase, expected, "attempt {attempt}");
+        }
+    }
+    assert_eq!(commits, 1, "the commit is asked for once");
+
+    // What the broker refuses, as the loop classifies it: stale, hence benign.
+    let report = |phase| ProgressReport { phase, progress: None, error: None };
+    let again = broker
+        .post("/api/v1/clusters/shop/migrations", json!({"src": p1, "dst": p2, "slots": [[200, 300]], "mode": "keys"}))
+        .await;
+    let id2 = again["id"].as_str().expect("id").to_string();
+    let epoch2 = again["epoch"].as_u64().expect("epoch");
+    client.report_progress("shop", &id2, &report(Switching)).await.expect("forward");
+    let err = client.report_progress("shop", &id2, &report(Starting)).await.expect_err("backwards");
+    assert!(err.is_conflict(), "{err}");
+    let err = client.commit("shop", &id2, epoch2).await.expect_err("not switched");
+    assert!(err.is_conflict(), "{err}");
+    let switched = client.report_progress("shop", &id2, &report(Switched)).await.expect("switched");
+    assert_eq!(switched.phase, Switched);
+    let err = client.commit("shop", &id2, epoch2 - 1).await.expect_err("wrong epoch");
+    assert!(err.is_conflict(), "{err}");
+    assert_eq!(client.commit("shop", &id2, epoch2).await.expect("commit").phase, Committed);
+    assert_eq!(client.commit("shop", &id2, epoch2).await.expect("commit again").phase, Committed);
+    let err = client.report_progress("shop", "m-999", &report(Starting)).await.expect_err("unknown");
+    assert!(err.is_not_found(), "{err}");
+
+    // A failed task fails a migration that has not switched; twice is harmless.
+    let third = broker
+        .post(
+            "/api/v1/clusters/shop/migrations",
+            json!({"src": p2, "dst": p1, "slots": [[9000, 9100]], "mode": "keys"}),
+        )
+        .await;
+    let id3 = third["id"].as_str().expect("id").to_string();
+    let m3 = record(&client, &id3).await;
+    let failed = Side::Task(TaskView { phase: Failed, progress: None, error: Some("MIGRATE refused".into()) });
+    let actions = reconcile::decide(&m3, &Side::NoAnswer, &failed, true);
+    assert_eq!(actions, vec![MigrationAction::Fail { error: "MIGRATE refused".into() }]);
+    for _ in 0..2 {
+        for r in execute(&client, &m3, &actions).await {
+            let after = r.expect("fail");
+            assert_eq!((after.phase, after.error.as_deref()), (Failed, Some("MIGRATE refused")));
+        }
+    }
+}
