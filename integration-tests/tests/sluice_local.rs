@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 fn free_base_port(n: u16) -> u16 {
     loop {
         let base = free_port();
-        if base < 20000 || base > 50000 {
+        if !(20000..=50000).contains(&base) {
             continue;
         }
         let all_free = (0..n)
