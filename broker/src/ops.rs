@@ -420,6 +420,7 @@ impl Txn {
         let migration = Migration {
             id: id.clone(),
             epoch,
+            committed_epoch: None,
             cluster: cluster.to_string(),
             src: req.src.clone(),
             src_node,
@@ -562,6 +563,7 @@ impl Txn {
         view.epoch = epoch;
         let m = self.state.migrations.get_mut(&number).ok_or_else(|| ApiError::internal("migration vanished"))?;
         m.phase = MigrationPhase::Committed;
+        m.committed_epoch = Some(epoch);
         m.timestamps.set(MigrationPhase::Committed, self.now.clone());
         m.updated_at = self.now.clone();
         let m = m.clone();
@@ -573,8 +575,14 @@ impl Txn {
         Ok(m)
     }
 
-    /// Aborts (`phase` = aborted) or fails (`phase` = failed) a migration that has not
-    /// switched: tags cleared, the slots stay on src, a dst left without slots is free again.
+    /// Aborts (`phase` = aborted, an operator's call: before `switching`) or fails (`phase` =
+    /// failed, the coordinator's call on a proxy's report: up to and including `switching`) a
+    /// migration: tags cleared, the slots stay on src, a dst left without slots is free again.
+    ///
+    /// Why an abort stops earlier than a failure: once the source has started the switch, the
+    /// destination may already have been promoted and taken writes. Only the proxies can tell,
+    /// so from then on only their report (a `fail` from the coordinator) ends the migration
+    /// before the commit.
     pub fn stop(
         &mut self,
         cluster: &str,
@@ -586,6 +594,15 @@ impl Txn {
         let m = &self.state.migrations[&number];
         match m.phase {
             MigrationPhase::Failed | MigrationPhase::Aborted => return Ok(m.clone()),
+            p if phase == MigrationPhase::Aborted && p >= MigrationPhase::Switching => {
+                return Err(ApiError::conflict(format!(
+                    "migration {id} is {}: the switch has started; the migration now finishes, or fails by itself \
+                     if the switch cannot complete (the destination may already have been promoted and taken \
+                     writes, which only the proxies can tell). To undo it, move the slots back with a new \
+                     migration once it is done",
+                    phase_name(p)
+                )));
+            }
             p if p >= MigrationPhase::Switched => {
                 return Err(ApiError::conflict(format!(
                     "migration {id} is {}: dst already serves the slots, so it can no longer be {}; commit it \

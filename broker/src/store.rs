@@ -232,7 +232,18 @@ mod tests {
             // Re-registering the same proxy changes nothing.
             assert_eq!(register(&store, 6002), 2);
         }
-        let store = Store::open(dir.path()).unwrap();
+        // sled's flusher thread may keep the file lock a moment after the drop.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let store = loop {
+            match Store::open(dir.path()) {
+                Ok(store) => break store,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("reopen: {e}"),
+            }
+        };
         let s = store.snapshot();
         assert_eq!(s.epoch, 2);
         assert_eq!(s.proxies.len(), 2);

@@ -229,6 +229,12 @@ pub struct Migration {
     /// The epoch at which the migration started (the epoch its creation produced).
     #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub epoch: Epoch,
+    /// The global epoch the commit produced (absent until committed). The migration is clean
+    /// on a proxy once that proxy's garbage pass ran at this epoch or later (its Status
+    /// `clean_epoch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
+    pub committed_epoch: Option<Epoch>,
     pub cluster: String,
     /// Source proxy.
     pub src: String,
@@ -406,6 +412,20 @@ mod tests {
         let m: CreateMigration = serde_json::from_str(r#"{"src":"a:1","dst":"b:2","slots":[[0,1000]]}"#).unwrap();
         assert_eq!(m.mode, MigrationMode::Auto);
         assert_eq!(m.slots, vec![SlotRange::new(0, 1000)]);
+    }
+
+    #[test]
+    fn committed_epoch_is_optional_and_left_out_while_absent() {
+        let json = r#"{"id":"m-1","epoch":6,"cluster":"shop","src":"a:1","src_node":"a:2","dst":"b:1",
+            "dst_node":"b:2","slots":[[0,10]],"mode":"replication","phase":"pending","timestamps":{},
+            "updated_at":"2026-01-01T00:00:00.000Z"}"#;
+        let mut m: Migration = serde_json::from_str(json).unwrap();
+        assert_eq!(m.committed_epoch, None, "records written before the field existed still load");
+        assert!(!serde_json::to_string(&m).unwrap().contains("committed_epoch"));
+        m.committed_epoch = Some(7);
+        let v = serde_json::to_value(&m).unwrap();
+        assert_eq!(v["committed_epoch"], 7);
+        assert_eq!(serde_json::from_value::<Migration>(v).unwrap(), m);
     }
 
     #[test]

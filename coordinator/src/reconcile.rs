@@ -63,15 +63,17 @@ pub fn parse_task(task: &MigrationTask) -> Result<TaskView, String> {
     Ok(TaskView { phase, progress, error })
 }
 
-/// What one proxy of a migration (its source or its destination) shows about it.
+/// What one proxy of a migration (its source or its destination) shows about it. A proxy
+/// that answered also tells how far its garbage collector got (`clean_epoch` of its Status):
+/// that counts after the commit, when the migration is no longer in the proxies' configs.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Side {
     /// The proxy's Status did not answer this round: nothing is known.
     NoAnswer,
-    /// It answered and lists no task for the migration: it has nothing (more) to do for it.
-    NoTask,
+    /// It answered and lists no task for the migration.
+    NoTask { clean_epoch: Epoch },
     /// It lists a task for the migration, at the migration's epoch, in the expected role.
-    Task(TaskView),
+    Task { task: TaskView, clean_epoch: Epoch },
     /// It lists something for the migration that cannot be taken at its word (another
     /// epoch, the wrong role, an unknown phase). Counts as not knowing.
     Unreadable(String),
@@ -80,19 +82,30 @@ pub enum Side {
 impl Side {
     pub fn task(&self) -> Option<&TaskView> {
         match self {
-            Side::Task(t) => Some(t),
+            Side::Task { task, .. } => Some(task),
             _ => None,
+        }
+    }
+
+    /// The proxy's `clean_epoch`, when it answered and what it says about the migration can
+    /// be read.
+    pub fn clean_epoch(&self) -> Option<Epoch> {
+        match self {
+            Side::NoTask { clean_epoch } | Side::Task { clean_epoch, .. } => Some(*clean_epoch),
+            Side::NoAnswer | Side::Unreadable(_) => None,
         }
     }
 }
 
 /// What `proxy` (the migration's source when `is_source`) shows about `m`, from the Status
-/// replies of the proxies that answered this round, keyed by proxy address.
+/// replies of the proxies that answered this round, keyed by proxy address. A source or
+/// destination that has left the cluster since (a free proxy) is read the same way.
 pub fn side(m: &Migration, is_source: bool, statuses: &HashMap<String, StatusReply>) -> Side {
     let proxy = if is_source { &m.src } else { &m.dst };
     let Some(status) = statuses.get(proxy) else { return Side::NoAnswer };
+    let clean_epoch = status.clean_epoch;
     let mut tasks = status.migrations.iter().filter(|t| t.id == m.id);
-    let Some(task) = tasks.next() else { return Side::NoTask };
+    let Some(task) = tasks.next() else { return Side::NoTask { clean_epoch } };
     if tasks.next().is_some() {
         return Side::Unreadable(format!("{proxy} lists migration {} twice", m.id));
     }
@@ -112,9 +125,20 @@ pub fn side(m: &Migration, is_source: bool, statuses: &HashMap<String, StatusRep
         ));
     }
     match parse_task(task) {
-        Ok(t) => Side::Task(t),
+        Ok(task) => Side::Task { task, clean_epoch },
         Err(e) => Side::Unreadable(format!("{proxy}, migration {}: {e}", m.id)),
     }
+}
+
+/// A migration committed by a broker that did not record `committed_epoch` yet (a record
+/// older than the field) gets the global epoch read this round in its place: the commit
+/// happened at or before it, so a proxy clean at that epoch is clean at the commit too. It
+/// can only delay `done`, never bring it early. `None` when `m` needs no stand-in.
+pub fn assume_committed_epoch(m: &Migration, global_epoch: Epoch) -> Option<Migration> {
+    if m.phase < Committed || m.phase.is_final() || m.committed_epoch.is_some() {
+        return None;
+    }
+    Some(Migration { committed_epoch: Some(global_epoch), ..m.clone() })
 }
 
 /// A call to make to the broker about one migration. A list of them is made in order.
@@ -139,79 +163,90 @@ pub fn reportable(phase: MigrationPhase) -> bool {
 /// this round; the caller throttles those, phase changes always go at once.
 ///
 /// Before the commit:
-/// 1. the source reports `switched` (or later) → record `switched` if the broker has not, then
-///    commit with the migration's epoch. Only the source's word commits: it is the one that
-///    released its queue and redirects the slots.
-/// 2. a task reports `failed` while no one reports `switched` → fail the migration with its
-///    error. Once the destination has switched it serves the slots, and failing would hand
-///    them back to the source without the writes taken meanwhile: the error is then only
-///    recorded.
+/// 1. the source or the destination reports `switched` (or later), or the broker already
+///    has `switched` → record `switched` if the broker has not, then commit with the
+///    migration's epoch. The destination's word is enough: it reports `switched` once its
+///    node is promoted and it serves the slots, and after a restart of the source it may be
+///    the only one that knows. A recorded `switched` came from a proxy's word, and nothing
+///    but the commit can follow it.
+/// 2. a task reports `failed` (and no one `switched`) → fail the migration with its error.
 /// 3. otherwise the most advanced phase either proxy reports, if ahead of the broker.
 ///
-/// After the commit, both proxies delete their garbage: `cleaning` while either works on it,
-/// `done` once both have answered and neither has anything left (a proxy that lists no
-/// task has nothing to do), and at least one of them said `done`.
+/// After the commit the migration is in no proxy's config any more; each proxy's garbage
+/// collector deletes the keys of slots other nodes serve and reports the config epoch of its
+/// last complete pass as `clean_epoch`. The migration is `done` when both its source and its
+/// destination answer with `clean_epoch >= committed_epoch` and neither lists a task for it
+/// in another phase than `done` (a proxy that does not answer, or whose task cannot be read,
+/// blocks `done`: nothing is guessed); otherwise it is `cleaning` once either lists a task
+/// `cleaning` (or `failed`) or answers with an older `clean_epoch`. The progress is the sum
+/// of the tasks' `keys_deleted`. From `committed` straight to `done`, `cleaning` is reported
+/// first, so every phase has its timestamp.
 ///
 /// Phases never go backwards: a proxy behind the broker (another coordinator reported for
-/// the faster proxy, or this round's read is old) leads to no report.
+/// the faster proxy, or this round's read is old) leads to no phase report.
 pub fn decide(m: &Migration, src: &Side, dst: &Side, progress_due: bool) -> Vec<MigrationAction> {
     let current = m.phase;
     if current.is_final() {
         return Vec::new();
     }
-    let (target, task, extra_error) = if current < Committed {
-        if let Some(s) = src.task().filter(|s| s.phase >= Switched && !matches!(s.phase, Failed | Aborted)) {
+    let tasks = || [src, dst].into_iter().filter_map(Side::task);
+    let failed = tasks().find(|t| t.phase == Failed);
+    let failure =
+        failed.map(|f| f.error.clone().unwrap_or_else(|| format!("a proxy reported migration {} failed", m.id)));
+    let new_error = |e: Option<String>| e.filter(|e| m.error.as_ref() != Some(e));
+
+    let (target, progress, error) = if current < Committed {
+        let switched = tasks().find(|t| t.phase >= Switched && !matches!(t.phase, Failed | Aborted));
+        if switched.is_some() || current == Switched {
             let mut actions = Vec::new();
-            if current < Switched {
+            let error = new_error(switched.and_then(|t| t.error.clone()).or(failure));
+            if current < Switched || error.is_some() {
                 actions.push(MigrationAction::Progress(ProgressReport {
                     phase: Switched,
-                    progress: s.progress.clone(),
-                    error: s.error.clone().filter(|e| m.error.as_ref() != Some(e)),
+                    progress: switched.and_then(|t| t.progress.clone()),
+                    error,
                 }));
             }
             actions.push(MigrationAction::Commit { epoch: m.epoch });
             return actions;
         }
-        let best = most_advanced_before_commit(src, dst);
-        let switched = current == Switched || best.is_some_and(|(p, _)| p == Switched);
-        let failed = [src, dst].into_iter().filter_map(Side::task).find(|t| t.phase == Failed);
-        if let Some(f) = failed {
-            let error = f.error.clone().unwrap_or_else(|| format!("a proxy reported migration {} failed", m.id));
-            if !switched {
-                return vec![MigrationAction::Fail { error }];
-            }
-            match best {
-                Some((phase, task)) => (phase, Some(task), Some(error)),
-                None => (current, None, Some(error)),
-            }
-        } else {
-            match best {
-                Some((phase, task)) => (phase, Some(task), None),
-                None => return Vec::new(),
-            }
+        if let Some(error) = failure {
+            return vec![MigrationAction::Fail { error }];
+        }
+        match most_advanced_before_commit(src, dst) {
+            // A proxy behind the broker has no news.
+            Some((phase, _)) if phase < current => return Vec::new(),
+            Some((phase, task)) => (phase, task.progress.clone(), task.error.clone()),
+            None => return Vec::new(),
         }
     } else {
-        let (phase, task) = after_commit(src, dst);
-        let failed = [src, dst].into_iter().filter_map(Side::task).find(|t| t.phase == Failed);
-        let error = failed.map(|f| f.error.clone().unwrap_or_else(|| "cleaning failed".to_string()));
-        (phase, task, error)
+        let phase = after_commit(m, src, dst);
+        let error = failure.or_else(|| tasks().find_map(|t| t.error.clone()));
+        if phase < current {
+            // Behind the broker: no phase news, and no progress under an older phase; an
+            // error is still worth recording.
+            (current, None, error)
+        } else {
+            (phase, keys_deleted(src, dst), error)
+        }
     };
 
-    // A proxy behind the broker has no phase news; an error it carries may still be worth
-    // recording, at the broker's phase.
-    let (target, task) = if target < current { (current, None) } else { (target, task) };
     if !reportable(target) {
         return Vec::new();
     }
-    let error = extra_error.or_else(|| task.and_then(|t| t.error.clone())).filter(|e| m.error.as_ref() != Some(e));
-    let progress = task.and_then(|t| t.progress.clone());
+    let error = new_error(error);
     if target == current {
         let fresh_progress = progress_due && progress.is_some() && progress != m.progress;
         if !fresh_progress && error.is_none() {
             return Vec::new();
         }
     }
-    vec![MigrationAction::Progress(ProgressReport { phase: target, progress, error })]
+    let mut actions = Vec::new();
+    if target == Done && current == Committed {
+        actions.push(MigrationAction::Progress(ProgressReport { phase: Cleaning, progress: None, error: None }));
+    }
+    actions.push(MigrationAction::Progress(ProgressReport { phase: target, progress, error }));
+    actions
 }
 
 /// The most advanced phase before the commit that either proxy reports (`failed`/`aborted`
@@ -231,47 +266,41 @@ fn most_advanced_before_commit<'a>(src: &'a Side, dst: &'a Side) -> Option<(Migr
     best
 }
 
-/// How far one side is with its garbage after the commit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Cleanup {
-    /// Not known (no answer, unreadable).
-    Unknown,
-    /// Still at the switch: it has not taken the committed config yet.
-    NotStarted,
-    Cleaning,
-    Done,
-}
-
-fn cleanup(side: &Side) -> Cleanup {
-    match side {
-        Side::NoAnswer | Side::Unreadable(_) => Cleanup::Unknown,
-        Side::NoTask => Cleanup::Done,
-        Side::Task(t) => match t.phase {
-            Done => Cleanup::Done,
-            // A failed cleanup is not done: the garbage is still there.
-            Cleaning | Failed => Cleanup::Cleaning,
-            _ => Cleanup::NotStarted,
-        },
+/// The phase a committed migration is in, as far as its two proxies show: `done`,
+/// `cleaning`, or `committed` when nothing says more.
+fn after_commit(m: &Migration, src: &Side, dst: &Side) -> MigrationPhase {
+    let clean = |side: &Side| match (side.clean_epoch(), m.committed_epoch) {
+        (Some(c), Some(committed)) => c >= committed,
+        _ => false,
+    };
+    let nothing_left = |side: &Side| side.task().is_none_or(|t| t.phase == Done);
+    let both_answered = src.clean_epoch().is_some() && dst.clean_epoch().is_some();
+    if both_answered && [src, dst].into_iter().all(|s| clean(s) && nothing_left(s)) {
+        return Done;
+    }
+    let working = |side: &Side| {
+        side.task().is_some_and(|t| matches!(t.phase, Cleaning | Failed))
+            || (side.clean_epoch().is_some() && !clean(side))
+    };
+    if working(src) || working(dst) {
+        Cleaning
+    } else {
+        Committed
     }
 }
 
-/// The phase after the commit and the task whose progress goes with it.
-fn after_commit<'a>(src: &'a Side, dst: &'a Side) -> (MigrationPhase, Option<&'a TaskView>) {
-    let (s, d) = (cleanup(src), cleanup(dst));
-    let said_done = [src, dst].into_iter().filter_map(Side::task).any(|t| t.phase == Done);
-    if s == Cleanup::Done && d == Cleanup::Done && said_done {
-        return (Done, src.task().or(dst.task()));
-    }
-    // The least advanced side that has started, source first: its progress is what is left.
-    let working = [(s, src), (d, dst)]
+/// The garbage deleted so far: the sum of the `keys_deleted` the tasks report, as the
+/// progress object `{"keys_deleted": n}`; `None` when no task reports it.
+fn keys_deleted(src: &Side, dst: &Side) -> Option<Value> {
+    let counts: Vec<u64> = [src, dst]
         .into_iter()
-        .filter(|(c, side)| *c >= Cleanup::Cleaning && side.task().is_some())
-        .min_by_key(|(c, _)| *c)
-        .and_then(|(_, side)| side.task());
-    match working {
-        Some(t) => (Cleaning, Some(t)),
-        None => (Committed, None),
+        .filter_map(Side::task)
+        .filter_map(|t| t.progress.as_ref()?.get("keys_deleted")?.as_u64())
+        .collect();
+    if counts.is_empty() {
+        return None;
     }
+    Some(serde_json::json!({ "keys_deleted": counts.iter().fold(0u64, |a, n| a.saturating_add(*n)) }))
 }
 
 #[cfg(test)]
@@ -283,11 +312,14 @@ mod tests {
 
     const SRC: &str = "127.0.0.1:6001";
     const DST: &str = "127.0.0.1:6004";
+    /// The epoch the commit of `migration()` produced (its `epoch` is 6).
+    const COMMITTED: Epoch = 7;
 
     fn migration(phase: MigrationPhase) -> Migration {
         Migration {
             id: "m-1".into(),
             epoch: 6,
+            committed_epoch: matches!(phase, Committed | Cleaning | Done).then_some(COMMITTED),
             cluster: "shop".into(),
             src: SRC.into(),
             src_node: "127.0.0.1:7001".into(),
@@ -303,16 +335,46 @@ mod tests {
         }
     }
 
+    fn view(task: TaskView) -> Side {
+        Side::Task { task, clean_epoch: 0 }
+    }
+
     fn task(phase: MigrationPhase) -> Side {
-        Side::Task(TaskView { phase, progress: None, error: None })
+        view(TaskView { phase, progress: None, error: None })
     }
 
     fn task_with(phase: MigrationPhase, progress: Value) -> Side {
-        Side::Task(TaskView { phase, progress: Some(progress), error: None })
+        view(TaskView { phase, progress: Some(progress), error: None })
     }
 
     fn failed_task(error: &str) -> Side {
-        Side::Task(TaskView { phase: Failed, progress: None, error: Some(error.into()) })
+        view(TaskView { phase: Failed, progress: None, error: Some(error.into()) })
+    }
+
+    /// A proxy that answered and lists no task, with its garbage clean at `clean_epoch`.
+    fn no_task(clean_epoch: Epoch) -> Side {
+        Side::NoTask { clean_epoch }
+    }
+
+    /// `side` with its proxy's garbage clean at `clean_epoch`.
+    fn clean(side: Side, clean_epoch: Epoch) -> Side {
+        match side {
+            Side::Task { task, .. } => Side::Task { task, clean_epoch },
+            Side::NoTask { .. } => Side::NoTask { clean_epoch },
+            other => other,
+        }
+    }
+
+    fn cleaning_with(keys_deleted: u64) -> Side {
+        task_with(Cleaning, json!({ "keys_deleted": keys_deleted }))
+    }
+
+    fn keys(phase: MigrationPhase, keys_deleted: u64) -> MigrationAction {
+        MigrationAction::Progress(ProgressReport {
+            phase,
+            progress: Some(json!({ "keys_deleted": keys_deleted })),
+            error: None,
+        })
     }
 
     fn progress(phase: MigrationPhase) -> MigrationAction {
@@ -377,7 +439,7 @@ mod tests {
 
         let st = statuses(vec![(SRC, vec![raw("m-1", 6, "following", false)]), (DST, vec![])]);
         assert!(matches!(side(&m, true, &st), Side::Unreadable(e) if e.contains("destination")));
-        assert_eq!(side(&m, false, &st), Side::NoTask);
+        assert_eq!(side(&m, false, &st), no_task(0));
 
         let st = statuses(vec![(DST, vec![raw("m-1", 6, "warping", false)])]);
         assert_eq!(side(&m, true, &st), Side::NoAnswer);
@@ -400,12 +462,14 @@ mod tests {
     fn never_backwards() {
         for broker in [Starting, Following, Switching, Switched] {
             let m = migration(broker);
+            // At `switched` the only thing left to ask for is the commit.
+            let expected = if broker == Switched { vec![MigrationAction::Commit { epoch: 6 }] } else { vec![] };
             for proxy in [Pending, Starting, Following, Switching] {
                 if proxy < broker {
-                    assert_eq!(decide(&m, &task(proxy), &task(proxy), true), vec![], "{broker:?} <- {proxy:?}");
+                    assert_eq!(decide(&m, &task(proxy), &task(proxy), true), expected, "{broker:?} <- {proxy:?}");
                     assert_eq!(
                         decide(&m, &task_with(proxy, json!({"x":1})), &Side::NoAnswer, true),
-                        vec![],
+                        expected,
                         "no progress under an older phase either"
                     );
                 }
@@ -430,7 +494,7 @@ mod tests {
         let m = migration(Following);
         assert_eq!(decide(&m, &task(Following), &task(Following), true), vec![]);
         assert_eq!(decide(&m, &Side::NoAnswer, &Side::NoAnswer, true), vec![]);
-        assert_eq!(decide(&m, &Side::NoTask, &Side::NoTask, true), vec![]);
+        assert_eq!(decide(&m, &no_task(0), &no_task(0), true), vec![]);
     }
 
     #[test]
@@ -476,7 +540,7 @@ mod tests {
     #[test]
     fn a_non_fatal_error_is_recorded_once() {
         let mut m = migration(Following);
-        let src = Side::Task(TaskView { phase: Following, progress: None, error: Some("lag growing".into()) });
+        let src = view(TaskView { phase: Following, progress: None, error: Some("lag growing".into()) });
         let expected = ProgressReport { phase: Following, progress: None, error: Some("lag growing".into()) };
         assert_eq!(decide(&m, &src, &Side::NoAnswer, false), vec![MigrationAction::Progress(expected)]);
         m.error = Some("lag growing".into());
@@ -484,17 +548,54 @@ mod tests {
     }
 
     #[test]
-    fn commit_only_when_the_source_says_switched() {
+    fn commit_when_either_side_says_switched() {
         let m = migration(Switching);
+        // Nobody switched yet: no commit, whatever the source's phase.
         for src in [Pending, Starting, Following, Switching] {
-            let actions = decide(&m, &task(src), &task(Switched), true);
+            let actions = decide(&m, &task(src), &task(Following), true);
             assert!(!actions.iter().any(|a| matches!(a, MigrationAction::Commit { .. })), "src {src:?}: {actions:?}");
         }
-        assert_eq!(decide(&m, &Side::NoAnswer, &task(Switched), true), vec![progress(Switched)]);
+        // The source switched.
         assert_eq!(
             decide(&m, &task(Switched), &Side::NoAnswer, true),
             vec![progress(Switched), MigrationAction::Commit { epoch: 6 }]
         );
+        // The destination switched (promoted, serving the slots): its word is enough, whether
+        // the source still says switching, lost its task in a restart, or does not answer.
+        for src in [task(Switching), no_task(0), Side::NoAnswer, Side::Unreadable("restarted".into())] {
+            assert_eq!(
+                decide(&m, &src, &task(Switched), false),
+                vec![progress(Switched), MigrationAction::Commit { epoch: 6 }],
+                "src {src:?}"
+            );
+        }
+        // The report of `switched` carries the progress of the side that says so.
+        let actions = decide(&m, &task(Switching), &task_with(Switched, json!({"promoted": true})), false);
+        assert_eq!(
+            actions,
+            vec![
+                MigrationAction::Progress(ProgressReport {
+                    phase: Switched,
+                    progress: Some(json!({"promoted": true})),
+                    error: None
+                }),
+                MigrationAction::Commit { epoch: 6 }
+            ]
+        );
+    }
+
+    #[test]
+    fn a_recorded_switch_is_committed_whatever_the_proxies_show_now() {
+        // `switched` in the broker came from a proxy's word; only the commit can follow it.
+        let m = migration(Switched);
+        for (src, dst) in [
+            (Side::NoAnswer, Side::NoAnswer),
+            (no_task(0), no_task(0)),
+            (task(Switching), Side::NoAnswer),
+            (task(Following), task(Following)),
+        ] {
+            assert_eq!(decide(&m, &src, &dst, true), vec![MigrationAction::Commit { epoch: 6 }], "{src:?} {dst:?}");
+        }
     }
 
     #[test]
@@ -535,7 +636,7 @@ mod tests {
             );
         }
         let m = migration(Following);
-        match decide(&m, &Side::Task(TaskView { phase: Failed, progress: None, error: None }), &Side::NoAnswer, false)
+        match decide(&m, &view(TaskView { phase: Failed, progress: None, error: None }), &Side::NoAnswer, false)
             .as_slice()
         {
             [MigrationAction::Fail { error }] => assert!(error.contains("m-1"), "{error}"),
@@ -546,26 +647,39 @@ mod tests {
     #[test]
     fn no_fail_once_the_destination_serves() {
         // The destination switched: failing would give the slots back without the writes it
-        // took. The error is recorded; the migration goes on to `switched`.
+        // took. The source's error is recorded with `switched`, and the migration commits.
         let m = migration(Switching);
         let actions = decide(&m, &failed_task("src lost its node"), &task(Switched), false);
         assert_eq!(
             actions,
-            vec![MigrationAction::Progress(ProgressReport {
-                phase: Switched,
-                progress: None,
-                error: Some("src lost its node".into())
-            })]
+            vec![
+                MigrationAction::Progress(ProgressReport {
+                    phase: Switched,
+                    progress: None,
+                    error: Some("src lost its node".into())
+                }),
+                MigrationAction::Commit { epoch: 6 }
+            ]
         );
         let m = migration(Switched);
         let actions = decide(&m, &Side::NoAnswer, &failed_task("late"), false);
         assert!(!actions.iter().any(|a| matches!(a, MigrationAction::Fail { .. })), "{actions:?}");
+        assert_eq!(actions.last(), Some(&MigrationAction::Commit { epoch: 6 }));
+        // Recorded once.
+        let mut m = migration(Switched);
+        m.error = Some("late".into());
+        assert_eq!(
+            decide(&m, &Side::NoAnswer, &failed_task("late"), false),
+            vec![MigrationAction::Commit { epoch: 6 }]
+        );
     }
 
     #[test]
     fn a_switched_source_outranks_a_failed_destination() {
+        // The destination's error is recorded with the switch.
         let actions = decide(&migration(Switching), &task(Switched), &failed_task("oops"), false);
-        assert_eq!(actions, vec![progress(Switched), MigrationAction::Commit { epoch: 6 }]);
+        let switched = ProgressReport { phase: Switched, progress: None, error: Some("oops".into()) };
+        assert_eq!(actions, vec![MigrationAction::Progress(switched), MigrationAction::Commit { epoch: 6 }]);
     }
 
     #[test]
@@ -578,45 +692,127 @@ mod tests {
     // ---- after the commit ----
 
     #[test]
-    fn cleaning_and_done() {
+    fn the_proxies_have_not_cleaned_yet() {
         let m = migration(Committed);
-        // The proxies have not taken the committed config yet.
-        assert_eq!(decide(&m, &task(Switched), &task(Switched), true), vec![]);
-        assert_eq!(decide(&m, &task(Cleaning), &task(Switched), true), vec![progress(Cleaning)]);
-        assert_eq!(decide(&m, &task(Done), &task(Cleaning), true), vec![progress(Cleaning)]);
-        assert_eq!(decide(&m, &task(Done), &task(Done), true), vec![progress(Done)]);
-        // A proxy with nothing left lists no task; the other one says done.
-        assert_eq!(decide(&m, &Side::NoTask, &task(Done), true), vec![progress(Done)]);
-        // Not known yet: not done.
-        assert_eq!(decide(&m, &Side::NoAnswer, &task(Done), true), vec![progress(Cleaning)]);
-        // Neither lists the task: nobody said done, so not done.
-        assert_eq!(decide(&m, &Side::NoTask, &Side::NoTask, true), vec![]);
-        let m = migration(Cleaning);
-        assert_eq!(decide(&m, &task(Done), &task(Done), false), vec![progress(Done)]);
-        assert_eq!(decide(&m, &task(Cleaning), &task(Cleaning), false), vec![]);
+        // Both answer, neither has run a garbage pass at the commit's epoch: cleaning.
+        assert_eq!(decide(&m, &no_task(6), &no_task(6), true), vec![progress(Cleaning)]);
+        assert_eq!(decide(&m, &task(Switched), &task(Switched), true), vec![progress(Cleaning)]);
+        // One clean, the other not (or still listing its task before done).
+        assert_eq!(decide(&m, &no_task(COMMITTED), &no_task(6), true), vec![progress(Cleaning)]);
+        assert_eq!(decide(&m, &clean(task(Cleaning), COMMITTED), &no_task(COMMITTED), true), vec![progress(Cleaning)]);
+        // Nobody answers: nothing known, nothing reported.
+        assert_eq!(decide(&m, &Side::NoAnswer, &Side::NoAnswer, true), vec![]);
+        // Cleaning already recorded: nothing new.
+        assert_eq!(decide(&migration(Cleaning), &no_task(6), &no_task(6), true), vec![]);
     }
 
     #[test]
-    fn cleaning_progress_comes_from_the_side_still_working() {
-        let m = migration(Committed);
-        let actions =
-            decide(&m, &task_with(Done, json!({"deleted":10})), &task_with(Cleaning, json!({"deleted":3})), true);
+    fn done_once_both_are_clean_at_the_commit_epoch() {
+        let m = migration(Cleaning);
+        for (src, dst) in [
+            (no_task(COMMITTED), no_task(COMMITTED)),
+            (no_task(COMMITTED + 3), no_task(COMMITTED)),
+            (clean(task(Done), COMMITTED), no_task(COMMITTED + 1)),
+            (clean(task(Done), COMMITTED), clean(task(Done), COMMITTED)),
+        ] {
+            assert_eq!(decide(&m, &src, &dst, false), vec![progress(Done)], "{src:?} {dst:?}");
+        }
+        // A clean epoch below the commit's is not clean, whatever the task says.
+        assert_eq!(decide(&m, &clean(task(Done), 6), &no_task(COMMITTED), true), vec![]);
+        // A task in a phase before done is not done, clean epoch or not; nor a failed one
+        // (whose error is recorded).
+        for phase in [Switched, Cleaning, Failed] {
+            let actions = decide(&m, &clean(task(phase), COMMITTED), &no_task(COMMITTED), true);
+            assert!(
+                actions.iter().all(|a| matches!(a, MigrationAction::Progress(r) if r.phase == Cleaning)),
+                "{phase:?}: {actions:?}"
+            );
+        }
+        // From committed straight to done: cleaning is recorded first, so every phase has
+        // its timestamp.
         assert_eq!(
-            actions,
-            vec![MigrationAction::Progress(ProgressReport {
-                phase: Cleaning,
-                progress: Some(json!({"deleted":3})),
-                error: None
-            })]
+            decide(&migration(Committed), &no_task(COMMITTED), &no_task(COMMITTED), false),
+            vec![progress(Cleaning), progress(Done)]
         );
+    }
+
+    #[test]
+    fn an_unreachable_proxy_blocks_done() {
+        for broker in [Committed, Cleaning] {
+            let m = migration(broker);
+            for unknown in [Side::NoAnswer, Side::Unreadable("m-1 at epoch 5".into())] {
+                let clean_side = no_task(COMMITTED);
+                for (src, dst) in [(&unknown, &clean_side), (&clean_side, &unknown)] {
+                    let actions = decide(&m, src, dst, true);
+                    assert!(
+                        !actions.iter().any(|a| matches!(a, MigrationAction::Progress(r) if r.phase == Done)),
+                        "{broker:?}: {src:?} {dst:?}: {actions:?}"
+                    );
+                }
+            }
+        }
+        // The other proxy still working is reported as cleaning.
+        let m = migration(Committed);
+        assert_eq!(decide(&m, &Side::NoAnswer, &cleaning_with(4), true), vec![keys(Cleaning, 4)]);
+    }
+
+    #[test]
+    fn a_proxy_that_left_the_cluster_still_counts() {
+        // The source gave all its slots away: it is a free proxy now, with no cluster in its
+        // Status, and its clean epoch is read like any other.
+        let m = migration(Cleaning);
+        let mut st = statuses(vec![(SRC, vec![]), (DST, vec![])]);
+        for (proxy, clean_epoch) in [(SRC, 6), (DST, COMMITTED)] {
+            let s = st.get_mut(proxy).expect("listed");
+            s.clean_epoch = clean_epoch;
+            s.cluster = if proxy == SRC { String::new() } else { "shop".into() };
+        }
+        assert_eq!(side(&m, true, &st), no_task(6));
+        assert_eq!(decide(&m, &side(&m, true, &st), &side(&m, false, &st), true), vec![]);
+        st.get_mut(SRC).expect("listed").clean_epoch = COMMITTED;
+        assert_eq!(decide(&m, &side(&m, true, &st), &side(&m, false, &st), true), vec![progress(Done)]);
+        // Not answering at all (not even listed among the statuses) blocks done.
+        st.remove(SRC);
+        assert_eq!(decide(&m, &side(&m, true, &st), &side(&m, false, &st), true), vec![]);
+    }
+
+    #[test]
+    fn cleaning_progress_sums_the_keys_deleted() {
+        let m = migration(Committed);
+        let actions = decide(&m, &clean(cleaning_with(10), 6), &clean(cleaning_with(3), 6), true);
+        assert_eq!(actions, vec![keys(Cleaning, 13)]);
+        // A side without the count (or not listing its task) adds nothing.
+        assert_eq!(decide(&m, &cleaning_with(10), &task(Cleaning), true), vec![keys(Cleaning, 10)]);
+        assert_eq!(decide(&m, &no_task(6), &cleaning_with(7), true), vec![keys(Cleaning, 7)]);
+        assert_eq!(
+            decide(&m, &clean(task_with(Done, json!({"keys_deleted": 2})), COMMITTED), &cleaning_with(5), true),
+            vec![keys(Cleaning, 7)]
+        );
+        // Refreshed when due and changed; the final count goes with done.
+        let mut m = migration(Cleaning);
+        m.progress = Some(json!({"keys_deleted": 13}));
+        assert_eq!(decide(&m, &cleaning_with(10), &cleaning_with(3), true), vec![]);
+        assert_eq!(decide(&m, &cleaning_with(20), &cleaning_with(3), false), vec![], "not due");
+        assert_eq!(decide(&m, &cleaning_with(20), &cleaning_with(3), true), vec![keys(Cleaning, 23)]);
+        let done = |n| clean(task_with(Done, json!({ "keys_deleted": n })), COMMITTED);
+        assert_eq!(decide(&m, &done(20), &done(5), false), vec![keys(Done, 25)]);
     }
 
     #[test]
     fn a_failed_cleanup_is_recorded_not_done() {
         let m = migration(Cleaning);
-        let actions = decide(&m, &failed_task("UNLINK refused"), &task(Done), false);
+        let actions = decide(&m, &clean(failed_task("UNLINK refused"), COMMITTED), &no_task(COMMITTED), false);
         assert_eq!(
             actions,
+            vec![MigrationAction::Progress(ProgressReport {
+                phase: Cleaning,
+                progress: None,
+                error: Some("UNLINK refused".into())
+            })]
+        );
+        let m = migration(Committed);
+        assert_eq!(
+            decide(&m, &failed_task("UNLINK refused"), &Side::NoAnswer, false),
             vec![MigrationAction::Progress(ProgressReport {
                 phase: Cleaning,
                 progress: None,
@@ -626,12 +822,37 @@ mod tests {
     }
 
     #[test]
+    fn a_record_without_committed_epoch_waits_for_the_current_epoch() {
+        let mut m = migration(Cleaning);
+        m.committed_epoch = None;
+        // Without a stand-in nothing can be clean.
+        assert_eq!(decide(&m, &no_task(COMMITTED), &no_task(COMMITTED), true), vec![]);
+        let with = assume_committed_epoch(&m, 12).expect("needs a stand-in");
+        assert_eq!(with.committed_epoch, Some(12));
+        assert_eq!(decide(&with, &no_task(COMMITTED), &no_task(12), true), vec![]);
+        assert_eq!(decide(&with, &no_task(12), &no_task(13), true), vec![progress(Done)]);
+        // Only committed, unended records without the field get one.
+        assert_eq!(assume_committed_epoch(&migration(Cleaning), 12), None);
+        assert_eq!(assume_committed_epoch(&migration(Switched), 12), None);
+        let mut done = migration(Done);
+        done.committed_epoch = None;
+        assert_eq!(assume_committed_epoch(&done, 12), None);
+    }
+
+    #[test]
     fn only_reportable_phases_are_reported() {
         let all = [Pending, Starting, Following, Switching, Switched, Committed, Cleaning, Done, Failed, Aborted];
         let sides: Vec<Side> = all
             .iter()
             .map(|p| task(*p))
-            .chain([Side::NoAnswer, Side::NoTask, Side::Unreadable("x".into()), failed_task("e")])
+            .chain([
+                Side::NoAnswer,
+                no_task(0),
+                no_task(COMMITTED),
+                clean(task(Done), COMMITTED),
+                Side::Unreadable("x".into()),
+                failed_task("e"),
+            ])
             .collect();
         for broker in all {
             for s in &sides {
@@ -692,6 +913,7 @@ mod tests {
                     match current {
                         Switched => {
                             self.m.phase = Committed;
+                            self.m.committed_epoch = Some(COMMITTED);
                             self.epoch_bumps += 1;
                         }
                         Committed | Cleaning | Done => {}
@@ -739,11 +961,13 @@ mod tests {
             (task(Following), task(Following), Following),
             (task_with(Following, json!({"lag_bytes": 5})), task(Following), Following),
             (task(Switching), task(Following), Switching),
-            (task(Switching), task(Switched), Switched),
-            (task(Switched), task(Switched), Committed),
-            (task(Cleaning), task(Cleaning), Cleaning),
-            (task(Done), task(Cleaning), Cleaning),
-            (Side::NoTask, task(Done), Done),
+            // The destination is promoted: its word commits.
+            (task(Switching), task(Switched), Committed),
+            // The proxies took the committed config; no garbage pass at its epoch yet.
+            (no_task(6), no_task(6), Cleaning),
+            (cleaning_with(5), clean(task(Cleaning), 6), Cleaning),
+            (clean(task_with(Done, json!({"keys_deleted": 10})), COMMITTED), cleaning_with(3), Cleaning),
+            (no_task(COMMITTED), clean(task(Done), COMMITTED + 1), Done),
         ]
     }
 
@@ -766,10 +990,14 @@ mod tests {
                 let actions = decide(&b.m, &src, &dst, true);
                 assert!(b.run(&actions).iter().all(Result::is_ok), "{actions:?}");
             }
-            assert_eq!(b.m.phase, expected);
+            // The same view again may take one more step (right after the commit, proxies
+            // that still show the switch are not clean: cleaning), never a step back.
+            assert!(b.m.phase >= expected, "{:?} < {expected:?}", b.m.phase);
+            assert!(b.m.phase <= Cleaning.max(expected), "{:?} after {expected:?}", b.m.phase);
             // Once applied, the same view asks for nothing more.
             assert_eq!(decide(&b.m, &src, &dst, true), vec![], "at {expected:?}");
         }
+        assert_eq!(b.m.phase, Done);
         assert_eq!(b.epoch_bumps, 1);
     }
 

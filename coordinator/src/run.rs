@@ -177,7 +177,7 @@ impl Coordinator {
         }
 
         summary.health_reports = self.report_health(health_actions).await;
-        summary.migration_reports = self.report_migrations(&migrations, &statuses).await;
+        summary.migration_reports = self.report_migrations(&migrations, &statuses, configs.epoch).await;
         Ok(summary)
     }
 
@@ -259,7 +259,13 @@ impl Coordinator {
     }
 
     /// Decides and sends the migration reports; answers how many calls the broker took.
-    async fn report_migrations(&mut self, migrations: &[Migration], statuses: &HashMap<String, StatusReply>) -> usize {
+    /// `epoch`: the global epoch the configs were read at.
+    async fn report_migrations(
+        &mut self,
+        migrations: &[Migration],
+        statuses: &HashMap<String, StatusReply>,
+        epoch: Epoch,
+    ) -> usize {
         let now = Instant::now();
         let mut plans = Vec::new();
         for m in migrations {
@@ -274,7 +280,10 @@ impl Coordinator {
                 }
             }
             let due = self.progress_sent.get(&key).is_none_or(|t| now.duration_since(*t) >= PROGRESS_EVERY);
-            let actions = reconcile::decide(m, &sides[0].1, &sides[1].1, due);
+            let actions = match reconcile::assume_committed_epoch(m, epoch) {
+                Some(with_epoch) => reconcile::decide(&with_epoch, &sides[0].1, &sides[1].1, due),
+                None => reconcile::decide(m, &sides[0].1, &sides[1].1, due),
+            };
             if !actions.is_empty() {
                 plans.push((m, actions));
             }

@@ -263,21 +263,43 @@ async fn the_loop_marks_unreachable_proxies_failed_and_stops_on_request() {
     tokio::time::timeout(Duration::from_secs(5), task).await.expect("stops").expect("join").expect("run");
 }
 
+fn task(phase: MigrationPhase) -> Side {
+    Side::Task { task: TaskView { phase, progress: None, error: None }, clean_epoch: 0 }
+}
+
+fn with(phase: MigrationPhase, progress: Value) -> Side {
+    Side::Task { task: TaskView { phase, progress: Some(progress), error: None }, clean_epoch: 0 }
+}
+
+/// `side` with its proxy's garbage clean at `clean_epoch`.
+fn clean(side: Side, clean_epoch: u64) -> Side {
+    match side {
+        Side::Task { task, .. } => Side::Task { task, clean_epoch },
+        Side::NoTask { .. } => Side::NoTask { clean_epoch },
+        other => other,
+    }
+}
+
 /// What the proxies report at each step of a replication migration (source, destination),
-/// and the phase the broker must show once the coordinator's calls went through.
-fn script() -> Vec<(Side, Side, MigrationPhase)> {
-    let task = |phase| Side::Task(TaskView { phase, progress: None, error: None });
-    let with = |phase, progress| Side::Task(TaskView { phase, progress: Some(progress), error: None });
+/// and the phase the broker must show once the coordinator's calls went through. The
+/// proxies' clean epochs after the commit are relative to the epoch the commit produces,
+/// `committed`.
+fn script(committed: u64) -> Vec<(Side, Side, MigrationPhase)> {
     vec![
         (task(Pending), task(Starting), Starting),
         (task(Following), with(Following, json!({"lag_bytes": 120})), Following),
         (with(Following, json!({"lag_bytes": 5})), task(Following), Following),
         (task(Switching), task(Following), Switching),
-        (task(Switching), task(Switched), Switched),
-        (task(Switched), task(Switched), Committed),
-        (task(Cleaning), task(Cleaning), Cleaning),
-        (with(Done, json!({"deleted": 10})), task(Cleaning), Cleaning),
-        (Side::NoTask, task(Done), Done),
+        // The destination is promoted: its word commits.
+        (task(Switching), task(Switched), Committed),
+        (clean(task(Cleaning), committed - 1), clean(Side::NoTask { clean_epoch: 0 }, committed - 1), Cleaning),
+        (with(Cleaning, json!({"keys_deleted": 4})), with(Cleaning, json!({"keys_deleted": 6})), Cleaning),
+        (
+            clean(with(Done, json!({"keys_deleted": 10})), committed),
+            with(Cleaning, json!({"keys_deleted": 7})),
+            Cleaning,
+        ),
+        (Side::NoTask { clean_epoch: committed }, clean(task(Done), committed + 1), Done),
     ]
 }
 
@@ -317,9 +339,11 @@ async fn migration_decisions_hold_against_the_real_broker() {
     let migration_epoch = created["epoch"].as_u64().expect("epoch");
 
     let mut m = record(&client, &id).await;
-    assert_eq!((m.phase, m.epoch), (Pending, migration_epoch));
+    assert_eq!((m.phase, m.epoch, m.committed_epoch), (Pending, migration_epoch, None));
+    // Nothing else changes the epoch meanwhile: the commit produces the next one.
+    let committed = client.epoch().await.expect("epoch") + 1;
     let mut commits = 0;
-    for (src, dst, expected) in script() {
+    for (src, dst, expected) in script(committed) {
         // Each step runs twice, as a second coordinator (or the next round) would: the
         // second time asks for nothing, or for something the broker takes again harmlessly.
         for attempt in 0..2 {
@@ -334,10 +358,26 @@ async fn migration_decisions_hold_against_the_real_broker() {
                 break;
             }
             m = record(&client, &id).await;
-            assert_eq!(m.phase, expected, "attempt {attempt}");
+            if attempt == 0 || expected != Committed {
+                assert_eq!(m.phase, expected, "attempt {attempt}");
+            } else {
+                // Right after the commit, proxies that still show the switch have not
+                // cleaned at the commit's epoch: the next round reports cleaning.
+                assert_eq!(m.phase, Cleaning, "attempt {attempt}");
+            }
+            if expected >= Committed {
+                assert_eq!(m.committed_epoch, Some(committed));
+            }
         }
     }
     assert_eq!(commits, 1, "the commit is asked for once");
+    let all = broker.http.get(format!("{}/api/v1/clusters/shop/migrations/{id}", broker.base)).send().await;
+    let done: Migration = all.expect("get").json().await.expect("json");
+    assert_eq!((done.phase, done.committed_epoch), (Done, Some(committed)));
+    assert_eq!(done.progress, Some(json!({"keys_deleted": 17})), "the last count, summed over both proxies");
+    for phase in [Pending, Starting, Following, Switching, Switched, Committed, Cleaning, Done] {
+        assert!(done.timestamps.get(phase).is_some(), "no timestamp for {phase:?}: {done:?}");
+    }
 
     // What the broker refuses, as the loop classifies it: stale, hence benign.
     let report = |phase| ProgressReport { phase, progress: None, error: None };
@@ -369,7 +409,10 @@ async fn migration_decisions_hold_against_the_real_broker() {
         .await;
     let id3 = third["id"].as_str().expect("id").to_string();
     let m3 = record(&client, &id3).await;
-    let failed = Side::Task(TaskView { phase: Failed, progress: None, error: Some("MIGRATE refused".into()) });
+    let failed = Side::Task {
+        task: TaskView { phase: Failed, progress: None, error: Some("MIGRATE refused".into()) },
+        clean_epoch: 0,
+    };
     let actions = reconcile::decide(&m3, &Side::NoAnswer, &failed, true);
     assert_eq!(actions, vec![MigrationAction::Fail { error: "MIGRATE refused".into() }]);
     for _ in 0..2 {

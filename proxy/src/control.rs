@@ -1,6 +1,7 @@
 //! The gRPC control service (`proto/sluice.proto`) on `--control`. `UMCTL` on the data
 //! port calls the same code (see [`crate::umctl`]).
 
+use crate::migration::{destination, phase_name, Role};
 use crate::state::{Applied, ConfigError, Shared};
 use crate::status;
 use sluice_common::model::ProxyConfig;
@@ -8,7 +9,9 @@ use sluice_proto::control::{
     MigrationTask, SetConfigReply, SetConfigRequest, StatusReply, StatusRequest, TmpSwitchReply, TmpSwitchRequest,
 };
 use sluice_proto::{ProxyControl, ProxyControlServer};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
@@ -26,20 +29,27 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> Result<(), ton
 }
 
 /// Takes a config given as JSON (gRPC `SetConfig` and `UMCTL SETDB`).
-pub fn set_config_json(shared: &Shared, json: &[u8]) -> Result<Applied, ConfigError> {
+pub async fn set_config_json(shared: &Arc<Shared>, json: &[u8]) -> Result<Applied, ConfigError> {
     let config: ProxyConfig =
         serde_json::from_slice(json).map_err(|e| ConfigError::Invalid(format!("invalid config JSON: {e}")))?;
-    shared.apply_config(config)
+    shared.apply_config(config).await
 }
 
-/// The temporary switch of a migration. No migration runs on a proxy yet, so every request
-/// names a migration this proxy does not have.
-pub fn tmp_switch(shared: &Shared, migration_id: &str, epoch: u64) -> Result<(), String> {
-    let routes = shared.routes();
-    if !routes.config.migrations.iter().any(|m| m.id == migration_id && m.epoch == epoch) {
-        return Err(format!("no migration {migration_id} started at epoch {epoch} on this proxy"));
-    }
-    Err(format!("migration {migration_id}: this proxy cannot run migrations yet"))
+/// The temporary switch of a migration, on its destination: take the slots over once the
+/// node has processed the source's `offset` (within `budget`).
+pub async fn tmp_switch(
+    shared: &Arc<Shared>,
+    migration_id: &str,
+    epoch: u64,
+    offset: u64,
+    budget: Duration,
+) -> Result<(), String> {
+    let task = shared
+        .migrations
+        .get(migration_id)
+        .filter(|t| t.meta.epoch == epoch && t.role == Role::Destination)
+        .ok_or_else(|| format!("no migration {migration_id} started at epoch {epoch} imports into this proxy"))?;
+    destination::tmp_switch(shared, &task, offset, budget).await
 }
 
 fn to_status(e: ConfigError) -> Status {
@@ -61,7 +71,7 @@ impl ProxyControl for ControlService {
                 req.epoch, config.epoch
             )));
         }
-        let applied = self.shared.apply_config(config).map_err(to_status)?;
+        let applied = self.shared.apply_config(config).await.map_err(to_status)?;
         Ok(Response::new(SetConfigReply {
             epoch: self.shared.epoch(),
             changed: matches!(applied, Applied::Updated { .. }),
@@ -70,7 +80,9 @@ impl ProxyControl for ControlService {
 
     async fn tmp_switch(&self, request: Request<TmpSwitchRequest>) -> Result<Response<TmpSwitchReply>, Status> {
         let req = request.into_inner();
-        tmp_switch(&self.shared, &req.migration_id, req.epoch).map_err(Status::failed_precondition)?;
+        tmp_switch(&self.shared, &req.migration_id, req.epoch, req.src_offset, self.shared.opts.switch_pause())
+            .await
+            .map_err(Status::failed_precondition)?;
         Ok(Response::new(TmpSwitchReply { switched: true }))
     }
 
@@ -85,7 +97,21 @@ impl ProxyControl for ControlService {
             node_error: s.node_error.unwrap_or_default(),
             dbsize: s.dbsize.unwrap_or(-1),
             connected_clients: s.connected_clients as u64,
-            migrations: Vec::<MigrationTask>::new(),
+            migrations: self
+                .shared
+                .migrations
+                .reports()
+                .into_iter()
+                .map(|t| MigrationTask {
+                    id: t.id,
+                    epoch: t.epoch,
+                    phase: phase_name(t.phase),
+                    progress_json: t.progress.to_string(),
+                    error: t.error.unwrap_or_default(),
+                    is_source: t.is_source,
+                })
+                .collect(),
+            clean_epoch: self.shared.gc.clean_epoch.load(Ordering::SeqCst),
         }))
     }
 }

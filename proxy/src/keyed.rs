@@ -8,11 +8,12 @@
 
 use crate::command::{self, flags, CommandSpec, KeyPositions};
 use crate::multikey::{self, MergeKind};
-use crate::route::{Peer, Route};
+use crate::route::{Peer, Route, RouteTable};
 use crate::session::{error_bytes, is_blocking, Flow, Lane, Pending, Session};
 use bytes::Bytes;
 use sluice_common::resp::{parse_frame, Command, Frame, Limits};
 use sluice_common::slot::key_slot;
+use smallvec::SmallVec;
 
 pub fn crossslot() -> Frame {
     Frame::error("CROSSSLOT Keys in request don't hash to the same slot")
@@ -97,13 +98,96 @@ pub fn local_slot(s: &Session, cmd: &Command, spec: &CommandSpec) -> Result<Opti
     Ok(slot)
 }
 
-/// `Ok` if this proxy serves `slot`, else `MOVED`/`CLUSTERDOWN`.
+/// `Ok` if this proxy serves `slot` (held slots included: they are still served here), else
+/// `MOVED`/`CLUSTERDOWN`.
 pub fn check_local(s: &Session, slot: u16) -> Result<(), Frame> {
     let routes = s.shared.routes();
     match routes.route(slot) {
-        Route::Local => Ok(()),
+        Route::Local | Route::Held => Ok(()),
         Route::Peer(p) => Err(moved(slot, p)),
         Route::Unserved => Err(clusterdown()),
+    }
+}
+
+/// Where the keys of one command go, decided on one route table.
+enum Plan {
+    /// All served here; `migrating` when any of the slots is being moved away.
+    Local {
+        migrating: bool,
+    },
+    /// A switch holds one of the slots: wait for the table to change.
+    Held,
+    /// All served by one other proxy (`slot`: the first key's).
+    Peer(Peer, u16),
+    /// Spread over several proxies: (destination, key ordinals) per destination.
+    Spread(Vec<(Dest, Vec<usize>)>),
+    Unserved,
+}
+
+/// Where each key of a multi-key command goes.
+enum Dest {
+    Local,
+    Peer(Peer),
+}
+
+fn plan(routes: &RouteTable, slots: &[u16]) -> Plan {
+    let mut dests: Vec<(Dest, Vec<usize>)> = Vec::new();
+    let mut migrating = false;
+    let mut first_foreign = None;
+    for (ordinal, &slot) in slots.iter().enumerate() {
+        let dest = match routes.route(slot) {
+            Route::Held => return Plan::Held,
+            Route::Unserved => return Plan::Unserved,
+            Route::Local => {
+                migrating |= routes.is_migrating(slot);
+                Dest::Local
+            }
+            Route::Peer(p) => {
+                first_foreign.get_or_insert(slot);
+                Dest::Peer(p.clone())
+            }
+        };
+        let found = dests.iter_mut().find(|(d, _)| match (d, &dest) {
+            (Dest::Local, Dest::Local) => true,
+            (Dest::Peer(a), Dest::Peer(b)) => a.proxy == b.proxy,
+            _ => false,
+        });
+        match found {
+            Some((_, ords)) => ords.push(ordinal),
+            None => dests.push((dest, vec![ordinal])),
+        }
+    }
+    match (dests.len(), dests.pop()) {
+        (_, None) | (1, Some((Dest::Local, _))) => Plan::Local { migrating },
+        (1, Some((Dest::Peer(p), _))) => Plan::Peer(p, first_foreign.unwrap_or(0)),
+        (_, Some(last)) => {
+            dests.push(last);
+            Plan::Spread(dests)
+        }
+    }
+}
+
+/// Waits until none of `slots` is held by a switch, then checks they are all served here
+/// (counting the command as in flight when a slot is migrating). For transactions.
+pub async fn gate(s: &mut Session, slots: &[u16]) -> Result<(), Frame> {
+    loop {
+        let mut changes = s.shared.route_changes();
+        let decision = plan(&s.shared.routes(), slots);
+        match decision {
+            Plan::Held => {
+                s.flush().await;
+                let _ = changes.changed().await;
+            }
+            Plan::Local { migrating: false } => return Ok(()),
+            Plan::Local { migrating: true } => {
+                if s.enter_migrating(slots) {
+                    return Ok(());
+                }
+            }
+            Plan::Peer(p, slot) => return Err(moved(slot, &p)),
+            Plan::Spread(_) => return Err(crossslot()),
+            Plan::Unserved => return Err(clusterdown()),
+        }
     }
 }
 
@@ -117,87 +201,66 @@ pub async fn handle(s: &mut Session, cmd: Command, spec: &'static CommandSpec) -
         Err(e) => return s.reply(Frame::error(e.to_string())).await,
     };
     let lane = if is_blocking(&cmd, spec) { Lane::Private } else { Lane::Shared };
-    match single_slot(&cmd, &keys) {
-        Ok(None) => s.send_to_node(lane, cmd.raw().clone()).await,
-        Ok(Some(slot)) => {
-            let target = {
-                let routes = s.shared.routes();
-                match routes.route(slot) {
-                    Route::Local => None,
-                    Route::Peer(p) => Some(Err(p.clone())),
-                    Route::Unserved => Some(Ok(())),
-                }
-            };
-            match target {
-                None => s.send_to_node(lane, cmd.raw().clone()).await,
-                Some(Err(peer)) if s.forwards() => forward(s, &peer, cmd.raw().clone()).await,
-                Some(Err(peer)) => s.reply(moved(slot, &peer)).await,
-                Some(Ok(())) => s.reply(clusterdown()).await,
-            }
-        }
+    let slots: SmallVec<[u16; 4]> = keys.iter().map(|&i| key_slot(&cmd.args()[i])).collect();
+    let kind = match single_slot(&cmd, &keys) {
+        Ok(_) => None,
         Err(crossslot) => match multikey::merge_kind(spec.name) {
-            Some(kind) => multi_slot(s, cmd, kind, &keys).await,
-            None => s.reply(crossslot).await,
+            Some(kind) => Some(kind),
+            None => return s.reply(crossslot).await,
         },
-    }
-}
-
-/// Where each key of a multi-key command goes.
-enum Dest {
-    Local,
-    Peer(Peer),
-}
-
-/// A splittable command whose keys span slots.
-async fn multi_slot(s: &mut Session, cmd: Command, kind: MergeKind, keys: &KeyPositions) -> Flow {
-    let mut dests: Vec<(Dest, Vec<usize>)> = Vec::new();
-    let mut first_foreign: Option<u16> = None;
-    {
-        let routes = s.shared.routes();
-        for (ordinal, &pos) in keys.iter().enumerate() {
-            let slot = key_slot(&cmd.args()[pos]);
-            let dest = match routes.route(slot) {
-                Route::Local => Dest::Local,
-                Route::Peer(p) => {
-                    first_foreign.get_or_insert(slot);
-                    Dest::Peer(p.clone())
-                }
-                Route::Unserved => {
-                    drop(routes);
-                    return s.reply(clusterdown()).await;
-                }
-            };
-            let found = dests.iter_mut().find(|(d, _)| match (d, &dest) {
-                (Dest::Local, Dest::Local) => true,
-                (Dest::Peer(a), Dest::Peer(b)) => a.proxy == b.proxy,
-                _ => false,
-            });
-            match found {
-                Some((_, ords)) => ords.push(ordinal),
-                None => dests.push((dest, vec![ordinal])),
+    };
+    // A command that waited for a switch is forwarded to the slot's new proxy: the client
+    // never learns a switch happened.
+    let mut waited = false;
+    loop {
+        let mut changes = s.shared.route_changes();
+        let decision = plan(&s.shared.routes(), &slots);
+        match decision {
+            Plan::Held => {
+                waited = true;
+                s.flush().await;
+                let _ = changes.changed().await;
             }
+            Plan::Local { migrating } => {
+                if migrating && !s.enter_migrating(&slots) {
+                    continue;
+                }
+                return s.send_to_node(lane, cmd.raw().clone()).await;
+            }
+            Plan::Peer(peer, _) if waited || s.forwards() => return forward(s, &peer, cmd.raw().clone()).await,
+            Plan::Peer(peer, slot) => return s.reply(moved(slot, &peer)).await,
+            Plan::Unserved => return s.reply(clusterdown()).await,
+            Plan::Spread(dests) => match kind {
+                Some(kind) if waited || s.forwards() => return split(s, &cmd, kind, &keys, &slots, dests).await,
+                _ => return s.reply(crossslot()).await,
+            },
         }
     }
-    // Everything here: the node is not a cluster, one command does it (and keeps MSET atomic).
-    if let [(Dest::Local, _)] = dests.as_slice() {
-        return s.send_to_node(Lane::Shared, cmd.raw().clone()).await;
-    }
-    if !s.forwards() {
-        return match (dests.as_slice(), first_foreign) {
-            ([(Dest::Peer(p), _)], Some(slot)) => {
-                let frame = moved(slot, p);
-                s.reply(frame).await
-            }
-            _ => s.reply(crossslot()).await,
-        };
-    }
-    // Forwarding: each destination gets its share, the answers are merged in key order.
+}
+
+/// Forwarding a command whose keys live on several proxies: each destination gets its
+/// share, the answers are merged in key order.
+async fn split(
+    s: &mut Session,
+    cmd: &Command,
+    kind: MergeKind,
+    keys: &KeyPositions,
+    slots: &[u16],
+    dests: Vec<(Dest, Vec<usize>)>,
+) -> Flow {
     let mut parts = Vec::with_capacity(dests.len());
     for (dest, ordinals) in dests {
         let positions: Vec<usize> = ordinals.iter().map(|&o| keys[o]).collect();
-        let sub = multikey::sub_command(&cmd, kind, &positions);
+        let sub = multikey::sub_command(cmd, kind, &positions);
         let rx = match dest {
-            Dest::Local => s.node_request(Lane::Shared, sub.raw().clone()).await,
+            Dest::Local => {
+                let local: Vec<u16> = ordinals.iter().map(|&o| slots[o]).collect();
+                if local.iter().any(|&sl| s.shared.routes().is_migrating(sl)) && !s.enter_migrating(&local) {
+                    // The table changed under us: the client retries on the answer.
+                    return s.reply(Frame::error("TRYAGAIN sluice: slots are being switched")).await;
+                }
+                s.node_request(Lane::Shared, sub.raw().clone()).await
+            }
             Dest::Peer(p) => peer_request(s, &p, sub.raw().clone()).await,
         };
         match rx {

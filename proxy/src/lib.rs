@@ -13,6 +13,7 @@ pub mod connection;
 pub mod control;
 pub mod info;
 pub mod keyed;
+pub mod migration;
 pub mod multikey;
 pub mod options;
 pub mod register;

@@ -73,6 +73,26 @@ pub struct ProxyOptions {
     /// Timeout for connecting to the node or a peer proxy, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub connect_timeout_ms: u64,
+    /// Largest replication lag (bytes, as the source node sees its replica) at which the
+    /// source starts the switch.
+    #[arg(long, env = "SLUICE_SWITCH_MAX_LAG_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub switch_max_lag_bytes: u64,
+    /// Longest write pause of a switch, in milliseconds: past it the switch is abandoned
+    /// (the slots stay on the source) and tried again later.
+    #[arg(long, env = "SLUICE_SWITCH_PAUSE_MS", default_value_t = 1000)]
+    pub switch_pause_ms: u64,
+    /// Switch attempts before the migration fails.
+    #[arg(long, env = "SLUICE_SWITCH_ATTEMPTS", default_value_t = 5)]
+    pub switch_attempts: u32,
+    /// A migration that has not switched after this many seconds fails.
+    #[arg(long, env = "SLUICE_MIGRATION_TIMEOUT_SECS", default_value_t = 3600)]
+    pub migration_timeout_secs: u64,
+    /// Most garbage keys (of slots served elsewhere) deleted per second.
+    #[arg(long, env = "SLUICE_GC_KEYS_PER_SEC", default_value_t = 50_000)]
+    pub gc_keys_per_sec: u64,
+    /// `SCAN … COUNT` of the garbage collector.
+    #[arg(long, env = "SLUICE_GC_SCAN_COUNT", default_value_t = 1000)]
+    pub gc_scan_count: u64,
     #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 }
@@ -91,6 +111,10 @@ impl ProxyOptions {
     /// The control address registered with the broker.
     pub fn control_announce(&self) -> Option<&str> {
         self.control_announce.as_deref().or(self.control.as_deref())
+    }
+
+    pub fn switch_pause(&self) -> Duration {
+        Duration::from_millis(self.switch_pause_ms)
     }
 
     pub fn connect_timeout(&self) -> Duration {

@@ -1,13 +1,23 @@
 //! The routing table: for each of the 16384 slots, who serves it.
 //!
-//! Built once from a [`ProxyConfig`] when the config changes and swapped in atomically, so
-//! the request path reads it without locks.
+//! Built from the [`ProxyConfig`] and the running migrations' [`Override`]s whenever either
+//! changes, and swapped in atomically, so the request path reads it without locks. The
+//! config says who owns a slot; an override says what a migration changed since: slots held
+//! during a switch, slots already handed to the destination, slots taken over from the source.
 
-use sluice_common::model::{node_id, ClusterView, Epoch, ModelError, ProxyConfig};
+use sluice_common::model::{node_id, ClusterView, Epoch, ModelError, ProxyConfig, SlotRange, SlotTag};
 use sluice_common::slot::SLOT_COUNT;
 use std::sync::Arc;
 
 const NO_OWNER: u16 = u16::MAX;
+
+/// A slot this proxy serves that a migration is moving away: commands on it are counted
+/// while in flight, so a switch can wait for them.
+const MIGRATING: u8 = 1;
+/// A slot whose commands wait: a switch is in progress.
+const HELD: u8 = 2;
+/// A slot being imported into this proxy's node (its keys are not garbage).
+const IMPORTING: u8 = 4;
 
 /// A peer as the cluster commands describe it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +38,25 @@ pub enum Route<'a> {
     Peer(&'a Peer),
     /// Nobody (no config yet, or a hole in the config): `CLUSTERDOWN`.
     Unserved,
+    /// A migration is switching this slot: wait until the table changes.
+    Held,
+}
+
+/// What a running migration changes in the table, until the config catches up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Override {
+    pub slots: Vec<SlotRange>,
+    pub kind: OverrideKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OverrideKind {
+    /// Commands wait (the source is switching the slots).
+    Hold,
+    /// Served by that proxy now (the source after the switch).
+    MovedTo(String),
+    /// Served here now (the destination after the switch).
+    Here,
 }
 
 /// The config and what is derived from it for routing.
@@ -36,6 +65,8 @@ pub struct RouteTable {
     pub config: Arc<ProxyConfig>,
     /// Owner of each slot: an index into `peers`, or `NO_OWNER`.
     owners: Box<[u16]>,
+    /// `MIGRATING` / `HELD` / `IMPORTING` per slot.
+    flags: Box<[u8]>,
     pub peers: Vec<Peer>,
     /// Index of this proxy in `peers`, when it is in a cluster.
     pub me: Option<usize>,
@@ -47,14 +78,17 @@ impl RouteTable {
         RouteTable {
             config: Arc::new(ProxyConfig::free(me, 0)),
             owners: vec![NO_OWNER; usize::from(SLOT_COUNT)].into_boxed_slice(),
+            flags: vec![0; usize::from(SLOT_COUNT)].into_boxed_slice(),
             peers: Vec::new(),
             me: None,
         }
     }
 
-    pub fn build(config: ProxyConfig) -> Result<RouteTable, ModelError> {
+    /// Builds the table of `config` (checked first) with the migrations' overrides applied.
+    pub fn build(config: Arc<ProxyConfig>, overrides: &[Override]) -> Result<RouteTable, ModelError> {
         config.validate()?;
         let mut owners = vec![NO_OWNER; usize::from(SLOT_COUNT)].into_boxed_slice();
+        let mut flags = vec![0u8; usize::from(SLOT_COUNT)].into_boxed_slice();
         let mut peers = Vec::new();
         let mut me = None;
         if let Some(cluster) = &config.cluster {
@@ -70,8 +104,41 @@ impl RouteTable {
                     owners[slot] = o as u16;
                 }
             }
+            if let Some(me) = me {
+                for a in &cluster.nodes[me].slots {
+                    let flag = match a.tag {
+                        Some(SlotTag::Migrating) => MIGRATING,
+                        Some(SlotTag::Importing) => IMPORTING,
+                        None => 0,
+                    };
+                    for slot in a.range().slots() {
+                        flags[usize::from(slot)] |= flag;
+                    }
+                }
+            }
         }
-        Ok(RouteTable { config: Arc::new(config), owners, peers, me })
+        for o in overrides {
+            let target = match &o.kind {
+                OverrideKind::Hold => None,
+                OverrideKind::MovedTo(proxy) => peers.iter().position(|p| &p.proxy == proxy).map(|i| i as u16),
+                OverrideKind::Here => me.map(|i| i as u16),
+            };
+            for r in &o.slots {
+                for slot in r.slots().filter(|&s| s < SLOT_COUNT) {
+                    let s = usize::from(slot);
+                    match o.kind {
+                        OverrideKind::Hold => flags[s] |= HELD,
+                        _ => {
+                            if let Some(t) = target {
+                                owners[s] = t;
+                            }
+                            flags[s] &= !(MIGRATING | HELD);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(RouteTable { config, owners, flags, peers, me })
     }
 
     pub fn epoch(&self) -> Epoch {
@@ -83,7 +150,11 @@ impl RouteTable {
     }
 
     pub fn route(&self, slot: u16) -> Route<'_> {
-        match self.owners.get(usize::from(slot)) {
+        let s = usize::from(slot);
+        if self.flags.get(s).is_some_and(|f| f & HELD != 0) {
+            return Route::Held;
+        }
+        match self.owners.get(s) {
             Some(&o) if o == NO_OWNER => Route::Unserved,
             Some(&o) if Some(usize::from(o)) == self.me => Route::Local,
             Some(&o) => self.peers.get(usize::from(o)).map_or(Route::Unserved, Route::Peer),
@@ -91,14 +162,42 @@ impl RouteTable {
         }
     }
 
-    /// Whether this proxy serves `slot` itself.
+    /// Whether this proxy serves `slot` itself (held slots included: they stay here until the
+    /// switch completes).
     pub fn is_local(&self, slot: u16) -> bool {
-        matches!(self.route(slot), Route::Local)
+        let s = usize::from(slot);
+        self.me.is_some() && self.owners.get(s).is_some_and(|&o| Some(usize::from(o)) == self.me)
+    }
+
+    /// Whether commands on `slot` must be counted while in flight (it is being moved away).
+    pub fn is_migrating(&self, slot: u16) -> bool {
+        self.flags.get(usize::from(slot)).is_some_and(|f| f & MIGRATING != 0)
+    }
+
+    /// Whether `slot`'s keys on this node are garbage: another node of the cluster serves
+    /// it, and it is neither being imported here nor held by a switch.
+    pub fn is_foreign(&self, slot: u16) -> bool {
+        let s = usize::from(slot);
+        let flags = self.flags.get(s).copied().unwrap_or(0);
+        flags & (IMPORTING | HELD | MIGRATING) == 0
+            && matches!(self.owners.get(s), Some(&o) if o != NO_OWNER && Some(usize::from(o)) != self.me)
+    }
+
+    /// Whether `slot` is neither served, imported, held nor moving here (a task may then
+    /// declare its keys garbage although no other node of the cluster serves it).
+    pub fn is_unclaimed(&self, slot: u16) -> bool {
+        let flags = self.flags.get(usize::from(slot)).copied().unwrap_or(0);
+        flags & (IMPORTING | HELD | MIGRATING) == 0 && !self.is_local(slot)
     }
 
     /// Number of slots somebody serves (for `CLUSTER INFO`).
     pub fn slots_assigned(&self) -> usize {
         self.owners.iter().filter(|&&o| o != NO_OWNER).count()
+    }
+
+    /// Number of slots this proxy serves.
+    pub fn slots_served(&self) -> usize {
+        (0..SLOT_COUNT).filter(|&s| self.is_local(s)).count()
     }
 
     /// Contiguous runs of slots with the same owner: (start, end, owner index).
@@ -123,7 +222,7 @@ mod tests {
     use super::*;
     use sluice_common::model::{split_slots_evenly, NodeView, SlotAssignment};
 
-    pub fn three_node_config(me: &str, epoch: Epoch) -> ProxyConfig {
+    pub fn three_node_config(me: &str, epoch: Epoch) -> Arc<ProxyConfig> {
         let nodes = split_slots_evenly(3)
             .into_iter()
             .enumerate()
@@ -133,23 +232,44 @@ mod tests {
                 slots: vec![SlotAssignment::plain(r)],
             })
             .collect();
-        ProxyConfig {
+        Arc::new(ProxyConfig {
             epoch,
             proxy: me.into(),
             cluster: Some(ClusterView { name: "c".into(), epoch, nodes }),
             migrations: vec![],
-        }
+        })
     }
 
     #[test]
     fn routes_follow_the_config() {
-        let t = RouteTable::build(three_node_config("127.0.0.1:6002", 3)).unwrap();
+        let t = RouteTable::build(three_node_config("127.0.0.1:6002", 3), &[]).unwrap();
         assert_eq!(t.route(0), Route::Peer(&t.peers[0]));
         assert_eq!(t.route(6000), Route::Local);
         assert_eq!(t.route(16383), Route::Peer(&t.peers[2]));
         assert_eq!(t.runs().len(), 3);
         assert_eq!(t.slots_assigned(), 16384);
+        assert!(t.is_foreign(0) && !t.is_foreign(6000));
         let e = RouteTable::empty("127.0.0.1:6001");
         assert_eq!(e.route(0), Route::Unserved);
+        assert!(!e.is_foreign(0));
+    }
+
+    #[test]
+    fn overrides_hold_move_and_take_over_slots() {
+        let config = three_node_config("127.0.0.1:6002", 3);
+        let held = Override { slots: vec![SlotRange::new(6000, 6009)], kind: OverrideKind::Hold };
+        let t = RouteTable::build(config.clone(), &[held]).unwrap();
+        assert_eq!(t.route(6005), Route::Held);
+        assert!(t.is_local(6005), "held slots are still ours");
+        assert!(!t.is_foreign(6005));
+        let moved =
+            Override { slots: vec![SlotRange::new(6000, 6009)], kind: OverrideKind::MovedTo("127.0.0.1:6003".into()) };
+        let t = RouteTable::build(config.clone(), &[moved]).unwrap();
+        assert_eq!(t.route(6005), Route::Peer(&t.peers[2]));
+        assert_eq!(t.route(6010), Route::Local);
+        let here = Override { slots: vec![SlotRange::new(0, 9)], kind: OverrideKind::Here };
+        let t = RouteTable::build(config, &[here]).unwrap();
+        assert_eq!(t.route(5), Route::Local);
+        assert!(!t.is_foreign(5));
     }
 }

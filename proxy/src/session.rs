@@ -97,7 +97,7 @@ pub struct Session {
     pub tx: transaction::TxState,
     reader: ClientInput,
     backlog: VecDeque<Result<Command, CodecError>>,
-    replies: mpsc::Sender<Pending>,
+    replies: mpsc::Sender<(Pending, Option<InFlight>)>,
     progress: Arc<Progress>,
     dispatched: u64,
     lane: Lane,
@@ -111,6 +111,26 @@ pub struct Session {
     /// pipelined is sent as one request with one reply slot (see [`Session::flush_batch`]).
     batch: BytesMut,
     batch_len: usize,
+    /// Commands on migrating slots in the batch (see [`InFlight`]).
+    batch_inflight: usize,
+    /// Commands on migrating slots counted but not yet tied to a queued reply.
+    unattributed: usize,
+}
+
+/// Counts commands on migrating slots between the moment they are routed to this proxy's
+/// node and the moment their reply is in: a switch waits until none is left, so the offset
+/// it reads covers them all. Released when the reply has been taken by the writer.
+pub struct InFlight {
+    shared: Arc<Shared>,
+    n: usize,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.shared.inflight.fetch_sub(self.n, Ordering::SeqCst) == self.n {
+            self.shared.inflight_zero.notify_waiters();
+        }
+    }
 }
 
 /// Serves one client until it leaves.
@@ -154,6 +174,8 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
         client_gone: false,
         batch: BytesMut::new(),
         batch_len: 0,
+        batch_inflight: 0,
+        unattributed: 0,
     };
     session.run().await;
     drop(session);
@@ -277,8 +299,14 @@ impl Session {
     }
 
     async fn enqueue(&mut self, pending: Pending, replies: u64) -> Flow {
+        let n = std::mem::take(&mut self.unattributed);
+        self.enqueue_counted(pending, replies, n).await
+    }
+
+    async fn enqueue_counted(&mut self, pending: Pending, replies: u64, inflight: usize) -> Flow {
         self.dispatched += replies;
-        match self.replies.send(pending).await {
+        let guard = (inflight > 0).then(|| InFlight { shared: self.shared.clone(), n: inflight });
+        match self.replies.send((pending, guard)).await {
             Ok(()) => Flow::Continue,
             Err(_) => Flow::Close,
         }
@@ -290,6 +318,7 @@ impl Session {
         if lane == Lane::Shared && self.lane == Lane::Shared && !self.client_gone {
             self.batch.extend_from_slice(&data);
             self.batch_len += 1;
+            self.batch_inflight += std::mem::take(&mut self.unattributed);
             if self.batch.len() >= MAX_BATCH_BYTES || self.batch_len >= MAX_BATCH_COMMANDS {
                 return self.flush_batch().await;
             }
@@ -301,12 +330,20 @@ impl Session {
         }
     }
 
+    /// Sends what is batched now (before waiting for something).
+    pub async fn flush(&mut self) {
+        if self.flush_batch().await == Flow::Close {
+            self.client_gone = true;
+        }
+    }
+
     /// Sends the batched commands as one request; their replies come back together.
     async fn flush_batch(&mut self) -> Flow {
         if self.batch_len == 0 {
             return Flow::Continue;
         }
         let n = std::mem::take(&mut self.batch_len);
+        let inflight = std::mem::take(&mut self.batch_inflight);
         let data = self.batch.split().freeze();
         let pending = match self.send_shared(data, n).await {
             Ok(rx) => Pending::Batch(rx, n),
@@ -319,7 +356,22 @@ impl Session {
                 Pending::Ready(all.freeze())
             }
         };
-        self.enqueue(pending, n as u64).await
+        self.enqueue_counted(pending, n as u64, inflight).await
+    }
+
+    /// Counts a command on a migrating slot as in flight, then checks again that the slots
+    /// are still served here: a switch that held them in between waits for this command, or
+    /// this command sees the hold. `false` (nothing counted) when the table changed.
+    pub fn enter_migrating(&mut self, slots: &[u16]) -> bool {
+        self.shared.inflight.fetch_add(1, Ordering::SeqCst);
+        let routes = self.shared.routes();
+        if slots.iter().all(|&s| matches!(routes.route(s), crate::route::Route::Local)) {
+            self.unattributed += 1;
+            true
+        } else {
+            drop(InFlight { shared: self.shared.clone(), n: 1 });
+            false
+        }
     }
 
     /// Sends raw bytes to the node on `lane`; the receiver yields the reply. Switching lanes
@@ -538,7 +590,11 @@ impl ClientInput {
 }
 
 /// Writes replies in queue order, batching whatever is ready into one write.
-async fn reply_writer(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Pending>, progress: Arc<Progress>) {
+async fn reply_writer(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<(Pending, Option<InFlight>)>,
+    progress: Arc<Progress>,
+) {
     const FLUSH_AT: usize = 64 * 1024;
     let mut out = BytesMut::with_capacity(16 * 1024);
     loop {
@@ -558,6 +614,7 @@ async fn reply_writer(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Pending>, p
             }
             Err(mpsc::error::TryRecvError::Disconnected) => break,
         };
+        let (item, _inflight) = item;
         let mut replies = 1;
         let bytes = match item {
             Pending::Ready(b) => b,

@@ -1,15 +1,18 @@
 //! What all sessions of one proxy share: options, the routing table, backend pools.
 
 use crate::backend::{BackendPool, ConnectOptions};
+use crate::migration::gc::Gc;
+use crate::migration::Migrations;
 use crate::options::ProxyOptions;
-use crate::route::RouteTable;
+use crate::route::{Override, OverrideKind, RouteTable};
 use arc_swap::{ArcSwap, Guard};
 use sluice_common::model::{Epoch, ModelError, ProxyConfig};
 use sluice_common::resp::Command;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+use tokio::sync::{watch, Notify};
 
 /// Why a config was not taken. Nothing changes when one is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -42,8 +45,19 @@ pub enum Applied {
 pub struct Shared {
     pub opts: ProxyOptions,
     routes: ArcSwap<RouteTable>,
-    /// Serialises config changes (checks and swap happen as one step).
-    config_lock: Mutex<()>,
+    /// Serialises changes of the config and of the overrides: the table is always rebuilt
+    /// from both, as one step.
+    config_lock: tokio::sync::Mutex<()>,
+    /// What running migrations change in the table (by migration id).
+    overrides: Mutex<BTreeMap<String, Override>>,
+    /// Bumped whenever the table changes; sessions waiting on held slots watch it.
+    route_changes: watch::Sender<u64>,
+    /// Commands on migrating slots sent to the node and not answered yet.
+    pub inflight: AtomicUsize,
+    /// Signalled when `inflight` drops to zero.
+    pub inflight_zero: Notify,
+    pub migrations: Migrations,
+    pub gc: Gc,
     pub node: BackendPool,
     peers: Mutex<HashMap<String, Arc<BackendPool>>>,
     next_client_id: AtomicU64,
@@ -62,7 +76,13 @@ impl Shared {
         let node = BackendPool::new(opts.node.clone(), connect, opts.backend_connections);
         Shared {
             routes: ArcSwap::from_pointee(RouteTable::empty(opts.announce())),
-            config_lock: Mutex::new(()),
+            config_lock: tokio::sync::Mutex::new(()),
+            overrides: Mutex::new(BTreeMap::new()),
+            route_changes: watch::channel(0).0,
+            inflight: AtomicUsize::new(0),
+            inflight_zero: Notify::new(),
+            migrations: Migrations::default(),
+            gc: Gc::default(),
             node,
             peers: Mutex::new(HashMap::new()),
             next_client_id: AtomicU64::new(1),
@@ -75,6 +95,11 @@ impl Shared {
     /// The current routing table (lock-free).
     pub fn routes(&self) -> Guard<Arc<RouteTable>> {
         self.routes.load()
+    }
+
+    /// The current routing table, as an owned pointer (for long-running work).
+    pub fn routes_full(&self) -> Arc<RouteTable> {
+        self.routes.load_full()
     }
 
     pub fn epoch(&self) -> Epoch {
@@ -91,9 +116,10 @@ impl Shared {
 
     /// Takes a config if its epoch is newer than the one held; the same config again is a
     /// no-op; anything older, different at the same epoch, or for another proxy is refused.
-    pub fn apply_config(&self, config: ProxyConfig) -> Result<Applied, ConfigError> {
-        let _guard = self.config_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let current = self.routes.load();
+    /// Migrations that appear or leave are started or told; the garbage collector is woken.
+    pub async fn apply_config(self: &Arc<Self>, config: ProxyConfig) -> Result<Applied, ConfigError> {
+        let _guard = self.config_lock.lock().await;
+        let current = self.routes.load_full();
         let held = current.epoch();
         if config.proxy != self.me() {
             return Err(ConfigError::WrongProxy { config_for: config.proxy, me: self.me().to_string() });
@@ -108,11 +134,66 @@ impl Shared {
                 Err(ConfigError::Conflict { epoch: held })
             };
         }
-        let table = RouteTable::build(config)?;
+        let config = Arc::new(config);
+        // Migrations that left the config no longer override it.
+        {
+            let mut overrides = self.overrides.lock().unwrap_or_else(|p| p.into_inner());
+            overrides.retain(|id, _| config.migrations.iter().any(|m| &m.id == id));
+        }
+        // New migrations start with their slots held until their task knows where they stand.
+        for meta in self.migrations.new_sources(&config, self.me()) {
+            let mut overrides = self.overrides.lock().unwrap_or_else(|p| p.into_inner());
+            overrides.insert(meta.id.clone(), Override { slots: meta.slots.clone(), kind: OverrideKind::Hold });
+        }
+        let table = self.build_table(config.clone())?;
+        // A slot that stops being garbage must not lose a key to an unlink already on its way.
+        let regained = (0..16384u16).any(|s| current.is_foreign(s) && !table.is_foreign(s));
+        let _gc = if regained { Some(self.gc.pause().await) } else { None };
         let to = table.epoch();
-        self.routes.store(Arc::new(table));
+        self.store(table);
         tracing::info!(from = held, to, "epoch changed");
+        self.migrations.reconcile(self, &config);
+        self.gc.wake();
         Ok(Applied::Updated { from: held, to })
+    }
+
+    /// Sets (or clears) the override of migration `id` and rebuilds the table.
+    pub async fn set_override(&self, id: &str, value: Option<Override>) {
+        let _guard = self.config_lock.lock().await;
+        {
+            let mut overrides = self.overrides.lock().unwrap_or_else(|p| p.into_inner());
+            match value {
+                Some(o) => overrides.insert(id.to_string(), o),
+                None => overrides.remove(id),
+            };
+        }
+        let config = self.routes.load().config.clone();
+        match self.build_table(config) {
+            Ok(table) => self.store(table),
+            Err(e) => tracing::error!(error = %e, "cannot rebuild the route table"),
+        }
+        self.gc.wake();
+    }
+
+    fn build_table(&self, config: Arc<ProxyConfig>) -> Result<RouteTable, ModelError> {
+        let overrides: Vec<Override> =
+            self.overrides.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        RouteTable::build(config, &overrides)
+    }
+
+    fn store(&self, table: RouteTable) {
+        self.routes.store(Arc::new(table));
+        self.route_changes.send_modify(|g| *g += 1);
+    }
+
+    /// A receiver that sees every change of the route table.
+    pub fn route_changes(&self) -> watch::Receiver<u64> {
+        self.route_changes.subscribe()
+    }
+
+    /// The number of the current route table (bumped on every change).
+    pub fn route_generation(&self) -> u64 {
+        *self.route_changes.borrow()
     }
 
     /// The shared connections to another proxy (for `--redirect forward`). Those

@@ -163,8 +163,13 @@ async fn in_watch(s: &mut Session, cmd: &Command, spec: &'static CommandSpec) ->
         TxState::Watching { slot, .. } => *slot,
         _ => None,
     };
-    match admit(s, cmd, spec, watch_slot) {
-        Ok(_) => s.send_to_node(Lane::Private, cmd.raw().clone()).await,
+    let checked = match admit(s, cmd, spec, watch_slot) {
+        Ok(Some(slot)) => keyed::gate(s, &[slot]).await,
+        Ok(None) => Ok(()),
+        Err(e) => Err(e),
+    };
+    match checked {
+        Ok(()) => s.send_to_node(Lane::Private, cmd.raw().clone()).await,
         Err(e) => s.reply_error_in_tx(e).await,
     }
 }
@@ -181,6 +186,11 @@ async fn watch(s: &mut Session, cmd: &Command, spec: &'static CommandSpec) -> Fl
         Ok(slot) => slot,
         Err(e) => return s.reply(e).await,
     };
+    if let Some(slot) = slot {
+        if let Err(e) = keyed::gate(s, &[slot]).await {
+            return s.reply(e).await;
+        }
+    }
     if !s.tx.is_watching() {
         s.prepare_private_for_watch();
     }
@@ -200,7 +210,13 @@ async fn exec(s: &mut Session) -> Flow {
             let discard = Command::from_strs(&["DISCARD"]);
             finish_private(s, discard.raw().clone(), Some(execabort())).await
         }
-        TxState::Watching { .. } => {
+        TxState::Watching { slot, .. } => {
+            if let Some(slot) = slot {
+                if let Err(e) = keyed::gate(s, &[slot]).await {
+                    let discard = Command::from_strs(&["DISCARD"]);
+                    return finish_private(s, discard.raw().clone(), Some(e)).await;
+                }
+            }
             let exec = Command::from_strs(&["EXEC"]);
             finish_private(s, exec.raw().clone(), None).await
         }
@@ -208,7 +224,7 @@ async fn exec(s: &mut Session) -> Flow {
         TxState::Queued { commands, .. } if commands.is_empty() => s.reply(Frame::Array(Vec::new())).await,
         TxState::Queued { commands, slot, .. } => {
             if let Some(slot) = slot {
-                if let Err(e) = keyed::check_local(s, slot) {
+                if let Err(e) = keyed::gate(s, &[slot]).await {
                     let why = String::from_utf8_lossy(e.as_bytes().map(|b| &b[..]).unwrap_or(b"")).into_owned();
                     return s.reply(Frame::error(format!("EXECABORT Transaction discarded: {why}"))).await;
                 }

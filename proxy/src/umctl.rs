@@ -4,7 +4,8 @@
 //! - `UMCTL SETDB <json>`: take a [`ProxyConfig`](sluice_common::model::ProxyConfig).
 //! - `UMCTL GETEPOCH`: the epoch of the config held, as an integer.
 //! - `UMCTL INFOMGR`: the proxy's state as JSON (what gRPC `Status` reports).
-//! - `UMCTL TMPSWITCH <migration-id> <epoch>`: the temporary switch of a migration.
+//! - `UMCTL TMPSWITCH <migration-id> <epoch> <offset> [budget-ms]`: the temporary switch of a
+//!   migration (sent by its source proxy to its destination).
 //! - `UMCTL PEER`: marks this connection as another proxy's (never forwarded again).
 
 use crate::control;
@@ -16,7 +17,7 @@ pub async fn handle(s: &mut Session, cmd: Command) -> Flow {
     let sub = cmd.arg(1).map(|a| String::from_utf8_lossy(a).to_ascii_uppercase()).unwrap_or_default();
     let args = cmd.args();
     let reply = match (sub.as_str(), args.len()) {
-        ("SETDB", 3) => match control::set_config_json(&s.shared, &args[2]) {
+        ("SETDB", 3) => match control::set_config_json(&s.shared, &args[2]).await {
             Ok(_) => Frame::ok(),
             Err(e) => Frame::error(e.to_string()),
         },
@@ -24,17 +25,25 @@ pub async fn handle(s: &mut Session, cmd: Command) -> Flow {
         ("INFOMGR", 2) => {
             let status = status::collect(&s.shared).await;
             let mut json = serde_json::to_value(&status).unwrap_or_default();
-            json["migrations"] = serde_json::to_value(&s.shared.routes().config.migrations).unwrap_or_default();
+            json["migrations"] = serde_json::to_value(s.shared.migrations.reports()).unwrap_or_default();
+            json["clean_epoch"] = s.shared.gc.clean_epoch.load(std::sync::atomic::Ordering::SeqCst).into();
             Frame::bulk(json.to_string())
         }
-        ("TMPSWITCH", 4) => {
+        ("TMPSWITCH", 5 | 6) => {
             let id = String::from_utf8_lossy(&args[2]).into_owned();
-            match parse_int(&args[3]) {
-                Some(epoch) if epoch >= 0 => match control::tmp_switch(&s.shared, &id, epoch as u64) {
-                    Ok(()) => Frame::ok(),
-                    Err(e) => Frame::error(format!("ERR sluice: {e}")),
-                },
-                _ => Frame::error("ERR sluice: the epoch must be a non-negative integer"),
+            let number = |i: usize| args.get(i).and_then(|a| parse_int(a)).filter(|n| *n >= 0).map(|n| n as u64);
+            let budget = match args.get(5) {
+                None => Some(s.shared.opts.switch_pause()),
+                Some(_) => number(5).map(std::time::Duration::from_millis),
+            };
+            match (number(3), number(4), budget) {
+                (Some(epoch), Some(offset), Some(budget)) => {
+                    match control::tmp_switch(&s.shared, &id, epoch, offset, budget).await {
+                        Ok(()) => Frame::ok(),
+                        Err(e) => Frame::error(format!("ERR sluice: {e}")),
+                    }
+                }
+                _ => Frame::error("ERR sluice: epoch, offset and budget must be non-negative integers"),
             }
         }
         ("PEER", 2) => {
@@ -45,7 +54,7 @@ pub async fn handle(s: &mut Session, cmd: Command) -> Flow {
             Frame::error(format!("ERR wrong number of arguments for 'umctl|{}' command", sub.to_ascii_lowercase()))
         }
         _ => Frame::error(format!(
-            "ERR sluice: unknown UMCTL subcommand '{sub}'; try SETDB <json>, GETEPOCH, INFOMGR, TMPSWITCH <id> <epoch>"
+            "ERR sluice: unknown UMCTL subcommand '{sub}'; try SETDB <json>, GETEPOCH, INFOMGR, TMPSWITCH <id> <epoch> <offset> [budget-ms]"
         )),
     };
     s.reply(reply).await

@@ -159,8 +159,9 @@ pub async fn report_progress(
 }
 
 /// Commits a switched migration: the tags go, the ranges belong to dst, a node left without
-/// slots leaves the cluster (its proxy is free), phase `committed`, the epoch moves.
-/// Committing again is a 200 that changes nothing.
+/// slots leaves the cluster (its proxy is free), phase `committed`, the epoch moves (the new
+/// epoch is recorded as the migration's `committed_epoch`). Committing again is a 200 that
+/// changes nothing.
 #[utoipa::path(
     post,
     path = "/api/v1/clusters/{name}/migrations/{id}/commit",
@@ -191,8 +192,10 @@ pub async fn commit_migration(
     Ok(reply(StatusCode::OK, s.epoch, m))
 }
 
-/// Aborts a migration that has not switched: the tags go, the slots stay on src, a dst that
-/// joined for it leaves again; phase `aborted`, the epoch moves. Again: 200, no change.
+/// Aborts a migration whose switch has not started (phases `pending` to `following`): the
+/// tags go, the slots stay on src, a dst that joined for it leaves again; phase `aborted`, the
+/// epoch moves. Again: 200, no change. From `switching` on: 409 (the destination may already
+/// have been promoted and taken writes; the migration finishes, or fails by itself).
 #[utoipa::path(
     post,
     path = "/api/v1/clusters/{name}/migrations/{id}/abort",
@@ -209,7 +212,7 @@ pub async fn commit_migration(
         (status = 400, description = "Bad body", body = ErrorBody),
         (status = 401, description = "Missing or wrong token", body = ErrorBody),
         (status = 404, description = "No such cluster or migration", body = ErrorBody),
-        (status = 409, description = "Already switched: it can only be committed", body = ErrorBody),
+        (status = 409, description = "The switch has started (switching or later): the migration finishes, or fails by itself", body = ErrorBody),
         (status = 412, description = "Epoch mismatch", body = ErrorBody),
     )
 )]
@@ -224,8 +227,9 @@ pub async fn abort_migration(
     Ok(reply(StatusCode::OK, s.epoch, m))
 }
 
-/// The coordinator's failure report for a migration that has not switched: like abort, with
-/// phase `failed` and the error recorded.
+/// The coordinator's failure report for a migration that has not switched (phases `pending`
+/// to `switching`, on a proxy's report): like abort, with phase `failed` and the error
+/// recorded.
 #[utoipa::path(
     post,
     path = "/api/v1/clusters/{name}/migrations/{id}/fail",

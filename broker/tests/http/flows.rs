@@ -67,6 +67,7 @@ async fn register_create_migrate_commit() {
     assert_eq!(m["src_node"], addr(8001));
     assert_eq!(m["dst_node"], addr(8004));
     assert_eq!(m["slots"], json!([[0, 1000]]));
+    assert!(m.get("committed_epoch").is_none(), "no committed_epoch before the commit: {m}");
     assert!(m["timestamps"]["pending"].as_str().is_some());
     assert_eq!(b.epoch().await, 6);
     let view = b.get("/api/v1/clusters/shop").await.expect(200).clone();
@@ -116,8 +117,11 @@ async fn register_create_migrate_commit() {
     // A stale commit is refused; the right one moves the ranges and bumps the epoch.
     b.post("/api/v1/clusters/shop/migrations/m-1/commit", json!({"epoch": 5})).await.expect_error(409, "conflict");
     let c = b.post("/api/v1/clusters/shop/migrations/m-1/commit", json!({"epoch": 6})).await;
-    assert_eq!(c.expect(200)["phase"], "committed");
+    let c = c.expect(200).clone();
+    assert_eq!(c["phase"], "committed");
     assert_eq!(b.epoch().await, 7);
+    assert_eq!(c["epoch"], 6, "the migration's epoch stays the one it started at");
+    assert_eq!(c["committed_epoch"], 7, "the epoch the commit produced");
     let view = b.get("/api/v1/clusters/shop").await.expect(200).clone();
     assert_eq!(view["epoch"], 7);
     assert_eq!(node_slots(&view, &addr(6001)).unwrap(), vec![plain(1001, 5461)]);
@@ -129,6 +133,7 @@ async fn register_create_migrate_commit() {
     for body in [None, Some(b"{\"epoch\":6}".to_vec())] {
         let again = b.raw(reqwest::Method::POST, "/api/v1/clusters/shop/migrations/m-1/commit", body, &[]).await;
         assert_eq!(again.expect(200)["phase"], "committed");
+        assert_eq!(again.expect(200)["committed_epoch"], 7);
         assert_eq!(b.epoch().await, 7);
     }
 
@@ -144,6 +149,7 @@ async fn register_create_migrate_commit() {
         assert!(ts.ends_with('Z') && ts.contains('T'), "{ts}");
     }
     assert_eq!(m["progress"], json!({"lag": 0}));
+    assert_eq!(m["committed_epoch"], 7, "kept through cleaning and done");
     let listed = b.get("/api/v1/clusters/shop/migrations").await.expect(200).clone();
     assert_eq!(listed["migrations"], json!([m]));
     assert_eq!(b.get("/api/v1/migrations").await.expect(200)["migrations"], json!([]));
@@ -231,6 +237,63 @@ async fn abort_and_fail_put_everything_back() {
     b.post("/api/v1/clusters/shop/migrations/m-3/abort", json!({})).await.expect_error(409, "conflict");
     b.post("/api/v1/clusters/shop/migrations/m-3/fail", json!({"error": "x"})).await.expect_error(409, "conflict");
     assert_eq!(b.model().await, before);
+}
+
+#[tokio::test]
+async fn abort_is_refused_once_the_switch_has_started_but_fail_is_not() {
+    let (b, _dir) = fresh(Opts::default()).await;
+    register_all(&b, 6001..=6003).await;
+    b.post("/api/v1/clusters", json!({"name": "shop", "proxies": 2})).await.expect(201);
+    let original = b.get("/api/v1/clusters/shop").await.expect(200).clone();
+    let mk = || json!({"src": addr(6001), "dst": addr(6003), "slots": [[100, 200]]});
+
+    // Switching: the destination may already have been promoted. The operator's abort is
+    // refused and changes nothing; the coordinator's fail (a proxy's report) still ends it.
+    b.post("/api/v1/clusters/shop/migrations", mk()).await.expect(202);
+    b.post("/api/v1/clusters/shop/migrations/m-1/progress", json!({"phase": "switching"})).await.expect(200);
+    let before = b.model().await;
+    for body in [json!({}), json!({"error": "operator changed their mind"})] {
+        let msg = b.post("/api/v1/clusters/shop/migrations/m-1/abort", body).await.expect_error(409, "conflict");
+        assert!(msg.contains("switching") && msg.contains("the switch has started"), "{msg}");
+        assert!(msg.contains("fails by itself"), "{msg}");
+    }
+    assert_eq!(b.model().await, before, "a refused abort changes nothing");
+    let e = b.epoch().await;
+    let f = b.post("/api/v1/clusters/shop/migrations/m-1/fail", json!({"error": "TmpSwitch refused"})).await;
+    let f = f.expect(200).clone();
+    assert_eq!((f["phase"].as_str(), f["error"].as_str()), (Some("failed"), Some("TmpSwitch refused")));
+    assert!(f.get("committed_epoch").is_none(), "{f}");
+    assert_eq!(b.epoch().await, e + 1);
+    assert_eq!(b.get("/api/v1/clusters/shop").await.expect(200)["nodes"], original["nodes"]);
+    // Aborting or failing an ended migration: 200, no change (whichever ended it).
+    let ended = b.model().await;
+    let a = b.post("/api/v1/clusters/shop/migrations/m-1/abort", json!({})).await;
+    assert_eq!(a.expect(200)["phase"], "failed");
+    let again = b.post("/api/v1/clusters/shop/migrations/m-1/fail", json!({"error": "again"})).await;
+    assert_eq!(again.expect(200)["error"], "TmpSwitch refused");
+    assert_eq!(b.model().await, ended);
+
+    // Before the switch an abort goes through; failing it afterwards is a no-op.
+    b.post("/api/v1/clusters/shop/migrations", mk()).await.expect(202);
+    b.post("/api/v1/clusters/shop/migrations/m-2/progress", json!({"phase": "following"})).await.expect(200);
+    assert_eq!(b.post("/api/v1/clusters/shop/migrations/m-2/abort", json!({})).await.expect(200)["phase"], "aborted");
+    let ended = b.model().await;
+    let f = b.post("/api/v1/clusters/shop/migrations/m-2/fail", json!({"error": "late"})).await;
+    assert_eq!(f.expect(200)["phase"], "aborted");
+    assert_eq!(b.model().await, ended);
+
+    // Switched and later: neither.
+    b.post("/api/v1/clusters/shop/migrations", mk()).await.expect(202);
+    b.post("/api/v1/clusters/shop/migrations/m-3/progress", json!({"phase": "switched"})).await.expect(200);
+    let before = b.model().await;
+    let msg = b.post("/api/v1/clusters/shop/migrations/m-3/abort", json!({})).await.expect_error(409, "conflict");
+    assert!(msg.contains("the switch has started"), "{msg}");
+    b.post("/api/v1/clusters/shop/migrations/m-3/fail", json!({"error": "x"})).await.expect_error(409, "conflict");
+    assert_eq!(b.model().await, before);
+    let c = b.post("/api/v1/clusters/shop/migrations/m-3/commit", json!({})).await.expect(200).clone();
+    assert_eq!(c["committed_epoch"], b.epoch().await);
+    b.post("/api/v1/clusters/shop/migrations/m-3/abort", json!({})).await.expect_error(409, "conflict");
+    b.post("/api/v1/clusters/shop/migrations/m-3/fail", json!({"error": "x"})).await.expect_error(409, "conflict");
 }
 
 #[tokio::test]

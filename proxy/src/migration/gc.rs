@@ -1,0 +1,234 @@
+//! The garbage collector: deletes, with rate-limited `SCAN` + `UNLINK`, the keys this proxy's
+//! node holds for slots another node of the cluster serves (a replication migration copies a
+//! whole node; a source keeps its copies of the slots it handed over).
+//!
+//! It never deletes a key of a slot this proxy serves, imports or holds. A pass restarts
+//! when the route table changes under it, and a config that gives this proxy back a slot
+//! waits for an unlink in flight ([`Gc::pause`]), so no key written under the new config can
+//! be deleted by a decision made under the old one.
+//!
+//! `Status.clean_epoch` is the epoch of the last complete pass: a migration committed at
+//! epoch E has no garbage left on this proxy once `clean_epoch >= E`.
+
+use super::node::NodeConn;
+use super::source::connect;
+use super::{Phase, Task};
+use crate::route::RouteTable;
+use crate::state::Shared;
+use sluice_common::model::SlotRange;
+use sluice_common::resp::Frame;
+use sluice_common::slot::{key_slot, SLOT_COUNT};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, OwnedMutexGuard};
+
+#[derive(Default)]
+pub struct Gc {
+    wake: Notify,
+    /// Held while an `UNLINK` batch is on its way to the node.
+    unlinking: Arc<tokio::sync::Mutex<()>>,
+    pub clean_epoch: AtomicU64,
+    /// Completed passes; tasks wait for one that started after their request.
+    passes: AtomicU64,
+    pass_done: Notify,
+    pub deleted: AtomicU64,
+    /// Set when the node may hold keys a finished pass did not see (it became a replica and
+    /// copied a whole node): the next pass scans whatever it covered before.
+    stale_coverage: std::sync::atomic::AtomicBool,
+    /// Ranges tasks want cleaned even though no other node serves them (a proxy that gave
+    /// all its slots away is free and has no cluster view any more), by migration id.
+    extra: Mutex<BTreeMap<String, Vec<SlotRange>>>,
+}
+
+impl Gc {
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// The node is about to receive keys by replication: earlier passes no longer count.
+    pub fn forget_coverage(&self) {
+        self.stale_coverage.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits for an unlink in flight, and keeps new ones from starting while held.
+    pub async fn pause(&self) -> OwnedMutexGuard<()> {
+        self.unlinking.clone().lock_owned().await
+    }
+
+    fn set_extra(&self, id: &str, ranges: Option<Vec<SlotRange>>) {
+        let mut extra = self.extra.lock().unwrap_or_else(|p| p.into_inner());
+        match ranges {
+            Some(r) => extra.insert(id.to_string(), r),
+            None => extra.remove(id),
+        };
+    }
+
+    fn extra(&self) -> Vec<SlotRange> {
+        self.extra.lock().unwrap_or_else(|p| p.into_inner()).values().flatten().copied().collect()
+    }
+
+    /// Waits for a complete pass that started after this call.
+    async fn wait_fresh_pass(&self) {
+        // A pass running now may have started before the request: wait for the one after it.
+        let target = self.passes.load(Ordering::SeqCst) + 2;
+        loop {
+            let done = self.pass_done.notified();
+            if self.passes.load(Ordering::SeqCst) >= target {
+                return;
+            }
+            self.wake();
+            let _ = tokio::time::timeout(Duration::from_secs(1), done).await;
+        }
+    }
+}
+
+/// After the commit: `cleaning` until a complete pass has run (with the task's slots added
+/// to the garbage, for a proxy that has left the cluster), then `done`.
+pub async fn clean(shared: &Arc<Shared>, task: &Arc<Task>) {
+    task.set_phase(Phase::Cleaning);
+    if task.role == super::Role::Source {
+        shared.gc.set_extra(&task.meta.id, Some(task.meta.slots.clone()));
+    }
+    // Keys deleted since the task started (garbage collection begins at the switch; with
+    // several migrations on one proxy the counts overlap).
+    let report =
+        || task.set_progress("keys_deleted", shared.gc.deleted.load(Ordering::Relaxed) - task.gc_deleted_at_start);
+    let fresh = shared.gc.wait_fresh_pass();
+    tokio::pin!(fresh);
+    loop {
+        report();
+        tokio::select! {
+            _ = &mut fresh => break,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+    report();
+    shared.gc.set_extra(&task.meta.id, None);
+    task.set_phase(Phase::Done);
+}
+
+/// An import that ended before its switch: everything the node copied is garbage.
+pub async fn discard_copy(shared: &Arc<Shared>, task: &Arc<Task>) {
+    shared.gc.set_extra(&task.meta.id, Some(vec![SlotRange::new(0, SLOT_COUNT - 1)]));
+    shared.gc.wait_fresh_pass().await;
+    shared.gc.set_extra(&task.meta.id, None);
+}
+
+/// Which slots hold garbage now: a bitmap of 16384.
+fn garbage(routes: &RouteTable, extra: &[SlotRange]) -> Vec<bool> {
+    let mut g: Vec<bool> = (0..SLOT_COUNT).map(|s| routes.is_foreign(s)).collect();
+    for r in extra {
+        for s in r.slots().filter(|&s| s < SLOT_COUNT) {
+            if routes.is_unclaimed(s) {
+                g[usize::from(s)] = true;
+            }
+        }
+    }
+    g
+}
+
+/// The collector's loop; runs for the life of the proxy.
+pub async fn run(shared: Arc<Shared>) {
+    let mut node: Option<NodeConn> = None;
+    // The garbage the last complete pass covered: a later config with no new garbage slots
+    // needs no new pass (the keyspace only shrinks in those slots).
+    let mut covered: Option<Vec<bool>> = None;
+    loop {
+        let woken = shared.gc.wake.notified();
+        if shared.epoch() > 0 {
+            match pass(&shared, &mut node, &mut covered).await {
+                Ok(true) => {
+                    shared.gc.passes.fetch_add(1, Ordering::SeqCst);
+                    shared.gc.pass_done.notify_waiters();
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "garbage collection interrupted");
+                    node = None;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    shared.gc.wake();
+                }
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), woken).await;
+    }
+}
+
+/// One pass; `Ok(true)` when it completed, `Ok(false)` when it could not run now (the node
+/// is a replica) or was superseded by a newer table.
+async fn pass(
+    shared: &Arc<Shared>,
+    node: &mut Option<NodeConn>,
+    covered: &mut Option<Vec<bool>>,
+) -> Result<bool, String> {
+    if shared.gc.stale_coverage.swap(false, Ordering::SeqCst) {
+        *covered = None;
+    }
+    let generation = shared.route_generation();
+    let routes = shared.routes_full();
+    let epoch = routes.epoch();
+    let extra = shared.gc.extra();
+    let garbage = garbage(&routes, &extra);
+    let nothing_new =
+        extra.is_empty() && covered.as_ref().is_some_and(|c| garbage.iter().zip(c).all(|(g, c)| !*g || *c));
+    if !garbage.iter().any(|g| *g) || nothing_new {
+        shared.gc.clean_epoch.fetch_max(epoch, Ordering::SeqCst);
+        return Ok(true);
+    }
+    if node.as_ref().is_none_or(NodeConn::is_closed) {
+        *node = Some(connect(shared, &shared.opts.node).await?);
+    }
+    let Some(conn) = node.as_ref() else { return Ok(false) };
+    if !conn.replication().await.map_err(|e| e.to_string())?.is_master() {
+        // A replica mirrors its master; it is cleaned once promoted.
+        *covered = None;
+        return Ok(false);
+    }
+    let count = shared.opts.gc_scan_count.max(1).to_string();
+    let rate = shared.opts.gc_keys_per_sec.max(1) as f64;
+    let mut cursor = "0".to_string();
+    loop {
+        let reply = conn.call(&["SCAN", cursor.as_str(), "COUNT", count.as_str()]).await.map_err(|e| e.to_string())?;
+        let Frame::Array(mut parts) = reply else { return Err("SCAN answered oddly".into()) };
+        let keys = match parts.pop() {
+            Some(Frame::Array(keys)) => keys,
+            _ => return Err("SCAN answered oddly".into()),
+        };
+        cursor =
+            parts.pop().and_then(|c| c.as_bytes().map(|b| String::from_utf8_lossy(b).into_owned())).unwrap_or_default();
+        let doomed: Vec<String> = keys
+            .iter()
+            .filter_map(|k| k.as_bytes())
+            .filter(|k| garbage[usize::from(key_slot(k))])
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect();
+        if !doomed.is_empty() {
+            let guard = shared.gc.pause().await;
+            if shared.route_generation() != generation {
+                // Ownership may have changed under us: start over with the new table.
+                drop(guard);
+                shared.gc.wake();
+                return Ok(false);
+            }
+            let mut args = vec!["UNLINK"];
+            args.extend(doomed.iter().map(String::as_str));
+            conn.call(&args).await.map_err(|e| e.to_string())?;
+            drop(guard);
+            shared.gc.deleted.fetch_add(doomed.len() as u64, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_secs_f64(doomed.len() as f64 / rate)).await;
+        }
+        if cursor == "0" || cursor.is_empty() {
+            break;
+        }
+    }
+    if shared.route_generation() != generation {
+        shared.gc.wake();
+        return Ok(false);
+    }
+    shared.gc.clean_epoch.fetch_max(epoch, Ordering::SeqCst);
+    *covered = Some(garbage);
+    tracing::debug!(epoch, deleted = shared.gc.deleted.load(Ordering::Relaxed), "garbage pass complete");
+    Ok(true)
+}

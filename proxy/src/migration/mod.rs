@@ -1,0 +1,216 @@
+//! Migrations as this proxy carries them out (seeds: slots-migration.md, partition-move.md).
+//!
+//! Every migration in the proxy's config in which it is the source or the destination gets a
+//! [`Task`]: [`source::run`] or [`destination::run`]. Tasks report their phase in `Status`;
+//! the coordinator turns that into the broker's record and commits after the switch. The
+//! broker's commit removes the migration from the config; the tasks then wait until the
+//! garbage collector ([`gc`]) has deleted the keys their node no longer serves, and end.
+
+pub mod destination;
+pub mod gc;
+pub mod node;
+pub mod source;
+
+use crate::state::Shared;
+use sluice_common::model::{MigrationMeta, MigrationMode, MigrationPhase, ProxyConfig};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+pub use sluice_common::model::MigrationPhase as Phase;
+
+/// How long an ended task stays listed in `Status`, so every coordinator sees how it ended.
+const KEEP_ENDED: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Source,
+    Destination,
+}
+
+#[derive(Debug, Clone)]
+struct TaskStatus {
+    phase: Phase,
+    progress: serde_json::Map<String, serde_json::Value>,
+    error: Option<String>,
+    ended_at: Option<Instant>,
+}
+
+/// One migration as this proxy runs it.
+pub struct Task {
+    pub meta: MigrationMeta,
+    pub role: Role,
+    status: Mutex<TaskStatus>,
+    /// Becomes true when the migration leaves the config (committed, aborted or failed).
+    gone: watch::Sender<bool>,
+    /// Serialises `TmpSwitch` calls on the destination.
+    pub switch_lock: tokio::sync::Mutex<()>,
+    /// The garbage collector's count of deleted keys when the task started.
+    pub gc_deleted_at_start: u64,
+}
+
+/// What `Status` lists per task.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TaskReport {
+    pub id: String,
+    pub epoch: u64,
+    pub phase: Phase,
+    pub progress: serde_json::Value,
+    pub error: Option<String>,
+    pub is_source: bool,
+}
+
+impl Task {
+    fn new(meta: MigrationMeta, role: Role, gc_deleted_at_start: u64) -> Task {
+        Task {
+            gc_deleted_at_start,
+            meta,
+            role,
+            status: Mutex::new(TaskStatus {
+                phase: Phase::Pending,
+                progress: serde_json::Map::new(),
+                error: None,
+                ended_at: None,
+            }),
+            gone: watch::channel(false).0,
+            switch_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn status(&self) -> std::sync::MutexGuard<'_, TaskStatus> {
+        self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.status().phase
+    }
+
+    /// Moves to `phase` (never backwards; an ended task stays ended) and logs the change once.
+    pub fn set_phase(&self, phase: Phase) {
+        let mut st = self.status();
+        if st.phase.is_final() || phase <= st.phase {
+            return;
+        }
+        tracing::info!(migration = %self.meta.id, role = ?self.role, from = ?st.phase, to = ?phase, "migration phase");
+        st.phase = phase;
+        if phase.is_final() {
+            st.ended_at = Some(Instant::now());
+        }
+    }
+
+    pub fn set_progress(&self, key: &str, value: impl Into<serde_json::Value>) {
+        self.status().progress.insert(key.to_string(), value.into());
+    }
+
+    /// Records a problem that did not end the task (the last one is reported).
+    pub fn note_error(&self, error: impl Into<String>) {
+        self.status().error = Some(error.into());
+    }
+
+    /// Ends the task as failed.
+    pub fn fail(&self, error: impl Into<String>) {
+        let error = error.into();
+        tracing::warn!(migration = %self.meta.id, role = ?self.role, error = %error, "migration failed");
+        self.status().error = Some(error);
+        self.set_phase(Phase::Failed);
+    }
+
+    pub fn is_gone(&self) -> bool {
+        *self.gone.borrow()
+    }
+
+    /// Waits until the migration leaves the config.
+    pub async fn wait_gone(&self) {
+        let mut rx = self.gone.subscribe();
+        let _ = rx.wait_for(|g| *g).await;
+    }
+
+    fn report(&self) -> TaskReport {
+        let st = self.status();
+        TaskReport {
+            id: self.meta.id.clone(),
+            epoch: self.meta.epoch,
+            phase: st.phase,
+            progress: serde_json::Value::Object(st.progress.clone()),
+            error: st.error.clone(),
+            is_source: self.role == Role::Source,
+        }
+    }
+}
+
+/// The tasks of this proxy, by migration id.
+#[derive(Default)]
+pub struct Migrations {
+    tasks: Mutex<HashMap<String, Arc<Task>>>,
+}
+
+impl Migrations {
+    fn tasks(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Task>>> {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Migrations of `config` in which `me` is the source and that have no task yet.
+    pub fn new_sources<'a>(&self, config: &'a ProxyConfig, me: &str) -> Vec<&'a MigrationMeta> {
+        let tasks = self.tasks();
+        config.migrations.iter().filter(|m| m.src_proxy == me && !tasks.contains_key(&m.id)).collect()
+    }
+
+    /// Starts tasks for new migrations, tells tasks whose migration left the config, and
+    /// forgets tasks that ended long ago.
+    pub fn reconcile(&self, shared: &Arc<Shared>, config: &ProxyConfig) {
+        let me = shared.me();
+        let mut tasks = self.tasks();
+        for meta in &config.migrations {
+            if tasks.contains_key(&meta.id) {
+                continue;
+            }
+            let role = if meta.src_proxy == me {
+                Role::Source
+            } else if meta.dst_proxy == me {
+                Role::Destination
+            } else {
+                continue;
+            };
+            let deleted = shared.gc.deleted.load(std::sync::atomic::Ordering::Relaxed);
+            let task = Arc::new(Task::new(meta.clone(), role, deleted));
+            tasks.insert(meta.id.clone(), task.clone());
+            let shared = shared.clone();
+            match (meta.mode, role) {
+                (MigrationMode::Keys, _) | (MigrationMode::Auto, _) => {
+                    tokio::spawn(async move {
+                        task.fail(format!("mode {:?} is not supported by this proxy yet", task.meta.mode));
+                        shared.set_override(&task.meta.id, None).await;
+                    });
+                }
+                (MigrationMode::Replication, Role::Source) => {
+                    tokio::spawn(source::run(shared, task));
+                }
+                (MigrationMode::Replication, Role::Destination) => {
+                    tokio::spawn(destination::run(shared, task));
+                }
+            }
+        }
+        for (id, task) in tasks.iter() {
+            if !config.migrations.iter().any(|m| &m.id == id) && !task.is_gone() {
+                task.gone.send_replace(true);
+            }
+        }
+        tasks.retain(|_, t| t.status().ended_at.is_none_or(|at| at.elapsed() < KEEP_ENDED));
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Task>> {
+        self.tasks().get(id).cloned()
+    }
+
+    pub fn reports(&self) -> Vec<TaskReport> {
+        let mut out: Vec<TaskReport> = self.tasks().values().map(|t| t.report()).collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+}
+
+/// The phase names of the broker, for `Status`.
+pub fn phase_name(phase: MigrationPhase) -> String {
+    serde_json::to_value(phase).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
