@@ -20,6 +20,9 @@ sluice_install_deps() {
   command -v redis-benchmark >/dev/null || missing+=(redis-tools)
   command -v protoc >/dev/null || missing+=(protobuf-compiler)
   command -v python3 >/dev/null || missing+=(python3)
+  # The redis-py tests build a venv: Debian ships ensurepip in python3-venv.
+  python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+  command -v curl >/dev/null || missing+=(curl)
   if ((${#missing[@]})); then
     echo "installing: ${missing[*]}"
     sluice_apt_install "${missing[@]}"

@@ -128,6 +128,12 @@ impl Txn {
                 cluster.name
             )));
         }
+        if let Some(m) = self.state.unfinished_migration_of(address) {
+            return Err(ApiError::conflict(format!(
+                "proxy {address} still has work in migration {} (phase {:?}); delete it once that is done",
+                m.id, m.phase
+            )));
+        }
         self.state.proxies.remove(address);
         let epoch = self.bump();
         self.note(format!("proxy {address} deleted"));
@@ -239,6 +245,13 @@ impl Txn {
             return Err(ApiError::conflict(format!(
                 "proxy {address} is marked failed; clear it (PUT /api/v1/proxies/{address}/health \
                  {{\"failed\":false}}) or pick another"
+            )));
+        }
+        if let Some(m) = self.state.unfinished_migration_of(address) {
+            return Err(ApiError::conflict(format!(
+                "proxy {address} is not free yet: migration {} (phase {:?}) is still deleting the keys it left \
+                 there; wait until it is done",
+                m.id, m.phase
             )));
         }
         Ok(rec)
@@ -457,7 +470,10 @@ impl Txn {
         }
     }
 
-    /// A progress report: status only, no epoch bump. Phases never go backwards.
+    /// A progress report: status, no epoch bump, except for the report that reaches `done`,
+    /// which takes the migration out of its proxies' configs (a metadata change, one bump).
+    /// Phases never go backwards. `at`: when the phase was entered, if the reporter knows
+    /// (see [`phase_time`]); it only matters when the phase moves.
     pub fn report_progress(
         &mut self,
         cluster: &str,
@@ -465,6 +481,7 @@ impl Txn {
         phase: &str,
         progress: Option<serde_json::Value>,
         error: Option<String>,
+        at: Option<String>,
     ) -> Result<Migration, ApiError> {
         let number = self.migration_number(cluster, id)?;
         let m = &self.state.migrations[&number];
@@ -479,6 +496,14 @@ impl Txn {
             None | Some(serde_json::Value::Null) => None,
             Some(v @ serde_json::Value::Object(_)) => Some(v),
             Some(_) => return Err(ApiError::invalid("progress must be a JSON object")),
+        };
+        let at = match at {
+            None => None,
+            Some(text) => Some(humantime::parse_rfc3339(text.trim()).map_err(|e| {
+                ApiError::invalid(format!(
+                    "at {text:?} is not an RFC 3339 UTC timestamp like 2026-01-01T10:00:00.000Z ({e})"
+                ))
+            })?),
         };
         use MigrationPhase::*;
         let current = m.phase;
@@ -508,11 +533,13 @@ impl Txn {
                 _ => {}
             }
         }
+        let now = self.now.clone();
         let m = self.state.migrations.get_mut(&number).ok_or_else(|| ApiError::internal("migration vanished"))?;
         let before = m.clone();
         if target != current {
+            let entered = phase_time(&m.timestamps, target, at, &now);
             m.phase = target;
-            m.timestamps.set(target, self.now.clone());
+            m.timestamps.set(target, entered);
         }
         if progress.is_some() {
             m.progress = progress;
@@ -521,9 +548,18 @@ impl Txn {
             m.error = error;
         }
         if *m != before {
-            m.updated_at = self.now.clone();
+            m.updated_at = now;
         }
-        Ok(m.clone())
+        let m = m.clone();
+        if target == Done && current != Done {
+            // The migration leaves the configs of its source and its destination.
+            self.bump();
+            self.note(format!(
+                "migration {id} of cluster {cluster} done: it leaves the configs of {} and {}",
+                m.src, m.dst
+            ));
+        }
+        Ok(m)
     }
 
     /// Commits a switched migration: the ranges move to dst, the tags go, a node left without
@@ -706,7 +742,194 @@ fn remove_empty_nodes(view: &mut ClusterView) -> Vec<String> {
     left
 }
 
+/// The timestamp of `phase`, entered now by the broker's clock (`now`, RFC 3339) or at `at`
+/// by the reporter's: never later than now (a reporter's clock may run ahead), and never
+/// earlier than the timestamp of any phase before it in `timestamps` (nor its clock behind),
+/// so the timestamps stay in the order of the phases; that bound wins over now should the
+/// broker's own clock have stepped back. Formatted like every broker timestamp (milliseconds).
+pub fn phase_time(
+    timestamps: &PhaseTimestamps,
+    phase: MigrationPhase,
+    at: Option<std::time::SystemTime>,
+    now: &str,
+) -> String {
+    use MigrationPhase::*;
+    let Ok(now_time) = humantime::parse_rfc3339(now) else {
+        return now.to_string();
+    };
+    let floor = [Pending, Starting, Following, Switching, Switched, Committed, Cleaning, Done]
+        .into_iter()
+        .filter(|p| *p < phase)
+        .filter_map(|p| humantime::parse_rfc3339(timestamps.get(p)?).ok())
+        .max();
+    let mut t = at.map_or(now_time, |at| at.min(now_time));
+    if let Some(floor) = floor {
+        t = t.max(floor);
+    }
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
 /// The phase as the API spells it.
 pub fn phase_name(p: MigrationPhase) -> String {
     serde_json::to_value(p).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_else(|| format!("{p:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use MigrationPhase::*;
+
+    const T0: &str = "2026-01-01T10:00:00.000Z";
+
+    fn addr(port: u16) -> String {
+        format!("127.0.0.1:{port}")
+    }
+
+    /// Runs `f` on `state` as the store does at time `now`: the new state only when `f` agrees.
+    fn txn<R>(state: &mut State, now: &str, f: impl FnOnce(&mut Txn) -> Result<R, ApiError>) -> Result<R, ApiError> {
+        let mut t = Txn::new(state.clone(), now.to_string());
+        let r = f(&mut t)?;
+        *state = t.state;
+        Ok(r)
+    }
+
+    /// Cluster `shop` on 6001 and 6002, free 6003, and `m-1`: 6001 gives all its slots to 6002
+    /// (keys mode) or, with `to_free`, slots 0-100 to the free 6003 (replication).
+    fn setup(to_free: bool) -> State {
+        let mut s = State::default();
+        for port in 6001..=6003 {
+            let req = RegisterProxy {
+                address: addr(port),
+                control_address: addr(port + 1000),
+                node_address: addr(port + 2000),
+            };
+            txn(&mut s, T0, |t| t.register_proxy(req)).expect("register");
+        }
+        let req =
+            CreateCluster { name: "shop".into(), proxies: ProxySelection::Addresses(vec![addr(6001), addr(6002)]) };
+        txn(&mut s, T0, |t| t.create_cluster(req)).expect("cluster");
+        let req = if to_free {
+            CreateMigration {
+                src: addr(6001),
+                dst: addr(6003),
+                slots: vec![SlotRange::new(0, 100)],
+                mode: MigrationMode::Auto,
+            }
+        } else {
+            CreateMigration {
+                src: addr(6001),
+                dst: addr(6002),
+                slots: vec![SlotRange::new(0, 8191)],
+                mode: MigrationMode::Auto,
+            }
+        };
+        txn(&mut s, T0, |t| t.create_migration("shop", req)).expect("migration");
+        s
+    }
+
+    fn report(s: &mut State, now: &str, phase: &str, at: Option<&str>) -> Result<Migration, ApiError> {
+        txn(s, now, |t| t.report_progress("shop", "m-1", phase, None, None, at.map(str::to_string)))
+    }
+
+    fn ids(s: &State, port: u16) -> Vec<String> {
+        s.proxy_config(&addr(port)).expect("registered").migrations.into_iter().map(|m| m.id).collect()
+    }
+
+    #[test]
+    fn a_reported_time_is_kept_within_the_previous_phase_and_now() {
+        let mut s = setup(true);
+        let now = "2026-01-01T10:00:10.000Z";
+        // Within bounds: taken as it is (in milliseconds, like every broker timestamp).
+        let m = report(&mut s, now, "starting", Some("2026-01-01T10:00:01.123456Z")).expect("starting");
+        assert_eq!(m.timestamps.get(Starting), Some("2026-01-01T10:00:01.123Z"));
+        // Earlier than the phase before it (a proxy's clock behind): that phase's time.
+        let m = report(&mut s, now, "following", Some("2026-01-01T09:59:00.000Z")).expect("following");
+        assert_eq!(m.timestamps.get(Following), Some("2026-01-01T10:00:01.123Z"));
+        // Later than now (a proxy's clock ahead): now.
+        let m = report(&mut s, now, "switching", Some("2026-01-01T11:00:00.000Z")).expect("switching");
+        assert_eq!(m.timestamps.get(Switching), Some(now));
+        // Without `at`: now, as before.
+        let later = "2026-01-01T10:00:11.000Z";
+        let m = report(&mut s, later, "switched", None).expect("switched");
+        assert_eq!(m.timestamps.get(Switched), Some(later));
+        // The same phase again with another time changes nothing: the first entry stays.
+        let before = s.clone();
+        report(&mut s, later, "switched", Some("2026-01-01T10:00:10.500Z")).expect("again");
+        assert_eq!(s, before);
+        // Status only so far: the epoch did not move.
+        assert_eq!(s.epoch, setup(true).epoch);
+        let order: Vec<&str> =
+            [Pending, Starting, Following, Switching, Switched].iter().filter_map(|p| m.timestamps.get(*p)).collect();
+        assert!(order.windows(2).all(|w| w[0] <= w[1]), "{order:?}");
+    }
+
+    #[test]
+    fn the_previous_phase_bound_wins_over_a_clock_that_stepped_back() {
+        let mut s = setup(true);
+        report(&mut s, "2026-01-01T10:00:10.000Z", "starting", None).expect("starting");
+        let m = report(&mut s, "2026-01-01T10:00:05.000Z", "following", Some("2026-01-01T10:00:04.000Z")).expect("f");
+        assert_eq!(m.timestamps.get(Following), Some("2026-01-01T10:00:10.000Z"));
+        let m = report(&mut s, "2026-01-01T10:00:06.000Z", "switching", None).expect("switching");
+        assert_eq!(m.timestamps.get(Switching), Some("2026-01-01T10:00:10.000Z"));
+    }
+
+    #[test]
+    fn an_invalid_at_is_refused_and_changes_nothing() {
+        let mut s = setup(true);
+        let before = s.clone();
+        for bad in ["yesterday", "2026-01-01 10:00:00", "2026-13-01T10:00:00Z", "2026-01-01T10:00:00+02:00", ""] {
+            let err = report(&mut s, T0, "starting", Some(bad)).expect_err(bad);
+            assert_eq!(err.code, "invalid", "{bad}");
+            assert!(err.message.contains("RFC 3339"), "{}", err.message);
+        }
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn a_migration_stays_in_both_configs_until_done() {
+        let mut s = setup(false);
+        let created = s.epoch;
+        assert_eq!((ids(&s, 6001), ids(&s, 6002)), (vec!["m-1".to_string()], vec!["m-1".to_string()]));
+        report(&mut s, T0, "switched", None).expect("switched");
+        txn(&mut s, T0, |t| t.commit("shop", "m-1", None)).expect("commit");
+        assert_eq!(s.epoch, created + 1);
+        // The source gave everything away: it is free, its config has no cluster, and still
+        // the migration, whose keys it must delete.
+        let src = s.proxy_config(&addr(6001)).expect("registered");
+        assert_eq!(src.cluster, None);
+        assert_eq!(src.migrations, vec![s.migrations[&1].meta()]);
+        assert_eq!(ids(&s, 6002), vec!["m-1".to_string()]);
+        assert!(ids(&s, 6003).is_empty());
+        report(&mut s, T0, "cleaning", None).expect("cleaning");
+        assert_eq!(s.epoch, created + 1, "cleaning is status only");
+        assert_eq!(ids(&s, 6001), vec!["m-1".to_string()]);
+        // Done: out of both configs, in a change of its own.
+        let done = txn(&mut s, T0, |t| {
+            let m = t.report_progress("shop", "m-1", "done", None, None, None)?;
+            assert!(t.bumped());
+            Ok(m)
+        })
+        .expect("done");
+        assert_eq!(done.phase, Done);
+        assert_eq!(s.epoch, created + 2);
+        assert!(ids(&s, 6001).is_empty() && ids(&s, 6002).is_empty());
+        // Done again (another coordinator): no change, no bump.
+        let before = s.clone();
+        report(&mut s, T0, "done", None).expect("done again");
+        assert_eq!(s, before);
+        // Every config, one by one or all at once, is the same.
+        for e in s.all_configs() {
+            assert_eq!(Some(e.config), s.proxy_config(&e.proxy.address));
+        }
+    }
+
+    #[test]
+    fn ended_migrations_leave_the_configs() {
+        for end in [Failed, Aborted] {
+            let mut s = setup(true);
+            assert_eq!(ids(&s, 6003), vec!["m-1".to_string()]);
+            txn(&mut s, T0, |t| t.stop("shop", "m-1", end, "why".into())).expect("stop");
+            assert!(ids(&s, 6001).is_empty() && ids(&s, 6003).is_empty(), "{end:?}");
+        }
+    }
 }

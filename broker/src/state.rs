@@ -102,12 +102,25 @@ impl State {
         out
     }
 
-    /// Free proxies (in no cluster and not failed), in address order: the ones a cluster
-    /// creation or a scale-out takes first.
+    /// A migration that still names `address` in its configs (a source that gave all its slots
+    /// away keeps deleting their keys until the migration is done): such a proxy is not free.
+    pub fn unfinished_migration_of(&self, address: &str) -> Option<&Migration> {
+        self.migrations.values().find(|m| m.in_configs() && (m.src == address || m.dst == address))
+    }
+
+    /// Free proxies (in no cluster, not failed, no migration still at work on them), in
+    /// address order: the ones a cluster creation or a scale-out takes first.
     pub fn free_proxies(&self) -> Vec<&ProxyRecord> {
         let membership = self.membership();
-        let mut out: Vec<&ProxyRecord> =
-            self.proxies.values().filter(|p| !p.failed && !membership.contains_key(p.address.as_str())).collect();
+        let mut out: Vec<&ProxyRecord> = self
+            .proxies
+            .values()
+            .filter(|p| {
+                !p.failed
+                    && !membership.contains_key(p.address.as_str())
+                    && self.unfinished_migration_of(&p.address).is_none()
+            })
+            .collect();
         out.sort_by_key(|p| address_order(&p.address));
         out
     }
@@ -123,21 +136,28 @@ impl State {
         self.migrations.get(&n).filter(|m| m.cluster == cluster).map(|m| (n, m))
     }
 
+    /// The one place a proxy's config is computed (`GET /api/v1/proxies/{address}/config` and
+    /// `GET /api/v1/configs` both come here). `cluster`: the cluster `proxy` is a node of.
+    ///
+    /// The migrations are every one in which the proxy is src or dst, from `pending` until it
+    /// ends (see [`Migration::in_configs`]), in creation order, whatever cluster the proxy is
+    /// in now: a source that gave all its slots away is free after the commit and must still
+    /// learn that it has keys to delete. The proxies' garbage collectors delete keys only for
+    /// the migrations their config names, so the `done` report, which takes a migration out
+    /// of two configs, bumps the epoch.
     fn config_with(&self, proxy: &str, cluster: Option<&ClusterView>) -> ProxyConfig {
-        let migrations = match cluster {
-            Some(c) => self
-                .migrations_of(&c.name)
-                .map(|(_, m)| m)
-                .filter(|m| m.is_tagged() && (m.src == proxy || m.dst == proxy))
-                .map(Migration::meta)
-                .collect(),
-            None => Vec::new(),
-        };
+        let migrations = self
+            .migrations
+            .values()
+            .filter(|m| m.in_configs() && (m.src == proxy || m.dst == proxy))
+            .map(Migration::meta)
+            .collect();
         ProxyConfig { epoch: self.epoch, proxy: proxy.to_string(), cluster: cluster.cloned(), migrations }
     }
 
     /// The config the proxy must hold at the current epoch: the cluster it is a node of
-    /// (exactly the stored view) and the migrations whose tags it carries as src or dst.
+    /// (exactly the stored view; absent when it is free) and the migrations it is the src or
+    /// the dst of that have not ended.
     pub fn proxy_config(&self, proxy: &str) -> Option<ProxyConfig> {
         self.proxies.get(proxy)?;
         Some(self.config_with(proxy, self.cluster_of(proxy)))

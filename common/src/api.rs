@@ -279,9 +279,16 @@ impl Migration {
     }
 
     /// Whether the migration's tags are in the cluster metadata: created and neither
-    /// committed nor ended. Such a migration travels in both proxies' configs.
+    /// committed nor ended.
     pub fn is_tagged(&self) -> bool {
         self.phase < MigrationPhase::Committed
+    }
+
+    /// Whether the migration travels in its source's and its destination's configs: from its
+    /// creation until it ends (`done`, `failed`, `aborted`), so through `committed` and
+    /// `cleaning` too, when the proxies delete the keys it left behind.
+    pub fn in_configs(&self) -> bool {
+        !self.phase.is_final()
     }
 }
 
@@ -292,8 +299,9 @@ pub struct MigrationList {
     pub migrations: Vec<Migration>,
 }
 
-/// `POST /api/v1/clusters/{name}/migrations/{id}/progress`: a status report. Never bumps the
-/// epoch; phases never go backwards.
+/// `POST /api/v1/clusters/{name}/migrations/{id}/progress`: a status report; phases never go
+/// backwards. It does not bump the epoch, except the one that reaches `done`: the migration
+/// then leaves its proxies' configs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
@@ -308,6 +316,12 @@ pub struct ProgressReport {
     /// A non-fatal error worth showing (a fatal one goes to `/fail`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// When the migration entered `phase` (RFC 3339 UTC, e.g. as a proxy saw it), if known:
+    /// the phase's timestamp instead of the broker's clock, but never later than now and
+    /// never earlier than the timestamp of a phase before it. Used only when the report
+    /// moves the phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
 }
 
 /// `POST /api/v1/clusters/{name}/migrations/{id}/commit` (the body is optional).

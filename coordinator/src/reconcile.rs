@@ -13,7 +13,8 @@ use serde_json::Value;
 use sluice_common::api::{Migration, ProgressReport};
 use sluice_common::model::{Epoch, MigrationPhase};
 use sluice_proto::control::{MigrationTask, StatusReply};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::time::SystemTime;
 
 use MigrationPhase::*;
 
@@ -43,24 +44,48 @@ pub fn push_decision(proxy_epoch: Epoch, config_epoch: Epoch) -> PushDecision {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskView {
     pub phase: MigrationPhase,
-    /// A JSON object, or `None` when the proxy gave none (or something that is not an
-    /// object: the broker only takes objects, and a malformed progress is not worth
-    /// dropping the phase for).
+    /// A JSON object without `phase_times`, or `None` when the proxy gave none (or nothing
+    /// else, or something that is not an object: the broker only takes objects, and a
+    /// malformed progress is not worth dropping the phase for).
     pub progress: Option<Value>,
     pub error: Option<String>,
+    /// When the task entered each phase, by the proxy's clock: the `phase_times` object of
+    /// its progress. Entries whose phase or time cannot be read are left out.
+    pub phase_times: BTreeMap<MigrationPhase, SystemTime>,
 }
 
 /// Reads a task. `Err` names an unknown phase.
 pub fn parse_task(task: &MigrationTask) -> Result<TaskView, String> {
-    let name = task.phase.trim().to_ascii_lowercase();
-    let phase: MigrationPhase =
-        serde_json::from_value(Value::String(name)).map_err(|_| format!("unknown migration phase {:?}", task.phase))?;
-    let progress = match task.progress_json.trim() {
+    let phase = parse_phase(&task.phase).ok_or_else(|| format!("unknown migration phase {:?}", task.phase))?;
+    let mut progress = match task.progress_json.trim() {
         "" => None,
         text => serde_json::from_str::<Value>(text).ok().filter(Value::is_object),
     };
+    let mut phase_times = BTreeMap::new();
+    if let Some(Value::Object(fields)) = &mut progress {
+        if let Some(times) = fields.remove("phase_times") {
+            phase_times = parse_phase_times(&times);
+        }
+        if fields.is_empty() {
+            progress = None;
+        }
+    }
     let error = Some(task.error.trim()).filter(|e| !e.is_empty()).map(str::to_string);
-    Ok(TaskView { phase, progress, error })
+    Ok(TaskView { phase, progress, error, phase_times })
+}
+
+fn parse_phase(name: &str) -> Option<MigrationPhase> {
+    serde_json::from_value(Value::String(name.trim().to_ascii_lowercase())).ok()
+}
+
+/// `{"starting": "<RFC 3339 UTC>", …}` → phase → time. What cannot be read is left out:
+/// the broker would refuse a report with a malformed time, and the phase is worth more.
+fn parse_phase_times(times: &Value) -> BTreeMap<MigrationPhase, SystemTime> {
+    let Some(times) = times.as_object() else { return BTreeMap::new() };
+    times
+        .iter()
+        .filter_map(|(name, at)| Some((parse_phase(name)?, humantime::parse_rfc3339(at.as_str()?.trim()).ok()?)))
+        .collect()
 }
 
 /// What one proxy of a migration (its source or its destination) shows about it. A proxy
@@ -184,34 +209,45 @@ pub fn reportable(phase: MigrationPhase) -> bool {
 ///
 /// Phases never go backwards: a proxy behind the broker (another coordinator reported for
 /// the faster proxy, or this round's read is old) leads to no phase report.
+///
+/// Every phase has its timestamp, in order, even one that both proxies went through between
+/// two rounds: before moving the broker from its phase to a later one (or failing it), every
+/// phase strictly between the two that a task entered (its `phase_times`; `cleaning` always,
+/// as said above) is reported first, in order, with the time the first task entered it as
+/// `at`; then the phase itself, with its time if a task has one (for `done`, the later of
+/// the two proxies', and only when both list it). No phase that no task entered is
+/// invented: keys mode skips `following`.
 pub fn decide(m: &Migration, src: &Side, dst: &Side, progress_due: bool) -> Vec<MigrationAction> {
     let current = m.phase;
     if current.is_final() {
         return Vec::new();
     }
-    let tasks = || [src, dst].into_iter().filter_map(Side::task);
-    let failed = tasks().find(|t| t.phase == Failed);
+    let tasks: Vec<&TaskView> = [src, dst].into_iter().filter_map(Side::task).collect();
+    let failed = tasks.iter().find(|t| t.phase == Failed);
     let failure =
         failed.map(|f| f.error.clone().unwrap_or_else(|| format!("a proxy reported migration {} failed", m.id)));
     let new_error = |e: Option<String>| e.filter(|e| m.error.as_ref() != Some(e));
 
     let (target, progress, error) = if current < Committed {
-        let switched = tasks().find(|t| t.phase >= Switched && !matches!(t.phase, Failed | Aborted));
+        let switched = tasks.iter().find(|t| t.phase >= Switched && !matches!(t.phase, Failed | Aborted));
         if switched.is_some() || current == Switched {
-            let mut actions = Vec::new();
             let error = new_error(switched.and_then(|t| t.error.clone()).or(failure));
-            if current < Switched || error.is_some() {
-                actions.push(MigrationAction::Progress(ProgressReport {
-                    phase: Switched,
-                    progress: switched.and_then(|t| t.progress.clone()),
-                    error,
-                }));
+            let progress = switched.and_then(|t| t.progress.clone());
+            let mut actions = Vec::new();
+            if current < Switched {
+                actions = forward(current, Switched, &tasks, entered(&tasks, Switched), progress, error);
+            } else if error.is_some() {
+                actions.push(report(Switched, progress, error, None));
             }
             actions.push(MigrationAction::Commit { epoch: m.epoch });
             return actions;
         }
         if let Some(error) = failure {
-            return vec![MigrationAction::Fail { error }];
+            // The record shows how far the migration got before it failed (`fail` is taken
+            // up to `switching`).
+            let mut actions = passed_through(current, Switched, &tasks);
+            actions.push(MigrationAction::Fail { error });
+            return actions;
         }
         match most_advanced_before_commit(src, dst) {
             // A proxy behind the broker has no news.
@@ -221,7 +257,7 @@ pub fn decide(m: &Migration, src: &Side, dst: &Side, progress_due: bool) -> Vec<
         }
     } else {
         let phase = after_commit(m, src, dst);
-        let error = failure.or_else(|| tasks().find_map(|t| t.error.clone()));
+        let error = failure.or_else(|| tasks.iter().find_map(|t| t.error.clone()));
         if phase < current {
             // Behind the broker: no phase news, and no progress under an older phase; an
             // error is still worth recording.
@@ -240,13 +276,63 @@ pub fn decide(m: &Migration, src: &Side, dst: &Side, progress_due: bool) -> Vec<
         if !fresh_progress && error.is_none() {
             return Vec::new();
         }
+        return vec![report(target, progress, error, None)];
     }
-    let mut actions = Vec::new();
-    if target == Done && current == Committed {
-        actions.push(MigrationAction::Progress(ProgressReport { phase: Cleaning, progress: None, error: None }));
-    }
-    actions.push(MigrationAction::Progress(ProgressReport { phase: target, progress, error }));
+    let at = if target == Done { done_at(src, dst) } else { entered(&tasks, target) };
+    forward(current, target, &tasks, at, progress, error)
+}
+
+fn report(
+    phase: MigrationPhase,
+    progress: Option<Value>,
+    error: Option<String>,
+    at: Option<SystemTime>,
+) -> MigrationAction {
+    let at = at.map(|t| humantime::format_rfc3339_millis(t).to_string());
+    MigrationAction::Progress(ProgressReport { phase, progress, error, at })
+}
+
+/// The reports that move the broker's record from `current` forward to `target`: the phases
+/// passed through on the way ([`passed_through`]), then `target` with its progress, error
+/// and time.
+fn forward(
+    current: MigrationPhase,
+    target: MigrationPhase,
+    tasks: &[&TaskView],
+    at: Option<SystemTime>,
+    progress: Option<Value>,
+    error: Option<String>,
+) -> Vec<MigrationAction> {
+    let mut actions = passed_through(current, target, tasks);
+    actions.push(report(target, progress, error, at));
     actions
+}
+
+/// The phases strictly between `current` and `target`, in order, that a task entered, each
+/// with the time the first task entered it; after the commit `cleaning` always (the broker's
+/// own step between `committed` and `done`, with a time if a task has one).
+fn passed_through(current: MigrationPhase, target: MigrationPhase, tasks: &[&TaskView]) -> Vec<MigrationAction> {
+    [Starting, Following, Switching, Switched, Cleaning]
+        .into_iter()
+        .filter(|p| current < *p && *p < target)
+        .filter_map(|p| {
+            let at = entered(tasks, p);
+            (at.is_some() || p == Cleaning).then(|| report(p, None, None, at))
+        })
+        .collect()
+}
+
+/// When the migration entered `phase` as its tasks tell: the earliest time either lists.
+fn entered(tasks: &[&TaskView], phase: MigrationPhase) -> Option<SystemTime> {
+    tasks.iter().filter_map(|t| t.phase_times.get(&phase).copied()).min()
+}
+
+/// When the migration was done as its tasks tell: done once both proxies are, so the later
+/// time, and only when both list one (a proxy without a task does not say when it was clean).
+fn done_at(src: &Side, dst: &Side) -> Option<SystemTime> {
+    let src = src.task()?.phase_times.get(&Done)?;
+    let dst = dst.task()?.phase_times.get(&Done)?;
+    Some(*src.max(dst))
 }
 
 /// The most advanced phase before the commit that either proxy reports (`failed`/`aborted`
@@ -340,15 +426,15 @@ mod tests {
     }
 
     fn task(phase: MigrationPhase) -> Side {
-        view(TaskView { phase, progress: None, error: None })
+        view(TaskView { phase, progress: None, error: None, phase_times: BTreeMap::new() })
     }
 
     fn task_with(phase: MigrationPhase, progress: Value) -> Side {
-        view(TaskView { phase, progress: Some(progress), error: None })
+        view(TaskView { phase, progress: Some(progress), error: None, phase_times: BTreeMap::new() })
     }
 
     fn failed_task(error: &str) -> Side {
-        view(TaskView { phase: Failed, progress: None, error: Some(error.into()) })
+        view(TaskView { phase: Failed, progress: None, error: Some(error.into()), phase_times: BTreeMap::new() })
     }
 
     /// A proxy that answered and lists no task, with its garbage clean at `clean_epoch`.
@@ -374,11 +460,38 @@ mod tests {
             phase,
             progress: Some(json!({ "keys_deleted": keys_deleted })),
             error: None,
+            at: None,
         })
     }
 
     fn progress(phase: MigrationPhase) -> MigrationAction {
-        MigrationAction::Progress(ProgressReport { phase, progress: None, error: None })
+        MigrationAction::Progress(ProgressReport { phase, progress: None, error: None, at: None })
+    }
+
+    /// `secs` seconds after 2026-01-01T10:00:00Z, a proxy's clock.
+    fn time(secs: u64) -> SystemTime {
+        humantime::parse_rfc3339("2026-01-01T10:00:00Z").expect("valid") + std::time::Duration::from_secs(secs)
+    }
+
+    /// `time(secs)` as reported to the broker.
+    fn stamp(secs: u64) -> String {
+        humantime::format_rfc3339_millis(time(secs)).to_string()
+    }
+
+    /// `side` whose task entered these phases at these times.
+    fn timed(side: Side, times: &[(MigrationPhase, u64)]) -> Side {
+        match side {
+            Side::Task { mut task, clean_epoch } => {
+                task.phase_times = times.iter().map(|(p, t)| (*p, time(*t))).collect();
+                Side::Task { task, clean_epoch }
+            }
+            other => other,
+        }
+    }
+
+    /// A report of `phase` entered at `time(secs)`.
+    fn at(phase: MigrationPhase, secs: u64) -> MigrationAction {
+        MigrationAction::Progress(ProgressReport { phase, progress: None, error: None, at: Some(stamp(secs)) })
     }
 
     // ---- pushes ----
@@ -502,7 +615,8 @@ mod tests {
         let mut m = migration(Following);
         let src = task_with(Following, json!({"lag_bytes": 10}));
         assert_eq!(decide(&m, &src, &Side::NoAnswer, false), vec![], "not due");
-        let report = ProgressReport { phase: Following, progress: Some(json!({"lag_bytes": 10})), error: None };
+        let report =
+            ProgressReport { phase: Following, progress: Some(json!({"lag_bytes": 10})), error: None, at: None };
         assert_eq!(decide(&m, &src, &Side::NoAnswer, true), vec![MigrationAction::Progress(report)]);
         m.progress = Some(json!({"lag_bytes": 10}));
         assert_eq!(decide(&m, &src, &Side::NoAnswer, true), vec![], "unchanged");
@@ -513,7 +627,8 @@ mod tests {
             vec![MigrationAction::Progress(ProgressReport {
                 phase: Following,
                 progress: Some(json!({"lag_bytes": 10})),
-                error: None
+                error: None,
+                at: None
             })]
         );
     }
@@ -532,7 +647,8 @@ mod tests {
             vec![MigrationAction::Progress(ProgressReport {
                 phase: Following,
                 progress: Some(json!({"from":"src"})),
-                error: None
+                error: None,
+                at: None
             })]
         );
     }
@@ -540,8 +656,13 @@ mod tests {
     #[test]
     fn a_non_fatal_error_is_recorded_once() {
         let mut m = migration(Following);
-        let src = view(TaskView { phase: Following, progress: None, error: Some("lag growing".into()) });
-        let expected = ProgressReport { phase: Following, progress: None, error: Some("lag growing".into()) };
+        let src = view(TaskView {
+            phase: Following,
+            progress: None,
+            error: Some("lag growing".into()),
+            phase_times: BTreeMap::new(),
+        });
+        let expected = ProgressReport { phase: Following, progress: None, error: Some("lag growing".into()), at: None };
         assert_eq!(decide(&m, &src, &Side::NoAnswer, false), vec![MigrationAction::Progress(expected)]);
         m.error = Some("lag growing".into());
         assert_eq!(decide(&m, &src, &Side::NoAnswer, false), vec![]);
@@ -577,7 +698,8 @@ mod tests {
                 MigrationAction::Progress(ProgressReport {
                     phase: Switched,
                     progress: Some(json!({"promoted": true})),
-                    error: None
+                    error: None,
+                    at: None
                 }),
                 MigrationAction::Commit { epoch: 6 }
             ]
@@ -636,8 +758,13 @@ mod tests {
             );
         }
         let m = migration(Following);
-        match decide(&m, &view(TaskView { phase: Failed, progress: None, error: None }), &Side::NoAnswer, false)
-            .as_slice()
+        match decide(
+            &m,
+            &view(TaskView { phase: Failed, progress: None, error: None, phase_times: BTreeMap::new() }),
+            &Side::NoAnswer,
+            false,
+        )
+        .as_slice()
         {
             [MigrationAction::Fail { error }] => assert!(error.contains("m-1"), "{error}"),
             other => panic!("expected a fail, got {other:?}"),
@@ -656,7 +783,8 @@ mod tests {
                 MigrationAction::Progress(ProgressReport {
                     phase: Switched,
                     progress: None,
-                    error: Some("src lost its node".into())
+                    error: Some("src lost its node".into()),
+                    at: None
                 }),
                 MigrationAction::Commit { epoch: 6 }
             ]
@@ -678,7 +806,7 @@ mod tests {
     fn a_switched_source_outranks_a_failed_destination() {
         // The destination's error is recorded with the switch.
         let actions = decide(&migration(Switching), &task(Switched), &failed_task("oops"), false);
-        let switched = ProgressReport { phase: Switched, progress: None, error: Some("oops".into()) };
+        let switched = ProgressReport { phase: Switched, progress: None, error: Some("oops".into()), at: None };
         assert_eq!(actions, vec![MigrationAction::Progress(switched), MigrationAction::Commit { epoch: 6 }]);
     }
 
@@ -807,7 +935,8 @@ mod tests {
             vec![MigrationAction::Progress(ProgressReport {
                 phase: Cleaning,
                 progress: None,
-                error: Some("UNLINK refused".into())
+                error: Some("UNLINK refused".into()),
+                at: None
             })]
         );
         let m = migration(Committed);
@@ -816,7 +945,8 @@ mod tests {
             vec![MigrationAction::Progress(ProgressReport {
                 phase: Cleaning,
                 progress: None,
-                error: Some("UNLINK refused".into())
+                error: Some("UNLINK refused".into()),
+                at: None
             })]
         );
     }
@@ -868,6 +998,156 @@ mod tests {
         }
     }
 
+    // ---- phases passed between two rounds ----
+
+    #[test]
+    fn phase_times_are_read_and_stripped_from_the_progress() {
+        let mut t = raw("m-1", 6, "following", true);
+        t.progress_json = format!(
+            r#"{{"lag_bytes":7,"phase_times":{{"starting":"{}","Following":" {} ","teleporting":"{}","switching":"soon","switched":3}}}}"#,
+            stamp(1),
+            stamp(2),
+            stamp(3)
+        );
+        let v = parse_task(&t).expect("parses");
+        assert_eq!(v.progress, Some(json!({"lag_bytes": 7})), "phase_times is not forwarded");
+        let expected: BTreeMap<MigrationPhase, SystemTime> = [(Starting, time(1)), (Following, time(2))].into();
+        assert_eq!(v.phase_times, expected, "unknown phases and unreadable times are left out");
+        // Nothing but the times: no progress at all.
+        t.progress_json = format!(r#"{{"phase_times":{{"starting":"{}"}}}}"#, stamp(1));
+        let v = parse_task(&t).expect("parses");
+        assert_eq!((v.progress, v.phase_times.len()), (None, 1));
+        t.progress_json = r#"{"phase_times":[1]}"#.into();
+        assert_eq!(parse_task(&t).expect("parses").phase_times, BTreeMap::new());
+    }
+
+    #[test]
+    fn phases_passed_between_two_rounds_are_reported_in_order_with_their_times() {
+        let m = migration(Pending);
+        // The source went through starting and following and is switching; the destination
+        // started earlier than the source (the earliest time counts) and follows.
+        let src =
+            timed(task_with(Switching, json!({"lag_bytes": 0})), &[(Starting, 3), (Following, 5), (Switching, 9)]);
+        let dst = timed(task(Following), &[(Starting, 2), (Following, 6)]);
+        let switching = ProgressReport {
+            phase: Switching,
+            progress: Some(json!({"lag_bytes": 0})),
+            error: None,
+            at: Some(stamp(9)),
+        };
+        assert_eq!(
+            decide(&m, &src, &dst, false),
+            vec![at(Starting, 2), at(Following, 5), MigrationAction::Progress(switching.clone())]
+        );
+        // Only the phases after the broker's: from following, none in between.
+        assert_eq!(decide(&migration(Following), &src, &dst, false), vec![MigrationAction::Progress(switching)]);
+        // No times at all: the target alone, as before.
+        assert_eq!(decide(&m, &task(Switching), &task(Following), false), vec![progress(Switching)]);
+    }
+
+    #[test]
+    fn no_phase_is_invented() {
+        // Keys mode skips following: neither task entered it, so it is not reported.
+        let m = migration(Pending);
+        let src = timed(task(Switching), &[(Starting, 1), (Switching, 4)]);
+        let dst = timed(task(Starting), &[(Starting, 2)]);
+        assert_eq!(decide(&m, &src, &dst, false), vec![at(Starting, 1), at(Switching, 4)]);
+        // A task that lists the target without a time for it: the broker's clock.
+        let src = timed(task(Switching), &[(Starting, 1)]);
+        assert_eq!(decide(&m, &src, &Side::NoAnswer, false), vec![at(Starting, 1), progress(Switching)]);
+    }
+
+    #[test]
+    fn the_phases_before_a_switch_go_before_switched_and_the_commit() {
+        let m = migration(Starting);
+        let src = timed(task(Switching), &[(Starting, 1), (Following, 3), (Switching, 7)]);
+        let dst =
+            timed(task_with(Switched, json!({"promoted": true})), &[(Starting, 2), (Following, 2), (Switched, 8)]);
+        let switched = ProgressReport {
+            phase: Switched,
+            progress: Some(json!({"promoted": true})),
+            error: None,
+            at: Some(stamp(8)),
+        };
+        assert_eq!(
+            decide(&m, &src, &dst, false),
+            vec![
+                at(Following, 2),
+                at(Switching, 7),
+                MigrationAction::Progress(switched),
+                MigrationAction::Commit { epoch: 6 }
+            ]
+        );
+        // Once switched is recorded: only the commit.
+        assert_eq!(decide(&migration(Switched), &src, &dst, false), vec![MigrationAction::Commit { epoch: 6 }]);
+    }
+
+    #[test]
+    fn a_failure_shows_how_far_the_migration_got() {
+        let m = migration(Pending);
+        let src = timed(task(Following), &[(Starting, 1), (Following, 4)]);
+        let dst = timed(failed_task("replication broke"), &[(Starting, 2)]);
+        assert_eq!(
+            decide(&m, &src, &dst, false),
+            vec![at(Starting, 1), at(Following, 4), MigrationAction::Fail { error: "replication broke".into() }]
+        );
+        // Never past switching: `fail` is refused from switched on.
+        let src = timed(failed_task("switch aborted"), &[(Starting, 1), (Switching, 4), (Switched, 5)]);
+        assert_eq!(
+            decide(&migration(Following), &src, &Side::NoAnswer, false),
+            vec![at(Switching, 4), MigrationAction::Fail { error: "switch aborted".into() }]
+        );
+    }
+
+    #[test]
+    fn cleaning_and_done_carry_the_proxies_times() {
+        let m = migration(Committed);
+        let both_done = |s: u64, d: u64| {
+            (
+                clean(timed(task(Done), &[(Cleaning, 3), (Done, s)]), COMMITTED),
+                clean(timed(task(Done), &[(Cleaning, 2), (Done, d)]), COMMITTED),
+            )
+        };
+        // Cleaning when the first proxy started; done when the last one finished.
+        let (src, dst) = both_done(9, 7);
+        assert_eq!(decide(&m, &src, &dst, false), vec![at(Cleaning, 2), at(Done, 9)]);
+        assert_eq!(decide(&migration(Cleaning), &src, &dst, false), vec![at(Done, 9)]);
+        // A proxy clean without a task does not say when: the broker's clock for done.
+        let dst = no_task(COMMITTED);
+        assert_eq!(decide(&m, &src, &dst, false), vec![at(Cleaning, 3), progress(Done)]);
+        // Cleaning is reported on the way to done even when no task lists it, as before.
+        assert_eq!(
+            decide(&m, &no_task(COMMITTED), &no_task(COMMITTED), false),
+            vec![progress(Cleaning), progress(Done)]
+        );
+        // Cleaning itself, with the time the first task started it.
+        let src = timed(cleaning_with(4), &[(Cleaning, 5)]);
+        let dst = timed(cleaning_with(1), &[(Cleaning, 4)]);
+        let expected = ProgressReport {
+            phase: Cleaning,
+            progress: Some(json!({"keys_deleted": 5})),
+            error: None,
+            at: Some(stamp(4)),
+        };
+        assert_eq!(decide(&m, &src, &dst, false), vec![MigrationAction::Progress(expected)]);
+    }
+
+    #[test]
+    fn a_progress_refresh_carries_no_time() {
+        let mut m = migration(Following);
+        m.progress = Some(json!({"lag_bytes": 10}));
+        let src = timed(task_with(Following, json!({"lag_bytes": 3})), &[(Starting, 1), (Following, 2)]);
+        assert_eq!(
+            decide(&m, &src, &Side::NoAnswer, true),
+            vec![MigrationAction::Progress(ProgressReport {
+                phase: Following,
+                progress: Some(json!({"lag_bytes": 3})),
+                error: None,
+                at: None
+            })]
+        );
+    }
+
     // ---- repeated and concurrent coordinators ----
 
     /// The broker's migration rules (docs/broker-api.md), as far as a report can hit them.
@@ -875,6 +1155,8 @@ mod tests {
     struct ModelBroker {
         m: Migration,
         epoch_bumps: u32,
+        /// The phases entered, in order, with the `at` each was reported with.
+        entered: Vec<(MigrationPhase, Option<String>)>,
     }
 
     #[derive(Debug, PartialEq)]
@@ -898,6 +1180,11 @@ mod tests {
                             return Err(Refusal::Conflict);
                         }
                         self.m.phase = r.phase;
+                        self.entered.push((r.phase, r.at.clone()));
+                        if r.phase == Done {
+                            // Out of the proxies' configs.
+                            self.epoch_bumps += 1;
+                        }
                     }
                     if r.progress.is_some() {
                         self.m.progress = r.progress.clone();
@@ -915,6 +1202,7 @@ mod tests {
                             self.m.phase = Committed;
                             self.m.committed_epoch = Some(COMMITTED);
                             self.epoch_bumps += 1;
+                            self.entered.push((Committed, None));
                         }
                         Committed | Cleaning | Done => {}
                         _ => return Err(Refusal::Conflict),
@@ -925,6 +1213,7 @@ mod tests {
                         self.m.phase = Failed;
                         self.m.error = Some(error.clone());
                         self.epoch_bumps += 1;
+                        self.entered.push((Failed, None));
                     }
                     Failed | Aborted => {}
                     _ => return Err(Refusal::Conflict),
@@ -950,7 +1239,7 @@ mod tests {
     }
 
     fn broker(phase: MigrationPhase) -> ModelBroker {
-        ModelBroker { m: migration(phase), epoch_bumps: 0 }
+        ModelBroker { m: migration(phase), epoch_bumps: 0, entered: Vec::new() }
     }
 
     /// What the proxies report at each step of a replication migration, source then
@@ -971,21 +1260,78 @@ mod tests {
         ]
     }
 
+    /// A migration faster than the rounds: the proxies went through several phases between
+    /// two reads, and say when by their `phase_times`.
+    fn timed_script() -> Vec<(Side, Side, MigrationPhase)> {
+        vec![
+            (
+                timed(task(Following), &[(Starting, 1), (Following, 3)]),
+                timed(task(Following), &[(Starting, 2), (Following, 2)]),
+                Following,
+            ),
+            (
+                timed(task(Switching), &[(Starting, 1), (Following, 3), (Switching, 5)]),
+                timed(task(Switched), &[(Starting, 2), (Following, 2), (Switched, 6)]),
+                Committed,
+            ),
+            (timed(cleaning_with(5), &[(Cleaning, 8)]), no_task(6), Cleaning),
+            (
+                clean(timed(task(Done), &[(Cleaning, 8), (Done, 10)]), COMMITTED),
+                clean(timed(task(Done), &[(Cleaning, 9), (Done, 12)]), COMMITTED),
+                Done,
+            ),
+        ]
+    }
+
+    fn scripts() -> [Vec<(Side, Side, MigrationPhase)>; 2] {
+        [script(), timed_script()]
+    }
+
     #[test]
     fn a_whole_migration_driven_by_reports() {
-        let mut b = broker(Pending);
-        for (src, dst, expected) in script() {
-            let actions = decide(&b.m, &src, &dst, true);
-            assert!(b.run(&actions).iter().all(Result::is_ok), "{actions:?} refused at {:?}", b.m.phase);
-            assert_eq!(b.m.phase, expected);
+        for script in scripts() {
+            let mut b = broker(Pending);
+            for (src, dst, expected) in script {
+                let actions = decide(&b.m, &src, &dst, true);
+                assert!(b.run(&actions).iter().all(Result::is_ok), "{actions:?} refused at {:?}", b.m.phase);
+                assert_eq!(b.m.phase, expected);
+            }
+            assert_eq!(b.epoch_bumps, 2, "the commit, and done");
+            let phases: Vec<MigrationPhase> = b.entered.iter().map(|(p, _)| *p).collect();
+            assert_eq!(phases, vec![Starting, Following, Switching, Switched, Committed, Cleaning, Done]);
         }
-        assert_eq!(b.epoch_bumps, 1, "one commit");
+    }
+
+    #[test]
+    fn a_fast_migration_shows_every_phase_with_the_proxies_times() {
+        let mut b = broker(Pending);
+        for (src, dst, _) in timed_script() {
+            b.run(&decide(&b.m, &src, &dst, true));
+        }
+        let expected = [
+            (Starting, Some(1)),
+            (Following, Some(2)),
+            (Switching, Some(5)),
+            (Switched, Some(6)),
+            (Committed, None),
+            (Cleaning, Some(8)),
+            (Done, Some(12)),
+        ];
+        let expected: Vec<(MigrationPhase, Option<String>)> =
+            expected.into_iter().map(|(p, t)| (p, t.map(stamp))).collect();
+        assert_eq!(b.entered, expected);
     }
 
     #[test]
     fn repeating_a_round_is_harmless() {
+        for script in scripts() {
+            repeating_a_round_is_harmless_in(script);
+        }
+    }
+
+    fn repeating_a_round_is_harmless_in(script: Vec<(Side, Side, MigrationPhase)>) {
         let mut b = broker(Pending);
-        for (src, dst, expected) in script() {
+        for (src, dst, expected) in script {
             for _ in 0..3 {
                 let actions = decide(&b.m, &src, &dst, true);
                 assert!(b.run(&actions).iter().all(Result::is_ok), "{actions:?}");
@@ -998,7 +1344,7 @@ mod tests {
             assert_eq!(decide(&b.m, &src, &dst, true), vec![], "at {expected:?}");
         }
         assert_eq!(b.m.phase, Done);
-        assert_eq!(b.epoch_bumps, 1);
+        assert_eq!(b.epoch_bumps, 2);
     }
 
     #[test]
@@ -1006,7 +1352,7 @@ mod tests {
         // Both read the broker and the proxies at the same moment and act one after the
         // other: the second one's calls are repeats (accepted, no change) or stale (409),
         // and the result is what one coordinator alone would have produced.
-        for (src, dst, _) in script() {
+        for (src, dst, _) in scripts().into_iter().flatten() {
             for start in [Pending, Starting, Following, Switching, Switched, Committed, Cleaning] {
                 let mut alone = broker(start);
                 let actions = decide(&alone.m, &src, &dst, true);
@@ -1028,7 +1374,12 @@ mod tests {
         // Coordinator B read the broker and the proxies before A's reports went through
         // (and the proxies moved on since): nothing B asks for moves a phase backwards, and
         // its commit is either a repeat or refused.
-        let script = script();
+        for script in scripts() {
+            a_stale_coordinator_cannot_move_the_broker_back_in(script);
+        }
+    }
+
+    fn a_stale_coordinator_cannot_move_the_broker_back_in(script: Vec<(Side, Side, MigrationPhase)>) {
         for (i, (old_src, old_dst, _)) in script.iter().enumerate() {
             let mut b = broker(Pending);
             let stale_snapshot = b.m.clone();
@@ -1050,7 +1401,8 @@ mod tests {
                     "stale {stale:?} moved {after_a:?} to {:?}",
                     b2.m.phase
                 );
-                assert!(b2.epoch_bumps <= 1);
+                assert!(b2.epoch_bumps <= 1 + u32::from(b2.m.phase == Done), "{:?}", b2.entered);
+                assert!(b2.entered.windows(2).all(|w| w[0].0 < w[1].0), "entered in order: {:?}", b2.entered);
             }
         }
     }

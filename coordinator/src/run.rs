@@ -371,8 +371,8 @@ fn log_migration_report(m: &Migration, action: &MigrationAction, after: &Migrati
     let (id, cluster) = (&m.id, &m.cluster);
     match action {
         MigrationAction::Progress(r) if r.phase != m.phase => tracing::info!(
-            migration = %id, %cluster, from = ?m.phase, phase = ?r.phase, progress = ?r.progress, error = ?r.error,
-            "migration phase reported"
+            migration = %id, %cluster, from = ?m.phase, phase = ?r.phase, at = ?r.at, progress = ?r.progress,
+            error = ?r.error, "migration phase reported"
         ),
         MigrationAction::Progress(r) if r.error.is_some() => tracing::info!(
             migration = %id, %cluster, phase = ?r.phase, error = ?r.error, "migration error reported"

@@ -10,11 +10,13 @@ use sluice_common::api::{HealthReport, Migration, ProgressReport, ProxyState};
 use sluice_common::model::MigrationPhase::{self, *};
 use sluice_coordinator::reconcile::{self, MigrationAction, Side, TaskView};
 use sluice_coordinator::{BrokerClient, Coordinator, Settings};
+use sluice_proto::control::{MigrationTask, StatusReply};
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 const TOKEN: &str = "s3cret";
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -264,11 +266,14 @@ async fn the_loop_marks_unreachable_proxies_failed_and_stops_on_request() {
 }
 
 fn task(phase: MigrationPhase) -> Side {
-    Side::Task { task: TaskView { phase, progress: None, error: None }, clean_epoch: 0 }
+    Side::Task { task: TaskView { phase, progress: None, error: None, phase_times: BTreeMap::new() }, clean_epoch: 0 }
 }
 
 fn with(phase: MigrationPhase, progress: Value) -> Side {
-    Side::Task { task: TaskView { phase, progress: Some(progress), error: None }, clean_epoch: 0 }
+    Side::Task {
+        task: TaskView { phase, progress: Some(progress), error: None, phase_times: BTreeMap::new() },
+        clean_epoch: 0,
+    }
 }
 
 /// `side` with its proxy's garbage clean at `clean_epoch`.
@@ -324,6 +329,19 @@ async fn record(client: &BrokerClient, id: &str) -> Migration {
     }
 }
 
+/// The ids of the migrations in each proxy's config, as the coordinator reads them.
+async fn config_migrations(client: &BrokerClient, proxies: &[&str]) -> Vec<Vec<String>> {
+    let configs = client.configs().await.expect("configs");
+    proxies
+        .iter()
+        .map(|p| {
+            let entry = configs.configs.iter().find(|e| e.proxy.address == *p).expect("listed");
+            assert_eq!(entry.config.epoch, configs.epoch);
+            entry.config.migrations.iter().map(|m| m.id.clone()).collect()
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn migration_decisions_hold_against_the_real_broker() {
     let broker = Broker::start();
@@ -367,10 +385,16 @@ async fn migration_decisions_hold_against_the_real_broker() {
             }
             if expected >= Committed {
                 assert_eq!(m.committed_epoch, Some(committed));
+                // Committed, the migration stays in both proxies' configs until done.
+                assert_eq!(config_migrations(&client, &[&p1, &spare]).await, vec![vec![id.clone()], vec![id.clone()]]);
             }
+            assert_eq!(client.epoch().await.expect("epoch"), committed - u64::from(expected < Committed));
         }
     }
     assert_eq!(commits, 1, "the commit is asked for once");
+    // Done took the migration out of both configs, with one epoch bump of its own.
+    assert_eq!(client.epoch().await.expect("epoch"), committed + 1);
+    assert_eq!(config_migrations(&client, &[&p1, &spare]).await, vec![Vec::<String>::new(), Vec::new()]);
     let all = broker.http.get(format!("{}/api/v1/clusters/shop/migrations/{id}", broker.base)).send().await;
     let done: Migration = all.expect("get").json().await.expect("json");
     assert_eq!((done.phase, done.committed_epoch), (Done, Some(committed)));
@@ -380,7 +404,7 @@ async fn migration_decisions_hold_against_the_real_broker() {
     }
 
     // What the broker refuses, as the loop classifies it: stale, hence benign.
-    let report = |phase| ProgressReport { phase, progress: None, error: None };
+    let report = |phase| ProgressReport { phase, progress: None, error: None, at: None };
     let again = broker
         .post("/api/v1/clusters/shop/migrations", json!({"src": p1, "dst": p2, "slots": [[200, 300]], "mode": "keys"}))
         .await;
@@ -410,7 +434,12 @@ async fn migration_decisions_hold_against_the_real_broker() {
     let id3 = third["id"].as_str().expect("id").to_string();
     let m3 = record(&client, &id3).await;
     let failed = Side::Task {
-        task: TaskView { phase: Failed, progress: None, error: Some("MIGRATE refused".into()) },
+        task: TaskView {
+            phase: Failed,
+            progress: None,
+            error: Some("MIGRATE refused".into()),
+            phase_times: BTreeMap::new(),
+        },
         clean_epoch: 0,
     };
     let actions = reconcile::decide(&m3, &Side::NoAnswer, &failed, true);
@@ -421,4 +450,115 @@ async fn migration_decisions_hold_against_the_real_broker() {
             assert_eq!((after.phase, after.error.as_deref()), (Failed, Some("MIGRATE refused")));
         }
     }
+}
+
+/// A Status reply listing one task for `m` with this phase and progress (`phase_times` inside),
+/// read the way a round reads it.
+fn from_proxy(m: &Migration, is_source: bool, phase: &str, progress: Value, clean_epoch: u64) -> Side {
+    let proxy = if is_source { &m.src } else { &m.dst };
+    let task = MigrationTask {
+        id: m.id.clone(),
+        epoch: m.epoch,
+        phase: phase.into(),
+        progress_json: progress.to_string(),
+        error: String::new(),
+        is_source,
+    };
+    let status = StatusReply { proxy: proxy.clone(), migrations: vec![task], clean_epoch, ..Default::default() };
+    reconcile::side(m, is_source, &HashMap::from([(proxy.clone(), status)]))
+}
+
+fn stamp(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// `from + (to - from) * n / 4`.
+fn between(from: SystemTime, to: SystemTime, n: u32) -> SystemTime {
+    from + to.duration_since(from).unwrap_or_default() * n / 4
+}
+
+#[tokio::test]
+async fn phases_faster_than_a_round_get_the_proxies_times() {
+    let broker = Broker::start();
+    let client = broker.client();
+    let p1 = broker.register(16051).await;
+    let spare = broker.register(16052).await;
+    broker.post("/api/v1/clusters", json!({"name": "shop", "proxies": [p1]})).await;
+    let created =
+        broker.post("/api/v1/clusters/shop/migrations", json!({"src": p1, "dst": spare, "slots": [[0, 100]]})).await;
+    let id = created["id"].as_str().expect("id").to_string();
+    let m = record(&client, &id).await;
+    let pending = humantime::parse_rfc3339(m.timestamps.get(Pending).expect("pending")).expect("rfc3339");
+    let committed = client.epoch().await.expect("epoch") + 1;
+    let run = |m: Migration, src: Side, dst: Side| {
+        let client = client.clone();
+        async move {
+            let actions = reconcile::decide(&m, &src, &dst, true);
+            for r in execute(&client, &m, &actions).await {
+                assert!(r.is_ok(), "{actions:?}: {r:?}");
+            }
+            actions
+        }
+    };
+
+    // Round 1 sees both proxies following already: starting, then following, each with the
+    // earlier of the two proxies' times.
+    let now = SystemTime::now();
+    let x: Vec<SystemTime> = (0..4).map(|n| between(pending, now, n)).collect();
+    let times = |a: SystemTime, b: SystemTime| json!({"starting": stamp(a), "following": stamp(b)});
+    let src = from_proxy(&m, true, "following", json!({"lag_bytes": 120, "phase_times": times(x[2], x[2])}), 0);
+    let dst = from_proxy(&m, false, "following", json!({"phase_times": times(x[1], x[3])}), 0);
+    let actions = run(m.clone(), src, dst).await;
+    assert_eq!(actions.len(), 2, "{actions:?}");
+    let m = record(&client, &id).await;
+    assert_eq!(m.phase, Following);
+    assert_eq!(m.timestamps.get(Starting), Some(stamp(x[1]).as_str()));
+    assert_eq!(m.timestamps.get(Following), Some(stamp(x[2]).as_str()));
+    assert_eq!(m.progress, Some(json!({"lag_bytes": 120})), "phase_times is not forwarded");
+
+    // Round 2: the source switches, the destination already switched (its clock an hour
+    // ahead): switching, switched (at the broker's now, not in the future), commit.
+    let y = SystemTime::now();
+    let ahead = y + Duration::from_secs(3600);
+    let src_times = json!({"starting": stamp(x[2]), "following": stamp(x[2]), "switching": stamp(y)});
+    let dst_times = json!({"starting": stamp(x[1]), "following": stamp(x[3]), "switched": stamp(ahead)});
+    let src = from_proxy(&m, true, "switching", json!({"phase_times": src_times}), 0);
+    let dst = from_proxy(&m, false, "switched", json!({"phase_times": dst_times}), 0);
+    let actions = run(m.clone(), src, dst).await;
+    assert_eq!(actions.len(), 3, "{actions:?}");
+    let after_commit = SystemTime::now();
+    let m = record(&client, &id).await;
+    assert_eq!((m.phase, m.committed_epoch), (Committed, Some(committed)));
+    assert_eq!(m.timestamps.get(Switching), Some(stamp(y).as_str()));
+    let switched = m.timestamps.get(Switched).expect("switched");
+    assert!(switched < stamp(after_commit + Duration::from_millis(1)).as_str(), "{switched} is in the future");
+
+    // Round 3: both proxies cleaned and are done: cleaning (the first to start), done (the
+    // last to finish), the migration out of both configs with one more epoch.
+    let z: Vec<SystemTime> = (0..4).map(|_| SystemTime::now()).collect();
+    let done = |c: SystemTime, d: SystemTime| json!({"keys_deleted": 1, "phase_times": {"cleaning": stamp(c), "done": stamp(d)}});
+    let src = from_proxy(&m, true, "done", done(z[1], z[3]), committed);
+    let dst = from_proxy(&m, false, "done", done(z[0], z[2]), committed);
+    let stale = m.clone();
+    let actions = run(m.clone(), src.clone(), dst.clone()).await;
+    assert_eq!(actions.len(), 2, "{actions:?}");
+    let all = broker.http.get(format!("{}/api/v1/clusters/shop/migrations/{id}", broker.base)).send().await;
+    let m: Migration = all.expect("get").json().await.expect("json");
+    assert_eq!(m.phase, Done);
+    assert_eq!(m.timestamps.get(Cleaning), Some(stamp(z[0]).as_str()));
+    assert_eq!(m.timestamps.get(Done), Some(stamp(z[3]).as_str()));
+    assert_eq!(m.progress, Some(json!({"keys_deleted": 2})));
+    assert_eq!(client.epoch().await.expect("epoch"), committed + 1);
+    assert_eq!(config_migrations(&client, &[&p1, &spare]).await, vec![Vec::<String>::new(), Vec::new()]);
+
+    // Every phase has its timestamp, in order.
+    let order = [Pending, Starting, Following, Switching, Switched, Committed, Cleaning, Done];
+    let stamps: Vec<&str> = order.iter().map(|p| m.timestamps.get(*p).expect("every phase")).collect();
+    assert!(stamps.windows(2).all(|w| w[0] <= w[1]), "{stamps:?}");
+
+    // A second coordinator that read the broker before round 3: its first report is stale.
+    let actions = reconcile::decide(&stale, &src, &dst, true);
+    let results = execute(&client, &stale, &actions[..1]).await;
+    assert!(results[0].as_ref().is_err_and(|e| e.contains("409")), "{results:?}");
+    assert_eq!(client.epoch().await.expect("epoch"), committed + 1);
 }

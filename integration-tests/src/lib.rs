@@ -7,10 +7,13 @@ pub mod broker;
 pub mod client;
 pub mod cluster;
 pub mod local;
+pub mod migration;
 pub mod ports;
 pub mod process;
+pub mod python;
 pub mod redis_node;
 pub mod wait;
+pub mod workload;
 
 pub use broker::{BrokerClient, BrokerProcess};
 pub use cluster::ProxyCluster;
@@ -18,3 +21,4 @@ pub use local::{LocalCluster, LocalSpec};
 pub use process::ChildProcess;
 pub use redis_node::RedisNode;
 pub use wait::wait_for;
+pub use workload::{Workload, WorkloadConfig};

@@ -81,6 +81,10 @@ pub struct ProxyOptions {
     /// (the slots stay on the source) and tried again later.
     #[arg(long, env = "SLUICE_SWITCH_PAUSE_MS", default_value_t = 1000)]
     pub switch_pause_ms: u64,
+    /// How long the destination must have followed (replica online) before the source
+    /// starts the switch, in milliseconds. 0: as soon as the lag is small.
+    #[arg(long, env = "SLUICE_MIN_FOLLOW_MS", default_value_t = 0)]
+    pub min_follow_ms: u64,
     /// Switch attempts before the migration fails.
     #[arg(long, env = "SLUICE_SWITCH_ATTEMPTS", default_value_t = 5)]
     pub switch_attempts: u32,

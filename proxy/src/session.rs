@@ -246,7 +246,7 @@ impl Session {
         if !self.authenticated && !matches!(spec.name, "auth" | "hello" | "quit" | "reset") {
             return self.reply(noauth()).await;
         }
-        if spec.has_subcommands {
+        if spec.has_subcommands && cmd.len() > 1 {
             let err = Frame::error(format!(
                 "ERR unknown subcommand '{}'. Try {} HELP.",
                 String::from_utf8_lossy(cmd.arg(1).map(|a| &a[..]).unwrap_or(b"")),

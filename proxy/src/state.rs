@@ -135,10 +135,10 @@ impl Shared {
             };
         }
         let config = Arc::new(config);
-        // Migrations that left the config no longer override it.
+        // Committed or ended migrations no longer override the config: it says it all now.
         {
             let mut overrides = self.overrides.lock().unwrap_or_else(|p| p.into_inner());
-            overrides.retain(|id, _| config.migrations.iter().any(|m| &m.id == id));
+            overrides.retain(|id, _| crate::migration::is_tagged(&config, id));
         }
         // New migrations start with their slots held until their task knows where they stand.
         for meta in self.migrations.new_sources(&config, self.me()) {

@@ -115,10 +115,15 @@ pub struct RawProgress {
     pub progress: Option<serde_json::Value>,
     #[serde(default)]
     pub error: Option<String>,
+    #[serde(default)]
+    pub at: Option<String>,
 }
 
-/// A progress report from the coordinator: status only, the epoch does not move. Phases only
-/// go forward; the same phase again is fine (progress and error are updated).
+/// A progress report from the coordinator: status only, the epoch does not move, except when
+/// the migration reaches `done` (it then leaves its proxies' configs: one epoch bump). Phases
+/// only go forward; the same phase again is fine (progress and error are updated). `at` (RFC
+/// 3339 UTC) is when the phase was entered as the proxies saw it, clamped between the previous
+/// phase's timestamp and now.
 #[utoipa::path(
     post,
     path = "/api/v1/clusters/{name}/migrations/{id}/progress",
@@ -132,7 +137,7 @@ pub struct RawProgress {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Recorded", body = Migration),
-        (status = 400, description = "Bad body", body = ErrorBody),
+        (status = 400, description = "Bad body, progress not an object, or `at` not an RFC 3339 UTC timestamp", body = ErrorBody),
         (status = 401, description = "Missing or wrong token", body = ErrorBody),
         (status = 404, description = "No such cluster or migration", body = ErrorBody),
         (status = 409, description = "Unknown phase, a phase going backwards, or a migration that ended", body = ErrorBody),
@@ -148,7 +153,7 @@ pub async fn report_progress(
     let (m, s) = app
         .mutate(if_match, move |t| {
             let before = t.state.migration(&p.name, &p.id).map(|(_, m)| m.phase);
-            let m = t.report_progress(&p.name, &p.id, &r.phase, r.progress, r.error)?;
+            let m = t.report_progress(&p.name, &p.id, &r.phase, r.progress, r.error, r.at)?;
             if before != Some(m.phase) {
                 tracing::info!(migration = %m.id, cluster = %m.cluster, phase = %crate::ops::phase_name(m.phase), "migration phase");
             }

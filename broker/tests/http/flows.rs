@@ -4,6 +4,16 @@
 use crate::harness::*;
 use serde_json::{json, Value};
 
+/// The `MigrationMeta` of a migration record, as proxy configs carry it.
+fn c_meta(m: &Value) -> Value {
+    let f = |k: &str| m[k].clone();
+    json!({
+        "id": f("id"), "epoch": f("epoch"), "cluster": f("cluster"),
+        "src_proxy": f("src"), "src_node": f("src_node"), "dst_proxy": f("dst"), "dst_node": f("dst_node"),
+        "slots": f("slots"), "mode": f("mode"),
+    })
+}
+
 fn sizes(view: &Value) -> Vec<(u64, u64)> {
     view["nodes"]
         .as_array()
@@ -126,8 +136,14 @@ async fn register_create_migrate_commit() {
     assert_eq!(view["epoch"], 7);
     assert_eq!(node_slots(&view, &addr(6001)).unwrap(), vec![plain(1001, 5461)]);
     assert_eq!(node_slots(&view, &addr(6004)).unwrap(), vec![plain(0, 1000)]);
-    let c = b.get(&format!("/api/v1/proxies/{}/config", addr(6004))).await.expect(200).clone();
-    assert_eq!(c["migrations"], json!([]), "a committed migration no longer travels in configs");
+    // Committed, the migration still travels in both configs until done: the proxies delete
+    // the keys of the slots they no longer own only for the migrations their config names.
+    let meta = c_meta(&m);
+    for port in [6001, 6004] {
+        let c = b.get(&format!("/api/v1/proxies/{}/config", addr(port))).await.expect(200).clone();
+        assert_eq!((c["epoch"].clone(), c["cluster"].clone()), (json!(7), view.clone()));
+        assert_eq!(c["migrations"], json!([meta]), "a committed migration stays in the configs until done");
+    }
 
     // Committing again (with or without a body) is fine and changes nothing.
     for body in [None, Some(b"{\"epoch\":6}".to_vec())] {
@@ -137,12 +153,30 @@ async fn register_create_migrate_commit() {
         assert_eq!(b.epoch().await, 7);
     }
 
-    // Cleaning and done.
-    for phase in ["cleaning", "done"] {
-        let r = b.post("/api/v1/clusters/shop/migrations/m-1/progress", json!({"phase": phase})).await;
-        assert_eq!(r.expect(200)["phase"], phase);
-    }
+    // Cleaning: status only. Done: the migration leaves both configs, which bumps the epoch
+    // (the cluster view itself does not change); done again changes nothing.
+    let r = b.post("/api/v1/clusters/shop/migrations/m-1/progress", json!({"phase": "cleaning"})).await;
+    assert_eq!(r.expect(200)["phase"], "cleaning");
     assert_eq!(b.epoch().await, 7);
+    let all = b.get("/api/v1/configs").await.expect(200).clone();
+    let with_m1: Vec<&str> = all["configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["config"]["migrations"] == json!([meta]))
+        .map(|e| e["proxy"]["address"].as_str().unwrap())
+        .collect();
+    assert_eq!(with_m1, vec![addr(6001), addr(6004)]);
+    for _ in 0..2 {
+        let r = b.post("/api/v1/clusters/shop/migrations/m-1/progress", json!({"phase": "done"})).await;
+        assert_eq!(r.expect(200)["phase"], "done");
+        assert_eq!(b.epoch().await, 8);
+    }
+    for port in [6001, 6004] {
+        let c = b.get(&format!("/api/v1/proxies/{}/config", addr(port))).await.expect(200).clone();
+        assert_eq!((c["epoch"].clone(), c["migrations"].clone()), (json!(8), json!([])), "{port}");
+        assert_eq!(c["cluster"], view, "the cluster view did not change: {port}");
+    }
     let m = b.get("/api/v1/clusters/shop/migrations/m-1").await.expect(200).clone();
     for phase in ["pending", "starting", "following", "switching", "switched", "committed", "cleaning", "done"] {
         let ts = m["timestamps"][phase].as_str().unwrap_or_else(|| panic!("no timestamp for {phase}: {m}"));
@@ -158,6 +192,27 @@ async fn register_create_migrate_commit() {
     // Unknown migrations.
     b.post("/api/v1/clusters/shop/migrations/m-9/commit", json!({})).await.expect_error(404, "not_found");
     b.get("/api/v1/clusters/shop/migrations/nope").await.expect_error(404, "not_found");
+}
+
+#[tokio::test]
+async fn reported_phase_times_are_kept_in_order() {
+    let (b, _dir) = fresh(Opts::default()).await;
+    register_all(&b, [6001, 6002]).await;
+    b.post("/api/v1/clusters", json!({"name": "c1", "proxies": [addr(6001)]})).await.expect(201);
+    let m = b
+        .post("/api/v1/clusters/c1/migrations", json!({"src": addr(6001), "dst": addr(6002), "slots": [[0, 10]]}))
+        .await;
+    let pending = m.expect(202)["timestamps"]["pending"].as_str().unwrap().to_string();
+    let epoch = b.epoch().await;
+    let progress = |phase: &str, at: &str| json!({"phase": phase, "at": at});
+    // Before the creation (a proxy clock behind): the pending time. Far ahead: now.
+    let r = b.post("/api/v1/clusters/c1/migrations/m-1/progress", progress("starting", "2000-01-01T00:00:00Z")).await;
+    assert_eq!(r.expect(200)["timestamps"]["starting"], pending);
+    let r = b.post("/api/v1/clusters/c1/migrations/m-1/progress", progress("following", "2999-01-01T00:00:00Z")).await;
+    let following = r.expect(200)["timestamps"]["following"].as_str().unwrap().to_string();
+    assert!(following >= pending && following.starts_with("20") && !following.starts_with("2999"), "{following}");
+    // Status only: the epoch did not move.
+    assert_eq!(b.epoch().await, epoch);
 }
 
 #[tokio::test]
@@ -188,8 +243,23 @@ async fn a_node_left_without_slots_leaves_and_its_proxy_is_free() {
     let p = b.get(&format!("/api/v1/proxies/{}", addr(6001))).await.expect(200).clone();
     assert_eq!(p["state"], "free");
     assert_eq!(p["cluster"], Value::Null);
+    // Free, its config has no cluster; the migration is still in it (the keys of the slots it
+    // gave away are still on its node), and in the destination's, until done.
     let c = b.get(&format!("/api/v1/proxies/{}/config", addr(6001))).await.expect(200).clone();
     assert!(c.get("cluster").is_none(), "a free proxy's config has no cluster: {c}");
+    assert_eq!(c["migrations"], json!([c_meta(&m)]), "{c}");
+    let d = b.get(&format!("/api/v1/proxies/{}/config", addr(6002))).await.expect(200).clone();
+    assert_eq!(d["migrations"], json!([c_meta(&m)]), "{d}");
+    let all = b.get("/api/v1/configs").await.expect(200).clone();
+    let listed = all["configs"].as_array().unwrap().iter().find(|e| e["proxy"]["address"] == addr(6001)).unwrap();
+    assert_eq!(listed["config"], c, "both calls compute the same config");
+    assert_eq!(listed["proxy"]["state"], "free");
+    for phase in ["cleaning", "done"] {
+        b.post("/api/v1/clusters/c1/migrations/m-1/progress", json!({"phase": phase})).await.expect(200);
+    }
+    assert_eq!(b.epoch().await, before + 2, "done bumps the epoch");
+    let c = b.get(&format!("/api/v1/proxies/{}/config", addr(6001))).await.expect(200).clone();
+    assert_eq!(c, json!({"epoch": before + 2, "proxy": addr(6001), "migrations": []}));
     // Now free, it can be deleted.
     b.delete(&format!("/api/v1/proxies/{}", addr(6001))).await.expect(200);
 }

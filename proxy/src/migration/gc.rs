@@ -1,6 +1,8 @@
-//! The garbage collector: deletes, with rate-limited `SCAN` + `UNLINK`, the keys this proxy's
-//! node holds for slots another node of the cluster serves (a replication migration copies a
-//! whole node; a source keeps its copies of the slots it handed over).
+//! The garbage collector: deletes, with rate-limited `SCAN` + `UNLINK`, the keys a migration
+//! left on this proxy's node: a source's copies of the slots it handed over, and on the
+//! destination of a replication everything it copied for slots it does not serve. Only slots
+//! named by committed migrations in the config (or by a task that copied and then ended
+//! before its switch) are garbage: data sluice did not put there is never deleted.
 //!
 //! It never deletes a key of a slot this proxy serves, imports or holds. A pass restarts
 //! when the route table changes under it, and a config that gives this proxy back a slot
@@ -116,10 +118,14 @@ pub async fn discard_copy(shared: &Arc<Shared>, task: &Arc<Task>) {
     shared.gc.set_extra(&task.meta.id, None);
 }
 
-/// Which slots hold garbage now: a bitmap of 16384.
-fn garbage(routes: &RouteTable, extra: &[SlotRange]) -> Vec<bool> {
-    let mut g: Vec<bool> = (0..SLOT_COUNT).map(|s| routes.is_foreign(s)).collect();
-    for r in extra {
+/// Which slots hold garbage now, as a bitmap of 16384: the slots the config's committed
+/// migrations name for this proxy, and the tasks' extra ranges, minus every slot served,
+/// imported or held here. Keys the config does not account for are never touched: a node
+/// may hold data sluice did not put there.
+fn garbage(shared: &Shared, routes: &RouteTable, extra: &[SlotRange]) -> Vec<bool> {
+    let mut g = vec![false; usize::from(SLOT_COUNT)];
+    let named = super::Migrations::garbage_ranges(&routes.config, shared.me());
+    for r in named.iter().chain(extra) {
         for s in r.slots().filter(|&s| s < SLOT_COUNT) {
             if routes.is_unclaimed(s) {
                 g[usize::from(s)] = true;
@@ -170,7 +176,7 @@ async fn pass(
     let routes = shared.routes_full();
     let epoch = routes.epoch();
     let extra = shared.gc.extra();
-    let garbage = garbage(&routes, &extra);
+    let garbage = garbage(shared, &routes, &extra);
     let nothing_new =
         extra.is_empty() && covered.as_ref().is_some_and(|c| garbage.iter().zip(c).all(|(g, c)| !*g || *c));
     if !garbage.iter().any(|g| *g) || nothing_new {

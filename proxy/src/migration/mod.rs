@@ -12,7 +12,8 @@ pub mod node;
 pub mod source;
 
 use crate::state::Shared;
-use sluice_common::model::{MigrationMeta, MigrationMode, MigrationPhase, ProxyConfig};
+use sluice_common::model::{MigrationMeta, MigrationMode, MigrationPhase, ProxyConfig, SlotRange};
+use sluice_common::slot::SLOT_COUNT;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,6 +30,35 @@ pub enum Role {
     Destination,
 }
 
+/// Where a migration stands in the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    /// Its slots are tagged migrating/importing: not committed yet.
+    Tagged,
+    /// Committed (tags cleared, slots moved), still named in the config: garbage to delete.
+    Committed,
+    /// No longer in the config: done, or aborted/failed before the switch.
+    Gone,
+}
+
+/// Whether the config still tags slots for migration `id` (on any node of the cluster).
+pub fn is_tagged(config: &ProxyConfig, id: &str) -> bool {
+    config
+        .cluster
+        .as_ref()
+        .is_some_and(|c| c.nodes.iter().any(|n| n.slots.iter().any(|a| a.migration.as_deref() == Some(id))))
+}
+
+fn stage_in(config: &ProxyConfig, id: &str) -> Stage {
+    if !config.migrations.iter().any(|m| m.id == id) {
+        Stage::Gone
+    } else if is_tagged(config, id) {
+        Stage::Tagged
+    } else {
+        Stage::Committed
+    }
+}
+
 #[derive(Debug, Clone)]
 struct TaskStatus {
     phase: Phase,
@@ -42,8 +72,8 @@ pub struct Task {
     pub meta: MigrationMeta,
     pub role: Role,
     status: Mutex<TaskStatus>,
-    /// Becomes true when the migration leaves the config (committed, aborted or failed).
-    gone: watch::Sender<bool>,
+    /// Where the migration stands in the config; only moves forward.
+    stage: watch::Sender<Stage>,
     /// Serialises `TmpSwitch` calls on the destination.
     pub switch_lock: tokio::sync::Mutex<()>,
     /// The garbage collector's count of deleted keys when the task started.
@@ -73,7 +103,7 @@ impl Task {
                 error: None,
                 ended_at: None,
             }),
-            gone: watch::channel(false).0,
+            stage: watch::channel(Stage::Tagged).0,
             switch_lock: tokio::sync::Mutex::new(()),
         }
     }
@@ -87,6 +117,7 @@ impl Task {
     }
 
     /// Moves to `phase` (never backwards; an ended task stays ended) and logs the change once.
+    /// When each phase was entered is reported in `progress.phase_times`.
     pub fn set_phase(&self, phase: Phase) {
         let mut st = self.status();
         if st.phase.is_final() || phase <= st.phase {
@@ -94,6 +125,11 @@ impl Task {
         }
         tracing::info!(migration = %self.meta.id, role = ?self.role, from = ?st.phase, to = ?phase, "migration phase");
         st.phase = phase;
+        let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+        let times = st.progress.entry("phase_times").or_insert_with(|| serde_json::json!({}));
+        if let Some(times) = times.as_object_mut() {
+            times.insert(phase_name(phase), now.into());
+        }
         if phase.is_final() {
             st.ended_at = Some(Instant::now());
         }
@@ -116,14 +152,29 @@ impl Task {
         self.set_phase(Phase::Failed);
     }
 
+    pub fn stage(&self) -> Stage {
+        *self.stage.borrow()
+    }
+
+    /// Whether the migration left the config before its commit (aborted or failed).
     pub fn is_gone(&self) -> bool {
-        *self.gone.borrow()
+        self.stage() == Stage::Gone
+    }
+
+    /// Waits until the migration is committed, or has left the config; returns which.
+    pub async fn wait_untagged(&self) -> Stage {
+        let mut rx = self.stage.subscribe();
+        let stage = match rx.wait_for(|s| *s != Stage::Tagged).await {
+            Ok(s) => *s,
+            Err(_) => Stage::Gone,
+        };
+        stage
     }
 
     /// Waits until the migration leaves the config.
     pub async fn wait_gone(&self) {
-        let mut rx = self.gone.subscribe();
-        let _ = rx.wait_for(|g| *g).await;
+        let mut rx = self.stage.subscribe();
+        let _ = rx.wait_for(|s| *s == Stage::Gone).await;
     }
 
     fn report(&self) -> TaskReport {
@@ -150,10 +201,35 @@ impl Migrations {
         self.tasks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Migrations of `config` in which `me` is the source and that have no task yet.
+    /// Tagged migrations of `config` in which `me` is the source and that have no task yet.
     pub fn new_sources<'a>(&self, config: &'a ProxyConfig, me: &str) -> Vec<&'a MigrationMeta> {
         let tasks = self.tasks();
-        config.migrations.iter().filter(|m| m.src_proxy == me && !tasks.contains_key(&m.id)).collect()
+        config
+            .migrations
+            .iter()
+            .filter(|m| m.src_proxy == me && !tasks.contains_key(&m.id) && is_tagged(config, &m.id))
+            .collect()
+    }
+
+    /// Slots whose keys on this node are garbage by the config's word: what committed
+    /// migrations moved away from here, and, on the destination of a replication, every slot
+    /// (the node was empty before it copied the source). The collector still spares every
+    /// slot served, imported or held here.
+    pub fn garbage_ranges(config: &ProxyConfig, me: &str) -> Vec<SlotRange> {
+        config
+            .migrations
+            .iter()
+            .filter(|m| stage_in(config, &m.id) == Stage::Committed)
+            .flat_map(|m| {
+                if m.src_proxy == me {
+                    m.slots.clone()
+                } else if m.dst_proxy == me && m.mode == MigrationMode::Replication {
+                    vec![SlotRange::new(0, SLOT_COUNT - 1)]
+                } else {
+                    Vec::new()
+                }
+            })
+            .collect()
     }
 
     /// Starts tasks for new migrations, tells tasks whose migration left the config, and
@@ -176,6 +252,13 @@ impl Migrations {
             let task = Arc::new(Task::new(meta.clone(), role, deleted));
             tasks.insert(meta.id.clone(), task.clone());
             let shared = shared.clone();
+            if stage_in(config, &meta.id) == Stage::Committed {
+                // Committed before this task existed (the proxy restarted): only cleaning is left.
+                task.stage.send_replace(Stage::Committed);
+                task.set_phase(Phase::Committed);
+                tokio::spawn(async move { gc::clean(&shared, &task).await });
+                continue;
+            }
             match (meta.mode, role) {
                 (MigrationMode::Keys, _) | (MigrationMode::Auto, _) => {
                     tokio::spawn(async move {
@@ -192,9 +275,14 @@ impl Migrations {
             }
         }
         for (id, task) in tasks.iter() {
-            if !config.migrations.iter().any(|m| &m.id == id) && !task.is_gone() {
-                task.gone.send_replace(true);
-            }
+            let stage = stage_in(config, id);
+            task.stage.send_if_modified(|s| {
+                let forward = stage > *s;
+                if forward {
+                    *s = stage;
+                }
+                forward
+            });
         }
         tasks.retain(|_, t| t.status().ended_at.is_none_or(|at| at.elapsed() < KEEP_ENDED));
     }

@@ -13,7 +13,7 @@
 //!    then `done`.
 
 use super::node::{resolve, NodeConn, NodeError, ReplInfo};
-use super::{Phase, Task};
+use super::{Phase, Stage, Task};
 use crate::route::{Override, OverrideKind};
 use crate::state::Shared;
 use sluice_common::resp::{Command, Frame, Limits};
@@ -69,6 +69,8 @@ async fn drive(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), String> {
     }
 
     let deadline = Instant::now() + Duration::from_secs(shared.opts.migration_timeout_secs);
+    let min_follow = Duration::from_millis(shared.opts.min_follow_ms);
+    let mut following_since: Option<Instant> = None;
     let mut attempts = 0;
     loop {
         if task.is_gone() {
@@ -84,11 +86,13 @@ async fn drive(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), String> {
         }
         let info = node.replication().await.map_err(|e| e.to_string())?;
         let Some(replica) = info.replica_at(&dst_addrs) else {
+            following_since = None;
             task.set_progress("replica", "not connected yet");
             tokio::time::sleep(POLL).await;
             continue;
         };
         if replica.state != "online" {
+            following_since = None;
             task.set_progress("replica", replica.state.clone());
             tokio::time::sleep(POLL).await;
             continue;
@@ -97,7 +101,8 @@ async fn drive(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), String> {
         task.set_phase(Phase::Following);
         task.set_progress("replica", "online");
         task.set_progress("lag_bytes", lag);
-        if lag > shared.opts.switch_max_lag_bytes {
+        let since = *following_since.get_or_insert_with(Instant::now);
+        if lag > shared.opts.switch_max_lag_bytes || since.elapsed() < min_follow {
             tokio::time::sleep(POLL).await;
             continue;
         }
@@ -245,7 +250,12 @@ async fn dst_promoted(
 /// After the switch: wait for the commit, then for our copies of the moved slots to be
 /// deleted by the garbage collector.
 async fn after_switch(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), String> {
-    task.wait_gone().await;
+    if task.wait_untagged().await == Stage::Gone {
+        // Left the config without a commit after the switch: the broker refuses that, so
+        // this only happens if the migration was deleted with its cluster.
+        tracing::warn!(migration = %task.meta.id, "migration left the config after the switch without a commit");
+        return Ok(());
+    }
     task.set_phase(Phase::Committed);
     super::gc::clean(shared, task).await;
     Ok(())

@@ -1,0 +1,454 @@
+//! Migrations as the end-to-end tests drive and check them: the broker's migrations API
+//! (`docs/broker-api.md`), watching a migration's phases, and the checks DESIGN.md's
+//! guarantees need (keys on the nodes that own their slots, every slot served).
+
+use crate::broker::BrokerClient;
+use crate::client::RespConn;
+use crate::local::{proxy_epoch, LocalCluster};
+use crate::wait::wait_for;
+use crate::workload::{cluster_connection, key_in_slot};
+use anyhow::{anyhow, bail, Context, Result};
+use futures::StreamExt;
+use redis::AsyncCommands;
+use sluice_common::api::{CreateMigration, Migration};
+use sluice_common::model::{ClusterView, MigrationMode, MigrationPhase, SlotRange};
+use sluice_common::resp::Frame;
+use sluice_common::slot::{key_slot, SLOT_COUNT};
+use std::collections::HashMap;
+use std::fmt;
+use std::time::{Duration, Instant, SystemTime};
+
+/// The phases of a replication-mode migration that completes, in order.
+pub const REPLICATION_PHASES: [MigrationPhase; 8] = [
+    MigrationPhase::Pending,
+    MigrationPhase::Starting,
+    MigrationPhase::Following,
+    MigrationPhase::Switching,
+    MigrationPhase::Switched,
+    MigrationPhase::Committed,
+    MigrationPhase::Cleaning,
+    MigrationPhase::Done,
+];
+
+/// A non-2xx answer of the broker: `{"error":{"code","message"}}`.
+#[derive(Debug, Clone)]
+pub struct ApiRefusal {
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+}
+
+impl fmt::Display for ApiRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}", self.status, self.code, self.message)
+    }
+}
+
+/// POSTs `body` to `url`: the decoded 2xx answer, or the broker's refusal.
+async fn post_json<T: serde::de::DeserializeOwned>(
+    url: &str,
+    body: &impl serde::Serialize,
+) -> Result<std::result::Result<T, ApiRefusal>> {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+    let resp = http.post(url).json(body).send().await.with_context(|| format!("POST {url}"))?;
+    let status = resp.status();
+    let text = resp.text().await.context("read the broker's answer")?;
+    if status.is_success() {
+        return Ok(Ok(serde_json::from_str(&text).with_context(|| format!("decode the broker's answer: {text}"))?));
+    }
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    Ok(Err(ApiRefusal {
+        status: status.as_u16(),
+        code: v["error"]["code"].as_str().unwrap_or_default().to_string(),
+        message: v["error"]["message"].as_str().unwrap_or(&text).to_string(),
+    }))
+}
+
+impl LocalCluster {
+    fn migrations_url(&self) -> String {
+        format!("{}/api/v1/clusters/{}/migrations", self.broker.url(), self.spec.cluster)
+    }
+
+    /// The cluster as the broker holds it now.
+    pub async fn view(&self) -> Result<ClusterView> {
+        self.broker_client().cluster(&self.spec.cluster).await
+    }
+
+    /// `POST …/migrations`: the created migration (202), or the broker's refusal.
+    pub async fn try_start_migration(
+        &self,
+        src: &str,
+        dst: &str,
+        slots: &[SlotRange],
+        mode: MigrationMode,
+    ) -> Result<std::result::Result<Migration, ApiRefusal>> {
+        let body = CreateMigration { src: src.to_string(), dst: dst.to_string(), slots: slots.to_vec(), mode };
+        post_json(&self.migrations_url(), &body).await
+    }
+
+    /// `POST …/migrations`, which must be accepted.
+    pub async fn start_migration(
+        &self,
+        src: &str,
+        dst: &str,
+        slots: &[SlotRange],
+        mode: MigrationMode,
+    ) -> Result<Migration> {
+        self.try_start_migration(src, dst, slots, mode)
+            .await?
+            .map_err(|r| anyhow!("the broker refused the migration {src} -> {dst} {slots:?}: {r}"))
+    }
+
+    /// `GET …/migrations/{id}`.
+    pub async fn migration(&self, id: &str) -> Result<Migration> {
+        self.broker_client().get(&format!("/clusters/{}/migrations/{id}", self.spec.cluster)).await
+    }
+
+    /// `POST …/migrations/{id}/abort`.
+    pub async fn abort_migration(&self, id: &str) -> Result<std::result::Result<Migration, ApiRefusal>> {
+        post_json(&format!("{}/{id}/abort", self.migrations_url()), &serde_json::json!({})).await
+    }
+
+    /// A watch on migration `id` that records every phase it sees.
+    pub fn watch_migration(&self, id: &str) -> MigrationWatch {
+        MigrationWatch {
+            broker: self.broker_client(),
+            path: format!("/clusters/{}/migrations/{id}", self.spec.cluster),
+            id: id.to_string(),
+            started: Instant::now(),
+            samples: Vec::new(),
+            last: None,
+            polls: 0,
+        }
+    }
+
+    /// Polls migration `id` every 5 ms until `pred` holds on its record; fails after `timeout`
+    /// naming the phases seen.
+    pub async fn wait_migration_phase(
+        &self,
+        id: &str,
+        timeout: Duration,
+        pred: impl FnMut(&Migration) -> bool,
+    ) -> Result<Migration> {
+        self.watch_migration(id).until("the migration phase", timeout, pred).await
+    }
+
+    /// Index (in `proxies` and `nodes`) of the proxy at `addr`.
+    pub fn proxy_index(&self, addr: &str) -> Result<usize> {
+        self.proxies.iter().position(|p| p.addr() == addr).ok_or_else(|| anyhow!("no proxy {addr} in this cluster"))
+    }
+
+    /// Restarts proxy `i` with the same flags (after a kill) and waits until it answers PING.
+    pub async fn restart_proxy(&mut self, i: usize) -> Result<()> {
+        self.proxies[i].process().restart()?;
+        let addr = self.proxies[i].addr();
+        wait_for("the restarted proxy to answer PING", Duration::from_secs(15), || {
+            let addr = addr.clone();
+            async move {
+                Ok(match RespConn::connect(&addr).await {
+                    Ok(mut c) => matches!(c.call(&["PING"]).await, Ok(Frame::Simple(_))).then_some(()),
+                    Err(_) => None,
+                })
+            }
+        })
+        .await
+    }
+
+    /// Waits until each of `proxies` holds the broker's epoch (for when some proxy is dead and
+    /// [`LocalCluster::wait_converged`] would wait for it too).
+    pub async fn wait_converged_on(&self, proxies: &[String], timeout: Duration) -> Result<u64> {
+        let client = self.broker_client();
+        let proxies = proxies.to_vec();
+        wait_for("the given proxies to hold the broker's epoch", timeout, || {
+            let client = client.clone();
+            let proxies = proxies.clone();
+            async move {
+                let epoch = client.epoch().await?;
+                for p in &proxies {
+                    if proxy_epoch(p).await? != epoch {
+                        return Ok(None);
+                    }
+                }
+                Ok(Some(epoch))
+            }
+        })
+        .await
+    }
+
+    /// Addresses of every redis node started (spares included).
+    pub fn node_addrs(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.addr()).collect()
+    }
+
+    /// Reads every key of the redis nodes at `nodes` directly (`SCAN`) and checks that the
+    /// broker's current view gives its slot to that node (untagged or migrating: the serving
+    /// side).
+    pub async fn check_keys_on_owners(&self, nodes: &[String]) -> Result<Placement> {
+        let view = self.view().await?;
+        let owners = slot_owner_nodes(&view);
+        let mut placement = Placement::default();
+        for addr in nodes {
+            let addr = addr.clone();
+            let keys = node_keys(&addr).await?;
+            placement.per_node.push((addr.clone(), keys.len()));
+            for k in keys {
+                placement.keys += 1;
+                let slot = key_slot(k.as_bytes());
+                let owner = owners[usize::from(slot)].as_deref();
+                if owner != Some(addr.as_str()) {
+                    placement.misplaced += 1;
+                    if placement.examples.len() < 20 {
+                        placement.examples.push(format!(
+                            "{k} (slot {slot}) is on node {addr}, but the slot belongs to {}",
+                            owner.unwrap_or("nobody")
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(placement)
+    }
+}
+
+/// Where keys are, from [`LocalCluster::check_keys_on_owners`].
+#[derive(Debug, Default, Clone)]
+pub struct Placement {
+    /// Keys on all nodes together.
+    pub keys: usize,
+    /// (node address, keys on it).
+    pub per_node: Vec<(String, usize)>,
+    /// Keys on a node that does not own their slot.
+    pub misplaced: usize,
+    pub examples: Vec<String>,
+}
+
+impl fmt::Display for Placement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} keys on the nodes {:?}, {} misplaced", self.keys, self.per_node, self.misplaced)?;
+        for e in &self.examples {
+            write!(f, "\n    {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// For each slot, the redis node (address) of the proxy serving it in `view`: the range held
+/// untagged or `migrating` (an `importing` range is not served yet).
+pub fn slot_owner_nodes(view: &ClusterView) -> Vec<Option<String>> {
+    let mut owners = vec![None; usize::from(SLOT_COUNT)];
+    for n in &view.nodes {
+        for a in &n.slots {
+            if a.tag != Some(sluice_common::model::SlotTag::Importing) {
+                for s in a.range().slots() {
+                    owners[usize::from(s)] = Some(n.node.clone());
+                }
+            }
+        }
+    }
+    owners
+}
+
+/// The upper half (⌊len/2⌋ slots) of the largest untagged range `proxy` holds in `view` —
+/// what the broker's scale-out takes too.
+pub fn upper_half(view: &ClusterView, proxy: &str) -> Result<SlotRange> {
+    let node = view.nodes.iter().find(|n| n.proxy == proxy).ok_or_else(|| anyhow!("{proxy} is not in the cluster"))?;
+    let range = node
+        .slots
+        .iter()
+        .filter(|a| a.tag.is_none())
+        .map(|a| a.range())
+        .max_by_key(SlotRange::len)
+        .ok_or_else(|| anyhow!("{proxy} holds no untagged slot"))?;
+    if range.len() < 2 {
+        bail!("{proxy}'s largest range {range:?} cannot be halved");
+    }
+    Ok(SlotRange::new(range.end - (range.len() / 2) as u16 + 1, range.end))
+}
+
+/// Every key on a redis node, by `SCAN` straight against the node.
+pub async fn node_keys(addr: &str) -> Result<Vec<String>> {
+    let mut c = RespConn::connect(addr).await?;
+    let mut cursor = "0".to_string();
+    let mut keys = Vec::new();
+    loop {
+        let reply = c.call(&["SCAN", cursor.as_str(), "COUNT", "1000"]).await?;
+        let Frame::Array(parts) = reply else { bail!("SCAN on {addr} answered {reply:?}") };
+        let (Some(next), Some(Frame::Array(batch))) = (parts.first(), parts.get(1)) else {
+            bail!("SCAN on {addr}: unexpected reply shape")
+        };
+        cursor = next.as_bytes().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+        keys.extend(batch.iter().filter_map(|k| k.as_bytes().map(|b| String::from_utf8_lossy(b).into_owned())));
+        if cursor == "0" {
+            return Ok(keys);
+        }
+    }
+}
+
+/// Through a fresh cluster client: one key in each of the 16384 slots is written, read back
+/// and deleted. Fails naming the slots that did not work.
+pub async fn check_every_slot_served(urls: &[String], name: &str) -> Result<()> {
+    let conn = cluster_connection(urls, Duration::from_secs(10)).await?;
+    let failures: Vec<String> = futures::stream::iter(0..SLOT_COUNT)
+        .map(|slot| {
+            let mut c = conn.clone();
+            async move {
+                let key = key_in_slot(slot, name);
+                let value = format!("slot-{slot}");
+                let r: redis::RedisResult<Option<String>> = async {
+                    c.set::<_, _, ()>(&key, &value).await?;
+                    let v = c.get(&key).await?;
+                    c.del::<_, ()>(&key).await?;
+                    Ok(v)
+                }
+                .await;
+                match r {
+                    Ok(Some(v)) if v == value => None,
+                    Ok(other) => Some(format!("slot {slot}: read back {other:?}")),
+                    Err(e) => Some(format!("slot {slot}: {e}")),
+                }
+            }
+        })
+        .buffer_unordered(128)
+        .filter_map(|r| async move { r })
+        .collect()
+        .await;
+    if !failures.is_empty() {
+        bail!("{} of 16384 slots are not served: {:?}", failures.len(), &failures[..failures.len().min(10)]);
+    }
+    Ok(())
+}
+
+/// One phase as a watch saw it.
+#[derive(Debug, Clone)]
+pub struct PhaseSample {
+    pub phase: MigrationPhase,
+    /// Since the watch was made.
+    pub at: Duration,
+}
+
+/// Polls one migration and keeps the sequence of phases seen (a new sample each time the
+/// phase differs from the previous poll, so a backwards step shows).
+pub struct MigrationWatch {
+    broker: BrokerClient,
+    path: String,
+    pub id: String,
+    started: Instant,
+    pub samples: Vec<PhaseSample>,
+    pub last: Option<Migration>,
+    pub polls: u64,
+}
+
+impl MigrationWatch {
+    /// One GET of the record.
+    pub async fn poll(&mut self) -> Result<Migration> {
+        let m: Migration = self.broker.get(&self.path).await?;
+        self.polls += 1;
+        if self.samples.last().map(|s| s.phase) != Some(m.phase) {
+            self.samples.push(PhaseSample { phase: m.phase, at: self.started.elapsed() });
+        }
+        self.last = Some(m.clone());
+        Ok(m)
+    }
+
+    /// Polls every 5 ms until `pred` holds; fails after `timeout` with the phases seen. A
+    /// broker that does not answer for a poll is retried until the deadline.
+    pub async fn until(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut pred: impl FnMut(&Migration) -> bool,
+    ) -> Result<Migration> {
+        let deadline = Instant::now() + timeout;
+        let mut last_err = None;
+        loop {
+            match self.poll().await {
+                Ok(m) if pred(&m) => return Ok(m),
+                Ok(_) => {}
+                Err(e) => last_err = Some(e),
+            }
+            if Instant::now() >= deadline {
+                let last = self.last.as_ref().map(|m| format!("{m:?}")).unwrap_or_default();
+                bail!(
+                    "timed out after {timeout:?} waiting for {what} of migration {}: phases seen {}; last record {last}; \
+                     last error {last_err:?}",
+                    self.id,
+                    self.seen()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Until the migration has ended (`done`, `failed` or `aborted`).
+    pub async fn until_final(&mut self, timeout: Duration) -> Result<Migration> {
+        self.until("the end", timeout, |m| m.phase.is_final()).await
+    }
+
+    /// The phases seen, in order of observation.
+    pub fn phases(&self) -> Vec<MigrationPhase> {
+        self.samples.iter().map(|s| s.phase).collect()
+    }
+
+    /// The phases seen with when, for messages.
+    pub fn seen(&self) -> String {
+        let parts: Vec<String> =
+            self.samples.iter().map(|s| format!("{} at {:.3}s", phase_name(s.phase), s.at.as_secs_f64())).collect();
+        parts.join(" → ")
+    }
+
+    /// The phases seen never went backwards (each sample is a later phase than the one before).
+    pub fn check_order(&self) -> Result<()> {
+        for w in self.samples.windows(2) {
+            if w[1].phase <= w[0].phase {
+                bail!("migration {} went from {:?} back to {:?}: {}", self.id, w[0].phase, w[1].phase, self.seen());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The API name of a phase.
+pub fn phase_name(p: MigrationPhase) -> String {
+    serde_json::to_value(p).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_else(|| format!("{p:?}"))
+}
+
+/// Checks that `m.timestamps` has an entry for each of `phases`, each a valid RFC 3339 time,
+/// in that order (equal times allowed: the broker keeps milliseconds). Returns the times.
+pub fn check_timestamps(m: &Migration, phases: &[MigrationPhase]) -> Result<Vec<SystemTime>> {
+    let mut times = Vec::new();
+    for &p in phases {
+        let text = m.timestamps.get(p).ok_or_else(|| {
+            anyhow!("migration {} has no timestamp for phase {}: {:?}", m.id, phase_name(p), m.timestamps)
+        })?;
+        let t = humantime::parse_rfc3339(text)
+            .with_context(|| format!("timestamp of {} is not RFC 3339: {text:?}", phase_name(p)))?;
+        if let Some(prev) = times.last() {
+            if t < *prev {
+                bail!(
+                    "migration {}: phase {} is timestamped before the phase before it: {:?}",
+                    m.id,
+                    phase_name(p),
+                    m.timestamps
+                );
+            }
+        }
+        times.push(t);
+    }
+    Ok(times)
+}
+
+/// Seconds from the `pending` timestamp to `phase`'s (None when either is missing).
+pub fn seconds_to(m: &Migration, phase: MigrationPhase) -> Option<f64> {
+    let start = humantime::parse_rfc3339(m.timestamps.get(MigrationPhase::Pending)?).ok()?;
+    let at = humantime::parse_rfc3339(m.timestamps.get(phase)?).ok()?;
+    Some(at.duration_since(start).unwrap_or_default().as_secs_f64())
+}
+
+/// `DBSIZE` of each node, by address.
+pub async fn dbsizes(cluster: &LocalCluster) -> Result<HashMap<String, i64>> {
+    let mut out = HashMap::new();
+    for n in &cluster.nodes {
+        out.insert(n.addr(), n.dbsize().await?);
+    }
+    Ok(out)
+}

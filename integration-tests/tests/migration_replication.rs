@@ -1,0 +1,494 @@
+//! Replication-mode slot migration end to end (issue 5, DESIGN.md "Migration"): a whole
+//! deployment on loopback (broker, coordinator, 3 redis-server nodes with a proxy each and one
+//! spare), writers on 50,000 keys across all 16384 slots through real cluster clients, and half
+//! of one node's slots moving to the spare.
+//!
+//! The guarantees under test: a cluster-aware client sees no error (the cluster client follows
+//! `MOVED` itself; anything it surfaces counts); every acknowledged write reads back its last
+//! value; the phases come in order with a timestamp each; after `done` the nodes together hold
+//! exactly the live keys, each on the node that serves its slot; the epoch moved forward and
+//! every proxy holds it. Then the faults: the destination proxy killed while `following`, the
+//! source proxy killed during the switch, and a destination node that is not empty.
+
+use anyhow::{bail, Result};
+use sluice_common::api::Migration;
+use sluice_common::model::{ClusterView, MigrationMode, MigrationPhase, SlotRange};
+use sluice_common::resp::Frame;
+use sluice_harness::client::RespConn;
+use sluice_harness::local::proxy_epoch;
+use sluice_harness::migration::{
+    check_every_slot_served, check_timestamps, phase_name, upper_half, REPLICATION_PHASES,
+};
+use sluice_harness::python::{PyWorkload, PyWorkloadOptions, PythonEnv};
+use sluice_harness::{wait_for, LocalCluster, LocalSpec, Workload, WorkloadConfig};
+use std::time::Duration;
+
+/// Keys of the writer workload (issue 5: 50,000 keys across all slots).
+const KEYS: usize = 50_000;
+/// A replication migration of a few MB must be done well within this.
+const MIGRATION_DEADLINE: Duration = Duration::from_secs(120);
+
+/// The cluster's first proxy gives half of its slots to the spare.
+struct Plan {
+    src: String,
+    dst: String,
+    src_index: usize,
+    dst_index: usize,
+    slots: SlotRange,
+}
+
+async fn start_cluster() -> Result<(LocalCluster, Plan)> {
+    start_cluster_with(LocalSpec::default()).await
+}
+
+async fn start_cluster_with(spec: LocalSpec) -> Result<(LocalCluster, Plan)> {
+    let cluster = LocalCluster::start(spec).await?;
+    let (src_index, dst_index) = (0, cluster.spec.proxies);
+    let src = cluster.proxies[src_index].addr();
+    let dst = cluster.proxies[dst_index].addr();
+    let slots = upper_half(&cluster.view().await?, &src)?;
+    eprintln!("plan: {src} gives slots {}-{} to the spare {dst}", slots.start, slots.end);
+    Ok((cluster, Plan { src, dst, src_index, dst_index, slots }))
+}
+
+/// Waits until the workload has answered `more` commands beyond `from` (proof that traffic
+/// flows at that point), at most `timeout`.
+async fn wait_for_traffic(workload: &Workload, more: u64, timeout: Duration) -> Result<()> {
+    let target = workload.ops_so_far() + more;
+    wait_for("the writers to make progress", timeout, || {
+        let done = workload.ops_so_far();
+        async move { Ok((done >= target).then_some(())) }
+    })
+    .await
+}
+
+/// After a successful migration: `slots` belong to `dst` untagged, nobody else holds them,
+/// and no range anywhere carries a tag.
+fn check_slots_moved(view: &ClusterView, plan: &Plan) -> Result<()> {
+    for n in &view.nodes {
+        for a in &n.slots {
+            if a.tag.is_some() {
+                bail!("a tag is left after the migration: {} {:?}", n.proxy, a);
+            }
+            let overlaps = a.range().overlaps(&plan.slots);
+            if overlaps && n.proxy != plan.dst {
+                bail!("{} still holds {}-{}, which moved to {}", n.proxy, a.start, a.end, plan.dst);
+            }
+        }
+    }
+    let dst = view.nodes.iter().find(|n| n.proxy == plan.dst);
+    let held: Vec<SlotRange> = dst.map(|n| n.slots.iter().map(|a| a.range()).collect()).unwrap_or_default();
+    if held != vec![plan.slots] {
+        bail!("the destination {} holds {held:?}, expected exactly {:?}", plan.dst, plan.slots);
+    }
+    Ok(())
+}
+
+/// After a migration that did not happen: every slot is held untagged by the three original
+/// proxies, the source still holds the moving range, and the destination left the cluster.
+fn check_slots_stayed(view: &ClusterView, plan: &Plan) -> Result<()> {
+    if view.nodes.iter().any(|n| n.proxy == plan.dst) {
+        bail!("the destination {} is still a node of the cluster: {view:?}", plan.dst);
+    }
+    for n in &view.nodes {
+        if let Some(a) = n.slots.iter().find(|a| a.tag.is_some()) {
+            bail!("a tag is left after the migration ended: {} {:?}", n.proxy, a);
+        }
+    }
+    let src = view.nodes.iter().find(|n| n.proxy == plan.src);
+    let holds = src.is_some_and(|n| n.slots.iter().any(|a| a.start <= plan.slots.start && plan.slots.end <= a.end));
+    if !holds {
+        bail!("the source {} does not hold {:?} any more: {view:?}", plan.src, plan.slots);
+    }
+    let total: usize = view.nodes.iter().flat_map(|n| &n.slots).map(|a| a.range().len()).sum();
+    if total != 16384 {
+        bail!("the cluster holds {total} slots, not 16384: {view:?}");
+    }
+    Ok(())
+}
+
+/// The epoch moved forward past the migration's own, and every proxy in `proxies` holds the
+/// broker's epoch.
+async fn check_epochs(cluster: &LocalCluster, proxies: &[String], before: u64, m: &Migration) -> Result<u64> {
+    let epoch = cluster.wait_converged_on(proxies, Duration::from_secs(15)).await?;
+    assert!(epoch > before, "the epoch moved forward ({before} -> {epoch})");
+    assert!(epoch > m.epoch, "the end of migration {} bumped the epoch past its own ({} -> {epoch})", m.id, m.epoch);
+    for p in proxies {
+        assert_eq!(proxy_epoch(p).await?, epoch, "proxy {p} holds the broker's epoch");
+    }
+    Ok(epoch)
+}
+
+/// Sum of `DBSIZE` over `nodes`.
+async fn dbsize_sum(cluster: &LocalCluster, nodes: &[String]) -> Result<i64> {
+    let mut sum = 0;
+    for n in cluster.nodes.iter().filter(|n| nodes.contains(&n.addr())) {
+        sum += n.dbsize().await?;
+    }
+    Ok(sum)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_migration_under_redis_rs_writers_loses_nothing_and_leaves_no_garbage() -> Result<()> {
+    let (cluster, plan) = start_cluster().await?;
+    let epoch_before = cluster.broker_client().epoch().await?;
+    let mut workload = Workload::start(WorkloadConfig::new(KEYS), &cluster.urls()).await?;
+    wait_for_traffic(&workload, 500, Duration::from_secs(20)).await?;
+
+    let m = cluster.start_migration(&plan.src, &plan.dst, &[plan.slots], MigrationMode::Replication).await?;
+    assert_eq!(m.mode, MigrationMode::Replication);
+    let ops_at_start = workload.ops_so_far();
+    let mut watch = cluster.watch_migration(&m.id);
+    let end = watch.until_final(MIGRATION_DEADLINE).await;
+    let ops_during = workload.ops_so_far() - ops_at_start;
+    let report = workload.stop().await?;
+    eprintln!("{report}");
+    eprintln!("phases seen ({} polls): {}", watch.polls, watch.seen());
+    let end = end?;
+    eprintln!("migration record at the end: {end:?}");
+
+    assert_eq!(end.phase, MigrationPhase::Done, "the migration ended {:?}: {:?}", end.phase, end.error);
+    watch.check_order()?;
+    check_timestamps(&end, &REPLICATION_PHASES)?;
+    assert!(ops_during >= 100, "the writers ran during the migration ({ops_during} commands)");
+    assert_eq!(report.total_errors(), 0, "the client saw errors:\n{report}");
+    assert_eq!(report.wrong_reads, 0, "the client read wrong values:\n{report}");
+
+    let v = workload.verify().await?;
+    eprintln!("{v}");
+    assert_eq!(v.keys_checked, KEYS);
+    assert_eq!(v.mismatches, 0, "acknowledged writes are lost or wrong:\n{v}");
+    assert_eq!(v.ttl_mismatches, 0, "TTLs are wrong:\n{v}");
+
+    // No garbage: the nodes together hold exactly the live keys, each on its slot's node.
+    let all = cluster.node_addrs();
+    assert_eq!(dbsize_sum(&cluster, &all).await?, v.live_keys as i64, "sum of DBSIZE over all nodes = live keys");
+    let placement = cluster.check_keys_on_owners(&all).await?;
+    eprintln!("{placement}");
+    assert_eq!(placement.misplaced, 0, "{placement}");
+    check_slots_moved(&cluster.view().await?, &plan)?;
+
+    let proxies: Vec<String> = cluster.proxies.iter().map(|p| p.addr()).collect();
+    check_epochs(&cluster, &proxies, epoch_before, &end).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_migration_under_redis_py_writers_loses_nothing_and_leaves_no_garbage() -> Result<()> {
+    let env = PythonEnv::ensure_async().await?;
+    let (cluster, plan) = start_cluster().await?;
+    let epoch_before = cluster.broker_client().epoch().await?;
+    let opts = PyWorkloadOptions::new(KEYS);
+    let workload = PyWorkload::start(&env, &cluster.cluster_proxies(), &opts, Duration::from_secs(180)).await?;
+
+    let m = cluster.start_migration(&plan.src, &plan.dst, &[plan.slots], MigrationMode::Replication).await?;
+    let mut watch = cluster.watch_migration(&m.id);
+    let end = watch.until_final(MIGRATION_DEADLINE).await;
+    let report = workload.stop(Duration::from_secs(300)).await?;
+    eprintln!("workload.py report: {report:#?}");
+    eprintln!("phases seen ({} polls): {}", watch.polls, watch.seen());
+    let end = end?;
+
+    assert_eq!(end.phase, MigrationPhase::Done, "the migration ended {:?}: {:?}", end.phase, end.error);
+    watch.check_order()?;
+    check_timestamps(&end, &REPLICATION_PHASES)?;
+    assert!(report.total_ops() >= 100, "redis-py wrote ({} commands)", report.total_ops());
+    assert_eq!(report.total_errors(), 0, "redis-py saw errors: {:?} {:#?}", report.errors, report.error_examples);
+    assert_eq!(report.wrong_reads, 0, "redis-py read wrong values: {:#?}", report.wrong_read_examples);
+    let v = match (&report.verify, &report.verify_error) {
+        (Some(v), _) => v,
+        (None, e) => bail!("workload.py could not read its keys back: {e:?}"),
+    };
+    assert_eq!(v.keys_checked, KEYS);
+    assert_eq!(v.mismatches, 0, "acknowledged writes are lost or wrong: {:#?}", v.examples);
+    assert_eq!(v.ttl_mismatches, 0, "TTLs are wrong: {:#?}", v.examples);
+
+    let all = cluster.node_addrs();
+    assert_eq!(dbsize_sum(&cluster, &all).await?, v.live_keys as i64, "sum of DBSIZE over all nodes = live keys");
+    let placement = cluster.check_keys_on_owners(&all).await?;
+    assert_eq!(placement.misplaced, 0, "{placement}");
+    check_slots_moved(&cluster.view().await?, &plan)?;
+    let proxies: Vec<String> = cluster.proxies.iter().map(|p| p.addr()).collect();
+    check_epochs(&cluster, &proxies, epoch_before, &end).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destination_proxy_killed_while_following_fails_the_migration_and_the_source_keeps_serving() -> Result<()> {
+    // The source waits 3 s in `following` before it switches: time to inject the fault.
+    let spec = LocalSpec { proxy_args: vec!["--min-follow-ms".into(), "3000".into()], ..LocalSpec::default() };
+    let (mut cluster, plan) = start_cluster_with(spec).await?;
+    let epoch_before = cluster.broker_client().epoch().await?;
+    let mut workload = Workload::start(WorkloadConfig::new(KEYS), &cluster.urls()).await?;
+    wait_for_traffic(&workload, 500, Duration::from_secs(20)).await?;
+
+    let m = cluster.start_migration(&plan.src, &plan.dst, &[plan.slots], MigrationMode::Replication).await?;
+    let mut watch = cluster.watch_migration(&m.id);
+    let seen = watch.until("following", MIGRATION_DEADLINE, |m| m.phase >= MigrationPhase::Following).await?;
+    if seen.phase != MigrationPhase::Following {
+        bail!(
+            "the migration went past `following` before the test could see it ({}): the fault was not injected",
+            watch.seen()
+        );
+    }
+    cluster.proxies[plan.dst_index].process().kill();
+    eprintln!("killed the destination proxy {} while the migration was following", plan.dst);
+
+    let end = watch.until_final(MIGRATION_DEADLINE).await;
+    eprintln!("phases seen: {}", watch.seen());
+    let end = end?;
+    assert_eq!(end.phase, MigrationPhase::Failed, "the migration ended {:?}", end.phase);
+    let error = end.error.clone().unwrap_or_default();
+    assert!(!error.trim().is_empty(), "a failed migration says why: {end:?}");
+    eprintln!("the migration failed: {error}");
+
+    // The source keeps serving after the failure too.
+    wait_for_traffic(&workload, 500, Duration::from_secs(20)).await?;
+    let report = workload.stop().await?;
+    eprintln!("{report}");
+    // Nothing moved: the slots the client uses were served by their owners all along.
+    assert_eq!(report.total_errors(), 0, "the client saw errors:\n{report}");
+    assert_eq!(report.wrong_reads, 0, "the client read wrong values:\n{report}");
+    let v = workload.verify().await?;
+    eprintln!("{v}");
+    assert_eq!(v.keys_checked, KEYS);
+    assert_eq!(v.mismatches, 0, "keys were lost:\n{v}");
+    assert_eq!(v.ttl_mismatches, 0, "TTLs are wrong:\n{v}");
+
+    let view = cluster.view().await?;
+    check_slots_stayed(&view, &plan)?;
+    // The cluster's own nodes hold exactly the live keys, each on its owner (the dead
+    // destination's node is out of the cluster; whatever it copied is not served).
+    let members: Vec<String> = view.nodes.iter().map(|n| n.node.clone()).collect();
+    assert_eq!(dbsize_sum(&cluster, &members).await?, v.live_keys as i64, "sum of DBSIZE over the cluster's nodes");
+    let placement = cluster.check_keys_on_owners(&members).await?;
+    assert_eq!(placement.misplaced, 0, "{placement}");
+    let alive: Vec<String> =
+        (0..cluster.proxies.len()).filter(|i| *i != plan.dst_index).map(|i| cluster.proxies[i].addr()).collect();
+    check_epochs(&cluster, &alive, epoch_before, &end).await?;
+    check_every_slot_served(&cluster.urls(), "after-failure").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_proxy_killed_during_the_switch_loses_no_acknowledged_write() -> Result<()> {
+    let (mut cluster, plan) = start_cluster().await?;
+    let epoch_before = cluster.broker_client().epoch().await?;
+    // The kill cuts client connections: the redis-rs cluster client resends what was in flight
+    // on them, which may apply an INCR or a DEL twice. That is the client's doing; it is
+    // counted apart, and everything else must still be exact.
+    let config = WorkloadConfig { tolerate_client_resends: true, ..WorkloadConfig::new(KEYS) };
+    let mut workload = Workload::start(config, &cluster.urls()).await?;
+    wait_for_traffic(&workload, 500, Duration::from_secs(20)).await?;
+
+    let m = cluster.start_migration(&plan.src, &plan.dst, &[plan.slots], MigrationMode::Replication).await?;
+    let mut watch = cluster.watch_migration(&m.id);
+    // Polls every 5 ms; if `switching` passes too fast to be seen, the kill lands right after
+    // (at `switched` or a little later), which the same checks must survive.
+    let seen = watch.until("switching", MIGRATION_DEADLINE, |m| m.phase >= MigrationPhase::Switching).await?;
+    cluster.proxies[plan.src_index].process().kill();
+    eprintln!("killed the source proxy {} at phase {} ({})", plan.src, phase_name(seen.phase), watch.seen());
+    if seen.phase.is_final() {
+        eprintln!("note: the migration had already ended when the kill landed");
+    }
+    cluster.restart_proxy(plan.src_index).await?;
+    eprintln!("restarted the source proxy");
+
+    let end = watch.until_final(MIGRATION_DEADLINE).await;
+    eprintln!("phases seen: {}", watch.seen());
+    let end = end?;
+    eprintln!("the migration ended {}: {:?}", phase_name(end.phase), end.error);
+    watch.check_order()?;
+    let all_proxies: Vec<String> = cluster.proxies.iter().map(|p| p.addr()).collect();
+    check_epochs(&cluster, &all_proxies, epoch_before, &end).await?;
+    // Every slot is served again.
+    check_every_slot_served(&cluster.urls(), "after-restart").await?;
+    wait_for_traffic(&workload, 500, Duration::from_secs(30)).await?;
+
+    let report = workload.stop().await?;
+    eprintln!("{report}");
+    assert_eq!(report.wrong_reads, 0, "the client read wrong values:\n{report}");
+    let v = workload.verify().await?;
+    eprintln!("{v}");
+    assert_eq!(v.keys_checked, KEYS);
+    assert_eq!(v.mismatches, 0, "acknowledged writes were lost:\n{v}");
+    assert_eq!(v.ttl_mismatches, 0, "TTLs are wrong:\n{v}");
+
+    let view = cluster.view().await?;
+    match end.phase {
+        MigrationPhase::Done => {
+            check_slots_moved(&view, &plan)?;
+            let all = cluster.node_addrs();
+            assert_eq!(dbsize_sum(&cluster, &all).await?, v.live_keys as i64, "sum of DBSIZE over all nodes");
+            let placement = cluster.check_keys_on_owners(&all).await?;
+            assert_eq!(placement.misplaced, 0, "{placement}");
+        }
+        MigrationPhase::Aborted | MigrationPhase::Failed => {
+            check_slots_stayed(&view, &plan)?;
+            let members: Vec<String> = view.nodes.iter().map(|n| n.node.clone()).collect();
+            assert_eq!(dbsize_sum(&cluster, &members).await?, v.live_keys as i64, "sum of DBSIZE over the cluster");
+            let placement = cluster.check_keys_on_owners(&members).await?;
+            assert_eq!(placement.misplaced, 0, "{placement}");
+        }
+        other => bail!("the migration ended in {other:?}"),
+    }
+    Ok(())
+}
+
+/// The spare's node still holds exactly the `n` keys written straight into it, with their
+/// values, and it never became a replica (`REPLICAOF` would have wiped it).
+async fn check_untouched(node: &str, n: usize) -> Result<()> {
+    let mut c = RespConn::connect(node).await?;
+    let Frame::Integer(size) = c.call(&["DBSIZE"]).await? else { bail!("DBSIZE") };
+    assert_eq!(size, n as i64, "the destination node still holds exactly its own keys");
+    for i in 0..n {
+        let got = c.call(&["GET", format!("foreign:{i}").as_str()]).await?;
+        assert_eq!(got.as_bytes().map(|b| b.to_vec()), Some(format!("precious-{i}").into_bytes()), "foreign:{i}");
+    }
+    let info = c.call(&["INFO", "replication"]).await?;
+    let info = info.as_bytes().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+    assert!(info.contains("role:master"), "the destination node is still a master: {info}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_into_a_non_empty_destination_is_refused_and_its_data_untouched() -> Result<()> {
+    let (cluster, plan) = start_cluster().await?;
+    // Data written straight into the spare's redis node: the broker cannot know about it,
+    // only the destination proxy's DBSIZE check can.
+    let spare_node = cluster.nodes[plan.dst_index].addr();
+    let foreign = 100;
+    let mut c = RespConn::connect(&spare_node).await?;
+    for i in 0..foreign {
+        let (k, v) = (format!("foreign:{i}"), format!("precious-{i}"));
+        let reply = c.call(&["SET", k.as_str(), v.as_str()]).await?;
+        assert_eq!(reply, Frame::ok(), "SET {k} on the spare's node");
+    }
+    // And some data in the cluster, to check the source is unharmed.
+    let mut workload =
+        Workload::start(WorkloadConfig { keys: 5_000, rate: Some(500), ..WorkloadConfig::new(5_000) }, &cluster.urls())
+            .await?;
+    wait_for_traffic(&workload, 200, Duration::from_secs(20)).await?;
+
+    match cluster.try_start_migration(&plan.src, &plan.dst, &[plan.slots], MigrationMode::Replication).await? {
+        Err(refusal) => {
+            eprintln!("the broker refused: {refusal}");
+            assert_eq!(refusal.status, 409, "refused as a conflict: {refusal}");
+        }
+        Ok(m) => {
+            let mut watch = cluster.watch_migration(&m.id);
+            let end = watch.until_final(MIGRATION_DEADLINE).await;
+            eprintln!("phases seen: {}", watch.seen());
+            let end = end?;
+            assert_eq!(end.phase, MigrationPhase::Failed, "the migration ended {:?}: {end:?}", end.phase);
+            let error = end.error.clone().unwrap_or_default().to_lowercase();
+            eprintln!("the migration failed: {error}");
+            assert!(
+                ["dbsize", "empty", "keys", "not 0"].iter().any(|w| error.contains(w)),
+                "the error says the destination is not empty: {error:?}"
+            );
+            assert!(
+                !watch.phases().contains(&MigrationPhase::Switching),
+                "a refused destination never reaches the switch: {}",
+                watch.seen()
+            );
+        }
+    }
+
+    // Its data is untouched right after the refusal, and still once every proxy holds the
+    // final config and the rest of the checks ran (a late cleanup must not take it either).
+    check_untouched(&spare_node, foreign).await?;
+    let report = workload.stop().await?;
+    eprintln!("{report}");
+    assert_eq!(report.total_errors(), 0, "the client saw errors:\n{report}");
+    assert_eq!(report.wrong_reads, 0, "the client read wrong values:\n{report}");
+    let v = workload.verify().await?;
+    assert_eq!(v.mismatches, 0, "keys were lost:\n{v}");
+    let view = cluster.view().await?;
+    check_slots_stayed(&view, &plan)?;
+    cluster.wait_converged(Duration::from_secs(15)).await?;
+    check_every_slot_served(&cluster.urls(), "after-refusal").await?;
+    check_untouched(&spare_node, foreign).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_before_the_switch_stops_replication_and_empties_the_destination() -> Result<()> {
+    // The source waits 5 s in `following`: the abort lands before any switch.
+    let spec = LocalSpec { proxy_args: vec!["--min-follow-ms".into(), "5000".into()], ..LocalSpec::default() };
+    let (cluster, plan) = start_cluster_with(spec).await?;
+    let mut workload = Workload::start(WorkloadConfig::new(KEYS), &cluster.urls()).await?;
+    wait_for_traffic(&workload, 500, Duration::from_secs(20)).await?;
+    let m = cluster.start_migration(&plan.src, &plan.dst, &[plan.slots], MigrationMode::Replication).await?;
+    let mut watch = cluster.watch_migration(&m.id);
+    watch.until("following", MIGRATION_DEADLINE, |m| m.phase >= MigrationPhase::Following).await?;
+    let epoch_before_abort = cluster.broker_client().epoch().await?;
+    let aborted = cluster.abort_migration(&m.id).await?;
+    let aborted = aborted.map_err(|r| anyhow::anyhow!("the abort before the switch was refused: {r:?}"))?;
+    assert_eq!(aborted.phase, MigrationPhase::Aborted);
+    let epoch_after_abort = cluster.broker_client().epoch().await?;
+    assert!(epoch_after_abort > epoch_before_abort, "the abort bumped the epoch");
+
+    // The destination stops replicating and its node is emptied of what it copied.
+    let dst_node = cluster.nodes[plan.dst_index].addr();
+    wait_for("the destination node to be a master again and empty", Duration::from_secs(30), || {
+        let dst_node = dst_node.clone();
+        async move {
+            let mut c = RespConn::connect(&dst_node).await?;
+            let info = c.call(&["INFO", "replication"]).await?;
+            let master = info.as_bytes().is_some_and(|b| String::from_utf8_lossy(b).contains("role:master"));
+            let keys = c.call(&["DBSIZE"]).await?;
+            Ok((master && keys == Frame::Integer(0)).then_some(()))
+        }
+    })
+    .await?;
+    let view = cluster.view().await?;
+    check_slots_stayed(&view, &plan)?;
+    check_every_slot_served(&cluster.urls(), "after-abort").await?;
+    let report = workload.stop().await?;
+    assert_eq!(report.total_errors(), 0, "the client saw errors:\n{report}");
+    assert_eq!(report.wrong_reads, 0, "the client read wrong values:\n{report}");
+    let v = workload.verify().await?;
+    assert_eq!(v.mismatches, 0, "keys were lost:\n{v}");
+    let members: Vec<String> = view.nodes.iter().map(|n| n.node.clone()).collect();
+    assert_eq!(dbsize_sum(&cluster, &members).await?, v.live_keys as i64, "sum of DBSIZE over the cluster");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_out_doubles_the_cluster_with_migrations_running_at_once() -> Result<()> {
+    let cluster = LocalCluster::start(LocalSpec { proxies: 2, spare: 2, ..LocalSpec::default() }).await?;
+    let mut workload = Workload::start(WorkloadConfig::new(KEYS), &cluster.urls()).await?;
+    wait_for_traffic(&workload, 500, Duration::from_secs(20)).await?;
+    let plan: sluice_common::api::ScalePlan =
+        cluster.broker_client().post("/clusters/local/scale", &serde_json::json!({"add": 2})).await?;
+    assert_eq!(plan.migrations.len(), 2, "one migration per new proxy: {plan:?}");
+    let dsts: std::collections::HashSet<&str> = plan.migrations.iter().map(|m| m.dst.as_str()).collect();
+    assert_eq!(dsts.len(), 2, "the migrations do not share a destination");
+    for m in &plan.migrations {
+        assert_eq!(m.mode, MigrationMode::Replication, "auto picks replication for empty free proxies");
+    }
+    let mut watches: Vec<_> = plan.migrations.iter().map(|m| cluster.watch_migration(&m.id)).collect();
+    for w in &mut watches {
+        let end = w.until_final(MIGRATION_DEADLINE).await?;
+        assert_eq!(end.phase, MigrationPhase::Done, "{} ended {:?}: {:?}", end.id, end.phase, end.error);
+    }
+    let view = cluster.view().await?;
+    assert_eq!(view.nodes.len(), 4, "the cluster doubled: {view:?}");
+    for n in &view.nodes {
+        let slots: usize = n.slots.iter().map(|a| a.range().len()).sum();
+        assert!((4000..=4200).contains(&slots), "{} serves {slots} slots", n.proxy);
+    }
+    let urls: Vec<String> = view.nodes.iter().map(|n| format!("redis://{}/", n.proxy)).collect();
+    check_every_slot_served(&urls, "after-scale").await?;
+    let report = workload.stop().await?;
+    assert_eq!(report.total_errors(), 0, "the client saw errors:\n{report}");
+    assert_eq!(report.wrong_reads, 0, "the client read wrong values:\n{report}");
+    let v = workload.verify().await?;
+    assert_eq!(v.mismatches, 0, "acknowledged writes were lost:\n{v}");
+    let all = cluster.node_addrs();
+    assert_eq!(dbsize_sum(&cluster, &all).await?, v.live_keys as i64, "sum of DBSIZE over all nodes");
+    let placement = cluster.check_keys_on_owners(&all).await?;
+    assert_eq!(placement.misplaced, 0, "{placement}");
+    Ok(())
+}
