@@ -639,6 +639,14 @@ impl Txn {
                     phase_name(p)
                 )));
             }
+            p if m.mode == MigrationMode::Keys && p >= MigrationPhase::Starting => {
+                return Err(ApiError::conflict(format!(
+                    "migration {id} moves keys and is {}: keys may already live at the destination, so the \
+                     slots cannot go back to the source without them; it finishes by itself (move the slots back \
+                     with a new migration once it is done)",
+                    phase_name(p)
+                )));
+            }
             p if p >= MigrationPhase::Switched => {
                 return Err(ApiError::conflict(format!(
                     "migration {id} is {}: dst already serves the slots, so it can no longer be {}; commit it \

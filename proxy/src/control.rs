@@ -1,9 +1,10 @@
 //! The gRPC control service (`proto/sluice.proto`) on `--control`. `UMCTL` on the data
 //! port calls the same code (see [`crate::umctl`]).
 
-use crate::migration::{destination, phase_name, Role};
+use crate::migration::{destination, keys, phase_name, Role};
 use crate::state::{Applied, ConfigError, Shared};
 use crate::status;
+use sluice_common::model::MigrationMode;
 use sluice_common::model::ProxyConfig;
 use sluice_proto::control::{
     MigrationTask, SetConfigReply, SetConfigRequest, StatusReply, StatusRequest, TmpSwitchReply, TmpSwitchRequest,
@@ -49,7 +50,10 @@ pub async fn tmp_switch(
         .get(migration_id)
         .filter(|t| t.meta.epoch == epoch && t.role == Role::Destination)
         .ok_or_else(|| format!("no migration {migration_id} started at epoch {epoch} imports into this proxy"))?;
-    destination::tmp_switch(shared, &task, offset, budget).await
+    match task.meta.mode {
+        MigrationMode::Keys => keys::tmp_switch(shared, &task).await,
+        _ => destination::tmp_switch(shared, &task, offset, budget).await,
+    }
 }
 
 fn to_status(e: ConfigError) -> Status {

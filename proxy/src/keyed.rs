@@ -8,8 +8,9 @@
 
 use crate::command::{self, flags, CommandSpec, KeyPositions};
 use crate::multikey::{self, MergeKind};
-use crate::route::{Peer, Route, RouteTable};
+use crate::route::{Peer, PullTarget, Route, RouteTable};
 use crate::session::{error_bytes, is_blocking, Flow, Lane, Pending, Session};
+use crate::state::Shared;
 use bytes::Bytes;
 use sluice_common::resp::{parse_frame, Command, Frame, Limits};
 use sluice_common::slot::key_slot;
@@ -17,6 +18,11 @@ use smallvec::SmallVec;
 
 pub fn crossslot() -> Frame {
     Frame::error("CROSSSLOT Keys in request don't hash to the same slot")
+}
+
+/// For what cannot follow a slot while a keys-mode migration moves it (a `WATCH`).
+pub fn tryagain() -> Frame {
+    Frame::error("TRYAGAIN sluice: the slot is being migrated, try again shortly")
 }
 
 pub fn clusterdown() -> Frame {
@@ -98,19 +104,19 @@ pub fn local_slot(s: &Session, cmd: &Command, spec: &CommandSpec) -> Result<Opti
     Ok(slot)
 }
 
-/// `Ok` if this proxy serves `slot` (held slots included: they are still served here), else
-/// `MOVED`/`CLUSTERDOWN`.
+/// `Ok` if this proxy serves `slot` (held slots and slots a keys-mode migration is moving
+/// away included: they are still this proxy's to answer), else `MOVED`/`CLUSTERDOWN`.
 pub fn check_local(s: &Session, slot: u16) -> Result<(), Frame> {
     let routes = s.shared.routes();
-    match routes.route(slot) {
-        Route::Local | Route::Held => Ok(()),
+    match routes.route_for(slot, s.is_peer) {
+        Route::Local | Route::Held | Route::Pull(_) => Ok(()),
         Route::Peer(p) => Err(moved(slot, p)),
         Route::Unserved => Err(clusterdown()),
     }
 }
 
 /// Where the keys of one command go, decided on one route table.
-enum Plan {
+pub enum Plan {
     /// All served here; `migrating` when any of the slots is being moved away.
     Local {
         migrating: bool,
@@ -119,23 +125,26 @@ enum Plan {
     Held,
     /// All served by one other proxy (`slot`: the first key's).
     Peer(Peer, u16),
+    /// All in slots a keys-mode migration moves away: pull the keys, run at the destination.
+    Pull(PullTarget),
     /// Spread over several proxies: (destination, key ordinals) per destination.
     Spread(Vec<(Dest, Vec<usize>)>),
     Unserved,
 }
 
 /// Where each key of a multi-key command goes.
-enum Dest {
+pub enum Dest {
     Local,
     Peer(Peer),
+    Pull(PullTarget),
 }
 
-fn plan(routes: &RouteTable, slots: &[u16]) -> Plan {
+fn plan(routes: &RouteTable, slots: &[u16], from_peer: bool) -> Plan {
     let mut dests: Vec<(Dest, Vec<usize>)> = Vec::new();
     let mut migrating = false;
     let mut first_foreign = None;
     for (ordinal, &slot) in slots.iter().enumerate() {
-        let dest = match routes.route(slot) {
+        let dest = match routes.route_for(slot, from_peer) {
             Route::Held => return Plan::Held,
             Route::Unserved => return Plan::Unserved,
             Route::Local => {
@@ -146,10 +155,12 @@ fn plan(routes: &RouteTable, slots: &[u16]) -> Plan {
                 first_foreign.get_or_insert(slot);
                 Dest::Peer(p.clone())
             }
+            Route::Pull(t) => Dest::Pull(t.clone()),
         };
         let found = dests.iter_mut().find(|(d, _)| match (d, &dest) {
             (Dest::Local, Dest::Local) => true,
             (Dest::Peer(a), Dest::Peer(b)) => a.proxy == b.proxy,
+            (Dest::Pull(a), Dest::Pull(b)) => a.migration == b.migration,
             _ => false,
         });
         match found {
@@ -160,6 +171,7 @@ fn plan(routes: &RouteTable, slots: &[u16]) -> Plan {
     match (dests.len(), dests.pop()) {
         (_, None) | (1, Some((Dest::Local, _))) => Plan::Local { migrating },
         (1, Some((Dest::Peer(p), _))) => Plan::Peer(p, first_foreign.unwrap_or(0)),
+        (1, Some((Dest::Pull(t), _))) => Plan::Pull(t),
         (_, Some(last)) => {
             dests.push(last);
             Plan::Spread(dests)
@@ -167,28 +179,83 @@ fn plan(routes: &RouteTable, slots: &[u16]) -> Plan {
     }
 }
 
+/// Where a transaction's commands run.
+pub enum Gate {
+    /// On this proxy's node.
+    Here,
+    /// At the destination of a keys-mode migration, once the keys were pulled there.
+    Pull(PullTarget),
+}
+
 /// Waits until none of `slots` is held by a switch, then checks they are all served here
 /// (counting the command as in flight when a slot is migrating). For transactions.
-pub async fn gate(s: &mut Session, slots: &[u16]) -> Result<(), Frame> {
+pub async fn gate(s: &mut Session, slots: &[u16]) -> Result<Gate, Frame> {
     loop {
         let mut changes = s.shared.route_changes();
-        let decision = plan(&s.shared.routes(), slots);
+        let decision = plan(&s.shared.routes(), slots, s.is_peer);
         match decision {
             Plan::Held => {
                 s.flush().await;
                 let _ = changes.changed().await;
             }
-            Plan::Local { migrating: false } => return Ok(()),
+            Plan::Local { migrating: false } => return Ok(Gate::Here),
             Plan::Local { migrating: true } => {
                 if s.enter_migrating(slots) {
-                    return Ok(());
+                    return Ok(Gate::Here);
                 }
             }
+            Plan::Pull(t) => return Ok(Gate::Pull(t)),
             Plan::Peer(p, slot) => return Err(moved(slot, &p)),
             Plan::Spread(_) => return Err(crossslot()),
             Plan::Unserved => return Err(clusterdown()),
         }
     }
+}
+
+/// Moves `keys` (those the node still has) to the destination of a keys-mode migration:
+/// `MIGRATE … KEYS` is atomic on the node, so afterwards every one of them lives at the
+/// destination (or nowhere), and a command sent there sees them all.
+pub async fn pull(s: &mut Session, target: &PullTarget, keys: &[Bytes]) -> Result<(), Frame> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let cmd = migrate_command(&s.shared, &target.node, keys);
+    let rx = s.node_request(Lane::Shared, cmd.raw().clone()).await.map_err(|e| e.to_frame())?;
+    let raw = match rx.await {
+        Ok(Ok(raw)) => raw,
+        Ok(Err(e)) => return Err(e.to_frame()),
+        Err(_) => return Err(Frame::error("ERR sluice: reply lost")),
+    };
+    match parse_frame(&raw, &Limits::SERVER) {
+        Ok((Frame::Simple(_), _)) => Ok(()),
+        Ok((f, _)) if f.is_error() => Err(f),
+        Ok((f, _)) => Err(Frame::error(format!("ERR sluice: MIGRATE answered {f:?}"))),
+        Err(e) => Err(Frame::error(format!("ERR sluice: {e}"))),
+    }
+}
+
+/// `MIGRATE host port "" 0 timeout REPLACE [AUTH pw] KEYS k…` towards `node`.
+pub fn migrate_command(shared: &Shared, node: &str, keys: &[Bytes]) -> Command {
+    let (host, port) = node.rsplit_once(':').unwrap_or((node, "6379"));
+    let mut args: Vec<Bytes> = [
+        "MIGRATE",
+        host.trim_start_matches('[').trim_end_matches(']'),
+        port,
+        "",
+        "0",
+        &shared.opts.keys_migrate_timeout_ms.to_string(),
+        "REPLACE",
+    ]
+    .iter()
+    .map(|a| Bytes::copy_from_slice(a.as_bytes()))
+    .collect();
+    if let Some(pw) = &shared.opts.node_password {
+        args.push(Bytes::from_static(b"AUTH"));
+        args.push(Bytes::copy_from_slice(pw.as_bytes()));
+    }
+    args.push(Bytes::from_static(b"KEYS"));
+    args.extend(keys.iter().cloned());
+    Command::new(args)
 }
 
 /// Routes an ordinary command.
@@ -214,7 +281,8 @@ pub async fn handle(s: &mut Session, cmd: Command, spec: &'static CommandSpec) -
     let mut waited = false;
     loop {
         let mut changes = s.shared.route_changes();
-        let decision = plan(&s.shared.routes(), &slots);
+        let decision = plan(&s.shared.routes(), &slots, s.is_peer);
+        let blocking = lane == Lane::Private;
         match decision {
             Plan::Held => {
                 waited = true;
@@ -227,13 +295,27 @@ pub async fn handle(s: &mut Session, cmd: Command, spec: &'static CommandSpec) -
                 }
                 return s.send_to_node(lane, cmd.raw().clone()).await;
             }
-            Plan::Peer(peer, _) if waited || s.forwards() => return forward(s, &peer, cmd.raw().clone()).await,
+            Plan::Pull(target) => {
+                let key_args: Vec<Bytes> = keys.iter().map(|&i| cmd.args()[i].clone()).collect();
+                return match pull(s, &target, &key_args).await {
+                    Ok(()) => forward(s, &target.proxy, cmd.raw().clone(), blocking).await,
+                    Err(e) => s.reply(e).await,
+                };
+            }
+            Plan::Peer(peer, _) if waited || s.forwards() => {
+                return forward(s, &peer.proxy, cmd.raw().clone(), blocking).await
+            }
             Plan::Peer(peer, slot) => return s.reply(moved(slot, &peer)).await,
             Plan::Unserved => return s.reply(clusterdown()).await,
-            Plan::Spread(dests) => match kind {
-                Some(kind) if waited || s.forwards() => return split(s, &cmd, kind, &keys, &slots, dests).await,
-                _ => return s.reply(crossslot()).await,
-            },
+            Plan::Spread(dests) => {
+                let only_ours = dests.iter().all(|(d, _)| !matches!(d, Dest::Peer(_)));
+                return match kind {
+                    Some(kind) if waited || only_ours || s.forwards() => {
+                        split(s, &cmd, kind, &keys, &slots, dests).await
+                    }
+                    _ => s.reply(crossslot()).await,
+                };
+            }
         }
     }
 }
@@ -261,7 +343,14 @@ async fn split(
                 }
                 s.node_request(Lane::Shared, sub.raw().clone()).await
             }
-            Dest::Peer(p) => peer_request(s, &p, sub.raw().clone()).await,
+            Dest::Peer(p) => peer_request(s, &p.proxy, sub.raw().clone(), false).await,
+            Dest::Pull(t) => {
+                let key_args: Vec<Bytes> = positions.iter().map(|&i| cmd.args()[i].clone()).collect();
+                if let Err(e) = pull(s, &t, &key_args).await {
+                    return s.reply(e).await;
+                }
+                peer_request(s, &t.proxy, sub.raw().clone(), false).await
+            }
         };
         match rx {
             Ok(rx) => parts.push((ordinals, rx)),
@@ -284,26 +373,30 @@ async fn split(
     s.push(Pending::Future(Box::pin(fut))).await
 }
 
-async fn peer_request(
-    s: &Session,
-    peer: &Peer,
+/// Sends a command to another proxy. A blocking command gets a connection of its own (kept
+/// by the session), so it cannot hold up what other clients forward to that proxy.
+pub async fn peer_request(
+    s: &mut Session,
+    proxy: &str,
     data: Bytes,
+    blocking: bool,
 ) -> Result<tokio::sync::oneshot::Receiver<crate::backend::ReplyResult>, crate::backend::BackendError> {
-    let pool = s.shared.peer_pool(&peer.proxy);
+    let pool = s.shared.peer_pool(proxy);
     let mut data = data;
     for _ in 0..2 {
-        let backend = pool.get(s.protocol, s.id).await?;
+        let backend = if blocking { s.private_peer(&pool).await? } else { pool.get(s.protocol, s.id).await? };
         match backend.send(data) {
             Ok(rx) => return Ok(rx),
             Err(back) => data = back,
         }
     }
-    Err(crate::backend::BackendError::Lost { addr: peer.proxy.as_str().into() })
+    Err(crate::backend::BackendError::Lost { addr: proxy.into() })
 }
 
 /// Forwards a whole command to the proxy that serves its slot and relays the answer.
-async fn forward(s: &mut Session, peer: &Peer, data: Bytes) -> Flow {
-    match peer_request(s, peer, data).await {
+async fn forward(s: &mut Session, proxy: &str, data: Bytes, blocking: bool) -> Flow {
+    s.flush().await;
+    match peer_request(s, proxy, data, blocking).await {
         Ok(rx) => s.push(Pending::Reply(rx)).await,
         Err(e) => s.reply(e.to_frame()).await,
     }

@@ -91,6 +91,15 @@ pub struct ProxyOptions {
     /// A migration that has not switched after this many seconds fails.
     #[arg(long, env = "SLUICE_MIGRATION_TIMEOUT_SECS", default_value_t = 3600)]
     pub migration_timeout_secs: u64,
+    /// Keys per `MIGRATE` batch of a keys-mode migration.
+    #[arg(long, env = "SLUICE_KEYS_BATCH", default_value_t = 100)]
+    pub keys_batch: usize,
+    /// `MIGRATE` batches in flight at once (pipelined) in a keys-mode migration.
+    #[arg(long, env = "SLUICE_KEYS_CONCURRENCY", default_value_t = 4)]
+    pub keys_concurrency: usize,
+    /// `MIGRATE` timeout in milliseconds (Redis's own: the longest pause in the transfer).
+    #[arg(long, env = "SLUICE_KEYS_MIGRATE_TIMEOUT_MS", default_value_t = 60_000)]
+    pub keys_migrate_timeout_ms: u64,
     /// Most garbage keys (of slots served elsewhere) deleted per second.
     #[arg(long, env = "SLUICE_GC_KEYS_PER_SEC", default_value_t = 50_000)]
     pub gc_keys_per_sec: u64,

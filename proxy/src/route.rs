@@ -5,7 +5,7 @@
 //! config says who owns a slot; an override says what a migration changed since: slots held
 //! during a switch, slots already handed to the destination, slots taken over from the source.
 
-use sluice_common::model::{node_id, ClusterView, Epoch, ModelError, ProxyConfig, SlotRange, SlotTag};
+use sluice_common::model::{node_id, ClusterView, Epoch, MigrationMode, ModelError, ProxyConfig, SlotRange, SlotTag};
 use sluice_common::slot::SLOT_COUNT;
 use std::sync::Arc;
 
@@ -18,6 +18,11 @@ const MIGRATING: u8 = 1;
 const HELD: u8 = 2;
 /// A slot being imported into this proxy's node (its keys are not garbage).
 const IMPORTING: u8 = 4;
+/// A slot a keys-mode migration is moving away from here: its keys are pulled to the
+/// destination before a command runs there.
+const PULLING: u8 = 8;
+/// A slot a keys-mode migration is moving here: commands forwarded by the source are served.
+const IMPORTING_KEYS: u8 = 16;
 
 /// A peer as the cluster commands describe it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +32,16 @@ pub struct Peer {
     /// The Redis node behind it.
     pub node: String,
     pub id: String,
+}
+
+/// Where the keys of a slot in a keys-mode migration go (the source's view).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullTarget {
+    pub migration: String,
+    /// The destination proxy, which runs the commands once their keys are there.
+    pub proxy: String,
+    /// The destination node, which `MIGRATE` sends the keys to.
+    pub node: String,
 }
 
 /// Where a slot is served from this proxy's point of view.
@@ -40,6 +55,9 @@ pub enum Route<'a> {
     Unserved,
     /// A migration is switching this slot: wait until the table changes.
     Held,
+    /// A keys-mode migration moves this slot away: pull the command's keys to the
+    /// destination, then run it there.
+    Pull(&'a PullTarget),
 }
 
 /// What a running migration changes in the table, until the config catches up.
@@ -65,8 +83,11 @@ pub struct RouteTable {
     pub config: Arc<ProxyConfig>,
     /// Owner of each slot: an index into `peers`, or `NO_OWNER`.
     owners: Box<[u16]>,
-    /// `MIGRATING` / `HELD` / `IMPORTING` per slot.
+    /// `MIGRATING` / `HELD` / `IMPORTING` / `PULLING` / `IMPORTING_KEYS` per slot.
     flags: Box<[u8]>,
+    /// For `PULLING` slots: an index into `pulls`.
+    pull_index: Box<[u8]>,
+    pub pulls: Vec<PullTarget>,
     pub peers: Vec<Peer>,
     /// Index of this proxy in `peers`, when it is in a cluster.
     pub me: Option<usize>,
@@ -79,6 +100,8 @@ impl RouteTable {
             config: Arc::new(ProxyConfig::free(me, 0)),
             owners: vec![NO_OWNER; usize::from(SLOT_COUNT)].into_boxed_slice(),
             flags: vec![0; usize::from(SLOT_COUNT)].into_boxed_slice(),
+            pull_index: vec![u8::MAX; usize::from(SLOT_COUNT)].into_boxed_slice(),
+            pulls: Vec::new(),
             peers: Vec::new(),
             me: None,
         }
@@ -89,6 +112,8 @@ impl RouteTable {
         config.validate()?;
         let mut owners = vec![NO_OWNER; usize::from(SLOT_COUNT)].into_boxed_slice();
         let mut flags = vec![0u8; usize::from(SLOT_COUNT)].into_boxed_slice();
+        let mut pull_index = vec![u8::MAX; usize::from(SLOT_COUNT)].into_boxed_slice();
+        let mut pulls = Vec::new();
         let mut peers = Vec::new();
         let mut me = None;
         if let Some(cluster) = &config.cluster {
@@ -106,10 +131,26 @@ impl RouteTable {
             }
             if let Some(me) = me {
                 for a in &cluster.nodes[me].slots {
-                    let flag = match a.tag {
-                        Some(SlotTag::Migrating) => MIGRATING,
-                        Some(SlotTag::Importing) => IMPORTING,
-                        None => 0,
+                    let keys_mode = a.migration.as_ref().and_then(|id| config.migrations.iter().find(|m| &m.id == id));
+                    let keys_mode = keys_mode.filter(|m| m.mode == MigrationMode::Keys);
+                    let flag = match (a.tag, keys_mode) {
+                        (Some(SlotTag::Migrating), Some(m)) => {
+                            if pulls.len() < usize::from(u8::MAX) {
+                                pulls.push(PullTarget {
+                                    migration: m.id.clone(),
+                                    proxy: m.dst_proxy.clone(),
+                                    node: m.dst_node.clone(),
+                                });
+                            }
+                            for slot in a.range().slots() {
+                                pull_index[usize::from(slot)] = (pulls.len() - 1) as u8;
+                            }
+                            MIGRATING | PULLING
+                        }
+                        (Some(SlotTag::Migrating), None) => MIGRATING,
+                        (Some(SlotTag::Importing), Some(_)) => IMPORTING | IMPORTING_KEYS,
+                        (Some(SlotTag::Importing), None) => IMPORTING,
+                        (None, _) => 0,
                     };
                     for slot in a.range().slots() {
                         flags[usize::from(slot)] |= flag;
@@ -132,13 +173,13 @@ impl RouteTable {
                             if let Some(t) = target {
                                 owners[s] = t;
                             }
-                            flags[s] &= !(MIGRATING | HELD);
+                            flags[s] &= !(MIGRATING | HELD | PULLING | IMPORTING_KEYS);
                         }
                     }
                 }
             }
         }
-        Ok(RouteTable { config, owners, flags, peers, me })
+        Ok(RouteTable { config, owners, flags, pull_index, pulls, peers, me })
     }
 
     pub fn epoch(&self) -> Epoch {
@@ -149,10 +190,26 @@ impl RouteTable {
         self.config.cluster.as_ref()
     }
 
+    /// Where a client's command on `slot` goes.
     pub fn route(&self, slot: u16) -> Route<'_> {
+        self.route_for(slot, false)
+    }
+
+    /// Where a command on `slot` goes; `from_peer`: it was forwarded by another proxy, which
+    /// a keys-mode destination serves for the slots it imports.
+    pub fn route_for(&self, slot: u16, from_peer: bool) -> Route<'_> {
         let s = usize::from(slot);
-        if self.flags.get(s).is_some_and(|f| f & HELD != 0) {
+        let flags = self.flags.get(s).copied().unwrap_or(0);
+        if flags & HELD != 0 {
             return Route::Held;
+        }
+        if flags & PULLING != 0 {
+            if let Some(t) = self.pull_index.get(s).and_then(|&i| self.pulls.get(usize::from(i))) {
+                return Route::Pull(t);
+            }
+        }
+        if from_peer && flags & IMPORTING_KEYS != 0 {
+            return Route::Local;
         }
         match self.owners.get(s) {
             Some(&o) if o == NO_OWNER => Route::Unserved,

@@ -103,6 +103,8 @@ pub struct Session {
     lane: Lane,
     node: Option<Backend>,
     private: Option<Backend>,
+    /// A connection of this session's own to another proxy (for forwarded blocking commands).
+    private_peer: Option<(String, Backend)>,
     /// The private connection that held this session's WATCH broke.
     pub private_lost: bool,
     /// The client disconnected while the session waited at a lane switch.
@@ -170,6 +172,7 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
         lane: Lane::Shared,
         node: None,
         private: None,
+        private_peer: None,
         private_lost: false,
         client_gone: false,
         batch: BytesMut::new(),
@@ -482,6 +485,18 @@ impl Session {
         if self.tx.is_watching() {
             self.private_lost = true;
         }
+    }
+
+    /// This session's own connection to the proxy of `pool` (for blocking commands).
+    pub async fn private_peer(&mut self, pool: &crate::backend::BackendPool) -> Result<Backend, BackendError> {
+        if let Some((addr, b)) = &self.private_peer {
+            if addr == pool.addr() && !b.is_closed() {
+                return Ok(b.clone());
+            }
+        }
+        let b = pool.private(self.protocol).await?;
+        self.private_peer = Some((pool.addr().to_string(), b.clone()));
+        Ok(b)
     }
 
     /// Before a fresh `WATCH`: a broken private connection from earlier may be replaced.

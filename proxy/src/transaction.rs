@@ -11,8 +11,10 @@
 //! As in Redis Cluster, every key of a transaction must be in one slot served here; a
 //! command that breaks the rule gets `CROSSSLOT`/`MOVED` and dooms the transaction.
 
+use crate::command;
 use crate::command::{flags, CommandSpec};
-use crate::keyed;
+use crate::keyed::{self, Gate};
+use crate::route::PullTarget;
 use crate::session::{error_bytes, Flow, Lane, Pending, Session};
 use bytes::{Bytes, BytesMut};
 use sluice_common::resp::{Command, Frame};
@@ -164,7 +166,11 @@ async fn in_watch(s: &mut Session, cmd: &Command, spec: &'static CommandSpec) ->
         _ => None,
     };
     let checked = match admit(s, cmd, spec, watch_slot) {
-        Ok(Some(slot)) => keyed::gate(s, &[slot]).await,
+        Ok(Some(slot)) => match keyed::gate(s, &[slot]).await {
+            Ok(Gate::Here) => Ok(()),
+            Ok(Gate::Pull(_)) => Err(keyed::tryagain()),
+            Err(e) => Err(e),
+        },
         Ok(None) => Ok(()),
         Err(e) => Err(e),
     };
@@ -187,8 +193,11 @@ async fn watch(s: &mut Session, cmd: &Command, spec: &'static CommandSpec) -> Fl
         Err(e) => return s.reply(e).await,
     };
     if let Some(slot) = slot {
-        if let Err(e) = keyed::gate(s, &[slot]).await {
-            return s.reply(e).await;
+        match keyed::gate(s, &[slot]).await {
+            Ok(Gate::Here) => {}
+            // A watch on a slot whose keys are moving could not tell a change: try later.
+            Ok(Gate::Pull(_)) => return s.reply(keyed::tryagain()).await,
+            Err(e) => return s.reply(e).await,
         }
     }
     if !s.tx.is_watching() {
@@ -212,7 +221,12 @@ async fn exec(s: &mut Session) -> Flow {
         }
         TxState::Watching { slot, .. } => {
             if let Some(slot) = slot {
-                if let Err(e) = keyed::gate(s, &[slot]).await {
+                let refusal = match keyed::gate(s, &[slot]).await {
+                    Ok(Gate::Here) => None,
+                    Ok(Gate::Pull(_)) => Some(keyed::tryagain()),
+                    Err(e) => Some(e),
+                };
+                if let Some(e) = refusal {
                     let discard = Command::from_strs(&["DISCARD"]);
                     return finish_private(s, discard.raw().clone(), Some(e)).await;
                 }
@@ -223,10 +237,15 @@ async fn exec(s: &mut Session) -> Flow {
         TxState::Queued { dirty: true, .. } => s.reply(execabort()).await,
         TxState::Queued { commands, .. } if commands.is_empty() => s.reply(Frame::Array(Vec::new())).await,
         TxState::Queued { commands, slot, .. } => {
+            let mut pull_target = None;
             if let Some(slot) = slot {
-                if let Err(e) = keyed::gate(s, &[slot]).await {
-                    let why = String::from_utf8_lossy(e.as_bytes().map(|b| &b[..]).unwrap_or(b"")).into_owned();
-                    return s.reply(Frame::error(format!("EXECABORT Transaction discarded: {why}"))).await;
+                match keyed::gate(s, &[slot]).await {
+                    Ok(Gate::Here) => {}
+                    Ok(Gate::Pull(t)) => pull_target = Some(t),
+                    Err(e) => {
+                        let why = String::from_utf8_lossy(e.as_bytes().map(|b| &b[..]).unwrap_or(b"")).into_owned();
+                        return s.reply(Frame::error(format!("EXECABORT Transaction discarded: {why}"))).await;
+                    }
                 }
             }
             let mut data = BytesMut::new();
@@ -237,6 +256,9 @@ async fn exec(s: &mut Session) -> Flow {
             data.extend_from_slice(b"*1\r\n$4\r\nEXEC\r\n");
             let n = commands.len() + 2;
             let protocol = s.protocol;
+            if let Some(target) = pull_target {
+                return exec_at_destination(s, &target, &commands, data.freeze(), n).await;
+            }
             match s.node_request_many(data.freeze(), n).await {
                 Ok(rx) => {
                     let fut = async move {
@@ -251,6 +273,48 @@ async fn exec(s: &mut Session) -> Flow {
                 Err(e) => s.reply(e.to_frame()).await,
             }
         }
+    }
+}
+
+/// A transaction on a slot a keys-mode migration is moving: its keys are pulled to the
+/// destination, which runs the whole `MULTI … EXEC` unit.
+async fn exec_at_destination(
+    s: &mut Session,
+    target: &PullTarget,
+    commands: &[Command],
+    unit: Bytes,
+    n: usize,
+) -> Flow {
+    let mut keys = Vec::new();
+    for c in commands {
+        if let Some(spec) = command::lookup(c) {
+            if let Ok(positions) = command::key_positions(c, spec) {
+                keys.extend(positions.iter().map(|&i| c.args()[i].clone()));
+            }
+        }
+    }
+    if let Err(e) = keyed::pull(s, target, &keys).await {
+        return s.reply(e).await;
+    }
+    s.flush().await;
+    let pool = s.shared.peer_pool(&target.proxy);
+    let backend = match pool.get(s.protocol, s.id).await {
+        Ok(b) => b,
+        Err(e) => return s.reply(e.to_frame()).await,
+    };
+    let protocol = s.protocol;
+    match backend.send_many(unit, n) {
+        Ok(rx) => {
+            let fut = async move {
+                match rx.await {
+                    Ok(Ok(mut replies)) => replies.pop().unwrap_or_default(),
+                    Ok(Err(e)) => error_bytes(&e, protocol),
+                    Err(_) => Frame::error("ERR sluice: transaction reply lost").to_bytes(protocol),
+                }
+            };
+            s.push(Pending::Future(Box::pin(fut))).await
+        }
+        Err(_) => s.reply(Frame::error("ERR sluice: connection to the destination proxy lost")).await,
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod destination;
 pub mod gc;
+pub mod keys;
 pub mod node;
 pub mod source;
 
@@ -260,9 +261,16 @@ impl Migrations {
                 continue;
             }
             match (meta.mode, role) {
-                (MigrationMode::Keys, _) | (MigrationMode::Auto, _) => {
+                (MigrationMode::Keys, Role::Source) => {
+                    tokio::spawn(keys::run_source(shared, task));
+                }
+                (MigrationMode::Keys, Role::Destination) => {
+                    tokio::spawn(keys::run_destination(shared, task));
+                }
+                (MigrationMode::Auto, _) => {
+                    // The broker resolves `auto` when it creates a migration; never seen here.
                     tokio::spawn(async move {
-                        task.fail(format!("mode {:?} is not supported by this proxy yet", task.meta.mode));
+                        task.fail("the broker sent mode auto unresolved");
                         shared.set_override(&task.meta.id, None).await;
                     });
                 }

@@ -36,9 +36,13 @@ impl NodeConn {
 
     /// Runs one command; an error reply is an `Err`.
     pub async fn call(&self, args: &[&str]) -> Result<Frame, NodeError> {
-        let cmd = Command::from_strs(args);
-        let name = args.join(" ");
-        let raw = tokio::time::timeout(CALL_TIMEOUT, self.backend.call(&cmd))
+        self.call_command(&Command::from_strs(args)).await
+    }
+
+    /// Like [`NodeConn::call`], for a command already built (binary arguments).
+    pub async fn call_command(&self, cmd: &Command) -> Result<Frame, NodeError> {
+        let name = String::from_utf8_lossy(cmd.name()).to_ascii_uppercase();
+        let raw = tokio::time::timeout(CALL_TIMEOUT, self.backend.call(cmd))
             .await
             .map_err(|_| NodeError::Timeout { addr: self.addr.clone(), cmd: name.clone(), timeout: CALL_TIMEOUT })??;
         let refused = |reply: String| NodeError::Refused { addr: self.addr.clone(), cmd: name.clone(), reply };

@@ -1,0 +1,222 @@
+//! Keys mode: moving slots between two nodes that both hold data, key by key.
+//!
+//! The source keeps answering for the moving slots. A client command on one of them first
+//! pulls its keys to the destination (`MIGRATE … REPLACE KEYS`, atomic on the source node:
+//! each key is entirely on one side at any moment), then runs at the destination proxy,
+//! which serves forwarded commands for the slots it imports. New keys are therefore created
+//! at the destination, and a multi-key command or a script always finds its keys together.
+//! Meanwhile this task scans the source node and moves the rest in pipelined `MIGRATE`
+//! batches. Once a full pass finds nothing left, the switch is short: hold, tell the
+//! destination to serve the slots to everyone, redirect. `MIGRATE` deletes at the source, so
+//! no garbage is left.
+//!
+//! Once a key has moved, the slots can only go forward: the task never gives up (it retries
+//! with backoff), since handing the slots back would hide the moved keys.
+
+use super::source::connect;
+use super::{Phase, Stage, Task};
+use crate::keyed::migrate_command;
+use crate::route::{Override, OverrideKind};
+use crate::state::Shared;
+use bytes::Bytes;
+use sluice_common::resp::{Command, Frame, Limits};
+use sluice_common::slot::{key_slot, SLOT_COUNT};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A pass that finds nothing ends the moving only once this long after the task started:
+/// commands routed before the migration was known may still land on the source meanwhile.
+const SETTLE: Duration = Duration::from_millis(500);
+
+pub async fn run_source(shared: Arc<Shared>, task: Arc<Task>) {
+    // Nothing to find out before serving: the slots answer through the pull from the start.
+    shared.set_override(&task.meta.id, None).await;
+    task.set_phase(Phase::Starting);
+    let started = Instant::now();
+    let mut moving = vec![false; usize::from(SLOT_COUNT)];
+    for r in &task.meta.slots {
+        for s in r.slots().filter(|&s| s < SLOT_COUNT) {
+            moving[usize::from(s)] = true;
+        }
+    }
+    let mut moved_total: u64 = 0;
+    let mut passes: u64 = 0;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if task.is_gone() {
+            tracing::warn!(migration = %task.meta.id, "keys-mode migration left the config before its switch");
+            task.set_phase(Phase::Aborted);
+            return;
+        }
+        match pass(&shared, &task, &moving, &mut moved_total).await {
+            Ok(found) => {
+                passes += 1;
+                task.set_progress("passes", passes);
+                backoff = Duration::from_millis(100);
+                if found == 0 && passes >= 2 && started.elapsed() >= SETTLE {
+                    match switch(&shared, &task).await {
+                        Ok(pause) => {
+                            task.set_progress("pause_ms", pause.as_secs_f64() * 1000.0);
+                            task.set_phase(Phase::Switched);
+                            break;
+                        }
+                        Err(e) => {
+                            task.note_error(format!("switch abandoned: {e}"));
+                            tracing::warn!(migration = %task.meta.id, error = %e, "keys-mode switch abandoned; retrying");
+                            tokio::time::sleep(backoff).await;
+                        }
+                    }
+                } else if found == 0 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            Err(e) => {
+                task.note_error(e.clone());
+                tracing::warn!(migration = %task.meta.id, error = %e, "moving keys failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    if task.wait_untagged().await == Stage::Committed {
+        task.set_phase(Phase::Committed);
+        super::gc::clean(&shared, &task).await;
+    }
+}
+
+/// One scan of the source node: moves every key of the moving slots it finds. Returns how
+/// many it found.
+async fn pass(shared: &Arc<Shared>, task: &Arc<Task>, moving: &[bool], moved_total: &mut u64) -> Result<u64, String> {
+    let node = connect(shared, &shared.opts.node).await?;
+    let count = shared.opts.gc_scan_count.max(1).to_string();
+    let batch = shared.opts.keys_batch.max(1);
+    let concurrency = shared.opts.keys_concurrency.max(1);
+    let mut cursor = "0".to_string();
+    let mut found: u64 = 0;
+    let mut pending: Vec<Bytes> = Vec::new();
+    loop {
+        let reply = node.call(&["SCAN", cursor.as_str(), "COUNT", count.as_str()]).await.map_err(|e| e.to_string())?;
+        let Frame::Array(mut parts) = reply else { return Err("SCAN answered oddly".into()) };
+        let keys = match parts.pop() {
+            Some(Frame::Array(keys)) => keys,
+            _ => return Err("SCAN answered oddly".into()),
+        };
+        cursor =
+            parts.pop().and_then(|c| c.as_bytes().map(|b| String::from_utf8_lossy(b).into_owned())).unwrap_or_default();
+        for k in keys {
+            if let Some(k) = k.as_bytes() {
+                if moving[usize::from(key_slot(k))] {
+                    found += 1;
+                    pending.push(k.clone());
+                }
+            }
+        }
+        let done = cursor == "0" || cursor.is_empty();
+        while pending.len() >= batch * concurrency || (done && !pending.is_empty()) {
+            let take = pending.len().min(batch * concurrency);
+            let chunk: Vec<Bytes> = pending.drain(..take).collect();
+            *moved_total += migrate(shared, &node, &task.meta.dst_node, &chunk, batch).await?;
+            task.set_progress("keys_moved", *moved_total);
+        }
+        task.set_progress("keys_seen", found);
+        if done {
+            return Ok(found);
+        }
+    }
+}
+
+/// Sends `keys` in batches of `batch`, all batches at once (pipelined on one connection).
+/// Returns how many keys moved.
+async fn migrate(
+    shared: &Shared,
+    node: &super::node::NodeConn,
+    dst_node: &str,
+    keys: &[Bytes],
+    batch: usize,
+) -> Result<u64, String> {
+    let calls = keys.chunks(batch).map(|chunk| {
+        let cmd = migrate_command(shared, dst_node, chunk);
+        async move { (chunk.len() as u64, node.call_command(&cmd).await) }
+    });
+    let mut moved = 0;
+    for (n, result) in futures::future::join_all(calls).await {
+        match result {
+            Ok(Frame::Simple(s)) if &s[..] == b"OK" => moved += n,
+            Ok(Frame::Simple(_)) => {} // NOKEY: they expired or were pulled meanwhile
+            Ok(other) => return Err(format!("MIGRATE answered {other:?}")),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(moved)
+}
+
+/// The short switch: hold the slots, let the destination serve them to everyone, redirect.
+async fn switch(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<Duration, String> {
+    let meta = &task.meta;
+    task.set_phase(Phase::Switching);
+    let t0 = Instant::now();
+    shared.set_override(&meta.id, Some(Override { slots: meta.slots.clone(), kind: OverrideKind::Hold })).await;
+    let budget = shared.opts.switch_pause();
+    let cmd = Command::from_strs(&[
+        "UMCTL",
+        "TMPSWITCH",
+        meta.id.as_str(),
+        &meta.epoch.to_string(),
+        "0",
+        &budget.as_millis().to_string(),
+    ]);
+    let pool = shared.peer_pool(&meta.dst_proxy);
+    let call = async {
+        let backend = pool.get(Default::default(), 0).await.map_err(|e| e.to_string())?;
+        let raw = backend.call(&cmd).await.map_err(|e| e.to_string())?;
+        match sluice_common::resp::parse_frame(&raw, &Limits::SERVER) {
+            Ok((Frame::Simple(_), _)) => Ok(()),
+            Ok((f, _)) => Err(format!("the destination refused: {f:?}")),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    let result =
+        tokio::time::timeout(budget, call).await.unwrap_or_else(|_| Err(format!("no answer within {budget:?}")));
+    match result {
+        Ok(()) => {
+            let to = Override { slots: meta.slots.clone(), kind: OverrideKind::MovedTo(meta.dst_proxy.clone()) };
+            shared.set_override(&meta.id, Some(to)).await;
+            Ok(t0.elapsed())
+        }
+        Err(e) => {
+            // Whether the destination switched or not, pulling keys and forwarding stays
+            // right: release the hold and try again.
+            shared.set_override(&meta.id, None).await;
+            Err(e)
+        }
+    }
+}
+
+/// The destination of a keys-mode migration has nothing to do but wait for the switch (the
+/// source forwards commands, `MIGRATE` writes the keys) and then serve the slots.
+pub async fn run_destination(shared: Arc<Shared>, task: Arc<Task>) {
+    task.set_phase(Phase::Starting);
+    if task.wait_untagged().await == Stage::Committed {
+        task.set_phase(Phase::Committed);
+        super::gc::clean(&shared, &task).await;
+    } else if task.phase() < Phase::Switched {
+        task.set_phase(Phase::Aborted);
+    }
+}
+
+/// `TmpSwitch` on a keys-mode destination: serve the slots to every client from now on.
+pub async fn tmp_switch(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), String> {
+    let _one_at_a_time = task.switch_lock.lock().await;
+    if task.phase() >= Phase::Switched && !task.phase().is_final() {
+        return Ok(());
+    }
+    if task.phase().is_final() {
+        return Err(format!("migration {} ended here ({:?})", task.meta.id, task.phase()));
+    }
+    shared
+        .set_override(&task.meta.id, Some(Override { slots: task.meta.slots.clone(), kind: OverrideKind::Here }))
+        .await;
+    task.set_phase(Phase::Switched);
+    tracing::info!(migration = %task.meta.id, "switched: serving the slots");
+    Ok(())
+}
