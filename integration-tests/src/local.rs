@@ -143,9 +143,16 @@ impl LocalCluster {
 
     /// Waits until every running proxy holds the broker's epoch.
     pub async fn wait_converged(&self, timeout: Duration) -> Result<u64> {
-        let client = self.broker_client();
         let proxies: Vec<String> = self.proxies.iter().map(ProxyProcess::addr).collect();
-        wait_for("every proxy to hold the broker's epoch", timeout, || {
+        self.wait_converged_on(&proxies, timeout).await
+    }
+
+    /// Waits until each of `proxies` holds the broker's epoch (for when some proxy is dead and
+    /// [`LocalCluster::wait_converged`] would wait for it too).
+    pub async fn wait_converged_on(&self, proxies: &[String], timeout: Duration) -> Result<u64> {
+        let client = self.broker_client();
+        let proxies = proxies.to_vec();
+        wait_for("the proxies to hold the broker's epoch", timeout, || {
             let client = client.clone();
             let proxies = proxies.clone();
             async move {

@@ -4,7 +4,7 @@
 
 use crate::broker::BrokerClient;
 use crate::client::RespConn;
-use crate::local::{proxy_epoch, LocalCluster};
+use crate::local::LocalCluster;
 use crate::wait::wait_for;
 use crate::workload::{cluster_connection, key_in_slot};
 use anyhow::{anyhow, bail, Context, Result};
@@ -149,27 +149,6 @@ impl LocalCluster {
                     Ok(mut c) => matches!(c.call(&["PING"]).await, Ok(Frame::Simple(_))).then_some(()),
                     Err(_) => None,
                 })
-            }
-        })
-        .await
-    }
-
-    /// Waits until each of `proxies` holds the broker's epoch (for when some proxy is dead and
-    /// [`LocalCluster::wait_converged`] would wait for it too).
-    pub async fn wait_converged_on(&self, proxies: &[String], timeout: Duration) -> Result<u64> {
-        let client = self.broker_client();
-        let proxies = proxies.to_vec();
-        wait_for("the given proxies to hold the broker's epoch", timeout, || {
-            let client = client.clone();
-            let proxies = proxies.clone();
-            async move {
-                let epoch = client.epoch().await?;
-                for p in &proxies {
-                    if proxy_epoch(p).await? != epoch {
-                        return Ok(None);
-                    }
-                }
-                Ok(Some(epoch))
             }
         })
         .await

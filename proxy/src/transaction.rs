@@ -260,16 +260,7 @@ async fn exec(s: &mut Session) -> Flow {
                 return exec_at_destination(s, &target, &commands, data.freeze(), n).await;
             }
             match s.node_request_many(data.freeze(), n).await {
-                Ok(rx) => {
-                    let fut = async move {
-                        match rx.await {
-                            Ok(Ok(mut replies)) => replies.pop().unwrap_or_default(),
-                            Ok(Err(e)) => error_bytes(&e, protocol),
-                            Err(_) => Frame::error("ERR sluice: transaction reply lost").to_bytes(protocol),
-                        }
-                    };
-                    s.push(Pending::Future(Box::pin(fut))).await
-                }
+                Ok(rx) => s.push(exec_reply(rx, protocol)).await,
                 Err(e) => s.reply(e.to_frame()).await,
             }
         }
@@ -304,18 +295,23 @@ async fn exec_at_destination(
     };
     let protocol = s.protocol;
     match backend.send_many(unit, n) {
-        Ok(rx) => {
-            let fut = async move {
-                match rx.await {
-                    Ok(Ok(mut replies)) => replies.pop().unwrap_or_default(),
-                    Ok(Err(e)) => error_bytes(&e, protocol),
-                    Err(_) => Frame::error("ERR sluice: transaction reply lost").to_bytes(protocol),
-                }
-            };
-            s.push(Pending::Future(Box::pin(fut))).await
-        }
+        Ok(rx) => s.push(exec_reply(rx, protocol)).await,
         Err(_) => s.reply(Frame::error("ERR sluice: connection to the destination proxy lost")).await,
     }
+}
+
+/// The client's answer to a `MULTI … EXEC` unit: the reply of its `EXEC`.
+fn exec_reply(
+    rx: tokio::sync::oneshot::Receiver<Result<Vec<Bytes>, crate::backend::BackendError>>,
+    protocol: sluice_common::resp::Protocol,
+) -> Pending {
+    Pending::Future(Box::pin(async move {
+        match rx.await {
+            Ok(Ok(mut replies)) => replies.pop().unwrap_or_default(),
+            Ok(Err(e)) => error_bytes(&e, protocol),
+            Err(_) => Frame::error("ERR sluice: transaction reply lost").to_bytes(protocol),
+        }
+    }))
 }
 
 /// Sends the last command of a watched transaction (EXEC, DISCARD, UNWATCH) on the private

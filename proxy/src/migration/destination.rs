@@ -11,7 +11,7 @@
 
 use super::node::NodeConn;
 use super::source::connect;
-use super::{Phase, Stage, Task};
+use super::{Phase, Task};
 use crate::route::{Override, OverrideKind};
 use crate::state::Shared;
 use std::sync::Arc;
@@ -44,7 +44,7 @@ async fn drive(shared: &Arc<Shared>, task: &Arc<Task>, copying: &mut bool) -> Re
             // Promoted from the source before this task started: an earlier switch completed.
             shared.set_override(&meta.id, Some(here(task))).await;
             task.set_phase(Phase::Switched);
-            return after_switch(shared, task).await;
+            return super::after_switch(shared, task).await;
         }
         let served = shared.routes().slots_served();
         if served > 0 {
@@ -75,7 +75,7 @@ async fn drive(shared: &Arc<Shared>, task: &Arc<Task>, copying: &mut bool) -> Re
             return Ok(());
         }
         if task.phase() == Phase::Switched {
-            return after_switch(shared, task).await;
+            return super::after_switch(shared, task).await;
         }
         let info = node.replication().await.map_err(|e| e.to_string())?;
         if info.is_synced_replica() {
@@ -129,18 +129,6 @@ pub async fn tmp_switch(shared: &Arc<Shared>, task: &Arc<Task>, offset: u64, bud
     shared.set_override(&task.meta.id, Some(here(task))).await;
     task.set_phase(Phase::Switched);
     tracing::info!(migration = %task.meta.id, offset, "switched: serving the slots");
-    Ok(())
-}
-
-async fn after_switch(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), String> {
-    if task.wait_untagged().await == Stage::Gone {
-        // Left the config without a commit after the switch: the broker refuses that, so
-        // this only happens if the migration was deleted with its cluster.
-        tracing::warn!(migration = %task.meta.id, "migration left the config after the switch without a commit");
-        return Ok(());
-    }
-    task.set_phase(Phase::Committed);
-    super::gc::clean(shared, task).await;
     Ok(())
 }
 

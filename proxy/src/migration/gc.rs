@@ -18,7 +18,6 @@ use super::{Phase, Task};
 use crate::route::RouteTable;
 use crate::state::Shared;
 use sluice_common::model::SlotRange;
-use sluice_common::resp::Frame;
 use sluice_common::slot::{key_slot, SLOT_COUNT};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -196,17 +195,10 @@ async fn pass(
     let rate = shared.opts.gc_keys_per_sec.max(1) as f64;
     let mut cursor = "0".to_string();
     loop {
-        let reply = conn.call(&["SCAN", cursor.as_str(), "COUNT", count.as_str()]).await.map_err(|e| e.to_string())?;
-        let Frame::Array(mut parts) = reply else { return Err("SCAN answered oddly".into()) };
-        let keys = match parts.pop() {
-            Some(Frame::Array(keys)) => keys,
-            _ => return Err("SCAN answered oddly".into()),
-        };
-        cursor =
-            parts.pop().and_then(|c| c.as_bytes().map(|b| String::from_utf8_lossy(b).into_owned())).unwrap_or_default();
+        let (next, keys) = conn.scan(&cursor, &count).await.map_err(|e| e.to_string())?;
+        cursor = next;
         let doomed: Vec<String> = keys
             .iter()
-            .filter_map(|k| k.as_bytes())
             .filter(|k| garbage[usize::from(key_slot(k))])
             .map(|k| String::from_utf8_lossy(k).into_owned())
             .collect();
@@ -225,7 +217,7 @@ async fn pass(
             shared.gc.deleted.fetch_add(doomed.len() as u64, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_secs_f64(doomed.len() as f64 / rate)).await;
         }
-        if cursor == "0" || cursor.is_empty() {
+        if cursor == "0" {
             break;
         }
     }

@@ -95,23 +95,15 @@ async fn pass(shared: &Arc<Shared>, task: &Arc<Task>, moving: &[bool], moved_tot
     let mut found: u64 = 0;
     let mut pending: Vec<Bytes> = Vec::new();
     loop {
-        let reply = node.call(&["SCAN", cursor.as_str(), "COUNT", count.as_str()]).await.map_err(|e| e.to_string())?;
-        let Frame::Array(mut parts) = reply else { return Err("SCAN answered oddly".into()) };
-        let keys = match parts.pop() {
-            Some(Frame::Array(keys)) => keys,
-            _ => return Err("SCAN answered oddly".into()),
-        };
-        cursor =
-            parts.pop().and_then(|c| c.as_bytes().map(|b| String::from_utf8_lossy(b).into_owned())).unwrap_or_default();
+        let (next, keys) = node.scan(&cursor, &count).await.map_err(|e| e.to_string())?;
+        cursor = next;
         for k in keys {
-            if let Some(k) = k.as_bytes() {
-                if moving[usize::from(key_slot(k))] {
-                    found += 1;
-                    pending.push(k.clone());
-                }
+            if moving[usize::from(key_slot(&k))] {
+                found += 1;
+                pending.push(k);
             }
         }
-        let done = cursor == "0" || cursor.is_empty();
+        let done = cursor == "0";
         while pending.len() >= batch * concurrency || (done && !pending.is_empty()) {
             let take = pending.len().min(batch * concurrency);
             let chunk: Vec<Bytes> = pending.drain(..take).collect();

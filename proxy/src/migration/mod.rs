@@ -306,6 +306,20 @@ impl Migrations {
     }
 }
 
+/// After the switch: wait for the commit, then for the keys the migration left on this node
+/// to be deleted by the garbage collector.
+pub async fn after_switch(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), String> {
+    if task.wait_untagged().await == Stage::Gone {
+        // Left the config without a commit after the switch: the broker refuses that, so
+        // this only happens if the migration was deleted with its cluster.
+        tracing::warn!(migration = %task.meta.id, "migration left the config after the switch without a commit");
+        return Ok(());
+    }
+    task.set_phase(Phase::Committed);
+    gc::clean(shared, task).await;
+    Ok(())
+}
+
 /// The phase names of the broker, for `Status`.
 pub fn phase_name(phase: MigrationPhase) -> String {
     serde_json::to_value(phase).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()

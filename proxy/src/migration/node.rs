@@ -55,6 +55,20 @@ impl NodeConn {
         }
     }
 
+    /// One `SCAN cursor COUNT count` step: the next cursor ("0" at the end) and the keys.
+    pub async fn scan(&self, cursor: &str, count: &str) -> Result<(String, Vec<bytes::Bytes>), NodeError> {
+        let odd = |reply: String| NodeError::Refused { addr: self.addr.clone(), cmd: "SCAN".into(), reply };
+        let Frame::Array(mut parts) = self.call(&["SCAN", cursor, "COUNT", count]).await? else {
+            return Err(odd("not an array".into()));
+        };
+        let keys = match parts.pop() {
+            Some(Frame::Array(keys)) => keys.iter().filter_map(|k| k.as_bytes().cloned()).collect(),
+            other => return Err(odd(format!("{other:?}"))),
+        };
+        let next = parts.pop().and_then(|c| c.as_bytes().map(|b| String::from_utf8_lossy(b).into_owned()));
+        Ok((next.filter(|c| !c.is_empty()).unwrap_or_else(|| "0".into()), keys))
+    }
+
     pub async fn dbsize(&self) -> Result<i64, NodeError> {
         match self.call(&["DBSIZE"]).await? {
             Frame::Integer(n) => Ok(n),

@@ -13,7 +13,7 @@
 //!    then `done`.
 
 use super::node::{resolve, NodeConn, NodeError, ReplInfo};
-use super::{Phase, Stage, Task};
+use super::{Phase, Task};
 use crate::route::{Override, OverrideKind};
 use crate::state::Shared;
 use sluice_common::resp::{Command, Frame, Limits};
@@ -54,7 +54,7 @@ async fn drive(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), String> {
                 tracing::info!(migration = %meta.id, "the destination was promoted before: the switch had completed");
                 shared.set_override(&meta.id, Some(moved_to(task))).await;
                 task.set_phase(Phase::Switched);
-                return after_switch(shared, task).await;
+                return super::after_switch(shared, task).await;
             }
             Ok(false) => {
                 shared.set_override(&meta.id, None).await;
@@ -110,7 +110,7 @@ async fn drive(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), String> {
             Ok(pause) => {
                 task.set_progress("pause_ms", pause.as_secs_f64() * 1000.0);
                 task.set_phase(Phase::Switched);
-                return after_switch(shared, task).await;
+                return super::after_switch(shared, task).await;
             }
             Err(e) => {
                 attempts += 1;
@@ -247,20 +247,7 @@ async fn dst_promoted(
     Ok(theirs.is_master() && !ours.master_replid.is_empty() && theirs.master_replid2 == ours.master_replid)
 }
 
-/// After the switch: wait for the commit, then for our copies of the moved slots to be
-/// deleted by the garbage collector.
-async fn after_switch(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), String> {
-    if task.wait_untagged().await == Stage::Gone {
-        // Left the config without a commit after the switch: the broker refuses that, so
-        // this only happens if the migration was deleted with its cluster.
-        tracing::warn!(migration = %task.meta.id, "migration left the config after the switch without a commit");
-        return Ok(());
-    }
-    task.set_phase(Phase::Committed);
-    super::gc::clean(shared, task).await;
-    Ok(())
-}
-
+/// A control connection to a node (ours or a peer's), with the node password.
 pub async fn connect(shared: &Shared, addr: &str) -> Result<NodeConn, String> {
     NodeConn::connect(addr, shared.opts.node_password.clone(), shared.opts.connect_timeout())
         .await
