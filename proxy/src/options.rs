@@ -97,6 +97,10 @@ pub struct ProxyOptions {
     /// `MIGRATE` batches in flight at once (pipelined) in a keys-mode migration.
     #[arg(long, env = "SLUICE_KEYS_CONCURRENCY", default_value_t = 4)]
     pub keys_concurrency: usize,
+    /// Most keys moved per second by a keys-mode migration (0: as fast as it goes), to bound
+    /// the migration's load on the nodes.
+    #[arg(long, env = "SLUICE_KEYS_PER_SEC", default_value_t = 0)]
+    pub keys_per_sec: u64,
     /// `MIGRATE` timeout in milliseconds (Redis's own: the longest pause in the transfer).
     #[arg(long, env = "SLUICE_KEYS_MIGRATE_TIMEOUT_MS", default_value_t = 60_000)]
     pub keys_migrate_timeout_ms: u64,

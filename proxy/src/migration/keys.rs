@@ -109,6 +109,9 @@ async fn pass(shared: &Arc<Shared>, task: &Arc<Task>, moving: &[bool], moved_tot
             let chunk: Vec<Bytes> = pending.drain(..take).collect();
             *moved_total += migrate(shared, &node, &task.meta.dst_node, &chunk, batch).await?;
             task.set_progress("keys_moved", *moved_total);
+            if shared.opts.keys_per_sec > 0 {
+                tokio::time::sleep(Duration::from_secs_f64(chunk.len() as f64 / shared.opts.keys_per_sec as f64)).await;
+            }
         }
         task.set_progress("keys_seen", found);
         if done {
