@@ -15,6 +15,7 @@ use bytes::Bytes;
 use sluice_common::resp::{parse_frame, Command, Frame, Limits};
 use sluice_common::slot::key_slot;
 use smallvec::SmallVec;
+use std::sync::Arc;
 
 pub fn crossslot() -> Frame {
     Frame::error("CROSSSLOT Keys in request don't hash to the same slot")
@@ -399,6 +400,41 @@ async fn forward(s: &mut Session, proxy: &str, data: Bytes, blocking: bool) -> F
     match peer_request(s, proxy, data, blocking).await {
         Ok(rx) => s.push(Pending::Reply(rx)).await,
         Err(e) => s.reply(e.to_frame()).await,
+    }
+}
+
+/// `DBSIZE`: the node's own count while no migration involves this proxy. During one the node
+/// may hold keys of slots served elsewhere (a replica's copy, keys waiting for the garbage
+/// collector), so the keys of the slots served here are counted with `SCAN` instead.
+pub async fn dbsize(s: &mut Session, cmd: Command) -> Flow {
+    if s.shared.routes().config.migrations.is_empty() {
+        return s.send_to_node(Lane::Shared, cmd.raw().clone()).await;
+    }
+    s.flush().await;
+    let shared = s.shared.clone();
+    let protocol = s.protocol;
+    let fut = async move {
+        match count_served_keys(&shared).await {
+            Ok(n) => Frame::Integer(n),
+            Err(e) => Frame::error(format!("ERR sluice: cannot count the keys: {e}")),
+        }
+        .to_bytes(protocol)
+    };
+    s.push(Pending::Future(Box::pin(fut))).await
+}
+
+async fn count_served_keys(shared: &Arc<Shared>) -> Result<i64, String> {
+    let node = crate::migration::source::connect(shared, &shared.opts.node).await?;
+    let mut cursor = "0".to_string();
+    let mut n = 0;
+    loop {
+        let (next, keys) = node.scan(&cursor, "1000").await.map_err(|e| e.to_string())?;
+        let routes = shared.routes();
+        n += keys.iter().filter(|k| routes.holds_live_keys(key_slot(k))).count() as i64;
+        cursor = next;
+        if cursor == "0" {
+            return Ok(n);
+        }
     }
 }
 

@@ -226,6 +226,12 @@ impl RouteTable {
         self.me.is_some() && self.owners.get(s).is_some_and(|&o| Some(usize::from(o)) == self.me)
     }
 
+    /// Whether this node holds the live keys of `slot`: it serves it, or a keys-mode
+    /// migration has been moving its keys here (a replica's copy does not count).
+    pub fn holds_live_keys(&self, slot: u16) -> bool {
+        self.is_local(slot) || self.flags.get(usize::from(slot)).is_some_and(|f| f & IMPORTING_KEYS != 0)
+    }
+
     /// Whether commands on `slot` must be counted while in flight (it is being moved away).
     pub fn is_migrating(&self, slot: u16) -> bool {
         self.flags.get(usize::from(slot)).is_some_and(|f| f & MIGRATING != 0)

@@ -275,6 +275,7 @@ impl Session {
             }
             "info" => info::handle(self, cmd).await,
             "scan" | "keys" => keyed::scan(self, cmd, spec).await,
+            "dbsize" => keyed::dbsize(self, cmd).await,
             _ => keyed::handle(self, cmd, spec).await,
         }
     }
