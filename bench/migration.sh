@@ -1,24 +1,41 @@
 #!/usr/bin/env bash
-# Replication-mode slot migration under load, against a plain REPLICAOF of the same data, in
-# the same run (issue 5). A 2-proxy cluster + 1 spare (broker, coordinator, redis-server nodes,
-# release binaries); 1,000,000 keys of 100 bytes loaded straight into node A; half of A's slots
-# move to the spare while redis-rs cluster clients run SET/GET on those keys.
+# Slot migrations under load, each against its yardstick measured in the same run. Both runs
+# use release binaries (broker, coordinator, proxies, redis-server nodes), load 1,000,000 keys
+# of 100 bytes straight into the nodes, and move half of one node's slots while redis-rs
+# cluster clients run SET/GET on the keys (and create a few new ones).
 #
-#   bash bench/migration.sh                        # defaults: 1000000 keys, 4 clients, 5000 cmd/s
+#   replication (issue 5): a 2-proxy cluster + 1 spare; all keys on node A; half of A's slots
+#     move to the empty spare by replication, against a plain REPLICAOF of node A. Prints the
+#     seconds to switched / committed / done, the plain REPLICAOF time and the ratio, and the
+#     goals (committed <= 2 x plain + 1 s; longest pause <= 100 ms).
+#   keys (issue 6): a 2-proxy cluster, the keys spread over both nodes by slot; the lower half
+#     of A's slots move to B, which holds data too, key by key. Then a native 2-node Redis
+#     Cluster (redis-server --cluster-enabled yes) gets the same keys in the same slots and
+#     `redis-cli --cluster reshard` moves the same slots (default pipeline), timed. Prints
+#     keys/s, the seconds to switched / committed / done, the reshard time and the ratio
+#     reshard / sluice (to done), goal >= 3.
+#
+#   bash bench/migration.sh                        # both: replication, then keys (the default)
+#   bash bench/migration.sh --mode keys            # only keys mode vs reshard
+#   bash bench/migration.sh --mode replication     # only replication mode vs REPLICAOF
 #   bash bench/migration.sh --rate 0               # unthrottled clients (redis-benchmark style)
-#   bash bench/migration.sh --plain-under-load     # time the plain REPLICAOF under the same load
-#   bash bench/migration.sh --keys 200000 --data-dir /tmp/bench   # smaller, keep logs
-#   BENCH_PROXY_ARGS="--threads 2" bash bench/migration.sh        # extra sluice-proxy flags
+#   bash bench/migration.sh --plain-under-load     # replication: plain REPLICAOF under the same load
+#   bash bench/migration.sh --native-under-load    # keys: the reshard under the same load
+#   bash bench/migration.sh --keys 100000 --data-dir /tmp/bench   # smaller, keep logs (DIR/<run>)
+#   BENCH_PROXY_ARGS="--keys-batch 200" bash bench/migration.sh    # extra sluice-proxy flags
 #
-# Prints seconds to switched / committed / done, the plain REPLICAOF time and the ratio, the
-# longest client command during the migration, client errors, and the goals (committed <=
-# 2 x plain + 1 s; longest pause <= 100 ms); the last line is the same as JSON (RESULT {...}).
-# Exit code 1 if the migration did not reach done, a client saw an error, or garbage is left.
-# The machine is shared: compare figures measured in one run, not across runs.
+# Both print the client commands during the migration (count, percentiles, the longest) and
+# the client errors; each run's last line is its figures as JSON (RESULT {...}). Exit code 1 if
+# a migration did not reach done, a client saw an error, keys were lost or left behind (the
+# nodes must hold exactly the loaded keys + the keys the clients created, each on the node
+# serving its slot), or the reshard did not move its keys; 2 if the benchmark could not run.
+# Missing a goal is reported, not fatal. The machine is shared: compare figures measured in
+# one run, not across runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 command -v redis-server >/dev/null || { echo "redis-server missing: apt-get install redis-server" >&2; exit 1; }
+command -v redis-cli >/dev/null || { echo "redis-cli missing: apt-get install redis-tools" >&2; exit 1; }
 
 if [[ -z "${SLUICE_BIN_DIR:-}" ]]; then
   cargo build --release -q --bins

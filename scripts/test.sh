@@ -15,3 +15,9 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast
 fi
+# docker-compose.yml for real (images, migration, proxy failure), when a Docker engine answers.
+if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
+  bash integration-tests/compose_test.sh
+else
+  echo "=== compose test SKIPPED: no Docker engine answers (docker info); integration-tests/compose_test.sh not run ==="
+fi

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7799";
 /// Where the sled database lives when nothing says otherwise (relative to the working dir).
 pub const DEFAULT_DATA_DIR: &str = "sluice-broker-data";
+/// How many migrations of one scale plan run at once when nothing says otherwise.
+pub const DEFAULT_SCALE_CONCURRENCY: usize = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -37,13 +39,17 @@ pub struct Cli {
     #[arg(long, env = "SLUICE_API_TOKEN", value_name = "TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
 
-    /// TOML file with any of: listen, data_dir, api_token, log_format
+    /// TOML file with any of: listen, data_dir, api_token, log_format, scale_concurrency
     #[arg(long, env = "SLUICE_CONFIG", value_name = "FILE.toml")]
     pub config: Option<PathBuf>,
 
     /// Log line format [default: text]
     #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+
+    /// How many migrations of one scale plan run at once (never two sharing a proxy) [default: 2]
+    #[arg(long, env = "SLUICE_SCALE_CONCURRENCY", value_name = "K", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub scale_concurrency: Option<u32>,
 }
 
 /// The TOML file: the same settings as the flags, all optional.
@@ -54,6 +60,7 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub api_token: Option<String>,
     pub log_format: Option<LogFormat>,
+    pub scale_concurrency: Option<u32>,
 }
 
 /// The settings the broker runs with.
@@ -64,6 +71,8 @@ pub struct Config {
     /// `None`: mutating calls are open (an empty token counts as none).
     pub api_token: Option<String>,
     pub log_format: LogFormat,
+    /// How many migrations of one scale plan run at once (1..=1024).
+    pub scale_concurrency: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,14 +81,20 @@ pub enum ConfigError {
     Read { path: String, source: std::io::Error },
     #[error("config file {path}: {source}")]
     Parse { path: String, source: Box<toml::de::Error> },
+    #[error("config file {path}: scale_concurrency must be between 1 and 1024, not {value}")]
+    Invalid { path: String, value: u32 },
 }
 
 impl FileConfig {
     pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-        toml::from_str(&text)
-            .map_err(|source| ConfigError::Parse { path: path.display().to_string(), source: Box::new(source) })
+        let file: FileConfig = toml::from_str(&text)
+            .map_err(|source| ConfigError::Parse { path: path.display().to_string(), source: Box::new(source) })?;
+        if let Some(value) = file.scale_concurrency.filter(|k| !(1..=1024).contains(k)) {
+            return Err(ConfigError::Invalid { path: path.display().to_string(), value });
+        }
+        Ok(file)
     }
 }
 
@@ -101,6 +116,10 @@ impl Config {
             data_dir: cli.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             api_token: cli.api_token.or(file.api_token).filter(|t| !t.is_empty()),
             log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
+            scale_concurrency: cli
+                .scale_concurrency
+                .or(file.scale_concurrency)
+                .map_or(DEFAULT_SCALE_CONCURRENCY, |k| k.clamp(1, 1024) as usize),
         }
     }
 }
@@ -116,6 +135,21 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         assert_eq!(c.api_token, None);
         assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.scale_concurrency, DEFAULT_SCALE_CONCURRENCY);
+    }
+
+    #[test]
+    fn scale_concurrency_from_flag_or_file() {
+        let file: FileConfig = toml::from_str("scale_concurrency = 5").unwrap();
+        let c = Config::merge(Cli::default(), file.clone());
+        assert_eq!(c.scale_concurrency, 5);
+        let cli = Cli::try_parse_from(["sluice-broker", "--scale-concurrency", "1"]).unwrap();
+        assert_eq!(Config::merge(cli, file).scale_concurrency, 1);
+        assert!(Cli::try_parse_from(["sluice-broker", "--scale-concurrency", "0"]).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.toml");
+        std::fs::write(&path, "scale_concurrency = 0\n").unwrap();
+        assert!(matches!(FileConfig::load(&path), Err(ConfigError::Invalid { value: 0, .. })));
     }
 
     #[test]

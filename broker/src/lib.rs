@@ -7,13 +7,15 @@
 //! not move the epoch.
 //!
 //! Map: [`config`] (flags, env, file) → [`store`] (sled + the in-memory [`state::State`]) →
-//! [`ops`] (every change, checks first) → [`api`] (routes and handlers) and [`openapi`].
+//! [`ops`] (every change, checks first; [`scale`] plans scale-outs and scale-ins) → [`api`]
+//! (routes and handlers) and [`openapi`].
 
 pub mod api;
 pub mod config;
 pub mod error;
 pub mod openapi;
 pub mod ops;
+pub mod scale;
 pub mod slots;
 pub mod state;
 pub mod store;
@@ -40,7 +42,8 @@ pub fn init_logging(format: LogFormat) {
 /// Opens the store, binds `config.listen` and serves until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> Result<(), BrokerError> {
     let dir = config.data_dir.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&dir))
+    let k = config.scale_concurrency;
+    let store = tokio::task::spawn_blocking(move || Store::open(&dir).map(|s| s.with_scale_concurrency(k)))
         .await
         .map_err(|e| BrokerError::Serve(std::io::Error::other(e)))?
         .map_err(|source| BrokerError::Open { dir: config.data_dir.display().to_string(), source })?;
@@ -57,6 +60,7 @@ pub async fn run(config: Config) -> Result<(), BrokerError> {
         proxies = s.proxies.len(),
         clusters = s.clusters.len(),
         auth = config.api_token.is_some(),
+        scale_concurrency = config.scale_concurrency,
         "listening"
     );
     serve(listener, store.clone(), config.api_token, shutdown_signal()).await?;

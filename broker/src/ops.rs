@@ -5,11 +5,13 @@
 //! operation returned `Ok`. A metadata change calls [`Txn::bump`] (at most one bump per
 //! transaction, however many records change); a status change (progress, health) does not.
 
+use crate::config::DEFAULT_SCALE_CONCURRENCY;
 use crate::error::ApiError;
-use crate::slots;
 use crate::state::{check_address, migration_id, valid_cluster_name, ProxyRecord, State};
+use crate::{scale, slots};
 use sluice_common::api::{
     CreateCluster, CreateMigration, HealthReport, Migration, PhaseTimestamps, ProxyInfo, ProxySelection, RegisterProxy,
+    ScaleKind, ScalePlanRecord, ScaleRequest, ScaleState, ScaleStep,
 };
 use sluice_common::model::{
     split_slots_evenly, ClusterView, Epoch, MigrationMode, MigrationPhase, NodeView, SlotAssignment, SlotRange, SlotTag,
@@ -31,12 +33,14 @@ pub struct Txn {
     pub now: String,
     /// What changed, for the epoch log line.
     pub change: Vec<String>,
+    /// How many migrations of one scale plan run at once (`--scale-concurrency`).
+    pub scale_concurrency: usize,
 }
 
 impl Txn {
     pub fn new(state: State, now: String) -> Txn {
         let base_epoch = state.epoch;
-        Txn { state, base_epoch, now, change: Vec::new() }
+        Txn { state, base_epoch, now, change: Vec::new(), scale_concurrency: DEFAULT_SCALE_CONCURRENCY }
     }
 
     /// Marks this transaction as a metadata change and answers its epoch: the previous one
@@ -83,8 +87,17 @@ impl Txn {
         check_address("address", &req.address).map_err(ApiError::invalid)?;
         check_address("control_address", &req.control_address).map_err(ApiError::invalid)?;
         check_address("node_address", &req.node_address).map_err(ApiError::invalid)?;
+        if let Some(peer) = &req.peer_address {
+            check_address("peer_address", peer).map_err(ApiError::invalid)?;
+        }
+        // A peer address equal to the client-facing one says nothing more: stored as absent, so
+        // that giving it or not is the same registration.
+        let peer_address = req.peer_address.filter(|p| *p != req.address);
         if let Some(known) = self.state.proxies.get(&req.address) {
-            if known.control_address == req.control_address && known.node_address == req.node_address {
+            if known.control_address == req.control_address
+                && known.node_address == req.node_address
+                && known.peer_address == peer_address
+            {
                 return Ok((self.state.proxy_info(known), false));
             }
             if known.node_address != req.node_address {
@@ -99,7 +112,21 @@ impl Txn {
             let rec = self.state.proxies.get_mut(&req.address).ok_or_else(|| ApiError::internal("proxy vanished"))?;
             rec.control_address = req.control_address;
             rec.node_address = req.node_address;
-            self.bump();
+            let peer_changed = rec.peer_address != peer_address;
+            rec.peer_address = peer_address.clone();
+            let epoch = self.bump();
+            if peer_changed {
+                // A node's peer address travels in its cluster's view: the other proxies learn
+                // the new one with their next config. A serving proxy may change it (unlike its
+                // node): it is only where the same proxy is reached.
+                let view = self.state.clusters.values_mut().find(|c| c.nodes.iter().any(|n| n.proxy == req.address));
+                if let Some(view) = view {
+                    for n in view.nodes.iter_mut().filter(|n| n.proxy == req.address) {
+                        n.peer = peer_address.clone();
+                    }
+                    view.epoch = epoch;
+                }
+            }
             self.note(format!("proxy {} re-registered with new addresses", req.address));
             let info = self.state.proxy_info(&self.state.proxies[&req.address]);
             return Ok((info, false));
@@ -108,6 +135,7 @@ impl Txn {
             address: req.address.clone(),
             control_address: req.control_address,
             node_address: req.node_address,
+            peer_address,
             failed: false,
             failure: None,
             registered_at: self.now.clone(),
@@ -132,6 +160,13 @@ impl Txn {
             return Err(ApiError::conflict(format!(
                 "proxy {address} still has work in migration {} (phase {:?}); delete it once that is done",
                 m.id, m.phase
+            )));
+        }
+        if let Some(plan) = self.state.reserving_plan(address) {
+            return Err(ApiError::conflict(format!(
+                "proxy {address} is reserved by scale plan {} of cluster {:?}, which will bring it in; delete it \
+                 once the plan has ended",
+                plan.id, plan.cluster
             )));
         }
         self.state.proxies.remove(address);
@@ -163,8 +198,8 @@ impl Txn {
             )));
         }
         let max = usize::from(SLOT_COUNT);
-        // (proxy address, node address) of the chosen proxies, in slot order.
-        let chosen: Vec<(String, String)> = match &req.proxies {
+        // The chosen proxies as nodes without slots yet, in slot order.
+        let chosen: Vec<NodeView> = match &req.proxies {
             ProxySelection::Count(n) => {
                 let n = usize::try_from(*n).unwrap_or(usize::MAX);
                 if n == 0 || n > max {
@@ -182,7 +217,7 @@ impl Txn {
                         free.len()
                     )));
                 }
-                free.into_iter().take(n).map(|p| (p.address.clone(), p.node_address.clone())).collect()
+                free.into_iter().take(n).map(|p| p.node_view()).collect()
             }
             ProxySelection::Addresses(list) => {
                 if list.is_empty() || list.len() > max {
@@ -203,20 +238,17 @@ impl Txn {
                 let mut chosen = Vec::with_capacity(list.len());
                 for a in list {
                     let p = self.require_free(a, "the new cluster")?;
-                    chosen.push((p.address.clone(), p.node_address.clone()));
+                    chosen.push(p.node_view());
                 }
                 chosen
             }
         };
         let epoch = self.bump();
+        let ranges = split_slots_evenly(chosen.len());
         let nodes = chosen
-            .iter()
-            .zip(split_slots_evenly(chosen.len()))
-            .map(|((proxy, node), r)| NodeView {
-                proxy: proxy.clone(),
-                node: node.clone(),
-                slots: vec![SlotAssignment::plain(r)],
-            })
+            .into_iter()
+            .zip(ranges)
+            .map(|(n, r)| NodeView { slots: vec![SlotAssignment::plain(r)], ..n })
             .collect();
         let view = ClusterView { name: req.name.clone(), epoch, nodes };
         self.note(format!("cluster {} created on {} proxies", req.name, view.nodes.len()));
@@ -254,6 +286,12 @@ impl Txn {
                 m.id, m.phase
             )));
         }
+        if let Some(plan) = self.state.reserving_plan(address) {
+            return Err(ApiError::conflict(format!(
+                "proxy {address} is not free: scale plan {} of cluster {:?} reserved it and will bring it in",
+                plan.id, plan.cluster
+            )));
+        }
         Ok(rec)
     }
 
@@ -272,6 +310,7 @@ impl Txn {
         }
         self.state.clusters.remove(name);
         self.state.migrations.retain(|_, m| m.cluster != name);
+        self.state.scales.remove(name);
         let epoch = self.bump();
         self.note(format!("cluster {name} deleted, freeing {}", freed.join(", ")));
         Ok((epoch, freed))
@@ -281,6 +320,17 @@ impl Txn {
 
     /// Creates a migration after checking everything about it; see `docs/broker-api.md`.
     pub fn create_migration(&mut self, cluster: &str, req: CreateMigration) -> Result<Migration, ApiError> {
+        self.create_migration_for(cluster, req, None)
+    }
+
+    /// [`Txn::create_migration`], for scale plan `plan` if given: the one caller allowed to
+    /// take a free proxy that plan reserved.
+    fn create_migration_for(
+        &mut self,
+        cluster: &str,
+        req: CreateMigration,
+        plan: Option<&str>,
+    ) -> Result<Migration, ApiError> {
         // Checks of the request alone.
         check_address("src", &req.src).map_err(ApiError::invalid)?;
         check_address("dst", &req.dst).map_err(ApiError::invalid)?;
@@ -340,6 +390,7 @@ impl Txn {
             return Err(ApiError::conflict(format!("dst {} is marked failed; pick another destination", req.dst)));
         }
         let dst_index = view.nodes.iter().position(|n| n.proxy == req.dst);
+        let dst_peer = dst_rec.peer_address.clone();
         let dst_node = match dst_index {
             Some(i) => view.nodes[i].node.clone(),
             None => {
@@ -349,6 +400,15 @@ impl Txn {
                          free proxy",
                         req.dst, other.name
                     )));
+                }
+                if let Some(reserving) = self.state.reserving_plan(&req.dst) {
+                    if plan != Some(reserving.id.as_str()) {
+                        return Err(ApiError::conflict(format!(
+                            "dst {} is reserved by scale plan {} of cluster {:?}, which will bring it in; pick \
+                             another destination",
+                            req.dst, reserving.id, reserving.cluster
+                        )));
+                    }
                 }
                 dst_rec.node_address.clone()
             }
@@ -420,7 +480,12 @@ impl Txn {
         let dst_index = match dst_index {
             Some(i) => i,
             None => {
-                view.nodes.push(NodeView { proxy: req.dst.clone(), node: dst_node.clone(), slots: Vec::new() });
+                view.nodes.push(NodeView {
+                    proxy: req.dst.clone(),
+                    node: dst_node.clone(),
+                    slots: Vec::new(),
+                    peer: dst_peer,
+                });
                 view.nodes.len() - 1
             }
         };
@@ -559,6 +624,7 @@ impl Txn {
                 m.src, m.dst
             ));
         }
+        self.sync_scales();
         Ok(m)
     }
 
@@ -608,6 +674,7 @@ impl Txn {
             what.push_str(&format!("; {} left the cluster", left.join(", ")));
         }
         self.note(what);
+        self.sync_scales();
         Ok(m)
     }
 
@@ -618,7 +685,8 @@ impl Txn {
     /// Why an abort stops earlier than a failure: once the source has started the switch, the
     /// destination may already have been promoted and taken writes. Only the proxies can tell,
     /// so from then on only their report (a `fail` from the coordinator) ends the migration
-    /// before the commit.
+    /// before the commit. A keys-mode migration is never aborted, and fails only while
+    /// `pending` (see below).
     pub fn stop(
         &mut self,
         cluster: &str,
@@ -639,11 +707,20 @@ impl Txn {
                     phase_name(p)
                 )));
             }
-            p if m.mode == MigrationMode::Keys && p >= MigrationPhase::Starting => {
+            // A keys-mode migration cannot be aborted even while `pending`: the broker's phase
+            // lags the proxies. The source proxy starts moving keys (client commands pull
+            // theirs, its scan moves the rest) as soon as it holds the config that tags the
+            // slots, before the coordinator has reported `starting`; an abort then would give
+            // the slots back to a source whose keys already live at the destination (lost
+            // writes: found by the chaos test, integration-tests/tests/chaos.rs).
+            p if m.mode == MigrationMode::Keys
+                && (p >= MigrationPhase::Starting || phase == MigrationPhase::Aborted) =>
+            {
                 return Err(ApiError::conflict(format!(
-                    "migration {id} moves keys and is {}: keys may already live at the destination, so the \
-                     slots cannot go back to the source without them; it finishes by itself (move the slots back \
-                     with a new migration once it is done)",
+                    "migration {id} moves keys and is {}: keys may already live at the destination (the source \
+                     starts moving them as soon as it holds the migration), so the slots cannot go back to the \
+                     source without them; it finishes by itself (move the slots back with a new migration once \
+                     it is done)",
                     phase_name(p)
                 )));
             }
@@ -680,20 +757,34 @@ impl Txn {
             what.push_str(&format!("; {} left the cluster", left.join(", ")));
         }
         self.note(what);
+        self.sync_scales();
         Ok(m)
     }
 
-    /// Scale-out: each of `add` free proxies takes the upper half of the largest untagged range
-    /// of the node with the most untagged slots (recounted after each pick). All the
-    /// migrations are created in this one transaction, at one epoch.
-    pub fn scale(&mut self, cluster: &str, add: u64) -> Result<Vec<Migration>, ApiError> {
+    // ---- scale plans ----
+
+    /// Plans a scale-out (`add`) or a scale-in (`remove`) that leaves every node with an even
+    /// share of the slots (see [`scale::plan`]), stores the plan and starts its first steps
+    /// (at most `scale_concurrency`, never two sharing a proxy), all in this transaction at
+    /// one epoch. Answers the plan and the migrations started now.
+    pub fn scale(&mut self, cluster: &str, req: ScaleRequest) -> Result<(ScalePlanRecord, Vec<Migration>), ApiError> {
+        match (req.add, req.remove) {
+            (Some(add), None) => self.scale_add(cluster, add),
+            (None, Some(remove)) => self.scale_remove(cluster, remove),
+            _ => Err(ApiError::invalid(
+                "give exactly one of add (how many free proxies join) and remove (which nodes leave)",
+            )),
+        }
+    }
+
+    fn scale_add(&mut self, cluster: &str, add: u64) -> Result<(ScalePlanRecord, Vec<Migration>), ApiError> {
         let max = u64::from(SLOT_COUNT);
         if add == 0 || add > max {
             return Err(ApiError::invalid(format!("add must be between 1 and {max}, not {add}")));
         }
         let view = self.cluster(cluster)?;
-        let free: Vec<String> = self.state.free_proxies().iter().map(|p| p.address.clone()).collect();
         let add = usize::try_from(add).unwrap_or(usize::MAX);
+        let free: Vec<String> = self.state.free_proxies().iter().map(|p| p.address.clone()).collect();
         if free.len() < add {
             return Err(ApiError::conflict(format!(
                 "scaling cluster {cluster:?} by {add} needs {add} free proxies but only {} are free; register \
@@ -701,44 +792,272 @@ impl Txn {
                 free.len()
             )));
         }
-        // Plan on a copy of every node's untagged ranges.
-        let mut plan: Vec<(String, Vec<SlotRange>)> =
-            view.nodes.iter().map(|n| (n.proxy.clone(), slots::untagged(&n.slots))).collect();
-        let mut moves = Vec::with_capacity(add);
-        for dst in free.into_iter().take(add) {
-            let pick = plan
-                .iter()
-                .enumerate()
-                .filter(|(_, (_, ranges))| ranges.iter().any(|r| r.len() >= 2))
-                .max_by(|(ia, (_, a)), (ib, (_, b))| slots::count(a).cmp(&slots::count(b)).then(ib.cmp(ia)))
-                .map(|(i, _)| i);
-            let Some(i) = pick else {
-                return Err(ApiError::conflict(format!(
-                    "cluster {cluster:?} has no untagged slot range of 2 or more slots left to split; add fewer \
-                     proxies or wait for running migrations"
+        if view.nodes.len() + add > usize::from(SLOT_COUNT) {
+            return Err(ApiError::conflict(format!(
+                "cluster {cluster:?} has {} nodes; with {add} more it would have more nodes than the {SLOT_COUNT} \
+                 slots",
+                view.nodes.len()
+            )));
+        }
+        self.check_scale_idle(cluster)?;
+        let joining: Vec<String> = free.into_iter().take(add).collect();
+        let moves = scale::plan(&self.layout(cluster)?, &joining, &[], MAX_RANGES_PER_MIGRATION);
+        self.begin_plan(cluster, ScaleKind::Add, joining, moves)
+    }
+
+    fn scale_remove(
+        &mut self,
+        cluster: &str,
+        remove: Vec<String>,
+    ) -> Result<(ScalePlanRecord, Vec<Migration>), ApiError> {
+        if remove.is_empty() {
+            return Err(ApiError::invalid("remove lists no proxy; name the nodes that leave the cluster"));
+        }
+        for (i, a) in remove.iter().enumerate() {
+            check_address("proxy", a).map_err(ApiError::invalid)?;
+            if remove[..i].contains(a) {
+                return Err(ApiError::invalid(format!("proxy {a} is listed twice")));
+            }
+        }
+        let view = self.cluster(cluster)?;
+        let nodes: Vec<&str> = view.nodes.iter().map(|n| n.proxy.as_str()).collect();
+        for a in &remove {
+            if !self.state.proxies.contains_key(a) {
+                return Err(ApiError::invalid(format!(
+                    "proxy {a} is not registered; remove names nodes of cluster {cluster:?} (its nodes: {})",
+                    nodes.join(", ")
                 )));
-            };
-            let ranges = &mut plan[i].1;
-            let Some(j) = ranges
-                .iter()
-                .enumerate()
-                .max_by(|(ja, a), (jb, b)| a.len().cmp(&b.len()).then(jb.cmp(ja)))
-                .map(|(j, _)| j)
-            else {
-                return Err(ApiError::internal("scale planning lost a range"));
-            };
-            let r = ranges[j];
-            let half = (r.len() / 2) as u16;
-            let upper = SlotRange::new(r.end - half + 1, r.end);
-            ranges[j] = SlotRange::new(r.start, r.end - half);
-            moves.push((plan[i].0.clone(), dst, upper));
+            }
+            if !nodes.contains(&a.as_str()) {
+                return Err(ApiError::invalid(format!(
+                    "proxy {a} is not a node of cluster {cluster:?} (its nodes: {})",
+                    nodes.join(", ")
+                )));
+            }
         }
-        let mut created = Vec::with_capacity(moves.len());
-        for (src, dst, range) in moves {
-            let req = CreateMigration { src, dst, slots: vec![range], mode: MigrationMode::Auto };
-            created.push(self.create_migration(cluster, req)?);
+        if remove.len() >= nodes.len() {
+            return Err(ApiError::invalid(format!(
+                "remove names every node of cluster {cluster:?}; at least one must stay to take the slots \
+                 (DELETE /api/v1/clusters/{cluster} frees them all)"
+            )));
         }
-        Ok(created)
+        self.check_scale_idle(cluster)?;
+        let moves = scale::plan(&self.layout(cluster)?, &[], &remove, MAX_RANGES_PER_MIGRATION);
+        self.begin_plan(cluster, ScaleKind::Remove, remove, moves)
+    }
+
+    /// A scale plans from a settled layout: no plan and no migration of the cluster running.
+    fn check_scale_idle(&self, cluster: &str) -> Result<(), ApiError> {
+        if let Some(plan) = self.state.scales.get(cluster).filter(|p| p.state == ScaleState::Running) {
+            return Err(ApiError::conflict(format!(
+                "scale plan {} of cluster {cluster:?} is still running ({} of {} steps done); one plan at a time \
+                 per cluster: wait for it to end (GET /api/v1/clusters/{cluster} shows its progress)",
+                plan.id, plan.done, plan.total
+            )));
+        }
+        let running: Vec<&str> = self
+            .state
+            .migrations_of(cluster)
+            .filter(|(_, m)| !m.phase.is_final())
+            .map(|(_, m)| m.id.as_str())
+            .collect();
+        if !running.is_empty() {
+            return Err(ApiError::conflict(format!(
+                "migrations of cluster {cluster:?} are still running ({}); a scale is planned from settled slots: \
+                 wait until they are done",
+                running.join(", ")
+            )));
+        }
+        Ok(())
+    }
+
+    /// Every node of the cluster with the ranges it owns untagged, in cluster order.
+    fn layout(&self, cluster: &str) -> Result<Vec<(String, Vec<SlotRange>)>, ApiError> {
+        Ok(self.cluster(cluster)?.nodes.iter().map(|n| (n.proxy.clone(), slots::untagged(&n.slots))).collect())
+    }
+
+    /// Stores a new plan of `moves` and starts its first steps. Checks first: a failed proxy
+    /// in any step refuses the whole plan (it could not hand over or take slots).
+    fn begin_plan(
+        &mut self,
+        cluster: &str,
+        kind: ScaleKind,
+        proxies: Vec<String>,
+        moves: Vec<scale::Move>,
+    ) -> Result<(ScalePlanRecord, Vec<Migration>), ApiError> {
+        for m in &moves {
+            for p in [&m.src, &m.dst] {
+                if self.state.proxies.get(p).is_some_and(|r| r.failed) {
+                    return Err(ApiError::conflict(format!(
+                        "proxy {p} is marked failed and the plan needs it to {} slots; clear it (PUT \
+                         /api/v1/proxies/{p}/health {{\"failed\":false}}) or remove it from the plan",
+                        if *p == m.src { "hand over" } else { "take" }
+                    )));
+                }
+            }
+        }
+        if moves.is_empty() {
+            return Err(ApiError::conflict(format!("cluster {cluster:?} needs no slot moved for this scale")));
+        }
+        let epoch = self.bump();
+        let steps: Vec<ScaleStep> = moves
+            .into_iter()
+            .map(|m| ScaleStep { src: m.src, dst: m.dst, slots: m.slots, migration: None, phase: None })
+            .collect();
+        let id = format!("scale-{epoch}");
+        let what = format!(
+            "scale plan {id} of cluster {cluster}: {} {} in {} steps",
+            if kind == ScaleKind::Add { "add" } else { "remove" },
+            proxies.join(", "),
+            steps.len()
+        );
+        let plan = ScalePlanRecord {
+            id,
+            cluster: cluster.to_string(),
+            kind,
+            proxies,
+            state: ScaleState::Running,
+            error: None,
+            epoch,
+            total: steps.len(),
+            done: 0,
+            steps,
+            created_at: self.now.clone(),
+            updated_at: self.now.clone(),
+        };
+        self.state.scales.insert(cluster.to_string(), plan);
+        self.note(what);
+        // At creation a step that cannot start refuses the whole call: nothing is stored.
+        let started = self.start_steps(cluster)?;
+        let plan = self.state.scales.get(cluster).cloned().ok_or_else(|| ApiError::internal("scale plan vanished"))?;
+        Ok((plan, started))
+    }
+
+    /// Starts the plan's next steps in order: while fewer than `scale_concurrency` of its
+    /// migrations are unfinished, each step not started yet whose source and destination are
+    /// in no unfinished migration (of the plan or not) and in no step started in this round.
+    /// Mode `auto`: an empty proxy that joins gets its first import by replication; once it is
+    /// a node (that import done), the next import into it is by keys.
+    fn start_steps(&mut self, cluster: &str) -> Result<Vec<Migration>, ApiError> {
+        let k = self.scale_concurrency.max(1);
+        let Some(plan) = self.state.scales.get(cluster).filter(|p| p.state == ScaleState::Running) else {
+            return Ok(Vec::new());
+        };
+        let plan_id = plan.id.clone();
+        let running =
+            plan.steps.iter().filter(|s| s.migration.is_some() && !s.phase.is_some_and(|p| p.is_final())).count();
+        let mut busy: std::collections::HashSet<&str> = self
+            .state
+            .migrations
+            .values()
+            .filter(|m| m.in_configs())
+            .flat_map(|m| [m.src.as_str(), m.dst.as_str()])
+            .collect();
+        let mut picks = Vec::new();
+        for (i, step) in plan.steps.iter().enumerate() {
+            if running + picks.len() >= k {
+                break;
+            }
+            if step.migration.is_some() || busy.contains(step.src.as_str()) || busy.contains(step.dst.as_str()) {
+                continue;
+            }
+            busy.insert(&step.src);
+            busy.insert(&step.dst);
+            let req = CreateMigration {
+                src: step.src.clone(),
+                dst: step.dst.clone(),
+                slots: step.slots.clone(),
+                mode: MigrationMode::Auto,
+            };
+            picks.push((i, req));
+        }
+        let mut started = Vec::with_capacity(picks.len());
+        for (i, req) in picks {
+            let (src, dst) = (req.src.clone(), req.dst.clone());
+            let m = self.create_migration_for(cluster, req, Some(&plan_id)).map_err(|e| {
+                ApiError::new(
+                    e.status,
+                    e.code,
+                    format!("scale plan {plan_id}: step {src} -> {dst} cannot start: {}", e.message),
+                )
+            })?;
+            let now = self.now.clone();
+            let plan = self.state.scales.get_mut(cluster).ok_or_else(|| ApiError::internal("scale plan vanished"))?;
+            plan.steps[i].migration = Some(m.id.clone());
+            plan.steps[i].phase = Some(m.phase);
+            plan.updated_at = now;
+            started.push(m);
+        }
+        if !started.is_empty() {
+            let ids: Vec<&str> = started.iter().map(|m| m.id.as_str()).collect();
+            self.note(format!("scale plan {plan_id} of cluster {cluster} started {}", ids.join(", ")));
+        }
+        Ok(started)
+    }
+
+    /// Brings every scale plan up to date after a migration changed: each started step's
+    /// phase (status, like the migration's own), the plan's state (`failed` when a step's
+    /// migration failed or was aborted, `done` when every step is done) and, when this
+    /// transaction is a metadata change anyway (a migration reached `done`, failed, was
+    /// aborted), the next steps. A step that cannot start then fails the plan: the change
+    /// that triggered it (e.g. a `done` report) still goes through.
+    fn sync_scales(&mut self) {
+        let names: Vec<String> = self.state.scales.keys().cloned().collect();
+        for name in names {
+            self.sync_scale(&name);
+        }
+    }
+
+    fn sync_scale(&mut self, cluster: &str) {
+        let Some(before) = self.state.scales.get(cluster) else { return };
+        let mut plan = before.clone();
+        let mut failure = None;
+        for step in &mut plan.steps {
+            let Some(id) = &step.migration else { continue };
+            let Some((_, m)) = self.state.migration(cluster, id) else { continue };
+            step.phase = Some(m.phase);
+            if matches!(m.phase, MigrationPhase::Failed | MigrationPhase::Aborted) && failure.is_none() {
+                failure = Some(format!(
+                    "step {} -> {} (migration {id}) {}: {}",
+                    step.src,
+                    step.dst,
+                    phase_name(m.phase),
+                    m.error.as_deref().unwrap_or("no reason given")
+                ));
+            }
+        }
+        plan.done = plan.steps.iter().filter(|s| s.phase == Some(MigrationPhase::Done)).count();
+        let mut what = None;
+        if plan.state == ScaleState::Running {
+            if let Some(why) = failure {
+                plan.state = ScaleState::Failed;
+                what = Some(format!("scale plan {} of cluster {cluster} failed: {why}", plan.id));
+                plan.error = Some(why);
+            } else if plan.done == plan.total {
+                plan.state = ScaleState::Done;
+                what = Some(format!("scale plan {} of cluster {cluster} done", plan.id));
+            }
+        }
+        if plan != *before {
+            plan.updated_at = self.now.clone();
+            self.state.scales.insert(cluster.to_string(), plan);
+        }
+        if let Some(what) = what {
+            self.note(what);
+        }
+        if !self.bumped() {
+            return;
+        }
+        if let Err(e) = self.start_steps(cluster) {
+            let now = self.now.clone();
+            if let Some(plan) = self.state.scales.get_mut(cluster) {
+                plan.state = ScaleState::Failed;
+                plan.error = Some(e.message.clone());
+                plan.updated_at = now;
+                let what = format!("scale plan {} of cluster {cluster} failed: {}", plan.id, e.message);
+                self.note(what);
+            }
+        }
     }
 }
 
@@ -810,6 +1129,7 @@ mod tests {
                 address: addr(port),
                 control_address: addr(port + 1000),
                 node_address: addr(port + 2000),
+                peer_address: None,
             };
             txn(&mut s, T0, |t| t.register_proxy(req)).expect("register");
         }
@@ -929,6 +1249,64 @@ mod tests {
         for e in s.all_configs() {
             assert_eq!(Some(e.config), s.proxy_config(&e.proxy.address));
         }
+    }
+
+    #[test]
+    fn a_step_that_cannot_start_fails_the_plan_not_the_done_report() {
+        let mut s = State::default();
+        for port in 6001..=6005 {
+            let req = RegisterProxy {
+                address: addr(port),
+                control_address: addr(port + 1000),
+                node_address: addr(port + 2000),
+                peer_address: None,
+            };
+            txn(&mut s, T0, |t| t.register_proxy(req)).expect("register");
+        }
+        let req = CreateCluster { name: "shop".into(), proxies: ProxySelection::Count(3) };
+        txn(&mut s, T0, |t| t.create_cluster(req)).expect("cluster");
+        let one = |t: &mut Txn| t.scale_concurrency = 1;
+        let (plan, started) = txn(&mut s, T0, |t| {
+            one(t);
+            t.scale("shop", ScaleRequest { add: Some(2), remove: None })
+        })
+        .expect("scale");
+        assert_eq!((started.len(), plan.total), (1, 4));
+        // The next step's destination fails before its turn.
+        let health = HealthReport { failed: true, reason: None };
+        txn(&mut s, T0, |t| t.set_health(&addr(6005), health)).expect("health");
+        report(&mut s, T0, "switched", None).expect("switched");
+        txn(&mut s, T0, |t| t.commit("shop", "m-1", None)).expect("commit");
+        let epoch = s.epoch;
+        let done = txn(&mut s, T0, |t| {
+            one(t);
+            t.report_progress("shop", "m-1", "done", None, None, None)
+        })
+        .expect("the done report goes through");
+        assert_eq!(done.phase, Done);
+        assert_eq!(s.epoch, epoch + 1);
+        let plan = &s.scales["shop"];
+        assert_eq!((plan.state, plan.done), (ScaleState::Failed, 1));
+        let error = plan.error.as_deref().unwrap_or_default();
+        assert!(error.contains("cannot start") && error.contains("failed"), "{error}");
+        assert_eq!(s.migrations.len(), 1, "nothing else started");
+        // 6005 is no longer reserved.
+        assert!(s.reserving_plan(&addr(6005)).is_none());
+    }
+
+    #[test]
+    fn a_keys_mode_migration_is_not_aborted_even_while_pending() {
+        // Its source moves keys as soon as it holds the config, before the broker hears of it.
+        let mut s = setup(false);
+        assert_eq!(s.migrations[&1].phase, Pending);
+        let before = s.clone();
+        let e = txn(&mut s, T0, |t| t.stop("shop", "m-1", Aborted, "why".into())).expect_err("refused");
+        assert_eq!(e.code, "conflict");
+        assert!(e.message.contains("moves keys"), "{}", e.message);
+        assert_eq!(s, before, "a refused abort changes nothing");
+        // A proxy's failure report (the coordinator's fail) still ends it while pending.
+        let m = txn(&mut s, T0, |t| t.stop("shop", "m-1", Failed, "why".into())).expect("fail");
+        assert_eq!(m.phase, Failed);
     }
 
     #[test]

@@ -5,8 +5,8 @@
 //! [`ClusterView`] it is a node of, nothing stored beside it.
 
 use serde::{Deserialize, Serialize};
-use sluice_common::api::{Migration, ProxyConfigEntry, ProxyInfo, ProxyState};
-use sluice_common::model::{ClusterView, Epoch, ProxyConfig};
+use sluice_common::api::{Migration, ProxyConfigEntry, ProxyInfo, ProxyState, ScaleKind, ScalePlanRecord, ScaleState};
+use sluice_common::model::{ClusterView, Epoch, NodeView, ProxyConfig};
 use std::collections::{BTreeMap, HashMap};
 
 /// A registered proxy as stored.
@@ -15,12 +15,29 @@ pub struct ProxyRecord {
     pub address: String,
     pub control_address: String,
     pub node_address: String,
+    /// Where the other proxies reach it, when not at `address`; absent in records stored
+    /// before the field existed, which is the same thing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_address: Option<String>,
     /// Set by a failure report, cleared by a recovery report. Status, not metadata.
     #[serde(default)]
     pub failed: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
     pub registered_at: String,
+}
+
+impl ProxyRecord {
+    /// This proxy as a node of a cluster, with no slots yet: the view carries its node and
+    /// where the other proxies reach it.
+    pub fn node_view(&self) -> NodeView {
+        NodeView {
+            proxy: self.address.clone(),
+            node: self.node_address.clone(),
+            slots: Vec::new(),
+            peer: self.peer_address.clone(),
+        }
+    }
 }
 
 /// Everything the broker knows.
@@ -34,6 +51,8 @@ pub struct State {
     pub clusters: BTreeMap<String, ClusterView>,
     /// Keyed by the number in the id, so iteration is in creation order.
     pub migrations: BTreeMap<u64, Migration>,
+    /// Each cluster's last scale plan (running, done or failed), keyed by cluster name.
+    pub scales: BTreeMap<String, ScalePlanRecord>,
 }
 
 /// `m-<n>` ↔ `n`. Anything else is no migration id.
@@ -71,6 +90,13 @@ impl State {
         self.clusters.values().find(|c| c.nodes.iter().any(|n| n.proxy == proxy))
     }
 
+    /// The running scale-out that will bring `address` (not yet a node) into its cluster.
+    pub fn reserving_plan(&self, address: &str) -> Option<&ScalePlanRecord> {
+        self.scales.values().find(|p| {
+            p.state == ScaleState::Running && p.kind == ScaleKind::Add && p.proxies.iter().any(|a| a == address)
+        })
+    }
+
     fn info_with(&self, p: &ProxyRecord, cluster: Option<&str>) -> ProxyInfo {
         let state = if p.failed {
             ProxyState::Failed
@@ -83,9 +109,15 @@ impl State {
             address: p.address.clone(),
             control_address: p.control_address.clone(),
             node_address: p.node_address.clone(),
+            peer_address: p.peer_address.clone(),
             cluster: cluster.map(str::to_string),
             state,
             failure: if p.failed { p.failure.clone() } else { None },
+            reserved_for: if cluster.is_none() {
+                self.reserving_plan(&p.address).map(|plan| plan.cluster.clone())
+            } else {
+                None
+            },
         }
     }
 
@@ -108,8 +140,9 @@ impl State {
         self.migrations.values().find(|m| m.in_configs() && (m.src == address || m.dst == address))
     }
 
-    /// Free proxies (in no cluster, not failed, no migration still at work on them), in
-    /// address order: the ones a cluster creation or a scale-out takes first.
+    /// Free proxies (in no cluster, not failed, no migration still at work on them, not
+    /// reserved by a running scale-out), in address order: the ones a cluster creation or a
+    /// scale-out takes first.
     pub fn free_proxies(&self) -> Vec<&ProxyRecord> {
         let membership = self.membership();
         let mut out: Vec<&ProxyRecord> = self
@@ -119,6 +152,7 @@ impl State {
                 !p.failed
                     && !membership.contains_key(p.address.as_str())
                     && self.unfinished_migration_of(&p.address).is_none()
+                    && self.reserving_plan(&p.address).is_none()
             })
             .collect();
         out.sort_by_key(|p| address_order(&p.address));

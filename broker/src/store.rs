@@ -7,11 +7,13 @@
 //! - `proxy/<address>` → [`ProxyRecord`]
 //! - `cluster/<name>` → [`ClusterView`]
 //! - `migration/<number, 20 digits>` → [`Migration`]
+//! - `scale/<cluster>` → [`ScalePlanRecord`], the cluster's last scale plan
 //!
 //! Writers are serialised by one mutex held across check, edit, transaction and flush, so two
 //! concurrent `If-Match` calls on the same epoch cannot both pass. Readers never wait on it:
 //! they take the last published snapshot.
 
+use crate::config::DEFAULT_SCALE_CONCURRENCY;
 use crate::error::{ApiError, StoreError};
 use crate::ops::Txn;
 use crate::state::{ProxyRecord, State};
@@ -19,7 +21,7 @@ use arc_swap::ArcSwap;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sluice_common::api::Migration;
+use sluice_common::api::{Migration, ScalePlanRecord};
 use sluice_common::model::{ClusterView, Epoch};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -31,12 +33,15 @@ const NEXT_MIGRATION_KEY: &str = "meta/next_migration";
 const PROXY_PREFIX: &str = "proxy/";
 const CLUSTER_PREFIX: &str = "cluster/";
 const MIGRATION_PREFIX: &str = "migration/";
+const SCALE_PREFIX: &str = "scale/";
 
 pub struct Store {
     db: sled::Db,
     tree: sled::Tree,
     write: Mutex<()>,
     current: ArcSwap<State>,
+    /// How many migrations of one scale plan run at once (`--scale-concurrency`).
+    scale_concurrency: usize,
 }
 
 /// One write of a transaction: a key and its new value, or `None` to remove it.
@@ -48,7 +53,20 @@ impl Store {
         let db = sled::Config::new().path(dir).open()?;
         let tree = db.open_tree("metadata")?;
         let state = load(&tree)?;
-        Ok(Store { db, tree, write: Mutex::new(()), current: ArcSwap::from_pointee(state) })
+        Ok(Store {
+            db,
+            tree,
+            write: Mutex::new(()),
+            current: ArcSwap::from_pointee(state),
+            scale_concurrency: DEFAULT_SCALE_CONCURRENCY,
+        })
+    }
+
+    /// Sets how many migrations of one scale plan run at once (at least one). It applies to
+    /// every step that starts from now on, also of plans made before a restart.
+    pub fn with_scale_concurrency(mut self, k: usize) -> Store {
+        self.scale_concurrency = k.max(1);
+        self
     }
 
     /// The current state. Cheap: a reference count.
@@ -73,6 +91,7 @@ impl Store {
             }
         }
         let mut txn = Txn::new((*old).clone(), now_rfc3339());
+        txn.scale_concurrency = self.scale_concurrency;
         let result = f(&mut txn)?;
         if txn.state == *old {
             return Ok((result, old));
@@ -150,6 +169,7 @@ fn diff(old: &State, new: &State) -> Result<Vec<Op>, StoreError> {
     diff_map(&mut ops, &old.proxies, &new.proxies, |k| format!("{PROXY_PREFIX}{k}"))?;
     diff_map(&mut ops, &old.clusters, &new.clusters, |k| format!("{CLUSTER_PREFIX}{k}"))?;
     diff_map(&mut ops, &old.migrations, &new.migrations, |k| migration_key(*k))?;
+    diff_map(&mut ops, &old.scales, &new.scales, |k| format!("{SCALE_PREFIX}{k}"))?;
     Ok(ops)
 }
 
@@ -194,13 +214,22 @@ fn load(tree: &sled::Tree) -> Result<State, StoreError> {
                 .map_err(|_| StoreError::Corrupt { key: key.clone(), reason: "bad migration number".into() })?;
             let m: Migration = decode(&key, &v)?;
             state.migrations.insert(number, m);
+        } else if let Some(name) = key.strip_prefix(SCALE_PREFIX) {
+            let plan: ScalePlanRecord = decode(&key, &v)?;
+            state.scales.insert(name.to_string(), plan);
         } else {
             tracing::warn!(key, "ignoring an unknown key in the metadata store");
         }
     }
     // Belt and braces: the epoch never goes below anything it already stamped.
-    let stamped =
-        state.clusters.values().map(|c| c.epoch).chain(state.migrations.values().map(|m| m.epoch)).max().unwrap_or(0);
+    let stamped = state
+        .clusters
+        .values()
+        .map(|c| c.epoch)
+        .chain(state.migrations.values().map(|m| m.epoch))
+        .chain(state.scales.values().map(|p| p.epoch))
+        .max()
+        .unwrap_or(0);
     state.epoch = state.epoch.max(stamped);
     let highest = state.migrations.keys().next_back().copied().unwrap_or(0);
     state.next_migration = state.next_migration.max(highest + 1);
@@ -217,6 +246,7 @@ mod tests {
             address: format!("127.0.0.1:{port}"),
             control_address: format!("127.0.0.1:{}", port + 1000),
             node_address: format!("127.0.0.1:{}", port + 2000),
+            peer_address: None,
         };
         let (_, state) = store.mutate(None, |t| t.register_proxy(req)).unwrap();
         state.epoch

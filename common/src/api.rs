@@ -5,7 +5,7 @@
 //! ([`ClusterView`](crate::model::ClusterView), [`ProxyConfig`]), so the API and the proxies
 //! can never disagree on their shape. `docs/broker-api.md` is the prose for these types.
 
-use crate::model::{Epoch, MigrationMeta, MigrationMode, MigrationPhase, ProxyConfig, SlotRange};
+use crate::model::{ClusterView, Epoch, MigrationMeta, MigrationMode, MigrationPhase, ProxyConfig, SlotRange};
 use serde::{Deserialize, Serialize};
 
 /// The error body of every non-2xx answer: `{"error":{"code":"…","message":"…"}}`.
@@ -58,12 +58,20 @@ pub struct ProxyInfo {
     pub control_address: String,
     /// The Redis node behind the proxy, as the proxies reach it.
     pub node_address: String,
+    /// Where the other proxies reach this proxy's data port, when that is not `address`
+    /// (absent: `address`). Cluster views carry it as the node's `peer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_address: Option<String>,
     /// The cluster the proxy is a node of; `null` for a free proxy.
     pub cluster: Option<String>,
     pub state: ProxyState,
     /// Why the proxy was marked failed, if it is and a reason was given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
+    /// A free proxy that a running scale plan of this cluster will bring in: no cluster
+    /// creation, scale or migration of anyone else takes it meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved_for: Option<String>,
 }
 
 /// `GET /api/v1/proxies`.
@@ -81,6 +89,12 @@ pub struct RegisterProxy {
     pub address: String,
     pub control_address: String,
     pub node_address: String,
+    /// Where the other proxies reach this proxy's data port (`--peer-announce`), when it is
+    /// not `address`: in a container network the client-facing address may be a port
+    /// published on the host, which the other proxies cannot reach. Absent or equal to
+    /// `address`: the other proxies use `address`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_address: Option<String>,
 }
 
 /// `PUT /api/v1/proxies/{address}/health`: a failure report (or its end). Status only: it
@@ -346,22 +360,107 @@ pub struct StopRequest {
     pub error: Option<String>,
 }
 
-/// `POST /api/v1/clusters/{name}/scale`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// `POST /api/v1/clusters/{name}/scale`: exactly one of `add` and `remove`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ScaleRequest {
-    /// How many free proxies join the cluster.
-    pub add: u64,
+    /// How many free proxies join the cluster (scale-out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub add: Option<u64>,
+    /// The nodes that give all their slots to the others and leave the cluster (scale-in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remove: Option<Vec<String>>,
 }
 
-/// `POST /api/v1/clusters/{name}/scale` → 202: the migrations created, all at one epoch.
+/// What a scale plan does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum ScaleKind {
+    /// Free proxies join and take an even share of the slots.
+    Add,
+    /// Nodes give all their slots to the others and leave.
+    Remove,
+}
+
+/// Where a scale plan stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum ScaleState {
+    /// Steps are running or waiting for their turn.
+    Running,
+    /// Every step's migration is done.
+    Done,
+    /// A step's migration failed or was aborted, or a step could not start: no further step
+    /// starts (steps already running finish). `error` says why.
+    Failed,
+}
+
+/// One planned migration of a scale plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ScaleStep {
+    pub src: String,
+    pub dst: String,
+    /// Inclusive `[start, end]` ranges, owned by `src` when the plan was made.
+    pub slots: Vec<SlotRange>,
+    /// The migration's id, once the step has started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<String>,
+    /// The migration's phase, once the step has started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<MigrationPhase>,
+}
+
+/// A scale plan as the broker stores it and shows it (one per cluster: the last one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ScalePlanRecord {
+    /// `scale-<epoch>`: the epoch the plan's creation produced.
+    pub id: String,
+    pub cluster: String,
+    pub kind: ScaleKind,
+    /// The proxies that join (`add`) or leave (`remove`).
+    pub proxies: Vec<String>,
+    pub state: ScaleState,
+    /// Why the plan failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The epoch the plan's creation produced.
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
+    pub epoch: Epoch,
+    /// In the order they start (largest first).
+    pub steps: Vec<ScaleStep>,
+    /// Steps whose migration is done.
+    pub done: usize,
+    /// All steps.
+    pub total: usize,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// `POST /api/v1/clusters/{name}/scale` → 202: the plan, and the migrations it started now
+/// (at most `--scale-concurrency`, at one epoch).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ScalePlan {
     #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub epoch: Epoch,
+    pub plan: ScalePlanRecord,
     pub migrations: Vec<Migration>,
+}
+
+/// `GET /api/v1/clusters/{name}`: the cluster view (exactly the [`ClusterView`] the proxies
+/// hold) plus, when the cluster has had a scale plan, the last one with its progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ClusterDetail {
+    #[serde(flatten)]
+    pub cluster: ClusterView,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<ScalePlanRecord>,
 }
 
 /// One entry of `GET /api/v1/configs`: a proxy and the config it must hold.
@@ -440,6 +539,20 @@ mod tests {
         let v = serde_json::to_value(&m).unwrap();
         assert_eq!(v["committed_epoch"], 7);
         assert_eq!(serde_json::from_value::<Migration>(v).unwrap(), m);
+    }
+
+    #[test]
+    fn scale_takes_add_or_remove_and_the_cluster_detail_is_the_view_plus_scale() {
+        let r: ScaleRequest = serde_json::from_str(r#"{"add":2}"#).unwrap();
+        assert_eq!(r, ScaleRequest { add: Some(2), remove: None });
+        let r: ScaleRequest = serde_json::from_str(r#"{"remove":["a:1"]}"#).unwrap();
+        assert_eq!(r, ScaleRequest { add: None, remove: Some(vec!["a:1".into()]) });
+        assert!(serde_json::from_str::<ScaleRequest>(r#"{"add":1,"x":1}"#).is_err());
+        let view = ClusterView { name: "c".into(), epoch: 3, nodes: Vec::new() };
+        let d = ClusterDetail { cluster: view.clone(), scale: None };
+        assert_eq!(serde_json::to_value(&d).unwrap(), serde_json::to_value(&view).unwrap());
+        let back: ClusterView = serde_json::from_value(serde_json::to_value(&d).unwrap()).unwrap();
+        assert_eq!(back, view);
     }
 
     #[test]

@@ -131,6 +131,19 @@ pub struct NodeView {
     /// The Redis node's address, as the proxies reach it.
     pub node: String,
     pub slots: Vec<SlotAssignment>,
+    /// Where the other proxies reach this proxy's data port (migration switch, forwarding),
+    /// when that is not `proxy`: e.g. a service name inside a container network while clients
+    /// use a published port. Absent: `proxy` itself. The broker copies it from the proxy's
+    /// registration (`peer_address`); it is never what clients are told.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+}
+
+impl NodeView {
+    /// The address other proxies connect to: [`NodeView::peer`], else the client-facing one.
+    pub fn peer_address(&self) -> &str {
+        self.peer.as_deref().unwrap_or(&self.proxy)
+    }
 }
 
 /// A cluster as clients and operators see it.
@@ -327,7 +340,7 @@ mod tests {
             epoch: 1,
             nodes: nodes
                 .into_iter()
-                .map(|(p, slots)| NodeView { proxy: p.into(), node: format!("node-{p}"), slots })
+                .map(|(p, slots)| NodeView { proxy: p.into(), node: format!("node-{p}"), slots, peer: None })
                 .collect(),
         }
     }
@@ -382,5 +395,18 @@ mod tests {
         assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
         assert_eq!(a, node_id("127.0.0.1:6001"));
         assert_ne!(a, node_id("127.0.0.1:6002"));
+    }
+
+    #[test]
+    fn a_node_without_peer_is_reached_at_its_proxy_address() {
+        let json = r#"{"proxy":"127.0.0.1:6001","node":"redis1:6379","slots":[]}"#;
+        let mut n: NodeView = serde_json::from_str(json).unwrap();
+        assert_eq!((n.peer.as_deref(), n.peer_address()), (None, "127.0.0.1:6001"));
+        assert_eq!(serde_json::to_string(&n).unwrap(), json, "no peer, no field: views stored before it stay equal");
+        n.peer = Some("proxy1:6001".into());
+        assert_eq!(n.peer_address(), "proxy1:6001");
+        let v = serde_json::to_value(&n).unwrap();
+        assert_eq!(v["peer"], "proxy1:6001");
+        assert_eq!(serde_json::from_value::<NodeView>(v).unwrap(), n);
     }
 }

@@ -130,6 +130,7 @@ impl ProxyCluster {
                 proxy: p.addr(),
                 node: p.node.clone(),
                 slots: vec![SlotAssignment::plain(range)],
+                peer: None,
             })
             .collect();
         ClusterView { name: "test".into(), epoch, nodes }

@@ -4,6 +4,7 @@
 
 pub mod bins;
 pub mod broker;
+pub mod chaos;
 pub mod client;
 pub mod cluster;
 pub mod local;
@@ -12,6 +13,7 @@ pub mod ports;
 pub mod process;
 pub mod python;
 pub mod redis_node;
+pub mod relay;
 pub mod wait;
 pub mod workload;
 
@@ -20,5 +22,6 @@ pub use cluster::ProxyCluster;
 pub use local::{LocalCluster, LocalSpec};
 pub use process::ChildProcess;
 pub use redis_node::RedisNode;
+pub use relay::Relay;
 pub use wait::wait_for;
 pub use workload::{Workload, WorkloadConfig};

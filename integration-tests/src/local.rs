@@ -9,6 +9,7 @@ use crate::cluster::ProxyProcess;
 use crate::ports::free_port;
 use crate::process::ChildProcess;
 use crate::redis_node::RedisNode;
+use crate::relay::Relay;
 use crate::wait::wait_for;
 use anyhow::Result;
 use sluice_common::resp::Frame;
@@ -33,6 +34,10 @@ pub struct LocalSpec {
     /// Name of the cluster to create.
     pub cluster: String,
     pub proxy_args: Vec<String>,
+    /// Put a fault-injecting [`Relay`] between each proxy and its node: the proxy's `--node`
+    /// is the relay, its `--node-announce` the node itself (so node-to-node traffic,
+    /// replication and `MIGRATE`, does not cross it).
+    pub relays: bool,
 }
 
 impl Default for LocalSpec {
@@ -46,6 +51,7 @@ impl Default for LocalSpec {
             coordinators: 1,
             cluster: "local".into(),
             proxy_args: Vec::new(),
+            relays: false,
         }
     }
 }
@@ -57,6 +63,8 @@ pub struct LocalCluster {
     pub nodes: Vec<RedisNode>,
     /// The cluster's proxies first, then the spares.
     pub proxies: Vec<ProxyProcess>,
+    /// With [`LocalSpec::relays`]: the relay of proxy `i` (same index), else empty.
+    pub relays: Vec<Relay>,
     pub dir: PathBuf,
     _temp: Option<TempDir>,
 }
@@ -80,6 +88,7 @@ impl LocalCluster {
             coordinators: Vec::new(),
             nodes: Vec::new(),
             proxies: Vec::new(),
+            relays: Vec::new(),
             dir,
             _temp: temp,
         };
@@ -120,8 +129,15 @@ impl LocalCluster {
         let mut args: Vec<String> =
             vec!["--control".into(), format!("127.0.0.1:{control}"), "--broker".into(), self.broker.url()];
         args.extend(self.spec.proxy_args.iter().cloned());
+        let mut node_addr = node.addr();
+        if self.spec.relays {
+            let relay = Relay::start(&node.addr()).await?;
+            node_addr = relay.addr();
+            args.extend(["--node-announce".to_string(), node.addr()]);
+            self.relays.push(relay);
+        }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let proxy = ProxyProcess::start_on(&self.dir, port, &node.addr(), &args).await?;
+        let proxy = ProxyProcess::start_on(&self.dir, port, &node_addr, &args).await?;
         self.nodes.push(node);
         self.proxies.push(proxy);
         Ok(())

@@ -10,7 +10,7 @@ use crate::workload::{cluster_connection, key_in_slot};
 use anyhow::{anyhow, bail, Context, Result};
 use futures::StreamExt;
 use redis::AsyncCommands;
-use sluice_common::api::{CreateMigration, Migration};
+use sluice_common::api::{CreateMigration, Migration, MigrationList, ScalePlan, ScaleRequest};
 use sluice_common::model::{ClusterView, MigrationMode, MigrationPhase, SlotRange};
 use sluice_common::resp::Frame;
 use sluice_common::slot::{key_slot, SLOT_COUNT};
@@ -107,6 +107,22 @@ impl LocalCluster {
     /// `POST …/migrations/{id}/abort`.
     pub async fn abort_migration(&self, id: &str) -> Result<std::result::Result<Migration, ApiRefusal>> {
         post_json(&format!("{}/{id}/abort", self.migrations_url()), &serde_json::json!({})).await
+    }
+
+    /// `POST …/scale`: the plan (202), or the broker's refusal.
+    pub async fn try_scale(&self, req: &ScaleRequest) -> Result<std::result::Result<ScalePlan, ApiRefusal>> {
+        post_json(&format!("{}/api/v1/clusters/{}/scale", self.broker.url(), self.spec.cluster), req).await
+    }
+
+    /// `GET /api/v1/migrations?all=true`: every migration the broker still lists, of every
+    /// cluster, ended ones included (a cluster keeps its last 100 ended ones).
+    pub async fn all_migrations(&self) -> Result<Vec<Migration>> {
+        Ok(self.broker_client().get::<MigrationList>("/migrations?all=true").await?.migrations)
+    }
+
+    /// `GET /api/v1/migrations`: the migrations that have not ended, of every cluster.
+    pub async fn running_migrations(&self) -> Result<Vec<Migration>> {
+        Ok(self.broker_client().get::<MigrationList>("/migrations").await?.migrations)
     }
 
     /// A watch on migration `id` that records every phase it sees.

@@ -1,5 +1,7 @@
-//! redis-py for the tests: a virtualenv under the cargo target directory with `redis==5.*`,
-//! and `python/workload.py` (the Python twin of [`crate::workload`]) run as a child process.
+//! Python cluster clients for the tests: a virtualenv under the cargo target directory with
+//! redis-py, valkey-glide and coredis ([`REQUIREMENTS`]), and `python/workload.py` (the Python
+//! twin of [`crate::workload`]) run as a child process. `python/clients.py` (the client
+//! compatibility rounds) runs in the same venv.
 
 use crate::bins::bin_dir;
 use anyhow::{anyhow, bail, Context, Result};
@@ -14,12 +16,30 @@ use tokio::process::{Child, ChildStdout};
 /// The redis-py version the tests pin (pip requirement).
 pub const REDIS_PY: &str = "redis==5.*";
 
+/// Everything the venv holds (pip requirements): redis-py, and two more widely used cluster
+/// clients for the compatibility suite (`tests/clients.rs`). Changing a pin rebuilds the venv.
+pub const REQUIREMENTS: [&str; 3] = [REDIS_PY, "valkey-glide==2.6.0", "coredis==6.9.0"];
+
+/// Exits 0 only if the venv holds every requirement at its pinned version.
+const CHECK_REQUIREMENTS: &str = "\
+import sys
+from importlib.metadata import version
+import redis, glide, coredis
+ok = redis.__version__.startswith('5.') and version('valkey-glide') == '2.6.0' and version('coredis') == '6.9.0'
+sys.exit(0 if ok else 1)
+";
+
 /// The workload script.
 pub fn workload_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("python").join("workload.py")
 }
 
-/// A virtualenv with redis-py installed.
+/// The client compatibility rounds (`tests/clients.rs`).
+pub fn clients_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("python").join("clients.py")
+}
+
+/// A virtualenv with [`REQUIREMENTS`] installed.
 #[derive(Debug, Clone)]
 pub struct PythonEnv {
     pub dir: PathBuf,
@@ -47,7 +67,7 @@ impl PythonEnv {
     pub fn ensure() -> Result<PythonEnv> {
         let dir = PythonEnv::default_dir()?;
         let env = PythonEnv { python: dir.join("bin").join("python"), dir: dir.clone() };
-        if env.has_redis_py() {
+        if env.has_requirements() {
             return Ok(env);
         }
         if dir.exists() {
@@ -66,23 +86,17 @@ impl PythonEnv {
         )?;
         let tmp_python = tmp.join("bin").join("python");
         run_quiet(
-            Command::new(&tmp_python).args([
-                "-m",
-                "pip",
-                "install",
-                "--disable-pip-version-check",
-                "--no-input",
-                "-q",
-                REDIS_PY,
-            ]),
-            &format!("pip install {REDIS_PY} into {} (needs access to PyPI)", tmp.display()),
+            Command::new(&tmp_python)
+                .args(["-m", "pip", "install", "--disable-pip-version-check", "--no-input", "-q"])
+                .args(REQUIREMENTS),
+            &format!("pip install {} into {} (needs access to PyPI)", REQUIREMENTS.join(" "), tmp.display()),
         )?;
         if std::fs::rename(&tmp, &dir).is_err() {
             // Another process won the race; use its venv.
             let _ = std::fs::remove_dir_all(&tmp);
         }
-        if !env.has_redis_py() {
-            bail!("the venv {} has no working redis-py after installing it", dir.display());
+        if !env.has_requirements() {
+            bail!("the venv {} lacks {} after installing them", dir.display(), REQUIREMENTS.join(" "));
         }
         Ok(env)
     }
@@ -92,9 +106,9 @@ impl PythonEnv {
         tokio::task::spawn_blocking(PythonEnv::ensure).await?
     }
 
-    fn has_redis_py(&self) -> bool {
+    fn has_requirements(&self) -> bool {
         Command::new(&self.python)
-            .args(["-c", "import redis, sys; sys.exit(0 if redis.__version__.startswith('5.') else 1)"])
+            .args(["-c", CHECK_REQUIREMENTS])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

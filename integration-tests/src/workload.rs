@@ -433,6 +433,12 @@ impl Workload {
         Ok(Workload { config, urls: urls.to_vec(), shared, writers, model, report: None })
     }
 
+    /// The proxies [`Workload::verify`] connects to (the cluster's members may have changed
+    /// since the start: scale-outs, nodes that gave all their slots away).
+    pub fn set_urls(&mut self, urls: &[String]) {
+        self.urls = urls.to_vec();
+    }
+
     /// Commands answered so far.
     pub fn ops_so_far(&self) -> u64 {
         self.shared.ops.iter().map(|o| o.load(Ordering::Relaxed)).sum()

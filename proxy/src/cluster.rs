@@ -14,9 +14,10 @@ use sluice_common::slot::key_slot;
 pub fn handle(shared: &Shared, cmd: &Command, spec: &CommandSpec) -> Frame {
     let routes = shared.routes();
     match spec.name {
+        "cluster|slots" | "cluster|shards" | "cluster|nodes" if routes.peers.is_empty() => no_topology(),
         "cluster|slots" => slots(&routes),
         "cluster|shards" => shards(&routes),
-        "cluster|nodes" => text(nodes(&routes, shared.me())),
+        "cluster|nodes" => text(nodes(&routes)),
         "cluster|info" => text(info(&routes)),
         "cluster|keyslot" => Frame::Integer(i64::from(key_slot(&cmd.args()[2]))),
         "cluster|myid" | "cluster|myshardid" => Frame::bulk(node_id(shared.me())),
@@ -43,6 +44,15 @@ pub fn handle(shared: &Shared, cmd: &Command, spec: &CommandSpec) -> Frame {
             "ERR sluice: '{other}' is not available: the cluster topology is managed by the sluice broker"
         )),
     }
+}
+
+/// The topology commands of a proxy that knows no cluster (just started and not configured
+/// yet, or free): an error, not an empty topology. A cluster client takes the first answer it
+/// gets as the whole cluster: the redis-rs client, reconnecting to a proxy that had just
+/// restarted, took its empty `CLUSTER SLOTS`, dropped every connection and never recovered
+/// under load (found by the chaos test). On an error it asks another node.
+fn no_topology() -> Frame {
+    Frame::error("CLUSTERDOWN sluice: this proxy is in no cluster (not configured yet, or free); ask another node")
 }
 
 fn text(s: String) -> Frame {
@@ -113,7 +123,7 @@ fn shards(routes: &RouteTable) -> Frame {
 }
 
 /// `CLUSTER NODES`: one line per node, this proxy flagged `myself`.
-fn nodes(routes: &RouteTable, me: &str) -> String {
+fn nodes(routes: &RouteTable) -> String {
     let epoch = routes.epoch();
     let runs = routes.runs();
     let line = |id: &str, addr: &str, myself: bool, ranges: &[String]| {
@@ -128,9 +138,6 @@ fn nodes(routes: &RouteTable, me: &str) -> String {
         l.push('\n');
         l
     };
-    if routes.peers.is_empty() {
-        return line(&node_id(me), me, true, &[]);
-    }
     routes
         .peers
         .iter()

@@ -16,6 +16,7 @@ use sluice_common::resp::{parse_frame, Command, Frame, Limits};
 use sluice_common::slot::key_slot;
 use smallvec::SmallVec;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 pub fn crossslot() -> Frame {
     Frame::error("CROSSSLOT Keys in request don't hash to the same slot")
@@ -29,6 +30,30 @@ pub fn tryagain() -> Frame {
 pub fn clusterdown() -> Frame {
     Frame::error("CLUSTERDOWN Hash slot not served")
 }
+
+/// Waits for the route table to change while a switch holds one of `slots`. A hold lasts at
+/// most a switch's pause budget; one that outlives twice that plus a margin means a task is
+/// stuck, and the client gets `TRYAGAIN` (which cluster clients retry) rather than waiting
+/// past its own timeout. `since` is when this command first found a slot held.
+async fn wait_while_held(
+    s: &mut Session,
+    changes: &mut tokio::sync::watch::Receiver<u64>,
+    since: &mut Option<Instant>,
+    slots: &[u16],
+) -> Result<(), Frame> {
+    let limit = s.shared.opts.switch_pause() * 2 + HOLD_MARGIN;
+    let since = *since.get_or_insert_with(Instant::now);
+    s.flush().await;
+    let left = limit.saturating_sub(since.elapsed());
+    if left.is_zero() || tokio::time::timeout(left, changes.changed()).await.is_err() {
+        tracing::warn!(?slots, waited = ?since.elapsed(), "a slot stayed held past the switch bound; answering TRYAGAIN");
+        return Err(Frame::error("TRYAGAIN sluice: the slot is being switched to another proxy; retry"));
+    }
+    Ok(())
+}
+
+/// See [`wait_while_held`].
+const HOLD_MARGIN: Duration = Duration::from_secs(3);
 
 pub fn moved(slot: u16, peer: &Peer) -> Frame {
     Frame::error(format!("MOVED {slot} {}", peer.proxy))
@@ -191,14 +216,12 @@ pub enum Gate {
 /// Waits until none of `slots` is held by a switch, then checks they are all served here
 /// (counting the command as in flight when a slot is migrating). For transactions.
 pub async fn gate(s: &mut Session, slots: &[u16]) -> Result<Gate, Frame> {
+    let mut held_since = None;
     loop {
         let mut changes = s.shared.route_changes();
         let decision = plan(&s.shared.routes(), slots, s.is_peer);
         match decision {
-            Plan::Held => {
-                s.flush().await;
-                let _ = changes.changed().await;
-            }
+            Plan::Held => wait_while_held(s, &mut changes, &mut held_since, slots).await?,
             Plan::Local { migrating: false } => return Ok(Gate::Here),
             Plan::Local { migrating: true } => {
                 if s.enter_migrating(slots) {
@@ -280,6 +303,7 @@ pub async fn handle(s: &mut Session, cmd: Command, spec: &'static CommandSpec) -
     // A command that waited for a switch is forwarded to the slot's new proxy: the client
     // never learns a switch happened.
     let mut waited = false;
+    let mut held_since = None;
     loop {
         let mut changes = s.shared.route_changes();
         let decision = plan(&s.shared.routes(), &slots, s.is_peer);
@@ -287,8 +311,9 @@ pub async fn handle(s: &mut Session, cmd: Command, spec: &'static CommandSpec) -
         match decision {
             Plan::Held => {
                 waited = true;
-                s.flush().await;
-                let _ = changes.changed().await;
+                if let Err(e) = wait_while_held(s, &mut changes, &mut held_since, &slots).await {
+                    return s.reply(e).await;
+                }
             }
             Plan::Local { migrating } => {
                 if migrating && !s.enter_migrating(&slots) {

@@ -18,6 +18,7 @@ pub mod multikey;
 pub mod options;
 pub mod register;
 pub mod route;
+pub mod scripts;
 pub mod server;
 pub mod session;
 pub mod state;

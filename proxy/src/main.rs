@@ -19,7 +19,7 @@ async fn serve(opts: ProxyOptions) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&opts.listen)
         .await
         .with_context(|| format!("cannot listen on {}", opts.listen))?;
-    tracing::info!(listen = %opts.listen, announce = %opts.announce(), node = %opts.node, "sluice-proxy serving");
+    tracing::info!(listen = %opts.listen, announce = %opts.announce(), peer_announce = %opts.peer_announce(), node = %opts.node, "sluice-proxy serving");
     let shared = Arc::new(Shared::new(opts.clone()));
     if let Some(control) = &opts.control {
         let listener = tokio::net::TcpListener::bind(control)

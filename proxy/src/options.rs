@@ -25,10 +25,15 @@ pub struct ProxyOptions {
     /// Address to serve clients on.
     #[arg(long, env = "SLUICE_PROXY_LISTEN", default_value = "127.0.0.1:6001")]
     pub listen: String,
-    /// Address other proxies and clients should use for this proxy (`MOVED`, `CLUSTER SLOTS`).
-    /// Defaults to --listen.
+    /// The client-facing address: what clients are told (`MOVED`, `CLUSTER SLOTS`) and this
+    /// proxy's identity in the broker. Defaults to --listen.
     #[arg(long, env = "SLUICE_PROXY_ANNOUNCE")]
     pub announce: Option<String>,
+    /// Where the other proxies reach this proxy's data port (migration switch, forwarding),
+    /// when that differs from --announce: e.g. a service name on a container network while
+    /// clients use a port published on the host. Defaults to --announce.
+    #[arg(long, env = "SLUICE_PROXY_PEER_ANNOUNCE")]
+    pub peer_announce: Option<String>,
     /// The Redis node this proxy fronts.
     #[arg(long, env = "SLUICE_PROXY_NODE", default_value = "127.0.0.1:7001")]
     pub node: String,
@@ -118,6 +123,11 @@ impl ProxyOptions {
     /// The address this proxy is known by.
     pub fn announce(&self) -> &str {
         self.announce.as_deref().unwrap_or(&self.listen)
+    }
+
+    /// The address registered with the broker for the other proxies to use.
+    pub fn peer_announce(&self) -> &str {
+        self.peer_announce.as_deref().unwrap_or(self.announce())
     }
 
     /// The node address registered with the broker.

@@ -17,6 +17,8 @@ pub async fn register(opts: ProxyOptions) {
         address: opts.announce().to_string(),
         control_address: control,
         node_address: opts.node_announce().to_string(),
+        // Sent only when it differs: a broker from before the field refuses unknown fields.
+        peer_address: Some(opts.peer_announce()).filter(|p| *p != opts.announce()).map(str::to_string),
     };
     let url = format!("{}/api/v1/proxies", broker.trim_end_matches('/'));
     let client = match reqwest::Client::builder().timeout(Duration::from_secs(5)).build() {

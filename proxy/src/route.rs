@@ -32,6 +32,8 @@ pub struct Peer {
     /// The Redis node behind it.
     pub node: String,
     pub id: String,
+    /// Where this proxy connects to it (the view's `peer`, else `proxy`); never shown to clients.
+    pub peer: String,
 }
 
 /// Where the keys of a slot in a keys-mode migration go (the source's view).
@@ -122,7 +124,12 @@ impl RouteTable {
                 if node.proxy == config.proxy {
                     me = Some(i);
                 }
-                peers.push(Peer { proxy: node.proxy.clone(), node: node.node.clone(), id: node_id(&node.proxy) });
+                peers.push(Peer {
+                    proxy: node.proxy.clone(),
+                    node: node.node.clone(),
+                    id: node_id(&node.proxy),
+                    peer: node.peer_address().to_string(),
+                });
             }
             for (slot, owner) in slot_owners.into_iter().enumerate() {
                 if let Some(o) = owner {
@@ -188,6 +195,11 @@ impl RouteTable {
 
     pub fn cluster(&self) -> Option<&ClusterView> {
         self.config.cluster.as_ref()
+    }
+
+    /// Where to connect to the proxy known to clients as `proxy`, if it is in the table.
+    pub fn peer_address(&self, proxy: &str) -> Option<&str> {
+        self.peers.iter().find(|p| p.proxy == proxy).map(|p| p.peer.as_str())
     }
 
     /// Where a client's command on `slot` goes.
@@ -293,6 +305,7 @@ mod tests {
                 proxy: format!("127.0.0.1:600{}", i + 1),
                 node: format!("127.0.0.1:700{}", i + 1),
                 slots: vec![SlotAssignment::plain(r)],
+                peer: None,
             })
             .collect();
         Arc::new(ProxyConfig {

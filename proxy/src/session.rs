@@ -276,6 +276,13 @@ impl Session {
             "info" => info::handle(self, cmd).await,
             "scan" | "keys" => keyed::scan(self, cmd, spec).await,
             "dbsize" => keyed::dbsize(self, cmd).await,
+            "eval" | "eval_ro" | "script|load" => {
+                let body = if spec.name == "script|load" { cmd.arg(2) } else { cmd.arg(1) };
+                if let Some(body) = body {
+                    self.shared.scripts.remember(body);
+                }
+                keyed::handle(self, cmd, spec).await
+            }
             _ => keyed::handle(self, cmd, spec).await,
         }
     }

@@ -58,6 +58,8 @@ pub struct Shared {
     pub inflight_zero: Notify,
     pub migrations: Migrations,
     pub gc: Gc,
+    /// Lua scripts seen, which migrations load into their destination's node.
+    pub scripts: crate::scripts::Scripts,
     pub node: BackendPool,
     peers: Mutex<HashMap<String, Arc<BackendPool>>>,
     next_client_id: AtomicU64,
@@ -83,6 +85,7 @@ impl Shared {
             inflight_zero: Notify::new(),
             migrations: Migrations::default(),
             gc: Gc::default(),
+            scripts: Default::default(),
             node,
             peers: Mutex::new(HashMap::new()),
             next_client_id: AtomicU64::new(1),
@@ -196,21 +199,67 @@ impl Shared {
         *self.route_changes.borrow()
     }
 
-    /// The shared connections to another proxy (for `--redirect forward`). Those
-    /// connections announce themselves with `UMCTL PEER`, so the peer never forwards back.
+    /// The shared connections to another proxy, named by its client-facing address (forwarding,
+    /// a migration's switch and pulls). They go to the address the route table gives for it
+    /// (its `--peer-announce`), else to the client-facing one: behind published ports that
+    /// one may reach the host, not the peer. The pool is replaced when that address changes.
+    /// Those connections announce themselves with `UMCTL PEER`, so the peer never forwards back.
     pub fn peer_pool(&self, proxy: &str) -> Arc<BackendPool> {
+        let routes = self.routes();
+        let addr = routes.peer_address(proxy).unwrap_or(proxy);
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-        peers
-            .entry(proxy.to_string())
-            .or_insert_with(|| {
-                let connect = ConnectOptions {
-                    protocol: Default::default(),
-                    password: self.opts.requirepass.clone(),
-                    setup: vec![Command::from_strs(&["UMCTL", "PEER"])],
-                    connect_timeout: self.opts.connect_timeout(),
-                };
-                Arc::new(BackendPool::new(proxy, connect, 1))
-            })
-            .clone()
+        if let Some(pool) = peers.get(proxy).filter(|pool| pool.addr() == addr) {
+            return pool.clone();
+        }
+        let connect = ConnectOptions {
+            protocol: Default::default(),
+            password: self.opts.requirepass.clone(),
+            setup: vec![Command::from_strs(&["UMCTL", "PEER"])],
+            connect_timeout: self.opts.connect_timeout(),
+        };
+        let pool = Arc::new(BackendPool::new(addr, connect, 1));
+        peers.insert(proxy.to_string(), pool.clone());
+        pool
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use sluice_common::model::{ClusterView, NodeView, SlotAssignment, SlotRange};
+
+    #[tokio::test]
+    async fn peers_are_dialled_at_their_peer_address() {
+        let shared = Arc::new(Shared::new(ProxyOptions::parse_from(["sluice-proxy", "--announce", "127.0.0.1:6001"])));
+        let node = |proxy: &str, peer: Option<&str>, slots: (u16, u16)| NodeView {
+            proxy: proxy.into(),
+            node: format!("node-{proxy}"),
+            slots: vec![SlotAssignment::plain(SlotRange::new(slots.0, slots.1))],
+            peer: peer.map(str::to_string),
+        };
+        let config = |epoch, peer| ProxyConfig {
+            epoch,
+            proxy: "127.0.0.1:6001".into(),
+            cluster: Some(ClusterView {
+                name: "c".into(),
+                epoch,
+                nodes: vec![
+                    node("127.0.0.1:6001", Some("proxy1:6001"), (0, 8191)),
+                    node("127.0.0.1:6002", peer, (8192, 16383)),
+                ],
+            }),
+            migrations: Vec::new(),
+        };
+        assert_eq!(shared.peer_pool("127.0.0.1:6002").addr(), "127.0.0.1:6002", "unknown: the client-facing address");
+        shared.apply_config(config(1, Some("proxy2:6002"))).await.unwrap();
+        let pool = shared.peer_pool("127.0.0.1:6002");
+        assert_eq!(pool.addr(), "proxy2:6002");
+        assert!(Arc::ptr_eq(&pool, &shared.peer_pool("127.0.0.1:6002")), "one pool per peer");
+        shared.apply_config(config(2, None)).await.unwrap();
+        assert_eq!(shared.peer_pool("127.0.0.1:6002").addr(), "127.0.0.1:6002", "a new address: a new pool");
+        // Clients are still told the client-facing address.
+        assert_eq!(shared.routes().route(9000), crate::route::Route::Peer(&shared.routes().peers[1]));
+        assert_eq!(shared.routes().peers[1].proxy, "127.0.0.1:6002");
     }
 }

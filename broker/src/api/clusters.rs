@@ -1,4 +1,4 @@
-//! Clusters: creation, reading, deletion and scale-out.
+//! Clusters: creation, reading, deletion and scale plans.
 
 use super::extract::{ApiPath, ApiQuery, IfMatch, JsonBody};
 use super::{reply, AppState};
@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
-use sluice_common::api::{ClusterList, CreateCluster, Deleted, ErrorBody, ScalePlan, ScaleRequest};
+use sluice_common::api::{ClusterDetail, ClusterList, CreateCluster, Deleted, ErrorBody, ScalePlan, ScaleRequest};
 use sluice_common::model::ClusterView;
 use utoipa::IntoParams;
 
@@ -49,14 +49,15 @@ pub async fn create_cluster(
     Ok(reply(StatusCode::CREATED, s.epoch, view))
 }
 
-/// One cluster: its nodes and their slots, with migration tags.
+/// One cluster: its nodes and their slots, with migration tags (the `ClusterView` the proxies
+/// hold), and `scale`, the cluster's last scale plan with its progress, if it had one.
 #[utoipa::path(
     get,
     path = "/api/v1/clusters/{name}",
     tag = "clusters",
     params(("name" = String, Path, description = "Cluster name")),
     responses(
-        (status = 200, description = "The cluster", body = ClusterView),
+        (status = 200, description = "The cluster", body = ClusterDetail),
         (status = 404, description = "No such cluster", body = ErrorBody),
     )
 )]
@@ -66,7 +67,8 @@ pub async fn get_cluster(State(app): State<AppState>, ApiPath(name): ApiPath<Str
         .clusters
         .get(&name)
         .ok_or_else(|| ApiError::not_found(format!("no cluster named {name:?}; GET /api/v1/clusters lists them")))?;
-    Ok(reply(StatusCode::OK, s.epoch, view))
+    let detail = ClusterDetail { cluster: view.clone(), scale: s.scales.get(&name).cloned() };
+    Ok(reply(StatusCode::OK, s.epoch, detail))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -109,9 +111,11 @@ pub async fn delete_cluster(
     Ok(reply(StatusCode::OK, s.epoch, Deleted { deleted: name, epoch, freed }))
 }
 
-/// Scale-out: N free proxies join; each takes the upper half of the largest range of the
-/// node with the most slots (most loaded first). Answers the migrations it created, all at
-/// one epoch (mode `auto`, so `replication` into the empty new proxies).
+/// Scale-out (`{"add": N}`: N free proxies join) or scale-in (`{"remove": [proxies]}`: those
+/// nodes give all their slots to the others and leave): plans the migrations that leave every
+/// node with an even share of the slots, stores the plan, and starts its first steps (at most
+/// `--scale-concurrency`, never two sharing a proxy; the next ones start when one is done).
+/// Answers the plan and the migrations started now, all at one epoch.
 #[utoipa::path(
     post,
     path = "/api/v1/clusters/{name}/scale",
@@ -123,11 +127,11 @@ pub async fn delete_cluster(
     ),
     security(("bearer" = [])),
     responses(
-        (status = 202, description = "Migrations created", body = ScalePlan),
-        (status = 400, description = "Bad body", body = ErrorBody),
+        (status = 202, description = "Plan stored, first migrations created", body = ScalePlan),
+        (status = 400, description = "Bad body, add out of range, remove naming an unknown proxy, a proxy that is not a node, or every node", body = ErrorBody),
         (status = 401, description = "Missing or wrong token", body = ErrorBody),
         (status = 404, description = "No such cluster", body = ErrorBody),
-        (status = 409, description = "Not enough free proxies, or nothing left to split", body = ErrorBody),
+        (status = 409, description = "Not enough free proxies, a plan or a migration of the cluster still running, or a failed proxy in the plan", body = ErrorBody),
         (status = 412, description = "Epoch mismatch", body = ErrorBody),
     )
 )]
@@ -137,6 +141,6 @@ pub async fn scale_cluster(
     ApiPath(name): ApiPath<String>,
     JsonBody(req): JsonBody<ScaleRequest>,
 ) -> Result<Response, ApiError> {
-    let (migrations, s) = app.mutate(if_match, move |t| t.scale(&name, req.add)).await?;
-    Ok(reply(StatusCode::ACCEPTED, s.epoch, ScalePlan { epoch: s.epoch, migrations }))
+    let ((plan, migrations), s) = app.mutate(if_match, move |t| t.scale(&name, req)).await?;
+    Ok(reply(StatusCode::ACCEPTED, s.epoch, ScalePlan { epoch: s.epoch, plan, migrations }))
 }

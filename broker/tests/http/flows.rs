@@ -367,30 +367,53 @@ async fn abort_is_refused_once_the_switch_has_started_but_fail_is_not() {
 }
 
 #[tokio::test]
-async fn scale_out_splits_the_fullest_nodes() {
+async fn scale_out_answers_the_plan_and_its_first_migrations() {
     let (b, _dir) = fresh(Opts::default()).await;
     register_all(&b, 6001..=6005).await;
     b.post("/api/v1/clusters", json!({"name": "shop", "proxies": 3})).await.expect(201);
     let e = b.epoch().await;
     let plan = b.post("/api/v1/clusters/shop/scale", json!({"add": 2})).await;
     let plan = plan.expect(202).clone();
-    assert_eq!(b.epoch().await, e + 1, "one scale-out is one metadata change");
+    assert_eq!(b.epoch().await, e + 1, "a scale plan and its first migrations are one metadata change");
     assert_eq!(plan["epoch"], e + 1);
+    let p = &plan["plan"];
+    assert_eq!(p["id"], format!("scale-{}", e + 1));
+    assert_eq!((p["kind"].as_str(), p["state"].as_str()), (Some("add"), Some("running")));
+    assert_eq!(p["proxies"], json!([addr(6004), addr(6005)]));
+    assert_eq!((p["done"].as_u64(), p["total"].as_u64()), (Some(0), Some(4)));
+    // 5462/5461/5461 → 3277 ×4 + 3276: each old node gives the top of its range; the new ones
+    // take from two sources each. Largest first.
+    let steps: Vec<(String, String, Value)> = p["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["src"].as_str().unwrap().into(), s["dst"].as_str().unwrap().into(), s["slots"].clone()))
+        .collect();
+    assert_eq!(
+        steps,
+        vec![
+            (addr(6001), addr(6004), json!([[3277, 5461]])),
+            (addr(6003), addr(6005), json!([[14200, 16383]])),
+            (addr(6002), addr(6004), json!([[9831, 10922]])),
+            (addr(6002), addr(6005), json!([[8739, 9830]])),
+        ]
+    );
+    // The default --scale-concurrency is 2: the first two steps started, by replication.
     let ms = plan["migrations"].as_array().unwrap();
     assert_eq!(ms.len(), 2);
-    // 6001 holds 5462 slots, the others 5461: 6001 first, then 6002 (ties go to the first node).
-    assert_eq!((ms[0]["src"].as_str(), ms[0]["dst"].as_str()), (Some(&*addr(6001)), Some(&*addr(6004))));
-    assert_eq!(ms[0]["slots"], json!([[2731, 5461]]));
-    assert_eq!((ms[1]["src"].as_str(), ms[1]["dst"].as_str()), (Some(&*addr(6002)), Some(&*addr(6005))));
-    assert_eq!(ms[1]["slots"], json!([[8193, 10922]]));
-    for m in ms {
+    for (m, step) in ms.iter().zip(p["steps"].as_array().unwrap()) {
+        assert_eq!((&m["src"], &m["dst"], &m["slots"]), (&step["src"], &step["dst"], &step["slots"]));
+        assert_eq!(step["migration"], m["id"]);
+        assert_eq!(step["phase"], "pending");
         assert_eq!(m["mode"], "replication");
         assert_eq!(m["phase"], "pending");
         assert_eq!(m["epoch"], e + 1);
     }
+    assert!(p["steps"][2].get("migration").is_none() && p["steps"][2].get("phase").is_none());
     let view = b.get("/api/v1/clusters/shop").await.expect(200).clone();
     assert_eq!(view["nodes"].as_array().unwrap().len(), 5);
-    assert_eq!(node_slots(&view, &addr(6005)).unwrap(), vec![tagged(8193, 10922, "importing", "m-2")]);
+    assert_eq!(view["scale"], *p, "GET shows the plan");
+    assert_eq!(node_slots(&view, &addr(6005)).unwrap(), vec![tagged(14200, 16383, "importing", "m-2")]);
 
     // No free proxy left.
     let before = b.model().await;

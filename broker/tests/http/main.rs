@@ -8,4 +8,6 @@ mod flows;
 mod fuzz;
 mod harness;
 mod openapi;
+mod peers;
+mod scale;
 mod validation;

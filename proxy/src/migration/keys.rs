@@ -29,9 +29,11 @@ use std::time::{Duration, Instant};
 const SETTLE: Duration = Duration::from_millis(500);
 
 pub async fn run_source(shared: Arc<Shared>, task: Arc<Task>) {
-    // Nothing to find out before serving: the slots answer through the pull from the start.
-    shared.set_override(&task.meta.id, None).await;
+    // The slots answer through the pull from the start, but only once the destination proxy
+    // holds the migration (until then they stay held, as apply_config left them).
     task.set_phase(Phase::Starting);
+    wait_for_destination(&shared, &task).await;
+    shared.set_override(&task.meta.id, None).await;
     let started = Instant::now();
     let mut moving = vec![false; usize::from(SLOT_COUNT)];
     for r in &task.meta.slots {
@@ -42,6 +44,8 @@ pub async fn run_source(shared: Arc<Shared>, task: Arc<Task>) {
     let mut moved_total: u64 = 0;
     let mut passes: u64 = 0;
     let mut backoff = Duration::from_millis(100);
+    // Forwarded `EVALSHA`s run at the destination from now on.
+    super::carry_scripts(&shared, &task).await;
     loop {
         if task.is_gone() {
             tracing::warn!(migration = %task.meta.id, "keys-mode migration left the config before its switch");
@@ -54,6 +58,7 @@ pub async fn run_source(shared: Arc<Shared>, task: Arc<Task>) {
                 task.set_progress("passes", passes);
                 backoff = Duration::from_millis(100);
                 if found == 0 && passes >= 2 && started.elapsed() >= SETTLE {
+                    super::carry_scripts(&shared, &task).await;
                     match switch(&shared, &task).await {
                         Ok(pause) => {
                             task.set_progress("pause_ms", pause.as_secs_f64() * 1000.0);
@@ -81,6 +86,43 @@ pub async fn run_source(shared: Arc<Shared>, task: Arc<Task>) {
     if task.wait_untagged().await == Stage::Committed {
         task.set_phase(Phase::Committed);
         super::gc::clean(&shared, &task).await;
+    }
+}
+
+/// Waits until the destination proxy holds a config at least as new as the migration, so it
+/// serves the commands this proxy forwards for the moving slots. A destination still at an
+/// older config (stopped, cut off, or behind a coordinator that is down) answers them with
+/// `MOVED` back here, and the client goes round in circles until it gives up with an error:
+/// the chaos test found that with the destination `SIGSTOP`ped as the migration started.
+/// Every command on a moving slot needs the destination anyway (it runs there once its keys
+/// are pulled), so holding the slots meanwhile costs no availability.
+async fn wait_for_destination(shared: &Arc<Shared>, task: &Arc<Task>) {
+    let meta = &task.meta;
+    let cmd = Command::from_strs(&["UMCTL", "GETEPOCH"]);
+    let pool = shared.peer_pool(&meta.dst_proxy);
+    loop {
+        if task.is_gone() {
+            return;
+        }
+        let epoch = async {
+            let backend = pool.get(Default::default(), 0).await.map_err(|e| e.to_string())?;
+            let raw = backend.call(&cmd).await.map_err(|e| e.to_string())?;
+            match sluice_common::resp::parse_frame(&raw, &Limits::SERVER) {
+                Ok((Frame::Integer(n), _)) => Ok(u64::try_from(n).unwrap_or(0)),
+                Ok((f, _)) => Err(format!("UMCTL GETEPOCH answered {f:?}")),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(1), epoch).await {
+            Ok(Ok(held)) if held >= meta.epoch => {
+                task.set_progress("destination", "ready");
+                return;
+            }
+            Ok(Ok(held)) => task.set_progress("destination", format!("at epoch {held}, waiting for {}", meta.epoch)),
+            Ok(Err(e)) => task.set_progress("destination", format!("not reachable: {e}")),
+            Err(_) => task.set_progress("destination", "does not answer"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

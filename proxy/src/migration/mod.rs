@@ -13,7 +13,9 @@ pub mod node;
 pub mod source;
 
 use crate::state::Shared;
+use bytes::Bytes;
 use sluice_common::model::{MigrationMeta, MigrationMode, MigrationPhase, ProxyConfig, SlotRange};
+use sluice_common::resp::Command;
 use sluice_common::slot::SLOT_COUNT;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -323,4 +325,27 @@ pub async fn after_switch(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), 
 /// The phase names of the broker, for `Status`.
 pub fn phase_name(phase: MigrationPhase) -> String {
     serde_json::to_value(phase).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
+/// Loads the Lua scripts clients ran through this proxy into the destination's node, so an
+/// `EVALSHA` still finds its script once the slots have moved (see [`crate::scripts`]).
+/// Best effort: a failure is noted on the task, and a client that gets `NOSCRIPT` loads the
+/// script again, as it would after a resharding of a native Redis Cluster.
+pub async fn carry_scripts(shared: &Shared, task: &Task) {
+    let bodies = shared.scripts.all();
+    if bodies.is_empty() {
+        return;
+    }
+    let loaded = async {
+        let node = source::connect(shared, &task.meta.dst_node).await?;
+        for body in &bodies {
+            let cmd = Command::new(vec![Bytes::from_static(b"SCRIPT"), Bytes::from_static(b"LOAD"), body.clone()]);
+            node.call_command(&cmd).await.map_err(|e| e.to_string())?;
+        }
+        Ok::<_, String>(())
+    };
+    match loaded.await {
+        Ok(()) => task.set_progress("scripts_loaded", bodies.len()),
+        Err(e) => task.note_error(format!("could not load the scripts into the destination node: {e}")),
+    }
 }

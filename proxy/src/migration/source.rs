@@ -106,6 +106,7 @@ async fn drive(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), String> {
             tokio::time::sleep(POLL).await;
             continue;
         }
+        super::carry_scripts(shared, task).await;
         match switch(shared, task, &node).await {
             Ok(pause) => {
                 task.set_progress("pause_ms", pause.as_secs_f64() * 1000.0);

@@ -1,0 +1,370 @@
+//! Keys mode (issue 6): a 2-proxy cluster where both nodes hold data. The keys `key:0` …
+//! `key:N-1` are written straight into the node that serves each one's slot (so node A and
+//! node B hold about half each); then the lower half of A's slots moves to B with
+//! `mode: keys` under the client load.
+//!
+//! In the same run, a native 2-node Redis Cluster with the same slot layout gets the same keys
+//! in the same slots, and `redis-cli --cluster reshard` moves the same slots from its first
+//! node to its second with redis-cli's default pipeline — reshard takes a source's lowest
+//! slots, which is why sluice moves the lower half here. The reshard runs idle unless
+//! `--native-under-load`.
+//!
+//! It prints keys/s, the seconds to `switched`, `committed` and `done`, the longest client
+//! command during the migration, the client errors (must be 0), the reshard's time, and the
+//! ratio reshard / sluice (to `done`), next to the goal: at least 3 × faster than reshard.
+//! Afterwards the nodes must hold exactly the loaded keys plus the ones the clients created,
+//! each on the node that owns its slot (nothing lost, nothing left behind).
+
+use crate::load::{
+    error_classes, fmt_s, key_name, line, load_node, ms, print_errors, verdict, Load, LoadRecord, Window,
+};
+use crate::native::NativeCluster;
+use crate::Options;
+use anyhow::{bail, Result};
+use sluice_common::model::{ClusterView, MigrationMode, MigrationPhase, SlotRange};
+use sluice_common::slot::key_slot;
+use sluice_harness::migration::{phase_name, seconds_to};
+use sluice_harness::{LocalCluster, LocalSpec};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The goal: sluice's keys mode (to `done`) at least this many times faster than reshard.
+const GOAL_RATIO: f64 = 3.0;
+
+/// The slot ranges `proxy` holds in `view`.
+fn ranges_of(view: &ClusterView, proxy: &str) -> Vec<SlotRange> {
+    view.nodes
+        .iter()
+        .find(|n| n.proxy == proxy)
+        .map(|n| n.slots.iter().map(|a| a.range()).collect())
+        .unwrap_or_default()
+}
+
+/// The keys split by the node serving their slot: (indexes on A, indexes on B).
+fn split_keys(keys: &[String], a: &[SlotRange], b: &[SlotRange]) -> Result<(Vec<usize>, Vec<usize>)> {
+    let (mut on_a, mut on_b) = (Vec::new(), Vec::new());
+    for (i, k) in keys.iter().enumerate() {
+        let slot = key_slot(k.as_bytes());
+        if a.iter().any(|r| r.contains(slot)) {
+            on_a.push(i);
+        } else if b.iter().any(|r| r.contains(slot)) {
+            on_b.push(i);
+        } else {
+            bail!("nobody serves slot {slot} of {k}");
+        }
+    }
+    Ok((on_a, on_b))
+}
+
+/// What the native reshard did.
+struct Reshard {
+    took: Duration,
+    /// Keys of the moved slots on the destination afterwards.
+    keys_on_dst: i64,
+    /// Keys of the moved slots still on the source (must be 0).
+    keys_left: i64,
+    total_keys: i64,
+    /// The client load during the reshard (`--native-under-load`).
+    load: Option<LoadRecord>,
+    /// What does not add up afterwards (empty: the reshard moved exactly what it should).
+    problems: Vec<String>,
+}
+
+/// The native cluster with the same layout and keys; times `redis-cli --cluster reshard` of
+/// `moving` from the first node to the second.
+async fn native_reshard(
+    opts: &Options,
+    ranges: [Vec<SlotRange>; 2],
+    keys: &Arc<Vec<String>>,
+    split: &(Vec<usize>, Vec<usize>),
+    moving: SlotRange,
+    moving_keys: usize,
+) -> Result<Reshard> {
+    let temp;
+    let dir = match opts.data_dir_for("native") {
+        Some(d) => d,
+        None => {
+            temp = tempfile::Builder::new().prefix("sluice-native-").tempdir()?;
+            temp.path().to_path_buf()
+        }
+    };
+    eprintln!("native Redis Cluster: starting 2 masters (slots {:?} and {:?})", ranges[0], ranges[1]);
+    let native = NativeCluster::start(&dir, &ranges).await?;
+    let started = Instant::now();
+    let (n0, n1) = (native.nodes[0].addr(), native.nodes[1].addr());
+    tokio::try_join!(load_node(&n0, keys, &split.0, opts.value_size), load_node(&n1, keys, &split.1, opts.value_size))?;
+    let loaded = native.total_keys().await?;
+    if loaded != opts.keys as i64 {
+        bail!("the native cluster holds {loaded} keys after the load, not {}", opts.keys);
+    }
+    eprintln!("loaded the same keys into the native cluster in {:.1}s", started.elapsed().as_secs_f64());
+
+    let t0 = Instant::now();
+    let load = match opts.native_under_load {
+        true => Some(Load::start_running(&native.urls(), keys, opts, t0).await?),
+        false => None,
+    };
+    let log = dir.join("reshard.log");
+    eprintln!(
+        "redis-cli --cluster reshard: {} slots ({}-{}) from {n0} to {n1}, default pipeline; output in {}",
+        moving.len(),
+        moving.start,
+        moving.end,
+        log.display()
+    );
+    let took = native.reshard(0, 1, moving.len(), &log, opts.deadline).await;
+    let load = match load {
+        Some(l) => Some(l.finish().await?),
+        None => None,
+    };
+    let took = took?;
+
+    let mut problems = Vec::new();
+    for at in 0..2 {
+        let dst = native.slots_of(at, 1).await?;
+        let src = native.slots_of(at, 0).await?;
+        if !moving.slots().all(|s| dst.iter().any(|r| r.contains(s))) || src.iter().any(|r| r.overlaps(&moving)) {
+            problems.push(format!("node {at} sees the source with {src:?} and the destination with {dst:?}"));
+        }
+    }
+    let keys_on_dst = native.keys_in(1, moving).await?;
+    let keys_left = native.keys_in(0, moving).await?;
+    let created = load.as_ref().map_or(0, |l| l.created);
+    let total_keys = native.total_keys().await?;
+    if keys_left != 0 {
+        problems.push(format!("{keys_left} keys of the moved slots are still on the source"));
+    }
+    // Under load the clients may have created keys in the moved slots too.
+    let short = keys_on_dst < moving_keys as i64;
+    if short || (load.is_none() && keys_on_dst != moving_keys as i64) {
+        problems.push(format!("the destination holds {keys_on_dst} keys of the moved slots, not {moving_keys}"));
+    }
+    if total_keys != opts.keys as i64 + created as i64 {
+        problems.push(format!("the nodes hold {total_keys} keys, not {} loaded + {created} created", opts.keys));
+    }
+    Ok(Reshard { took, keys_on_dst, keys_left, total_keys, load, problems })
+}
+
+pub async fn run(opts: &Options) -> Result<bool> {
+    eprintln!("bench_migration: keys mode: starting a 2-proxy cluster (seed {})", opts.seed);
+    let spec = LocalSpec {
+        proxies: 2,
+        spare: 0,
+        data_dir: opts.data_dir_for("keys"),
+        proxy_args: Options::proxy_args(),
+        ..LocalSpec::default()
+    };
+    let cluster = LocalCluster::start(spec).await?;
+    let src = cluster.proxies[0].addr();
+    let dst = cluster.proxies[1].addr();
+    let view = cluster.view().await?;
+    let (a_ranges, b_ranges) = (ranges_of(&view, &src), ranges_of(&view, &dst));
+    let [a] = a_ranges[..] else { bail!("node A should hold one slot range, not {a_ranges:?}") };
+    if a.len() < 2 {
+        bail!("node A's range {a:?} cannot be halved");
+    }
+    let moving = SlotRange::new(a.start, a.start + (a.len() / 2) as u16 - 1);
+
+    let keys: Vec<String> = (0..opts.keys as u64).map(key_name).collect();
+    let split = split_keys(&keys, &a_ranges, &b_ranges)?;
+    let moving_keys = split.0.iter().filter(|&&i| moving.contains(key_slot(keys[i].as_bytes()))).count();
+    let (node_a, node_b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let (addr_a, addr_b) = (node_a.addr(), node_b.addr());
+    let started = Instant::now();
+    tokio::try_join!(
+        load_node(&addr_a, &keys, &split.0, opts.value_size),
+        load_node(&addr_b, &keys, &split.1, opts.value_size)
+    )?;
+    let load_time = started.elapsed();
+    let before = (node_a.dbsize().await?, node_b.dbsize().await?);
+    if before != (split.0.len() as i64, split.1.len() as i64) {
+        bail!("the nodes hold {before:?} keys after the load, not {} and {}", split.0.len(), split.1.len());
+    }
+    eprintln!(
+        "loaded {} keys of {} B in {:.1}s ({:.0} keys/s): {} on node A, {} on node B; {} of them in the moving slots \
+         {}-{}",
+        opts.keys,
+        opts.value_size,
+        load_time.as_secs_f64(),
+        opts.keys as f64 / load_time.as_secs_f64(),
+        before.0,
+        before.1,
+        moving_keys,
+        moving.start,
+        moving.end
+    );
+
+    let keys = Arc::new(keys);
+    let t0 = Instant::now();
+    let load = Load::start_running(&cluster.urls(), &keys, opts, t0).await?;
+    // A baseline of the load before the migration.
+    load.wait_ops(u64::from(opts.rate.max(1000)), Duration::from_secs(60)).await?;
+    let mig_start = t0.elapsed();
+    let m = cluster.start_migration(&src, &dst, &[moving], MigrationMode::Keys).await?;
+    eprintln!("migration {} created: {src} -> {dst}, slots {}-{}, mode keys", m.id, moving.start, moving.end);
+    let mut watch = cluster.watch_migration(&m.id);
+    // The source's last report of the moving (keys_moved, passes, pause_ms); the cleanup's
+    // reports replace it in the record.
+    let mut moving_progress = None;
+    let end = watch
+        .until("the end", opts.deadline, |m| {
+            if let Some(p) = m.progress.as_ref().filter(|p| p.get("keys_moved").is_some()) {
+                moving_progress = Some(p.clone());
+            }
+            m.phase.is_final()
+        })
+        .await;
+    let mig_end = t0.elapsed();
+    // Some traffic after the end too, then stop.
+    let after = load.wait_ops(u64::from(opts.rate.max(1000)) / 2, Duration::from_secs(30)).await;
+    let record = load.finish().await?;
+    let end = end?;
+    after?;
+    eprintln!("phases seen: {}", watch.seen());
+
+    let total_keys = cluster.total_keys().await?;
+    let expect_keys = opts.keys as i64 + record.created as i64;
+    let after_nodes = (node_a.dbsize().await?, node_b.dbsize().await?);
+    let placement = cluster.check_keys_on_owners(&cluster.node_addrs()).await?;
+    // The native run gets the machine to itself.
+    drop(cluster);
+
+    let reshard = native_reshard(opts, [a_ranges, b_ranges], &keys, &split, moving, moving_keys).await?;
+
+    let window = Window::of(&record, mig_start, mig_end);
+    let max_during = window.max();
+    let to_switched = seconds_to(&end, MigrationPhase::Switched);
+    let to_committed = seconds_to(&end, MigrationPhase::Committed);
+    let to_done = seconds_to(&end, MigrationPhase::Done);
+    let reshard_s = reshard.took.as_secs_f64();
+    let keys_per_s = to_switched.map(|s| moving_keys as f64 / s);
+    let reshard_keys_per_s = moving_keys as f64 / reshard_s;
+    let ratio_done = to_done.map(|s| reshard_s / s);
+    let ratio_committed = to_committed.map(|s| reshard_s / s);
+    let errors = error_classes(&record);
+
+    println!();
+    println!(
+        "sluice keys-mode migration: {} keys x {} B on 2 nodes ({} on A, {} on B), slots {}-{} of A ({} slots, {} \
+         keys) to B",
+        opts.keys,
+        opts.value_size,
+        before.0,
+        before.1,
+        moving.start,
+        moving.end,
+        moving.len(),
+        moving_keys
+    );
+    println!("load: {}", opts.load_text());
+    let ended =
+        format!("{}{}", phase_name(end.phase), end.error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default());
+    line("migration ended", ended);
+    line("seconds to switched", fmt_s(to_switched));
+    line("seconds to committed", fmt_s(to_committed));
+    line("seconds to done", fmt_s(to_done));
+    line(
+        "keys/s (keys of the slots / to switched)",
+        keys_per_s.map(|k| format!("{k:.0}")).unwrap_or_else(|| "-".into()),
+    );
+    let progress = |p: &Option<serde_json::Value>| p.as_ref().map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+    line("last progress of the moving", progress(&moving_progress));
+    line("last progress", progress(&end.progress));
+    line("client commands during the migration", window.summary());
+    line(
+        "longest client command during the migration",
+        format!("{:.1} ms{}", ms(max_during), window.worst_when("the migration's creation")),
+    );
+    line("longest client command before it (baseline)", format!("{:.1} ms", ms(window.max_before)));
+    line("client errors (must be 0)", format!("{} {errors:?}", record.errors.len()));
+    print_errors(&record);
+    line("keys on A, B before", format!("{} + {}", before.0, before.1));
+    line("keys on A, B after", format!("{} + {}", after_nodes.0, after_nodes.1));
+    line(
+        "keys on all nodes after",
+        format!(
+            "{total_keys} (must be {expect_keys} = {} loaded + {} created: nothing lost, nothing left)",
+            opts.keys, record.created
+        ),
+    );
+    line("keys on a node that does not own their slot", format!("{} (must be 0)", placement.misplaced));
+    for e in &placement.examples {
+        println!("      {e}");
+    }
+    println!(
+        "native Redis Cluster, redis-cli --cluster reshard of the same {} slots holding the same {} keys ({}):",
+        moving.len(),
+        moving_keys,
+        if opts.native_under_load { "under the same load" } else { "idle" }
+    );
+    line("reshard time", format!("{reshard_s:.2}s ({reshard_keys_per_s:.0} keys/s)"));
+    line(
+        "keys of the slots on the destination / source",
+        format!("{} / {} (total {})", reshard.keys_on_dst, reshard.keys_left, reshard.total_keys),
+    );
+    if let Some(r) = &reshard.load {
+        let longest = r.ops.iter().map(|(_, l)| *l).max().unwrap_or(0);
+        line("reshard: longest client command", format!("{:.1} ms", ms(longest)));
+        line("reshard: client errors", format!("{} {:?}", r.errors.len(), error_classes(r)));
+    }
+    for p in &reshard.problems {
+        println!("      reshard check failed: {p}");
+    }
+    line(
+        "reshard / sluice (to done)",
+        format!(
+            "{}   goal: >= {GOAL_RATIO}: {}",
+            ratio_done.map(|r| format!("{r:.2}")).unwrap_or_else(|| "-".into()),
+            verdict(ratio_done.is_some_and(|r| r >= GOAL_RATIO))
+        ),
+    );
+    line("reshard / sluice (to committed)", ratio_committed.map(|r| format!("{r:.2}")).unwrap_or_else(|| "-".into()));
+    let result = serde_json::json!({
+        "mode": "keys",
+        "keys": opts.keys,
+        "value_size": opts.value_size,
+        "keys_on_a": before.0,
+        "keys_on_b": before.1,
+        "slots_moved": moving.len(),
+        "keys_moved": moving_keys,
+        "clients": opts.clients,
+        "rate": opts.rate,
+        "phase": phase_name(end.phase),
+        "to_switched_s": to_switched,
+        "to_committed_s": to_committed,
+        "to_done_s": to_done,
+        "keys_per_s": keys_per_s,
+        "progress_moving": moving_progress,
+        "progress": end.progress,
+        "max_latency_ms": ms(max_during),
+        "max_latency_before_ms": ms(window.max_before),
+        "p99_ms": ms(window.p(0.99)),
+        "ops_during": window.during.len(),
+        "client_errors": record.errors.len(),
+        "keys_created": record.created,
+        "keys_after": total_keys,
+        "misplaced": placement.misplaced,
+        "reshard_s": reshard_s,
+        "reshard_keys_per_s": reshard_keys_per_s,
+        "reshard_under_load": opts.native_under_load,
+        "reshard_client_errors": reshard.load.as_ref().map(|r| r.errors.len()),
+        "ratio_reshard_done": ratio_done,
+        "ratio_reshard_committed": ratio_committed,
+        "proxy_args": Options::proxy_args(),
+    });
+    println!("RESULT {result}");
+
+    let ok = end.phase == MigrationPhase::Done
+        && record.errors.is_empty()
+        && total_keys == expect_keys
+        && placement.misplaced == 0
+        && reshard.problems.is_empty();
+    if !ok {
+        eprintln!(
+            "bench_migration: keys mode FAILED (the migration must reach done, with 0 client errors, the nodes must \
+             hold exactly the loaded and created keys, each where its slot is served, and the reshard must have moved \
+             its keys)"
+        );
+    }
+    Ok(ok)
+}

@@ -1,0 +1,175 @@
+//! A native Redis Cluster of two masters, the benchmark's yardstick for keys mode:
+//! `redis-cli --cluster reshard` moving the same slots holding the same keys.
+//!
+//! `redis-cli --cluster create` refuses fewer than 3 masters, so the cluster is made by hand
+//! the way `create` does it: distinct config epochs, `CLUSTER ADDSLOTSRANGE` on each node,
+//! `CLUSTER MEET`, then wait until both nodes see the whole cluster `ok`.
+
+use anyhow::{anyhow, bail, Context, Result};
+use sluice_common::model::SlotRange;
+use sluice_common::resp::Frame;
+use sluice_harness::bins::which;
+use sluice_harness::client::{call_ok, RespConn};
+use sluice_harness::redis_node::RedisNode;
+use sluice_harness::wait_for;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+pub struct NativeCluster {
+    /// The masters, in the order of the ranges they were given.
+    pub nodes: Vec<RedisNode>,
+    /// `CLUSTER MYID` of each node.
+    pub ids: Vec<String>,
+}
+
+/// A bulk or simple string reply as text.
+fn text(f: &Frame) -> Option<String> {
+    match f {
+        Frame::Bulk(b) | Frame::Simple(b) | Frame::Verbatim(_, b) => Some(String::from_utf8_lossy(b).into_owned()),
+        _ => None,
+    }
+}
+
+impl NativeCluster {
+    /// Starts one cluster-enabled redis-server per entry of `ranges` (their files under
+    /// `dir`), node `i` serving `ranges[i]`, and waits until the cluster is `ok` everywhere.
+    pub async fn start(dir: &Path, ranges: &[Vec<SlotRange>]) -> Result<NativeCluster> {
+        let mut nodes = Vec::new();
+        let mut ids = Vec::new();
+        for (i, slots) in ranges.iter().enumerate() {
+            let node = RedisNode::start(
+                &dir.join(format!("native{i}")),
+                &["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"],
+            )
+            .await?;
+            let addr = node.addr();
+            let id = call_ok(&addr, &["CLUSTER", "MYID"]).await?;
+            ids.push(text(&id).ok_or_else(|| anyhow!("CLUSTER MYID answered {id:?}"))?);
+            call_ok(&addr, &["CLUSTER", "SET-CONFIG-EPOCH", &(i + 1).to_string()]).await?;
+            for r in slots {
+                call_ok(&addr, &["CLUSTER", "ADDSLOTSRANGE", &r.start.to_string(), &r.end.to_string()]).await?;
+            }
+            nodes.push(node);
+        }
+        let first = nodes[0].addr();
+        for n in &nodes[1..] {
+            call_ok(&first, &["CLUSTER", "MEET", "127.0.0.1", &n.port.to_string()]).await?;
+        }
+        let addrs: Vec<String> = nodes.iter().map(RedisNode::addr).collect();
+        let count = nodes.len();
+        wait_for("the native cluster to be ok on every node", Duration::from_secs(30), || {
+            let addrs = addrs.clone();
+            async move {
+                for a in &addrs {
+                    let info = call_ok(a, &["CLUSTER", "INFO"]).await?;
+                    let info = text(&info).unwrap_or_default();
+                    let ok = info.contains("cluster_state:ok")
+                        && info.contains("cluster_slots_assigned:16384")
+                        && info.contains(&format!("cluster_known_nodes:{count}\r"));
+                    if !ok || cluster_slots(a).await?.len() < count {
+                        return Ok(None);
+                    }
+                }
+                Ok(Some(()))
+            }
+        })
+        .await?;
+        Ok(NativeCluster { nodes, ids })
+    }
+
+    /// `redis://` URLs of the nodes, for cluster clients.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| format!("redis://{}/", n.addr())).collect()
+    }
+
+    /// Runs `redis-cli --cluster reshard` moving `slots` slots from node `from` to node `to`
+    /// with redis-cli's default pipeline (10 keys per `MIGRATE`), its output into `log`: the
+    /// time the command took.
+    pub async fn reshard(
+        &self,
+        from: usize,
+        to: usize,
+        slots: usize,
+        log: &Path,
+        deadline: Duration,
+    ) -> Result<Duration> {
+        let cli =
+            which("redis-cli").ok_or_else(|| anyhow!("redis-cli is not on PATH (apt-get install redis-tools)"))?;
+        let out = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+        let err = out.try_clone()?;
+        let started = Instant::now();
+        let mut child = tokio::process::Command::new(&cli)
+            .args(["--cluster", "reshard", &self.nodes[from].addr()])
+            .args(["--cluster-from", &self.ids[from], "--cluster-to", &self.ids[to]])
+            .args(["--cluster-slots", &slots.to_string(), "--cluster-yes"])
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("start {}", cli.display()))?;
+        let status = tokio::time::timeout(deadline, child.wait())
+            .await
+            .map_err(|_| anyhow!("redis-cli --cluster reshard still running after {deadline:?}"))??;
+        let took = started.elapsed();
+        if !status.success() {
+            bail!("redis-cli --cluster reshard failed ({status}); its output is in {}", log.display());
+        }
+        Ok(took)
+    }
+
+    /// Keys of `range` on node `i` (`CLUSTER COUNTKEYSINSLOT` of each slot).
+    pub async fn keys_in(&self, i: usize, range: SlotRange) -> Result<i64> {
+        let mut c = RespConn::connect(&self.nodes[i].addr()).await?;
+        let mut sum = 0;
+        for s in range.slots() {
+            match c.call(&["CLUSTER", "COUNTKEYSINSLOT", &s.to_string()]).await? {
+                Frame::Integer(n) => sum += n,
+                other => bail!("CLUSTER COUNTKEYSINSLOT {s} answered {other:?}"),
+            }
+        }
+        Ok(sum)
+    }
+
+    /// The slot ranges node `i` serves, as node `at` sees it (`CLUSTER SLOTS`).
+    pub async fn slots_of(&self, at: usize, i: usize) -> Result<Vec<SlotRange>> {
+        let id = &self.ids[i];
+        let mut ranges: Vec<SlotRange> = cluster_slots(&self.nodes[at].addr())
+            .await?
+            .into_iter()
+            .filter(|(_, owner)| owner == id)
+            .map(|(r, _)| r)
+            .collect();
+        ranges.sort_by_key(|r| r.start);
+        Ok(ranges)
+    }
+
+    /// Sum of `DBSIZE` over the nodes.
+    pub async fn total_keys(&self) -> Result<i64> {
+        let mut sum = 0;
+        for n in &self.nodes {
+            sum += n.dbsize().await?;
+        }
+        Ok(sum)
+    }
+}
+
+/// `CLUSTER SLOTS` of the node at `addr`: (range, id of the master serving it).
+async fn cluster_slots(addr: &str) -> Result<Vec<(SlotRange, String)>> {
+    let reply = call_ok(addr, &["CLUSTER", "SLOTS"]).await?;
+    let Frame::Array(entries) = reply else { bail!("CLUSTER SLOTS answered {reply:?}") };
+    let mut out = Vec::new();
+    for e in &entries {
+        let Frame::Array(parts) = e else { bail!("CLUSTER SLOTS entry {e:?}") };
+        let (Some(Frame::Integer(start)), Some(Frame::Integer(end)), Some(Frame::Array(master))) =
+            (parts.first(), parts.get(1), parts.get(2))
+        else {
+            bail!("CLUSTER SLOTS entry {e:?}")
+        };
+        let id = master.get(2).and_then(text).ok_or_else(|| anyhow!("CLUSTER SLOTS entry without a node id: {e:?}"))?;
+        let (start, end) = (u16::try_from(*start)?, u16::try_from(*end)?);
+        out.push((SlotRange::new(start, end), id));
+    }
+    Ok(out)
+}

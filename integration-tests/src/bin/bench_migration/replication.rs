@@ -1,0 +1,255 @@
+//! Replication mode (issue 5): a 2-proxy cluster and 1 spare. Node A gets all the keys (in
+//! slots A serves), written straight into A's redis node over one pipelined connection.
+//! Then, in the same run:
+//!
+//! 1. a plain `REPLICAOF` of node A into a fresh, empty redis-server, timed until
+//!    `master_link_status:up` and `master_sync_in_progress:0` — the floor any replication-based
+//!    move pays (with `repl-diskless-sync-delay 0` on A, as the migration's source sets it);
+//! 2. the client load while half of A's slots move to the spare with `mode: replication`.
+//!
+//! It prints the seconds from the migration's creation to `switched`, `committed` and `done`
+//! (the broker's phase timestamps), the longest client command during the migration (the
+//! write pause), the client errors (must be 0), the plain REPLICAOF time and the ratio, next
+//! to the goals: committed ≤ 2 × plain + 1 s, longest pause ≤ 100 ms.
+
+use crate::load::{error_classes, fmt_s, key_name, line, load_node, ms, print_errors, verdict, Load, Window};
+use crate::Options;
+use anyhow::{bail, Result};
+use sluice_common::model::{MigrationMode, MigrationPhase, SlotRange};
+use sluice_common::resp::Frame;
+use sluice_common::slot::key_slot;
+use sluice_harness::client::RespConn;
+use sluice_harness::migration::{phase_name, seconds_to, upper_half};
+use sluice_harness::redis_node::RedisNode;
+use sluice_harness::{wait_for, LocalCluster, LocalSpec};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// `INFO replication` of a node, as `field -> value`.
+async fn replication_info(addr: &str) -> Result<BTreeMap<String, String>> {
+    let reply = RespConn::connect(addr).await?.call(&["INFO", "replication"]).await?;
+    let text = match &reply {
+        Frame::Bulk(b) | Frame::Verbatim(_, b) => String::from_utf8_lossy(b).into_owned(),
+        other => bail!("INFO replication answered {other:?}"),
+    };
+    Ok(text.lines().filter_map(|l| l.trim().split_once(':')).map(|(k, v)| (k.to_string(), v.to_string())).collect())
+}
+
+/// A fresh empty redis-server replicating `master` until it is in sync: the time that takes.
+async fn plain_replicaof(dir: &std::path::Path, master: &RedisNode, expect_keys: i64) -> Result<Duration> {
+    // Redis waits `repl-diskless-sync-delay` (5 s by default) for more replicas before a
+    // diskless full sync; the migration's source sets it to 0, so the plain run does too.
+    let reply =
+        RespConn::connect(&master.addr()).await?.call(&["CONFIG", "SET", "repl-diskless-sync-delay", "0"]).await?;
+    if !matches!(reply, Frame::Simple(_)) {
+        bail!("CONFIG SET repl-diskless-sync-delay 0 answered {reply:?}");
+    }
+    let mut replica = RedisNode::start(&dir.join("plain-replica"), &[]).await?;
+    let addr = replica.addr();
+    let port = master.port.to_string();
+    let started = Instant::now();
+    let reply = RespConn::connect(&addr).await?.call(&["REPLICAOF", "127.0.0.1", port.as_str()]).await?;
+    if !matches!(reply, Frame::Simple(_)) {
+        bail!("REPLICAOF answered {reply:?}");
+    }
+    let took = wait_for("the plain replica to be in sync", Duration::from_secs(600), || {
+        let addr = addr.clone();
+        async move {
+            let info = replication_info(&addr).await?;
+            let up = info.get("master_link_status").map(String::as_str) == Some("up");
+            let syncing = info.get("master_sync_in_progress").map(String::as_str) != Some("0");
+            Ok((up && !syncing).then(|| started.elapsed()))
+        }
+    })
+    .await?;
+    let n = replica.dbsize().await?;
+    // Under load the clients may have created keys on A meanwhile.
+    if n < expect_keys {
+        bail!("the plain replica holds {n} keys, not {expect_keys}");
+    }
+    replica.kill();
+    Ok(took)
+}
+
+pub async fn run(opts: &Options) -> Result<bool> {
+    eprintln!("bench_migration: replication mode: starting a 2-proxy cluster and 1 spare (seed {})", opts.seed);
+    let spec = LocalSpec {
+        proxies: 2,
+        spare: 1,
+        data_dir: opts.data_dir_for("replication"),
+        proxy_args: Options::proxy_args(),
+        ..LocalSpec::default()
+    };
+    let cluster = LocalCluster::start(spec).await?;
+    let src = cluster.proxies[0].addr();
+    let dst = cluster.proxies[2].addr();
+    let view = cluster.view().await?;
+    let a_slots: Vec<SlotRange> = view
+        .nodes
+        .iter()
+        .find(|n| n.proxy == src)
+        .map(|n| n.slots.iter().map(|a| a.range()).collect())
+        .unwrap_or_default();
+    let moving = upper_half(&view, &src)?;
+
+    // The keys `key:N` whose slots A serves, straight into A's node.
+    let mut keys = Vec::with_capacity(opts.keys);
+    let mut n = 0u64;
+    while keys.len() < opts.keys {
+        let k = key_name(n);
+        let slot = key_slot(k.as_bytes());
+        if a_slots.iter().any(|r| r.contains(slot)) {
+            keys.push(k);
+        }
+        n += 1;
+    }
+    let moving_keys = keys.iter().filter(|k| moving.contains(key_slot(k.as_bytes()))).count();
+    let node_a = &cluster.nodes[0];
+    let started = Instant::now();
+    let all: Vec<usize> = (0..keys.len()).collect();
+    load_node(&node_a.addr(), &keys, &all, opts.value_size).await?;
+    let load_time = started.elapsed();
+    let loaded = node_a.dbsize().await?;
+    if loaded != opts.keys as i64 {
+        bail!("node A holds {loaded} keys after the load, not {}", opts.keys);
+    }
+    eprintln!(
+        "loaded {} keys of {} B into node A in {:.1}s ({:.0} keys/s); {} of them in the moving slots {}-{}",
+        opts.keys,
+        opts.value_size,
+        load_time.as_secs_f64(),
+        opts.keys as f64 / load_time.as_secs_f64(),
+        moving_keys,
+        moving.start,
+        moving.end
+    );
+
+    let keys = Arc::new(keys);
+    let t0 = Instant::now();
+    let urls = cluster.urls();
+    let mut load = None;
+    if opts.plain_under_load {
+        load = Some(Load::start_running(&urls, &keys, opts, t0).await?);
+    }
+    let plain = plain_replicaof(&cluster.dir, node_a, opts.keys as i64).await?;
+    eprintln!(
+        "plain REPLICAOF of node A: {:.2}s ({})",
+        plain.as_secs_f64(),
+        if opts.plain_under_load { "under load" } else { "idle" }
+    );
+
+    let load = match load {
+        Some(l) => l,
+        None => Load::start_running(&urls, &keys, opts, t0).await?,
+    };
+    // A baseline of the load before the migration.
+    load.wait_ops(u64::from(opts.rate.max(1000)), Duration::from_secs(60)).await?;
+
+    let mig_start = t0.elapsed();
+    let m = cluster.start_migration(&src, &dst, &[moving], MigrationMode::Replication).await?;
+    eprintln!("migration {} created: {src} -> {dst}, slots {}-{}", m.id, moving.start, moving.end);
+    let mut watch = cluster.watch_migration(&m.id);
+    let end = watch.until_final(opts.deadline).await;
+    let mig_end = t0.elapsed();
+    // Some traffic after the end too, then stop.
+    let after = load.wait_ops(u64::from(opts.rate.max(1000)) / 2, Duration::from_secs(30)).await;
+    let record = load.finish().await?;
+    let end = end?;
+    after?;
+    eprintln!("phases seen: {}", watch.seen());
+
+    let window = Window::of(&record, mig_start, mig_end);
+    let max_during = window.max();
+    let to_switched = seconds_to(&end, MigrationPhase::Switched);
+    let to_committed = seconds_to(&end, MigrationPhase::Committed);
+    let to_done = seconds_to(&end, MigrationPhase::Done);
+    let plain_s = plain.as_secs_f64();
+    let goal_commit = 2.0 * plain_s + 1.0;
+    let errors = error_classes(&record);
+    let total_keys = cluster.total_keys().await?;
+    let expect_keys = opts.keys as i64 + record.created as i64;
+
+    println!();
+    println!(
+        "sluice replication-mode migration: {} keys x {} B on node A, slots {}-{} ({} slots, {} keys) to a spare",
+        opts.keys,
+        opts.value_size,
+        moving.start,
+        moving.end,
+        moving.len(),
+        moving_keys
+    );
+    println!("load: {}", opts.load_text());
+    let ended =
+        format!("{}{}", phase_name(end.phase), end.error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default());
+    line("migration ended", ended);
+    line("seconds to switched", fmt_s(to_switched));
+    line("seconds to committed", fmt_s(to_committed));
+    line("seconds to done", fmt_s(to_done));
+    let plain_label =
+        if opts.plain_under_load { "plain REPLICAOF (under the same load)" } else { "plain REPLICAOF (idle)" };
+    line(plain_label, format!("{plain_s:.2}s"));
+    let ratio = to_committed.map(|c| c / plain_s);
+    line(
+        "committed / plain",
+        format!(
+            "{}   goal: committed <= 2 x plain + 1 s = {goal_commit:.2}s: {}",
+            ratio.map(|r| format!("{r:.2}")).unwrap_or_else(|| "-".into()),
+            verdict(to_committed.is_some_and(|c| c <= goal_commit))
+        ),
+    );
+    line("client commands during the migration", window.summary());
+    line(
+        "longest client command during the migration",
+        format!(
+            "{:.1} ms{}   goal: <= 100 ms: {}",
+            ms(max_during),
+            window.worst_when("the migration's creation"),
+            verdict(max_during <= 100_000)
+        ),
+    );
+    line("longest client command before it (baseline)", format!("{:.1} ms", ms(window.max_before)));
+    line("client errors (must be 0)", format!("{} {errors:?}", record.errors.len()));
+    print_errors(&record);
+    line(
+        "keys on all nodes after",
+        format!(
+            "{total_keys} (must be {expect_keys} = {} loaded + {} created: no garbage once done)",
+            opts.keys, record.created
+        ),
+    );
+    let result = serde_json::json!({
+        "mode": "replication",
+        "keys": opts.keys,
+        "value_size": opts.value_size,
+        "slots_moved": moving.len(),
+        "keys_moved": moving_keys,
+        "clients": opts.clients,
+        "rate": opts.rate,
+        "phase": phase_name(end.phase),
+        "to_switched_s": to_switched,
+        "to_committed_s": to_committed,
+        "to_done_s": to_done,
+        "plain_replicaof_s": plain_s,
+        "plain_under_load": opts.plain_under_load,
+        "ratio_committed_plain": ratio,
+        "max_latency_ms": ms(max_during),
+        "max_latency_before_ms": ms(window.max_before),
+        "p99_ms": ms(window.p(0.99)),
+        "ops_during": window.during.len(),
+        "client_errors": record.errors.len(),
+        "keys_created": record.created,
+        "keys_after": total_keys,
+    });
+    println!("RESULT {result}");
+
+    let ok = end.phase == MigrationPhase::Done && record.errors.is_empty() && total_keys == expect_keys;
+    if !ok {
+        eprintln!(
+            "bench_migration: replication mode FAILED (the migration must reach done, with 0 client errors, and the \
+             nodes must hold exactly the loaded and created keys)"
+        );
+    }
+    Ok(ok)
+}
