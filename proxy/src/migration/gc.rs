@@ -17,7 +17,7 @@ use super::source::connect;
 use super::{Phase, Task};
 use crate::route::RouteTable;
 use crate::state::Shared;
-use sluice_common::model::SlotRange;
+use sluice_common::model::{MigrationMode, SlotRange};
 use sluice_common::slot::{key_slot, SLOT_COUNT};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -89,7 +89,7 @@ impl Gc {
 /// to the garbage, for a proxy that has left the cluster), then `done`.
 pub async fn clean(shared: &Arc<Shared>, task: &Arc<Task>) {
     task.set_phase(Phase::Cleaning);
-    if task.role == super::Role::Source {
+    if task.role == super::Role::Source && task.meta.mode == MigrationMode::Replication {
         shared.gc.set_extra(&task.meta.id, Some(task.meta.slots.clone()));
     }
     // Keys deleted since the task started (garbage collection begins at the switch; with

@@ -224,7 +224,9 @@ impl Migrations {
             .iter()
             .filter(|m| stage_in(config, &m.id) == Stage::Committed)
             .flat_map(|m| {
-                if m.src_proxy == me {
+                // A keys-mode source has none: MIGRATE deleted each key it moved, and its task
+                // switched only after a full pass found none left in the slots.
+                if m.src_proxy == me && m.mode == MigrationMode::Replication {
                     m.slots.clone()
                 } else if m.dst_proxy == me && m.mode == MigrationMode::Replication {
                     vec![SlotRange::new(0, SLOT_COUNT - 1)]
