@@ -106,6 +106,11 @@ pub struct ProxyOptions {
     /// the migration's load on the nodes.
     #[arg(long, env = "SLUICE_KEYS_PER_SEC", default_value_t = 0)]
     pub keys_per_sec: u64,
+    /// `SCAN … COUNT` of a keys-mode migration's passes over the source node. Larger than the
+    /// garbage collector's: the pass is on the migration's critical path, and one `SCAN` of
+    /// 10,000 keys blocks the node about as long as one `MIGRATE` batch.
+    #[arg(long, env = "SLUICE_KEYS_SCAN_COUNT", default_value_t = 10_000)]
+    pub keys_scan_count: u64,
     /// `MIGRATE` timeout in milliseconds (Redis's own: the longest pause in the transfer).
     #[arg(long, env = "SLUICE_KEYS_MIGRATE_TIMEOUT_MS", default_value_t = 60_000)]
     pub keys_migrate_timeout_ms: u64,

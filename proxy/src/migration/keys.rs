@@ -130,7 +130,7 @@ async fn wait_for_destination(shared: &Arc<Shared>, task: &Arc<Task>) {
 /// many it found.
 async fn pass(shared: &Arc<Shared>, task: &Arc<Task>, moving: &[bool], moved_total: &mut u64) -> Result<u64, String> {
     let node = connect(shared, &shared.opts.node).await?;
-    let count = shared.opts.gc_scan_count.max(1).to_string();
+    let count = shared.opts.keys_scan_count.max(1).to_string();
     let batch = shared.opts.keys_batch.max(1);
     let concurrency = shared.opts.keys_concurrency.max(1);
     let mut cursor = "0".to_string();
