@@ -323,6 +323,47 @@ impl Txn {
         self.create_migration_for(cluster, req, None)
     }
 
+    /// The keys-mode migrations, not committed yet, that lead from proxy `from` to proxy `to`
+    /// (each one's dst is the next one's src), if any: their sources are still moving keys
+    /// with `MIGRATE`, node to node. A new keys-mode migration `to` → `from` would close a
+    /// cycle, and `MIGRATE` blocks the sending node until the receiving one answers: two nodes
+    /// migrating to each other both wait (each unable to serve anyone) until the MIGRATE
+    /// timeout, again and again. The chaos test (integration-tests/tests/chaos.rs) found that
+    /// with two migrations in opposite directions between the same two nodes. The broker's
+    /// phase may lag the proxies, but only behind: a migration tagged here may have
+    /// switched already (then it no longer migrates), never the other way round.
+    fn keys_path(&self, from: &str, to: &str) -> Option<Vec<String>> {
+        let edges: Vec<(&str, &str, &str)> = self
+            .state
+            .migrations
+            .values()
+            .filter(|m| m.mode == MigrationMode::Keys && m.is_tagged())
+            .map(|m| (m.src.as_str(), m.dst.as_str(), m.id.as_str()))
+            .collect();
+        // Breadth-first from `from`; `via[p]` is the migration that reached proxy p first.
+        let mut via: std::collections::HashMap<&str, (&str, &str)> = std::collections::HashMap::new();
+        let mut queue = std::collections::VecDeque::from([from]);
+        while let Some(at) = queue.pop_front() {
+            if at == to {
+                let mut path = Vec::new();
+                let mut p = to;
+                while let Some(&(prev, id)) = via.get(p) {
+                    path.push(id.to_string());
+                    p = prev;
+                }
+                path.reverse();
+                return Some(path);
+            }
+            for &(src, dst, id) in &edges {
+                if src == at && dst != from && !via.contains_key(dst) {
+                    via.insert(dst, (at, id));
+                    queue.push_back(dst);
+                }
+            }
+        }
+        None
+    }
+
     /// [`Txn::create_migration`], for scale plan `plan` if given: the one caller allowed to
     /// take a free proxy that plan reserved.
     fn create_migration_for(
@@ -426,6 +467,18 @@ impl Txn {
             }
             m => m,
         };
+        if mode == MigrationMode::Keys {
+            if let Some(path) = self.keys_path(&req.dst, &req.src) {
+                return Err(ApiError::conflict(format!(
+                    "keys-mode migration(s) {} already move keys from {} towards {}: with this one, nodes would \
+                     MIGRATE keys to each other in a cycle, and a Redis node blocks on MIGRATE until the other \
+                     answers (both stall until the MIGRATE timeout); wait until they have switched",
+                    path.join(", "),
+                    req.dst,
+                    req.src
+                )));
+            }
+        }
         if let Some(busy) = self
             .state
             .migrations_of(cluster)
@@ -1307,6 +1360,29 @@ mod tests {
         // A proxy's failure report (the coordinator's fail) still ends it while pending.
         let m = txn(&mut s, T0, |t| t.stop("shop", "m-1", Failed, "why".into())).expect("fail");
         assert_eq!(m.phase, Failed);
+    }
+
+    #[test]
+    fn keys_mode_migrations_never_form_a_cycle() {
+        // m-1: 6001 -> 6002 (keys). The way back would have both nodes MIGRATE to each other.
+        let mut s = setup(false);
+        let back = |slots: SlotRange| CreateMigration {
+            src: addr(6002),
+            dst: addr(6001),
+            slots: vec![slots],
+            mode: MigrationMode::Auto,
+        };
+        let before = s.clone();
+        let e = txn(&mut s, T0, |t| t.create_migration("shop", back(SlotRange::new(9000, 9100)))).expect_err("cycle");
+        assert_eq!(e.code, "conflict");
+        assert!(e.message.contains("m-1") && e.message.contains("cycle"), "{}", e.message);
+        assert_eq!(s, before, "a refused migration changes nothing");
+        // Once m-1 has committed (no more MIGRATE from 6001), the way back is fine.
+        let mut s2 = s.clone();
+        for m in s2.migrations.values_mut() {
+            m.phase = Committed;
+        }
+        txn(&mut s2, T0, |t| t.create_migration("shop", back(SlotRange::new(9000, 9100)))).expect("no cycle");
     }
 
     #[test]

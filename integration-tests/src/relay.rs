@@ -31,6 +31,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+/// How long the relay waits for its target to accept a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// What the relay did, for the test's summary.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RelayStats {
@@ -175,8 +178,10 @@ fn reset(stream: &TcpStream) {
 
 async fn serve(mut client: TcpStream, target: String, state: Arc<State>, id: u64, mut kill: oneshot::Receiver<()>) {
     let _ = client.set_nodelay(true);
+    // Bounded: a node that does not accept (its backlog full) is a node that is down.
+    let connect = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&target));
     let upstream = tokio::select! {
-        r = TcpStream::connect(&target) => r,
+        r = connect => r.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
         _ = &mut kill => {
             reset(&client);
             return;

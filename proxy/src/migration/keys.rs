@@ -52,6 +52,15 @@ pub async fn run_source(shared: Arc<Shared>, task: Arc<Task>) {
             task.set_phase(Phase::Aborted);
             return;
         }
+        if task.stage() == Stage::Committed {
+            // The broker commits only after a switch: the destination took the slots from a
+            // `TmpSwitch` whose answer never came back here (it was stopped past our budget
+            // and carried on later). Retrying the switch would be refused for good once its
+            // task is done, and this one would never clean up (found by the chaos test).
+            tracing::info!(migration = %task.meta.id, "committed: the destination switched on an earlier attempt");
+            task.set_phase(Phase::Switched);
+            break;
+        }
         match pass(&shared, &task, &moving, &mut moved_total).await {
             Ok(found) => {
                 passes += 1;
@@ -244,7 +253,9 @@ pub async fn run_destination(shared: Arc<Shared>, task: Arc<Task>) {
 /// `TmpSwitch` on a keys-mode destination: serve the slots to every client from now on.
 pub async fn tmp_switch(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), String> {
     let _one_at_a_time = task.switch_lock.lock().await;
-    if task.phase() >= Phase::Switched && !task.phase().is_final() {
+    // Switched already (also when cleaned up and done since: the source may ask again after
+    // its earlier request timed out on its side but was carried out here).
+    if (Phase::Switched..=Phase::Done).contains(&task.phase()) {
         return Ok(());
     }
     if task.phase().is_final() {
