@@ -1173,19 +1173,24 @@ mod tests {
         Ok(r)
     }
 
-    /// Cluster `shop` on 6001 and 6002, free 6003, and `m-1`: 6001 gives all its slots to 6002
-    /// (keys mode) or, with `to_free`, slots 0-100 to the free 6003 (replication).
-    fn setup(to_free: bool) -> State {
-        let mut s = State::default();
-        for port in 6001..=6003 {
+    /// Registers a proxy on each port (control on port + 1000, node on port + 2000).
+    fn register(s: &mut State, ports: std::ops::RangeInclusive<u16>) {
+        for port in ports {
             let req = RegisterProxy {
                 address: addr(port),
                 control_address: addr(port + 1000),
                 node_address: addr(port + 2000),
                 peer_address: None,
             };
-            txn(&mut s, T0, |t| t.register_proxy(req)).expect("register");
+            txn(s, T0, |t| t.register_proxy(req)).expect("register");
         }
+    }
+
+    /// Cluster `shop` on 6001 and 6002, free 6003, and `m-1`: 6001 gives all its slots to 6002
+    /// (keys mode) or, with `to_free`, slots 0-100 to the free 6003 (replication).
+    fn setup(to_free: bool) -> State {
+        let mut s = State::default();
+        register(&mut s, 6001..=6003);
         let req =
             CreateCluster { name: "shop".into(), proxies: ProxySelection::Addresses(vec![addr(6001), addr(6002)]) };
         txn(&mut s, T0, |t| t.create_cluster(req)).expect("cluster");
@@ -1307,15 +1312,7 @@ mod tests {
     #[test]
     fn a_step_that_cannot_start_fails_the_plan_not_the_done_report() {
         let mut s = State::default();
-        for port in 6001..=6005 {
-            let req = RegisterProxy {
-                address: addr(port),
-                control_address: addr(port + 1000),
-                node_address: addr(port + 2000),
-                peer_address: None,
-            };
-            txn(&mut s, T0, |t| t.register_proxy(req)).expect("register");
-        }
+        register(&mut s, 6001..=6005);
         let req = CreateCluster { name: "shop".into(), proxies: ProxySelection::Count(3) };
         txn(&mut s, T0, |t| t.create_cluster(req)).expect("cluster");
         let one = |t: &mut Txn| t.scale_concurrency = 1;

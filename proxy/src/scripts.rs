@@ -64,14 +64,6 @@ impl Scripts {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner.order.iter().filter_map(|sha| inner.bodies.get(sha).cloned()).collect()
     }
-
-    pub fn len(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).bodies.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 #[cfg(test)]
@@ -87,8 +79,8 @@ mod tests {
             s.remember(&Bytes::from(format!("return {i}")));
         }
         s.remember(&Bytes::from("return 20"));
-        assert_eq!(s.len(), MAX_SCRIPTS);
         let all = s.all();
+        assert_eq!(all.len(), MAX_SCRIPTS);
         assert_eq!(all[0], Bytes::from("return 10"), "the ten oldest are forgotten");
         assert_eq!(all.last(), Some(&Bytes::from(format!("return {}", MAX_SCRIPTS + 9))));
     }
