@@ -669,6 +669,16 @@ impl Txn {
             m.updated_at = now;
         }
         let m = m.clone();
+        if m.mode == MigrationMode::Replication && current < Switching && target >= Switching {
+            // The source promotes the destination's node only once its config says the
+            // broker recorded this (`switch_allowed`): from here on nothing but the commit
+            // ends the migration, so no abort can race a switch the record had not seen yet.
+            self.bump();
+            self.note(format!(
+                "migration {id} of cluster {cluster} is switching: {} may now hand the slots to {}",
+                m.src, m.dst
+            ));
+        }
         if target == Done && current != Done {
             // The migration leaves the configs of its source and its destination.
             self.bump();
@@ -731,15 +741,16 @@ impl Txn {
         Ok(m)
     }
 
-    /// Aborts (`phase` = aborted, an operator's call: before `switching`) or fails (`phase` =
-    /// failed, the coordinator's call on a proxy's report: up to and including `switching`) a
-    /// migration: tags cleared, the slots stay on src, a dst left without slots is free again.
+    /// Aborts (`phase` = aborted, an operator's call) or fails (`phase` = failed, the
+    /// coordinator's call on a proxy's report) a migration before `switching`: tags cleared,
+    /// the slots stay on src, a dst left without slots is free again.
     ///
-    /// Why an abort stops earlier than a failure: once the source has started the switch, the
-    /// destination may already have been promoted and taken writes. Only the proxies can tell,
-    /// so from then on only their report (a `fail` from the coordinator) ends the migration
-    /// before the commit. A keys-mode migration is never aborted, and fails only while
-    /// `pending` (see below).
+    /// Why nothing ends it from `switching` on: recording `switching` is what allows the
+    /// source to promote the destination's node (`switch_allowed` in the configs), after
+    /// which the destination may take writes the source never sees. Before it, the source
+    /// has promoted nothing whatever the proxies report, so ending the migration is safe even
+    /// though the broker's phase lags them. A keys-mode migration is never aborted, and fails
+    /// only while `pending` (see below).
     pub fn stop(
         &mut self,
         cluster: &str,
@@ -751,13 +762,14 @@ impl Txn {
         let m = &self.state.migrations[&number];
         match m.phase {
             MigrationPhase::Failed | MigrationPhase::Aborted => return Ok(m.clone()),
-            p if phase == MigrationPhase::Aborted && p >= MigrationPhase::Switching => {
+            p if p >= MigrationPhase::Switching => {
                 return Err(ApiError::conflict(format!(
-                    "migration {id} is {}: the switch has started; the migration now finishes, or fails by itself \
-                     if the switch cannot complete (the destination may already have been promoted and taken \
-                     writes, which only the proxies can tell). To undo it, move the slots back with a new \
-                     migration once it is done",
-                    phase_name(p)
+                    "migration {id} is {}: the switch has started, so it can no longer be {}; it finishes (the \
+                     source may already have promoted the destination's node, which then takes writes; a switch \
+                     that cannot complete now is retried until it does). To undo it, move the slots back with a \
+                     new migration once it is done",
+                    phase_name(p),
+                    phase_name(phase)
                 )));
             }
             // A keys-mode migration cannot be aborted even while `pending`: the broker's phase
@@ -775,14 +787,6 @@ impl Txn {
                      source without them; it finishes by itself (move the slots back with a new migration once \
                      it is done)",
                     phase_name(p)
-                )));
-            }
-            p if p >= MigrationPhase::Switched => {
-                return Err(ApiError::conflict(format!(
-                    "migration {id} is {}: dst already serves the slots, so it can no longer be {}; commit it \
-                     (or move the slots back with a new migration)",
-                    phase_name(p),
-                    phase_name(phase)
                 )));
             }
             _ => {}
@@ -1242,8 +1246,11 @@ mod tests {
         let before = s.clone();
         report(&mut s, later, "switched", Some("2026-01-01T10:00:10.500Z")).expect("again");
         assert_eq!(s, before);
-        // Status only so far: the epoch did not move.
-        assert_eq!(s.epoch, setup(true).epoch);
+        // Status only, except `switching`, which allows the source to promote the
+        // destination: one bump, and the configs say so.
+        assert_eq!(s.epoch, setup(true).epoch + 1);
+        let config = s.proxy_config(&addr(6001)).expect("registered");
+        assert!(config.migrations[0].switch_allowed, "{config:?}");
         let order: Vec<&str> =
             [Pending, Starting, Following, Switching, Switched].iter().filter_map(|p| m.timestamps.get(*p)).collect();
         assert!(order.windows(2).all(|w| w[0] <= w[1]), "{order:?}");

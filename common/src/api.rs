@@ -289,6 +289,9 @@ impl Migration {
             dst_node: self.dst_node.clone(),
             slots: self.slots.clone(),
             mode: self.mode,
+            switch_allowed: self.mode == MigrationMode::Replication
+                && self.phase >= MigrationPhase::Switching
+                && self.in_configs(),
         }
     }
 

@@ -211,6 +211,13 @@ pub struct MigrationMeta {
     pub dst_node: String,
     pub slots: Vec<SlotRange>,
     pub mode: MigrationMode,
+    /// The broker has recorded `switching` (replication mode): from then on the migration can
+    /// no longer be aborted or failed, only committed, so the source may promote the
+    /// destination's node. It never promotes before: an abort accepted while the broker's
+    /// record lagged the proxies would give the slots back to a source without the writes the
+    /// destination took.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub switch_allowed: bool,
 }
 
 /// Everything one proxy must hold: what `UMCTL SETDB` and gRPC `SetConfig` take, and what

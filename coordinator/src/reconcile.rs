@@ -194,7 +194,9 @@ pub fn reportable(phase: MigrationPhase) -> bool {
 ///    node is promoted and it serves the slots, and after a restart of the source it may be
 ///    the only one that knows. A recorded `switched` came from a proxy's word, and nothing
 ///    but the commit can follow it.
-/// 2. a task reports `failed` (and no one `switched`) → fail the migration with its error.
+/// 2. a task reports `failed` (and no one `switched`) → fail the migration with its error,
+///    before `switching` only: from `switching` on the broker takes no `fail`, the error
+///    is recorded instead and the proxies keep trying.
 /// 3. otherwise the most advanced phase either proxy reports, if ahead of the broker.
 ///
 /// After the commit the migration is in no proxy's config any more; each proxy's garbage
@@ -242,18 +244,19 @@ pub fn decide(m: &Migration, src: &Side, dst: &Side, progress_due: bool) -> Vec<
             actions.push(MigrationAction::Commit { epoch: m.epoch });
             return actions;
         }
-        if let Some(error) = failure {
-            // The record shows how far the migration got before it failed (`fail` is taken
-            // up to `switching`).
-            let mut actions = passed_through(current, Switched, &tasks);
+        if let Some(error) = failure.clone().filter(|_| current < Switching) {
+            // The record shows how far the migration got before it failed. From `switching`
+            // on the broker takes no `fail` (the source may have promoted the destination):
+            // the failure is kept as the migration's error and the proxies retry.
+            let mut actions = passed_through(current, Switching, &tasks);
             actions.push(MigrationAction::Fail { error });
             return actions;
         }
         match most_advanced_before_commit(src, dst) {
-            // A proxy behind the broker has no news.
-            Some((phase, _)) if phase < current => return Vec::new(),
-            Some((phase, task)) => (phase, task.progress.clone(), task.error.clone()),
-            None => return Vec::new(),
+            // A proxy behind the broker has no news but a failure to record.
+            Some((phase, _)) if phase < current => (current, None, failure),
+            Some((phase, task)) => (phase, task.progress.clone(), failure.or_else(|| task.error.clone())),
+            None => (current, None, failure),
         }
     } else {
         let phase = after_commit(m, src, dst);
@@ -749,7 +752,7 @@ mod tests {
 
     #[test]
     fn a_failed_task_fails_the_migration_before_the_switch() {
-        for broker in [Pending, Starting, Following, Switching] {
+        for broker in [Pending, Starting, Following] {
             let m = migration(broker);
             assert_eq!(
                 decide(&m, &task(Following), &failed_task("dst DBSIZE is 12, not 0"), false),
@@ -769,6 +772,21 @@ mod tests {
             [MigrationAction::Fail { error }] => assert!(error.contains("m-1"), "{error}"),
             other => panic!("expected a fail, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn no_fail_once_switching_is_recorded_only_the_error() {
+        // The broker allowed the switch: the source may have promoted the destination.
+        let m = migration(Switching);
+        for src in [task(Following), task(Switching), Side::NoAnswer] {
+            let actions = decide(&m, &src, &failed_task("dst lost its node"), false);
+            let error =
+                ProgressReport { phase: Switching, progress: None, error: Some("dst lost its node".into()), at: None };
+            assert_eq!(actions, vec![MigrationAction::Progress(error)], "{src:?}");
+        }
+        let mut m = migration(Switching);
+        m.error = Some("dst lost its node".into());
+        assert_eq!(decide(&m, &task(Switching), &failed_task("dst lost its node"), false), vec![]);
     }
 
     #[test]
@@ -1091,11 +1109,11 @@ mod tests {
             decide(&m, &src, &dst, false),
             vec![at(Starting, 1), at(Following, 4), MigrationAction::Fail { error: "replication broke".into() }]
         );
-        // Never past switching: `fail` is refused from switched on.
-        let src = timed(failed_task("switch aborted"), &[(Starting, 1), (Switching, 4), (Switched, 5)]);
+        // Never to switching: `fail` is refused from switching on (the switch is allowed).
+        let src = timed(failed_task("not ready"), &[(Starting, 1), (Following, 3), (Switching, 4), (Switched, 5)]);
         assert_eq!(
-            decide(&migration(Following), &src, &Side::NoAnswer, false),
-            vec![at(Switching, 4), MigrationAction::Fail { error: "switch aborted".into() }]
+            decide(&migration(Starting), &src, &Side::NoAnswer, false),
+            vec![at(Following, 3), MigrationAction::Fail { error: "not ready".into() }]
         );
     }
 

@@ -492,3 +492,41 @@ async fn scale_out_doubles_the_cluster_with_migrations_running_at_once() -> Resu
     assert_eq!(placement.misplaced, 0, "{placement}");
     Ok(())
 }
+
+/// A destination promoted from the same source by an earlier migration looks, by its node's
+/// replication ids alone, like one this migration already promoted (its previous replication
+/// id is the source's). The second replication into it must still copy: found by the chaos
+/// test, where both sides skipped the copy and the slots went to an empty node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_replication_into_a_node_the_same_source_promoted_before_copies_again() -> Result<()> {
+    let (cluster, plan) = start_cluster().await?;
+    let mut workload = Workload::start(WorkloadConfig::new(KEYS), &cluster.urls()).await?;
+    wait_for_traffic(&workload, 500, Duration::from_secs(20)).await?;
+
+    // There (replication), back (keys: the spare is left empty and free), there again.
+    let moves = [
+        (&plan.src, &plan.dst, MigrationMode::Replication),
+        (&plan.dst, &plan.src, MigrationMode::Keys),
+        (&plan.src, &plan.dst, MigrationMode::Replication),
+    ];
+    for (from, to, mode) in moves {
+        let m = cluster.start_migration(from, to, &[plan.slots], mode).await?;
+        assert_eq!(m.mode, mode);
+        let end = cluster.watch_migration(&m.id).until_final(MIGRATION_DEADLINE).await?;
+        assert_eq!(end.phase, MigrationPhase::Done, "{mode:?} {from} -> {to} ended {:?}: {:?}", end.phase, end.error);
+        wait_for_traffic(&workload, 500, Duration::from_secs(30)).await?;
+    }
+    let report = workload.stop().await?;
+    eprintln!("{report}");
+    assert_eq!(report.total_errors(), 0, "the client saw errors:\n{report}");
+    assert_eq!(report.wrong_reads, 0, "the client read wrong values:\n{report}");
+    let v = workload.verify().await?;
+    eprintln!("{v}");
+    assert_eq!(v.mismatches, 0, "acknowledged writes are lost or wrong:\n{v}");
+    let all = cluster.node_addrs();
+    assert_eq!(dbsize_sum(&cluster, &all).await?, v.live_keys as i64, "sum of DBSIZE over all nodes = live keys");
+    let placement = cluster.check_keys_on_owners(&all).await?;
+    assert_eq!(placement.misplaced, 0, "{placement}");
+    check_slots_moved(&cluster.view().await?, &plan)?;
+    Ok(())
+}

@@ -1,7 +1,7 @@
 //! The gRPC control service (`proto/sluice.proto`) on `--control`. `UMCTL` on the data
 //! port calls the same code (see [`crate::umctl`]).
 
-use crate::migration::{destination, keys, phase_name, Role};
+use crate::migration::{destination, keys, phase_name, Role, Task};
 use crate::state::{Applied, ConfigError, Shared};
 use crate::status;
 use sluice_common::model::MigrationMode;
@@ -12,7 +12,6 @@ use sluice_proto::control::{
 use sluice_proto::{ProxyControl, ProxyControlServer};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
@@ -36,24 +35,32 @@ pub async fn set_config_json(shared: &Arc<Shared>, json: &[u8]) -> Result<Applie
     shared.apply_config(config).await
 }
 
-/// The temporary switch of a migration, on its destination: take the slots over once the
-/// node has processed the source's `offset` (within `budget`).
-pub async fn tmp_switch(
-    shared: &Arc<Shared>,
-    migration_id: &str,
-    epoch: u64,
-    offset: u64,
-    budget: Duration,
-) -> Result<(), String> {
-    let task = shared
+/// The temporary switch of a migration, on its destination: serve the slots (in
+/// replication mode once the source has promoted our node).
+pub async fn tmp_switch(shared: &Arc<Shared>, migration_id: &str, epoch: u64) -> Result<(), String> {
+    let task = destination_task(shared, migration_id, epoch)?;
+    match task.meta.mode {
+        MigrationMode::Keys => keys::tmp_switch(shared, &task).await,
+        _ => destination::tmp_switch(shared, &task).await,
+    }
+}
+
+/// Whether the destination of a replication-mode migration follows its source, ready to
+/// serve once the source promotes its node.
+pub async fn ready(shared: &Arc<Shared>, migration_id: &str, epoch: u64) -> Result<(), String> {
+    let task = destination_task(shared, migration_id, epoch)?;
+    match task.meta.mode {
+        MigrationMode::Replication => destination::ready(shared, &task).await,
+        _ => Err(format!("migration {migration_id} does not replicate")),
+    }
+}
+
+fn destination_task(shared: &Shared, migration_id: &str, epoch: u64) -> Result<Arc<Task>, String> {
+    shared
         .migrations
         .get(migration_id)
         .filter(|t| t.meta.epoch == epoch && t.role == Role::Destination)
-        .ok_or_else(|| format!("no migration {migration_id} started at epoch {epoch} imports into this proxy"))?;
-    match task.meta.mode {
-        MigrationMode::Keys => keys::tmp_switch(shared, &task).await,
-        _ => destination::tmp_switch(shared, &task, offset, budget).await,
-    }
+        .ok_or_else(|| format!("no migration {migration_id} started at epoch {epoch} imports into this proxy"))
 }
 
 fn to_status(e: ConfigError) -> Status {
@@ -84,9 +91,7 @@ impl ProxyControl for ControlService {
 
     async fn tmp_switch(&self, request: Request<TmpSwitchRequest>) -> Result<Response<TmpSwitchReply>, Status> {
         let req = request.into_inner();
-        tmp_switch(&self.shared, &req.migration_id, req.epoch, req.src_offset, self.shared.opts.switch_pause())
-            .await
-            .map_err(Status::failed_precondition)?;
+        tmp_switch(&self.shared, &req.migration_id, req.epoch).await.map_err(Status::failed_precondition)?;
         Ok(Response::new(TmpSwitchReply { switched: true }))
     }
 

@@ -5,7 +5,11 @@
 //! - `UMCTL GETEPOCH`: the epoch of the config held, as an integer.
 //! - `UMCTL INFOMGR`: the proxy's state as JSON (what gRPC `Status` reports).
 //! - `UMCTL TMPSWITCH <migration-id> <epoch> <offset> [budget-ms]`: the temporary switch of a
-//!   migration (sent by its source proxy to its destination).
+//!   migration (sent by its source proxy to its destination): serve the slots. In replication
+//!   mode the source has promoted the destination's node first; offset and budget are kept
+//!   for compatibility and not used.
+//! - `UMCTL READY <migration-id> <epoch>`: whether this destination follows the source of a
+//!   replication-mode migration (the source asks before it promotes our node).
 //! - `UMCTL PEER`: marks this connection as another proxy's (never forwarded again).
 
 use crate::control;
@@ -29,32 +33,32 @@ pub async fn handle(s: &mut Session, cmd: Command) -> Flow {
             json["clean_epoch"] = s.shared.gc.clean_epoch.load(std::sync::atomic::Ordering::SeqCst).into();
             Frame::bulk(json.to_string())
         }
-        ("TMPSWITCH", 5 | 6) => {
+        ("TMPSWITCH", 5 | 6) | ("READY", 4) => {
             let id = String::from_utf8_lossy(&args[2]).into_owned();
-            let number = |i: usize| args.get(i).and_then(|a| parse_int(a)).filter(|n| *n >= 0).map(|n| n as u64);
-            let budget = match args.get(5) {
-                None => Some(s.shared.opts.switch_pause()),
-                Some(_) => number(5).map(std::time::Duration::from_millis),
-            };
-            match (number(3), number(4), budget) {
-                (Some(epoch), Some(offset), Some(budget)) => {
-                    match control::tmp_switch(&s.shared, &id, epoch, offset, budget).await {
+            match parse_int(&args[3]).filter(|n| *n >= 0) {
+                Some(epoch) => {
+                    let done = if sub == "READY" {
+                        control::ready(&s.shared, &id, epoch as u64).await
+                    } else {
+                        control::tmp_switch(&s.shared, &id, epoch as u64).await
+                    };
+                    match done {
                         Ok(()) => Frame::ok(),
                         Err(e) => Frame::error(format!("ERR sluice: {e}")),
                     }
                 }
-                _ => Frame::error("ERR sluice: epoch, offset and budget must be non-negative integers"),
+                None => Frame::error("ERR sluice: the epoch must be a non-negative integer"),
             }
         }
         ("PEER", 2) => {
             s.is_peer = true;
             Frame::ok()
         }
-        ("SETDB" | "GETEPOCH" | "INFOMGR" | "TMPSWITCH" | "PEER", _) => {
+        ("SETDB" | "GETEPOCH" | "INFOMGR" | "TMPSWITCH" | "READY" | "PEER", _) => {
             Frame::error(format!("ERR wrong number of arguments for 'umctl|{}' command", sub.to_ascii_lowercase()))
         }
         _ => Frame::error(format!(
-            "ERR sluice: unknown UMCTL subcommand '{sub}'; try SETDB <json>, GETEPOCH, INFOMGR, TMPSWITCH <id> <epoch> <offset> [budget-ms]"
+            "ERR sluice: unknown UMCTL subcommand '{sub}'; try SETDB <json>, GETEPOCH, INFOMGR, TMPSWITCH <id> <epoch> <offset> [budget-ms], READY <id> <epoch>"
         )),
     };
     s.reply(reply).await

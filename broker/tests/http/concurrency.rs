@@ -46,11 +46,13 @@ async fn concurrent_conflicting_migrations_exactly_one_wins() {
         a.expect_error(409, "conflict");
     }
     assert_eq!(b.epoch().await, epoch + 1);
-    // And two coordinators committing the same migration at once: one bump in all.
+    // And two coordinators committing the same migration at once: one bump in all (after
+    // the one of `switching`, passed on the way to `switched`).
     b.post("/api/v1/clusters/shop/migrations/m-1/progress", json!({"phase": "switched"})).await.expect(200);
+    assert_eq!(b.epoch().await, epoch + 2);
     let answers =
         join_all((0..4).map(|_| b.post("/api/v1/clusters/shop/migrations/m-1/commit", json!({"epoch": epoch + 1}))))
             .await;
     assert!(answers.iter().all(|a| a.status == 200), "{answers:?}");
-    assert_eq!(b.epoch().await, epoch + 2);
+    assert_eq!(b.epoch().await, epoch + 3);
 }

@@ -26,15 +26,23 @@ async fn acknowledged_changes_survive_sigkill() {
     assert_eq!(node_slots(&view, &addr(6004)).unwrap(), vec![tagged(0, 99, "importing", "m-1")]);
 
     // A status report (no epoch bump) is durable too.
-    b.post("/api/v1/clusters/shop/migrations/m-1/progress", json!({"phase": "switched", "progress": {"lag": 3}}))
+    b.post("/api/v1/clusters/shop/migrations/m-1/progress", json!({"phase": "following", "progress": {"lag": 3}}))
         .await
         .expect(200);
     b.kill();
     let mut b = Broker::start_in(&data, Opts::default()).await;
     let m = b.get("/api/v1/clusters/shop/migrations/m-1").await.expect(200).clone();
-    assert_eq!(m["phase"], "switched");
+    assert_eq!(m["phase"], "following");
     assert_eq!(m["progress"], json!({"lag": 3}));
     assert_eq!(b.epoch().await, 6);
+    // So is `switching`, which allows the switch (a bump: the configs say so).
+    b.post("/api/v1/clusters/shop/migrations/m-1/progress", json!({"phase": "switched"})).await.expect(200);
+    b.kill();
+    let mut b = Broker::start_in(&data, Opts::default()).await;
+    assert_eq!(b.get("/api/v1/clusters/shop/migrations/m-1").await.expect(200)["phase"], "switched");
+    assert_eq!(b.epoch().await, 7);
+    let config = b.get(&format!("/api/v1/proxies/{}/config", addr(6001))).await.expect(200).clone();
+    assert_eq!(config["migrations"][0]["switch_allowed"], true, "{config}");
 
     // Epochs keep climbing across kills: each acknowledged change is the previous epoch + 1.
     let mut last = b.epoch().await;

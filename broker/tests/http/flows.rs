@@ -112,13 +112,17 @@ async fn register_create_migrate_commit() {
     // Commit before the switch: refused.
     b.post("/api/v1/clusters/shop/migrations/m-1/commit", json!({})).await.expect_error(409, "conflict");
 
-    // Progress up to switched: status only.
+    // Progress up to switched: status only, except `switching`: from there the source may
+    // promote the destination, which the configs say (one bump).
     for phase in ["starting", "following", "following", "switching", "switched"] {
         let r = b
             .post("/api/v1/clusters/shop/migrations/m-1/progress", json!({"phase": phase, "progress": {"lag": 0}}))
             .await;
         assert_eq!(r.expect(200)["phase"], phase);
-        assert_eq!(b.epoch().await, 6, "a progress report must not bump the epoch");
+        let bumped = matches!(phase, "switching" | "switched");
+        assert_eq!(b.epoch().await, if bumped { 7 } else { 6 }, "after {phase}");
+        let c = b.get(&format!("/api/v1/proxies/{}/config", addr(6001))).await.expect(200).clone();
+        assert_eq!(c["migrations"][0]["switch_allowed"].as_bool().unwrap_or(false), bumped, "{c}");
     }
     b.post("/api/v1/clusters/shop/migrations/m-1/progress", json!({"phase": "following"}))
         .await
@@ -129,19 +133,20 @@ async fn register_create_migrate_commit() {
     let c = b.post("/api/v1/clusters/shop/migrations/m-1/commit", json!({"epoch": 6})).await;
     let c = c.expect(200).clone();
     assert_eq!(c["phase"], "committed");
-    assert_eq!(b.epoch().await, 7);
+    assert_eq!(b.epoch().await, 8);
     assert_eq!(c["epoch"], 6, "the migration's epoch stays the one it started at");
-    assert_eq!(c["committed_epoch"], 7, "the epoch the commit produced");
+    assert_eq!(c["committed_epoch"], 8, "the epoch the commit produced");
     let view = b.get("/api/v1/clusters/shop").await.expect(200).clone();
-    assert_eq!(view["epoch"], 7);
+    assert_eq!(view["epoch"], 8);
     assert_eq!(node_slots(&view, &addr(6001)).unwrap(), vec![plain(1001, 5461)]);
     assert_eq!(node_slots(&view, &addr(6004)).unwrap(), vec![plain(0, 1000)]);
     // Committed, the migration still travels in both configs until done: the proxies delete
     // the keys of the slots they no longer own only for the migrations their config names.
-    let meta = c_meta(&m);
+    let mut meta = c_meta(&m);
+    meta["switch_allowed"] = json!(true);
     for port in [6001, 6004] {
         let c = b.get(&format!("/api/v1/proxies/{}/config", addr(port))).await.expect(200).clone();
-        assert_eq!((c["epoch"].clone(), c["cluster"].clone()), (json!(7), view.clone()));
+        assert_eq!((c["epoch"].clone(), c["cluster"].clone()), (json!(8), view.clone()));
         assert_eq!(c["migrations"], json!([meta]), "a committed migration stays in the configs until done");
     }
 
@@ -149,15 +154,15 @@ async fn register_create_migrate_commit() {
     for body in [None, Some(b"{\"epoch\":6}".to_vec())] {
         let again = b.raw(reqwest::Method::POST, "/api/v1/clusters/shop/migrations/m-1/commit", body, &[]).await;
         assert_eq!(again.expect(200)["phase"], "committed");
-        assert_eq!(again.expect(200)["committed_epoch"], 7);
-        assert_eq!(b.epoch().await, 7);
+        assert_eq!(again.expect(200)["committed_epoch"], 8);
+        assert_eq!(b.epoch().await, 8);
     }
 
     // Cleaning: status only. Done: the migration leaves both configs, which bumps the epoch
     // (the cluster view itself does not change); done again changes nothing.
     let r = b.post("/api/v1/clusters/shop/migrations/m-1/progress", json!({"phase": "cleaning"})).await;
     assert_eq!(r.expect(200)["phase"], "cleaning");
-    assert_eq!(b.epoch().await, 7);
+    assert_eq!(b.epoch().await, 8);
     let all = b.get("/api/v1/configs").await.expect(200).clone();
     let with_m1: Vec<&str> = all["configs"]
         .as_array()
@@ -170,11 +175,11 @@ async fn register_create_migrate_commit() {
     for _ in 0..2 {
         let r = b.post("/api/v1/clusters/shop/migrations/m-1/progress", json!({"phase": "done"})).await;
         assert_eq!(r.expect(200)["phase"], "done");
-        assert_eq!(b.epoch().await, 8);
+        assert_eq!(b.epoch().await, 9);
     }
     for port in [6001, 6004] {
         let c = b.get(&format!("/api/v1/proxies/{}/config", addr(port))).await.expect(200).clone();
-        assert_eq!((c["epoch"].clone(), c["migrations"].clone()), (json!(8), json!([])), "{port}");
+        assert_eq!((c["epoch"].clone(), c["migrations"].clone()), (json!(9), json!([])), "{port}");
         assert_eq!(c["cluster"], view, "the cluster view did not change: {port}");
     }
     let m = b.get("/api/v1/clusters/shop/migrations/m-1").await.expect(200).clone();
@@ -183,7 +188,7 @@ async fn register_create_migrate_commit() {
         assert!(ts.ends_with('Z') && ts.contains('T'), "{ts}");
     }
     assert_eq!(m["progress"], json!({"lag": 0}));
-    assert_eq!(m["committed_epoch"], 7, "kept through cleaning and done");
+    assert_eq!(m["committed_epoch"], 8, "kept through cleaning and done");
     let listed = b.get("/api/v1/clusters/shop/migrations").await.expect(200).clone();
     assert_eq!(listed["migrations"], json!([m]));
     assert_eq!(b.get("/api/v1/migrations").await.expect(200)["migrations"], json!([]));
@@ -310,28 +315,20 @@ async fn abort_and_fail_put_everything_back() {
 }
 
 #[tokio::test]
-async fn abort_is_refused_once_the_switch_has_started_but_fail_is_not() {
+async fn abort_and_fail_are_refused_once_the_switch_is_allowed() {
     let (b, _dir) = fresh(Opts::default()).await;
     register_all(&b, 6001..=6003).await;
     b.post("/api/v1/clusters", json!({"name": "shop", "proxies": 2})).await.expect(201);
     let original = b.get("/api/v1/clusters/shop").await.expect(200).clone();
     let mk = || json!({"src": addr(6001), "dst": addr(6003), "slots": [[100, 200]]});
 
-    // Switching: the destination may already have been promoted. The operator's abort is
-    // refused and changes nothing; the coordinator's fail (a proxy's report) still ends it.
+    // Following: the coordinator's fail (a proxy's report) ends it.
     b.post("/api/v1/clusters/shop/migrations", mk()).await.expect(202);
-    b.post("/api/v1/clusters/shop/migrations/m-1/progress", json!({"phase": "switching"})).await.expect(200);
-    let before = b.model().await;
-    for body in [json!({}), json!({"error": "operator changed their mind"})] {
-        let msg = b.post("/api/v1/clusters/shop/migrations/m-1/abort", body).await.expect_error(409, "conflict");
-        assert!(msg.contains("switching") && msg.contains("the switch has started"), "{msg}");
-        assert!(msg.contains("fails by itself"), "{msg}");
-    }
-    assert_eq!(b.model().await, before, "a refused abort changes nothing");
+    b.post("/api/v1/clusters/shop/migrations/m-1/progress", json!({"phase": "following"})).await.expect(200);
     let e = b.epoch().await;
-    let f = b.post("/api/v1/clusters/shop/migrations/m-1/fail", json!({"error": "TmpSwitch refused"})).await;
+    let f = b.post("/api/v1/clusters/shop/migrations/m-1/fail", json!({"error": "dst not ready"})).await;
     let f = f.expect(200).clone();
-    assert_eq!((f["phase"].as_str(), f["error"].as_str()), (Some("failed"), Some("TmpSwitch refused")));
+    assert_eq!((f["phase"].as_str(), f["error"].as_str()), (Some("failed"), Some("dst not ready")));
     assert!(f.get("committed_epoch").is_none(), "{f}");
     assert_eq!(b.epoch().await, e + 1);
     assert_eq!(b.get("/api/v1/clusters/shop").await.expect(200)["nodes"], original["nodes"]);
@@ -340,7 +337,7 @@ async fn abort_is_refused_once_the_switch_has_started_but_fail_is_not() {
     let a = b.post("/api/v1/clusters/shop/migrations/m-1/abort", json!({})).await;
     assert_eq!(a.expect(200)["phase"], "failed");
     let again = b.post("/api/v1/clusters/shop/migrations/m-1/fail", json!({"error": "again"})).await;
-    assert_eq!(again.expect(200)["error"], "TmpSwitch refused");
+    assert_eq!(again.expect(200)["error"], "dst not ready");
     assert_eq!(b.model().await, ended);
 
     // Before the switch an abort goes through; failing it afterwards is a no-op.
@@ -352,8 +349,22 @@ async fn abort_is_refused_once_the_switch_has_started_but_fail_is_not() {
     assert_eq!(f.expect(200)["phase"], "aborted");
     assert_eq!(b.model().await, ended);
 
-    // Switched and later: neither.
+    // Switching: the broker allowed the switch, the source may have promoted the destination.
+    // The operator's abort and the coordinator's fail are both refused and change nothing.
     b.post("/api/v1/clusters/shop/migrations", mk()).await.expect(202);
+    b.post("/api/v1/clusters/shop/migrations/m-3/progress", json!({"phase": "switching"})).await.expect(200);
+    let before = b.model().await;
+    for body in [json!({}), json!({"error": "operator changed their mind"})] {
+        let msg = b.post("/api/v1/clusters/shop/migrations/m-3/abort", body).await.expect_error(409, "conflict");
+        assert!(msg.contains("switching") && msg.contains("the switch has started"), "{msg}");
+        assert!(msg.contains("it finishes"), "{msg}");
+    }
+    let msg = b.post("/api/v1/clusters/shop/migrations/m-3/fail", json!({"error": "x"})).await;
+    let msg = msg.expect_error(409, "conflict");
+    assert!(msg.contains("can no longer be failed"), "{msg}");
+    assert_eq!(b.model().await, before, "a refused abort or fail changes nothing");
+
+    // Switched and later: neither.
     b.post("/api/v1/clusters/shop/migrations/m-3/progress", json!({"phase": "switched"})).await.expect(200);
     let before = b.model().await;
     let msg = b.post("/api/v1/clusters/shop/migrations/m-3/abort", json!({})).await.expect_error(409, "conflict");

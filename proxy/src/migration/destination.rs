@@ -2,22 +2,22 @@
 //!
 //! `starting`: the node must be empty and this proxy must serve no slot (a replica cannot
 //! take writes, and replication replaces whatever the node holds: sluice never wipes data),
-//! then `REPLICAOF <source node>`. `following`: the node is a synced replica. On `TmpSwitch`
-//! from the source, at the offset the source read: wait until our node has processed it,
-//! promote it (`REPLICAOF NO ONE`) *before* serving a single write, then serve the slots
-//! (`switched`). After the commit, the garbage collector deletes the copied keys of slots
-//! served elsewhere (`cleaning`, then `done`). If the migration ends before the switch, the
-//! node stops replicating and everything it copied is deleted.
+//! then `REPLICAOF <source node>`. `following`: the node is a synced replica; `UMCTL READY`
+//! from the source answers yes. The source promotes our node (`REPLICAOF NO ONE`) at the
+//! switch, once the broker allowed it, and tells us with `UMCTL TMPSWITCH`; we also find the
+//! promotion by ourselves (the source may die before telling). We serve the slots only once
+//! our node is promoted (`switched`). After the commit, the garbage collector deletes the
+//! copied keys of slots served elsewhere (`cleaning`, then `done`). If the migration ends
+//! before the switch, the node stops replicating and everything it copied is deleted.
 
-use super::node::NodeConn;
+use super::node::{NodeConn, ReplInfo};
 use super::source::connect;
 use super::{Phase, Task};
 use crate::route::{Override, OverrideKind};
 use crate::state::Shared;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-const POLL: Duration = Duration::from_millis(50);
+const POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 pub async fn run(shared: Arc<Shared>, task: Arc<Task>) {
     let mut copying = false;
@@ -31,60 +31,89 @@ pub async fn run(shared: Arc<Shared>, task: Arc<Task>) {
     }
 }
 
+/// Whether the source promoted our node in this migration (`info` is our node's). Known
+/// when we saw it follow the source in this run; otherwise (a restart) only once the switch
+/// is allowed, before which nothing is promoted and an old promotion from the same source
+/// (an earlier migration) would look the same.
+async fn promoted_by_source(shared: &Shared, task: &Task, info: &ReplInfo) -> Result<bool, String> {
+    if !info.is_master() {
+        return Ok(false);
+    }
+    if let Some(id) = task.source_replid() {
+        return Ok(info.promoted_from(&id));
+    }
+    if !task.switch_allowed() {
+        return Ok(false);
+    }
+    let src = connect(shared, &task.meta.src_node).await?;
+    let id = src.replication().await.map_err(|e| e.to_string())?.master_replid;
+    Ok(info.promoted_from(&id))
+}
+
 /// `copying` becomes true once the node replicates from the source (or is found doing so).
 async fn drive(shared: &Arc<Shared>, task: &Arc<Task>, copying: &mut bool) -> Result<(), String> {
-    let meta = &task.meta;
-    let node = connect(shared, &shared.opts.node).await?;
     task.set_phase(Phase::Starting);
-    let info = node.replication().await.map_err(|e| e.to_string())?;
-    if info.is_master() {
-        let src = connect(shared, &meta.src_node).await?;
-        let src_id = src.replication().await.map_err(|e| e.to_string())?.master_replid;
-        if !src_id.is_empty() && info.master_replid2 == src_id {
-            // Promoted from the source before this task started: an earlier switch completed.
-            shared.set_override(&meta.id, Some(here(task))).await;
-            task.set_phase(Phase::Switched);
-            return super::after_switch(shared, task).await;
-        }
-        let served = shared.routes().slots_served();
-        if served > 0 {
-            return Err(format!(
-                "mode replication needs a destination that serves no slots; {} serves {served} (use mode keys)",
-                shared.me()
-            ));
-        }
-        let keys = node.dbsize().await.map_err(|e| e.to_string())?;
-        if keys > 0 {
-            return Err(format!(
-                "the destination node {} holds {keys} keys; replication would replace them (use mode keys)",
-                shared.opts.node
-            ));
-        }
-        *copying = true;
-        shared.gc.forget_coverage();
-        node.replicate_from(&meta.src_node).await.map_err(|e| e.to_string())?;
-        tracing::info!(migration = %meta.id, master = %meta.src_node, "replicating from the source node");
-    } else {
-        *copying = true;
-        shared.gc.forget_coverage();
-    }
+    let mut node: Option<NodeConn> = None;
     loop {
         if task.is_gone() {
-            stop_replicating(shared, task).await;
+            if *copying {
+                stop_replicating(shared, task).await;
+            }
             task.set_phase(Phase::Aborted);
             return Ok(());
         }
         if task.phase() == Phase::Switched {
             return super::after_switch(shared, task).await;
         }
-        let info = node.replication().await.map_err(|e| e.to_string())?;
+        if node.as_ref().is_none_or(NodeConn::is_closed) {
+            node = None;
+            match connect(shared, &shared.opts.node).await {
+                Ok(n) => node = Some(n),
+                Err(e) => {
+                    task.note_error(format!("cannot reach our node: {e}"));
+                    tokio::time::sleep(POLL).await;
+                    continue;
+                }
+            }
+        }
+        let Some(conn) = node.as_ref() else { continue };
+        let info = match conn.replication().await {
+            Ok(info) => info,
+            Err(e) => {
+                task.note_error(format!("cannot read our node's replication: {e}"));
+                node = None;
+                tokio::time::sleep(POLL).await;
+                continue;
+            }
+        };
         if info.is_synced_replica() {
+            *copying = true;
+            task.set_source_replid(&info.master_replid);
             task.set_phase(Phase::Following);
             task.set_progress("offset", info.master_repl_offset);
-        } else if info.is_master() && task.phase() < Phase::Switched {
-            return Err("the destination node stopped replicating before the switch".into());
-        } else {
+        } else if !info.is_master() {
+            *copying = true;
             task.set_progress("link", info.master_link_status.clone());
+        } else {
+            match promoted_by_source(shared, task, &info).await {
+                Ok(true) => {
+                    serve(shared, task).await;
+                    continue;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    task.note_error(format!("cannot tell whether the source promoted our node: {e}"));
+                    tokio::time::sleep(POLL).await;
+                    continue;
+                }
+            }
+            if *copying && !task.switch_allowed() {
+                return Err("the destination node stopped replicating before the switch".into());
+            }
+            // Not copying yet (or our node restarted, empty, after the switch was allowed:
+            // the migration must finish, so copy again).
+            start_replicating(shared, task, conn).await?;
+            *copying = true;
         }
         tokio::select! {
             _ = tokio::time::sleep(POLL) => {}
@@ -93,42 +122,69 @@ async fn drive(shared: &Arc<Shared>, task: &Arc<Task>, copying: &mut bool) -> Re
     }
 }
 
+/// Checks the node may take a copy of the source's, then `REPLICAOF`.
+async fn start_replicating(shared: &Shared, task: &Task, node: &NodeConn) -> Result<(), String> {
+    let served = shared.routes().slots_served();
+    if served > 0 {
+        return Err(format!(
+            "mode replication needs a destination that serves no slots; {} serves {served} (use mode keys)",
+            shared.me()
+        ));
+    }
+    let keys = node.dbsize().await.map_err(|e| e.to_string())?;
+    if keys > 0 {
+        return Err(format!(
+            "the destination node {} holds {keys} keys; replication would replace them (use mode keys)",
+            shared.opts.node
+        ));
+    }
+    shared.gc.forget_coverage();
+    node.replicate_from(&task.meta.src_node).await.map_err(|e| e.to_string())?;
+    tracing::info!(migration = %task.meta.id, master = %task.meta.src_node, "replicating from the source node");
+    Ok(())
+}
+
+/// Our node is promoted: serve the slots.
+async fn serve(shared: &Arc<Shared>, task: &Arc<Task>) {
+    let _one_at_a_time = task.switch_lock.lock().await;
+    if task.phase() >= Phase::Switched {
+        return;
+    }
+    shared.set_override(&task.meta.id, Some(here(task))).await;
+    task.set_phase(Phase::Switched);
+    tracing::info!(migration = %task.meta.id, "switched: our node is promoted, serving the slots");
+}
+
 fn here(task: &Task) -> Override {
     Override { slots: task.meta.slots.clone(), kind: OverrideKind::Here }
 }
 
-/// `TmpSwitch` (the source's request to take over): once our node has processed `offset`
-/// it is promoted and the slots are served here. Idempotent: a repeated request answers OK.
-pub async fn tmp_switch(shared: &Arc<Shared>, task: &Arc<Task>, offset: u64, budget: Duration) -> Result<(), String> {
-    let _one_at_a_time = task.switch_lock.lock().await;
-    match task.phase() {
-        Phase::Switched | Phase::Committed | Phase::Cleaning | Phase::Done => return Ok(()),
-        // The source may see the replica online before this task's next look: the node is
-        // checked below either way.
-        Phase::Starting | Phase::Following => {}
-        other => return Err(format!("migration {} is {other:?} here, not following", task.meta.id)),
+/// `UMCTL READY`: whether we follow the source (our node is its synced replica), so that we
+/// serve the slots once the source promotes our node.
+pub async fn ready(shared: &Shared, task: &Task) -> Result<(), String> {
+    if task.phase() != Phase::Following {
+        return Err(format!("migration {} is {:?} here, not following", task.meta.id, task.phase()));
     }
     let node = connect(shared, &shared.opts.node).await?;
-    let deadline = Instant::now() + budget;
-    loop {
-        let info = node.replication().await.map_err(|e| e.to_string())?;
-        if info.is_synced_replica() && info.master_repl_offset >= offset {
-            break;
-        }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "the destination node processed offset {} of {offset} within {budget:?}",
-                info.master_repl_offset
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
+    let info = node.replication().await.map_err(|e| e.to_string())?;
+    if !info.is_synced_replica() {
+        return Err("our node is not a synced replica of the source".into());
     }
-    // Promote before serving: a write taken while still a replica would be refused, and a
-    // resync started later would wipe writes taken after the switch.
-    node.promote().await.map_err(|e| e.to_string())?;
-    shared.set_override(&task.meta.id, Some(here(task))).await;
-    task.set_phase(Phase::Switched);
-    tracing::info!(migration = %task.meta.id, offset, "switched: serving the slots");
+    Ok(())
+}
+
+/// `TmpSwitch` (the source promoted our node): serve the slots once our node is promoted.
+/// Idempotent: a repeated request answers OK.
+pub async fn tmp_switch(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), String> {
+    if matches!(task.phase(), Phase::Switched | Phase::Committed | Phase::Cleaning | Phase::Done) {
+        return Ok(());
+    }
+    let node = connect(shared, &shared.opts.node).await?;
+    let info = node.replication().await.map_err(|e| e.to_string())?;
+    if !promoted_by_source(shared, task, &info).await? {
+        return Err(format!("our node is not promoted from the source (role {})", info.role));
+    }
+    serve(shared, task).await;
     Ok(())
 }
 

@@ -77,8 +77,14 @@ pub struct Task {
     status: Mutex<TaskStatus>,
     /// Where the migration stands in the config; only moves forward.
     stage: watch::Sender<Stage>,
+    /// Whether the broker has recorded `switching` (`switch_allowed` in the config); only
+    /// goes from false to true.
+    switch_allowed: watch::Sender<bool>,
     /// Serialises `TmpSwitch` calls on the destination.
     pub switch_lock: tokio::sync::Mutex<()>,
+    /// On a replication destination: the source node's replication id, seen while our node
+    /// followed it in this run of the task (the promotion makes it our node's previous id).
+    source_replid: Mutex<Option<String>>,
     /// The garbage collector's count of deleted keys when the task started.
     pub gc_deleted_at_start: u64,
 }
@@ -98,6 +104,7 @@ impl Task {
     fn new(meta: MigrationMeta, role: Role, gc_deleted_at_start: u64) -> Task {
         Task {
             gc_deleted_at_start,
+            switch_allowed: watch::channel(meta.switch_allowed).0,
             meta,
             role,
             status: Mutex::new(TaskStatus {
@@ -108,6 +115,7 @@ impl Task {
             }),
             stage: watch::channel(Stage::Tagged).0,
             switch_lock: tokio::sync::Mutex::new(()),
+            source_replid: Mutex::new(None),
         }
     }
 
@@ -172,6 +180,33 @@ impl Task {
             Err(_) => Stage::Gone,
         };
         stage
+    }
+
+    /// Whether the source may promote the destination's node: the broker has recorded
+    /// `switching`, so nothing but the commit ends the migration any more.
+    pub fn switch_allowed(&self) -> bool {
+        *self.switch_allowed.borrow()
+    }
+
+    /// Waits until the switch is allowed or the migration left the config; false after `limit`.
+    pub async fn wait_switch_allowed(&self, limit: Duration) -> bool {
+        let mut allowed = self.switch_allowed.subscribe();
+        let mut stage = self.stage.subscribe();
+        let wait = async {
+            tokio::select! {
+                r = allowed.wait_for(|a| *a) => r.is_ok(),
+                _ = stage.wait_for(|s| *s == Stage::Gone) => false,
+            }
+        };
+        tokio::time::timeout(limit, wait).await.unwrap_or(false)
+    }
+
+    pub fn set_source_replid(&self, id: &str) {
+        *self.source_replid.lock().unwrap_or_else(|p| p.into_inner()) = Some(id.to_string());
+    }
+
+    pub fn source_replid(&self) -> Option<String> {
+        self.source_replid.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Waits until the migration leaves the config.
@@ -287,6 +322,9 @@ impl Migrations {
             }
         }
         for (id, task) in tasks.iter() {
+            if config.migrations.iter().any(|m| &m.id == id && m.switch_allowed) {
+                task.switch_allowed.send_if_modified(|a| !std::mem::replace(a, true));
+            }
             let stage = stage_in(config, id);
             task.stage.send_if_modified(|s| {
                 let forward = stage > *s;

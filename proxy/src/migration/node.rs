@@ -94,6 +94,25 @@ impl NodeConn {
     pub async fn promote(&self) -> Result<(), NodeError> {
         self.call(&["REPLICAOF", "NO", "ONE"]).await.map(|_| ())
     }
+
+    /// `CLIENT ID` of this connection.
+    pub async fn client_id(&self) -> Result<i64, NodeError> {
+        match self.call(&["CLIENT", "ID"]).await? {
+            Frame::Integer(id) => Ok(id),
+            other => {
+                Err(NodeError::Refused { addr: self.addr.clone(), cmd: "CLIENT".into(), reply: format!("{other:?}") })
+            }
+        }
+    }
+
+    /// `CLIENT KILL ID id`: closes another connection to the node, so nothing it sent but the
+    /// node has not read yet runs later. Killing a connection already gone is not an error.
+    pub async fn kill_client(&self, id: i64) -> Result<(), NodeError> {
+        match self.call(&["CLIENT", "KILL", "ID", &id.to_string()]).await {
+            Err(NodeError::Refused { reply, .. }) if reply.contains("No such client") => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
 }
 
 /// One replica as its master lists it (`slaveN:ip=…,port=…,state=…,offset=…`).
@@ -154,6 +173,12 @@ impl ReplInfo {
 
     pub fn is_master(&self) -> bool {
         self.role == "master"
+    }
+
+    /// A master promoted from being a replica of the master whose replication id is
+    /// `master_replid` (its previous id is that one).
+    pub fn promoted_from(&self, master_replid: &str) -> bool {
+        self.is_master() && !master_replid.is_empty() && self.master_replid2 == master_replid
     }
 
     /// A replica that finished its initial sync and follows the stream.

@@ -1,21 +1,28 @@
-//! The source side of a replication-mode migration.
+//! The source side of a replication-mode migration. The source is the only one that ever
+//! promotes the destination's node, and only once the broker has recorded `switching`
+//! (`switch_allowed` in the config), after which nothing but the commit ends the migration.
 //!
 //! 1. Find out where we stand: the slots start held (apply_config holds them) until we know
-//!    whether the destination was already promoted by an earlier switch (a restart).
+//!    whether an earlier run of this task already promoted the destination (a restart). That
+//!    can only be so once the switch is allowed; before, nothing was promoted.
 //! 2. `starting` → `following`: wait until the destination's node is our node's replica,
-//!    online, and its lag is small.
-//! 3. `switching`: hold the moving slots (their commands wait), wait until every command on
-//!    them already sent to our node is answered, read our node's replication offset, ask the
-//!    destination proxy to take over at that offset (`UMCTL TMPSWITCH`). Bounded by the
-//!    write pause; past it, the slots are released to our node and the switch tried again.
+//!    online, its lag small, and the destination proxy answers that it follows (`UMCTL READY`).
+//! 3. `switching`: ask the broker for the switch (report `switching`), wait until it is
+//!    allowed. Then each attempt: hold the moving slots (their commands wait), wait until every
+//!    command on them already sent to our node is answered, read our node's replication
+//!    offset, wait until the destination's node has processed it, promote that node
+//!    (`REPLICAOF NO ONE`), tell the destination proxy to serve (`UMCTL TMPSWITCH`). An attempt
+//!    that cannot reach the promotion within the write pause releases the slots to our node
+//!    and is tried again later, without end: the switch was allowed, so the migration finishes.
 //! 4. `switched`: the slots are redirected to the destination (held commands are forwarded
 //!    there). After the broker's commit, the garbage collector deletes our copies (`cleaning`),
 //!    then `done`.
 
-use super::node::{resolve, NodeConn, NodeError, ReplInfo};
+use super::node::{resolve, NodeConn, NodeError};
 use super::{Phase, Task};
 use crate::route::{Override, OverrideKind};
 use crate::state::Shared;
+use sluice_common::model::MigrationMeta;
 use sluice_common::resp::{Command, Frame, Limits};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -23,68 +30,106 @@ use std::time::{Duration, Instant};
 
 /// How often the replica's progress is looked at.
 const POLL: Duration = Duration::from_millis(50);
-/// How long the source may take to learn whether an earlier switch happened.
-const STANDING_TIMEOUT: Duration = Duration::from_secs(3);
+/// The longest wait between two switch attempts once the switch is allowed.
+const MAX_RETRY_GAP: Duration = Duration::from_secs(3);
 
 pub async fn run(shared: Arc<Shared>, task: Arc<Task>) {
     if let Err(e) = drive(&shared, &task).await {
-        // Whatever happened, the slots must not stay held.
-        if !matches!(task.phase(), Phase::Switched | Phase::Cleaning | Phase::Done) {
-            shared.set_override(&task.meta.id, None).await;
-        }
+        // `drive` ends with an error only before the switch was allowed: nothing was
+        // promoted, the slots stay here.
+        shared.set_override(&task.meta.id, None).await;
         task.fail(e);
+    }
+}
+
+/// A control connection to a node that is opened again after it broke.
+struct Conn<'a> {
+    shared: &'a Shared,
+    addr: String,
+    conn: Option<NodeConn>,
+}
+
+impl<'a> Conn<'a> {
+    fn new(shared: &'a Shared, addr: &str) -> Conn<'a> {
+        Conn { shared, addr: addr.to_string(), conn: None }
+    }
+
+    async fn get(&mut self) -> Result<&NodeConn, String> {
+        if self.conn.as_ref().is_none_or(NodeConn::is_closed) {
+            self.conn = Some(connect(self.shared, &self.addr).await?);
+        }
+        self.conn.as_ref().ok_or_else(|| "no connection".to_string())
+    }
+
+    /// Forgets the connection after an error, so the next call opens a new one.
+    fn reset(&mut self) {
+        self.conn = None;
     }
 }
 
 async fn drive(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), String> {
     let meta = &task.meta;
-    let node = connect(shared, &shared.opts.node).await?;
+    let mut node = Conn::new(shared, &shared.opts.node);
+    let mut dst = Conn::new(shared, &meta.dst_node);
     let dst_addrs = resolve(&meta.dst_node).await;
+    task.set_phase(Phase::Starting);
+
+    if task.switch_allowed() {
+        // An earlier run may have promoted the destination: until we know, the slots stay
+        // held (the destination may be serving them), however long that takes.
+        loop {
+            match dst_promoted(&mut node, &mut dst).await {
+                Ok(true) => {
+                    tracing::info!(migration = %meta.id, "the destination was promoted before: the switch had completed");
+                    return switched(shared, task).await;
+                }
+                Ok(false) => break,
+                Err(e) => {
+                    task.note_error(format!("cannot tell yet whether the destination was promoted: {e}"));
+                    tokio::time::sleep(POLL).await;
+                }
+            }
+        }
+    }
+    shared.set_override(&meta.id, None).await;
     // One replica, no reason to wait for more before streaming the snapshot (Redis waits
     // 5 s by default for others to join a diskless sync).
-    if let Err(e) = node.call(&["CONFIG", "SET", "repl-diskless-sync-delay", "0"]).await {
-        tracing::debug!(error = %e, "could not shorten the diskless sync delay");
-    }
-
-    task.set_phase(Phase::Starting);
-    let started = Instant::now();
-    loop {
-        match dst_promoted(shared, meta, &node).await {
-            Ok(true) => {
-                tracing::info!(migration = %meta.id, "the destination was promoted before: the switch had completed");
-                shared.set_override(&meta.id, Some(moved_to(task))).await;
-                task.set_phase(Phase::Switched);
-                return super::after_switch(shared, task).await;
-            }
-            Ok(false) => {
-                shared.set_override(&meta.id, None).await;
-                break;
-            }
-            Err(e) if started.elapsed() < STANDING_TIMEOUT => {
-                task.note_error(e);
-                tokio::time::sleep(POLL).await;
-            }
-            Err(e) => return Err(format!("cannot tell whether the destination node was promoted: {e}")),
+    if let Ok(n) = node.get().await {
+        if let Err(e) = n.call(&["CONFIG", "SET", "repl-diskless-sync-delay", "0"]).await {
+            tracing::debug!(error = %e, "could not shorten the diskless sync delay");
         }
     }
 
     let deadline = Instant::now() + Duration::from_secs(shared.opts.migration_timeout_secs);
     let min_follow = Duration::from_millis(shared.opts.min_follow_ms);
     let mut following_since: Option<Instant> = None;
-    let mut attempts = 0;
+    let mut failures = 0u32;
     loop {
         if task.is_gone() {
+            // Only possible before the switch was allowed: the broker ends nothing after.
             shared.set_override(&meta.id, None).await;
             task.set_phase(Phase::Aborted);
             return Ok(());
         }
-        if Instant::now() > deadline {
+        if !task.switch_allowed() && Instant::now() > deadline {
             return Err(format!(
                 "no switch within {} s (--migration-timeout-secs)",
                 shared.opts.migration_timeout_secs
             ));
         }
-        let info = node.replication().await.map_err(|e| e.to_string())?;
+        let info = match node.get().await {
+            Ok(n) => n.replication().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        let info = match info {
+            Ok(info) => info,
+            Err(e) => {
+                node.reset();
+                task.note_error(format!("cannot read our node's replication: {e}"));
+                tokio::time::sleep(POLL).await;
+                continue;
+            }
+        };
         let Some(replica) = info.replica_at(&dst_addrs) else {
             following_since = None;
             task.set_progress("replica", "not connected yet");
@@ -106,79 +151,153 @@ async fn drive(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), String> {
             tokio::time::sleep(POLL).await;
             continue;
         }
+        // The destination proxy must be there to serve once its node is promoted.
+        if let Err(e) = umctl(shared, meta, &["READY"], shared.opts.switch_pause()).await {
+            failures += 1;
+            task.set_progress("switch_attempts", failures);
+            task.note_error(format!("the destination is not ready to switch: {e}"));
+            if !task.switch_allowed() && failures >= shared.opts.switch_attempts {
+                return Err(format!("the destination was not ready to switch {failures} times; last: {e}"));
+            }
+            tokio::time::sleep(retry_gap(failures)).await;
+            continue;
+        }
+        if !task.switch_allowed() {
+            // Ask the broker (through the coordinator) and wait for its word.
+            task.set_phase(Phase::Switching);
+            if !task.wait_switch_allowed(Duration::from_secs(1)).await {
+                continue;
+            }
+            tracing::info!(migration = %meta.id, "the broker allows the switch");
+        }
+        task.set_phase(Phase::Switching);
         super::carry_scripts(shared, task).await;
-        match switch(shared, task, &node).await {
+        match switch(shared, task, &mut node, &mut dst).await {
             Ok(pause) => {
                 task.set_progress("pause_ms", pause.as_secs_f64() * 1000.0);
-                task.set_phase(Phase::Switched);
-                return super::after_switch(shared, task).await;
+                return switched(shared, task).await;
             }
             Err(e) => {
-                attempts += 1;
-                task.set_progress("switch_attempts", attempts);
-                task.note_error(format!("switch attempt {attempts} abandoned: {e}"));
-                tracing::warn!(migration = %meta.id, attempt = attempts, error = %e, "switch abandoned; the slots stay here");
-                if attempts >= shared.opts.switch_attempts {
-                    return Err(format!("{attempts} switch attempts failed; last: {e}"));
-                }
-                tokio::time::sleep(Duration::from_millis(200) * attempts).await;
+                failures += 1;
+                task.set_progress("switch_attempts", failures);
+                task.note_error(format!("switch attempt {failures} abandoned: {e}"));
+                tracing::warn!(migration = %meta.id, attempt = failures, error = %e, "switch abandoned; the slots stay here");
+                tokio::time::sleep(retry_gap(failures)).await;
             }
         }
     }
+}
+
+fn retry_gap(failures: u32) -> Duration {
+    (Duration::from_millis(200) * failures).min(MAX_RETRY_GAP)
+}
+
+/// The destination's node is promoted: redirect the slots there for good.
+async fn switched(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), String> {
+    shared.set_override(&task.meta.id, Some(moved_to(task))).await;
+    task.set_phase(Phase::Switched);
+    super::after_switch(shared, task).await
 }
 
 fn moved_to(task: &Task) -> Override {
     Override { slots: task.meta.slots.clone(), kind: OverrideKind::MovedTo(task.meta.dst_proxy.clone()) }
 }
 
-/// One queue-and-switch attempt; the pause it caused on success.
-async fn switch(shared: &Arc<Shared>, task: &Arc<Task>, node: &NodeConn) -> Result<Duration, String> {
+/// One queue-and-switch attempt; the pause it caused once the destination's node is
+/// promoted. `Err`: it was not promoted and the slots are served here again.
+async fn switch(
+    shared: &Arc<Shared>,
+    task: &Arc<Task>,
+    node: &mut Conn<'_>,
+    dst: &mut Conn<'_>,
+) -> Result<Duration, String> {
     let meta = &task.meta;
-    task.set_phase(Phase::Switching);
     let t0 = Instant::now();
     let budget = shared.opts.switch_pause();
     shared.set_override(&meta.id, Some(Override { slots: meta.slots.clone(), kind: OverrideKind::Hold })).await;
-
-    // Every command on a moving slot that reached our node before the hold must be answered
-    // before the offset is read: then the offset covers all of them.
-    if !wait_drained(shared, t0 + budget).await {
-        shared.set_override(&meta.id, None).await;
-        return Err(format!(
-            "{} commands on the moving slots still in flight after {budget:?}",
-            shared.inflight.load(Ordering::SeqCst)
-        ));
-    }
-    let offset = node.replication().await.map_err(|e| e.to_string())?.master_repl_offset;
-    let remaining = budget.saturating_sub(t0.elapsed()).max(Duration::from_millis(50));
-    match tmp_switch(shared, meta, offset, remaining).await {
+    match promote_destination(shared, task, node, dst, t0 + budget).await {
         Ok(()) => {
-            shared.set_override(&meta.id, Some(moved_to(task))).await;
+            // Best effort: the destination also finds its node promoted by itself.
+            let left = budget.saturating_sub(t0.elapsed()).max(Duration::from_millis(100));
+            if let Err(e) = umctl(shared, meta, &["TMPSWITCH", "0"], left).await {
+                task.note_error(format!(
+                    "the destination did not confirm the switch ({e}); it serves once it sees its node promoted"
+                ));
+            }
             Ok(t0.elapsed())
         }
         Err(e) => {
-            // The answer may have been lost after the destination switched: its node tells.
-            let until = Instant::now() + Duration::from_secs(5);
-            loop {
-                match dst_promoted(shared, meta, node).await {
-                    Ok(true) => {
-                        shared.set_override(&meta.id, Some(moved_to(task))).await;
-                        return Ok(t0.elapsed());
-                    }
-                    Ok(false) => {
-                        shared.set_override(&meta.id, None).await;
-                        return Err(e);
-                    }
-                    Err(check) if Instant::now() < until => {
-                        task.note_error(format!("switch answer lost ({e}); checking the destination: {check}"));
-                        tokio::time::sleep(POLL).await;
-                    }
-                    Err(check) => {
-                        // Cannot tell: serving here could split the slots' writes in two,
-                        // but holding forever stops the clients. Fail the migration.
-                        shared.set_override(&meta.id, None).await;
-                        return Err(format!("switch answer lost ({e}) and the destination cannot be checked: {check}"));
-                    }
-                }
+            shared.set_override(&meta.id, None).await;
+            Err(e)
+        }
+    }
+}
+
+/// Drains the moving slots, then promotes the destination's node once it has processed our
+/// node's offset. `Ok` once it is promoted; `Err` when it certainly is not.
+async fn promote_destination(
+    shared: &Shared,
+    task: &Task,
+    node: &mut Conn<'_>,
+    dst: &mut Conn<'_>,
+    deadline: Instant,
+) -> Result<(), String> {
+    // Every command on a moving slot that reached our node before the hold must be answered
+    // before the offset is read: then the offset covers all of them.
+    if !wait_drained(shared, deadline).await {
+        return Err(format!(
+            "{} commands on the moving slots still in flight after the write pause",
+            shared.inflight.load(Ordering::SeqCst)
+        ));
+    }
+    let offset = async { node.get().await?.replication().await.map_err(|e| e.to_string()) }.await;
+    let offset = offset.inspect_err(|_| node.reset())?.master_repl_offset;
+    // A fresh connection for the promotion, whose id lets us close it should its answer
+    // be lost.
+    dst.reset();
+    let conn = dst.get().await?;
+    let conn_id = conn.client_id().await.map_err(|e| e.to_string())?;
+    loop {
+        let info = conn.replication().await.map_err(|e| e.to_string())?;
+        if !info.is_synced_replica() {
+            return Err("the destination's node is not a synced replica any more".into());
+        }
+        if info.master_repl_offset >= offset {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "the destination's node processed offset {} of {offset} within the write pause",
+                info.master_repl_offset
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let promoted = conn.promote().await;
+    let Err(e) = promoted else {
+        tracing::info!(migration = %task.meta.id, offset, "promoted the destination's node");
+        return Ok(());
+    };
+    // The answer is lost or the node refused: close that connection (so the command cannot
+    // still run later), then look. Until we can tell, the slots stay held.
+    dst.reset();
+    loop {
+        let looked = async {
+            let conn = dst.get().await?;
+            conn.kill_client(conn_id).await.map_err(|e| e.to_string())?;
+            let theirs = conn.replication().await.map_err(|e| e.to_string())?;
+            let ours = node.get().await?.replication().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(theirs.promoted_from(&ours.master_replid))
+        }
+        .await;
+        match looked {
+            Ok(true) => return Ok(()),
+            Ok(false) => return Err(format!("promoting the destination's node failed: {e}")),
+            Err(check) => {
+                node.reset();
+                dst.reset();
+                task.note_error(format!("promoting the destination's node: {e}; cannot look yet: {check}"));
+                tokio::time::sleep(POLL).await;
             }
         }
     }
@@ -199,22 +318,14 @@ async fn wait_drained(shared: &Shared, deadline: Instant) -> bool {
     }
 }
 
-/// Asks the destination proxy to take the slots over once its node has processed `offset`.
-async fn tmp_switch(
-    shared: &Shared,
-    meta: &sluice_common::model::MigrationMeta,
-    offset: u64,
-    timeout: Duration,
-) -> Result<(), String> {
+/// `UMCTL <args…>` about this migration to the destination proxy: `READY` (does it follow?)
+/// or `TMPSWITCH` (its node is promoted: serve). The id and epoch follow the subcommand.
+async fn umctl(shared: &Shared, meta: &MigrationMeta, args: &[&str], timeout: Duration) -> Result<(), String> {
     let pool = shared.peer_pool(&meta.dst_proxy);
-    let cmd = Command::from_strs(&[
-        "UMCTL",
-        "TMPSWITCH",
-        meta.id.as_str(),
-        &meta.epoch.to_string(),
-        &offset.to_string(),
-        &timeout.as_millis().to_string(),
-    ]);
+    let epoch = meta.epoch.to_string();
+    let mut parts = vec!["UMCTL", args[0], meta.id.as_str(), epoch.as_str()];
+    parts.extend_from_slice(&args[1..]);
+    let cmd = Command::from_strs(&parts);
     let call = async {
         let backend = pool.get(Default::default(), 0).await.map_err(|e| e.to_string())?;
         let raw = backend.call(&cmd).await.map_err(|e| e.to_string())?;
@@ -227,25 +338,26 @@ async fn tmp_switch(
             Err(e) => Err(e.to_string()),
         }
     };
-    tokio::time::timeout(timeout + Duration::from_millis(100), call)
+    tokio::time::timeout(timeout, call)
         .await
         .unwrap_or_else(|_| Err(format!("no answer from {} within {timeout:?}", meta.dst_proxy)))
 }
 
 /// Whether the destination's node was promoted from being our node's replica: it is a master
-/// whose previous replication id is our node's. That survives a restart of either proxy.
-async fn dst_promoted(
-    shared: &Shared,
-    meta: &sluice_common::model::MigrationMeta,
-    node: &NodeConn,
-) -> Result<bool, String> {
-    let ours = node.replication().await.map_err(|e| e.to_string())?;
-    if ours.replica_at(&resolve(&meta.dst_node).await).is_some() {
-        return Ok(false);
+/// whose previous replication id is our node's. Asked only once the switch is allowed: the
+/// destination followed us in this migration then, and only we promote it.
+async fn dst_promoted(node: &mut Conn<'_>, dst: &mut Conn<'_>) -> Result<bool, String> {
+    let looked = async {
+        let ours = node.get().await?.replication().await.map_err(|e| e.to_string())?;
+        let theirs = dst.get().await?.replication().await.map_err(|e| e.to_string())?;
+        Ok(theirs.promoted_from(&ours.master_replid))
     }
-    let dst = connect(shared, &meta.dst_node).await?;
-    let theirs: ReplInfo = dst.replication().await.map_err(|e| e.to_string())?;
-    Ok(theirs.is_master() && !ours.master_replid.is_empty() && theirs.master_replid2 == ours.master_replid)
+    .await;
+    if looked.is_err() {
+        node.reset();
+        dst.reset();
+    }
+    looked
 }
 
 /// A control connection to a node (ours or a peer's), with the node password.
