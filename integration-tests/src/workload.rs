@@ -241,8 +241,10 @@ impl Shared {
         }
     }
 
+    /// Now on the workload's clock, and by the wall clock (UTC, to line up with the logs).
     fn at(&self) -> String {
-        format!("{:.3}s", self.started.elapsed().as_secs_f64())
+        let wall = humantime::format_rfc3339_millis(std::time::SystemTime::now());
+        format!("{:.3}s ({wall})", self.started.elapsed().as_secs_f64())
     }
 
     fn op(&self, kind: usize, latency: Duration) {

@@ -31,13 +31,14 @@
 //! `SLUICE_CHAOS_DIR` keeps every process's log, `SLUICE_CHAOS_ABORT_REPLICATION=0` leaves
 //! aborts of replication-mode migrations out.
 //!
-//! Known race this test finds (not fixed yet): the broker accepts an abort of a
-//! replication-mode migration while its record says `pending`, `starting` or `following`, but
-//! the record lags the proxies, which switch on their own: when the switch has already
-//! happened, the abort hands the slots back to the source without the writes the destination
-//! took since, and the destination keeps the copy it made ("migration left the config after
-//! the switch without a commit" in its log). Aborts of keys-mode migrations are refused by the
-//! broker in every phase (the same lag, fixed).
+//! What it found and what was fixed (each now covered by a test of its own where one could
+//! be written): an abort the broker accepted while its record lagged proxies that had
+//! already switched (the source now switches only once the broker has recorded `switching`,
+//! after which it refuses abort and fail); a new replication from the same source into a node
+//! that source had promoted in an earlier migration, taken for that earlier switch; keys-mode
+//! aborts (refused in every phase); two keys-mode migrations in opposite directions blocking
+//! both nodes on `MIGRATE` (cycles refused); a keys-mode source forwarding before the
+//! destination had the config; an empty `CLUSTER SLOTS` from unconfigured proxies.
 
 use anyhow::Result;
 use sluice_common::model::MigrationPhase;
@@ -59,11 +60,6 @@ fn chaos_duration() -> Duration {
     Duration::from_secs(secs)
 }
 
-// Ignored in CI until two replication-mode races it finds are fixed (see the open notes on
-// issues 5 and 8): an abort the broker accepts after the proxies already switched, and a new
-// migration from the same source to the same destination taken for an earlier, completed
-// switch. Run it with `--run-ignored all`.
-#[ignore = "finds lost writes from two known replication-mode races (abort after switch, repeated src/dst pair)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_migrations_and_faults_lose_no_acknowledged_write() -> Result<()> {
     let seed = seed_from_env();

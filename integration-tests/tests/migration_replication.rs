@@ -430,18 +430,7 @@ async fn abort_before_the_switch_stops_replication_and_empties_the_destination()
     assert!(epoch_after_abort > epoch_before_abort, "the abort bumped the epoch");
 
     // The destination stops replicating and its node is emptied of what it copied.
-    let dst_node = cluster.nodes[plan.dst_index].addr();
-    wait_for("the destination node to be a master again and empty", Duration::from_secs(30), || {
-        let dst_node = dst_node.clone();
-        async move {
-            let mut c = RespConn::connect(&dst_node).await?;
-            let info = c.call(&["INFO", "replication"]).await?;
-            let master = info.as_bytes().is_some_and(|b| String::from_utf8_lossy(b).contains("role:master"));
-            let keys = c.call(&["DBSIZE"]).await?;
-            Ok((master && keys == Frame::Integer(0)).then_some(()))
-        }
-    })
-    .await?;
+    wait_empty_master(&cluster.nodes[plan.dst_index].addr()).await?;
     let view = cluster.view().await?;
     check_slots_stayed(&view, &plan)?;
     check_every_slot_served(&cluster.urls(), "after-abort").await?;
@@ -452,6 +441,53 @@ async fn abort_before_the_switch_stops_replication_and_empties_the_destination()
     assert_eq!(v.mismatches, 0, "keys were lost:\n{v}");
     let members: Vec<String> = view.nodes.iter().map(|n| n.node.clone()).collect();
     assert_eq!(dbsize_sum(&cluster, &members).await?, v.live_keys as i64, "sum of DBSIZE over the cluster");
+    Ok(())
+}
+
+/// Waits until `node` is a master (replicates from nobody) and holds no key.
+async fn wait_empty_master(node: &str) -> Result<()> {
+    wait_for("the destination node to be a master again and empty", Duration::from_secs(30), || async move {
+        let mut c = RespConn::connect(node).await?;
+        let info = c.call(&["INFO", "replication"]).await?;
+        let master = info.as_bytes().is_some_and(|b| String::from_utf8_lossy(b).contains("role:master"));
+        let keys = c.call(&["DBSIZE"]).await?;
+        Ok((master && keys == Frame::Integer(0)).then_some(()))
+    })
+    .await
+}
+
+/// The destination proxy is down when the migration is aborted, so nobody stops its node
+/// replicating or deletes the copy; restarted, it is free and finds no migration in its
+/// config. It must still clean its node: otherwise the copy stays for good, counts twice,
+/// and every later replication into that proxy is refused (found by the 20-minute chaos run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_down_during_the_abort_cleans_its_node_once_back() -> Result<()> {
+    let spec = LocalSpec { proxy_args: vec!["--min-follow-ms".into(), "60000".into()], ..LocalSpec::default() };
+    let (mut cluster, plan) = start_cluster_with(spec).await?;
+    let mut workload = Workload::start(WorkloadConfig::new(KEYS), &cluster.urls()).await?;
+    wait_for_traffic(&workload, 500, Duration::from_secs(20)).await?;
+    let m = cluster.start_migration(&plan.src, &plan.dst, &[plan.slots], MigrationMode::Replication).await?;
+    let mut watch = cluster.watch_migration(&m.id);
+    watch.until("following", MIGRATION_DEADLINE, |m| m.phase >= MigrationPhase::Following).await?;
+    cluster.proxies[plan.dst_index].process().kill();
+    let aborted = cluster.abort_migration(&m.id).await?;
+    let aborted = aborted.map_err(|r| anyhow::anyhow!("the abort before the switch was refused: {r:?}"))?;
+    assert_eq!(aborted.phase, MigrationPhase::Aborted);
+    let dst_node = cluster.nodes[plan.dst_index].addr();
+    let copied = cluster.nodes[plan.dst_index].dbsize().await?;
+    eprintln!("the destination's node holds {copied} copied keys while its proxy is down");
+    cluster.restart_proxy(plan.dst_index).await?;
+    wait_empty_master(&dst_node).await?;
+
+    // And it takes a new replication import again.
+    let m = cluster.start_migration(&plan.src, &plan.dst, &[plan.slots], MigrationMode::Replication).await?;
+    let mut watch = cluster.watch_migration(&m.id);
+    let end = watch.until("following", MIGRATION_DEADLINE, |m| m.phase >= MigrationPhase::Following).await?;
+    assert!(!end.phase.is_final(), "the second import ended {:?}: {:?}", end.phase, end.error);
+    let report = workload.stop().await?;
+    assert_eq!(report.total_errors(), 0, "the client saw errors:\n{report}");
+    let v = workload.verify().await?;
+    assert_eq!(v.mismatches, 0, "keys were lost:\n{v}");
     Ok(())
 }
 

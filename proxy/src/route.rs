@@ -93,6 +93,17 @@ pub struct RouteTable {
     pub peers: Vec<Peer>,
     /// Index of this proxy in `peers`, when it is in a cluster.
     pub me: Option<usize>,
+    /// Out of a cluster: who served each slot when this proxy last was in one (see
+    /// [`RouteTable::keep_former_view`]).
+    former: Option<Arc<FormerView>>,
+}
+
+/// The owners of the slots as a proxy last saw them while it was a node of a cluster.
+#[derive(Debug)]
+struct FormerView {
+    /// An index into `peers`, or `NO_OWNER` (also for the slots this proxy served itself).
+    owners: Box<[u16]>,
+    peers: Vec<Peer>,
 }
 
 impl RouteTable {
@@ -106,6 +117,7 @@ impl RouteTable {
             pulls: Vec::new(),
             peers: Vec::new(),
             me: None,
+            former: None,
         }
     }
 
@@ -186,7 +198,32 @@ impl RouteTable {
                 }
             }
         }
-        Ok(RouteTable { config, owners, flags, pull_index, pulls, peers, me })
+        Ok(RouteTable { config, owners, flags, pull_index, pulls, peers, me, former: None })
+    }
+
+    /// Out of a cluster, a table remembers who served each slot when the proxy last was a
+    /// node (`previous` is the table it replaces), and answers `MOVED` there instead of
+    /// `CLUSTERDOWN`. A proxy that gave its last slots away leaves the cluster at the commit,
+    /// while clients may still hold a view from before it: a real Redis Cluster node that
+    /// lost its slots redirects them too, and cluster clients back off for seconds on
+    /// `CLUSTERDOWN` (redis-rs waits with growing pauses on the same node until its response
+    /// timeout) instead of refreshing their view. The remembered owner may be out of date by
+    /// then; it redirects again if so.
+    pub fn keep_former_view(mut self, previous: &RouteTable) -> RouteTable {
+        if self.me.is_some() {
+            return self;
+        }
+        self.former = match previous.me {
+            Some(me) => {
+                let mut owners = previous.owners.clone();
+                for o in owners.iter_mut().filter(|o| usize::from(**o) == me) {
+                    *o = NO_OWNER;
+                }
+                Some(Arc::new(FormerView { owners, peers: previous.peers.clone() }))
+            }
+            None => previous.former.clone(),
+        };
+        self
     }
 
     pub fn epoch(&self) -> Epoch {
@@ -199,7 +236,8 @@ impl RouteTable {
 
     /// Where to connect to the proxy known to clients as `proxy`, if it is in the table.
     pub fn peer_address(&self, proxy: &str) -> Option<&str> {
-        self.peers.iter().find(|p| p.proxy == proxy).map(|p| p.peer.as_str())
+        let former = self.former.iter().flat_map(|f| f.peers.iter());
+        self.peers.iter().chain(former).find(|p| p.proxy == proxy).map(|p| p.peer.as_str())
     }
 
     /// Where a client's command on `slot` goes.
@@ -224,11 +262,18 @@ impl RouteTable {
             return Route::Local;
         }
         match self.owners.get(s) {
-            Some(&o) if o == NO_OWNER => Route::Unserved,
+            Some(&o) if o == NO_OWNER => self.former_owner(s).map_or(Route::Unserved, Route::Peer),
             Some(&o) if Some(usize::from(o)) == self.me => Route::Local,
             Some(&o) => self.peers.get(usize::from(o)).map_or(Route::Unserved, Route::Peer),
             None => Route::Unserved,
         }
+    }
+
+    /// Who served slot index `s` when this proxy last was in a cluster, if it is in none now.
+    fn former_owner(&self, s: usize) -> Option<&Peer> {
+        let former = self.former.as_ref().filter(|_| self.me.is_none())?;
+        let o = *former.owners.get(s)?;
+        former.peers.get(usize::from(o))
     }
 
     /// Whether this proxy serves `slot` itself (held slots included: they stay here until the
@@ -328,6 +373,38 @@ mod tests {
         let e = RouteTable::empty("127.0.0.1:6001");
         assert_eq!(e.route(0), Route::Unserved);
         assert!(!e.is_foreign(0));
+    }
+
+    #[test]
+    fn out_of_its_cluster_a_proxy_redirects_to_the_owners_it_last_knew() {
+        // 6002 gave its slots to 6003 (override after the switch), then left at the commit.
+        let member = RouteTable::build(
+            three_node_config("127.0.0.1:6002", 3),
+            &[Override {
+                slots: vec![SlotRange::new(5461, 10922)],
+                kind: OverrideKind::MovedTo("127.0.0.1:6003".into()),
+            }],
+        )
+        .unwrap();
+        let free = Arc::new(ProxyConfig::free("127.0.0.1:6002", 4));
+        let t = RouteTable::build(free.clone(), &[]).unwrap().keep_former_view(&member);
+        assert!(matches!(t.route(0), Route::Peer(p) if p.proxy == "127.0.0.1:6001"));
+        assert!(matches!(t.route(6000), Route::Peer(p) if p.proxy == "127.0.0.1:6003"));
+        assert_eq!(t.peer_address("127.0.0.1:6003"), Some("127.0.0.1:6003"));
+        // Kept across later free configs, never used once in a cluster again.
+        let later = RouteTable::build(Arc::new(ProxyConfig::free("127.0.0.1:6002", 5)), &[]).unwrap();
+        let later = later.keep_former_view(&t);
+        assert!(matches!(later.route(16383), Route::Peer(p) if p.proxy == "127.0.0.1:6003"));
+        assert!(!later.is_foreign(0), "nothing is garbage by a former view");
+        let back = RouteTable::build(three_node_config("127.0.0.1:6002", 6), &[]).unwrap().keep_former_view(&later);
+        assert_eq!(back.route(6000), Route::Local);
+        // A proxy that never was in a cluster has nobody to redirect to.
+        let fresh = RouteTable::build(free, &[]).unwrap().keep_former_view(&RouteTable::empty("127.0.0.1:6002"));
+        assert_eq!(fresh.route(0), Route::Unserved);
+        // A slot the proxy itself served when it left (a hole since) is not redirected to itself.
+        let whole = RouteTable::build(three_node_config("127.0.0.1:6002", 3), &[]).unwrap();
+        let t = RouteTable::build(Arc::new(ProxyConfig::free("127.0.0.1:6002", 4)), &[]).unwrap();
+        assert_eq!(t.keep_former_view(&whole).route(6000), Route::Unserved);
     }
 
     #[test]

@@ -157,6 +157,9 @@ impl Shared {
         tracing::info!(from = held, to, "epoch changed");
         self.migrations.reconcile(self, &config);
         self.gc.wake();
+        if config.cluster.is_none() && config.migrations.is_empty() {
+            tokio::spawn(crate::migration::leftover::clean(self.clone()));
+        }
         Ok(Applied::Updated { from: held, to })
     }
 
@@ -181,7 +184,7 @@ impl Shared {
     fn build_table(&self, config: Arc<ProxyConfig>) -> Result<RouteTable, ModelError> {
         let overrides: Vec<Override> =
             self.overrides.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
-        RouteTable::build(config, &overrides)
+        Ok(RouteTable::build(config, &overrides)?.keep_former_view(&self.routes.load()))
     }
 
     fn store(&self, table: RouteTable) {

@@ -19,7 +19,7 @@ use crate::keyed::migrate_command;
 use crate::route::{Override, OverrideKind};
 use crate::state::Shared;
 use bytes::Bytes;
-use sluice_common::resp::{Command, Frame, Limits};
+use sluice_common::resp::Frame;
 use sluice_common::slot::{key_slot, SLOT_COUNT};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -107,29 +107,23 @@ pub async fn run_source(shared: Arc<Shared>, task: Arc<Task>) {
 /// are pulled), so holding the slots meanwhile costs no availability.
 async fn wait_for_destination(shared: &Arc<Shared>, task: &Arc<Task>) {
     let meta = &task.meta;
-    let cmd = Command::from_strs(&["UMCTL", "GETEPOCH"]);
-    let pool = shared.peer_pool(&meta.dst_proxy);
     loop {
         if task.is_gone() {
             return;
         }
         let epoch = async {
-            let backend = pool.get(Default::default(), 0).await.map_err(|e| e.to_string())?;
-            let raw = backend.call(&cmd).await.map_err(|e| e.to_string())?;
-            match sluice_common::resp::parse_frame(&raw, &Limits::SERVER) {
-                Ok((Frame::Integer(n), _)) => Ok(u64::try_from(n).unwrap_or(0)),
-                Ok((f, _)) => Err(format!("UMCTL GETEPOCH answered {f:?}")),
-                Err(e) => Err(e.to_string()),
+            match super::call_destination(shared, meta, &["GETEPOCH"], Duration::from_secs(1)).await? {
+                Frame::Integer(n) => Ok(u64::try_from(n).unwrap_or(0)),
+                f => Err(format!("UMCTL GETEPOCH answered {f:?}")),
             }
         };
-        match tokio::time::timeout(Duration::from_secs(1), epoch).await {
-            Ok(Ok(held)) if held >= meta.epoch => {
+        match epoch.await {
+            Ok(held) if held >= meta.epoch => {
                 task.set_progress("destination", "ready");
                 return;
             }
-            Ok(Ok(held)) => task.set_progress("destination", format!("at epoch {held}, waiting for {}", meta.epoch)),
-            Ok(Err(e)) => task.set_progress("destination", format!("not reachable: {e}")),
-            Err(_) => task.set_progress("destination", "does not answer"),
+            Ok(held) => task.set_progress("destination", format!("at epoch {held}, waiting for {}", meta.epoch)),
+            Err(e) => task.set_progress("destination", format!("not reachable: {e}")),
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -203,26 +197,9 @@ async fn switch(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<Duration, Stri
     let t0 = Instant::now();
     shared.set_override(&meta.id, Some(Override { slots: meta.slots.clone(), kind: OverrideKind::Hold })).await;
     let budget = shared.opts.switch_pause();
-    let cmd = Command::from_strs(&[
-        "UMCTL",
-        "TMPSWITCH",
-        meta.id.as_str(),
-        &meta.epoch.to_string(),
-        "0",
-        &budget.as_millis().to_string(),
-    ]);
-    let pool = shared.peer_pool(&meta.dst_proxy);
-    let call = async {
-        let backend = pool.get(Default::default(), 0).await.map_err(|e| e.to_string())?;
-        let raw = backend.call(&cmd).await.map_err(|e| e.to_string())?;
-        match sluice_common::resp::parse_frame(&raw, &Limits::SERVER) {
-            Ok((Frame::Simple(_), _)) => Ok(()),
-            Ok((f, _)) => Err(format!("the destination refused: {f:?}")),
-            Err(e) => Err(e.to_string()),
-        }
-    };
-    let result =
-        tokio::time::timeout(budget, call).await.unwrap_or_else(|_| Err(format!("no answer within {budget:?}")));
+    let epoch = meta.epoch.to_string();
+    let args = ["TMPSWITCH", meta.id.as_str(), epoch.as_str(), "0", &budget.as_millis().to_string()];
+    let result = super::call_destination(shared, meta, &args, budget).await.map(|_| ());
     match result {
         Ok(()) => {
             let to = Override { slots: meta.slots.clone(), kind: OverrideKind::MovedTo(meta.dst_proxy.clone()) };

@@ -9,6 +9,7 @@
 pub mod destination;
 pub mod gc;
 pub mod keys;
+pub mod leftover;
 pub mod node;
 pub mod source;
 
@@ -360,6 +361,37 @@ pub async fn after_switch(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), 
     task.set_phase(Phase::Committed);
     gc::clean(shared, task).await;
     Ok(())
+}
+
+/// Sends `UMCTL <args…>` to the migration's destination proxy (on the peer connection)
+/// and returns its answer; an error reply, a broken connection or no answer within
+/// `timeout` is an `Err` that says which.
+pub async fn call_destination(
+    shared: &Shared,
+    meta: &MigrationMeta,
+    args: &[&str],
+    timeout: Duration,
+) -> Result<sluice_common::resp::Frame, String> {
+    use sluice_common::resp::{parse_frame, Frame, Limits};
+    let mut parts = vec!["UMCTL"];
+    parts.extend_from_slice(args);
+    let cmd = Command::from_strs(&parts);
+    let pool = shared.peer_pool(&meta.dst_proxy);
+    let call = async {
+        let backend = pool.get(Default::default(), 0).await.map_err(|e| e.to_string())?;
+        let raw = backend.call(&cmd).await.map_err(|e| e.to_string())?;
+        match parse_frame(&raw, &Limits::SERVER) {
+            Ok((f, _)) if f.is_error() => Err(format!(
+                "the destination refused: {}",
+                f.as_bytes().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default()
+            )),
+            Ok((f, _)) => Ok::<Frame, String>(f),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    tokio::time::timeout(timeout, call)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer from {} within {timeout:?}", meta.dst_proxy)))
 }
 
 /// The phase names of the broker, for `Status`.

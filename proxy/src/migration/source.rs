@@ -23,7 +23,6 @@ use super::{Phase, Task};
 use crate::route::{Override, OverrideKind};
 use crate::state::Shared;
 use sluice_common::model::MigrationMeta;
-use sluice_common::resp::{Command, Frame, Limits};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -318,29 +317,13 @@ async fn wait_drained(shared: &Shared, deadline: Instant) -> bool {
     }
 }
 
-/// `UMCTL <args…>` about this migration to the destination proxy: `READY` (does it follow?)
-/// or `TMPSWITCH` (its node is promoted: serve). The id and epoch follow the subcommand.
+/// `UMCTL <sub> <id> <epoch> <rest…>` to the destination proxy: `READY` (does it follow?)
+/// or `TMPSWITCH` (its node is promoted: serve).
 async fn umctl(shared: &Shared, meta: &MigrationMeta, args: &[&str], timeout: Duration) -> Result<(), String> {
-    let pool = shared.peer_pool(&meta.dst_proxy);
     let epoch = meta.epoch.to_string();
-    let mut parts = vec!["UMCTL", args[0], meta.id.as_str(), epoch.as_str()];
+    let mut parts = vec![args[0], meta.id.as_str(), epoch.as_str()];
     parts.extend_from_slice(&args[1..]);
-    let cmd = Command::from_strs(&parts);
-    let call = async {
-        let backend = pool.get(Default::default(), 0).await.map_err(|e| e.to_string())?;
-        let raw = backend.call(&cmd).await.map_err(|e| e.to_string())?;
-        match sluice_common::resp::parse_frame(&raw, &Limits::SERVER) {
-            Ok((Frame::Simple(_), _)) => Ok(()),
-            Ok((f, _)) => Err(format!(
-                "the destination refused: {}",
-                f.as_bytes().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_else(|| format!("{f:?}"))
-            )),
-            Err(e) => Err(e.to_string()),
-        }
-    };
-    tokio::time::timeout(timeout, call)
-        .await
-        .unwrap_or_else(|_| Err(format!("no answer from {} within {timeout:?}", meta.dst_proxy)))
+    super::call_destination(shared, meta, &parts, timeout).await.map(|_| ())
 }
 
 /// Whether the destination's node was promoted from being our node's replica: it is a master
