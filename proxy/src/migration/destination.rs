@@ -162,7 +162,8 @@ fn here(task: &Task) -> Override {
 /// `UMCTL READY`: whether we follow the source (our node is its synced replica), so that we
 /// serve the slots once the source promotes our node.
 pub async fn ready(shared: &Shared, task: &Task) -> Result<(), String> {
-    if task.phase() != Phase::Following {
+    // The source may see the replica online before this task's next look: the node decides.
+    if !matches!(task.phase(), Phase::Starting | Phase::Following) {
         return Err(format!("migration {} is {:?} here, not following", task.meta.id, task.phase()));
     }
     let node = connect(shared, &shared.opts.node).await?;
