@@ -209,11 +209,17 @@ impl RouteTable {
     /// `CLUSTERDOWN` (redis-rs waits with growing pauses on the same node until its response
     /// timeout) instead of refreshing their view. The remembered owner may be out of date by
     /// then; it redirects again if so.
+    ///
+    /// Only a proxy that left by giving its slots away (its config still names the migration
+    /// it was the source of) remembers: one whose cluster was deleted answers `CLUSTERDOWN`,
+    /// as a reset Redis Cluster node does.
     pub fn keep_former_view(mut self, previous: &RouteTable) -> RouteTable {
         if self.me.is_some() {
             return self;
         }
+        let gave_slots_away = self.config.migrations.iter().any(|m| m.src_proxy == self.config.proxy);
         self.former = match previous.me {
+            Some(_) if !gave_slots_away => None,
             Some(me) => {
                 let mut owners = previous.owners.clone();
                 for o in owners.iter_mut().filter(|o| usize::from(**o) == me) {
@@ -340,7 +346,7 @@ impl RouteTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_common::model::{split_slots_evenly, NodeView, SlotAssignment};
+    use sluice_common::model::{split_slots_evenly, MigrationMeta, NodeView, SlotAssignment};
 
     pub fn three_node_config(me: &str, epoch: Epoch) -> Arc<ProxyConfig> {
         let nodes = split_slots_evenly(3)
@@ -386,8 +392,25 @@ mod tests {
             }],
         )
         .unwrap();
+        // Left because the cluster was deleted: nothing to redirect to.
         let free = Arc::new(ProxyConfig::free("127.0.0.1:6002", 4));
-        let t = RouteTable::build(free.clone(), &[]).unwrap().keep_former_view(&member);
+        let deleted = RouteTable::build(free.clone(), &[]).unwrap().keep_former_view(&member);
+        assert_eq!(deleted.route(0), Route::Unserved);
+        // Left by giving its slots away: the committed migration is still in its config.
+        let mut gave = ProxyConfig::free("127.0.0.1:6002", 4);
+        gave.migrations.push(MigrationMeta {
+            id: "m-1".into(),
+            epoch: 3,
+            cluster: "c".into(),
+            src_proxy: "127.0.0.1:6002".into(),
+            src_node: "127.0.0.1:7002".into(),
+            dst_proxy: "127.0.0.1:6003".into(),
+            dst_node: "127.0.0.1:7003".into(),
+            slots: vec![SlotRange::new(5461, 10922)],
+            mode: MigrationMode::Keys,
+            switch_allowed: false,
+        });
+        let t = RouteTable::build(Arc::new(gave), &[]).unwrap().keep_former_view(&member);
         assert!(matches!(t.route(0), Route::Peer(p) if p.proxy == "127.0.0.1:6001"));
         assert!(matches!(t.route(6000), Route::Peer(p) if p.proxy == "127.0.0.1:6003"));
         assert_eq!(t.peer_address("127.0.0.1:6003"), Some("127.0.0.1:6003"));
@@ -403,8 +426,9 @@ mod tests {
         assert_eq!(fresh.route(0), Route::Unserved);
         // A slot the proxy itself served when it left (a hole since) is not redirected to itself.
         let whole = RouteTable::build(three_node_config("127.0.0.1:6002", 3), &[]).unwrap();
-        let t = RouteTable::build(Arc::new(ProxyConfig::free("127.0.0.1:6002", 4)), &[]).unwrap();
-        assert_eq!(t.keep_former_view(&whole).route(6000), Route::Unserved);
+        let left = RouteTable::build(t.config.clone(), &[]).unwrap().keep_former_view(&whole);
+        assert_eq!(left.route(6000), Route::Unserved);
+        assert!(matches!(left.route(0), Route::Peer(p) if p.proxy == "127.0.0.1:6001"));
     }
 
     #[test]
