@@ -240,13 +240,14 @@ read_all "after the migration"
 say "keys per node (redis1-4): $(dbsizes)"
 
 # ---- the broker's epoch -------------------------------------------------------------------
-# docs/broker-api.md: creating the migration, its commit and its `done` each bump the epoch
-# by one, nothing else in between does.
+# docs/broker-api.md: creating the migration, `switching` (replication mode: it allows the
+# switch in the configs), its commit and its `done` each bump the epoch by one, nothing else
+# in between does.
 E1=$(wait_epochs)
-((E1 == E0 + 3)) || fail "broker epoch $E1 after the migration, expected $E0 + 3"
+((E1 == E0 + 4)) || fail "broker epoch $E1 after the migration, expected $E0 + 4"
 committed=$(py 'd.get("committed_epoch")' <<<"$rec")
-((committed == E0 + 2)) || fail "committed_epoch $committed, expected $((E0 + 2))"
-say "broker epoch $E0 -> $E1 (create, commit at $committed, done), held by every proxy"
+((committed == E0 + 3)) || fail "committed_epoch $committed, expected $((E0 + 3))"
+say "broker epoch $E0 -> $E1 (create, switching, commit at $committed, done), held by every proxy"
 
 # ---- the proxy owning slot 0 fails and comes back -----------------------------------------
 owner=$(get /clusters/local | py '[n["proxy"] for n in d["nodes"] if any(r["start"] == 0 for r in n["slots"])][0]')
