@@ -6,8 +6,8 @@ use crate::broker::BrokerClient;
 use crate::client::RespConn;
 use crate::local::LocalCluster;
 use crate::wait::wait_for;
-use crate::workload::{cluster_connection, key_in_slot};
-use anyhow::{anyhow, bail, Context, Result};
+use crate::workload::{cluster_connection, key_in_slot, Workload};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use futures::StreamExt;
 use redis::AsyncCommands;
 use sluice_common::api::{CreateMigration, Migration, MigrationList, ScalePlan, ScaleRequest};
@@ -173,6 +173,25 @@ impl LocalCluster {
     /// Addresses of every redis node started (spares included).
     pub fn node_addrs(&self) -> Vec<String> {
         self.nodes.iter().map(|n| n.addr()).collect()
+    }
+
+    /// Stops the writers and checks what a user would: no error and no wrong read while they
+    /// ran, every acknowledged write (and TTL) read back, the sum of DBSIZE over every node
+    /// equal to the live keys, every key on the node that owns its slot.
+    pub async fn check_nothing_lost_or_misplaced(&self, workload: &mut Workload) -> Result<()> {
+        let report = workload.stop().await?;
+        eprintln!("{report}");
+        ensure!(report.total_errors() == 0, "the client saw errors:\n{report}");
+        ensure!(report.wrong_reads == 0, "the client read wrong values:\n{report}");
+        let v = workload.verify().await?;
+        eprintln!("{v}");
+        ensure!(v.mismatches == 0, "acknowledged writes were lost:\n{v}");
+        ensure!(v.ttl_mismatches == 0, "TTLs are wrong:\n{v}");
+        let total = self.total_keys().await?;
+        ensure!(total == v.live_keys as i64, "sum of DBSIZE over all nodes {total}, live keys {}", v.live_keys);
+        let placement = self.check_keys_on_owners(&self.node_addrs()).await?;
+        ensure!(placement.misplaced == 0, "{placement}");
+        Ok(())
     }
 
     /// Reads every key of the redis nodes at `nodes` directly (`SCAN`) and checks that the

@@ -37,25 +37,7 @@ async fn a_range_moves_back_and_forth_between_nodes_that_hold_data() -> Result<(
         assert!(end.timestamps.following.is_none(), "keys mode skips following");
     }
     check_every_slot_served(&cluster.urls(), "after-keys").await?;
-    check_nothing_lost_or_misplaced(&cluster, &mut workload).await
-}
-
-/// Stops the writers and checks what a user would: no error and no wrong read while they ran,
-/// every acknowledged write (and TTL) read back, the sum of DBSIZE equal to the live keys,
-/// every key on the node that owns its slot.
-async fn check_nothing_lost_or_misplaced(cluster: &LocalCluster, workload: &mut Workload) -> Result<()> {
-    let report = workload.stop().await?;
-    eprintln!("{report}");
-    assert_eq!(report.total_errors(), 0, "the client saw errors:\n{report}");
-    assert_eq!(report.wrong_reads, 0, "the client read wrong values:\n{report}");
-    let v = workload.verify().await?;
-    eprintln!("{v}");
-    assert_eq!(v.mismatches, 0, "acknowledged writes were lost:\n{v}");
-    assert_eq!(v.ttl_mismatches, 0, "TTLs are wrong:\n{v}");
-    assert_eq!(cluster.total_keys().await?, v.live_keys as i64, "sum of DBSIZE over all nodes");
-    let placement = cluster.check_keys_on_owners(&cluster.node_addrs()).await?;
-    assert_eq!(placement.misplaced, 0, "{placement}");
-    Ok(())
+    cluster.check_nothing_lost_or_misplaced(&mut workload).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -208,5 +190,5 @@ async fn a_cluster_with_data_grows_shrinks_and_rebalances_under_writers() -> Res
     eprintln!("every slot is served");
     // The three proxies the writers started with are free now: read back through the nodes.
     workload.set_urls(&urls);
-    check_nothing_lost_or_misplaced(&cluster, &mut workload).await
+    cluster.check_nothing_lost_or_misplaced(&mut workload).await
 }

@@ -552,17 +552,7 @@ async fn a_second_replication_into_a_node_the_same_source_promoted_before_copies
         assert_eq!(end.phase, MigrationPhase::Done, "{mode:?} {from} -> {to} ended {:?}: {:?}", end.phase, end.error);
         wait_for_traffic(&workload, 500, Duration::from_secs(30)).await?;
     }
-    let report = workload.stop().await?;
-    eprintln!("{report}");
-    assert_eq!(report.total_errors(), 0, "the client saw errors:\n{report}");
-    assert_eq!(report.wrong_reads, 0, "the client read wrong values:\n{report}");
-    let v = workload.verify().await?;
-    eprintln!("{v}");
-    assert_eq!(v.mismatches, 0, "acknowledged writes are lost or wrong:\n{v}");
-    let all = cluster.node_addrs();
-    assert_eq!(dbsize_sum(&cluster, &all).await?, v.live_keys as i64, "sum of DBSIZE over all nodes = live keys");
-    let placement = cluster.check_keys_on_owners(&all).await?;
-    assert_eq!(placement.misplaced, 0, "{placement}");
+    cluster.check_nothing_lost_or_misplaced(&mut workload).await?;
     check_slots_moved(&cluster.view().await?, &plan)?;
     Ok(())
 }

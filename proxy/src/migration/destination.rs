@@ -11,7 +11,7 @@
 //! before the switch, the node stops replicating and everything it copied is deleted.
 
 use super::node::{NodeConn, ReplInfo};
-use super::source::connect;
+use super::source::{connect, Conn};
 use super::{Phase, Task};
 use crate::route::{Override, OverrideKind};
 use crate::state::Shared;
@@ -53,7 +53,7 @@ async fn promoted_by_source(shared: &Shared, task: &Task, info: &ReplInfo) -> Re
 /// `copying` becomes true once the node replicates from the source (or is found doing so).
 async fn drive(shared: &Arc<Shared>, task: &Arc<Task>, copying: &mut bool) -> Result<(), String> {
     task.set_phase(Phase::Starting);
-    let mut node: Option<NodeConn> = None;
+    let mut node = Conn::new(shared, &shared.opts.node);
     loop {
         if task.is_gone() {
             if *copying {
@@ -65,23 +65,10 @@ async fn drive(shared: &Arc<Shared>, task: &Arc<Task>, copying: &mut bool) -> Re
         if task.phase() == Phase::Switched {
             return super::after_switch(shared, task).await;
         }
-        if node.as_ref().is_none_or(NodeConn::is_closed) {
-            node = None;
-            match connect(shared, &shared.opts.node).await {
-                Ok(n) => node = Some(n),
-                Err(e) => {
-                    task.note_error(format!("cannot reach our node: {e}"));
-                    tokio::time::sleep(POLL).await;
-                    continue;
-                }
-            }
-        }
-        let Some(conn) = node.as_ref() else { continue };
-        let info = match conn.replication().await {
+        let info = match node.replication().await {
             Ok(info) => info,
             Err(e) => {
                 task.note_error(format!("cannot read our node's replication: {e}"));
-                node = None;
                 tokio::time::sleep(POLL).await;
                 continue;
             }
@@ -112,7 +99,7 @@ async fn drive(shared: &Arc<Shared>, task: &Arc<Task>, copying: &mut bool) -> Re
             }
             // Not copying yet (or our node restarted, empty, after the switch was allowed:
             // the migration must finish, so copy again).
-            start_replicating(shared, task, conn).await?;
+            start_replicating(shared, task, node.get().await?).await?;
             *copying = true;
         }
         tokio::select! {

@@ -18,7 +18,7 @@
 //!    there). After the broker's commit, the garbage collector deletes our copies (`cleaning`),
 //!    then `done`.
 
-use super::node::{resolve, NodeConn, NodeError};
+use super::node::{resolve, NodeConn, NodeError, ReplInfo};
 use super::{Phase, Task};
 use crate::route::{Override, OverrideKind};
 use crate::state::Shared;
@@ -41,19 +41,20 @@ pub async fn run(shared: Arc<Shared>, task: Arc<Task>) {
     }
 }
 
-/// A control connection to a node that is opened again after it broke.
-struct Conn<'a> {
+/// A control connection to a node that is opened again after it broke (both replication
+/// tasks keep one to their own node, the source one to the destination's too).
+pub(super) struct Conn<'a> {
     shared: &'a Shared,
     addr: String,
     conn: Option<NodeConn>,
 }
 
 impl<'a> Conn<'a> {
-    fn new(shared: &'a Shared, addr: &str) -> Conn<'a> {
+    pub(super) fn new(shared: &'a Shared, addr: &str) -> Conn<'a> {
         Conn { shared, addr: addr.to_string(), conn: None }
     }
 
-    async fn get(&mut self) -> Result<&NodeConn, String> {
+    pub(super) async fn get(&mut self) -> Result<&NodeConn, String> {
         if self.conn.as_ref().is_none_or(NodeConn::is_closed) {
             self.conn = Some(connect(self.shared, &self.addr).await?);
         }
@@ -61,8 +62,20 @@ impl<'a> Conn<'a> {
     }
 
     /// Forgets the connection after an error, so the next call opens a new one.
-    fn reset(&mut self) {
+    pub(super) fn reset(&mut self) {
         self.conn = None;
+    }
+
+    /// `INFO replication` of the node; after an error the next call opens a new connection.
+    pub(super) async fn replication(&mut self) -> Result<ReplInfo, String> {
+        let info = match self.get().await {
+            Ok(conn) => conn.replication().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        if info.is_err() {
+            self.reset();
+        }
+        info
     }
 }
 
@@ -116,14 +129,9 @@ async fn drive(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), String> {
                 shared.opts.migration_timeout_secs
             ));
         }
-        let info = match node.get().await {
-            Ok(n) => n.replication().await.map_err(|e| e.to_string()),
-            Err(e) => Err(e),
-        };
-        let info = match info {
+        let info = match node.replication().await {
             Ok(info) => info,
             Err(e) => {
-                node.reset();
                 task.note_error(format!("cannot read our node's replication: {e}"));
                 tokio::time::sleep(POLL).await;
                 continue;
@@ -249,8 +257,7 @@ async fn promote_destination(
             shared.inflight.load(Ordering::SeqCst)
         ));
     }
-    let offset = async { node.get().await?.replication().await.map_err(|e| e.to_string()) }.await;
-    let offset = offset.inspect_err(|_| node.reset())?.master_repl_offset;
+    let offset = node.replication().await?.master_repl_offset;
     // A fresh connection for the promotion, whose id lets us close it should its answer
     // be lost.
     dst.reset();
@@ -285,7 +292,7 @@ async fn promote_destination(
             let conn = dst.get().await?;
             conn.kill_client(conn_id).await.map_err(|e| e.to_string())?;
             let theirs = conn.replication().await.map_err(|e| e.to_string())?;
-            let ours = node.get().await?.replication().await.map_err(|e| e.to_string())?;
+            let ours = node.replication().await?;
             Ok::<_, String>(theirs.promoted_from(&ours.master_replid))
         }
         .await;
@@ -293,7 +300,6 @@ async fn promote_destination(
             Ok(true) => return Ok(()),
             Ok(false) => return Err(format!("promoting the destination's node failed: {e}")),
             Err(check) => {
-                node.reset();
                 dst.reset();
                 task.note_error(format!("promoting the destination's node: {e}; cannot look yet: {check}"));
                 tokio::time::sleep(POLL).await;
@@ -330,17 +336,9 @@ async fn umctl(shared: &Shared, meta: &MigrationMeta, args: &[&str], timeout: Du
 /// whose previous replication id is our node's. Asked only once the switch is allowed: the
 /// destination followed us in this migration then, and only we promote it.
 async fn dst_promoted(node: &mut Conn<'_>, dst: &mut Conn<'_>) -> Result<bool, String> {
-    let looked = async {
-        let ours = node.get().await?.replication().await.map_err(|e| e.to_string())?;
-        let theirs = dst.get().await?.replication().await.map_err(|e| e.to_string())?;
-        Ok(theirs.promoted_from(&ours.master_replid))
-    }
-    .await;
-    if looked.is_err() {
-        node.reset();
-        dst.reset();
-    }
-    looked
+    let ours = node.replication().await?;
+    let theirs = dst.replication().await?;
+    Ok(theirs.promoted_from(&ours.master_replid))
 }
 
 /// A control connection to a node (ours or a peer's), with the node password.
