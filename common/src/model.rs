@@ -251,6 +251,8 @@ pub enum ModelError {
     DuplicateProxy(String),
     #[error("proxy {0} is not a node of the cluster")]
     NotInCluster(String),
+    #[error("more migrations than slots")]
+    TooManyMigrations,
 }
 
 impl ClusterView {

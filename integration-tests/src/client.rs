@@ -33,6 +33,20 @@ impl RespConn {
         self.read_reply().await
     }
 
+    /// Sends every command in one write (a pipeline), then reads one reply per command.
+    pub async fn pipeline<A: AsRef<[u8]>>(&mut self, commands: &[Vec<A>]) -> Result<Vec<Frame>> {
+        let mut out = BytesMut::new();
+        for args in commands {
+            encode_command(args, &mut out);
+        }
+        self.stream.write_all(&out).await?;
+        let mut replies = Vec::with_capacity(commands.len());
+        for _ in commands {
+            replies.push(self.read_reply().await?);
+        }
+        Ok(replies)
+    }
+
     pub async fn read_reply(&mut self) -> Result<Frame> {
         loop {
             if let Some(raw) = self.codec.decode(&mut self.buf)? {

@@ -7,6 +7,7 @@ pub mod broker;
 pub mod chaos;
 pub mod client;
 pub mod cluster;
+pub mod differential;
 pub mod local;
 pub mod migration;
 pub mod ports;

@@ -39,6 +39,11 @@ pub fn clients_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("python").join("clients.py")
 }
 
+/// Runs pipelines through redis-py's cluster client and a plain one (`tests/pipeline_order.rs`).
+pub fn pipelines_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("python").join("pipelines.py")
+}
+
 /// A virtualenv with [`REQUIREMENTS`] installed.
 #[derive(Debug, Clone)]
 pub struct PythonEnv {

@@ -73,6 +73,21 @@ pub struct ConnectOptions {
 pub struct Backend {
     tx: mpsc::UnboundedSender<Request>,
     addr: Arc<str>,
+    id: ConnId,
+}
+
+/// Which connection a request travels on, unique for the life of the process. A session
+/// compares it with the connection its earlier commands took (see `session::Session::send`):
+/// a node answers one connection in order, but two connections in no defined order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnId(u64);
+
+impl ConnId {
+    /// A fresh id, also for work that opens a connection of its own.
+    pub fn next() -> ConnId {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        ConnId(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
 }
 
 impl Backend {
@@ -119,11 +134,15 @@ impl Backend {
         let stop = CancellationToken::new();
         tokio::spawn(write_loop(rx, wr, pending_tx, stop.clone()));
         tokio::spawn(read_loop(reader, pending_rx, stop, addr.clone()));
-        Ok(Backend { tx, addr })
+        Ok(Backend { tx, addr, id: ConnId::next() })
     }
 
     pub fn addr(&self) -> &Arc<str> {
         &self.addr
+    }
+
+    pub fn id(&self) -> ConnId {
+        self.id
     }
 
     pub fn is_closed(&self) -> bool {

@@ -1,7 +1,7 @@
 //! `INFO`: the node's own report, adjusted so clients see a cluster node, plus a `# Sluice`
 //! section with the proxy's state.
 
-use crate::session::{error_bytes, Flow, Lane, Pending, Session};
+use crate::session::{error_bytes, Flow, Lane, Pending, Session, To};
 use crate::state::Shared;
 use bytes::Bytes;
 use sluice_common::resp::{parse_frame, Command, Frame, Limits};
@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 pub async fn handle(s: &mut Session, cmd: Command) -> Flow {
-    let rx = match s.node_request(Lane::Shared, cmd.raw().clone()).await {
+    let rx = match s.send(&To::Node(Lane::Shared), cmd.raw().clone()).await {
         Ok(rx) => rx,
         Err(e) => return s.reply(e.to_frame()).await,
     };

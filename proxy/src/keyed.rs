@@ -9,7 +9,7 @@
 use crate::command::{self, flags, CommandSpec, KeyPositions};
 use crate::multikey::{self, MergeKind};
 use crate::route::{Peer, PullTarget, Route, RouteTable};
-use crate::session::{error_bytes, is_blocking, Flow, Lane, Pending, Session};
+use crate::session::{error_bytes, is_blocking, Flow, Lane, Pending, Session, To};
 use crate::state::Shared;
 use bytes::Bytes;
 use sluice_common::resp::{parse_frame, Command, Frame, Limits};
@@ -244,7 +244,7 @@ pub async fn pull(s: &mut Session, target: &PullTarget, keys: &[Bytes]) -> Resul
         return Ok(());
     }
     let cmd = migrate_command(&s.shared, &target.node, keys);
-    let rx = s.node_request(Lane::Shared, cmd.raw().clone()).await.map_err(|e| e.to_frame())?;
+    let rx = s.send(&To::Node(Lane::Shared), cmd.raw().clone()).await.map_err(|e| e.to_frame())?;
     let raw = match rx.await {
         Ok(Ok(raw)) => raw,
         Ok(Err(e)) => return Err(e.to_frame()),
@@ -367,15 +367,15 @@ async fn split(
                     // The table changed under us: the client retries on the answer.
                     return s.reply(Frame::error("TRYAGAIN sluice: slots are being switched")).await;
                 }
-                s.node_request(Lane::Shared, sub.raw().clone()).await
+                s.send(&To::Node(Lane::Shared), sub.raw().clone()).await
             }
-            Dest::Peer(p) => peer_request(s, &p.proxy, sub.raw().clone(), false).await,
+            Dest::Peer(p) => s.send(&To::peer(&s.shared, &p.proxy, false), sub.raw().clone()).await,
             Dest::Pull(t) => {
                 let key_args: Vec<Bytes> = positions.iter().map(|&i| cmd.args()[i].clone()).collect();
                 if let Err(e) = pull(s, &t, &key_args).await {
                     return s.reply(e).await;
                 }
-                peer_request(s, &t.proxy, sub.raw().clone(), false).await
+                s.send(&To::peer(&s.shared, &t.proxy, false), sub.raw().clone()).await
             }
         };
         match rx {
@@ -399,30 +399,9 @@ async fn split(
     s.push(Pending::Future(Box::pin(fut))).await
 }
 
-/// Sends a command to another proxy. A blocking command gets a connection of its own (kept
-/// by the session), so it cannot hold up what other clients forward to that proxy.
-pub async fn peer_request(
-    s: &mut Session,
-    proxy: &str,
-    data: Bytes,
-    blocking: bool,
-) -> Result<tokio::sync::oneshot::Receiver<crate::backend::ReplyResult>, crate::backend::BackendError> {
-    let pool = s.shared.peer_pool(proxy);
-    let mut data = data;
-    for _ in 0..2 {
-        let backend = if blocking { s.private_peer(&pool).await? } else { pool.get(s.protocol, s.id).await? };
-        match backend.send(data) {
-            Ok(rx) => return Ok(rx),
-            Err(back) => data = back,
-        }
-    }
-    Err(crate::backend::BackendError::Lost { addr: proxy.into() })
-}
-
 /// Forwards a whole command to the proxy that serves its slot and relays the answer.
 async fn forward(s: &mut Session, proxy: &str, data: Bytes, blocking: bool) -> Flow {
-    s.flush().await;
-    match peer_request(s, proxy, data, blocking).await {
+    match s.send(&To::peer(&s.shared, proxy, blocking), data).await {
         Ok(rx) => s.push(Pending::Reply(rx)).await,
         Err(e) => s.reply(e.to_frame()).await,
     }
@@ -435,7 +414,7 @@ pub async fn dbsize(s: &mut Session, cmd: Command) -> Flow {
     if s.shared.routes().config.migrations.is_empty() {
         return s.send_to_node(Lane::Shared, cmd.raw().clone()).await;
     }
-    s.flush().await;
+    s.own_connection().await;
     let shared = s.shared.clone();
     let protocol = s.protocol;
     let fut = async move {
@@ -466,7 +445,7 @@ async fn count_served_keys(shared: &Arc<Shared>) -> Result<i64, String> {
 /// `SCAN` and `KEYS`: run on the node, then drop every key of a slot this proxy does not
 /// serve (keys a migration left behind stay invisible).
 pub async fn scan(s: &mut Session, cmd: Command, spec: &'static CommandSpec) -> Flow {
-    let rx = match s.node_request(Lane::Shared, cmd.raw().clone()).await {
+    let rx = match s.send(&To::Node(Lane::Shared), cmd.raw().clone()).await {
         Ok(rx) => rx,
         Err(e) => return s.reply(e.to_frame()).await,
     };

@@ -10,6 +10,7 @@ use sluice_common::slot::SLOT_COUNT;
 use std::sync::Arc;
 
 const NO_OWNER: u16 = u16::MAX;
+const NO_PULL: u16 = u16::MAX;
 
 /// A slot this proxy serves that a migration is moving away: commands on it are counted
 /// while in flight, so a switch can wait for them.
@@ -87,8 +88,8 @@ pub struct RouteTable {
     owners: Box<[u16]>,
     /// `MIGRATING` / `HELD` / `IMPORTING` / `PULLING` / `IMPORTING_KEYS` per slot.
     flags: Box<[u8]>,
-    /// For `PULLING` slots: an index into `pulls`.
-    pull_index: Box<[u8]>,
+    /// For `PULLING` slots: an index into `pulls` (one entry per migration), else `NO_PULL`.
+    pull_index: Box<[u16]>,
     pub pulls: Vec<PullTarget>,
     pub peers: Vec<Peer>,
     /// Index of this proxy in `peers`, when it is in a cluster.
@@ -113,7 +114,7 @@ impl RouteTable {
             config: Arc::new(ProxyConfig::free(me, 0)),
             owners: vec![NO_OWNER; usize::from(SLOT_COUNT)].into_boxed_slice(),
             flags: vec![0; usize::from(SLOT_COUNT)].into_boxed_slice(),
-            pull_index: vec![u8::MAX; usize::from(SLOT_COUNT)].into_boxed_slice(),
+            pull_index: vec![NO_PULL; usize::from(SLOT_COUNT)].into_boxed_slice(),
             pulls: Vec::new(),
             peers: Vec::new(),
             me: None,
@@ -126,7 +127,7 @@ impl RouteTable {
         config.validate()?;
         let mut owners = vec![NO_OWNER; usize::from(SLOT_COUNT)].into_boxed_slice();
         let mut flags = vec![0u8; usize::from(SLOT_COUNT)].into_boxed_slice();
-        let mut pull_index = vec![u8::MAX; usize::from(SLOT_COUNT)].into_boxed_slice();
+        let mut pull_index = vec![NO_PULL; usize::from(SLOT_COUNT)].into_boxed_slice();
         let mut pulls = Vec::new();
         let mut peers = Vec::new();
         let mut me = None;
@@ -154,15 +155,22 @@ impl RouteTable {
                     let keys_mode = keys_mode.filter(|m| m.mode == MigrationMode::Keys);
                     let flag = match (a.tag, keys_mode) {
                         (Some(SlotTag::Migrating), Some(m)) => {
-                            if pulls.len() < usize::from(u8::MAX) {
-                                pulls.push(PullTarget {
-                                    migration: m.id.clone(),
-                                    proxy: m.dst_proxy.clone(),
-                                    node: m.dst_node.clone(),
-                                });
-                            }
+                            let index = match pulls.iter().position(|p: &PullTarget| p.migration == m.id) {
+                                Some(i) => i,
+                                None => {
+                                    pulls.push(PullTarget {
+                                        migration: m.id.clone(),
+                                        proxy: m.dst_proxy.clone(),
+                                        node: m.dst_node.clone(),
+                                    });
+                                    pulls.len() - 1
+                                }
+                            };
+                            // At most one entry per migration, and a migration has at least one
+                            // of the 16384 slots: the index always fits below `NO_PULL`.
+                            let index = u16::try_from(index).map_err(|_| ModelError::TooManyMigrations)?;
                             for slot in a.range().slots() {
-                                pull_index[usize::from(slot)] = (pulls.len() - 1) as u8;
+                                pull_index[usize::from(slot)] = index;
                             }
                             MIGRATING | PULLING
                         }
@@ -448,5 +456,79 @@ mod tests {
         let t = RouteTable::build(config, &[here]).unwrap();
         assert_eq!(t.route(5), Route::Local);
         assert!(!t.is_foreign(5));
+    }
+
+    /// A keys-mode source with many migrations at once (here 600, one slot each, to two
+    /// destinations, plus one migration of 300 separate ranges): each slot pulls to its
+    /// own migration's destination. A table of at most 255 targets once sent the 256th
+    /// and later ones to entry 254.
+    #[test]
+    fn every_migrating_slot_pulls_to_its_own_migrations_destination() {
+        let mut config = (*three_node_config("127.0.0.1:6002", 3)).clone();
+        let cluster = config.cluster.as_mut().expect("three nodes");
+        let src = &mut cluster.nodes[1];
+        let first = src.slots[0].start;
+        let mut assignments = Vec::new();
+        let dst = |i: u16| if i.is_multiple_of(2) { 0 } else { 2 };
+        for i in 0..600u16 {
+            let id = format!("m-{i}");
+            assignments.push(SlotAssignment {
+                start: first + i,
+                end: first + i,
+                tag: Some(SlotTag::Migrating),
+                migration: Some(id.clone()),
+            });
+            config.migrations.push(keys_migration(&id, dst(i), vec![SlotRange::new(first + i, first + i)]));
+        }
+        let many: Vec<SlotRange> =
+            (0..300u16).map(|j| SlotRange::new(first + 600 + 2 * j, first + 600 + 2 * j)).collect();
+        for r in &many {
+            assignments.push(SlotAssignment {
+                start: r.start,
+                end: r.end,
+                tag: Some(SlotTag::Migrating),
+                migration: Some("m-many".into()),
+            });
+        }
+        config.migrations.push(keys_migration("m-many", 2, many.clone()));
+        let last = src.slots[0].end;
+        let taken: std::collections::HashSet<u16> = assignments.iter().map(|a| a.start).collect();
+        for slot in first..=last {
+            if !taken.contains(&slot) {
+                assignments.push(SlotAssignment::plain(SlotRange::new(slot, slot)));
+            }
+        }
+        src.slots = assignments;
+        let t = RouteTable::build(Arc::new(config), &[]).unwrap();
+        for i in 0..600u16 {
+            let dst_proxy = format!("127.0.0.1:600{}", dst(i) + 1);
+            match t.route(first + i) {
+                Route::Pull(p) => {
+                    assert_eq!(p.migration, format!("m-{i}"));
+                    assert_eq!(p.proxy, dst_proxy);
+                }
+                other => panic!("slot {} routes to {other:?}", first + i),
+            }
+        }
+        for r in &many {
+            assert!(matches!(t.route(r.start), Route::Pull(p) if p.migration == "m-many"));
+            assert_eq!(t.route(r.start + 1), Route::Local);
+        }
+        assert_eq!(t.pulls.len(), 601, "one pull target per migration");
+    }
+
+    fn keys_migration(id: &str, dst: usize, slots: Vec<SlotRange>) -> MigrationMeta {
+        MigrationMeta {
+            id: id.into(),
+            epoch: 3,
+            cluster: "c".into(),
+            src_proxy: "127.0.0.1:6002".into(),
+            src_node: "127.0.0.1:7002".into(),
+            dst_proxy: format!("127.0.0.1:600{}", dst + 1),
+            dst_node: format!("127.0.0.1:700{}", dst + 1),
+            slots,
+            mode: MigrationMode::Keys,
+            switch_allowed: false,
+        }
     }
 }

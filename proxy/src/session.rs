@@ -6,11 +6,17 @@
 //! That is how a pipeline keeps its order while its commands are in flight together.
 //!
 //! Commands normally share the proxy's pooled connection to the node ("shared lane").
-//! Blocking commands and `WATCH` need a connection of their own ("private lane"). Before a
-//! session switches lanes it waits until every reply it has queued is in, so the node still
-//! sees the session's commands in the order the client sent them.
+//! Blocking commands and `WATCH` need a connection of their own ("private lane"); commands
+//! for other proxies travel on connections to them.
+//!
+//! **Ordering.** Every command of a session reaches a backend through [`Session::send`] (or
+//! the batch, which is sent through it too), and that is where the order of a pipeline is
+//! kept: commands batched earlier are sent first, and a command for a different connection
+//! than the one the session's previous commands took waits until every reply queued so far
+//! is in (a *barrier*). A node answers one connection in order but reads two connections in
+//! no defined order, so "sent earlier" is only enough on the same connection.
 
-use crate::backend::{Backend, BackendError, ReplyResult};
+use crate::backend::{Backend, BackendError, BackendPool, ConnId, ReplyResult};
 use crate::command::{self, flags, CommandSpec};
 use crate::state::Shared;
 use crate::{cluster, connection, info, keyed, transaction, umctl};
@@ -76,6 +82,22 @@ pub enum Lane {
     Private,
 }
 
+/// Where a command of a session goes.
+pub enum To {
+    /// This proxy's node.
+    Node(Lane),
+    /// Another proxy; `blocking` takes a connection of the session's own, so a blocking
+    /// command cannot hold up what other clients forward there.
+    Peer { pool: Arc<BackendPool>, blocking: bool },
+}
+
+impl To {
+    /// The proxy known to clients as `proxy`.
+    pub fn peer(shared: &Shared, proxy: &str, blocking: bool) -> To {
+        To::Peer { pool: shared.peer_pool(proxy), blocking }
+    }
+}
+
 /// Most commands read ahead while waiting at a lane switch (to notice a client that leaves).
 const MAX_BACKLOG: usize = 1024;
 
@@ -100,7 +122,8 @@ pub struct Session {
     replies: mpsc::Sender<(Pending, Option<InFlight>)>,
     progress: Arc<Progress>,
     dispatched: u64,
-    lane: Lane,
+    /// The connection this session's latest commands were sent on (see the module doc).
+    last_conn: Option<ConnId>,
     node: Option<Backend>,
     private: Option<Backend>,
     /// A connection of this session's own to another proxy (for forwarded blocking commands).
@@ -169,7 +192,7 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
         replies: tx,
         progress,
         dispatched: 0,
-        lane: Lane::Shared,
+        last_conn: None,
         node: None,
         private: None,
         private_peer: None,
@@ -326,7 +349,7 @@ impl Session {
     /// Sends raw command bytes to this proxy's node on `lane` and queues the reply. On the
     /// shared lane the command joins the batch, sent when the client's input is drained.
     pub async fn send_to_node(&mut self, lane: Lane, data: Bytes) -> Flow {
-        if lane == Lane::Shared && self.lane == Lane::Shared && !self.client_gone {
+        if lane == Lane::Shared && !self.client_gone {
             self.batch.extend_from_slice(&data);
             self.batch_len += 1;
             self.batch_inflight += std::mem::take(&mut self.unattributed);
@@ -335,7 +358,7 @@ impl Session {
             }
             return Flow::Continue;
         }
-        match self.node_request(lane, data).await {
+        match self.send(&To::Node(lane), data).await {
             Ok(rx) => self.push(Pending::Reply(rx)).await,
             Err(e) => self.reply(e.to_frame()).await,
         }
@@ -356,7 +379,8 @@ impl Session {
         let n = std::mem::take(&mut self.batch_len);
         let inflight = std::mem::take(&mut self.batch_inflight);
         let data = self.batch.split().freeze();
-        let pending = match self.send_shared(data, n).await {
+        let sent = self.send_in_order(&To::Node(Lane::Shared), data, |b, d| b.send_many(d, n)).await;
+        let pending = match sent {
             Ok(rx) => Pending::Batch(rx, n),
             Err(e) => {
                 let err = e.to_frame().to_bytes(self.protocol);
@@ -385,78 +409,86 @@ impl Session {
         }
     }
 
-    /// Sends raw bytes to the node on `lane`; the receiver yields the reply. Switching lanes
-    /// first waits for every reply queued so far (see the module doc).
-    pub async fn node_request(
+    /// Sends one command to `to`; the receiver yields its reply. The caller queues a
+    /// [`Pending`] for it (or awaits it) before the session reads on.
+    ///
+    /// This and the batch are the only ways a session's commands reach a backend, so this is
+    /// where the order of a pipeline is kept (see the module doc).
+    pub async fn send(&mut self, to: &To, data: Bytes) -> Result<oneshot::Receiver<ReplyResult>, BackendError> {
+        self.flush().await;
+        self.send_in_order(to, data, |b, d| b.send(d)).await
+    }
+
+    /// Sends `n` commands written back to back (a `MULTI … EXEC` unit) to `to`; all their
+    /// replies come back together. Ordered like [`Session::send`].
+    pub async fn send_many(
         &mut self,
-        lane: Lane,
+        to: &To,
         data: Bytes,
-    ) -> Result<oneshot::Receiver<ReplyResult>, BackendError> {
-        if lane != self.lane {
-            self.barrier().await;
-            self.lane = lane;
-        }
-        if self.client_gone {
-            return Err(BackendError::Lost { addr: Arc::from(self.shared.node.addr()) });
-        }
+        n: usize,
+    ) -> Result<oneshot::Receiver<Result<Vec<Bytes>, BackendError>>, BackendError> {
+        self.flush().await;
+        self.send_in_order(to, data, |b, d| b.send_many(d, n)).await
+    }
+
+    /// For a reply that does its I/O on a connection of its own when the writer reaches it,
+    /// i.e. after every earlier reply is in: commands read after it wait until it is done.
+    pub async fn own_connection(&mut self) {
+        self.flush().await;
+        self.last_conn = Some(ConnId::next());
+    }
+
+    /// Sends on the connection for `to` once the order allows: a different connection than
+    /// the previous commands' first waits for all their replies.
+    async fn send_in_order<R>(
+        &mut self,
+        to: &To,
+        data: Bytes,
+        send: impl Fn(&Backend, Bytes) -> Result<R, Bytes>,
+    ) -> Result<R, BackendError> {
         let mut data = data;
         for _ in 0..2 {
-            let backend = match lane {
-                Lane::Shared => self.shared_backend().await?,
-                Lane::Private => self.private_backend().await?,
-            };
-            match backend.send(data) {
-                Ok(rx) => return Ok(rx),
+            let backend = self.backend_for(to).await?;
+            if self.last_conn != Some(backend.id()) {
+                self.barrier().await;
+                self.last_conn = Some(backend.id());
+            }
+            if self.client_gone {
+                break;
+            }
+            match send(&backend, data) {
+                Ok(r) => return Ok(r),
                 Err(back) => {
                     // Closed before anything was sent: safe to use a fresh connection.
                     data = back;
-                    match lane {
-                        Lane::Shared => self.node = None,
-                        Lane::Private => self.drop_private(),
-                    }
+                    self.forget(to);
                 }
             }
         }
-        Err(BackendError::Lost { addr: Arc::from(self.shared.node.addr()) })
+        let addr = match to {
+            To::Node(_) => self.shared.node.addr(),
+            To::Peer { pool, .. } => pool.addr(),
+        };
+        Err(BackendError::Lost { addr: Arc::from(addr) })
     }
 
-    /// Sends `n` commands as one unit (a transaction) on the shared lane.
-    pub async fn node_request_many(
-        &mut self,
-        data: Bytes,
-        n: usize,
-    ) -> Result<oneshot::Receiver<Result<Vec<Bytes>, BackendError>>, BackendError> {
-        if self.flush_batch().await == Flow::Close {
-            self.client_gone = true;
+    async fn backend_for(&mut self, to: &To) -> Result<Backend, BackendError> {
+        match to {
+            To::Node(Lane::Shared) => self.shared_backend().await,
+            To::Node(Lane::Private) => self.private_backend().await,
+            To::Peer { pool, blocking: true } => self.private_peer(pool).await,
+            To::Peer { pool, blocking: false } => pool.get(self.protocol, self.id).await,
         }
-        self.send_shared(data, n).await
     }
 
-    /// Sends `n` commands written back to back on the shared lane; all replies come back.
-    async fn send_shared(
-        &mut self,
-        data: Bytes,
-        n: usize,
-    ) -> Result<oneshot::Receiver<Result<Vec<Bytes>, BackendError>>, BackendError> {
-        if self.lane != Lane::Shared {
-            self.barrier().await;
-            self.lane = Lane::Shared;
+    /// Forgets a connection found closed.
+    fn forget(&mut self, to: &To) {
+        match to {
+            To::Node(Lane::Shared) => self.node = None,
+            To::Node(Lane::Private) => self.drop_private(),
+            To::Peer { blocking: true, .. } => self.private_peer = None,
+            To::Peer { blocking: false, .. } => {}
         }
-        if self.client_gone {
-            return Err(BackendError::Lost { addr: Arc::from(self.shared.node.addr()) });
-        }
-        let mut data = data;
-        for _ in 0..2 {
-            let backend = self.shared_backend().await?;
-            match backend.send_many(data, n) {
-                Ok(rx) => return Ok(rx),
-                Err(back) => {
-                    data = back;
-                    self.node = None;
-                }
-            }
-        }
-        Err(BackendError::Lost { addr: Arc::from(self.shared.node.addr()) })
     }
 
     async fn shared_backend(&mut self) -> Result<Backend, BackendError> {
@@ -496,7 +528,7 @@ impl Session {
     }
 
     /// This session's own connection to the proxy of `pool` (for blocking commands).
-    pub async fn private_peer(&mut self, pool: &crate::backend::BackendPool) -> Result<Backend, BackendError> {
+    async fn private_peer(&mut self, pool: &BackendPool) -> Result<Backend, BackendError> {
         if let Some((addr, b)) = &self.private_peer {
             if addr == pool.addr() && !b.is_closed() {
                 return Ok(b.clone());
@@ -515,12 +547,12 @@ impl Session {
         self.private_lost = false;
     }
 
-    /// Drops the shared-connection handle so the next command picks one for the new protocol.
+    /// Drops the connection handles so the next command picks ones for the new protocol.
+    /// Replies still due on the old ones are waited for by the next send (another connection).
     pub fn reset_backends(&mut self) {
         self.node = None;
         self.private = None;
         self.private_lost = false;
-        self.lane = Lane::Shared;
     }
 
     /// Waits until every reply queued so far has come in. Meanwhile keeps reading from the

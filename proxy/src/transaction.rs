@@ -15,7 +15,7 @@ use crate::command;
 use crate::command::{flags, CommandSpec};
 use crate::keyed::{self, Gate};
 use crate::route::PullTarget;
-use crate::session::{error_bytes, Flow, Lane, Pending, Session};
+use crate::session::{error_bytes, Flow, Lane, Pending, Session, To};
 use bytes::{Bytes, BytesMut};
 use sluice_common::resp::{Command, Frame};
 
@@ -259,7 +259,7 @@ async fn exec(s: &mut Session) -> Flow {
             if let Some(target) = pull_target {
                 return exec_at_destination(s, &target, &commands, data.freeze(), n).await;
             }
-            match s.node_request_many(data.freeze(), n).await {
+            match s.send_many(&To::Node(Lane::Shared), data.freeze(), n).await {
                 Ok(rx) => s.push(exec_reply(rx, protocol)).await,
                 Err(e) => s.reply(e.to_frame()).await,
             }
@@ -287,16 +287,10 @@ async fn exec_at_destination(
     if let Err(e) = keyed::pull(s, target, &keys).await {
         return s.reply(e).await;
     }
-    s.flush().await;
-    let pool = s.shared.peer_pool(&target.proxy);
-    let backend = match pool.get(s.protocol, s.id).await {
-        Ok(b) => b,
-        Err(e) => return s.reply(e.to_frame()).await,
-    };
     let protocol = s.protocol;
-    match backend.send_many(unit, n) {
+    match s.send_many(&To::peer(&s.shared, &target.proxy, false), unit, n).await {
         Ok(rx) => s.push(exec_reply(rx, protocol)).await,
-        Err(_) => s.reply(Frame::error("ERR sluice: connection to the destination proxy lost")).await,
+        Err(e) => s.reply(e.to_frame()).await,
     }
 }
 
@@ -325,7 +319,7 @@ async fn finish_private(s: &mut Session, data: Bytes, answer: Option<Frame>) -> 
     }
     match answer {
         None => s.send_to_node(Lane::Private, data).await,
-        Some(frame) => match s.node_request(Lane::Private, data).await {
+        Some(frame) => match s.send(&To::Node(Lane::Private), data).await {
             Ok(rx) => {
                 let bytes = s.encode(&frame);
                 let fut = async move {
