@@ -136,31 +136,8 @@ impl Txn {
                 )));
             }
         }
-        let (src, dst) = (m.src.clone(), m.dst.clone());
-        let epoch = self.bump();
-        let view = self.state.clusters.get_mut(cluster).ok_or_else(|| ApiError::internal("cluster vanished"))?;
-        for node in &mut view.nodes {
-            if node.proxy == src {
-                slots::drop_tagged(&mut node.slots, SlotTag::Migrating, id);
-            } else if node.proxy == dst {
-                slots::untag(&mut node.slots, SlotTag::Importing, id);
-            }
-        }
-        let left = remove_empty_nodes(view);
-        view.epoch = epoch;
-        let m = self.state.migrations.get_mut(&number).ok_or_else(|| ApiError::internal("migration vanished"))?;
-        m.phase = MigrationPhase::Committed;
-        m.committed_epoch = Some(epoch);
-        m.timestamps.set(MigrationPhase::Committed, self.now.clone());
-        m.updated_at = self.now.clone();
-        let m = m.clone();
-        let mut what = format!("migration {id} of cluster {cluster} committed: slots moved {src} -> {dst}");
-        if !left.is_empty() {
-            what.push_str(&format!("; {} left the cluster", left.join(", ")));
-        }
-        self.note(what);
-        self.sync_scales();
-        Ok(m)
+        let what = format!("migration {id} of cluster {cluster} committed: slots moved {} -> {}", m.src, m.dst);
+        self.end_tags(cluster, id, number, MigrationPhase::Committed, what, |m, epoch| m.committed_epoch = Some(epoch))
     }
 
     /// Aborts (`phase` = aborted, an operator's call) or fails (`phase` = failed, the
@@ -213,25 +190,51 @@ impl Txn {
             }
             _ => {}
         }
+        let what = format!("migration {id} of cluster {cluster} {}: slots stay on {}", phase_name(phase), m.src);
+        self.end_tags(cluster, id, number, phase, what, |m, _| m.error = Some(error))
+    }
+
+    /// The edits a commit and a stop share: the migration's tags go, and with them its slots
+    /// from one side: from src when it is `committed` (dst keeps them), from dst when it is
+    /// aborted or failed (src keeps them). A node left without slots leaves the cluster (and
+    /// `what`, the log note, says so). The migration enters `phase` now, `edit` records the
+    /// rest (at the new epoch: one bump), and the scale plans follow.
+    fn end_tags(
+        &mut self,
+        cluster: &str,
+        id: &str,
+        number: u64,
+        phase: MigrationPhase,
+        mut what: String,
+        edit: impl FnOnce(&mut Migration, Epoch),
+    ) -> Result<Migration, ApiError> {
+        let to_dst = phase == MigrationPhase::Committed;
+        let m = self.state.migrations.get(&number).ok_or_else(|| ApiError::internal("migration vanished"))?;
         let (src, dst) = (m.src.clone(), m.dst.clone());
         let epoch = self.bump();
         let view = self.state.clusters.get_mut(cluster).ok_or_else(|| ApiError::internal("cluster vanished"))?;
         for node in &mut view.nodes {
-            if node.proxy == src {
-                slots::untag(&mut node.slots, SlotTag::Migrating, id);
+            let (tag, keeps) = if node.proxy == src {
+                (SlotTag::Migrating, !to_dst)
             } else if node.proxy == dst {
-                slots::drop_tagged(&mut node.slots, SlotTag::Importing, id);
+                (SlotTag::Importing, to_dst)
+            } else {
+                continue;
+            };
+            if keeps {
+                slots::untag(&mut node.slots, tag, id);
+            } else {
+                slots::drop_tagged(&mut node.slots, tag, id);
             }
         }
         let left = remove_empty_nodes(view);
         view.epoch = epoch;
         let m = self.state.migrations.get_mut(&number).ok_or_else(|| ApiError::internal("migration vanished"))?;
         m.phase = phase;
-        m.error = Some(error);
+        edit(m, epoch);
         m.timestamps.set(phase, self.now.clone());
         m.updated_at = self.now.clone();
         let m = m.clone();
-        let mut what = format!("migration {id} of cluster {cluster} {}: slots stay on {src}", phase_name(phase));
         if !left.is_empty() {
             what.push_str(&format!("; {} left the cluster", left.join(", ")));
         }
