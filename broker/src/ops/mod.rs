@@ -54,6 +54,11 @@ impl Txn {
         self.state.epoch
     }
 
+    /// The epoch this transaction read: the one `If-Match` is checked against.
+    pub fn base_epoch(&self) -> Epoch {
+        self.base_epoch
+    }
+
     pub fn bumped(&self) -> bool {
         self.state.epoch != self.base_epoch
     }
