@@ -5,9 +5,9 @@
 //! operation returned `Ok`. A metadata change calls [`Txn::bump`] (at most one bump per
 //! transaction, however many records change); a status change (progress, health) does not.
 //!
-//! One module per concern, each an `impl Txn` block with its own tests: [`proxies`]
-//! (registration, deletion, health), [`clusters`] (create, delete), [`migrations`] (create,
-//! progress, commit, abort and fail) and [`scale`] (scale plans and their steps). `Txn` and
+//! One module per concern, each an `impl Txn` block with its own tests: `proxies.rs`
+//! (registration, deletion, health), `clusters.rs` (create, delete), `migrations/` (create,
+//! progress, commit, abort and fail) and `scale.rs` (scale plans and their steps). `Txn` and
 //! the lookups they share live here.
 
 mod clusters;
