@@ -6,9 +6,10 @@
 //! the call answers; status reports (migration progress, proxy health) are stored too but do
 //! not move the epoch.
 //!
-//! Map: [`config`] (flags, env, file) → [`store`] (sled + the in-memory [`state::State`]) →
-//! [`ops`] (every change, checks first; [`scale`] plans scale-outs and scale-ins) → [`api`]
-//! (routes and handlers) and [`openapi`].
+//! Map: [`config`] (flags, env, file) → [`store`] (the in-memory [`state::State`] behind the
+//! [`store::MetaStore`] trait, sled its implementation) → [`ops`] (every change, checks first,
+//! one module per concern; [`scale`] plans scale-outs and scale-ins) → [`api`] (routes and
+//! handlers) and [`openapi`].
 
 pub mod api;
 pub mod config;

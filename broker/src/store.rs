@@ -1,65 +1,64 @@
-//! The sled-backed store: the whole [`State`] in memory for reads, and every change written as
-//! one sled transaction, flushed to disk before the caller answers.
+//! The metadata store: the broker's whole [`State`], read from memory and changed one atomic
+//! transaction at a time, durable before the caller answers.
 //!
-//! Layout of the `metadata` tree (values are JSON unless said otherwise):
-//! - `meta/epoch` → the global epoch, u64 big-endian
-//! - `meta/next_migration` → the next migration number, u64 big-endian
-//! - `proxy/<address>` → [`ProxyRecord`]
-//! - `cluster/<name>` → [`ClusterView`]
-//! - `migration/<number, 20 digits>` → [`Migration`]
-//! - `scale/<cluster>` → [`ScalePlanRecord`], the cluster's last scale plan
-//!
-//! Writers are serialised by one mutex held across check, edit, transaction and flush, so two
-//! concurrent `If-Match` calls on the same epoch cannot both pass. Readers never wait on it:
-//! they take the last published snapshot.
+//! [`MetaStore`] is what a place to keep the metadata must do; sled ([`SledStore`]) is
+//! the one implementation today, and a second one (etcd) is another implementation of the
+//! same trait, nothing else. [`records`] is the layout as key-value records that such stores
+//! share. [`Store`] is what the API works with: a `MetaStore` and the settings every change
+//! runs with, and the one place that checks `If-Match`.
+
+pub mod records;
+pub mod sled;
+
+pub use self::sled::SledStore;
 
 use crate::config::DEFAULT_SCALE_CONCURRENCY;
 use crate::error::{ApiError, StoreError};
 use crate::ops::Txn;
-use crate::state::{ProxyRecord, State};
-use arc_swap::ArcSwap;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sluice_common::api::{Migration, ScalePlanRecord};
-use sluice_common::model::{ClusterView, Epoch};
-use std::collections::BTreeMap;
+use crate::state::State;
+use sluice_common::model::Epoch;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::SystemTime;
 
-const EPOCH_KEY: &str = "meta/epoch";
-const NEXT_MIGRATION_KEY: &str = "meta/next_migration";
-const PROXY_PREFIX: &str = "proxy/";
-const CLUSTER_PREFIX: &str = "cluster/";
-const MIGRATION_PREFIX: &str = "migration/";
-const SCALE_PREFIX: &str = "scale/";
+/// Where the broker keeps its metadata.
+///
+/// Both methods are blocking: call them off the async runtime's worker threads.
+pub trait MetaStore: Send + Sync {
+    /// The state as last committed, for reads: cheap, and never waits on a writer.
+    fn load(&self) -> Arc<State>;
 
+    /// One atomic transaction: reads the current state, runs `apply` on a [`Txn`] over a copy
+    /// of it, and commits what `apply` changed (the epoch with it, if `apply` bumped it) only
+    /// if the epoch it read is still current, durably, before it returns the committed state
+    /// (which [`MetaStore::load`] answers from then on). When `apply` refuses, or changes
+    /// nothing, nothing is written. A store that finds the epoch moved on between its read and
+    /// its commit (another writer was first) reads again and runs `apply` again on the newer
+    /// state; so `apply` depends on its `Txn` alone.
+    fn transaction(&self, apply: &mut dyn FnMut(&mut Txn) -> Result<(), ApiError>) -> Result<Arc<State>, ApiError>;
+
+    /// Makes everything committed durable, should anything be left (on shutdown). A store
+    /// whose commits are durable when they return has nothing to do.
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// The metadata as the API uses it: a [`MetaStore`] and the settings every change runs with.
 pub struct Store {
-    db: sled::Db,
-    tree: sled::Tree,
-    write: Mutex<()>,
-    current: ArcSwap<State>,
+    meta: Arc<dyn MetaStore>,
     /// How many migrations of one scale plan run at once (`--scale-concurrency`).
     scale_concurrency: usize,
 }
 
-/// One write of a transaction: a key and its new value, or `None` to remove it.
-type Op = (String, Option<Vec<u8>>);
-
 impl Store {
-    /// Opens (or creates) the database in `dir` and loads the state.
+    pub fn new(meta: Arc<dyn MetaStore>) -> Store {
+        Store { meta, scale_concurrency: DEFAULT_SCALE_CONCURRENCY }
+    }
+
+    /// Opens (or creates) the sled database in `dir`, the broker's store today.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        let db = sled::Config::new().path(dir).open()?;
-        let tree = db.open_tree("metadata")?;
-        let state = load(&tree)?;
-        Ok(Store {
-            db,
-            tree,
-            write: Mutex::new(()),
-            current: ArcSwap::from_pointee(state),
-            scale_concurrency: DEFAULT_SCALE_CONCURRENCY,
-        })
+        Ok(Store::new(Arc::new(SledStore::open(dir)?)))
     }
 
     /// Sets how many migrations of one scale plan run at once (at least one). It applies to
@@ -71,169 +70,44 @@ impl Store {
 
     /// The current state. Cheap: a reference count.
     pub fn snapshot(&self) -> Arc<State> {
-        self.current.load_full()
+        self.meta.load()
     }
 
-    /// Runs one change: checks `If-Match` against the current epoch, lets `f` edit a copy of
-    /// the state, writes what differs (with the epoch, if `f` bumped it) in one sled
-    /// transaction, flushes, then publishes the new state. When `f` refuses, nothing is
-    /// written. Blocking: call it off the async runtime's worker threads.
+    /// Runs one change as one transaction of the store: checks `If-Match` against the epoch
+    /// the transaction read, then lets `f` edit the state. When either refuses, nothing is
+    /// written. Answers what `f` answered and the state committed. `f` is cloned for each
+    /// run, should the store run it again (see [`MetaStore::transaction`]). Blocking: call it
+    /// off the async runtime's worker threads.
     pub fn mutate<R>(
         &self,
         if_match: Option<Epoch>,
-        f: impl FnOnce(&mut Txn) -> Result<R, ApiError>,
+        f: impl FnOnce(&mut Txn) -> Result<R, ApiError> + Clone,
     ) -> Result<(R, Arc<State>), ApiError> {
-        let _guard = self.write.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let old = self.current.load_full();
-        if let Some(expected) = if_match {
-            if expected != old.epoch {
-                return Err(ApiError::epoch_mismatch(expected, old.epoch));
-            }
-        }
-        let mut txn = Txn::new((*old).clone(), now_rfc3339());
-        txn.scale_concurrency = self.scale_concurrency;
-        let result = f(&mut txn)?;
-        if txn.state == *old {
-            return Ok((result, old));
-        }
-        let ops = diff(&old, &txn.state)?;
-        let applied: Result<(), TransactionError<()>> = self.tree.transaction(|tx| {
-            for (key, value) in &ops {
-                match value {
-                    Some(v) => {
-                        tx.insert(key.as_bytes(), v.as_slice())?;
-                    }
-                    None => {
-                        tx.remove(key.as_bytes())?;
-                    }
+        let scale_concurrency = self.scale_concurrency;
+        let mut result = None;
+        let state = self.meta.transaction(&mut |txn| {
+            if let Some(expected) = if_match {
+                if expected != txn.base_epoch() {
+                    return Err(ApiError::epoch_mismatch(expected, txn.base_epoch()));
                 }
             }
-            Ok::<(), ConflictableTransactionError<()>>(())
-        });
-        match applied {
-            Ok(()) => {}
-            Err(TransactionError::Storage(e)) => return Err(StoreError::Sled(e).into()),
-            Err(TransactionError::Abort(())) => return Err(ApiError::internal("metadata transaction aborted")),
-        }
-        // The transaction is in; from here memory follows it even if the flush fails.
-        let new = Arc::new(txn.state);
-        self.current.store(new.clone());
-        let flushed = self.db.flush();
-        if old.epoch != new.epoch {
-            tracing::info!(epoch = new.epoch, previous = old.epoch, change = %txn.change.join("; "), "epoch changed");
-        }
-        flushed.map_err(StoreError::Sled)?;
-        Ok((result, new))
+            txn.scale_concurrency = scale_concurrency;
+            result = Some(f.clone()(txn)?);
+            Ok(())
+        })?;
+        let result = result.ok_or_else(|| ApiError::internal("the metadata transaction did not run the change"))?;
+        Ok((result, state))
     }
 
     /// Flushes everything to disk (on shutdown).
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        Ok(())
+        self.meta.flush()
     }
 }
 
+/// The time of a change (RFC 3339, milliseconds), for the records' timestamps.
 fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
-}
-
-fn encode<T: Serialize>(key: &str, value: &T) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(value).map_err(|e| StoreError::Encode { key: key.to_string(), reason: e.to_string() })
-}
-
-fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt { key: key.to_string(), reason: e.to_string() })
-}
-
-fn decode_u64(key: &str, bytes: &[u8]) -> Result<u64, StoreError> {
-    let array: [u8; 8] = bytes.try_into().map_err(|_| StoreError::Corrupt {
-        key: key.to_string(),
-        reason: format!("expected 8 bytes, found {}", bytes.len()),
-    })?;
-    Ok(u64::from_be_bytes(array))
-}
-
-fn migration_key(number: u64) -> String {
-    format!("{MIGRATION_PREFIX}{number:020}")
-}
-
-/// The writes that turn `old` into `new`, record by record.
-fn diff(old: &State, new: &State) -> Result<Vec<Op>, StoreError> {
-    let mut ops = Vec::new();
-    if old.epoch != new.epoch {
-        ops.push((EPOCH_KEY.to_string(), Some(new.epoch.to_be_bytes().to_vec())));
-    }
-    if old.next_migration != new.next_migration {
-        ops.push((NEXT_MIGRATION_KEY.to_string(), Some(new.next_migration.to_be_bytes().to_vec())));
-    }
-    diff_map(&mut ops, &old.proxies, &new.proxies, |k| format!("{PROXY_PREFIX}{k}"))?;
-    diff_map(&mut ops, &old.clusters, &new.clusters, |k| format!("{CLUSTER_PREFIX}{k}"))?;
-    diff_map(&mut ops, &old.migrations, &new.migrations, |k| migration_key(*k))?;
-    diff_map(&mut ops, &old.scales, &new.scales, |k| format!("{SCALE_PREFIX}{k}"))?;
-    Ok(ops)
-}
-
-fn diff_map<K: Ord, V: PartialEq + Serialize>(
-    ops: &mut Vec<Op>,
-    old: &BTreeMap<K, V>,
-    new: &BTreeMap<K, V>,
-    key: impl Fn(&K) -> String,
-) -> Result<(), StoreError> {
-    for (k, v) in new {
-        if old.get(k) != Some(v) {
-            let key = key(k);
-            let bytes = encode(&key, v)?;
-            ops.push((key, Some(bytes)));
-        }
-    }
-    for k in old.keys().filter(|k| !new.contains_key(k)) {
-        ops.push((key(k), None));
-    }
-    Ok(())
-}
-
-fn load(tree: &sled::Tree) -> Result<State, StoreError> {
-    let mut state = State::default();
-    for item in tree.iter() {
-        let (k, v) = item?;
-        let key = String::from_utf8(k.to_vec())
-            .map_err(|_| StoreError::Corrupt { key: format!("{:?}", k.as_ref()), reason: "key is not UTF-8".into() })?;
-        if key == EPOCH_KEY {
-            state.epoch = decode_u64(&key, &v)?;
-        } else if key == NEXT_MIGRATION_KEY {
-            state.next_migration = decode_u64(&key, &v)?;
-        } else if let Some(address) = key.strip_prefix(PROXY_PREFIX) {
-            let rec: ProxyRecord = decode(&key, &v)?;
-            state.proxies.insert(address.to_string(), rec);
-        } else if let Some(name) = key.strip_prefix(CLUSTER_PREFIX) {
-            let view: ClusterView = decode(&key, &v)?;
-            state.clusters.insert(name.to_string(), view);
-        } else if let Some(number) = key.strip_prefix(MIGRATION_PREFIX) {
-            let number: u64 = number
-                .parse()
-                .map_err(|_| StoreError::Corrupt { key: key.clone(), reason: "bad migration number".into() })?;
-            let m: Migration = decode(&key, &v)?;
-            state.migrations.insert(number, m);
-        } else if let Some(name) = key.strip_prefix(SCALE_PREFIX) {
-            let plan: ScalePlanRecord = decode(&key, &v)?;
-            state.scales.insert(name.to_string(), plan);
-        } else {
-            tracing::warn!(key, "ignoring an unknown key in the metadata store");
-        }
-    }
-    // Belt and braces: the epoch never goes below anything it already stamped.
-    let stamped = state
-        .clusters
-        .values()
-        .map(|c| c.epoch)
-        .chain(state.migrations.values().map(|m| m.epoch))
-        .chain(state.scales.values().map(|p| p.epoch))
-        .max()
-        .unwrap_or(0);
-    state.epoch = state.epoch.max(stamped);
-    let highest = state.migrations.keys().next_back().copied().unwrap_or(0);
-    state.next_migration = state.next_migration.max(highest + 1);
-    Ok(state)
 }
 
 #[cfg(test)]

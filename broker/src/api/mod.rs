@@ -31,6 +31,7 @@ pub const BODY_LIMIT: usize = 1 << 20;
 /// What every handler gets.
 #[derive(Clone)]
 pub struct AppState {
+    /// The metadata: whatever [`crate::store::MetaStore`] keeps it (sled today).
     pub store: Arc<Store>,
     /// With a token, mutating calls need `Authorization: Bearer <token>`.
     pub token: Option<Arc<str>>,
@@ -44,12 +45,12 @@ impl AppState {
         AppState { store, token: token.map(Arc::from), epoch: Arc::new(watch::Sender::new(epoch)) }
     }
 
-    /// Runs one change on a blocking thread (sled writes and flushes block) and publishes the
-    /// resulting epoch.
+    /// Runs one change on a blocking thread (the store's writes and flushes block) and
+    /// publishes the resulting epoch.
     pub async fn mutate<R: Send + 'static>(
         &self,
         if_match: Option<Epoch>,
-        f: impl FnOnce(&mut Txn) -> Result<R, ApiError> + Send + 'static,
+        f: impl FnOnce(&mut Txn) -> Result<R, ApiError> + Clone + Send + 'static,
     ) -> Result<(R, Arc<State>), ApiError> {
         let store = self.store.clone();
         let out = tokio::task::spawn_blocking(move || store.mutate(if_match, f))

@@ -1,0 +1,406 @@
+//! A new migration: the checks of the request, the checks against the state, the edits.
+
+use crate::error::ApiError;
+use crate::ops::{Txn, MAX_RANGES_PER_MIGRATION, RETAINED_ENDED_MIGRATIONS};
+use crate::slots;
+use crate::state::{check_address, migration_id};
+use sluice_common::api::{CreateMigration, Migration, PhaseTimestamps};
+use sluice_common::model::{ClusterView, MigrationMode, MigrationPhase, NodeView, SlotRange};
+
+/// Where the destination of a new migration stands.
+struct Destination {
+    /// Its index among the cluster's nodes; `None` for a free proxy, which joins.
+    index: Option<usize>,
+    node: String,
+    peer: Option<String>,
+}
+
+/// What the checks against the state found, for the edits.
+struct Placement {
+    src_index: usize,
+    src_node: String,
+    dst: Destination,
+    /// The mode the migration runs in (`auto` resolved).
+    mode: MigrationMode,
+}
+
+impl Txn {
+    /// Creates a migration after checking everything about it; see `docs/broker-api.md`.
+    pub fn create_migration(&mut self, cluster: &str, req: CreateMigration) -> Result<Migration, ApiError> {
+        self.create_migration_for(cluster, req, None)
+    }
+
+    /// The keys-mode migrations, not committed yet, that lead from proxy `from` to proxy `to`
+    /// (each one's dst is the next one's src), if any: their sources are still moving keys
+    /// with `MIGRATE`, node to node. A new keys-mode migration `to` → `from` would close a
+    /// cycle, and `MIGRATE` blocks the sending node until the receiving one answers: two nodes
+    /// migrating to each other both wait (each unable to serve anyone) until the MIGRATE
+    /// timeout, again and again. The chaos test (integration-tests/tests/chaos.rs) found that
+    /// with two migrations in opposite directions between the same two nodes. The broker's
+    /// phase may lag the proxies, but only behind: a migration tagged here may have
+    /// switched already (then it no longer migrates), never the other way round.
+    fn keys_path(&self, from: &str, to: &str) -> Option<Vec<String>> {
+        let edges: Vec<(&str, &str, &str)> = self
+            .state
+            .migrations
+            .values()
+            .filter(|m| m.mode == MigrationMode::Keys && m.is_tagged())
+            .map(|m| (m.src.as_str(), m.dst.as_str(), m.id.as_str()))
+            .collect();
+        // Breadth-first from `from`; `via[p]` is the migration that reached proxy p first.
+        let mut via: std::collections::HashMap<&str, (&str, &str)> = std::collections::HashMap::new();
+        let mut queue = std::collections::VecDeque::from([from]);
+        while let Some(at) = queue.pop_front() {
+            if at == to {
+                let mut path = Vec::new();
+                let mut p = to;
+                while let Some(&(prev, id)) = via.get(p) {
+                    path.push(id.to_string());
+                    p = prev;
+                }
+                path.reverse();
+                return Some(path);
+            }
+            for &(src, dst, id) in &edges {
+                if src == at && dst != from && !via.contains_key(dst) {
+                    via.insert(dst, (at, id));
+                    queue.push_back(dst);
+                }
+            }
+        }
+        None
+    }
+
+    /// [`Txn::create_migration`], for scale plan `plan` if given: the one caller allowed to
+    /// take a free proxy that plan reserved. Three steps, in the order that keeps a refusal
+    /// harmless: the request alone, then the state, and only then the edits.
+    pub(in crate::ops) fn create_migration_for(
+        &mut self,
+        cluster: &str,
+        req: CreateMigration,
+        plan: Option<&str>,
+    ) -> Result<Migration, ApiError> {
+        let ranges = validate_request(&req)?;
+        let placement = self.check_allowed(cluster, &req, &ranges, plan)?;
+        self.apply_migration(cluster, &req, ranges, placement)
+    }
+
+    /// Checks against the state: both sides may take part, the mode fits the destination, no
+    /// keys-mode cycle, a replication destination is not importing already, and src owns every
+    /// slot untagged. Answers where the two sides stand.
+    fn check_allowed(
+        &self,
+        cluster: &str,
+        req: &CreateMigration,
+        ranges: &[SlotRange],
+        plan: Option<&str>,
+    ) -> Result<Placement, ApiError> {
+        let view = self.cluster(cluster)?;
+        let src_index = self.check_src(view, cluster, req)?;
+        let src_node = view.nodes[src_index].node.clone();
+        let dst = self.check_dst(view, cluster, req, plan)?;
+        let mode = resolve_mode(cluster, req, dst.index.is_none())?;
+        self.check_no_cycle(req, mode)?;
+        self.check_no_replication_import(cluster, req)?;
+        check_src_owns(view, cluster, req, ranges, src_index)?;
+        Ok(Placement { src_index, src_node, dst, mode })
+    }
+
+    /// src is a node of the cluster and not failed; answers its index among the nodes.
+    fn check_src(&self, view: &ClusterView, cluster: &str, req: &CreateMigration) -> Result<usize, ApiError> {
+        let Some(src_index) = view.nodes.iter().position(|n| n.proxy == req.src) else {
+            let nodes: Vec<&str> = view.nodes.iter().map(|n| n.proxy.as_str()).collect();
+            return Err(ApiError::conflict(format!(
+                "src {} is not a node of cluster {cluster:?} (its nodes: {})",
+                req.src,
+                nodes.join(", ")
+            )));
+        };
+        if self.state.proxies.get(&req.src).is_some_and(|p| p.failed) {
+            return Err(ApiError::conflict(format!(
+                "src {} is marked failed; a failed proxy cannot hand over slots",
+                req.src
+            )));
+        }
+        Ok(src_index)
+    }
+
+    /// dst is registered and not failed, and a node of the cluster or a free proxy (not
+    /// reserved by a scale plan other than `plan`).
+    fn check_dst(
+        &self,
+        view: &ClusterView,
+        cluster: &str,
+        req: &CreateMigration,
+        plan: Option<&str>,
+    ) -> Result<Destination, ApiError> {
+        let dst_rec = self.state.proxies.get(&req.dst).ok_or_else(|| {
+            ApiError::conflict(format!("dst {} is not registered; register it first (POST /api/v1/proxies)", req.dst))
+        })?;
+        if dst_rec.failed {
+            return Err(ApiError::conflict(format!("dst {} is marked failed; pick another destination", req.dst)));
+        }
+        let index = view.nodes.iter().position(|n| n.proxy == req.dst);
+        let node = match index {
+            Some(i) => view.nodes[i].node.clone(),
+            None => {
+                if let Some(other) = self.state.cluster_of(&req.dst) {
+                    return Err(ApiError::conflict(format!(
+                        "dst {} is a node of cluster {:?}; the destination must be a node of {cluster:?} or a \
+                         free proxy",
+                        req.dst, other.name
+                    )));
+                }
+                if let Some(reserving) = self.state.reserving_plan(&req.dst) {
+                    if plan != Some(reserving.id.as_str()) {
+                        return Err(ApiError::conflict(format!(
+                            "dst {} is reserved by scale plan {} of cluster {:?}, which will bring it in; pick \
+                             another destination",
+                            req.dst, reserving.id, reserving.cluster
+                        )));
+                    }
+                }
+                dst_rec.node_address.clone()
+            }
+        };
+        Ok(Destination { index, node, peer: dst_rec.peer_address.clone() })
+    }
+
+    /// A keys-mode migration must not close a cycle of keys-mode migrations (see
+    /// [`Txn::keys_path`]).
+    fn check_no_cycle(&self, req: &CreateMigration, mode: MigrationMode) -> Result<(), ApiError> {
+        if mode != MigrationMode::Keys {
+            return Ok(());
+        }
+        match self.keys_path(&req.dst, &req.src) {
+            Some(path) => Err(ApiError::conflict(format!(
+                "keys-mode migration(s) {} already move keys from {} towards {}: with this one, nodes would \
+                 MIGRATE keys to each other in a cycle, and a Redis node blocks on MIGRATE until the other \
+                 answers (both stall until the MIGRATE timeout); wait until they have switched",
+                path.join(", "),
+                req.dst,
+                req.src
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// A replication destination takes one import at a time.
+    fn check_no_replication_import(&self, cluster: &str, req: &CreateMigration) -> Result<(), ApiError> {
+        match self
+            .state
+            .migrations_of(cluster)
+            .map(|(_, m)| m)
+            .find(|m| m.is_tagged() && m.dst == req.dst && m.mode == MigrationMode::Replication)
+        {
+            Some(busy) => Err(ApiError::conflict(format!(
+                "dst {} is already importing by replication (migration {}); a replication destination takes \
+                 one import at a time, wait for it to commit",
+                req.dst, busy.id
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// The edits, once every check passed: a new migration number and record, the ranges
+    /// tagged migrating on src and importing on dst (which joins the cluster if it was free),
+    /// one epoch bump.
+    fn apply_migration(
+        &mut self,
+        cluster: &str,
+        req: &CreateMigration,
+        ranges: Vec<SlotRange>,
+        placement: Placement,
+    ) -> Result<Migration, ApiError> {
+        let Placement { src_index, src_node, dst, mode } = placement;
+        let epoch = self.bump();
+        let number = self.state.next_migration.max(1);
+        self.state.next_migration = number + 1;
+        let id = migration_id(number);
+        let view = self.state.clusters.get_mut(cluster).ok_or_else(|| ApiError::internal("cluster vanished"))?;
+        for r in &ranges {
+            slots::tag_migrating(&mut view.nodes[src_index].slots, *r, &id);
+        }
+        let dst_index = match dst.index {
+            Some(i) => i,
+            None => {
+                view.nodes.push(NodeView {
+                    proxy: req.dst.clone(),
+                    node: dst.node.clone(),
+                    slots: Vec::new(),
+                    peer: dst.peer,
+                });
+                view.nodes.len() - 1
+            }
+        };
+        for r in &ranges {
+            slots::tag_importing(&mut view.nodes[dst_index].slots, *r, &id);
+        }
+        view.epoch = epoch;
+        let mut timestamps = PhaseTimestamps::default();
+        timestamps.set(MigrationPhase::Pending, self.now.clone());
+        let migration = Migration {
+            id: id.clone(),
+            epoch,
+            committed_epoch: None,
+            cluster: cluster.to_string(),
+            src: req.src.clone(),
+            src_node,
+            dst: req.dst.clone(),
+            dst_node: dst.node,
+            slots: ranges.clone(),
+            mode,
+            phase: MigrationPhase::Pending,
+            error: None,
+            progress: None,
+            timestamps,
+            updated_at: self.now.clone(),
+        };
+        self.state.migrations.insert(number, migration.clone());
+        self.prune_ended(cluster);
+        let list: Vec<String> = ranges.iter().map(ToString::to_string).collect();
+        self.note(format!(
+            "migration {id} of cluster {cluster} created: {} -> {} slots {} ({})",
+            req.src,
+            req.dst,
+            list.join(","),
+            serde_json::to_value(mode).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+        ));
+        Ok(migration)
+    }
+
+    fn prune_ended(&mut self, cluster: &str) {
+        let ended: Vec<u64> =
+            self.state.migrations_of(cluster).filter(|(_, m)| m.phase.is_final()).map(|(n, _)| *n).collect();
+        if ended.len() > RETAINED_ENDED_MIGRATIONS {
+            for n in &ended[..ended.len() - RETAINED_ENDED_MIGRATIONS] {
+                self.state.migrations.remove(n);
+            }
+        }
+    }
+}
+
+/// Checks of the request alone, whatever the state: two different valid addresses, between 1
+/// and [`MAX_RANGES_PER_MIGRATION`] valid ranges that do not overlap. Answers the ranges sorted.
+fn validate_request(req: &CreateMigration) -> Result<Vec<SlotRange>, ApiError> {
+    check_address("src", &req.src).map_err(ApiError::invalid)?;
+    check_address("dst", &req.dst).map_err(ApiError::invalid)?;
+    if req.src == req.dst {
+        return Err(ApiError::invalid(format!("src and dst are both {}; pick two different proxies", req.src)));
+    }
+    if req.slots.is_empty() {
+        return Err(ApiError::invalid("slots is empty; give at least one [start, end] range"));
+    }
+    if req.slots.len() > MAX_RANGES_PER_MIGRATION {
+        return Err(ApiError::invalid(format!(
+            "slots lists {} ranges; one migration takes at most {MAX_RANGES_PER_MIGRATION} (merge adjacent \
+             ranges or split the move into several migrations)",
+            req.slots.len()
+        )));
+    }
+    let mut ranges = req.slots.clone();
+    for r in &ranges {
+        if r.validate().is_err() {
+            return Err(ApiError::invalid(format!(
+                "slot range [{}, {}] is invalid: slots are 0..16383 and start must be <= end",
+                r.start, r.end
+            )));
+        }
+    }
+    ranges.sort();
+    for w in ranges.windows(2) {
+        if w[0].overlaps(&w[1]) {
+            return Err(ApiError::invalid(format!(
+                "slot ranges [{}, {}] and [{}, {}] overlap; list each slot once",
+                w[0].start, w[0].end, w[1].start, w[1].end
+            )));
+        }
+    }
+    Ok(ranges)
+}
+
+/// `auto` is replication into a free proxy and keys into a node; replication into a node is
+/// refused (it would wipe the node's data with a resync).
+fn resolve_mode(cluster: &str, req: &CreateMigration, dst_free: bool) -> Result<MigrationMode, ApiError> {
+    match req.mode {
+        MigrationMode::Auto if dst_free => Ok(MigrationMode::Replication),
+        MigrationMode::Auto => Ok(MigrationMode::Keys),
+        MigrationMode::Replication if !dst_free => Err(ApiError::conflict(format!(
+            "mode replication needs an empty destination, but dst {} already is a node of cluster {cluster:?}; \
+             use mode keys",
+            req.dst
+        ))),
+        m => Ok(m),
+    }
+}
+
+/// Every slot of `ranges` is owned by src (node `src_index`) and not being moved already.
+fn check_src_owns(
+    view: &ClusterView,
+    cluster: &str,
+    req: &CreateMigration,
+    ranges: &[SlotRange],
+    src_index: usize,
+) -> Result<(), ApiError> {
+    let owners = slots::owners(view);
+    for r in ranges {
+        for s in r.slots() {
+            match owners[usize::from(s)] {
+                Some((i, a)) if i == src_index && a.tag.is_none() => {}
+                Some((i, a)) if i == src_index => {
+                    return Err(ApiError::conflict(format!(
+                        "slot {s} (in [{}, {}]) is already being moved by running migration {}; wait for it or \
+                         pick other slots",
+                        r.start,
+                        r.end,
+                        a.migration.as_deref().unwrap_or("?")
+                    )));
+                }
+                Some((i, _)) => {
+                    return Err(ApiError::conflict(format!(
+                        "slot {s} (in [{}, {}]) is owned by {}, not by src {}; migrate only slots src owns",
+                        r.start, r.end, view.nodes[i].proxy, req.src
+                    )));
+                }
+                None => {
+                    return Err(ApiError::conflict(format!(
+                        "slot {s} (in [{}, {}]) has no owner in cluster {cluster:?}",
+                        r.start, r.end
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::ops::testutil::*;
+    use sluice_common::api::CreateMigration;
+    use sluice_common::model::MigrationPhase::*;
+    use sluice_common::model::{MigrationMode, SlotRange};
+
+    #[test]
+    fn keys_mode_migrations_never_form_a_cycle() {
+        // m-1: 6001 -> 6002 (keys). The way back would have both nodes MIGRATE to each other.
+        let mut s = setup(false);
+        let back = |slots: SlotRange| CreateMigration {
+            src: addr(6002),
+            dst: addr(6001),
+            slots: vec![slots],
+            mode: MigrationMode::Auto,
+        };
+        let before = s.clone();
+        let e = txn(&mut s, T0, |t| t.create_migration("shop", back(SlotRange::new(9000, 9100)))).expect_err("cycle");
+        assert_eq!(e.code, "conflict");
+        assert!(e.message.contains("m-1") && e.message.contains("cycle"), "{}", e.message);
+        assert_eq!(s, before, "a refused migration changes nothing");
+        // Once m-1 has committed (no more MIGRATE from 6001), the way back is fine.
+        let mut s2 = s.clone();
+        for m in s2.migrations.values_mut() {
+            m.phase = Committed;
+        }
+        txn(&mut s2, T0, |t| t.create_migration("shop", back(SlotRange::new(9000, 9100)))).expect("no cycle");
+    }
+}
