@@ -100,11 +100,21 @@ impl ProxyCluster {
 
     /// Like [`ProxyCluster::start`], with proxies on `base_port`, `base_port + 1`, … if given.
     pub async fn start_at(n: usize, base_port: Option<u16>, proxy_args: &[&str]) -> Result<ProxyCluster> {
+        ProxyCluster::start_with(n, base_port, &[], proxy_args).await
+    }
+
+    /// Like [`ProxyCluster::start_at`], with `node_args` for every redis-server.
+    pub async fn start_with(
+        n: usize,
+        base_port: Option<u16>,
+        node_args: &[&str],
+        proxy_args: &[&str],
+    ) -> Result<ProxyCluster> {
         let dir = tempfile::Builder::new().prefix("sluice-").tempdir()?;
         let mut nodes = Vec::new();
         let mut proxies = Vec::new();
         for i in 0..n {
-            let node = RedisNode::start(&dir.path().join(format!("node{i}")), &[]).await?;
+            let node = RedisNode::start(&dir.path().join(format!("node{i}")), node_args).await?;
             let port = base_port.map(|b| b + i as u16);
             let proxy = ProxyProcess::start_on(dir.path(), port, &node.addr(), proxy_args).await?;
             nodes.push(node);

@@ -3,7 +3,8 @@
 //!
 //! The generator mixes every family of commands the proxy handles on a path of its own:
 //! single-key reads and writes (batched), multi-key commands within one slot and across
-//! slots (split and merged), node-level commands (`KEYS`, `SCAN`, `DBSIZE`, `INFO`),
+//! slots (split and merged), node-level commands (`KEYS`, `SCAN`, `DBSIZE`, `INFO`,
+//! `CONFIG GET`, `OBJECT`, `MEMORY USAGE`),
 //! blocking commands with short timeouts (a private connection), `MULTI`/`EXEC`/`WATCH`,
 //! `EVAL`, and commands the proxy answers itself (`PING`, `ECHO`, `CLUSTER KEYSLOT`). A
 //! pipeline that mixes them is exactly what broke the proxy's ordering once: every path
@@ -64,6 +65,9 @@ pub enum Check {
     Scan,
     /// A TTL: any positive number of seconds is the same.
     Ttl,
+    /// A size in bytes (`MEMORY USAGE`): any positive number is the same, since allocation
+    /// sizes follow each server's own rehashing, not only the commands it ran.
+    Size,
     /// `INFO keyspace`: only the key and expiry counts of `db0`.
     Keyspace,
     /// The reply of `EXEC`: one check per queued command.
@@ -400,11 +404,16 @@ impl Generator {
 
     fn node_level(&mut self) -> Step {
         let tag = self.tag();
-        let (a, check) = match self.rng.random_range(0..5) {
+        let ty = TYPES.choose(&mut self.rng).copied().unwrap_or("str");
+        let key = self.key_in(&tag, ty);
+        let (a, check) = match self.rng.random_range(0..8) {
             0 => (args(&["KEYS", "*"]), Check::Unordered),
             1 => (args(&["KEYS", &format!("{{{tag}}}*")]), Check::Unordered),
             2 => (args(&["SCAN", "0", "MATCH", "*", "COUNT", "100000"]), Check::Scan),
             3 => (args(&["DBSIZE"]), Check::Exact),
+            4 => (args(&["CONFIG", "GET", "maxmemory"]), Check::Exact),
+            5 => (args(&["OBJECT", "ENCODING", &key]), Check::Exact),
+            6 => (args(&["MEMORY", "USAGE", &key]), Check::Size),
             _ => (args(&["INFO", "keyspace"]), Check::Keyspace),
         };
         Step::new(a, check)
@@ -464,7 +473,7 @@ pub fn normalize(check: &Check, value: Value) -> Value {
             }
             Value::Array(parts)
         }
-        (Check::Ttl, Value::Number(n)) if n.as_i64().is_some_and(|t| t > 0) => Value::from(1),
+        (Check::Ttl | Check::Size, Value::Number(n)) if n.as_i64().is_some_and(|t| t > 0) => Value::from(1),
         (Check::Keyspace, Value::String(info)) => {
             let db0 = info
                 .lines()

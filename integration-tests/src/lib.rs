@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod differential;
 pub mod local;
 pub mod migration;
+pub mod native;
 pub mod ports;
 pub mod process;
 pub mod python;

@@ -80,7 +80,8 @@ pub async fn handle(s: &mut Session, cmd: Command, spec: &'static CommandSpec) -
         // Library identification and eviction hints: accepted, nothing to do here.
         "client|setinfo" | "client|no-evict" | "client|no-touch" => s.reply(Frame::ok()).await,
         _ => {
-            let err = keyed::refusal(&cmd, spec).unwrap_or_else(|| Frame::error("ERR sluice: unsupported command"));
+            let err = keyed::refusal(&cmd, spec, &s.shared)
+                .unwrap_or_else(|| Frame::error("ERR sluice: unsupported command"));
             s.reply(err).await
         }
     }

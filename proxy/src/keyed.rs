@@ -8,6 +8,7 @@
 
 use crate::command::{self, flags, CommandSpec, KeyPositions};
 use crate::multikey::{self, MergeKind};
+use crate::node_level;
 use crate::route::{Peer, PullTarget, Route, RouteTable};
 use crate::session::{error_bytes, is_blocking, Flow, Lane, Pending, Session, To};
 use crate::state::Shared;
@@ -60,15 +61,13 @@ pub fn moved(slot: u16, peer: &Peer) -> Frame {
 }
 
 /// Commands that cannot be served correctly through a proxy, and why.
-pub fn refusal(cmd: &Command, spec: &CommandSpec) -> Option<Frame> {
+pub fn refusal(cmd: &Command, spec: &CommandSpec, shared: &Shared) -> Option<Frame> {
     let name = spec.name;
     if spec.has(flags::PUBSUB) {
         return Some(Frame::error(format!("ERR sluice: pub/sub ('{name}') is not supported through the proxy")));
     }
     if spec.has(flags::ADMIN) {
-        return Some(Frame::error(format!(
-            "ERR sluice: '{name}' is an admin command; run it on the Redis node directly"
-        )));
+        return node_level::refusal(cmd, name, shared);
     }
     let msg = match name {
         "move" => "ERR MOVE is not allowed in cluster mode",
@@ -119,7 +118,7 @@ fn single_slot(cmd: &Command, keys: &KeyPositions) -> Result<Option<u16>, Frame>
 /// For commands that must run here as a whole (transactions): the slot of their keys if it
 /// is served here, or the error a Redis Cluster node would give.
 pub fn local_slot(s: &Session, cmd: &Command, spec: &CommandSpec) -> Result<Option<u16>, Frame> {
-    if let Some(err) = refusal(cmd, spec) {
+    if let Some(err) = refusal(cmd, spec, &s.shared) {
         return Err(err);
     }
     let keys = command::key_positions(cmd, spec).map_err(|e| Frame::error(e.to_string()))?;
@@ -284,7 +283,7 @@ pub fn migrate_command(shared: &Shared, node: &str, keys: &[Bytes]) -> Command {
 
 /// Routes an ordinary command.
 pub async fn handle(s: &mut Session, cmd: Command, spec: &'static CommandSpec) -> Flow {
-    if let Some(err) = refusal(&cmd, spec) {
+    if let Some(err) = refusal(&cmd, spec, &s.shared) {
         return s.reply(err).await;
     }
     let keys = match command::key_positions(&cmd, spec) {

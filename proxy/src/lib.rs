@@ -15,6 +15,7 @@ pub mod info;
 pub mod keyed;
 pub mod migration;
 pub mod multikey;
+pub mod node_level;
 pub mod options;
 pub mod register;
 pub mod route;

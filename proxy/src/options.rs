@@ -124,6 +124,10 @@ pub struct ProxyOptions {
     /// `SCAN … COUNT` of the garbage collector.
     #[arg(long, env = "SLUICE_GC_SCAN_COUNT", default_value_t = 1000)]
     pub gc_scan_count: u64,
+    /// Pass `DEBUG`, `PFDEBUG` and `PFSELFTEST` through to the node (refused otherwise: they
+    /// can stop or crash it). The node's own `enable-debug-command` still applies.
+    #[arg(long, env = "SLUICE_PROXY_ALLOW_DEBUG")]
+    pub allow_debug: bool,
     #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 }

@@ -19,7 +19,7 @@
 use crate::backend::{Backend, BackendError, BackendPool, ConnId, ReplyResult};
 use crate::command::{self, flags, CommandSpec};
 use crate::state::Shared;
-use crate::{cluster, connection, info, keyed, transaction, umctl};
+use crate::{cluster, connection, info, keyed, node_level, transaction, umctl};
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use sluice_common::resp::{CodecError, Command, CommandCodec, Frame, Limits, Protocol};
@@ -297,6 +297,7 @@ impl Session {
                 self.reply(reply).await
             }
             "info" => info::handle(self, cmd).await,
+            "config|get" => node_level::config_get(self, cmd).await,
             "scan" | "keys" => keyed::scan(self, cmd, spec).await,
             "dbsize" => keyed::dbsize(self, cmd).await,
             "eval" | "eval_ro" | "script|load" => {

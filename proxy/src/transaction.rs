@@ -65,6 +65,7 @@ fn answered_by_proxy(name: &str) -> bool {
             | "info"
             | "scan"
             | "keys"
+            | "config|get"
     ) || name.starts_with("client|")
         || name.starts_with("cluster|")
 }

@@ -85,6 +85,17 @@ fn lower_into<'a>(src: &[u8], buf: &'a mut [u8]) -> Option<&'a str> {
     std::str::from_utf8(dst).ok()
 }
 
+/// `DEBUG OBJECT key` and `DEBUG DIGEST-VALUE key…` name keys; Redis's table gives `DEBUG` none
+/// (it is one command with free-form arguments), so they would run on whatever node.
+fn debug_keys(cmd: &Command) -> KeyPositions {
+    let args = cmd.args();
+    match args.get(1) {
+        Some(sub) if sub.eq_ignore_ascii_case(b"object") => (2..args.len().min(3)).collect(),
+        Some(sub) if sub.eq_ignore_ascii_case(b"digest-value") => (2..args.len()).collect(),
+        _ => KeyPositions::new(),
+    }
+}
+
 /// The positions of every key of `cmd`, in argument order, by Redis's key-spec rules.
 pub fn key_positions(cmd: &Command, spec: &CommandSpec) -> Result<KeyPositions, KeysError> {
     let args = cmd.args();
@@ -92,6 +103,9 @@ pub fn key_positions(cmd: &Command, spec: &CommandSpec) -> Result<KeyPositions, 
     let mut keys = KeyPositions::new();
     if spec.name == "sort" || spec.name == "sort_ro" {
         return Ok(sort_keys(cmd));
+    }
+    if spec.name == "debug" {
+        return Ok(debug_keys(cmd));
     }
     for ks in spec.keys {
         let first = match ks.begin {
@@ -224,6 +238,10 @@ mod tests {
         assert_eq!(keys_of(&["SORT", "k", "LIMIT", "0", "1", "STORE", "d"]), ["k", "d"]);
         assert_eq!(keys_of(&["GEORADIUS", "g", "0", "0", "1", "km", "STORE", "d"]), ["g", "d"]);
         assert!(keys_of(&["PING"]).is_empty());
+        assert_eq!(keys_of(&["DEBUG", "OBJECT", "k"]), ["k"]);
+        assert_eq!(keys_of(&["DEBUG", "DIGEST-VALUE", "a", "b"]), ["a", "b"]);
+        assert!(keys_of(&["DEBUG", "SLEEP", "0"]).is_empty());
+        assert!(keys_of(&["DEBUG", "OBJECT"]).is_empty());
     }
 
     #[test]

@@ -18,12 +18,12 @@
 use crate::load::{
     error_classes, fmt_s, key_name, line, load_node, ms, print_errors, verdict, Load, LoadRecord, Window,
 };
-use crate::native::NativeCluster;
 use crate::Options;
 use anyhow::{bail, Result};
 use sluice_common::model::{ClusterView, MigrationMode, MigrationPhase, SlotRange};
 use sluice_common::slot::key_slot;
 use sluice_harness::migration::{phase_name, seconds_to};
+use sluice_harness::native::NativeCluster;
 use sluice_harness::{LocalCluster, LocalSpec};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

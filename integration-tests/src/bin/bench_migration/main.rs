@@ -16,7 +16,6 @@
 
 mod keys;
 mod load;
-mod native;
 mod replication;
 
 use anyhow::{anyhow, bail, Result};

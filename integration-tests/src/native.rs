@@ -1,17 +1,19 @@
-//! A native Redis Cluster of two masters, the benchmark's yardstick for keys mode:
-//! `redis-cli --cluster reshard` moving the same slots holding the same keys.
+//! A native Redis Cluster (cluster-enabled redis-server masters): the yardstick sluice is
+//! compared with, by the keys-mode benchmark (`redis-cli --cluster reshard` moving the same
+//! slots holding the same keys) and by the tests that check a proxy answers as a cluster
+//! node does.
 //!
 //! `redis-cli --cluster create` refuses fewer than 3 masters, so the cluster is made by hand
 //! the way `create` does it: distinct config epochs, `CLUSTER ADDSLOTSRANGE` on each node,
-//! `CLUSTER MEET`, then wait until both nodes see the whole cluster `ok`.
+//! `CLUSTER MEET`, then wait until every node sees the whole cluster `ok`.
 
+use crate::bins::which;
+use crate::client::{call_ok, RespConn};
+use crate::redis_node::RedisNode;
+use crate::wait::wait_for;
 use anyhow::{anyhow, bail, Context, Result};
 use sluice_common::model::SlotRange;
 use sluice_common::resp::Frame;
-use sluice_harness::bins::which;
-use sluice_harness::client::{call_ok, RespConn};
-use sluice_harness::redis_node::RedisNode;
-use sluice_harness::wait_for;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -35,14 +37,17 @@ impl NativeCluster {
     /// Starts one cluster-enabled redis-server per entry of `ranges` (their files under
     /// `dir`), node `i` serving `ranges[i]`, and waits until the cluster is `ok` everywhere.
     pub async fn start(dir: &Path, ranges: &[Vec<SlotRange>]) -> Result<NativeCluster> {
+        NativeCluster::start_with(dir, ranges, &[]).await
+    }
+
+    /// Like [`NativeCluster::start`], with `node_args` for every redis-server.
+    pub async fn start_with(dir: &Path, ranges: &[Vec<SlotRange>], node_args: &[&str]) -> Result<NativeCluster> {
         let mut nodes = Vec::new();
         let mut ids = Vec::new();
         for (i, slots) in ranges.iter().enumerate() {
-            let node = RedisNode::start(
-                &dir.join(format!("native{i}")),
-                &["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"],
-            )
-            .await?;
+            let mut args = vec!["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"];
+            args.extend_from_slice(node_args);
+            let node = RedisNode::start(&dir.join(format!("native{i}")), &args).await?;
             let addr = node.addr();
             let id = call_ok(&addr, &["CLUSTER", "MYID"]).await?;
             ids.push(text(&id).ok_or_else(|| anyhow!("CLUSTER MYID answered {id:?}"))?);
