@@ -253,6 +253,8 @@ pub enum ModelError {
     NotInCluster(String),
     #[error("more migrations than slots")]
     TooManyMigrations,
+    #[error("a cluster of {0} nodes is more than a proxy can route (at most 65534)")]
+    TooManyNodes(usize),
 }
 
 impl ClusterView {

@@ -144,6 +144,11 @@ impl RouteTable {
                     peer: node.peer_address().to_string(),
                 });
             }
+            // Owners are stored as u16 indices with `NO_OWNER` reserved: a larger cluster
+            // (far beyond any real one) is refused rather than truncated to another node.
+            if cluster.nodes.len() >= usize::from(NO_OWNER) {
+                return Err(ModelError::TooManyNodes(cluster.nodes.len()));
+            }
             for (slot, owner) in slot_owners.into_iter().enumerate() {
                 if let Some(o) = owner {
                     owners[slot] = o as u16;
