@@ -7,6 +7,8 @@ source scripts/deps.sh
 sluice_install_deps
 
 cargo fmt --all --check
+# The proxy's modules import each other one way only (ARCHITECTURE.md, "Layers").
+python3 scripts/module-cycles.py proxy/src
 cargo clippy --workspace --all-targets -- -D warnings
 # The integration tests start the real binaries: build them first.
 cargo build --workspace --bins

@@ -305,6 +305,14 @@ impl ProxyConfig {
     }
 
     /// Checks that the config is usable by the proxy `me`.
+    /// Whether the cluster still tags slots for migration `id` (on any node): it is not
+    /// committed yet.
+    pub fn is_tagged(&self, id: &str) -> bool {
+        self.cluster
+            .as_ref()
+            .is_some_and(|c| c.nodes.iter().any(|n| n.slots.iter().any(|a| a.migration.as_deref() == Some(id))))
+    }
+
     pub fn validate(&self) -> Result<(), ModelError> {
         if let Some(cluster) = &self.cluster {
             cluster.slot_owners()?;

@@ -4,8 +4,7 @@
 
 use crate::command::CommandSpec;
 use crate::keyed;
-use crate::session::{Flow, Pending, Session};
-use crate::transaction::TxState;
+use crate::session::{Flow, Pending, Session, TxState};
 use bytes::Bytes;
 use sluice_common::resp::{parse_int, Command, Frame, Protocol};
 

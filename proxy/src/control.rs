@@ -1,7 +1,7 @@
 //! The gRPC control service (`proto/sluice.proto`) on `--control`. `UMCTL` on the data
 //! port calls the same code (see [`crate::umctl`]).
 
-use crate::migration::{destination, keys, phase_name, Role, Task};
+use crate::migration::{destination, keys, phase_name, Migrations, Role, Task};
 use crate::state::{Applied, ConfigError, Shared};
 use crate::status;
 use sluice_common::model::MigrationMode;
@@ -16,51 +16,69 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
+/// What the control operations act on: the proxy's shared state and its migration tasks.
+/// Built once at start; the gRPC service and `UMCTL` on the data port hold one each.
+#[derive(Clone)]
+pub struct Control {
+    pub shared: Arc<Shared>,
+    pub migrations: Arc<Migrations>,
+}
+
+impl Control {
+    pub fn new(shared: Arc<Shared>) -> Control {
+        Control { shared, migrations: Arc::new(Migrations::default()) }
+    }
+
+    /// Takes a config (gRPC `SetConfig` and `UMCTL SETDB`), starting and telling tasks.
+    pub async fn set_config(&self, config: ProxyConfig) -> Result<Applied, ConfigError> {
+        self.shared.apply_config(config, &*self.migrations).await
+    }
+
+    /// Takes a config given as JSON.
+    pub async fn set_config_json(&self, json: &[u8]) -> Result<Applied, ConfigError> {
+        let config: ProxyConfig =
+            serde_json::from_slice(json).map_err(|e| ConfigError::Invalid(format!("invalid config JSON: {e}")))?;
+        self.set_config(config).await
+    }
+
+    /// The temporary switch of a migration, on its destination: serve the slots (in
+    /// replication mode once the source has promoted our node).
+    pub async fn tmp_switch(&self, migration_id: &str, epoch: u64) -> Result<(), String> {
+        let task = self.destination_task(migration_id, epoch)?;
+        match task.meta.mode {
+            MigrationMode::Keys => keys::tmp_switch(&self.shared, &task).await,
+            _ => destination::tmp_switch(&self.shared, &task).await,
+        }
+    }
+
+    /// Whether the destination of a replication-mode migration follows its source, ready to
+    /// serve once the source promotes its node.
+    pub async fn ready(&self, migration_id: &str, epoch: u64) -> Result<(), String> {
+        let task = self.destination_task(migration_id, epoch)?;
+        match task.meta.mode {
+            MigrationMode::Replication => destination::ready(&self.shared, &task).await,
+            _ => Err(format!("migration {migration_id} does not replicate")),
+        }
+    }
+
+    fn destination_task(&self, migration_id: &str, epoch: u64) -> Result<Arc<Task>, String> {
+        self.migrations
+            .get(migration_id)
+            .filter(|t| t.meta.epoch == epoch && t.role == Role::Destination)
+            .ok_or_else(|| format!("no migration {migration_id} started at epoch {epoch} imports into this proxy"))
+    }
+}
+
 pub struct ControlService {
-    shared: Arc<Shared>,
+    control: Control,
 }
 
 /// Serves the control service on `listener` until the process ends.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> Result<(), tonic::transport::Error> {
+pub async fn serve(listener: TcpListener, control: Control) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
-        .add_service(ProxyControlServer::new(ControlService { shared }))
+        .add_service(ProxyControlServer::new(ControlService { control }))
         .serve_with_incoming(TcpListenerStream::new(listener))
         .await
-}
-
-/// Takes a config given as JSON (gRPC `SetConfig` and `UMCTL SETDB`).
-pub async fn set_config_json(shared: &Arc<Shared>, json: &[u8]) -> Result<Applied, ConfigError> {
-    let config: ProxyConfig =
-        serde_json::from_slice(json).map_err(|e| ConfigError::Invalid(format!("invalid config JSON: {e}")))?;
-    shared.apply_config(config).await
-}
-
-/// The temporary switch of a migration, on its destination: serve the slots (in
-/// replication mode once the source has promoted our node).
-pub async fn tmp_switch(shared: &Arc<Shared>, migration_id: &str, epoch: u64) -> Result<(), String> {
-    let task = destination_task(shared, migration_id, epoch)?;
-    match task.meta.mode {
-        MigrationMode::Keys => keys::tmp_switch(shared, &task).await,
-        _ => destination::tmp_switch(shared, &task).await,
-    }
-}
-
-/// Whether the destination of a replication-mode migration follows its source, ready to
-/// serve once the source promotes its node.
-pub async fn ready(shared: &Arc<Shared>, migration_id: &str, epoch: u64) -> Result<(), String> {
-    let task = destination_task(shared, migration_id, epoch)?;
-    match task.meta.mode {
-        MigrationMode::Replication => destination::ready(shared, &task).await,
-        _ => Err(format!("migration {migration_id} does not replicate")),
-    }
-}
-
-fn destination_task(shared: &Shared, migration_id: &str, epoch: u64) -> Result<Arc<Task>, String> {
-    shared
-        .migrations
-        .get(migration_id)
-        .filter(|t| t.meta.epoch == epoch && t.role == Role::Destination)
-        .ok_or_else(|| format!("no migration {migration_id} started at epoch {epoch} imports into this proxy"))
 }
 
 fn to_status(e: ConfigError) -> Status {
@@ -82,21 +100,21 @@ impl ProxyControl for ControlService {
                 req.epoch, config.epoch
             )));
         }
-        let applied = self.shared.apply_config(config).await.map_err(to_status)?;
+        let applied = self.control.set_config(config).await.map_err(to_status)?;
         Ok(Response::new(SetConfigReply {
-            epoch: self.shared.epoch(),
+            epoch: self.control.shared.epoch(),
             changed: matches!(applied, Applied::Updated { .. }),
         }))
     }
 
     async fn tmp_switch(&self, request: Request<TmpSwitchRequest>) -> Result<Response<TmpSwitchReply>, Status> {
         let req = request.into_inner();
-        tmp_switch(&self.shared, &req.migration_id, req.epoch).await.map_err(Status::failed_precondition)?;
+        self.control.tmp_switch(&req.migration_id, req.epoch).await.map_err(Status::failed_precondition)?;
         Ok(Response::new(TmpSwitchReply { switched: true }))
     }
 
     async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
-        let s = status::collect(&self.shared).await;
+        let s = status::collect(&self.control.shared).await;
         Ok(Response::new(StatusReply {
             proxy: s.proxy,
             node: s.node,
@@ -107,7 +125,7 @@ impl ProxyControl for ControlService {
             dbsize: s.dbsize.unwrap_or(-1),
             connected_clients: s.connected_clients as u64,
             migrations: self
-                .shared
+                .control
                 .migrations
                 .reports()
                 .into_iter()
@@ -120,7 +138,7 @@ impl ProxyControl for ControlService {
                     is_source: t.is_source,
                 })
                 .collect(),
-            clean_epoch: self.shared.gc.clean_epoch.load(Ordering::SeqCst),
+            clean_epoch: self.control.shared.gc.clean_epoch.load(Ordering::SeqCst),
         }))
     }
 }

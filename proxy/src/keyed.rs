@@ -7,6 +7,7 @@
 //! through a proxy; those get a clear error (see [`refusal`]).
 
 use crate::command::{self, flags, CommandSpec, KeyPositions};
+use crate::migration::node::{self, migrate_command};
 use crate::multikey::{self, MergeKind};
 use crate::node_level;
 use crate::route::{Peer, PullTarget, Route, RouteTable};
@@ -257,30 +258,6 @@ pub async fn pull(s: &mut Session, target: &PullTarget, keys: &[Bytes]) -> Resul
     }
 }
 
-/// `MIGRATE host port "" 0 timeout REPLACE [AUTH pw] KEYS k…` towards `node`.
-pub fn migrate_command(shared: &Shared, node: &str, keys: &[Bytes]) -> Command {
-    let (host, port) = node.rsplit_once(':').unwrap_or((node, "6379"));
-    let mut args: Vec<Bytes> = [
-        "MIGRATE",
-        host.trim_start_matches('[').trim_end_matches(']'),
-        port,
-        "",
-        "0",
-        &shared.opts.keys_migrate_timeout_ms.to_string(),
-        "REPLACE",
-    ]
-    .iter()
-    .map(|a| Bytes::copy_from_slice(a.as_bytes()))
-    .collect();
-    if let Some(pw) = &shared.opts.node_password {
-        args.push(Bytes::from_static(b"AUTH"));
-        args.push(Bytes::copy_from_slice(pw.as_bytes()));
-    }
-    args.push(Bytes::from_static(b"KEYS"));
-    args.extend(keys.iter().cloned());
-    Command::new(args)
-}
-
 /// Routes an ordinary command.
 pub async fn handle(s: &mut Session, cmd: Command, spec: &'static CommandSpec) -> Flow {
     if let Some(err) = refusal(&cmd, spec, &s.shared) {
@@ -427,7 +404,7 @@ pub async fn dbsize(s: &mut Session, cmd: Command) -> Flow {
 }
 
 async fn count_served_keys(shared: &Arc<Shared>) -> Result<i64, String> {
-    let node = crate::migration::source::connect(shared, &shared.opts.node).await?;
+    let node = node::connect(shared, &shared.opts.node).await?;
     let mut cursor = "0".to_string();
     let mut n = 0;
     loop {

@@ -1,16 +1,21 @@
 //! `sluice-proxy`: a RESP proxy in front of one plain Redis node that makes a set of such
 //! nodes look like one Redis Cluster to clients.
 //!
-//! Request path: [`server`] accepts, [`session`] reads commands and queues replies in order,
-//! [`command`] says where each command's keys are, [`keyed`] routes by slot using the
-//! [`route`] table, [`backend`] pipelines commands to the node. The commands the proxy
-//! answers itself live in [`cluster`], [`connection`], [`info`], [`transaction`], [`umctl`].
+//! Request path: [`server`] accepts and routes `UMCTL` to [`umctl`], [`session`] reads
+//! commands, queues replies in order and keeps the pipeline's order on every connection,
+//! [`dispatch`] decides what each command does, [`command`] says where its keys are,
+//! [`keyed`] routes by slot using the [`route`] table, [`backend`] pipelines commands to
+//! the node. The commands the proxy answers itself live in [`cluster`], [`connection`],
+//! [`info`], [`node_level`], [`transaction`]. Migrations run in [`migration`]; [`control`]
+//! is the gRPC service. ARCHITECTURE.md lists the layers (each imports only those below).
 
 pub mod backend;
 pub mod cluster;
 pub mod command;
 pub mod connection;
 pub mod control;
+pub mod dispatch;
+pub mod garbage;
 pub mod info;
 pub mod keyed;
 pub mod migration;

@@ -1,5 +1,6 @@
 use anyhow::Context;
 use clap::Parser;
+use sluice_proxy::control::Control;
 use sluice_proxy::options::{LogFormat, ProxyOptions};
 use sluice_proxy::state::Shared;
 use std::sync::Arc;
@@ -21,14 +22,15 @@ async fn serve(opts: ProxyOptions) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", opts.listen))?;
     tracing::info!(listen = %opts.listen, announce = %opts.announce(), peer_announce = %opts.peer_announce(), node = %opts.node, "sluice-proxy serving");
     let shared = Arc::new(Shared::new(opts.clone()));
+    let ctl = Control::new(shared.clone());
     if let Some(control) = &opts.control {
         let listener = tokio::net::TcpListener::bind(control)
             .await
             .with_context(|| format!("cannot listen on --control {control}"))?;
         tracing::info!(control = %control, "control service serving");
-        let shared = shared.clone();
+        let ctl = ctl.clone();
         tokio::spawn(async move {
-            if let Err(e) = sluice_proxy::control::serve(listener, shared).await {
+            if let Err(e) = sluice_proxy::control::serve(listener, ctl).await {
                 tracing::error!(error = %e, "control service stopped");
                 std::process::exit(1);
             }
@@ -36,7 +38,7 @@ async fn serve(opts: ProxyOptions) -> anyhow::Result<()> {
     }
     tokio::spawn(sluice_proxy::migration::gc::run(shared.clone()));
     tokio::spawn(sluice_proxy::register::register(opts));
-    sluice_proxy::server::run(listener, shared).await?;
+    sluice_proxy::server::run(listener, ctl).await?;
     Ok(())
 }
 

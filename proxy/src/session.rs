@@ -17,9 +17,8 @@
 //! no defined order, so "sent earlier" is only enough on the same connection.
 
 use crate::backend::{Backend, BackendError, BackendPool, ConnId, ReplyResult};
-use crate::command::{self, flags, CommandSpec};
+use crate::command::{flags, CommandSpec};
 use crate::state::Shared;
-use crate::{cluster, connection, info, keyed, node_level, transaction, umctl};
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use sluice_common::resp::{CodecError, Command, CommandCodec, Frame, Limits, Protocol};
@@ -48,6 +47,36 @@ pub enum Pending {
     Close,
 }
 
+/// The transaction a client has open (`transaction.rs` carries it out).
+#[derive(Debug, Default)]
+pub enum TxState {
+    #[default]
+    None,
+    /// After `MULTI` without `WATCH`: commands are held here until `EXEC`.
+    Queued { commands: Vec<Command>, slot: Option<u16>, dirty: bool },
+    /// After `WATCH`: commands go to the private connection.
+    Watching { slot: Option<u16>, in_multi: bool, dirty: bool },
+}
+
+impl TxState {
+    /// Marks an open transaction as doomed (a command in it was refused).
+    pub fn mark_dirty(&mut self) {
+        match self {
+            TxState::Queued { dirty, .. } => *dirty = true,
+            TxState::Watching { in_multi: true, dirty, .. } => *dirty = true,
+            _ => {}
+        }
+    }
+
+    pub fn is_watching(&self) -> bool {
+        matches!(self, TxState::Watching { .. })
+    }
+
+    pub fn in_multi(&self) -> bool {
+        matches!(self, TxState::Queued { .. } | TxState::Watching { in_multi: true, .. })
+    }
+}
+
 /// Replies the writer has resolved, so the reader can wait for its in-flight commands.
 #[derive(Default)]
 pub struct Progress {
@@ -66,6 +95,13 @@ impl Progress {
         self.closed.store(true, Ordering::Release);
         self.notify.notify_one();
     }
+}
+
+/// Decides what each command of a session does and queues its reply. The layers above
+/// the session plug in here (`dispatch` for ordinary commands, `UMCTL` at the top), so this
+/// module imports none of them.
+pub trait Commands: Send + Sync + 'static {
+    fn handle(&self, s: &mut Session, cmd: Command) -> impl std::future::Future<Output = Flow> + Send;
 }
 
 /// What the session does after a command.
@@ -116,7 +152,7 @@ pub struct Session {
     pub name: Option<Bytes>,
     /// This connection comes from another proxy forwarding to us: never forward again.
     pub is_peer: bool,
-    pub tx: transaction::TxState,
+    pub tx: TxState,
     reader: ClientInput,
     backlog: VecDeque<Result<Command, CodecError>>,
     replies: mpsc::Sender<(Pending, Option<InFlight>)>,
@@ -158,8 +194,8 @@ impl Drop for InFlight {
     }
 }
 
-/// Serves one client until it leaves.
-pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
+/// Serves one client until it leaves; `commands` decides what each command does.
+pub async fn serve<C: Commands>(stream: TcpStream, shared: Arc<Shared>, commands: Arc<C>) {
     let addr = stream.peer_addr().ok();
     let local_addr = stream.local_addr().ok();
     let _ = stream.set_nodelay(true);
@@ -181,7 +217,7 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
         authenticated,
         name: None,
         is_peer: false,
-        tx: transaction::TxState::default(),
+        tx: TxState::default(),
         reader: ClientInput {
             rd,
             buf: BytesMut::with_capacity(16 * 1024),
@@ -203,26 +239,26 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
         batch_inflight: 0,
         unattributed: 0,
     };
-    session.run().await;
+    session.run(&*commands).await;
     drop(session);
     let _ = writer.await;
     shared.connected_clients.fetch_sub(1, Ordering::Relaxed);
 }
 
 impl Session {
-    async fn run(&mut self) {
+    async fn run<C: Commands>(&mut self, commands: &C) {
         while !self.client_gone {
             let next = match self.backlog.pop_front() {
                 Some(item) => Some(item),
                 None => self.reader.next().await,
             };
-            if self.step(next).await == Flow::Close {
+            if self.step(next, commands).await == Flow::Close {
                 break;
             }
             // Whatever else the client already sent is handled before anything is sent on, so
             // a pipeline travels to the node as one batch.
             while let Some(item) = self.buffered() {
-                if self.step(Some(item)).await == Flow::Close {
+                if self.step(Some(item), commands).await == Flow::Close {
                     self.flush_batch().await;
                     return;
                 }
@@ -242,10 +278,10 @@ impl Session {
         }
     }
 
-    async fn step(&mut self, next: Option<Result<Command, CodecError>>) -> Flow {
+    async fn step<C: Commands>(&mut self, next: Option<Result<Command, CodecError>>, commands: &C) -> Flow {
         match next {
             None => Flow::Close,
-            Some(Ok(cmd)) => self.handle(cmd).await,
+            Some(Ok(cmd)) => commands.handle(self, cmd).await,
             Some(Err(CodecError::Protocol(e))) => {
                 // Like Redis: say what was wrong, then close the connection.
                 tracing::debug!(client = self.id, error = %e, "protocol error from client");
@@ -254,60 +290,6 @@ impl Session {
                 Flow::Close
             }
             Some(Err(CodecError::Io(_))) => Flow::Close,
-        }
-    }
-
-    /// Decides what to do with one command and queues its reply.
-    async fn handle(&mut self, cmd: Command) -> Flow {
-        if cmd.name().eq_ignore_ascii_case(b"umctl") {
-            if !self.authenticated {
-                return self.reply(noauth()).await;
-            }
-            return umctl::handle(self, cmd).await;
-        }
-        let Some(spec) = command::lookup(&cmd) else {
-            let err = unknown_command(&cmd);
-            return self.reply_error_in_tx(err).await;
-        };
-        if !self.authenticated && !matches!(spec.name, "auth" | "hello" | "quit" | "reset") {
-            return self.reply(noauth()).await;
-        }
-        if spec.has_subcommands && cmd.len() > 1 {
-            let err = Frame::error(format!(
-                "ERR unknown subcommand '{}'. Try {} HELP.",
-                String::from_utf8_lossy(cmd.arg(1).map(|a| &a[..]).unwrap_or(b"")),
-                spec.name.to_ascii_uppercase()
-            ));
-            return self.reply_error_in_tx(err).await;
-        }
-        if !spec.arity_ok(cmd.len()) {
-            let err = Frame::error(format!("ERR wrong number of arguments for '{}' command", spec.name));
-            return self.reply_error_in_tx(err).await;
-        }
-        if let Some(flow) = transaction::intercept(self, &cmd, spec).await {
-            return flow;
-        }
-        match spec.name {
-            "ping" | "echo" | "quit" | "auth" | "hello" | "select" | "reset" | "readonly" | "readwrite" | "asking" => {
-                connection::handle(self, cmd, spec).await
-            }
-            name if name.starts_with("client|") => connection::handle(self, cmd, spec).await,
-            name if name.starts_with("cluster|") => {
-                let reply = cluster::handle(&self.shared, &cmd, spec);
-                self.reply(reply).await
-            }
-            "info" => info::handle(self, cmd).await,
-            "config|get" => node_level::config_get(self, cmd).await,
-            "scan" | "keys" => keyed::scan(self, cmd, spec).await,
-            "dbsize" => keyed::dbsize(self, cmd).await,
-            "eval" | "eval_ro" | "script|load" => {
-                let body = if spec.name == "script|load" { cmd.arg(2) } else { cmd.arg(1) };
-                if let Some(body) = body {
-                    self.shared.scripts.remember(body);
-                }
-                keyed::handle(self, cmd, spec).await
-            }
-            _ => keyed::handle(self, cmd, spec).await,
         }
     }
 
@@ -770,14 +752,6 @@ fn lost() -> BackendError {
 
 pub fn noauth() -> Frame {
     Frame::error("NOAUTH Authentication required.")
-}
-
-fn unknown_command(cmd: &Command) -> Frame {
-    let mut msg = format!("ERR unknown command '{}', with args beginning with: ", String::from_utf8_lossy(cmd.name()));
-    for a in cmd.args().iter().skip(1).take(16) {
-        msg.push_str(&format!("'{}' ", String::from_utf8_lossy(a)));
-    }
-    Frame::error(msg)
 }
 
 /// Sends `frame` as the reply of a future (used by handlers that post-process replies).

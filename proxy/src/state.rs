@@ -1,12 +1,11 @@
 //! What all sessions of one proxy share: options, the routing table, backend pools.
 
 use crate::backend::{BackendPool, ConnectOptions};
-use crate::migration::gc::Gc;
-use crate::migration::Migrations;
+use crate::garbage::Gc;
 use crate::options::ProxyOptions;
 use crate::route::{Override, OverrideKind, RouteTable};
 use arc_swap::{ArcSwap, Guard};
-use sluice_common::model::{Epoch, ModelError, ProxyConfig};
+use sluice_common::model::{Epoch, MigrationMeta, ModelError, ProxyConfig};
 use sluice_common::resp::Command;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -42,6 +41,17 @@ pub enum Applied {
     Unchanged,
 }
 
+/// What taking a config asks of the migration tasks (`migration::Migrations`), which sit
+/// above this module: the data path and the config path never import them.
+pub trait MigrationTasks: Send + Sync {
+    /// Migrations of `config` this proxy is the source of and has no task for yet: their
+    /// slots are held until the task knows where they stand.
+    fn new_sources(&self, config: &ProxyConfig, me: &str) -> Vec<MigrationMeta>;
+    /// The config is in force: start tasks for new migrations, tell those whose migration
+    /// left it.
+    fn reconcile(&self, shared: &Arc<Shared>, config: &ProxyConfig);
+}
+
 pub struct Shared {
     pub opts: ProxyOptions,
     routes: ArcSwap<RouteTable>,
@@ -56,7 +66,6 @@ pub struct Shared {
     pub inflight: AtomicUsize,
     /// Signalled when `inflight` drops to zero.
     pub inflight_zero: Notify,
-    pub migrations: Migrations,
     pub gc: Gc,
     /// Lua scripts seen, which migrations load into their destination's node.
     pub scripts: crate::scripts::Scripts,
@@ -83,7 +92,6 @@ impl Shared {
             route_changes: watch::channel(0).0,
             inflight: AtomicUsize::new(0),
             inflight_zero: Notify::new(),
-            migrations: Migrations::default(),
             gc: Gc::default(),
             scripts: Default::default(),
             node,
@@ -119,8 +127,13 @@ impl Shared {
 
     /// Takes a config if its epoch is newer than the one held; the same config again is a
     /// no-op; anything older, different at the same epoch, or for another proxy is refused.
-    /// Migrations that appear or leave are started or told; the garbage collector is woken.
-    pub async fn apply_config(self: &Arc<Self>, config: ProxyConfig) -> Result<Applied, ConfigError> {
+    /// Migrations that appear or leave are started or told (`tasks`); the garbage collector
+    /// is woken.
+    pub async fn apply_config(
+        self: &Arc<Self>,
+        config: ProxyConfig,
+        tasks: &dyn MigrationTasks,
+    ) -> Result<Applied, ConfigError> {
         let _guard = self.config_lock.lock().await;
         let current = self.routes.load_full();
         let held = current.epoch();
@@ -141,10 +154,10 @@ impl Shared {
         // Committed or ended migrations no longer override the config: it says it all now.
         {
             let mut overrides = self.overrides.lock().unwrap_or_else(|p| p.into_inner());
-            overrides.retain(|id, _| crate::migration::is_tagged(&config, id));
+            overrides.retain(|id, _| config.is_tagged(id));
         }
         // New migrations start with their slots held until their task knows where they stand.
-        for meta in self.migrations.new_sources(&config, self.me()) {
+        for meta in tasks.new_sources(&config, self.me()) {
             let mut overrides = self.overrides.lock().unwrap_or_else(|p| p.into_inner());
             overrides.insert(meta.id.clone(), Override { slots: meta.slots.clone(), kind: OverrideKind::Hold });
         }
@@ -155,11 +168,8 @@ impl Shared {
         let to = table.epoch();
         self.store(table);
         tracing::info!(from = held, to, "epoch changed");
-        self.migrations.reconcile(self, &config);
+        tasks.reconcile(self, &config);
         self.gc.wake();
-        if config.cluster.is_none() && config.migrations.is_empty() {
-            tokio::spawn(crate::migration::leftover::clean(self.clone()));
-        }
         Ok(Applied::Updated { from: held, to })
     }
 
@@ -232,6 +242,16 @@ mod tests {
     use clap::Parser;
     use sluice_common::model::{ClusterView, NodeView, SlotAssignment, SlotRange};
 
+    struct NoTasks;
+
+    impl MigrationTasks for NoTasks {
+        fn new_sources(&self, _: &ProxyConfig, _: &str) -> Vec<MigrationMeta> {
+            Vec::new()
+        }
+
+        fn reconcile(&self, _: &Arc<Shared>, _: &ProxyConfig) {}
+    }
+
     #[tokio::test]
     async fn peers_are_dialled_at_their_peer_address() {
         let shared = Arc::new(Shared::new(ProxyOptions::parse_from(["sluice-proxy", "--announce", "127.0.0.1:6001"])));
@@ -255,11 +275,11 @@ mod tests {
             migrations: Vec::new(),
         };
         assert_eq!(shared.peer_pool("127.0.0.1:6002").addr(), "127.0.0.1:6002", "unknown: the client-facing address");
-        shared.apply_config(config(1, Some("proxy2:6002"))).await.unwrap();
+        shared.apply_config(config(1, Some("proxy2:6002")), &NoTasks).await.unwrap();
         let pool = shared.peer_pool("127.0.0.1:6002");
         assert_eq!(pool.addr(), "proxy2:6002");
         assert!(Arc::ptr_eq(&pool, &shared.peer_pool("127.0.0.1:6002")), "one pool per peer");
-        shared.apply_config(config(2, None)).await.unwrap();
+        shared.apply_config(config(2, None), &NoTasks).await.unwrap();
         assert_eq!(shared.peer_pool("127.0.0.1:6002").addr(), "127.0.0.1:6002", "a new address: a new pool");
         // Clients are still told the client-facing address.
         assert_eq!(shared.routes().route(9000), crate::route::Route::Peer(&shared.routes().peers[1]));

@@ -15,38 +15,9 @@ use crate::command;
 use crate::command::{flags, CommandSpec};
 use crate::keyed::{self, Gate};
 use crate::route::PullTarget;
-use crate::session::{error_bytes, Flow, Lane, Pending, Session, To};
+use crate::session::{error_bytes, Flow, Lane, Pending, Session, To, TxState};
 use bytes::{Bytes, BytesMut};
 use sluice_common::resp::{Command, Frame};
-
-#[derive(Debug, Default)]
-pub enum TxState {
-    #[default]
-    None,
-    /// After `MULTI` without `WATCH`: commands are held here until `EXEC`.
-    Queued { commands: Vec<Command>, slot: Option<u16>, dirty: bool },
-    /// After `WATCH`: commands go to the private connection.
-    Watching { slot: Option<u16>, in_multi: bool, dirty: bool },
-}
-
-impl TxState {
-    /// Marks an open transaction as doomed (a command in it was refused).
-    pub fn mark_dirty(&mut self) {
-        match self {
-            TxState::Queued { dirty, .. } => *dirty = true,
-            TxState::Watching { in_multi: true, dirty, .. } => *dirty = true,
-            _ => {}
-        }
-    }
-
-    pub fn is_watching(&self) -> bool {
-        matches!(self, TxState::Watching { .. })
-    }
-
-    fn in_multi(&self) -> bool {
-        matches!(self, TxState::Queued { .. } | TxState::Watching { in_multi: true, .. })
-    }
-}
 
 /// Commands the proxy answers itself; only `PING` and `ECHO` of them may be queued.
 fn answered_by_proxy(name: &str) -> bool {

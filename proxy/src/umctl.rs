@@ -12,16 +12,16 @@
 //!   replication-mode migration (the source asks before it promotes our node).
 //! - `UMCTL PEER`: marks this connection as another proxy's (never forwarded again).
 
-use crate::control;
+use crate::control::Control;
 use crate::session::{Flow, Session};
 use crate::status;
 use sluice_common::resp::{parse_int, Command, Frame};
 
-pub async fn handle(s: &mut Session, cmd: Command) -> Flow {
+pub async fn handle(s: &mut Session, cmd: Command, control: &Control) -> Flow {
     let sub = cmd.arg(1).map(|a| String::from_utf8_lossy(a).to_ascii_uppercase()).unwrap_or_default();
     let args = cmd.args();
     let reply = match (sub.as_str(), args.len()) {
-        ("SETDB", 3) => match control::set_config_json(&s.shared, &args[2]).await {
+        ("SETDB", 3) => match control.set_config_json(&args[2]).await {
             Ok(_) => Frame::ok(),
             Err(e) => Frame::error(e.to_string()),
         },
@@ -29,7 +29,7 @@ pub async fn handle(s: &mut Session, cmd: Command) -> Flow {
         ("INFOMGR", 2) => {
             let status = status::collect(&s.shared).await;
             let mut json = serde_json::to_value(&status).unwrap_or_default();
-            json["migrations"] = serde_json::to_value(s.shared.migrations.reports()).unwrap_or_default();
+            json["migrations"] = serde_json::to_value(control.migrations.reports()).unwrap_or_default();
             json["clean_epoch"] = s.shared.gc.clean_epoch.load(std::sync::atomic::Ordering::SeqCst).into();
             Frame::bulk(json.to_string())
         }
@@ -38,9 +38,9 @@ pub async fn handle(s: &mut Session, cmd: Command) -> Flow {
             match parse_int(&args[3]).filter(|n| *n >= 0) {
                 Some(epoch) => {
                     let done = if sub == "READY" {
-                        control::ready(&s.shared, &id, epoch as u64).await
+                        control.ready(&id, epoch as u64).await
                     } else {
-                        control::tmp_switch(&s.shared, &id, epoch as u64).await
+                        control.tmp_switch(&id, epoch as u64).await
                     };
                     match done {
                         Ok(()) => Frame::ok(),

@@ -10,8 +10,9 @@
 //! copied keys of slots served elsewhere (`cleaning`, then `done`). If the migration ends
 //! before the switch, the node stops replicating and everything it copied is deleted.
 
+use super::node::connect;
 use super::node::{NodeConn, ReplInfo};
-use super::source::{connect, Conn};
+use super::source::Conn;
 use super::{Phase, Task};
 use crate::route::{Override, OverrideKind};
 use crate::state::Shared;

@@ -12,78 +12,16 @@
 //! `Status.clean_epoch` is the epoch of the last complete pass: a migration committed at
 //! epoch E has no garbage left on this proxy once `clean_epoch >= E`.
 
+use super::node::connect;
 use super::node::NodeConn;
-use super::source::connect;
 use super::{Phase, Task};
 use crate::route::RouteTable;
 use crate::state::Shared;
 use sluice_common::model::{MigrationMode, SlotRange};
 use sluice_common::slot::{key_slot, SLOT_COUNT};
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Notify, OwnedMutexGuard};
-
-#[derive(Default)]
-pub struct Gc {
-    wake: Notify,
-    /// Held while an `UNLINK` batch is on its way to the node.
-    unlinking: Arc<tokio::sync::Mutex<()>>,
-    pub clean_epoch: AtomicU64,
-    /// Completed passes; tasks wait for one that started after their request.
-    passes: AtomicU64,
-    pass_done: Notify,
-    pub deleted: AtomicU64,
-    /// Set when the node may hold keys a finished pass did not see (it became a replica and
-    /// copied a whole node): the next pass scans whatever it covered before.
-    stale_coverage: std::sync::atomic::AtomicBool,
-    /// Ranges tasks want cleaned even though no other node serves them (a proxy that gave
-    /// all its slots away is free and has no cluster view any more), by migration id.
-    extra: Mutex<BTreeMap<String, Vec<SlotRange>>>,
-}
-
-impl Gc {
-    pub fn wake(&self) {
-        self.wake.notify_one();
-    }
-
-    /// The node is about to receive keys by replication: earlier passes no longer count.
-    pub fn forget_coverage(&self) {
-        self.stale_coverage.store(true, Ordering::SeqCst);
-    }
-
-    /// Waits for an unlink in flight, and keeps new ones from starting while held.
-    pub async fn pause(&self) -> OwnedMutexGuard<()> {
-        self.unlinking.clone().lock_owned().await
-    }
-
-    fn set_extra(&self, id: &str, ranges: Option<Vec<SlotRange>>) {
-        let mut extra = self.extra.lock().unwrap_or_else(|p| p.into_inner());
-        match ranges {
-            Some(r) => extra.insert(id.to_string(), r),
-            None => extra.remove(id),
-        };
-    }
-
-    fn extra(&self) -> Vec<SlotRange> {
-        self.extra.lock().unwrap_or_else(|p| p.into_inner()).values().flatten().copied().collect()
-    }
-
-    /// Waits for a complete pass that started after this call.
-    async fn wait_fresh_pass(&self) {
-        // A pass running now may have started before the request: wait for the one after it.
-        let target = self.passes.load(Ordering::SeqCst) + 2;
-        loop {
-            let done = self.pass_done.notified();
-            if self.passes.load(Ordering::SeqCst) >= target {
-                return;
-            }
-            self.wake();
-            let _ = tokio::time::timeout(Duration::from_secs(1), done).await;
-        }
-    }
-}
 
 /// After the commit: `cleaning` until a complete pass has run (with the task's slots added
 /// to the garbage, for a proxy that has left the cluster), then `done`.
@@ -141,12 +79,11 @@ pub async fn run(shared: Arc<Shared>) {
     // needs no new pass (the keyspace only shrinks in those slots).
     let mut covered: Option<Vec<bool>> = None;
     loop {
-        let woken = shared.gc.wake.notified();
+        let woken = shared.gc.woken();
         if shared.epoch() > 0 {
             match pass(&shared, &mut node, &mut covered).await {
                 Ok(true) => {
-                    shared.gc.passes.fetch_add(1, Ordering::SeqCst);
-                    shared.gc.pass_done.notify_waiters();
+                    shared.gc.pass_completed();
                 }
                 Ok(false) => {}
                 Err(e) => {
@@ -168,7 +105,7 @@ async fn pass(
     node: &mut Option<NodeConn>,
     covered: &mut Option<Vec<bool>>,
 ) -> Result<bool, String> {
-    if shared.gc.stale_coverage.swap(false, Ordering::SeqCst) {
+    if shared.gc.take_stale_coverage() {
         *covered = None;
     }
     let generation = shared.route_generation();

@@ -13,9 +13,9 @@
 //! Once a key has moved, the slots can only go forward: the task never gives up (it retries
 //! with backoff), since handing the slots back would hide the moved keys.
 
-use super::source::connect;
+use super::node::connect;
+use super::node::migrate_command;
 use super::{Phase, Stage, Task};
-use crate::keyed::migrate_command;
 use crate::route::{Override, OverrideKind};
 use crate::state::Shared;
 use bytes::Bytes;

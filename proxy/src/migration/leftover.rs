@@ -11,7 +11,7 @@
 //! Only sluice's replication imports make a node a replica, and a replica's data is a copy;
 //! a node that never was one (data put there before sluice, by an operator) is left alone.
 
-use super::source::connect;
+use super::node::connect;
 use crate::state::Shared;
 use std::sync::Arc;
 

@@ -13,7 +13,7 @@ pub mod leftover;
 pub mod node;
 pub mod source;
 
-use crate::state::Shared;
+use crate::state::{MigrationTasks, Shared};
 use bytes::Bytes;
 use sluice_common::model::{MigrationMeta, MigrationMode, MigrationPhase, ProxyConfig, SlotRange};
 use sluice_common::resp::Command;
@@ -45,18 +45,10 @@ pub enum Stage {
     Gone,
 }
 
-/// Whether the config still tags slots for migration `id` (on any node of the cluster).
-pub fn is_tagged(config: &ProxyConfig, id: &str) -> bool {
-    config
-        .cluster
-        .as_ref()
-        .is_some_and(|c| c.nodes.iter().any(|n| n.slots.iter().any(|a| a.migration.as_deref() == Some(id))))
-}
-
 fn stage_in(config: &ProxyConfig, id: &str) -> Stage {
     if !config.migrations.iter().any(|m| m.id == id) {
         Stage::Gone
-    } else if is_tagged(config, id) {
+    } else if config.is_tagged(id) {
         Stage::Tagged
     } else {
         Stage::Committed
@@ -240,16 +232,6 @@ impl Migrations {
         self.tasks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Tagged migrations of `config` in which `me` is the source and that have no task yet.
-    pub fn new_sources<'a>(&self, config: &'a ProxyConfig, me: &str) -> Vec<&'a MigrationMeta> {
-        let tasks = self.tasks();
-        config
-            .migrations
-            .iter()
-            .filter(|m| m.src_proxy == me && !tasks.contains_key(&m.id) && is_tagged(config, &m.id))
-            .collect()
-    }
-
     /// Slots whose keys on this node are garbage by the config's word: what committed
     /// migrations moved away from here, and, on the destination of a replication, every slot
     /// (the node was empty before it copied the source). The collector still spares every
@@ -274,8 +256,9 @@ impl Migrations {
     }
 
     /// Starts tasks for new migrations, tells tasks whose migration left the config, and
-    /// forgets tasks that ended long ago.
-    pub fn reconcile(&self, shared: &Arc<Shared>, config: &ProxyConfig) {
+    /// forgets tasks that ended long ago. A free proxy with no migration checks its node for
+    /// a copy a migration left behind ([`leftover`]).
+    fn start_and_tell(&self, shared: &Arc<Shared>, config: &ProxyConfig) {
         let me = shared.me();
         let mut tasks = self.tasks();
         for meta in &config.migrations {
@@ -349,6 +332,26 @@ impl Migrations {
     }
 }
 
+impl MigrationTasks for Migrations {
+    /// Tagged migrations of `config` in which `me` is the source and that have no task yet.
+    fn new_sources(&self, config: &ProxyConfig, me: &str) -> Vec<MigrationMeta> {
+        let tasks = self.tasks();
+        config
+            .migrations
+            .iter()
+            .filter(|m| m.src_proxy == me && !tasks.contains_key(&m.id) && config.is_tagged(&m.id))
+            .cloned()
+            .collect()
+    }
+
+    fn reconcile(&self, shared: &Arc<Shared>, config: &ProxyConfig) {
+        self.start_and_tell(shared, config);
+        if config.cluster.is_none() && config.migrations.is_empty() {
+            tokio::spawn(leftover::clean(shared.clone()));
+        }
+    }
+}
+
 /// After the switch: wait for the commit, then for the keys the migration left on this node
 /// to be deleted by the garbage collector.
 pub async fn after_switch(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), String> {
@@ -409,7 +412,7 @@ pub async fn carry_scripts(shared: &Shared, task: &Task) {
         return;
     }
     let loaded = async {
-        let node = source::connect(shared, &task.meta.dst_node).await?;
+        let node = node::connect(shared, &task.meta.dst_node).await?;
         for body in &bodies {
             let cmd = Command::new(vec![Bytes::from_static(b"SCRIPT"), Bytes::from_static(b"LOAD"), body.clone()]);
             node.call_command(&cmd).await.map_err(|e| e.to_string())?;

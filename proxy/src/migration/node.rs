@@ -1,9 +1,43 @@
 //! Talking to a Redis node about replication: `INFO replication`, `REPLICAOF`, `DBSIZE`.
-//! Migration tasks use a connection of their own for this, never a client's.
+//! Migration tasks use a connection of their own for this, never a client's. Also the
+//! `MIGRATE` command keys-mode migrations and their pulls send to a node.
 
 use crate::backend::{Backend, BackendError, ConnectOptions};
+use crate::state::Shared;
+use bytes::Bytes;
 use sluice_common::resp::{parse_frame, Command, Frame, Limits, Protocol};
 use std::time::Duration;
+
+/// A control connection to a node (ours or a peer's), with the node password.
+pub async fn connect(shared: &Shared, addr: &str) -> Result<NodeConn, String> {
+    NodeConn::connect(addr, shared.opts.node_password.clone(), shared.opts.connect_timeout())
+        .await
+        .map_err(|e: NodeError| e.to_string())
+}
+
+/// `MIGRATE host port "" 0 timeout REPLACE [AUTH pw] KEYS k…` towards `node`.
+pub fn migrate_command(shared: &Shared, node: &str, keys: &[Bytes]) -> Command {
+    let (host, port) = node.rsplit_once(':').unwrap_or((node, "6379"));
+    let mut args: Vec<Bytes> = [
+        "MIGRATE",
+        host.trim_start_matches('[').trim_end_matches(']'),
+        port,
+        "",
+        "0",
+        &shared.opts.keys_migrate_timeout_ms.to_string(),
+        "REPLACE",
+    ]
+    .iter()
+    .map(|a| Bytes::copy_from_slice(a.as_bytes()))
+    .collect();
+    if let Some(pw) = &shared.opts.node_password {
+        args.push(Bytes::from_static(b"AUTH"));
+        args.push(Bytes::copy_from_slice(pw.as_bytes()));
+    }
+    args.push(Bytes::from_static(b"KEYS"));
+    args.extend(keys.iter().cloned());
+    Command::new(args)
+}
 
 /// A control connection to one node.
 pub struct NodeConn {

@@ -18,7 +18,7 @@
 //!    there). After the broker's commit, the garbage collector deletes our copies (`cleaning`),
 //!    then `done`.
 
-use super::node::{resolve, NodeConn, NodeError, ReplInfo};
+use super::node::{connect, resolve, NodeConn, ReplInfo};
 use super::{Phase, Task};
 use crate::route::{Override, OverrideKind};
 use crate::state::Shared;
@@ -339,11 +339,4 @@ async fn dst_promoted(node: &mut Conn<'_>, dst: &mut Conn<'_>) -> Result<bool, S
     let ours = node.replication().await?;
     let theirs = dst.replication().await?;
     Ok(theirs.promoted_from(&ours.master_replid))
-}
-
-/// A control connection to a node (ours or a peer's), with the node password.
-pub async fn connect(shared: &Shared, addr: &str) -> Result<NodeConn, String> {
-    NodeConn::connect(addr, shared.opts.node_password.clone(), shared.opts.connect_timeout())
-        .await
-        .map_err(|e: NodeError| e.to_string())
 }
