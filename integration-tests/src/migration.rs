@@ -6,7 +6,6 @@ use crate::broker::BrokerClient;
 use crate::client::RespConn;
 use crate::local::LocalCluster;
 use crate::python::{PyReport, PyVerify};
-use crate::wait::wait_for;
 use crate::workload::{cluster_connection, key_in_slot, VerifyReport, Workload, WorkloadReport};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use futures::StreamExt;
@@ -65,18 +64,24 @@ async fn post_json<T: serde::de::DeserializeOwned>(
     }))
 }
 
-impl LocalCluster {
-    fn migrations_url(&self) -> String {
-        format!("{}/api/v1/clusters/{}/migrations", self.broker.url(), self.spec.cluster)
-    }
+/// The migrations API and the end-of-test checks on a [`LocalCluster`]. A trait because
+/// the deployment itself lives in `sluice-local` (what `sluice local` runs), which knows
+/// nothing of tests; `LocalCluster` is its only implementation.
+// The futures are only awaited on the concrete `LocalCluster`, whose auto traits (Send) the
+// compiler sees: the bound the lint asks for would say nothing more.
+#[allow(async_fn_in_trait)]
+pub trait MigrationCluster {
+    /// The deployment.
+    fn local(&self) -> &LocalCluster;
 
     /// The cluster as the broker holds it now.
-    pub async fn view(&self) -> Result<ClusterView> {
-        self.broker_client().cluster(&self.spec.cluster).await
+    async fn view(&self) -> Result<ClusterView> {
+        let local = self.local();
+        local.broker_client().cluster(&local.spec.cluster).await
     }
 
     /// `POST …/migrations`: the created migration (202), or the broker's refusal.
-    pub async fn try_start_migration(
+    async fn try_start_migration(
         &self,
         src: &str,
         dst: &str,
@@ -84,11 +89,11 @@ impl LocalCluster {
         mode: MigrationMode,
     ) -> Result<std::result::Result<Migration, ApiRefusal>> {
         let body = CreateMigration { src: src.to_string(), dst: dst.to_string(), slots: slots.to_vec(), mode };
-        post_json(&self.migrations_url(), &body).await
+        post_json(&migrations_url(self.local()), &body).await
     }
 
     /// `POST …/migrations`, which must be accepted.
-    pub async fn start_migration(
+    async fn start_migration(
         &self,
         src: &str,
         dst: &str,
@@ -101,36 +106,38 @@ impl LocalCluster {
     }
 
     /// `GET …/migrations/{id}`.
-    pub async fn migration(&self, id: &str) -> Result<Migration> {
-        self.broker_client().get(&format!("/clusters/{}/migrations/{id}", self.spec.cluster)).await
+    async fn migration(&self, id: &str) -> Result<Migration> {
+        let local = self.local();
+        local.broker_client().get(&format!("/clusters/{}/migrations/{id}", local.spec.cluster)).await
     }
 
     /// `POST …/migrations/{id}/abort`.
-    pub async fn abort_migration(&self, id: &str) -> Result<std::result::Result<Migration, ApiRefusal>> {
-        post_json(&format!("{}/{id}/abort", self.migrations_url()), &serde_json::json!({})).await
+    async fn abort_migration(&self, id: &str) -> Result<std::result::Result<Migration, ApiRefusal>> {
+        post_json(&format!("{}/{id}/abort", migrations_url(self.local())), &serde_json::json!({})).await
     }
 
     /// `POST …/scale`: the plan (202), or the broker's refusal.
-    pub async fn try_scale(&self, req: &ScaleRequest) -> Result<std::result::Result<ScalePlan, ApiRefusal>> {
-        post_json(&format!("{}/api/v1/clusters/{}/scale", self.broker.url(), self.spec.cluster), req).await
+    async fn try_scale(&self, req: &ScaleRequest) -> Result<std::result::Result<ScalePlan, ApiRefusal>> {
+        let local = self.local();
+        post_json(&format!("{}/api/v1/clusters/{}/scale", local.broker.url(), local.spec.cluster), req).await
     }
 
     /// `GET /api/v1/migrations?all=true`: every migration the broker still lists, of every
     /// cluster, ended ones included (a cluster keeps its last 100 ended ones).
-    pub async fn all_migrations(&self) -> Result<Vec<Migration>> {
-        Ok(self.broker_client().get::<MigrationList>("/migrations?all=true").await?.migrations)
+    async fn all_migrations(&self) -> Result<Vec<Migration>> {
+        Ok(self.local().broker_client().get::<MigrationList>("/migrations?all=true").await?.migrations)
     }
 
     /// `GET /api/v1/migrations`: the migrations that have not ended, of every cluster.
-    pub async fn running_migrations(&self) -> Result<Vec<Migration>> {
-        Ok(self.broker_client().get::<MigrationList>("/migrations").await?.migrations)
+    async fn running_migrations(&self) -> Result<Vec<Migration>> {
+        Ok(self.local().broker_client().get::<MigrationList>("/migrations").await?.migrations)
     }
 
     /// A watch on migration `id` that records every phase it sees.
-    pub fn watch_migration(&self, id: &str) -> MigrationWatch {
+    fn watch_migration(&self, id: &str) -> MigrationWatch {
         MigrationWatch {
-            broker: self.broker_client(),
-            path: format!("/clusters/{}/migrations/{id}", self.spec.cluster),
+            broker: self.local().broker_client(),
+            path: format!("/clusters/{}/migrations/{id}", self.local().spec.cluster),
             id: id.to_string(),
             started: Instant::now(),
             samples: Vec::new(),
@@ -141,7 +148,7 @@ impl LocalCluster {
 
     /// Polls migration `id` every 5 ms until `pred` holds on its record; fails after `timeout`
     /// naming the phases seen.
-    pub async fn wait_migration_phase(
+    async fn wait_migration_phase(
         &self,
         id: &str,
         timeout: Duration,
@@ -150,43 +157,17 @@ impl LocalCluster {
         self.watch_migration(id).until("the migration phase", timeout, pred).await
     }
 
-    /// Index (in `proxies` and `nodes`) of the proxy at `addr`.
-    pub fn proxy_index(&self, addr: &str) -> Result<usize> {
-        self.proxies.iter().position(|p| p.addr() == addr).ok_or_else(|| anyhow!("no proxy {addr} in this cluster"))
-    }
-
-    /// Restarts proxy `i` with the same flags (after a kill) and waits until it answers PING.
-    pub async fn restart_proxy(&mut self, i: usize) -> Result<()> {
-        self.proxies[i].process().restart()?;
-        let addr = self.proxies[i].addr();
-        wait_for("the restarted proxy to answer PING", Duration::from_secs(15), || {
-            let addr = addr.clone();
-            async move {
-                Ok(match RespConn::connect(&addr).await {
-                    Ok(mut c) => matches!(c.call(&["PING"]).await, Ok(Frame::Simple(_))).then_some(()),
-                    Err(_) => None,
-                })
-            }
-        })
-        .await
-    }
-
-    /// Addresses of every redis node started (spares included).
-    pub fn node_addrs(&self) -> Vec<String> {
-        self.nodes.iter().map(|n| n.addr()).collect()
-    }
-
     /// Stops the writers and checks what a user would: no error and no wrong read while they
     /// ran, every acknowledged write (and TTL) read back, the sum of DBSIZE over every node
     /// equal to the live keys, every key on the node that owns its slot. Returns what it
     /// found, for a test's own further checks.
-    pub async fn check_nothing_lost_or_misplaced(&self, workload: &mut Workload) -> Result<NothingLost> {
+    async fn check_nothing_lost_or_misplaced(&self, workload: &mut Workload) -> Result<NothingLost> {
         self.check_nothing_lost_or_misplaced_with(workload, &CheckOptions::default()).await
     }
 
-    /// [`LocalCluster::check_nothing_lost_or_misplaced`], for a situation that differs as
+    /// [`MigrationCluster::check_nothing_lost_or_misplaced`], for a situation that differs as
     /// `options` says (other nodes, client errors expected from a fault).
-    pub async fn check_nothing_lost_or_misplaced_with(
+    async fn check_nothing_lost_or_misplaced_with(
         &self,
         workload: &mut Workload,
         options: &CheckOptions,
@@ -202,14 +183,14 @@ impl LocalCluster {
         eprintln!("{verify}");
         ensure!(verify.mismatches == 0, "acknowledged writes were lost:\n{verify}");
         ensure!(verify.ttl_mismatches == 0, "TTLs are wrong:\n{verify}");
-        let placement = self.check_nodes_hold_live_keys(options, verify.live_keys).await?;
+        let placement = nodes_hold_live_keys(self.local(), options, verify.live_keys).await?;
         Ok(NothingLost { report, verify, placement })
     }
 
     /// The same checks over the report of redis-py's `workload.py` (stopped by the test): no
     /// error, no wrong read, its read-back found every acknowledged write and TTL, and the
     /// nodes hold exactly its live keys, each on its owner. Returns its read-back.
-    pub async fn check_py_nothing_lost_or_misplaced<'r>(
+    async fn check_py_nothing_lost_or_misplaced<'r>(
         &self,
         report: &'r PyReport,
         options: &CheckOptions,
@@ -228,30 +209,14 @@ impl LocalCluster {
         };
         ensure!(verify.mismatches == 0, "acknowledged writes were lost: {:#?}", verify.examples);
         ensure!(verify.ttl_mismatches == 0, "TTLs are wrong: {:#?}", verify.examples);
-        self.check_nodes_hold_live_keys(options, verify.live_keys).await?;
+        nodes_hold_live_keys(self.local(), options, verify.live_keys).await?;
         Ok(verify)
-    }
-
-    /// The nodes `options` names (every node started by default) hold exactly `live_keys`
-    /// (sum of `DBSIZE`), each key on the node that owns its slot.
-    async fn check_nodes_hold_live_keys(&self, options: &CheckOptions, live_keys: usize) -> Result<Placement> {
-        let nodes = options.nodes.clone().unwrap_or_else(|| self.node_addrs());
-        let mut total = 0;
-        for addr in &nodes {
-            let node = self.nodes.iter().find(|n| &n.addr() == addr).ok_or_else(|| anyhow!("no node {addr} here"))?;
-            total += node.dbsize().await?;
-        }
-        ensure!(total == live_keys as i64, "sum of DBSIZE over the nodes {nodes:?} {total}, live keys {live_keys}");
-        let placement = self.check_keys_on_owners(&nodes).await?;
-        eprintln!("{placement}");
-        ensure!(placement.misplaced == 0, "{placement}");
-        Ok(placement)
     }
 
     /// Reads every key of the redis nodes at `nodes` directly (`SCAN`) and checks that the
     /// broker's current view gives its slot to that node (untagged or migrating: the serving
     /// side).
-    pub async fn check_keys_on_owners(&self, nodes: &[String]) -> Result<Placement> {
+    async fn check_keys_on_owners(&self, nodes: &[String]) -> Result<Placement> {
         let view = self.view().await?;
         let owners = slot_owner_nodes(&view);
         let mut placement = Placement::default();
@@ -278,6 +243,32 @@ impl LocalCluster {
     }
 }
 
+fn migrations_url(cluster: &LocalCluster) -> String {
+    format!("{}/api/v1/clusters/{}/migrations", cluster.broker.url(), cluster.spec.cluster)
+}
+
+impl MigrationCluster for LocalCluster {
+    fn local(&self) -> &LocalCluster {
+        self
+    }
+}
+
+/// The nodes `options` names (every node started by default) hold exactly `live_keys`
+/// (sum of `DBSIZE`), each key on the node that owns its slot.
+async fn nodes_hold_live_keys(cluster: &LocalCluster, options: &CheckOptions, live_keys: usize) -> Result<Placement> {
+    let nodes = options.nodes.clone().unwrap_or_else(|| cluster.node_addrs());
+    let mut total = 0;
+    for addr in &nodes {
+        let node = cluster.nodes.iter().find(|n| &n.addr() == addr).ok_or_else(|| anyhow!("no node {addr} here"))?;
+        total += node.dbsize().await?;
+    }
+    ensure!(total == live_keys as i64, "sum of DBSIZE over the nodes {nodes:?} {total}, live keys {live_keys}");
+    let placement = cluster.check_keys_on_owners(&nodes).await?;
+    eprintln!("{placement}");
+    ensure!(placement.misplaced == 0, "{placement}");
+    Ok(placement)
+}
+
 /// How a test's situation differs from the plain one the shared check assumes.
 #[derive(Debug, Clone, Default)]
 pub struct CheckOptions {
@@ -298,7 +289,7 @@ pub struct NothingLost {
     pub placement: Placement,
 }
 
-/// Where keys are, from [`LocalCluster::check_keys_on_owners`].
+/// Where keys are, from [`MigrationCluster::check_keys_on_owners`].
 #[derive(Debug, Default, Clone)]
 pub struct Placement {
     /// Keys on all nodes together.

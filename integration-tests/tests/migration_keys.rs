@@ -5,7 +5,7 @@ use rand::{Rng, SeedableRng};
 use sluice_common::api::{ClusterDetail, ScalePlan, ScalePlanRecord, ScaleState};
 use sluice_common::model::{ClusterView, MigrationMode, MigrationPhase, SlotRange};
 use sluice_harness::migration::{check_every_slot_served, CheckOptions};
-use sluice_harness::{wait_for, LocalCluster, LocalSpec, Workload, WorkloadConfig};
+use sluice_harness::{wait_for, LocalCluster, LocalSpec, MigrationCluster, Workload, WorkloadConfig};
 use std::time::Duration;
 
 const KEYS: usize = 50_000;

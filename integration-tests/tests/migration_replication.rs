@@ -20,7 +20,7 @@ use sluice_harness::migration::{
     check_every_slot_served, check_timestamps, phase_name, upper_half, CheckOptions, REPLICATION_PHASES,
 };
 use sluice_harness::python::{PyWorkload, PyWorkloadOptions, PythonEnv};
-use sluice_harness::{wait_for, LocalCluster, LocalSpec, Workload, WorkloadConfig};
+use sluice_harness::{wait_for, LocalCluster, LocalSpec, MigrationCluster, Workload, WorkloadConfig};
 use std::time::Duration;
 
 /// Keys of the writer workload (issue 5: 50,000 keys across all slots).

@@ -8,7 +8,7 @@ use sluice_common::slot::key_slot;
 use sluice_harness::client::RespConn;
 use sluice_harness::migration::{check_every_slot_served, slot_owner_nodes, CheckOptions, NothingLost};
 use sluice_harness::python::{PyWorkload, PyWorkloadOptions, PythonEnv};
-use sluice_harness::{wait_for, LocalCluster, LocalSpec, Workload, WorkloadConfig};
+use sluice_harness::{wait_for, LocalCluster, LocalSpec, MigrationCluster, Workload, WorkloadConfig};
 use std::time::Duration;
 
 async fn wait_for_ops(workload: &Workload, n: u64) -> Result<()> {
