@@ -44,6 +44,7 @@ COPY proto/proto proto/proto/
 COPY proxy/Cargo.toml proxy/
 COPY coordinator/Cargo.toml coordinator/
 COPY broker/Cargo.toml broker/
+COPY local/Cargo.toml local/
 COPY cli/Cargo.toml cli/
 COPY integration-tests/Cargo.toml integration-tests/
 # The dependency layer: the workspace with stub sources, so that all dependencies are compiled
@@ -58,12 +59,12 @@ RUN set -eu; \
         echo "no vendored crates for this Cargo.lock: fetching them from crates.io"; \
         rm -rf /cargo-vendor; \
     fi; \
-    for m in common proto proxy coordinator broker cli integration-tests; do \
+    for m in common proto proxy coordinator broker local cli integration-tests; do \
         mkdir -p "$m/src"; : > "$m/src/lib.rs"; echo 'fn main() {}' > "$m/src/main.rs"; \
     done; \
     cargo build --release --locked --bins \
         -p sluice-broker -p sluice-coordinator -p sluice-proxy -p sluice-cli; \
-    rm -rf common/src proto/src proxy/src coordinator/src broker/src cli/src integration-tests/src
+    rm -rf common/src proto/src proxy/src coordinator/src broker/src local/src cli/src integration-tests/src
 
 # The sources. Touched so that cargo rebuilds the workspace crates over the stubs' artifacts
 # whatever times the build context carried.
@@ -72,10 +73,11 @@ COPY proto proto
 COPY proxy proxy
 COPY coordinator coordinator
 COPY broker broker
+COPY local local
 COPY cli cli
 COPY integration-tests integration-tests
 RUN set -eu; \
-    find common proto proxy coordinator broker cli integration-tests -type f -exec touch {} +; \
+    find common proto proxy coordinator broker local cli integration-tests -type f -exec touch {} +; \
     cargo build --release --locked --bins \
         -p sluice-broker -p sluice-coordinator -p sluice-proxy -p sluice-cli; \
     mkdir /out; \

@@ -8,7 +8,7 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use sluice_harness::{LocalCluster, LocalSpec};
+use sluice_local::{LocalCluster, LocalSpec};
 use std::path::PathBuf;
 
 #[derive(Parser)]

@@ -8,7 +8,8 @@
 
 use crate::broker::BrokerClient;
 use crate::local::{proxy_epoch, LocalCluster};
-use crate::migration::{phase_name, ApiRefusal};
+use crate::migration::{phase_name, ApiRefusal, MigrationCluster};
+use crate::relay::Relay;
 use anyhow::{Context, Result};
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
@@ -368,10 +369,13 @@ const ACTIONS: [(Action, u32); 13] = [
     (Action::RelayOutage, 3),
 ];
 
-/// The random driver. It owns nothing of the cluster: every call gets it.
+/// The random driver. It owns nothing of the cluster (every call gets it) but the relays
+/// between the proxies and their nodes, through which it breaks those links.
 pub struct Driver {
     rng: StdRng,
     opts: ChaosOptions,
+    /// Relay `i` stands between proxy `i` and its node ([`crate::local::start_with_relays`]).
+    pub relays: Vec<Relay>,
     undo: Vec<(Instant, Undo)>,
     /// What the driver asked the broker, and how it answered, by kind.
     pub operations: Tally,
@@ -387,10 +391,11 @@ pub struct Driver {
 }
 
 impl Driver {
-    pub fn new(seed: u64, opts: ChaosOptions) -> Driver {
+    pub fn new(seed: u64, opts: ChaosOptions, relays: Vec<Relay>) -> Driver {
         Driver {
             rng: StdRng::seed_from_u64(seed),
             opts,
+            relays,
             undo: Vec::new(),
             operations: Tally::default(),
             faults: Tally::default(),
@@ -479,7 +484,7 @@ impl Driver {
         for what in all {
             self.carry_out(cluster, what).await?;
         }
-        for r in &cluster.relays {
+        for r in &self.relays {
             r.heal();
         }
         Ok(())
@@ -499,7 +504,7 @@ impl Driver {
                 }
             }
             Undo::RestartBroker => cluster.broker.restart().await.context("restart the broker")?,
-            Undo::HealRelay(i) => cluster.relays[i].heal(),
+            Undo::HealRelay(i) => self.relays[i].heal(),
         }
         Ok(())
     }
@@ -566,28 +571,28 @@ impl Driver {
                 }
             }
             Action::RelayLatency => {
-                let i = self.rng.random_range(0..cluster.relays.len());
+                let i = self.rng.random_range(0..self.relays.len());
                 let ms = self.rng.random_range(1..=40);
-                cluster.relays[i].set_latency(Duration::from_millis(ms));
+                self.relays[i].set_latency(Duration::from_millis(ms));
                 let after = self.between((Duration::from_secs(2), Duration::from_secs(10)));
                 self.fault("relay latency", format!("#{i}: {ms} ms for {after:?}"));
                 self.later(after, Undo::HealRelay(i));
             }
             Action::RelayDrop => {
-                let i = self.rng.random_range(0..cluster.relays.len());
+                let i = self.rng.random_range(0..self.relays.len());
                 let fraction = self.rng.random_range(0.3..=1.0);
                 // Its own generator: how many draws it takes depends on the live connections.
                 let mut cuts = StdRng::seed_from_u64(self.rng.random());
-                let cut = cluster.relays[i].drop_connections(fraction, &mut cuts);
+                let cut = self.relays[i].drop_connections(fraction, &mut cuts);
                 if cut > 0 {
                     self.fault("relay connections reset", format!("#{i}: {cut}"));
                 }
             }
             Action::RelayOutage => {
-                let i = self.rng.random_range(0..cluster.relays.len());
-                cluster.relays[i].set_refusing(true);
+                let i = self.rng.random_range(0..self.relays.len());
+                self.relays[i].set_refusing(true);
                 let mut cuts = StdRng::seed_from_u64(self.rng.random());
-                cluster.relays[i].drop_connections(1.0, &mut cuts);
+                self.relays[i].drop_connections(1.0, &mut cuts);
                 let after = self.between((Duration::from_millis(300), Duration::from_millis(2_000)));
                 self.fault("relay outage", format!("#{i} for {after:?}"));
                 self.later(after, Undo::HealRelay(i));

@@ -1,27 +1,25 @@
 //! The multi-process harness: real `redis-server` processes and the real sluice binaries on
-//! loopback ports, driven by real clients. `sluice local` and every end-to-end test start
-//! clusters with this code.
+//! loopback ports, driven by real clients. Every end-to-end test starts its processes with
+//! `sluice-local`, the crate `sluice local` runs, re-exported here under the paths the tests
+//! use (`sluice_harness::bins`, `::broker`, `::client`, …); this crate adds what only tests
+//! need: workloads, migration checks, the fault-injecting relay and the chaos driver.
 
-pub mod bins;
-pub mod broker;
 pub mod chaos;
-pub mod client;
 pub mod cluster;
 pub mod differential;
 pub mod local;
 pub mod migration;
 pub mod native;
-pub mod ports;
-pub mod process;
 pub mod python;
-pub mod redis_node;
 pub mod relay;
-pub mod wait;
 pub mod workload;
+
+pub use sluice_local::{bins, broker, client, ports, process, redis_node, wait};
 
 pub use broker::{BrokerClient, BrokerProcess};
 pub use cluster::ProxyCluster;
 pub use local::{LocalCluster, LocalSpec};
+pub use migration::MigrationCluster;
 pub use process::ChildProcess;
 pub use redis_node::RedisNode;
 pub use relay::Relay;

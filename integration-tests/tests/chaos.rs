@@ -43,9 +43,10 @@
 use anyhow::Result;
 use sluice_common::model::MigrationPhase;
 use sluice_harness::chaos::{wait_migrations_ended, ChaosOptions, Driver, EpochMonitor};
+use sluice_harness::local::start_with_relays;
 use sluice_harness::migration::{check_every_slot_served, Placement};
 use sluice_harness::workload::seed_from_env;
-use sluice_harness::{wait_for, LocalCluster, LocalSpec, Workload, WorkloadConfig};
+use sluice_harness::{wait_for, LocalSpec, MigrationCluster, Workload, WorkloadConfig};
 use std::time::{Duration, Instant};
 
 /// Keys of the writers' model.
@@ -70,8 +71,8 @@ async fn chaos_migrations_and_faults_lose_no_acknowledged_write() -> Result<()> 
     // SLUICE_CHAOS_DIR keeps every process's log (a temporary directory otherwise).
     let data_dir = std::env::var_os("SLUICE_CHAOS_DIR")
         .map(|d| std::path::PathBuf::from(d).join(format!("chaos-{seed}-{}", std::process::id())));
-    let spec = LocalSpec { proxies: 3, spare: 2, relays: true, data_dir, ..LocalSpec::default() };
-    let mut cluster = LocalCluster::start(spec).await?;
+    let spec = LocalSpec { proxies: 3, spare: 2, data_dir, ..LocalSpec::default() };
+    let (mut cluster, relays) = start_with_relays(spec).await?;
     eprintln!("chaos: deployment in {}", cluster.dir.display());
     let config = WorkloadConfig {
         seed,
@@ -90,7 +91,7 @@ async fn chaos_migrations_and_faults_lose_no_acknowledged_write() -> Result<()> 
     let proxies: Vec<String> = cluster.proxies.iter().map(|p| p.addr()).collect();
     let monitor = EpochMonitor::start(cluster.broker_client(), proxies.clone());
     let abort_replication = std::env::var("SLUICE_CHAOS_ABORT_REPLICATION").map_or(true, |v| v != "0");
-    let mut driver = Driver::new(seed, ChaosOptions { abort_replication, ..ChaosOptions::default() });
+    let mut driver = Driver::new(seed, ChaosOptions { abort_replication, ..ChaosOptions::default() }, relays);
 
     let started = Instant::now();
     let mut steps = 0u64;
@@ -160,7 +161,7 @@ async fn chaos_migrations_and_faults_lose_no_acknowledged_write() -> Result<()> 
     let writes_lost = verify.mismatches as u64 + report.wrong_reads;
     let log = &driver.migrations;
     let mut relay_stats = Vec::new();
-    for (i, r) in cluster.relays.iter().enumerate() {
+    for (i, r) in driver.relays.iter().enumerate() {
         let s = r.stats();
         relay_stats.push(format!("#{i}: {} accepted, {} reset, {} refused", s.accepted, s.dropped, s.refused));
     }

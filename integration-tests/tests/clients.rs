@@ -23,7 +23,7 @@ use sluice_common::slot::key_slot;
 use sluice_harness::migration::{upper_half, MigrationWatch};
 use sluice_harness::python::{clients_script, PythonEnv};
 use sluice_harness::workload::{cluster_connection, slot_tag};
-use sluice_harness::{LocalCluster, LocalSpec};
+use sluice_harness::{LocalCluster, LocalSpec, MigrationCluster};
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::process::Stdio;

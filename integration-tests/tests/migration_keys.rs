@@ -4,8 +4,8 @@ use anyhow::Result;
 use rand::{Rng, SeedableRng};
 use sluice_common::api::{ClusterDetail, ScalePlan, ScalePlanRecord, ScaleState};
 use sluice_common::model::{ClusterView, MigrationMode, MigrationPhase, SlotRange};
-use sluice_harness::migration::check_every_slot_served;
-use sluice_harness::{wait_for, LocalCluster, LocalSpec, Workload, WorkloadConfig};
+use sluice_harness::migration::{check_every_slot_served, CheckOptions};
+use sluice_harness::{wait_for, LocalCluster, LocalSpec, MigrationCluster, Workload, WorkloadConfig};
 use std::time::Duration;
 
 const KEYS: usize = 50_000;
@@ -37,7 +37,8 @@ async fn a_range_moves_back_and_forth_between_nodes_that_hold_data() -> Result<(
         assert!(end.timestamps.following.is_none(), "keys mode skips following");
     }
     check_every_slot_served(&cluster.urls(), "after-keys").await?;
-    cluster.check_nothing_lost_or_misplaced(&mut workload).await
+    cluster.check_nothing_lost_or_misplaced(&mut workload).await?;
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,15 +66,10 @@ async fn a_source_killed_mid_scan_resumes_and_loses_nothing() -> Result<()> {
     eprintln!("{}", watch.seen());
     assert_eq!(end.phase, MigrationPhase::Done, "{end:?}");
     check_every_slot_served(&cluster.urls(), "after-restart").await?;
-    let report = workload.stop().await?;
-    eprintln!("{report}");
-    assert_eq!(report.wrong_reads, 0, "the client read wrong values:\n{report}");
-    let v = workload.verify().await?;
-    eprintln!("{v}");
-    assert_eq!(v.mismatches, 0, "acknowledged writes were lost:\n{v}");
-    assert_eq!(cluster.total_keys().await?, v.live_keys as i64, "sum of DBSIZE");
-    let placement = cluster.check_keys_on_owners(&cluster.node_addrs()).await?;
-    assert_eq!(placement.misplaced, 0, "{placement}");
+    // The kill cut client connections: the client's errors then are expected; wrong reads and
+    // lost writes are not.
+    let options = CheckOptions { tolerate_client_errors: true, ..CheckOptions::default() };
+    cluster.check_nothing_lost_or_misplaced_with(&mut workload, &options).await?;
     Ok(())
 }
 
@@ -190,5 +186,6 @@ async fn a_cluster_with_data_grows_shrinks_and_rebalances_under_writers() -> Res
     eprintln!("every slot is served");
     // The three proxies the writers started with are free now: read back through the nodes.
     workload.set_urls(&urls);
-    cluster.check_nothing_lost_or_misplaced(&mut workload).await
+    cluster.check_nothing_lost_or_misplaced(&mut workload).await?;
+    Ok(())
 }

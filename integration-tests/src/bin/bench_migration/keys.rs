@@ -24,7 +24,7 @@ use sluice_common::model::{ClusterView, MigrationMode, MigrationPhase, SlotRange
 use sluice_common::slot::key_slot;
 use sluice_harness::migration::{phase_name, seconds_to};
 use sluice_harness::native::NativeCluster;
-use sluice_harness::{LocalCluster, LocalSpec};
+use sluice_harness::{LocalCluster, LocalSpec, MigrationCluster};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

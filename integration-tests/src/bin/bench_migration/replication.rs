@@ -21,7 +21,7 @@ use sluice_common::slot::key_slot;
 use sluice_harness::client::RespConn;
 use sluice_harness::migration::{phase_name, seconds_to, upper_half};
 use sluice_harness::redis_node::RedisNode;
-use sluice_harness::{wait_for, LocalCluster, LocalSpec};
+use sluice_harness::{wait_for, LocalCluster, LocalSpec, MigrationCluster};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,5 +1,6 @@
-//! A minimal RESP client for the harness itself (configuring proxies, checking nodes),
-//! built on sluice's own codec. Tests use real client libraries for what they assert.
+//! A minimal RESP client for starting and checking processes (readiness, configuring proxies,
+//! checking nodes), built on sluice's own codec. Tests use real client libraries for what
+//! they assert.
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::BytesMut;

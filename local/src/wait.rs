@@ -1,4 +1,4 @@
-//! Polling for a condition with a deadline: the harness never sleeps and hopes.
+//! Polling for a condition with a deadline: nothing here sleeps and hopes.
 
 use anyhow::{bail, Result};
 use std::future::Future;

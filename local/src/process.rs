@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-/// A running program started by the harness. Dropping it kills it (SIGKILL) and reaps it.
+/// A running program started here (a node, the broker, a coordinator, a proxy). Dropping it kills it (SIGKILL) and reaps it.
 pub struct ChildProcess {
     name: String,
     program: PathBuf,
