@@ -122,3 +122,42 @@ impl Drop for ChildProcess {
         self.kill();
     }
 }
+
+/// Starts a server that listens on a port it is given: on `port` if set (one attempt), else on
+/// a free port, again on another if it exits early (the port was taken in between), five
+/// times at most. `args` and `log` are made for the port; `what` names it in errors. Returns
+/// once `answers(port)` says the server is up (within 10 s).
+pub async fn start_listening<A, Fut>(
+    what: &str,
+    program: &Path,
+    port: Option<u16>,
+    args: impl Fn(u16) -> Vec<String>,
+    log: impl Fn(u16) -> PathBuf,
+    answers: A,
+) -> Result<(u16, ChildProcess)>
+where
+    A: Fn(u16) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let mut last = None;
+    for _ in 0..if port.is_some() { 1 } else { 5 } {
+        let port = port.unwrap_or_else(crate::ports::free_port);
+        let mut process = ChildProcess::spawn(&format!("{what}-{port}"), program, &args(port), &log(port))?;
+        let up = crate::wait::wait_for(&format!("{what} to answer"), std::time::Duration::from_secs(10), || {
+            let running = process.is_running();
+            let answering = answers(port);
+            async move {
+                if !running {
+                    anyhow::bail!("{what} exited (port {port} taken?)");
+                }
+                Ok(answering.await.then_some(()))
+            }
+        })
+        .await;
+        match up {
+            Ok(()) => return Ok((port, process)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("{what} did not start")))
+}

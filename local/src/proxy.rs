@@ -2,13 +2,10 @@
 
 use crate::bins::binary;
 use crate::client::RespConn;
-use crate::ports::free_port;
-use crate::process::ChildProcess;
-use crate::wait::wait_for;
-use anyhow::{bail, Result};
+use crate::process::{start_listening, ChildProcess};
+use anyhow::Result;
 use sluice_common::resp::Frame;
 use std::path::Path;
-use std::time::Duration;
 
 /// A `sluice-proxy` process.
 pub struct ProxyProcess {
@@ -25,33 +22,23 @@ impl ProxyProcess {
 
     /// Like [`ProxyProcess::start`], on `port` if given (no retry on another port then).
     pub async fn start_on(dir: &Path, port: Option<u16>, node: &str, extra_args: &[&str]) -> Result<ProxyProcess> {
-        let bin = binary("sluice-proxy")?;
-        let mut last = None;
-        for _ in 0..if port.is_some() { 1 } else { 5 } {
-            let port = port.unwrap_or_else(free_port);
-            let addr = format!("127.0.0.1:{port}");
-            let mut args: Vec<String> = vec!["--listen".into(), addr.clone(), "--node".into(), node.to_string()];
+        let needs_auth = extra_args.contains(&"--requirepass");
+        let args = |port: u16| {
+            let mut args: Vec<String> =
+                vec!["--listen".into(), format!("127.0.0.1:{port}"), "--node".into(), node.to_string()];
             args.extend(extra_args.iter().map(|a| a.to_string()));
-            let log = dir.join(format!("proxy-{port}.log"));
-            let mut process = ChildProcess::spawn(&format!("proxy-{port}"), &bin, &args, &log)?;
-            let needs_auth = extra_args.contains(&"--requirepass");
-            let up = wait_for("sluice-proxy to answer", Duration::from_secs(10), || {
-                let addr = addr.clone();
-                let running = process.is_running();
-                async move {
-                    if !running {
-                        bail!("sluice-proxy exited (port {port} taken?)");
-                    }
-                    Ok(answers(&addr, needs_auth).await.then_some(()))
-                }
-            })
-            .await;
-            match up {
-                Ok(()) => return Ok(ProxyProcess { port, node: node.to_string(), process }),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| anyhow::anyhow!("sluice-proxy did not start")))
+            args
+        };
+        let (port, process) = start_listening(
+            "sluice-proxy",
+            &binary("sluice-proxy")?,
+            port,
+            args,
+            |port| dir.join(format!("proxy-{port}.log")),
+            |port| async move { answers(&format!("127.0.0.1:{port}"), needs_auth).await },
+        )
+        .await?;
+        Ok(ProxyProcess { port, node: node.to_string(), process })
     }
 
     pub fn addr(&self) -> String {

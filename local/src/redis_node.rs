@@ -2,8 +2,7 @@
 
 use crate::bins::redis_server;
 use crate::client::RespConn;
-use crate::ports::free_port;
-use crate::process::ChildProcess;
+use crate::process::{start_listening, ChildProcess};
 use crate::wait::wait_for;
 use anyhow::{bail, Result};
 use sluice_common::resp::Frame;
@@ -20,9 +19,7 @@ impl RedisNode {
     /// Starts a node with its files in `dir`, on a free port, and waits until it answers.
     pub async fn start(dir: &Path, extra_args: &[&str]) -> Result<RedisNode> {
         std::fs::create_dir_all(dir)?;
-        let mut last = None;
-        for _ in 0..5 {
-            let port = free_port();
+        let args = |port: u16| {
             let mut args: Vec<String> = vec![
                 "--port".into(),
                 port.to_string(),
@@ -42,26 +39,18 @@ impl RedisNode {
                 "warning".into(),
             ];
             args.extend(extra_args.iter().map(|a| a.to_string()));
-            let log = dir.join(format!("redis-{port}.log"));
-            let mut process = ChildProcess::spawn(&format!("redis-{port}"), &redis_server()?, &args, &log)?;
-            let addr = format!("127.0.0.1:{port}");
-            let up = wait_for("redis-server to answer PING", Duration::from_secs(10), || {
-                let addr = addr.clone();
-                let running = process.is_running();
-                async move {
-                    if !running {
-                        bail!("redis-server exited (port {port} taken?)");
-                    }
-                    Ok(ping(&addr).await.then_some(()))
-                }
-            })
-            .await;
-            match up {
-                Ok(()) => return Ok(RedisNode { port, dir: dir.to_path_buf(), process }),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| anyhow::anyhow!("redis-server did not start")))
+            args
+        };
+        let (port, process) = start_listening(
+            "redis-server",
+            &redis_server()?,
+            None,
+            args,
+            |port| dir.join(format!("redis-{port}.log")),
+            |port| async move { ping(&format!("127.0.0.1:{port}")).await },
+        )
+        .await?;
+        Ok(RedisNode { port, dir: dir.to_path_buf(), process })
     }
 
     pub fn addr(&self) -> String {

@@ -1,7 +1,7 @@
 //! `INFO`: the node's own report, adjusted so clients see a cluster node, plus a `# Sluice`
 //! section with the proxy's state.
 
-use crate::session::{error_bytes, Flow, Lane, Pending, Session, To};
+use crate::session::{Flow, Session};
 use crate::state::Shared;
 use bytes::Bytes;
 use sluice_common::resp::{parse_frame, Command, Frame, Limits};
@@ -9,22 +9,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 pub async fn handle(s: &mut Session, cmd: Command) -> Flow {
-    let rx = match s.send(&To::Node(Lane::Shared), cmd.raw().clone()).await {
-        Ok(rx) => rx,
-        Err(e) => return s.reply(e.to_frame()).await,
-    };
     let shared = s.shared.clone();
     let protocol = s.protocol;
     let wants_sluice = cmd.len() == 1
         || cmd.args()[1..]
             .iter()
             .any(|a| ["sluice", "all", "everything", "default"].iter().any(|w| a.eq_ignore_ascii_case(w.as_bytes())));
-    let fut = async move {
-        let raw = match rx.await {
-            Ok(Ok(raw)) => raw,
-            Ok(Err(e)) => return error_bytes(&e, protocol),
-            Err(_) => return Frame::error("ERR sluice: reply lost").to_bytes(protocol),
-        };
+    s.send_and_present(cmd.raw().clone(), move |raw| {
         let text = match parse_frame(&raw, &Limits::SERVER) {
             Ok((frame, _)) if frame.is_error() => return raw,
             Ok((frame, _)) => frame.as_bytes().map(|b| String::from_utf8_lossy(b).into_owned()),
@@ -36,8 +27,8 @@ pub async fn handle(s: &mut Session, cmd: Command) -> Flow {
             text.push_str(&sluice_section(&shared));
         }
         Frame::Verbatim(Bytes::from_static(b"txt"), Bytes::from(text)).to_bytes(protocol)
-    };
-    s.push(Pending::Future(Box::pin(fut))).await
+    })
+    .await
 }
 
 /// Presents the node as a cluster node and counts the proxy's clients, not its connections.

@@ -11,7 +11,7 @@ use crate::migration::node::{self, migrate_command};
 use crate::multikey::{self, MergeKind};
 use crate::node_level;
 use crate::route::{Peer, PullTarget, Route, RouteTable};
-use crate::session::{error_bytes, is_blocking, Flow, Lane, Pending, Session, To};
+use crate::session::{is_blocking, Flow, Lane, Pending, Session, To};
 use crate::state::Shared;
 use bytes::Bytes;
 use sluice_common::resp::{parse_frame, Command, Frame, Limits};
@@ -421,19 +421,10 @@ async fn count_served_keys(shared: &Arc<Shared>) -> Result<i64, String> {
 /// `SCAN` and `KEYS`: run on the node, then drop every key of a slot this proxy does not
 /// serve (keys a migration left behind stay invisible).
 pub async fn scan(s: &mut Session, cmd: Command, spec: &'static CommandSpec) -> Flow {
-    let rx = match s.send(&To::Node(Lane::Shared), cmd.raw().clone()).await {
-        Ok(rx) => rx,
-        Err(e) => return s.reply(e.to_frame()).await,
-    };
     let shared = s.shared.clone();
     let protocol = s.protocol;
     let is_scan = spec.name == "scan";
-    let fut = async move {
-        let raw = match rx.await {
-            Ok(Ok(raw)) => raw,
-            Ok(Err(e)) => return error_bytes(&e, protocol),
-            Err(_) => return Frame::error("ERR sluice: reply lost").to_bytes(protocol),
-        };
+    s.send_and_present(cmd.raw().clone(), move |raw| {
         let Ok((frame, _)) = parse_frame(&raw, &Limits::SERVER) else {
             return raw;
         };
@@ -454,6 +445,6 @@ pub async fn scan(s: &mut Session, cmd: Command, spec: &'static CommandSpec) -> 
             _ => return raw,
         };
         filtered.to_bytes(protocol)
-    };
-    s.push(Pending::Future(Box::pin(fut))).await
+    })
+    .await
 }

@@ -22,7 +22,7 @@
 //! `port` is the proxy's, `requirepass` the proxy's own, and the node's replication
 //! credentials (`masterauth`, `masteruser`) are not shown.
 
-use crate::session::{error_bytes, Flow, Lane, Pending, Session, To};
+use crate::session::{Flow, Session};
 use crate::state::Shared;
 use bytes::Bytes;
 use sluice_common::model::MigrationMode;
@@ -121,33 +121,22 @@ fn config_set_refusal(cmd: &Command, shared: &Shared) -> Option<Frame> {
 
 /// `CONFIG GET`: the node's answer, presented as a cluster node's (see the module doc).
 pub async fn config_get(s: &mut Session, cmd: Command) -> Flow {
-    let rx = match s.send(&To::Node(Lane::Shared), cmd.raw().clone()).await {
-        Ok(rx) => rx,
-        Err(e) => return s.reply(e.to_frame()).await,
-    };
     let shared = s.shared.clone();
     let protocol = s.protocol;
-    let fut = async move {
-        let raw = match rx.await {
-            Ok(Ok(raw)) => raw,
-            Ok(Err(e)) => return error_bytes(&e, protocol),
-            Err(_) => return Frame::error("ERR sluice: reply lost").to_bytes(protocol),
-        };
-        match parse_frame(&raw, &Limits::SERVER) {
-            Ok((Frame::Array(items), _)) => {
-                let mut pairs: Vec<(Frame, Frame)> = Vec::with_capacity(items.len() / 2);
-                let mut it = items.into_iter();
-                while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                    pairs.push((k, v));
-                }
-                let pairs = present(pairs, &shared);
-                Frame::Array(pairs.into_iter().flat_map(|(k, v)| [k, v]).collect()).to_bytes(protocol)
+    s.send_and_present(cmd.raw().clone(), move |raw| match parse_frame(&raw, &Limits::SERVER) {
+        Ok((Frame::Array(items), _)) => {
+            let mut pairs: Vec<(Frame, Frame)> = Vec::with_capacity(items.len() / 2);
+            let mut it = items.into_iter();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                pairs.push((k, v));
             }
-            Ok((Frame::Map(pairs), _)) => Frame::Map(present(pairs, &shared)).to_bytes(protocol),
-            _ => raw,
+            let pairs = present(pairs, &shared);
+            Frame::Array(pairs.into_iter().flat_map(|(k, v)| [k, v]).collect()).to_bytes(protocol)
         }
-    };
-    s.push(Pending::Future(Box::pin(fut))).await
+        Ok((Frame::Map(pairs), _)) => Frame::Map(present(pairs, &shared)).to_bytes(protocol),
+        _ => raw,
+    })
+    .await
 }
 
 /// The parameters a cluster node would show differently from the proxy's node.

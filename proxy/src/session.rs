@@ -414,6 +414,29 @@ impl Session {
         self.send_in_order(to, data, |b, d| b.send_many(d, n)).await
     }
 
+    /// Sends raw command bytes to this proxy's node and queues the reply `present` makes of
+    /// the node's raw answer once it is in (`INFO`, `CONFIG GET`, `SCAN`: answers the proxy
+    /// adjusts). A node that cannot be reached gives the usual error reply.
+    pub async fn send_and_present(
+        &mut self,
+        data: Bytes,
+        present: impl FnOnce(Bytes) -> Bytes + Send + 'static,
+    ) -> Flow {
+        let rx = match self.send(&To::Node(Lane::Shared), data).await {
+            Ok(rx) => rx,
+            Err(e) => return self.reply(e.to_frame()).await,
+        };
+        let protocol = self.protocol;
+        let fut = async move {
+            match rx.await {
+                Ok(Ok(raw)) => present(raw),
+                Ok(Err(e)) => error_bytes(&e, protocol),
+                Err(_) => Frame::error("ERR sluice: reply lost").to_bytes(protocol),
+            }
+        };
+        self.push(Pending::Future(Box::pin(fut))).await
+    }
+
     /// For a reply that does its I/O on a connection of its own when the writer reaches it,
     /// i.e. after every earlier reply is in: commands read after it wait until it is done.
     pub async fn own_connection(&mut self) {
