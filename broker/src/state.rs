@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 use sluice_common::api::{Migration, ProxyConfigEntry, ProxyInfo, ProxyState, ScaleKind, ScalePlanRecord, ScaleState};
-use sluice_common::model::{ClusterView, Epoch, NodeView, ProxyConfig};
+use sluice_common::model::{ClusterView, Epoch, NodeView, ProxyConfig, ReplicaView};
 use std::collections::{BTreeMap, HashMap};
 
 /// A registered proxy as stored.
@@ -36,6 +36,17 @@ impl ProxyRecord {
             node: self.node_address.clone(),
             slots: Vec::new(),
             peer: self.peer_address.clone(),
+            replicas: Vec::new(),
+        }
+    }
+
+    /// This proxy as a replica of a shard.
+    pub fn replica_view(&self) -> ReplicaView {
+        ReplicaView {
+            proxy: self.address.clone(),
+            node: self.node_address.clone(),
+            peer: self.peer_address.clone(),
+            former_master: false,
         }
     }
 }
@@ -78,16 +89,16 @@ impl State {
     pub fn membership(&self) -> HashMap<&str, &str> {
         let mut out = HashMap::new();
         for (name, cluster) in &self.clusters {
-            for node in &cluster.nodes {
-                out.insert(node.proxy.as_str(), name.as_str());
+            for member in cluster.members() {
+                out.insert(member, name.as_str());
             }
         }
         out
     }
 
-    /// The cluster the proxy is a node of.
+    /// The cluster the proxy is a member of (a shard's master or one of its replicas).
     pub fn cluster_of(&self, proxy: &str) -> Option<&ClusterView> {
-        self.clusters.values().find(|c| c.nodes.iter().any(|n| n.proxy == proxy))
+        self.clusters.values().find(|c| c.members().any(|m| m == proxy))
     }
 
     /// The running scale-out that will bring `address` (not yet a node) into its cluster.

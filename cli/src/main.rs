@@ -25,6 +25,9 @@ enum Command {
         /// Proxies in the cluster, each in front of its own redis-server.
         #[arg(long, default_value_t = 3)]
         proxies: usize,
+        /// Replica proxies per shard (each with its own redis-server replicating the master's).
+        #[arg(long, default_value_t = 0)]
+        replicas: usize,
         /// Extra free proxies (with their redis-server) to scale out into.
         #[arg(long, default_value_t = 1)]
         spare: usize,
@@ -44,9 +47,10 @@ enum Command {
 #[tokio::main]
 async fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::Local { proxies, spare, base_port, broker_port, data_dir } => {
+        Command::Local { proxies, replicas, spare, base_port, broker_port, data_dir } => {
             let spec = LocalSpec {
                 proxies,
+                replicas,
                 spare,
                 base_port: Some(base_port),
                 broker_port: Some(broker_port),
@@ -60,26 +64,36 @@ async fn main() -> Result<()> {
 
 async fn local(spec: LocalSpec) -> Result<()> {
     anyhow::ensure!(spec.proxies >= 1, "--proxies must be at least 1");
-    let (proxies, spare) = (spec.proxies, spec.spare);
     let base_port = spec.base_port.unwrap_or(6001);
+    let name = spec.cluster.clone();
     let cluster = LocalCluster::start(spec).await?;
     let broker = cluster.broker.url();
-    let epoch = cluster.broker_client().epoch().await?;
+    let client = cluster.broker_client();
+    let epoch = client.epoch().await?;
+    let view = client.cluster(&name).await?;
     println!("sluice local is up (epoch {epoch})\n");
     println!("  broker       {broker}");
     println!("  coordinator  1 running");
-    for (i, (p, n)) in cluster.proxies.iter().zip(&cluster.nodes).enumerate() {
-        let role = if i < proxies { "cluster 'local'" } else { "spare (free)" };
-        println!("  proxy        {}  ->  redis-server {}   {role}", p.addr(), n.addr());
+    let mut spare = None;
+    for (p, n) in cluster.proxies.iter().zip(&cluster.nodes) {
+        let addr = p.addr();
+        let role = if view.nodes.iter().any(|m| m.proxy == addr) {
+            format!("master in cluster '{name}'")
+        } else if let Some(shard) = view.shard_of_replica(&addr) {
+            format!("replica of {} in cluster '{name}'", shard.proxy)
+        } else {
+            spare.get_or_insert(addr.clone());
+            "spare (free)".to_string()
+        };
+        println!("  proxy        {addr}  ->  redis-server {}   {role}", n.addr());
     }
     let first = cluster.proxies[0].addr();
     println!("\nTry:");
     println!("  redis-cli -c -p {base_port} SET hello world");
-    println!("  curl -s {broker}/api/v1/clusters/local");
-    if spare > 0 {
-        let dst = cluster.proxies[proxies].addr();
+    println!("  curl -s {broker}/api/v1/clusters/{name}");
+    if let Some(dst) = spare {
         println!(
-            "  curl -s -X POST {broker}/api/v1/clusters/local/migrations -d '{{\"src\":\"{first}\",\"dst\":\"{dst}\",\"slots\":[[0,1000]]}}'"
+            "  curl -s -X POST {broker}/api/v1/clusters/{name}/migrations -d '{{\"src\":\"{first}\",\"dst\":\"{dst}\",\"slots\":[[0,1000]]}}'"
         );
     }
     println!("\nFiles and logs under {}. Ctrl-C stops everything.", cluster.dir.display());

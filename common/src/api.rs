@@ -134,7 +134,11 @@ pub enum ProxySelection {
 pub struct CreateCluster {
     /// `[A-Za-z0-9_-]{1,64}`.
     pub name: String,
+    /// The shards' masters: a number of free proxies, or their addresses.
     pub proxies: ProxySelection,
+    /// Replicas per shard, taken from the free proxies (default 0).
+    #[serde(default)]
+    pub replicas: u64,
 }
 
 /// `DELETE /api/v1/proxies/{address}` and `DELETE /api/v1/clusters/{name}`.

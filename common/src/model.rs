@@ -137,6 +137,10 @@ pub struct NodeView {
     /// registration (`peer_address`); it is never what clients are told.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer: Option<String>,
+    /// The shard's replicas: proxies whose nodes replicate this node. Clients read from them
+    /// after `READONLY`, as from Redis Cluster replicas; a failover promotes one of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<ReplicaView>,
 }
 
 impl NodeView {
@@ -144,6 +148,23 @@ impl NodeView {
     pub fn peer_address(&self) -> &str {
         self.peer.as_deref().unwrap_or(&self.proxy)
     }
+}
+
+/// A replica of a shard: a proxy and the Redis node behind it, which replicates the shard's
+/// master node.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaView {
+    pub proxy: String,
+    pub node: String,
+    /// As [`NodeView::peer`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    /// This replica was the shard's master until a failover: its node may hold writes the new
+    /// master lacks, so its proxy makes it replicate the new master (which replaces its data)
+    /// even though it holds keys, and serves nothing from it until then.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub former_master: bool,
 }
 
 /// A cluster as clients and operators see it.
@@ -258,15 +279,29 @@ pub enum ModelError {
 }
 
 impl ClusterView {
+    /// Every proxy of the cluster: the masters, and the replicas of each shard.
+    pub fn members(&self) -> impl Iterator<Item = &str> {
+        self.nodes
+            .iter()
+            .flat_map(|n| std::iter::once(n.proxy.as_str()).chain(n.replicas.iter().map(|r| r.proxy.as_str())))
+    }
+
+    /// The shard (its master's entry) of which `proxy` is a replica.
+    pub fn shard_of_replica(&self, proxy: &str) -> Option<&NodeView> {
+        self.nodes.iter().find(|n| n.replicas.iter().any(|r| r.proxy == proxy))
+    }
+
     /// For each slot, the index in `nodes` of its owner: the node holding it untagged or
     /// migrating. Importing ranges never own a slot: until the switch the source serves it.
     pub fn slot_owners(&self) -> Result<Vec<Option<usize>>, ModelError> {
         let mut owners = vec![None; usize::from(SLOT_COUNT)];
         let mut seen = HashMap::new();
-        for (i, node) in self.nodes.iter().enumerate() {
-            if seen.insert(node.proxy.as_str(), i).is_some() {
-                return Err(ModelError::DuplicateProxy(node.proxy.clone()));
+        for member in self.members() {
+            if seen.insert(member, ()).is_some() {
+                return Err(ModelError::DuplicateProxy(member.to_string()));
             }
+        }
+        for (i, node) in self.nodes.iter().enumerate() {
             for a in &node.slots {
                 a.range().validate()?;
                 if a.tag == Some(SlotTag::Importing) {
@@ -316,7 +351,7 @@ impl ProxyConfig {
     pub fn validate(&self) -> Result<(), ModelError> {
         if let Some(cluster) = &self.cluster {
             cluster.slot_owners()?;
-            if !cluster.nodes.iter().any(|n| n.proxy == self.proxy) {
+            if !cluster.members().any(|p| p == self.proxy) {
                 return Err(ModelError::NotInCluster(self.proxy.clone()));
             }
         }
@@ -359,7 +394,13 @@ mod tests {
             epoch: 1,
             nodes: nodes
                 .into_iter()
-                .map(|(p, slots)| NodeView { proxy: p.into(), node: format!("node-{p}"), slots, peer: None })
+                .map(|(p, slots)| NodeView {
+                    proxy: p.into(),
+                    node: format!("node-{p}"),
+                    slots,
+                    peer: None,
+                    replicas: Vec::new(),
+                })
                 .collect(),
         }
     }

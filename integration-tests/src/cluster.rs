@@ -69,6 +69,7 @@ impl ProxyCluster {
                 node: p.node.clone(),
                 slots: vec![SlotAssignment::plain(range)],
                 peer: None,
+                replicas: Vec::new(),
             })
             .collect();
         ClusterView { name: "test".into(), epoch, nodes }

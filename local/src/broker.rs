@@ -128,8 +128,18 @@ impl BrokerClient {
     }
 
     pub async fn create_cluster(&self, name: &str, proxies: Vec<String>) -> Result<ClusterView> {
-        self.post("/clusters", &CreateCluster { name: name.to_string(), proxies: ProxySelection::Addresses(proxies) })
-            .await
+        self.create_cluster_with_replicas(name, proxies, 0).await
+    }
+
+    /// A cluster whose shards' masters are `proxies`, with `replicas` free proxies per shard.
+    pub async fn create_cluster_with_replicas(
+        &self,
+        name: &str,
+        proxies: Vec<String>,
+        replicas: u64,
+    ) -> Result<ClusterView> {
+        let req = CreateCluster { name: name.to_string(), proxies: ProxySelection::Addresses(proxies), replicas };
+        self.post("/clusters", &req).await
     }
 
     pub async fn delete_cluster(&self, name: &str) -> Result<()> {

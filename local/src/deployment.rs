@@ -20,8 +20,10 @@ use tempfile::TempDir;
 /// What to start.
 #[derive(Debug, Clone)]
 pub struct LocalSpec {
-    /// Proxies in the cluster.
+    /// Shards of the cluster (each a master proxy).
     pub proxies: usize,
+    /// Replica proxies per shard (started besides the masters and the spares).
+    pub replicas: usize,
     /// Extra free proxies (for scaling out).
     pub spare: usize,
     /// Proxies on base_port, base_port + 1, …; control ports 10000 above. Free ports when absent.
@@ -40,6 +42,7 @@ impl Default for LocalSpec {
     fn default() -> Self {
         LocalSpec {
             proxies: 3,
+            replicas: 0,
             spare: 1,
             base_port: None,
             broker_port: None,
@@ -103,7 +106,7 @@ impl LocalCluster {
             cluster.start_coordinator()?;
         }
         let mut links = Vec::new();
-        for i in 0..cluster.spec.proxies + cluster.spec.spare {
+        for i in 0..cluster.spec.proxies * (1 + cluster.spec.replicas) + cluster.spec.spare {
             links.push(cluster.add_proxy(i, &mut link).await?);
         }
         let client = cluster.broker_client();
@@ -114,7 +117,7 @@ impl LocalCluster {
         })
         .await?;
         let members: Vec<String> = cluster.proxies[..cluster.spec.proxies].iter().map(ProxyProcess::addr).collect();
-        client.create_cluster(&cluster.spec.cluster, members).await?;
+        client.create_cluster_with_replicas(&cluster.spec.cluster, members, cluster.spec.replicas as u64).await?;
         cluster.wait_converged(Duration::from_secs(20)).await?;
         Ok((cluster, links))
     }

@@ -1,7 +1,7 @@
 //! `CLUSTER …` emulation: what a Redis Cluster client asks to learn the topology, answered
-//! from the proxy's config. Every proxy is a master owning its node's slots; there are no
-//! replicas. Commands that would change a native cluster are refused: the broker owns
-//! the topology.
+//! from the proxy's config. Each shard is a master proxy owning its node's slots and its
+//! replica proxies, listed as a native cluster lists replicas. Commands that would change a
+//! native cluster are refused: the broker owns the topology.
 
 use crate::command::CommandSpec;
 use crate::route::{Peer, RouteTable};
@@ -17,16 +17,28 @@ pub fn handle(shared: &Shared, cmd: &Command, spec: &CommandSpec) -> Frame {
         "cluster|slots" | "cluster|shards" | "cluster|nodes" if routes.peers.is_empty() => no_topology(),
         "cluster|slots" => slots(&routes),
         "cluster|shards" => shards(&routes),
-        "cluster|nodes" => text(nodes(&routes)),
+        "cluster|nodes" => text(nodes(&routes, shared.me())),
         "cluster|info" => text(info(&routes)),
         "cluster|keyslot" => Frame::Integer(i64::from(key_slot(&cmd.args()[2]))),
         "cluster|myid" | "cluster|myshardid" => Frame::bulk(node_id(shared.me())),
         "cluster|replicas" | "cluster|slaves" => {
             let id = String::from_utf8_lossy(&cmd.args()[2]).into_owned();
-            if id == node_id(shared.me()) || routes.peers.iter().any(|p| p.id == id) {
-                Frame::Array(Vec::new())
-            } else {
-                Frame::error(format!("ERR Unknown node {id}"))
+            match routes.peers.iter().position(|p| p.id == id) {
+                Some(i) => {
+                    let lines = node_lines(&routes, shared.me());
+                    let wanted = &routes.peers[i].replicas;
+                    Frame::Array(
+                        lines
+                            .into_iter()
+                            .filter(|(proxy, _)| wanted.iter().any(|r| &r.proxy == proxy))
+                            .map(|(_, line)| Frame::bulk(line))
+                            .collect(),
+                    )
+                }
+                None if routes.peers.iter().any(|p| p.replicas.iter().any(|r| r.id == id)) => {
+                    Frame::error("ERR The specified node is not a master")
+                }
+                None => Frame::error(format!("ERR Unknown node {id}")),
             }
         }
         "cluster|links" => Frame::Array(Vec::new()),
@@ -72,24 +84,39 @@ fn node_entry(peer: &Peer) -> Frame {
     Frame::Array(vec![Frame::bulk(host.to_string()), Frame::Integer(port), Frame::bulk(peer.id.clone())])
 }
 
-/// `CLUSTER SLOTS`: one entry per contiguous range, master only.
+/// `CLUSTER SLOTS`: one entry per contiguous range: the master, then its replicas.
 fn slots(routes: &RouteTable) -> Frame {
     Frame::Array(
         routes
             .runs()
             .into_iter()
             .map(|(start, end, owner)| {
-                Frame::Array(vec![
-                    Frame::Integer(i64::from(start)),
-                    Frame::Integer(i64::from(end)),
-                    node_entry(&routes.peers[owner]),
-                ])
+                let master = &routes.peers[owner];
+                let mut entry =
+                    vec![Frame::Integer(i64::from(start)), Frame::Integer(i64::from(end)), node_entry(master)];
+                entry.extend(master.replicas.iter().map(node_entry));
+                Frame::Array(entry)
             })
             .collect(),
     )
 }
 
-/// `CLUSTER SHARDS` (Redis 7): one shard per node, with its ranges and its single master.
+/// A node of `CLUSTER SHARDS`.
+fn shard_node(peer: &Peer, role: &str) -> Frame {
+    let (host, port) = host_port(&peer.proxy);
+    Frame::Map(vec![
+        (Frame::bulk("id"), Frame::bulk(peer.id.clone())),
+        (Frame::bulk("port"), Frame::Integer(port)),
+        (Frame::bulk("ip"), Frame::bulk(host.to_string())),
+        (Frame::bulk("endpoint"), Frame::bulk(host.to_string())),
+        (Frame::bulk("role"), Frame::bulk(role.to_string())),
+        (Frame::bulk("replication-offset"), Frame::Integer(0)),
+        (Frame::bulk("health"), Frame::bulk("online")),
+    ])
+}
+
+/// `CLUSTER SHARDS` (Redis 7): one shard per master, with its ranges, the master and its
+/// replicas.
 fn shards(routes: &RouteTable) -> Frame {
     let runs = routes.runs();
     Frame::Array(
@@ -103,19 +130,11 @@ fn shards(routes: &RouteTable) -> Frame {
                     .filter(|r| r.2 == i)
                     .flat_map(|&(s, e, _)| [Frame::Integer(i64::from(s)), Frame::Integer(i64::from(e))])
                     .collect();
-                let (host, port) = host_port(&peer.proxy);
-                let node = Frame::Map(vec![
-                    (Frame::bulk("id"), Frame::bulk(peer.id.clone())),
-                    (Frame::bulk("port"), Frame::Integer(port)),
-                    (Frame::bulk("ip"), Frame::bulk(host.to_string())),
-                    (Frame::bulk("endpoint"), Frame::bulk(host.to_string())),
-                    (Frame::bulk("role"), Frame::bulk("master")),
-                    (Frame::bulk("replication-offset"), Frame::Integer(0)),
-                    (Frame::bulk("health"), Frame::bulk("online")),
-                ]);
+                let mut nodes = vec![shard_node(peer, "master")];
+                nodes.extend(peer.replicas.iter().map(|r| shard_node(r, "replica")));
                 Frame::Map(vec![
                     (Frame::bulk("slots"), Frame::Array(ranges)),
-                    (Frame::bulk("nodes"), Frame::Array(vec![node])),
+                    (Frame::bulk("nodes"), Frame::Array(nodes)),
                 ])
             })
             .collect(),
@@ -123,34 +142,37 @@ fn shards(routes: &RouteTable) -> Frame {
 }
 
 /// `CLUSTER NODES`: one line per node, this proxy flagged `myself`.
-fn nodes(routes: &RouteTable) -> String {
+fn nodes(routes: &RouteTable, me: &str) -> String {
+    node_lines(routes, me).into_iter().map(|(_, line)| line + "\n").collect()
+}
+
+/// The `CLUSTER NODES` line of every node (with the proxy it describes): each master with
+/// its slot ranges, then its replicas (`slave <master id>`, no slots).
+fn node_lines(routes: &RouteTable, me: &str) -> Vec<(String, String)> {
     let epoch = routes.epoch();
     let runs = routes.runs();
-    let line = |id: &str, addr: &str, myself: bool, ranges: &[String]| {
-        let (host, port) = host_port(addr);
+    let line = |peer: &Peer, role: &str, master: &str, ranges: &[String]| {
+        let (host, port) = host_port(&peer.proxy);
         let cport = if port + 10000 <= 65535 { port + 10000 } else { port };
-        let flags = if myself { "myself,master" } else { "master" };
-        let mut l = format!("{id} {host}:{port}@{cport} {flags} - 0 0 {epoch} connected");
+        let flags = if peer.proxy == me { format!("myself,{role}") } else { role.to_string() };
+        let mut l = format!("{} {host}:{port}@{cport} {flags} {master} 0 0 {epoch} connected", peer.id);
         for r in ranges {
             l.push(' ');
             l.push_str(r);
         }
-        l.push('\n');
-        l
+        (peer.proxy.clone(), l)
     };
-    routes
-        .peers
-        .iter()
-        .enumerate()
-        .map(|(i, peer)| {
-            let ranges: Vec<String> = runs
-                .iter()
-                .filter(|r| r.2 == i)
-                .map(|&(s, e, _)| if s == e { s.to_string() } else { format!("{s}-{e}") })
-                .collect();
-            line(&peer.id, &peer.proxy, routes.me == Some(i), &ranges)
-        })
-        .collect()
+    let mut out = Vec::new();
+    for (i, peer) in routes.peers.iter().enumerate() {
+        let ranges: Vec<String> = runs
+            .iter()
+            .filter(|r| r.2 == i)
+            .map(|&(s, e, _)| if s == e { s.to_string() } else { format!("{s}-{e}") })
+            .collect();
+        out.push(line(peer, "master", "-", &ranges));
+        out.extend(peer.replicas.iter().map(|r| line(r, "slave", &peer.id, &[])));
+    }
+    out
 }
 
 /// `CLUSTER INFO`: `ok` only when every slot is served.
@@ -164,6 +186,6 @@ fn info(routes: &RouteTable) -> String {
          cluster_slots_pfail:0\r\ncluster_slots_fail:0\r\ncluster_known_nodes:{}\r\ncluster_size:{size}\r\n\
          cluster_current_epoch:{epoch}\r\ncluster_my_epoch:{epoch}\r\ncluster_stats_messages_sent:0\r\n\
          cluster_stats_messages_received:0\r\ntotal_cluster_links_buffer_limit_exceeded:0\r\n",
-        routes.peers.len().max(1),
+        routes.peers.iter().map(|p| 1 + p.replicas.len()).sum::<usize>().max(1),
     )
 }

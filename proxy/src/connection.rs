@@ -27,7 +27,11 @@ pub async fn handle(s: &mut Session, cmd: Command, spec: &'static CommandSpec) -
             s.push(Pending::Close).await;
             Flow::Close
         }
-        "readonly" | "readwrite" | "asking" => s.reply(Frame::ok()).await,
+        "readonly" | "readwrite" => {
+            s.readonly = spec.name == "readonly";
+            s.reply(Frame::ok()).await
+        }
+        "asking" => s.reply(Frame::ok()).await,
         "select" => {
             let reply = match parse_int(&args[1]) {
                 Some(0) => Frame::ok(),
@@ -53,6 +57,7 @@ pub async fn handle(s: &mut Session, cmd: Command, spec: &'static CommandSpec) -
             s.tx = TxState::None;
             s.protocol = Protocol::Resp2;
             s.name = None;
+            s.readonly = false;
             s.authenticated = s.shared.opts.requirepass.is_none();
             s.reset_backends();
             s.reply(Frame::simple("RESET")).await

@@ -276,6 +276,9 @@ pub async fn handle(s: &mut Session, cmd: Command, spec: &'static CommandSpec) -
             None => return s.reply(crossslot).await,
         },
     };
+    if s.readonly && spec.has(flags::READONLY) && !slots.is_empty() && reads_from_replica(&s.shared, &slots) {
+        return s.send_to_node(lane, cmd.raw().clone()).await;
+    }
     // A command that waited for a switch is forwarded to the slot's new proxy: the client
     // never learns a switch happened.
     let mut waited = false;
@@ -320,6 +323,16 @@ pub async fn handle(s: &mut Session, cmd: Command, spec: &'static CommandSpec) -
             }
         }
     }
+}
+
+/// Whether a `READONLY` client's read of `slots` is served by this replica's node: the slots
+/// are its master's (and not migrating) and the node follows the master. Otherwise it goes
+/// where a write would (`MOVED` to the master), as on a Redis Cluster replica.
+fn reads_from_replica(shared: &Shared, slots: &[u16]) -> bool {
+    let routes = shared.routes();
+    routes.replica_of.is_some()
+        && slots.iter().all(|&slot| routes.replica_reads(slot))
+        && shared.replica_synced.load(std::sync::atomic::Ordering::Acquire)
 }
 
 /// Forwarding a command whose keys live on several proxies: each destination gets its
@@ -430,7 +443,7 @@ pub async fn scan(s: &mut Session, cmd: Command, spec: &'static CommandSpec) -> 
         };
         let routes = shared.routes();
         let keep = |keys: Vec<Frame>| -> Vec<Frame> {
-            keys.into_iter().filter(|k| k.as_bytes().is_some_and(|b| routes.is_local(key_slot(b)))).collect()
+            keys.into_iter().filter(|k| k.as_bytes().is_some_and(|b| routes.shows_keys_of(key_slot(b)))).collect()
         };
         let filtered = match (is_scan, frame) {
             (true, Frame::Array(mut parts)) if parts.len() == 2 => {

@@ -27,6 +27,7 @@ pub mod route;
 pub mod scripts;
 pub mod server;
 pub mod session;
+pub mod shard;
 pub mod state;
 pub mod status;
 pub mod transaction;

@@ -24,6 +24,10 @@ const IMPORTING: u8 = 4;
 const PULLING: u8 = 8;
 /// A slot a keys-mode migration is moving here: commands forwarded by the source are served.
 const IMPORTING_KEYS: u8 = 16;
+/// On a replica: a slot its master serves and moves nowhere, whose reads a `READONLY` client
+/// may have from this replica. (A slot its master is migrating is read from the master: the
+/// replica's copy cannot tell a key that moved from one that never was.)
+const REPLICA_READS: u8 = 32;
 
 /// A peer as the cluster commands describe it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +39,8 @@ pub struct Peer {
     pub id: String,
     /// Where this proxy connects to it (the view's `peer`, else `proxy`); never shown to clients.
     pub peer: String,
+    /// A master's replicas (for the cluster commands); empty for a replica.
+    pub replicas: Vec<Peer>,
 }
 
 /// Where the keys of a slot in a keys-mode migration go (the source's view).
@@ -92,8 +98,10 @@ pub struct RouteTable {
     pull_index: Box<[u16]>,
     pub pulls: Vec<PullTarget>,
     pub peers: Vec<Peer>,
-    /// Index of this proxy in `peers`, when it is in a cluster.
+    /// Index of this proxy in `peers`, when it is a master of a cluster.
     pub me: Option<usize>,
+    /// When this proxy is a replica: the index in `peers` of its shard's master.
+    pub replica_of: Option<usize>,
     /// Out of a cluster: who served each slot when this proxy last was in one (see
     /// [`RouteTable::keep_former_view`]).
     former: Option<Arc<FormerView>>,
@@ -118,6 +126,7 @@ impl RouteTable {
             pulls: Vec::new(),
             peers: Vec::new(),
             me: None,
+            replica_of: None,
             former: None,
         }
     }
@@ -131,17 +140,33 @@ impl RouteTable {
         let mut pulls = Vec::new();
         let mut peers = Vec::new();
         let mut me = None;
+        let mut replica_of = None;
         if let Some(cluster) = &config.cluster {
             let slot_owners = cluster.slot_owners()?;
             for (i, node) in cluster.nodes.iter().enumerate() {
                 if node.proxy == config.proxy {
                     me = Some(i);
                 }
+                if node.replicas.iter().any(|r| r.proxy == config.proxy) {
+                    replica_of = Some(i);
+                }
+                let replicas = node
+                    .replicas
+                    .iter()
+                    .map(|r| Peer {
+                        proxy: r.proxy.clone(),
+                        node: r.node.clone(),
+                        id: node_id(&r.proxy),
+                        peer: r.peer.clone().unwrap_or_else(|| r.proxy.clone()),
+                        replicas: Vec::new(),
+                    })
+                    .collect();
                 peers.push(Peer {
                     proxy: node.proxy.clone(),
                     node: node.node.clone(),
                     id: node_id(&node.proxy),
                     peer: node.peer_address().to_string(),
+                    replicas,
                 });
             }
             // Owners are stored as u16 indices with `NO_OWNER` reserved: a larger cluster
@@ -152,6 +177,13 @@ impl RouteTable {
             for (slot, owner) in slot_owners.into_iter().enumerate() {
                 if let Some(o) = owner {
                     owners[slot] = o as u16;
+                }
+            }
+            if let Some(master) = replica_of {
+                for a in cluster.nodes[master].slots.iter().filter(|a| a.tag.is_none()) {
+                    for slot in a.range().slots() {
+                        flags[usize::from(slot)] |= REPLICA_READS;
+                    }
                 }
             }
             if let Some(me) = me {
@@ -211,7 +243,7 @@ impl RouteTable {
                 }
             }
         }
-        Ok(RouteTable { config, owners, flags, pull_index, pulls, peers, me, former: None })
+        Ok(RouteTable { config, owners, flags, pull_index, pulls, peers, me, replica_of, former: None })
     }
 
     /// Out of a cluster, a table remembers who served each slot when the proxy last was a
@@ -302,6 +334,18 @@ impl RouteTable {
         self.me.is_some() && self.owners.get(s).is_some_and(|&o| Some(usize::from(o)) == self.me)
     }
 
+    /// Whether a `READONLY` client may read `slot` from this proxy's node: it is this
+    /// replica's master's, and not being migrated.
+    pub fn replica_reads(&self, slot: u16) -> bool {
+        self.flags.get(usize::from(slot)).is_some_and(|f| f & REPLICA_READS != 0)
+    }
+
+    /// Whether keys of `slot` on this proxy's node are visible to its clients (`SCAN`,
+    /// `KEYS`): it serves the slot, or is a replica of the master that does.
+    pub fn shows_keys_of(&self, slot: u16) -> bool {
+        self.is_local(slot) || self.replica_reads(slot)
+    }
+
     /// Whether this node holds the live keys of `slot`: it serves it, or a keys-mode
     /// migration has been moving its keys here (a replica's copy does not count).
     pub fn holds_live_keys(&self, slot: u16) -> bool {
@@ -370,6 +414,7 @@ mod tests {
                 node: format!("127.0.0.1:700{}", i + 1),
                 slots: vec![SlotAssignment::plain(r)],
                 peer: None,
+                replicas: Vec::new(),
             })
             .collect();
         Arc::new(ProxyConfig {

@@ -150,6 +150,8 @@ pub struct Session {
     pub protocol: Protocol,
     pub authenticated: bool,
     pub name: Option<Bytes>,
+    /// `READONLY` was sent: reads of a replica's master's slots are served by the replica.
+    pub readonly: bool,
     /// This connection comes from another proxy forwarding to us: never forward again.
     pub is_peer: bool,
     pub tx: TxState,
@@ -216,6 +218,7 @@ pub async fn serve<C: Commands>(stream: TcpStream, shared: Arc<Shared>, commands
         protocol: Protocol::Resp2,
         authenticated,
         name: None,
+        readonly: false,
         is_peer: false,
         tx: TxState::default(),
         reader: ClientInput {

@@ -8,7 +8,7 @@ use arc_swap::{ArcSwap, Guard};
 use sluice_common::model::{Epoch, MigrationMeta, ModelError, ProxyConfig};
 use sluice_common::resp::Command;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::{watch, Notify};
@@ -74,6 +74,9 @@ pub struct Shared {
     next_client_id: AtomicU64,
     pub connected_clients: AtomicUsize,
     pub started: Instant,
+    /// On a replica: its node replicates the shard's master with the link up, so `READONLY`
+    /// clients may read from it (kept by `shard::run`).
+    pub replica_synced: AtomicBool,
 }
 
 impl Shared {
@@ -99,6 +102,7 @@ impl Shared {
             next_client_id: AtomicU64::new(1),
             connected_clients: AtomicUsize::new(0),
             started: Instant::now(),
+            replica_synced: AtomicBool::new(false),
             opts,
         }
     }
@@ -260,6 +264,7 @@ mod tests {
             node: format!("node-{proxy}"),
             slots: vec![SlotAssignment::plain(SlotRange::new(slots.0, slots.1))],
             peer: peer.map(str::to_string),
+            replicas: Vec::new(),
         };
         let config = |epoch, peer| ProxyConfig {
             epoch,

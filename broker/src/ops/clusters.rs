@@ -4,8 +4,11 @@ use super::Txn;
 use crate::error::ApiError;
 use crate::state::{check_address, valid_cluster_name};
 use sluice_common::api::{CreateCluster, ProxySelection};
-use sluice_common::model::{split_slots_evenly, ClusterView, Epoch, NodeView, SlotAssignment};
+use sluice_common::model::{split_slots_evenly, ClusterView, Epoch, NodeView, ReplicaView, SlotAssignment};
 use sluice_common::slot::SLOT_COUNT;
+
+/// Most replicas a shard may have.
+const MAX_REPLICAS: usize = 5;
 
 impl Txn {
     pub fn create_cluster(&mut self, req: CreateCluster) -> Result<ClusterView, ApiError> {
@@ -16,6 +19,12 @@ impl Txn {
             )));
         }
         let max = usize::from(SLOT_COUNT);
+        let replicas = usize::try_from(req.replicas).unwrap_or(usize::MAX);
+        if replicas > MAX_REPLICAS {
+            return Err(ApiError::invalid(format!(
+                "replicas must be between 0 and {MAX_REPLICAS} per shard, not {replicas}"
+            )));
+        }
         // The chosen proxies as nodes without slots yet, in slot order.
         let chosen: Vec<NodeView> = match &req.proxies {
             ProxySelection::Count(n) => {
@@ -27,11 +36,13 @@ impl Txn {
                     return Err(self.cluster_exists(&req.name));
                 }
                 let free = self.state.free_proxies();
-                if free.len() < n {
+                let needed = n.saturating_mul(1 + replicas);
+                if free.len() < needed {
                     return Err(ApiError::conflict(format!(
-                        "cluster {:?} needs {n} free proxies but only {} are free; register more proxies \
-                         (POST /api/v1/proxies) or ask for fewer",
+                        "cluster {:?} needs {needed} free proxies ({n} shards × {} proxies) but only {} are \
+                         free; register more proxies (POST /api/v1/proxies) or ask for fewer",
                         req.name,
+                        1 + replicas,
                         free.len()
                     )));
                 }
@@ -61,15 +72,46 @@ impl Txn {
                 chosen
             }
         };
+        // Replicas: free proxies other than the chosen masters, in address order.
+        let spare: Vec<ReplicaView> = self
+            .state
+            .free_proxies()
+            .into_iter()
+            .filter(|p| !chosen.iter().any(|n| n.proxy == p.address))
+            .map(|p| p.replica_view())
+            .collect();
+        let mut spare = spare.into_iter();
+        let mut shards = Vec::with_capacity(chosen.len());
+        for master in chosen {
+            let mut shard = Vec::with_capacity(replicas);
+            for _ in 0..replicas {
+                match spare.next() {
+                    Some(r) => shard.push(r),
+                    None => {
+                        return Err(ApiError::conflict(format!(
+                            "cluster {:?} needs {replicas} replicas per shard, but too few proxies are free; \
+                             register more proxies (POST /api/v1/proxies) or ask for fewer replicas",
+                            req.name
+                        )))
+                    }
+                }
+            }
+            shards.push((master, shard));
+        }
         let epoch = self.bump();
-        let ranges = split_slots_evenly(chosen.len());
-        let nodes = chosen
+        let ranges = split_slots_evenly(shards.len());
+        let nodes = shards
             .into_iter()
             .zip(ranges)
-            .map(|(n, r)| NodeView { slots: vec![SlotAssignment::plain(r)], ..n })
+            .map(|((n, replicas), r)| NodeView { slots: vec![SlotAssignment::plain(r)], replicas, ..n })
             .collect();
         let view = ClusterView { name: req.name.clone(), epoch, nodes };
-        self.note(format!("cluster {} created on {} proxies", req.name, view.nodes.len()));
+        self.note(format!(
+            "cluster {} created on {} proxies ({} replicas per shard)",
+            req.name,
+            view.nodes.len(),
+            replicas
+        ));
         self.state.clusters.insert(req.name, view.clone());
         Ok(view)
     }
@@ -81,7 +123,7 @@ impl Txn {
     /// Deletes a cluster and its migration records; its proxies become free.
     pub fn delete_cluster(&mut self, name: &str, force: bool) -> Result<(Epoch, Vec<String>), ApiError> {
         let cluster = self.cluster(name)?;
-        let freed: Vec<String> = cluster.nodes.iter().map(|n| n.proxy.clone()).collect();
+        let freed: Vec<String> = cluster.members().map(str::to_string).collect();
         let running: Vec<&str> =
             self.state.migrations_of(name).filter(|(_, m)| !m.phase.is_final()).map(|(_, m)| m.id.as_str()).collect();
         if !running.is_empty() && !force {

@@ -136,8 +136,11 @@ mod testutil {
     pub(super) fn setup(to_free: bool) -> State {
         let mut s = State::default();
         register(&mut s, 6001..=6003);
-        let req =
-            CreateCluster { name: "shop".into(), proxies: ProxySelection::Addresses(vec![addr(6001), addr(6002)]) };
+        let req = CreateCluster {
+            name: "shop".into(),
+            proxies: ProxySelection::Addresses(vec![addr(6001), addr(6002)]),
+            replicas: 0,
+        };
         txn(&mut s, T0, |t| t.create_cluster(req)).expect("cluster");
         let req = if to_free {
             CreateMigration {

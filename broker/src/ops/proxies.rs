@@ -44,10 +44,15 @@ impl Txn {
                 // A node's peer address travels in its cluster's view: the other proxies learn
                 // the new one with their next config. A serving proxy may change it (unlike its
                 // node): it is only where the same proxy is reached.
-                let view = self.state.clusters.values_mut().find(|c| c.nodes.iter().any(|n| n.proxy == req.address));
+                let view = self.state.clusters.values_mut().find(|c| c.members().any(|m| m == req.address));
                 if let Some(view) = view {
-                    for n in view.nodes.iter_mut().filter(|n| n.proxy == req.address) {
-                        n.peer = peer_address.clone();
+                    for n in view.nodes.iter_mut() {
+                        if n.proxy == req.address {
+                            n.peer = peer_address.clone();
+                        }
+                        for r in n.replicas.iter_mut().filter(|r| r.proxy == req.address) {
+                            r.peer = peer_address.clone();
+                        }
                     }
                     view.epoch = epoch;
                 }

@@ -320,7 +320,7 @@ mod tests {
     fn a_step_that_cannot_start_fails_the_plan_not_the_done_report() {
         let mut s = State::default();
         register(&mut s, 6001..=6005);
-        let req = CreateCluster { name: "shop".into(), proxies: ProxySelection::Count(3) };
+        let req = CreateCluster { name: "shop".into(), proxies: ProxySelection::Count(3), replicas: 0 };
         txn(&mut s, T0, |t| t.create_cluster(req)).expect("cluster");
         let one = |t: &mut Txn| t.scale_concurrency = 1;
         let (plan, started) = txn(&mut s, T0, |t| {

@@ -9,5 +9,6 @@ mod fuzz;
 mod harness;
 mod openapi;
 mod peers;
+mod replicas;
 mod scale;
 mod validation;

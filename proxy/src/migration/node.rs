@@ -165,6 +165,9 @@ pub struct ReplInfo {
     pub role: String,
     /// On a replica: `up` once the link to the master works.
     pub master_link_status: String,
+    /// On a replica: its master as given to `REPLICAOF`.
+    pub master_host: String,
+    pub master_port: String,
     pub master_sync_in_progress: bool,
     /// A master's own offset; on a replica, how far it has processed the master's stream.
     pub master_repl_offset: u64,
@@ -182,6 +185,8 @@ impl ReplInfo {
             match k {
                 "role" => info.role = v.to_string(),
                 "master_link_status" => info.master_link_status = v.to_string(),
+                "master_host" => info.master_host = v.to_string(),
+                "master_port" => info.master_port = v.to_string(),
                 "master_sync_in_progress" => info.master_sync_in_progress = v == "1",
                 "master_repl_offset" => info.master_repl_offset = v.parse().unwrap_or(0),
                 "master_replid" => info.master_replid = v.to_string(),
@@ -203,6 +208,11 @@ impl ReplInfo {
             }
         }
         info
+    }
+
+    /// On a replica: its master, `host:port`.
+    pub fn master(&self) -> String {
+        format!("{}:{}", self.master_host, self.master_port)
     }
 
     pub fn is_master(&self) -> bool {

@@ -108,6 +108,9 @@ impl Txn {
 
     /// src is a node of the cluster and not failed; answers its index among the nodes.
     fn check_src(&self, view: &ClusterView, cluster: &str, req: &CreateMigration) -> Result<usize, ApiError> {
+        if let Some(shard) = view.shard_of_replica(&req.src) {
+            return Err(replica_refused("src", &req.src, &shard.proxy));
+        }
         let Some(src_index) = view.nodes.iter().position(|n| n.proxy == req.src) else {
             let nodes: Vec<&str> = view.nodes.iter().map(|n| n.proxy.as_str()).collect();
             return Err(ApiError::conflict(format!(
@@ -139,6 +142,9 @@ impl Txn {
         })?;
         if dst_rec.failed {
             return Err(ApiError::conflict(format!("dst {} is marked failed; pick another destination", req.dst)));
+        }
+        if let Some(shard) = view.shard_of_replica(&req.dst) {
+            return Err(replica_refused("dst", &req.dst, &shard.proxy));
         }
         let index = view.nodes.iter().position(|n| n.proxy == req.dst);
         let node = match index {
@@ -229,6 +235,7 @@ impl Txn {
                     node: dst.node.clone(),
                     slots: Vec::new(),
                     peer: dst.peer,
+                    replicas: Vec::new(),
                 });
                 view.nodes.len() - 1
             }
@@ -372,6 +379,14 @@ fn check_src_owns(
         }
     }
     Ok(())
+}
+
+/// A shard's replica holds no slots of its own: migrations move slots between masters.
+fn replica_refused(side: &str, proxy: &str, master: &str) -> ApiError {
+    ApiError::conflict(format!(
+        "{side} {proxy} is a replica of the shard of {master}; migrations move slots between masters \
+         (use {master}, or a free proxy as dst)"
+    ))
 }
 
 #[cfg(test)]

@@ -245,9 +245,15 @@ impl Txn {
 }
 
 /// Drops nodes that hold no slot at all (a src that gave everything away, a dst whose only
-/// import was aborted) and answers their proxies, which are free from now on.
+/// import was aborted), with their shards' replicas, and answers their proxies, which are
+/// free from now on.
 fn remove_empty_nodes(view: &mut ClusterView) -> Vec<String> {
-    let left: Vec<String> = view.nodes.iter().filter(|n| n.slots.is_empty()).map(|n| n.proxy.clone()).collect();
+    let left: Vec<String> = view
+        .nodes
+        .iter()
+        .filter(|n| n.slots.is_empty())
+        .flat_map(|n| std::iter::once(n.proxy.clone()).chain(n.replicas.iter().map(|r| r.proxy.clone())))
+        .collect();
     view.nodes.retain(|n| !n.slots.is_empty());
     left
 }

@@ -1,0 +1,71 @@
+//! Shards with replicas: creation takes free proxies as replicas, they are members of the
+//! cluster (not free, in the configs, freed with it), and migrations name masters only.
+
+use crate::harness::*;
+use serde_json::{json, Value};
+
+fn replicas_of(view: &Value, master: &str) -> Vec<String> {
+    let node = view["nodes"].as_array().unwrap().iter().find(|n| n["proxy"] == master).unwrap();
+    node["replicas"]
+        .as_array()
+        .map(|r| r.iter().map(|r| r["proxy"].as_str().unwrap().to_string()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_cluster_with_one_replica_per_shard_takes_free_proxies_as_replicas() {
+    let (b, _dir) = fresh(Opts::default()).await;
+    register_all(&b, 6001..=6007).await;
+    let view = b.post("/api/v1/clusters", json!({"name": "c", "proxies": 3, "replicas": 1})).await.expect(201).clone();
+    let masters: Vec<String> =
+        view["nodes"].as_array().unwrap().iter().map(|n| n["proxy"].as_str().unwrap().to_string()).collect();
+    assert_eq!(masters, vec![addr(6001), addr(6002), addr(6003)]);
+    assert_eq!(replicas_of(&view, &addr(6001)), vec![addr(6004)]);
+    assert_eq!(replicas_of(&view, &addr(6003)), vec![addr(6006)]);
+    let node = &view["nodes"][0]["replicas"][0];
+    assert_eq!(node["node"], format!("127.0.0.1:{}", 6004 + 2000), "the replica's node travels with it: {view}");
+    for (port, state) in [(6004, "serving"), (6007, "free")] {
+        let p = b.get(&format!("/api/v1/proxies/{}", addr(port))).await.expect(200).clone();
+        assert_eq!(p["state"], state, "{p}");
+    }
+    // A replica's config carries the cluster it is a member of.
+    let c = b.get(&format!("/api/v1/proxies/{}/config", addr(6005))).await.expect(200).clone();
+    assert_eq!(c["cluster"]["name"], "c", "{c}");
+    // Migrations move slots between masters: a replica is neither src nor dst.
+    for body in [
+        json!({"src": addr(6004), "dst": addr(6007), "slots": [[0, 10]]}),
+        json!({"src": addr(6001), "dst": addr(6005), "slots": [[0, 10]]}),
+    ] {
+        let msg = b.post("/api/v1/clusters/c/migrations", body).await.expect_error(409, "conflict");
+        assert!(msg.contains("is a replica of the shard of"), "{msg}");
+    }
+    // Deleting the cluster frees replicas too.
+    let deleted = b.delete("/api/v1/clusters/c").await.expect(200).clone();
+    assert_eq!(deleted["freed"].as_array().unwrap().len(), 6, "{deleted}");
+    let p = b.get(&format!("/api/v1/proxies/{}", addr(6006))).await.expect(200).clone();
+    assert_eq!(p["state"], "free");
+}
+
+#[tokio::test]
+async fn too_few_free_proxies_for_the_replicas_is_a_conflict_that_changes_nothing() {
+    let (b, _dir) = fresh(Opts::default()).await;
+    register_all(&b, 6001..=6005).await;
+    let before = b.epoch().await;
+    let msg = b
+        .post("/api/v1/clusters", json!({"name": "c", "proxies": 3, "replicas": 1}))
+        .await
+        .expect_error(409, "conflict");
+    assert!(msg.contains("needs 6 free proxies"), "{msg}");
+    let msg = b
+        .post("/api/v1/clusters", json!({"name": "c", "proxies": [addr(6001), addr(6002), addr(6003)], "replicas": 1}))
+        .await
+        .expect_error(409, "conflict");
+    assert!(msg.contains("replicas per shard"), "{msg}");
+    let msg = b
+        .post("/api/v1/clusters", json!({"name": "c", "proxies": 1, "replicas": 9}))
+        .await
+        .expect_error(400, "invalid");
+    assert!(msg.contains("replicas must be between 0 and 5"), "{msg}");
+    assert_eq!(b.epoch().await, before, "nothing changed");
+    assert_eq!(b.get("/api/v1/clusters").await.expect(200)["clusters"], json!([]));
+}
