@@ -29,6 +29,7 @@ use utoipa::{Modify, OpenApi};
         clusters::get_cluster,
         clusters::delete_cluster,
         clusters::scale_cluster,
+        clusters::failover_cluster,
         migrations::create_migration,
         migrations::list_migrations,
         migrations::get_migration,

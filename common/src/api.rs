@@ -367,6 +367,22 @@ pub struct StopRequest {
     pub error: Option<String>,
 }
 
+/// `POST /api/v1/clusters/{name}/failover`: promote a replica of `master`'s shard.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct FailoverRequest {
+    /// The shard's master now (a proxy address).
+    pub master: String,
+    /// The replica to promote; absent: the first of the shard's replicas not marked failed.
+    /// A coordinator names the one with the highest replication offset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promote: Option<String>,
+    /// Why (logged with the epoch change), e.g. `"master unreachable for 5s"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// `POST /api/v1/clusters/{name}/scale`: exactly one of `add` and `remove`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -9,10 +9,10 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sluice_common::api::{
-    CommitRequest, ConfigsResponse, EpochResponse, ErrorBody, HealthReport, Migration, MigrationList, ProgressReport,
-    ProxyInfo, ProxyList, StopRequest,
+    CommitRequest, ConfigsResponse, EpochResponse, ErrorBody, FailoverRequest, HealthReport, Migration, MigrationList,
+    ProgressReport, ProxyInfo, ProxyList, StopRequest,
 };
-use sluice_common::model::Epoch;
+use sluice_common::model::{ClusterView, Epoch};
 use std::time::Duration;
 
 /// How long one ordinary broker call may take. A long poll gets this on top of its wait.
@@ -170,6 +170,27 @@ impl BrokerClient {
     pub async fn fail(&self, cluster: &str, id: &str, error: &str) -> Result<Migration, BrokerError> {
         let body = StopRequest { error: Some(error.to_string()) };
         self.send(reqwest::Method::POST, "POST", migration_path(cluster, id, "fail"), &body).await
+    }
+
+    /// `POST /api/v1/clusters/{c}/failover` conditioned on the epoch the decision was made at
+    /// (`If-Match`): of two coordinators deciding the same failover, one gets 412.
+    pub async fn failover(
+        &self,
+        cluster: &str,
+        req: &FailoverRequest,
+        epoch: Epoch,
+    ) -> Result<ClusterView, BrokerError> {
+        let path = format!("/api/v1/clusters/{}/failover", segment(cluster));
+        let mut request = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .timeout(self.timeout)
+            .header("If-Match", format!("\"{epoch}\""))
+            .json(req);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        self.call("POST", path, request).await
     }
 
     async fn get<T: DeserializeOwned>(&self, path: String, timeout: Duration) -> Result<T, BrokerError> {

@@ -50,6 +50,11 @@ pub struct Cli {
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub max_backoff_ms: u64,
 
+    /// How long a shard's master (its proxy, or its node) must be down without a break before
+    /// the replica with the highest replication offset is promoted; 0: never fail over
+    #[arg(long, env = "SLUICE_COORDINATOR_FAILOVER_AFTER_MS", value_name = "MS", default_value_t = 5000)]
+    pub failover_after_ms: u64,
+
     /// Log line format
     #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -67,6 +72,8 @@ pub struct Settings {
     pub failure_threshold: u32,
     /// At least `interval`: backing off to less than the normal pace would make no sense.
     pub max_backoff: Duration,
+    /// Zero: never fail over.
+    pub failover_after: Duration,
     pub log_format: LogFormat,
 }
 
@@ -81,6 +88,7 @@ impl Settings {
             rpc_timeout: Duration::from_millis(500),
             failure_threshold: 3,
             max_backoff: Duration::from_secs(2),
+            failover_after: Duration::from_secs(5),
             log_format: LogFormat::Text,
         }
     }
@@ -96,6 +104,7 @@ impl From<Cli> for Settings {
             rpc_timeout: Duration::from_millis(cli.rpc_timeout_ms),
             failure_threshold: cli.failure_threshold.max(1),
             max_backoff: Duration::from_millis(cli.max_backoff_ms).max(interval),
+            failover_after: Duration::from_millis(cli.failover_after_ms),
             log_format: cli.log_format,
         }
     }

@@ -9,13 +9,14 @@
 
 use crate::broker_client::{BrokerClient, BrokerError};
 use crate::config::Settings;
+use crate::failover::FailoverTracker;
 use crate::health::{HealthAction, HealthTracker, Probe};
 use crate::proxy_client::ProxyClients;
 use crate::quiet::LogOnce;
 use crate::reconcile::{self, MigrationAction, PushDecision, Side};
 use futures::future::join_all;
 use sluice_common::api::{ConfigsResponse, HealthReport, Migration, ProxyConfigEntry, ProxyState};
-use sluice_common::model::Epoch;
+use sluice_common::model::{ClusterView, Epoch};
 use sluice_proto::control::StatusReply;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -46,6 +47,8 @@ pub struct RoundSummary {
     pub health_reports: usize,
     /// Migration calls (progress, commit, fail) the broker accepted.
     pub migration_reports: usize,
+    /// Failovers the broker made at this coordinator's request.
+    pub failovers: usize,
 }
 
 /// One coordinator: its clients and its (disposable) memory.
@@ -54,6 +57,7 @@ pub struct Coordinator {
     broker: BrokerClient,
     proxies: ProxyClients,
     health: HealthTracker,
+    failover: FailoverTracker,
     quiet: LogOnce,
     /// When progress was last sent per migration (`cluster/id`).
     progress_sent: HashMap<String, Instant>,
@@ -73,6 +77,7 @@ impl Coordinator {
         Ok(Coordinator {
             proxies: ProxyClients::new(settings.rpc_timeout),
             health: HealthTracker::new(settings.failure_threshold),
+            failover: FailoverTracker::default(),
             settings,
             broker,
             quiet: LogOnce::new(),
@@ -178,7 +183,44 @@ impl Coordinator {
 
         summary.health_reports = self.report_health(health_actions).await;
         summary.migration_reports = self.report_migrations(&migrations, &statuses, configs.epoch).await;
+        summary.failovers = self.fail_over(&configs, &statuses).await;
         Ok(summary)
+    }
+
+    /// Asks for the failovers that are due (see [`crate::failover`]), each conditioned on the
+    /// epoch of this round's configs; answers how many the broker made.
+    async fn fail_over(&mut self, configs: &ConfigsResponse, statuses: &HashMap<String, StatusReply>) -> usize {
+        let mut clusters: Vec<&ClusterView> = Vec::new();
+        for c in configs.configs.iter().filter_map(|e| e.config.cluster.as_ref()) {
+            if !clusters.iter().any(|k| k.name == c.name) {
+                clusters.push(c);
+            }
+        }
+        let decisions = self.failover.decide(&clusters, statuses, self.settings.failover_after, Instant::now());
+        let mut made = 0;
+        for d in decisions {
+            match self.broker.failover(&d.cluster, &d.request, configs.epoch).await {
+                Ok(_) => {
+                    made += 1;
+                    tracing::warn!(
+                        cluster = %d.cluster,
+                        master = %d.request.master,
+                        promoted = d.request.promote.as_deref().unwrap_or(""),
+                        reason = d.request.reason.as_deref().unwrap_or(""),
+                        "failover made"
+                    );
+                    self.failover.forget(&d.request.master);
+                }
+                // Another coordinator (or another change) came first; the next round decides again.
+                Err(e) if e.status() == Some(412) || e.is_conflict() => {
+                    tracing::debug!(cluster = %d.cluster, master = %d.request.master, error = %e, "failover not made");
+                }
+                Err(e) => {
+                    tracing::warn!(cluster = %d.cluster, master = %d.request.master, error = %e, "failover request failed")
+                }
+            }
+        }
+        made
     }
 
     /// Drops what is remembered about proxies and migrations the broker no longer lists.

@@ -74,6 +74,7 @@ pub struct Backend {
     tx: mpsc::UnboundedSender<Request>,
     addr: Arc<str>,
     id: ConnId,
+    stop: CancellationToken,
 }
 
 /// Which connection a request travels on, unique for the life of the process. A session
@@ -133,8 +134,8 @@ impl Backend {
         let (pending_tx, pending_rx) = mpsc::unbounded_channel();
         let stop = CancellationToken::new();
         tokio::spawn(write_loop(rx, wr, pending_tx, stop.clone()));
-        tokio::spawn(read_loop(reader, pending_rx, stop, addr.clone()));
-        Ok(Backend { tx, addr, id: ConnId::next() })
+        tokio::spawn(read_loop(reader, pending_rx, stop.clone(), addr.clone()));
+        Ok(Backend { tx, addr, id: ConnId::next(), stop })
     }
 
     pub fn addr(&self) -> &Arc<str> {
@@ -146,7 +147,13 @@ impl Backend {
     }
 
     pub fn is_closed(&self) -> bool {
-        self.tx.is_closed()
+        self.tx.is_closed() || self.stop.is_cancelled()
+    }
+
+    /// Closes the connection now: every request in flight on it gets an error (even one the
+    /// node has answered but whose reply was not read yet), and nothing more is sent on it.
+    pub fn close(&self) {
+        self.stop.cancel();
     }
 
     /// Queues one command. `Err` (with the data back) if the connection is already closed,
@@ -287,6 +294,9 @@ pub struct BackendPool {
     size: usize,
     resp2: Vec<Slot>,
     resp3: Vec<Slot>,
+    /// How to close the sessions' private connections, so [`BackendPool::close_all`] reaches
+    /// them too. Only the tokens: a connection still closes when its session drops it.
+    privates: std::sync::Mutex<Vec<CancellationToken>>,
 }
 
 #[derive(Default)]
@@ -314,6 +324,7 @@ impl BackendPool {
             size,
             resp2: (0..size).map(|_| Slot::default()).collect(),
             resp3: (0..size).map(|_| Slot::default()).collect(),
+            privates: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -370,6 +381,25 @@ impl BackendPool {
 
     /// A new connection used by one session only (blocking commands, `WATCH`).
     pub async fn private(&self, protocol: Protocol) -> Result<Backend, BackendError> {
-        Backend::connect(&self.addr, &ConnectOptions { protocol, ..self.opts.clone() }).await
+        let b = Backend::connect(&self.addr, &ConnectOptions { protocol, ..self.opts.clone() }).await?;
+        let mut privates = self.privates.lock().unwrap_or_else(|p| p.into_inner());
+        privates.retain(|stop| !stop.is_cancelled());
+        privates.push(b.stop.clone());
+        Ok(b)
+    }
+
+    /// Closes every connection of the pool, shared and private: what is in flight fails, and
+    /// the next request opens a new connection. For a proxy whose node stopped being its
+    /// shard's master (a failover): no reply its node gives from then on reaches a client as
+    /// an acknowledgement.
+    pub async fn close_all(&self) {
+        for slot in self.resp2.iter().chain(&self.resp3) {
+            if let Some(b) = slot.conn.lock().await.backend.take() {
+                b.close();
+            }
+        }
+        for stop in self.privates.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            stop.cancel();
+        }
     }
 }

@@ -139,6 +139,9 @@ impl ProxyControl for ControlService {
                 })
                 .collect(),
             clean_epoch: self.control.shared.gc.clean_epoch.load(Ordering::SeqCst),
+            repl_role: s.repl_role.unwrap_or_default(),
+            repl_offset: s.repl_offset,
+            master_link_up: s.master_link_up,
         }))
     }
 }

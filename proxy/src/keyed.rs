@@ -277,7 +277,7 @@ pub async fn handle(s: &mut Session, cmd: Command, spec: &'static CommandSpec) -
         },
     };
     if s.readonly && spec.has(flags::READONLY) && !slots.is_empty() && reads_from_replica(&s.shared, &slots) {
-        return s.send_to_node(lane, cmd.raw().clone()).await;
+        return s.send_to_node(lane, cmd.raw().clone(), false).await;
     }
     // A command that waited for a switch is forwarded to the slot's new proxy: the client
     // never learns a switch happened.
@@ -298,7 +298,7 @@ pub async fn handle(s: &mut Session, cmd: Command, spec: &'static CommandSpec) -
                 if migrating && !s.enter_migrating(&slots) {
                     continue;
                 }
-                return s.send_to_node(lane, cmd.raw().clone()).await;
+                return s.send_to_node(lane, cmd.raw().clone(), spec.may_write()).await;
             }
             Plan::Pull(target) => {
                 let key_args: Vec<Bytes> = keys.iter().map(|&i| cmd.args()[i].clone()).collect();
@@ -401,7 +401,7 @@ async fn forward(s: &mut Session, proxy: &str, data: Bytes, blocking: bool) -> F
 /// collector), so the keys of the slots served here are counted with `SCAN` instead.
 pub async fn dbsize(s: &mut Session, cmd: Command) -> Flow {
     if s.shared.routes().config.migrations.is_empty() {
-        return s.send_to_node(Lane::Shared, cmd.raw().clone()).await;
+        return s.send_to_node(Lane::Shared, cmd.raw().clone(), false).await;
     }
     s.own_connection().await;
     let shared = s.shared.clone();

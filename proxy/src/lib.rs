@@ -9,6 +9,7 @@
 //! [`info`], [`node_level`], [`transaction`]. Migrations run in [`migration`]; [`control`]
 //! is the gRPC service. ARCHITECTURE.md lists the layers (each imports only those below).
 
+pub mod ack;
 pub mod backend;
 pub mod cluster;
 pub mod command;

@@ -124,6 +124,14 @@ pub struct ProxyOptions {
     /// `SCAN … COUNT` of the garbage collector.
     #[arg(long, env = "SLUICE_GC_SCAN_COUNT", default_value_t = 1000)]
     pub gc_scan_count: u64,
+    /// Acknowledge a client's write only once this many of the shard's replicas have it (at
+    /// most the replicas online; `WAIT` behind every write). 0: as soon as the master has it.
+    #[arg(long, env = "SLUICE_PROXY_ACK_REPLICAS", default_value_t = 0)]
+    pub ack_replicas: usize,
+    /// How long a write waits for its replicas (`--ack-replicas`) before it is answered
+    /// `NOREPLICAS`, in milliseconds.
+    #[arg(long, env = "SLUICE_PROXY_ACK_TIMEOUT_MS", default_value_t = 1000)]
+    pub ack_timeout_ms: u64,
     /// Pass `DEBUG`, `PFDEBUG` and `PFSELFTEST` through to the node (refused otherwise: they
     /// can stop or crash it). The node's own `enable-debug-command` still applies.
     #[arg(long, env = "SLUICE_PROXY_ALLOW_DEBUG")]

@@ -16,6 +16,7 @@
 //! is in (a *barrier*). A node answers one connection in order but reads two connections in
 //! no defined order, so "sent earlier" is only enough on the same connection.
 
+use crate::ack::AckCheck;
 use crate::backend::{Backend, BackendError, BackendPool, ConnId, ReplyResult};
 use crate::command::{flags, CommandSpec};
 use crate::state::Shared;
@@ -39,8 +40,9 @@ pub enum Pending {
     Ready(Bytes),
     /// A raw reply from a backend, passed through unchanged.
     Reply(oneshot::Receiver<ReplyResult>),
-    /// The raw replies of a batch of commands sent together, passed through unchanged.
-    Batch(oneshot::Receiver<Result<Vec<Bytes>, BackendError>>, usize),
+    /// The raw replies of a batch of commands sent together, passed through unchanged (with
+    /// `--ack-replicas`, a `WAIT` reply behind them decides whether the writes' stay).
+    Batch(oneshot::Receiver<Result<Vec<Bytes>, BackendError>>, usize, Option<AckCheck>),
     /// Anything that needs work after the backend answered (merges, filters).
     Future(BoxFuture<'static, Bytes>),
     /// Write what is queued, then close the connection (`QUIT`, protocol errors).
@@ -176,6 +178,8 @@ pub struct Session {
     batch_len: usize,
     /// Commands on migrating slots in the batch (see [`InFlight`]).
     batch_inflight: usize,
+    /// The positions of the batch's writes (for `--ack-replicas`).
+    batch_writes: Vec<u16>,
     /// Commands on migrating slots counted but not yet tied to a queued reply.
     unattributed: usize,
 }
@@ -240,6 +244,7 @@ pub async fn serve<C: Commands>(stream: TcpStream, shared: Arc<Shared>, commands
         batch: BytesMut::new(),
         batch_len: 0,
         batch_inflight: 0,
+        batch_writes: Vec::new(),
         unattributed: 0,
     };
     session.run(&*commands).await;
@@ -334,9 +339,14 @@ impl Session {
 
     /// Sends raw command bytes to this proxy's node on `lane` and queues the reply. On the
     /// shared lane the command joins the batch, sent when the client's input is drained.
-    pub async fn send_to_node(&mut self, lane: Lane, data: Bytes) -> Flow {
+    /// `write`: the command may change data, so with `--ack-replicas` its reply waits for
+    /// replicas (never for a command queued inside a `MULTI` on the node: `EXEC` waits).
+    pub async fn send_to_node(&mut self, lane: Lane, data: Bytes, write: bool) -> Flow {
         if lane == Lane::Shared && !self.client_gone {
             self.batch.extend_from_slice(&data);
+            if write {
+                self.batch_writes.push(self.batch_len as u16);
+            }
             self.batch_len += 1;
             self.batch_inflight += std::mem::take(&mut self.unattributed);
             if self.batch.len() >= MAX_BATCH_BYTES || self.batch_len >= MAX_BATCH_COMMANDS {
@@ -344,10 +354,26 @@ impl Session {
             }
             return Flow::Continue;
         }
-        match self.send(&To::Node(lane), data).await {
-            Ok(rx) => self.push(Pending::Reply(rx)).await,
+        let ack = self.ack_check(write.then(|| vec![0]));
+        let Some(ack) = ack else {
+            return match self.send(&To::Node(lane), data).await {
+                Ok(rx) => self.push(Pending::Reply(rx)).await,
+                Err(e) => self.reply(e.to_frame()).await,
+            };
+        };
+        let mut both = BytesMut::from(&data[..]);
+        both.extend_from_slice(&ack.wait_command());
+        match self.send_many(&To::Node(lane), both.freeze(), 2).await {
+            Ok(rx) => self.push(Pending::Batch(rx, 1, Some(ack))).await,
             Err(e) => self.reply(e.to_frame()).await,
         }
+    }
+
+    /// What `--ack-replicas` asks of a request whose writes are at `writes` (none: nothing).
+    pub fn ack_check(&self, writes: Option<Vec<u16>>) -> Option<AckCheck> {
+        let writes = writes.filter(|w| !w.is_empty())?;
+        let need = self.shared.ack_replicas();
+        (need > 0).then(|| AckCheck { need, timeout_ms: self.shared.opts.ack_timeout_ms, writes })
     }
 
     /// Sends what is batched now (before waiting for something).
@@ -364,10 +390,16 @@ impl Session {
         }
         let n = std::mem::take(&mut self.batch_len);
         let inflight = std::mem::take(&mut self.batch_inflight);
+        let writes = std::mem::take(&mut self.batch_writes);
+        let ack = self.ack_check(Some(writes));
+        if let Some(ack) = &ack {
+            self.batch.extend_from_slice(&ack.wait_command());
+        }
         let data = self.batch.split().freeze();
-        let sent = self.send_in_order(&To::Node(Lane::Shared), data, |b, d| b.send_many(d, n)).await;
+        let sent_n = n + usize::from(ack.is_some());
+        let sent = self.send_in_order(&To::Node(Lane::Shared), data, |b, d| b.send_many(d, sent_n)).await;
         let pending = match sent {
-            Ok(rx) => Pending::Batch(rx, n),
+            Ok(rx) => Pending::Batch(rx, n, ack),
             Err(e) => {
                 let err = e.to_frame().to_bytes(self.protocol);
                 let mut all = BytesMut::with_capacity(err.len() * n);
@@ -682,7 +714,7 @@ async fn reply_writer(
         let mut replies = 1;
         let bytes = match item {
             Pending::Ready(b) => b,
-            Pending::Batch(mut batch, n) => {
+            Pending::Batch(mut batch, n, ack) => {
                 replies = n as u64;
                 let result = match batch.try_recv() {
                     Ok(r) => r,
@@ -698,7 +730,10 @@ async fn reply_writer(
                     }
                 };
                 match result {
-                    Ok(all) => {
+                    Ok(mut all) => {
+                        if let Some(ack) = &ack {
+                            ack.apply(&mut all);
+                        }
                         for b in &all {
                             out.extend_from_slice(b);
                         }

@@ -1,6 +1,9 @@
 //! A proxy's part in its shard. A replica proxy keeps its node replicating the shard's
 //! master node (`REPLICAOF`), and says whether it follows it with the link up
-//! ([`Shared::replica_synced`]): `READONLY` clients read from it only then.
+//! ([`Shared::replica_synced`]): `READONLY` clients read from it only then. A master proxy
+//! whose node still replicates (a failover just made it the master) promotes it
+//! (`REPLICAOF NO ONE`), unless a replication-mode migration is importing into it: that
+//! node's promotion is the migration's source's to do, at the switch.
 //!
 //! Replication replaces everything the replica's node holds. So a node that holds keys and
 //! is not the shard's former master (a failover marks that one) is never made a replica:
@@ -9,9 +12,24 @@
 
 use crate::migration::node::{connect, NodeConn};
 use crate::state::Shared;
+use sluice_common::model::MigrationMode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The node connection, opened again if it broke.
+async fn connection<'a>(shared: &Shared, node: &'a mut Option<NodeConn>) -> Result<&'a NodeConn, String> {
+    if node.as_ref().is_none_or(NodeConn::is_closed) {
+        *node = Some(connect(shared, &shared.opts.node).await?);
+    }
+    node.as_ref().ok_or_else(|| "no connection to the node".to_string())
+}
+
+/// Whether a replication-mode migration imports into this proxy (its node replicates the
+/// migration's source until the switch).
+fn importing_by_replication(shared: &Shared, routes: &crate::route::RouteTable) -> bool {
+    routes.config.migrations.iter().any(|m| m.dst_proxy == shared.me() && m.mode == MigrationMode::Replication)
+}
 
 /// How often a replica looks at its node between config changes.
 const POLL: Duration = Duration::from_millis(250);
@@ -45,12 +63,21 @@ async fn step(shared: &Shared, node: &mut Option<NodeConn>) -> Result<(), String
     let routes = shared.routes_full();
     let Some(master) = routes.replica_of.map(|i| &routes.peers[i]) else {
         shared.replica_synced.store(false, Ordering::Release);
+        if routes.me.is_some() && routes.slots_served() > 0 && !importing_by_replication(shared, &routes) {
+            let conn = connection(shared, node).await?;
+            let info = conn.replication().await.map_err(|e| e.to_string())?;
+            if !info.is_master() {
+                conn.promote().await.map_err(|e| e.to_string())?;
+                tracing::warn!(former_master = %info.master(), "this proxy is its shard's master now: its node was promoted");
+            }
+            let online = info.replicas.iter().filter(|r| r.state == "online").count();
+            shared.online_replicas.store(online, Ordering::Release);
+        } else {
+            shared.online_replicas.store(0, Ordering::Release);
+        }
         return Ok(());
     };
-    let conn = match node {
-        Some(c) if !c.is_closed() => c,
-        _ => node.insert(connect(shared, &shared.opts.node).await?),
-    };
+    let conn = connection(shared, node).await?;
     let info = conn.replication().await.map_err(|e| e.to_string())?;
     if info.role == "slave" && info.master() == master.node {
         shared.replica_synced.store(info.is_synced_replica(), Ordering::Release);

@@ -77,6 +77,8 @@ pub struct Shared {
     /// On a replica: its node replicates the shard's master with the link up, so `READONLY`
     /// clients may read from it (kept by `shard::run`).
     pub replica_synced: AtomicBool,
+    /// On a master: replicas its node has online (kept by `shard::run`, for `--ack-replicas`).
+    pub online_replicas: AtomicUsize,
 }
 
 impl Shared {
@@ -103,6 +105,7 @@ impl Shared {
             connected_clients: AtomicUsize::new(0),
             started: Instant::now(),
             replica_synced: AtomicBool::new(false),
+            online_replicas: AtomicUsize::new(0),
             opts,
         }
     }
@@ -123,6 +126,15 @@ impl Shared {
 
     pub fn me(&self) -> &str {
         self.opts.announce()
+    }
+
+    /// How many replicas a write must reach before it is acknowledged (`ack.rs`):
+    /// `--ack-replicas`, at most the replicas online; 0 when not asked for.
+    pub fn ack_replicas(&self) -> usize {
+        match self.opts.ack_replicas {
+            0 => 0,
+            n => n.min(self.online_replicas.load(Ordering::Acquire)),
+        }
     }
 
     pub fn next_client_id(&self) -> u64 {
@@ -170,8 +182,16 @@ impl Shared {
         let regained = (0..16384u16).any(|s| current.is_foreign(s) && !table.is_foreign(s));
         let _gc = if regained { Some(self.gc.pause().await) } else { None };
         let to = table.epoch();
+        let demoted = current.me.is_some() && table.me.is_none() && table.replica_of.is_some();
         self.store(table);
         tracing::info!(from = held, to, "epoch changed");
+        if demoted {
+            // A failover replaced this proxy's node as its shard's master. From the new table on
+            // nothing routes to it; what is still in flight there must not be acknowledged now,
+            // so every connection to it fails (its proxy makes it a replica next: `shard::run`).
+            tracing::warn!("this proxy's node is no longer its shard's master: closing every connection to it");
+            self.node.close_all().await;
+        }
         tasks.reconcile(self, &config);
         self.gc.wake();
         Ok(Applied::Updated { from: held, to })

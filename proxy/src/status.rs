@@ -1,5 +1,6 @@
 //! What the proxy reports about itself: gRPC `Status` and `UMCTL INFOMGR` say the same.
 
+use crate::migration::node::ReplInfo;
 use crate::state::Shared;
 use sluice_common::resp::{Command, Frame, Limits};
 use std::sync::atomic::Ordering;
@@ -18,6 +19,10 @@ pub struct ProxyStatus {
     pub dbsize: Option<i64>,
     pub slots_served: usize,
     pub connected_clients: usize,
+    /// The node's `INFO replication` role (`master`/`slave`), offset and link, when it answers.
+    pub repl_role: Option<String>,
+    pub repl_offset: u64,
+    pub master_link_up: bool,
 }
 
 /// How long the node may take to answer the status probe: well under the coordinator's RPC
@@ -26,9 +31,9 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
 
 pub async fn collect(shared: &Shared) -> ProxyStatus {
     let routes = shared.routes();
-    let (dbsize, node_error) = match probe_node(shared).await {
-        Ok(n) => (Some(n), None),
-        Err(e) => (None, Some(e)),
+    let (dbsize, node_error, repl) = match probe_node(shared).await {
+        Ok((n, repl)) => (Some(n), None, Some(repl)),
+        Err(e) => (None, Some(e), None),
     };
     ProxyStatus {
         proxy: shared.me().to_string(),
@@ -40,19 +45,33 @@ pub async fn collect(shared: &Shared) -> ProxyStatus {
         dbsize,
         slots_served: (0..16384u16).filter(|&slot| routes.is_local(slot)).count(),
         connected_clients: shared.connected_clients.load(Ordering::Relaxed),
+        repl_offset: repl.as_ref().map_or(0, |r| r.master_repl_offset),
+        master_link_up: repl.as_ref().is_some_and(|r| r.master_link_status == "up"),
+        repl_role: repl.map(|r| r.role),
     }
 }
 
-/// Asks the node for `DBSIZE` over the shared connection: proves it answers, and counts keys.
-async fn probe_node(shared: &Shared) -> Result<i64, String> {
+/// Asks the node for `DBSIZE` and `INFO replication` over the shared connection: proves it
+/// answers, counts keys, and says where it stands in its shard's replication.
+async fn probe_node(shared: &Shared) -> Result<(i64, ReplInfo), String> {
     let probe = async {
         let backend = shared.node.get(Default::default(), 0).await.map_err(|e| e.to_string())?;
-        let raw = backend.call(&Command::from_strs(&["DBSIZE"])).await.map_err(|e| e.to_string())?;
-        match sluice_common::resp::parse_frame(&raw, &Limits::SERVER) {
-            Ok((Frame::Integer(n), _)) => Ok(n),
-            Ok((other, _)) => Err(format!("DBSIZE answered {other:?}")),
-            Err(e) => Err(e.to_string()),
-        }
+        let dbsize = backend.send(Command::from_strs(&["DBSIZE"]).raw().clone());
+        let info = backend.send(Command::from_strs(&["INFO", "replication"]).raw().clone());
+        let (Ok(dbsize), Ok(info)) = (dbsize, info) else { return Err("connection to the node closed".to_string()) };
+        let lost = |_| "connection to the node lost".to_string();
+        let dbsize = dbsize.await.map_err(lost)?.map_err(|e| e.to_string())?;
+        let info = info.await.map_err(lost)?.map_err(|e| e.to_string())?;
+        let n = match sluice_common::resp::parse_frame(&dbsize, &Limits::SERVER) {
+            Ok((Frame::Integer(n), _)) => n,
+            Ok((other, _)) => return Err(format!("DBSIZE answered {other:?}")),
+            Err(e) => return Err(e.to_string()),
+        };
+        let text = match sluice_common::resp::parse_frame(&info, &Limits::SERVER) {
+            Ok((f, _)) => f.as_bytes().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default(),
+            Err(e) => return Err(e.to_string()),
+        };
+        Ok((n, ReplInfo::parse(&text)))
     };
     tokio::time::timeout(PROBE_TIMEOUT, probe)
         .await

@@ -11,6 +11,7 @@
 //! As in Redis Cluster, every key of a transaction must be in one slot served here; a
 //! command that breaks the rule gets `CROSSSLOT`/`MOVED` and dooms the transaction.
 
+use crate::ack::AckCheck;
 use crate::command;
 use crate::command::{flags, CommandSpec};
 use crate::keyed::{self, Gate};
@@ -60,14 +61,14 @@ pub async fn intercept(s: &mut Session, cmd: &Command, spec: &'static CommandSpe
             }
             TxState::Watching { in_multi: in_multi @ false, .. } => {
                 *in_multi = true;
-                s.send_to_node(Lane::Private, cmd.raw().clone()).await
+                s.send_to_node(Lane::Private, cmd.raw().clone(), false).await
             }
             _ => s.reply(Frame::error("ERR MULTI calls can not be nested")).await,
         },
         "exec" => exec(s).await,
         "discard" => match std::mem::take(&mut s.tx) {
             TxState::Queued { .. } => s.reply(Frame::ok()).await,
-            TxState::Watching { in_multi: true, .. } => finish_private(s, cmd.raw().clone(), None).await,
+            TxState::Watching { in_multi: true, .. } => finish_private(s, cmd.raw().clone(), None, false).await,
             other => {
                 s.tx = other;
                 s.reply(Frame::error("ERR DISCARD without MULTI")).await
@@ -78,9 +79,9 @@ pub async fn intercept(s: &mut Session, cmd: &Command, spec: &'static CommandSpe
             TxState::None => s.reply(Frame::ok()).await,
             TxState::Watching { in_multi: false, .. } => {
                 s.tx = TxState::None;
-                finish_private(s, cmd.raw().clone(), None).await
+                finish_private(s, cmd.raw().clone(), None, false).await
             }
-            TxState::Watching { .. } => s.send_to_node(Lane::Private, cmd.raw().clone()).await,
+            TxState::Watching { .. } => s.send_to_node(Lane::Private, cmd.raw().clone(), false).await,
             TxState::Queued { .. } => queue(s, cmd, spec).await,
         },
         _ => match &s.tx {
@@ -147,7 +148,7 @@ async fn in_watch(s: &mut Session, cmd: &Command, spec: &'static CommandSpec) ->
         Err(e) => Err(e),
     };
     match checked {
-        Ok(()) => s.send_to_node(Lane::Private, cmd.raw().clone()).await,
+        Ok(()) => s.send_to_node(Lane::Private, cmd.raw().clone(), !s.tx.in_multi() && spec.may_write()).await,
         Err(e) => s.reply_error_in_tx(e).await,
     }
 }
@@ -176,7 +177,7 @@ async fn watch(s: &mut Session, cmd: &Command, spec: &'static CommandSpec) -> Fl
         s.prepare_private_for_watch();
     }
     s.tx = TxState::Watching { slot: watch_slot.or(slot), in_multi: false, dirty: false };
-    s.send_to_node(Lane::Private, cmd.raw().clone()).await
+    s.send_to_node(Lane::Private, cmd.raw().clone(), false).await
 }
 
 async fn exec(s: &mut Session) -> Flow {
@@ -189,7 +190,7 @@ async fn exec(s: &mut Session) -> Flow {
         TxState::Watching { dirty: true, .. } => {
             // The node holds an open MULTI: discard it, and tell the client why.
             let discard = Command::from_strs(&["DISCARD"]);
-            finish_private(s, discard.raw().clone(), Some(execabort())).await
+            finish_private(s, discard.raw().clone(), Some(execabort()), false).await
         }
         TxState::Watching { slot, .. } => {
             if let Some(slot) = slot {
@@ -200,11 +201,11 @@ async fn exec(s: &mut Session) -> Flow {
                 };
                 if let Some(e) = refusal {
                     let discard = Command::from_strs(&["DISCARD"]);
-                    return finish_private(s, discard.raw().clone(), Some(e)).await;
+                    return finish_private(s, discard.raw().clone(), Some(e), false).await;
                 }
             }
             let exec = Command::from_strs(&["EXEC"]);
-            finish_private(s, exec.raw().clone(), None).await
+            finish_private(s, exec.raw().clone(), None, true).await
         }
         TxState::Queued { dirty: true, .. } => s.reply(execabort()).await,
         TxState::Queued { commands, .. } if commands.is_empty() => s.reply(Frame::Array(Vec::new())).await,
@@ -231,8 +232,15 @@ async fn exec(s: &mut Session) -> Flow {
             if let Some(target) = pull_target {
                 return exec_at_destination(s, &target, &commands, data.freeze(), n).await;
             }
-            match s.send_many(&To::Node(Lane::Shared), data.freeze(), n).await {
-                Ok(rx) => s.push(exec_reply(rx, protocol)).await,
+            // The replies are QUEUED…, then EXEC's (at n - 1), which waits for replicas.
+            let writes = commands.iter().any(|c| command::lookup(c).is_some_and(|spec| spec.may_write()));
+            let ack = s.ack_check(writes.then(|| vec![(n - 1) as u16]));
+            if let Some(ack) = &ack {
+                data.extend_from_slice(&ack.wait_command());
+            }
+            let sent = n + usize::from(ack.is_some());
+            match s.send_many(&To::Node(Lane::Shared), data.freeze(), sent).await {
+                Ok(rx) => s.push(exec_reply(rx, protocol, ack)).await,
                 Err(e) => s.reply(e.to_frame()).await,
             }
         }
@@ -261,7 +269,7 @@ async fn exec_at_destination(
     }
     let protocol = s.protocol;
     match s.send_many(&To::peer(&s.shared, &target.proxy, false), unit, n).await {
-        Ok(rx) => s.push(exec_reply(rx, protocol)).await,
+        Ok(rx) => s.push(exec_reply(rx, protocol, None)).await,
         Err(e) => s.reply(e.to_frame()).await,
     }
 }
@@ -270,10 +278,16 @@ async fn exec_at_destination(
 fn exec_reply(
     rx: tokio::sync::oneshot::Receiver<Result<Vec<Bytes>, crate::backend::BackendError>>,
     protocol: sluice_common::resp::Protocol,
+    ack: Option<AckCheck>,
 ) -> Pending {
     Pending::Future(Box::pin(async move {
         match rx.await {
-            Ok(Ok(mut replies)) => replies.pop().unwrap_or_default(),
+            Ok(Ok(mut replies)) => {
+                if let Some(ack) = &ack {
+                    ack.apply(&mut replies);
+                }
+                replies.pop().unwrap_or_default()
+            }
             Ok(Err(e)) => error_bytes(&e, protocol),
             Err(_) => Frame::error("ERR sluice: transaction reply lost").to_bytes(protocol),
         }
@@ -283,14 +297,16 @@ fn exec_reply(
 /// Sends the last command of a watched transaction (EXEC, DISCARD, UNWATCH) on the private
 /// connection and leaves the transaction. With `answer`, the client gets that instead of
 /// the node's reply. A lost private connection fails the transaction.
-async fn finish_private(s: &mut Session, data: Bytes, answer: Option<Frame>) -> Flow {
+/// `exec`: the command is `EXEC`, which runs the queued writes (with `--ack-replicas` its
+/// reply waits for replicas).
+async fn finish_private(s: &mut Session, data: Bytes, answer: Option<Frame>, exec: bool) -> Flow {
     s.tx = TxState::None;
     let lost = std::mem::take(&mut s.private_lost);
     if lost {
         return s.reply(Frame::error("EXECABORT Transaction discarded: the connection holding WATCH was lost")).await;
     }
     match answer {
-        None => s.send_to_node(Lane::Private, data).await,
+        None => s.send_to_node(Lane::Private, data, exec).await,
         Some(frame) => match s.send(&To::Node(Lane::Private), data).await {
             Ok(rx) => {
                 let bytes = s.encode(&frame);

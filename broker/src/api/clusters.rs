@@ -7,7 +7,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
-use sluice_common::api::{ClusterDetail, ClusterList, CreateCluster, Deleted, ErrorBody, ScalePlan, ScaleRequest};
+use sluice_common::api::{
+    ClusterDetail, ClusterList, CreateCluster, Deleted, ErrorBody, FailoverRequest, ScalePlan, ScaleRequest,
+};
 use sluice_common::model::ClusterView;
 use utoipa::IntoParams;
 
@@ -143,4 +145,37 @@ pub async fn scale_cluster(
 ) -> Result<Response, ApiError> {
     let ((plan, migrations), s) = app.mutate(if_match, move |t| t.scale(&name, req)).await?;
     Ok(reply(StatusCode::ACCEPTED, s.epoch, ScalePlan { epoch: s.epoch, plan, migrations }))
+}
+
+/// Failover: a replica of `master`'s shard (`promote`, or the first not marked failed)
+/// becomes the shard's master; the former master becomes a replica, fenced: its proxy makes
+/// its node replicate the new master before it serves anything of the shard again. Refused
+/// while a migration involves the shard.
+#[utoipa::path(
+    post,
+    path = "/api/v1/clusters/{name}/failover",
+    tag = "clusters",
+    request_body = FailoverRequest,
+    params(
+        ("name" = String, Path, description = "Cluster name"),
+        ("If-Match" = Option<String>, Header, description = "Expected global epoch"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The cluster with the new master", body = ClusterView),
+        (status = 400, description = "Bad body", body = ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 404, description = "No such cluster", body = ErrorBody),
+        (status = 409, description = "Not a master, no replica to promote, the replica is failed, or a migration involves the shard", body = ErrorBody),
+        (status = 412, description = "Epoch mismatch (another failover or change came first)", body = ErrorBody),
+    )
+)]
+pub async fn failover_cluster(
+    State(app): State<AppState>,
+    IfMatch(if_match): IfMatch,
+    ApiPath(name): ApiPath<String>,
+    JsonBody(req): JsonBody<FailoverRequest>,
+) -> Result<Response, ApiError> {
+    let (view, s) = app.mutate(if_match, move |t| t.failover(&name, req)).await?;
+    Ok(reply(StatusCode::OK, s.epoch, view))
 }

@@ -146,6 +146,7 @@ fn route_table() -> RouteTable {
         .add(Get, "/api/v1/clusters/{name}", clusters::get_cluster)
         .add(Delete, "/api/v1/clusters/{name}", clusters::delete_cluster)
         .add(Post, "/api/v1/clusters/{name}/scale", clusters::scale_cluster)
+        .add(Post, "/api/v1/clusters/{name}/failover", clusters::failover_cluster)
         .add(Get, "/api/v1/clusters/{name}/migrations", migrations::list_migrations)
         .add(Post, "/api/v1/clusters/{name}/migrations", migrations::create_migration)
         .add(Get, "/api/v1/clusters/{name}/migrations/{id}", migrations::get_migration)

@@ -6,11 +6,13 @@
 //! transaction, however many records change); a status change (progress, health) does not.
 //!
 //! One module per concern, each an `impl Txn` block with its own tests: `proxies.rs`
-//! (registration, deletion, health), `clusters.rs` (create, delete), `migrations/` (create,
-//! progress, commit, abort and fail) and `scale.rs` (scale plans and their steps). `Txn` and
+//! (registration, deletion, health), `clusters.rs` (create, delete), `failover.rs` (a
+//! replica replaces its master), `migrations/` (create, progress, commit, abort and fail) and
+//! `scale.rs` (scale plans and their steps). `Txn` and
 //! the lookups they share live here.
 
 mod clusters;
+mod failover;
 mod migrations;
 mod proxies;
 mod scale;

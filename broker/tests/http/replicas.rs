@@ -69,3 +69,55 @@ async fn too_few_free_proxies_for_the_replicas_is_a_conflict_that_changes_nothin
     assert_eq!(b.epoch().await, before, "nothing changed");
     assert_eq!(b.get("/api/v1/clusters").await.expect(200)["clusters"], json!([]));
 }
+
+#[tokio::test]
+async fn failover_promotes_a_replica_and_fences_the_former_master_once() {
+    let (b, _dir) = fresh(Opts::default()).await;
+    register_all(&b, 6001..=6006).await;
+    b.post("/api/v1/clusters", json!({"name": "c", "proxies": 3, "replicas": 1})).await.expect(201);
+    let epoch = b.epoch().await;
+    let stale = format!("\"{}\"", epoch - 1);
+    let current = format!("\"{epoch}\"");
+    let body = json!({"master": addr(6001), "reason": "master unreachable for 5s"}).to_string().into_bytes();
+    let refused =
+        b.raw(reqwest::Method::POST, "/api/v1/clusters/c/failover", Some(body.clone()), &[("If-Match", &stale)]).await;
+    refused.expect_error(412, "epoch_mismatch");
+    let view = b
+        .raw(reqwest::Method::POST, "/api/v1/clusters/c/failover", Some(body.clone()), &[("If-Match", &current)])
+        .await
+        .expect(200)
+        .clone();
+    assert_eq!(view["nodes"][0]["proxy"], addr(6004), "the replica is the master now: {view}");
+    assert_eq!(view["nodes"][0]["node"], format!("127.0.0.1:{}", 6004 + 2000));
+    assert_eq!(view["nodes"][0]["slots"], json!([{"start": 0, "end": 5461}]), "the slots stay with the shard");
+    assert_eq!(
+        view["nodes"][0]["replicas"],
+        json!([{"proxy": addr(6001), "node": format!("127.0.0.1:{}", 6001 + 2000), "former_master": true}])
+    );
+    assert_eq!(b.epoch().await, epoch + 1, "one epoch");
+    // A second coordinator with the same view is refused: its epoch is gone.
+    let again =
+        b.raw(reqwest::Method::POST, "/api/v1/clusters/c/failover", Some(body), &[("If-Match", &current)]).await;
+    again.expect_error(412, "epoch_mismatch");
+    // The former master is the replica now, in its config too.
+    let c = b.get(&format!("/api/v1/proxies/{}/config", addr(6001))).await.expect(200).clone();
+    assert_eq!(c["cluster"]["nodes"][0]["replicas"][0]["former_master"], true, "{c}");
+    // Refusals change nothing.
+    let before = b.epoch().await;
+    for (body, want) in [
+        (json!({"master": addr(6001)}), "is a replica of the shard of"),
+        (json!({"master": addr(6002), "promote": addr(6006)}), "is not a replica of the shard of"),
+        (json!({"master": "127.0.0.1:6999"}), "is not a master of cluster"),
+    ] {
+        let msg = b.post("/api/v1/clusters/c/failover", body).await.expect_error(409, "conflict");
+        assert!(msg.contains(want), "{msg}");
+    }
+    b.post("/api/v1/clusters/c/migrations", json!({"src": addr(6002), "dst": addr(6003), "slots": [[6000, 6010]]}))
+        .await
+        .expect(202);
+    let after_migration = b.epoch().await;
+    let msg = b.post("/api/v1/clusters/c/failover", json!({"master": addr(6002)})).await.expect_error(409, "conflict");
+    assert!(msg.contains("a failover waits until it has ended"), "{msg}");
+    assert_eq!(b.epoch().await, after_migration);
+    assert_eq!(after_migration, before + 1, "only the migration moved the epoch");
+}

@@ -75,6 +75,12 @@ impl CommandSpec {
         self.flags & flag != 0
     }
 
+    /// Whether the command may change data: Redis flags it `write`, or it runs a script or
+    /// function that may (`EVAL`, `EVALSHA`, `FCALL`; the `_RO` variants may not).
+    pub fn may_write(&self) -> bool {
+        self.has(flags::WRITE) || matches!(self.name, "eval" | "evalsha" | "fcall")
+    }
+
     /// Whether `argc` arguments (name included) satisfy the arity.
     pub fn arity_ok(&self, argc: usize) -> bool {
         let argc = argc as i64;

@@ -1,0 +1,92 @@
+//! Failover: a replica of a shard becomes its master, and the master it replaces becomes a
+//! replica marked `former_master`.
+//!
+//! The change is one epoch. From it on every proxy routes the shard's slots to the new master
+//! (whose proxy promotes its node, `REPLICAOF NO ONE`), and the former master is fenced: its
+//! proxy, once it holds the new config, serves nothing of the shard as a master and makes its
+//! node replicate the new one, which replaces whatever that node took that the new master
+//! lacks. Two coordinators that both see the master down send the same request conditioned on
+//! the epoch (`If-Match`): the first wins, the second gets 412.
+
+use super::Txn;
+use crate::error::ApiError;
+use sluice_common::api::FailoverRequest;
+use sluice_common::model::{ClusterView, NodeView, ReplicaView};
+
+impl Txn {
+    pub fn failover(&mut self, cluster: &str, req: FailoverRequest) -> Result<ClusterView, ApiError> {
+        let view = self.cluster(cluster)?;
+        let Some(index) = view.nodes.iter().position(|n| n.proxy == req.master) else {
+            return Err(match view.shard_of_replica(&req.master) {
+                Some(shard) => ApiError::conflict(format!(
+                    "{} is a replica of the shard of {}; name the shard's master",
+                    req.master, shard.proxy
+                )),
+                None => ApiError::conflict(format!("{} is not a master of cluster {cluster:?}", req.master)),
+            });
+        };
+        let shard = &view.nodes[index];
+        let candidates: Vec<&ReplicaView> =
+            shard.replicas.iter().filter(|r| !r.former_master || req.promote.is_some()).collect();
+        let replica =
+            match &req.promote {
+                Some(p) => shard.replicas.iter().find(|r| &r.proxy == p).ok_or_else(|| {
+                    ApiError::conflict(format!("{p} is not a replica of the shard of {}", req.master))
+                })?,
+                None => candidates
+                    .into_iter()
+                    .find(|r| !self.state.proxies.get(&r.proxy).is_some_and(|p| p.failed))
+                    .ok_or_else(|| {
+                        ApiError::conflict(format!(
+                            "the shard of {} has no replica to promote (none, or all marked failed)",
+                            req.master
+                        ))
+                    })?,
+            };
+        if self.state.proxies.get(&replica.proxy).is_some_and(|p| p.failed) {
+            return Err(ApiError::conflict(format!("{} is marked failed; promote another replica", replica.proxy)));
+        }
+        let running: Vec<&str> = self
+            .state
+            .migrations_of(cluster)
+            .filter(|(_, m)| !m.phase.is_final() && (m.src == req.master || m.dst == req.master))
+            .map(|(_, m)| m.id.as_str())
+            .collect();
+        if !running.is_empty() {
+            return Err(ApiError::conflict(format!(
+                "migration {} involves the shard of {}; a failover waits until it has ended",
+                running.join(", "),
+                req.master
+            )));
+        }
+        let promoted = replica.clone();
+        let former = ReplicaView {
+            proxy: shard.proxy.clone(),
+            node: shard.node.clone(),
+            peer: shard.peer.clone(),
+            former_master: true,
+        };
+        let mut replicas: Vec<ReplicaView> =
+            shard.replicas.iter().filter(|r| r.proxy != promoted.proxy).cloned().collect();
+        replicas.push(former);
+        let new_master = NodeView {
+            proxy: promoted.proxy.clone(),
+            node: promoted.node,
+            slots: shard.slots.clone(),
+            peer: promoted.peer,
+            replicas,
+        };
+        let epoch = self.bump();
+        let view = self
+            .state
+            .clusters
+            .get_mut(cluster)
+            .ok_or_else(|| ApiError::not_found(format!("no cluster {cluster:?}")))?;
+        view.nodes[index] = new_master;
+        view.epoch = epoch;
+        let view = view.clone();
+        let why = req.reason.map(|r| format!(" ({r})")).unwrap_or_default();
+        self.note(format!("failover in cluster {cluster}: {} replaces {} as master{why}", promoted.proxy, req.master));
+        Ok(view)
+    }
+}
