@@ -37,6 +37,7 @@ impl ProxyRecord {
             slots: Vec::new(),
             peer: self.peer_address.clone(),
             replicas: Vec::new(),
+            handover: None,
         }
     }
 

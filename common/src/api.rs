@@ -381,6 +381,14 @@ pub struct FailoverRequest {
     /// Why (logged with the epoch change), e.g. `"master unreachable for 5s"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Hand over without losing a write: the master's proxy first holds the shard's writes
+    /// and waits until the replica has all of them; the swap follows (answered at once, with
+    /// the shard's `handover` set). The master must be up.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub graceful: bool,
+    /// Withdraw a graceful failover that has not happened yet (the master keeps the shard).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancel: bool,
 }
 
 /// `POST /api/v1/clusters/{name}/scale`: exactly one of `add` and `remove`.

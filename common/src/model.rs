@@ -141,6 +141,11 @@ pub struct NodeView {
     /// after `READONLY`, as from Redis Cluster replicas; a failover promotes one of them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replicas: Vec<ReplicaView>,
+    /// A graceful failover asked for: the replica this master hands the shard over to. The
+    /// master's proxy holds the shard's writes, waits until that replica has everything, and
+    /// says so in `Status`; then the coordinator has the broker make the swap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handover: Option<String>,
 }
 
 impl NodeView {
@@ -400,6 +405,7 @@ mod tests {
                     slots,
                     peer: None,
                     replicas: Vec::new(),
+                    handover: None,
                 })
                 .collect(),
         }

@@ -79,12 +79,47 @@ impl FailoverTracker {
                         master: shard.proxy.clone(),
                         promote: Some(replica.proxy.clone()),
                         reason: Some(reason),
+                        graceful: false,
+                        cancel: false,
                     },
                 });
             }
         }
         self.down_since.retain(|m, _| masters.contains(m));
         decisions
+    }
+
+    /// Graceful failovers ready to complete: the master holds the shard's writes and says its
+    /// replica has all of them at `epoch` (the epoch of the configs just read, so the master
+    /// holds the latest one), and that replica's node answers. The swap is asked for at that
+    /// epoch: if anything changed since, the broker refuses it and the master holds again.
+    pub fn handovers_due(
+        clusters: &[&ClusterView],
+        statuses: &HashMap<String, StatusReply>,
+        epoch: u64,
+    ) -> Vec<Decision> {
+        let mut out = Vec::new();
+        for cluster in clusters {
+            for shard in &cluster.nodes {
+                let Some(target) = &shard.handover else { continue };
+                let ready = statuses.get(&shard.proxy).is_some_and(|s| s.handover_ready_epoch == epoch && epoch > 0);
+                let target_up =
+                    statuses.get(target).is_some_and(|s| s.node_healthy && s.repl_role == "slave" && s.master_link_up);
+                if ready && target_up {
+                    out.push(Decision {
+                        cluster: cluster.name.clone(),
+                        request: FailoverRequest {
+                            master: shard.proxy.clone(),
+                            promote: Some(target.clone()),
+                            reason: Some("graceful failover: the replica has every write".into()),
+                            graceful: false,
+                            cancel: false,
+                        },
+                    });
+                }
+            }
+        }
+        out
     }
 
     /// A failover of `master` was made (by anyone): its clock starts over.
@@ -110,6 +145,7 @@ mod tests {
                 slots: vec![SlotAssignment::plain(SlotRange::new(0, 16383))],
                 peer: None,
                 replicas: vec![replica("r1"), replica("r2")],
+                handover: None,
             }],
         }
     }
@@ -158,5 +194,30 @@ mod tests {
         assert!(t.decide(&[&c], &statuses, after, t0 + Duration::from_secs(10)).is_empty());
         assert_eq!(t.decide(&[&c], &statuses, after, t0 + Duration::from_secs(11)).len(), 1);
         assert!(t.decide(&[&c], &statuses, Duration::ZERO, t0 + Duration::from_secs(60)).is_empty(), "0 disables");
+    }
+
+    #[test]
+    fn a_handover_completes_only_when_the_master_is_ready_at_this_epoch_and_the_replica_follows() {
+        let mut c = cluster();
+        c.nodes[0].handover = Some("r1".into());
+        let master = |ready| StatusReply {
+            node_healthy: true,
+            repl_role: "master".into(),
+            handover_ready_epoch: ready,
+            ..Default::default()
+        };
+        let replica = StatusReply { master_link_up: true, ..replica_status(10) };
+        let mut statuses: HashMap<String, StatusReply> =
+            [("m".to_string(), master(7)), ("r1".to_string(), replica)].into();
+        let due = FailoverTracker::handovers_due(&[&c], &statuses, 7);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].request.promote.as_deref(), Some("r1"));
+        assert!(!due[0].request.graceful, "the swap itself");
+        assert!(FailoverTracker::handovers_due(&[&c], &statuses, 8).is_empty(), "ready at an older epoch");
+        statuses.insert("m".into(), master(0));
+        assert!(FailoverTracker::handovers_due(&[&c], &statuses, 7).is_empty(), "not ready");
+        statuses.insert("m".into(), master(7));
+        statuses.remove("r1");
+        assert!(FailoverTracker::handovers_due(&[&c], &statuses, 7).is_empty(), "the replica does not answer");
     }
 }

@@ -196,7 +196,8 @@ impl Coordinator {
                 clusters.push(c);
             }
         }
-        let decisions = self.failover.decide(&clusters, statuses, self.settings.failover_after, Instant::now());
+        let mut decisions = self.failover.decide(&clusters, statuses, self.settings.failover_after, Instant::now());
+        decisions.extend(FailoverTracker::handovers_due(&clusters, statuses, configs.epoch));
         let mut made = 0;
         for d in decisions {
             match self.broker.failover(&d.cluster, &d.request, configs.epoch).await {

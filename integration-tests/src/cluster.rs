@@ -70,6 +70,7 @@ impl ProxyCluster {
                 slots: vec![SlotAssignment::plain(range)],
                 peer: None,
                 replicas: Vec::new(),
+                handover: None,
             })
             .collect();
         ClusterView { name: "test".into(), epoch, nodes }

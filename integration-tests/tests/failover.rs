@@ -37,8 +37,37 @@ async fn wait_replica_synced(node: &str, master: &str, timeout: Duration) -> Res
     .await
 }
 
+/// What happens to the shard's master.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// SIGKILL of its redis-server; restarted (empty) at the end.
+    KillNode,
+    /// SIGKILL of its proxy; restarted at the end (its node kept everything meanwhile).
+    KillProxy,
+    /// SIGSTOP of its redis-server past the failover timeout; SIGCONT at the end.
+    StopNode,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_master_node_is_replaced_by_its_replica_and_no_acknowledged_write_is_lost() -> Result<()> {
+    fail_over_under_writers(Fault::KillNode).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_master_proxy_is_replaced_and_comes_back_as_a_replica() -> Result<()> {
+    fail_over_under_writers(Fault::KillProxy).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_master_node_is_replaced_and_fenced_when_it_resumes() -> Result<()> {
+    fail_over_under_writers(Fault::StopNode).await
+}
+
+/// Writers on 20,000 keys through a 3-shard cluster with a replica per shard and
+/// `--ack-replicas 1`; `fault` hits shard 0's master; its replica is promoted, every slot is
+/// served again, errors stop with the failover, the old master comes back as a replica of
+/// the new one, and no acknowledged write is lost.
+async fn fail_over_under_writers(fault: Fault) -> Result<()> {
     let spec = LocalSpec {
         proxies: 3,
         replicas: 1,
@@ -61,10 +90,15 @@ async fn a_killed_master_node_is_replaced_by_its_replica_and_no_acknowledged_wri
     })
     .await?;
 
-    // SIGKILL the master's redis-server.
     let victim = cluster.nodes.iter().position(|n| n.addr() == shard.node).expect("the master's node");
+    let proxy = cluster.proxy_index(&shard.proxy)?;
     let killed = Instant::now();
-    cluster.nodes[victim].kill();
+    match fault {
+        Fault::KillNode => cluster.nodes[victim].kill(),
+        Fault::KillProxy => cluster.proxies[proxy].process().kill(),
+        Fault::StopNode => cluster.nodes[victim].process().pause(),
+    }
+    eprintln!("{fault:?} on the master of shard 0 ({} / {})", shard.proxy, shard.node);
     let broker = cluster.broker_client();
     let after = wait_for("the replica to be promoted", Duration::from_secs(30), || {
         let broker = broker.clone();
@@ -104,7 +138,7 @@ async fn a_killed_master_node_is_replaced_by_its_replica_and_no_acknowledged_wri
     .await?;
     eprintln!("slot check passed on attempt {attempts}");
     let served = killed.elapsed();
-    eprintln!("every slot served again {:.1}s after the kill", served.as_secs_f64());
+    eprintln!("{fault:?}: every slot served again {:.1}s after the fault", served.as_secs_f64());
     let promoted_node = replica.node.clone();
     let info = text(&call_ok(&promoted_node, &["INFO", "replication"]).await?);
     ensure!(info.contains("role:master"), "the promoted node is a master: {info}");
@@ -120,8 +154,12 @@ async fn a_killed_master_node_is_replaced_by_its_replica_and_no_acknowledged_wri
     // From here on no client sees an error: errors happen only inside the failover window.
     let errors_in_window = workload.errors_so_far();
 
-    // The old master comes back empty and becomes a replica of the new one.
-    cluster.nodes[victim].restart().await?;
+    // The old master comes back and becomes a replica of the new one.
+    match fault {
+        Fault::KillNode => cluster.nodes[victim].restart().await?,
+        Fault::KillProxy => cluster.restart_proxy(proxy).await?,
+        Fault::StopNode => cluster.nodes[victim].process().resume(),
+    }
     wait_replica_synced(&shard.node, &promoted_node, Duration::from_secs(30)).await?;
     let errors_after = workload.errors_so_far() - errors_in_window;
 
@@ -132,11 +170,77 @@ async fn a_killed_master_node_is_replaced_by_its_replica_and_no_acknowledged_wri
         )
         .await?;
     eprintln!(
-        "failover: {} commands, {} errors (all while the master was down or being replaced), longest {:?}",
+        "{fault:?}: {} commands, {} errors (all while the master was down or being replaced), longest {:?}",
         checked.report.total_ops(),
         checked.report.total_errors(),
         checked.report.max_latency
     );
     ensure!(errors_after == 0, "{errors_after} client errors after the failover window");
+    Ok(())
+}
+
+/// A graceful failover asked for by an operator under writers: the master holds the shard's
+/// writes until its replica has all of them, then the swap; no write is lost, no client sees
+/// an error, and the old master follows the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_failover_loses_no_write_and_no_client_sees_an_error() -> Result<()> {
+    let spec = LocalSpec { proxies: 3, replicas: 1, spare: 0, ..LocalSpec::default() };
+    let cluster = LocalCluster::start(spec).await?;
+    let before = cluster.view().await?;
+    let shard = before.nodes[0].clone();
+    let replica = shard.replicas[0].clone();
+    for n in &before.nodes {
+        wait_replica_synced(&n.replicas[0].node, &n.node, Duration::from_secs(20)).await?;
+    }
+    let mut workload = Workload::start(WorkloadConfig::new(KEYS), &cluster.urls()).await?;
+    let warm = workload.ops_so_far();
+    wait_for("the writers to run", Duration::from_secs(20), || {
+        let ops = workload.ops_so_far();
+        async move { Ok((ops > warm + 4_000).then_some(())) }
+    })
+    .await?;
+    let broker = cluster.broker_client();
+    let asked = Instant::now();
+    let req = sluice_common::api::FailoverRequest {
+        master: shard.proxy.clone(),
+        promote: Some(replica.proxy.clone()),
+        graceful: true,
+        ..Default::default()
+    };
+    let marked = broker.failover("local", &req).await?;
+    ensure!(
+        marked.nodes[0].handover.as_deref() == Some(replica.proxy.as_str()),
+        "the handover is asked for: {marked:?}"
+    );
+    wait_for("the graceful failover to complete", Duration::from_secs(20), || {
+        let broker = broker.clone();
+        let replica = replica.proxy.clone();
+        async move {
+            let view = broker.cluster("local").await?;
+            Ok(view.nodes.iter().any(|n| n.proxy == replica && n.handover.is_none()).then_some(()))
+        }
+    })
+    .await?;
+    eprintln!("graceful failover done {:.2}s after it was asked for", asked.elapsed().as_secs_f64());
+    wait_replica_synced(&shard.node, &replica.node, Duration::from_secs(30)).await?;
+    let at = workload.ops_so_far();
+    wait_for("the writers to go on", Duration::from_secs(20), || {
+        let ops = workload.ops_so_far();
+        async move { Ok((ops > at + 4_000).then_some(())) }
+    })
+    .await?;
+    let after = cluster.view().await?;
+    let checked = cluster
+        .check_nothing_lost_or_misplaced_with(
+            &mut workload,
+            &CheckOptions { nodes: Some(master_nodes(&after)), tolerate_client_errors: false },
+        )
+        .await?;
+    eprintln!(
+        "graceful failover: {} commands, {} errors, longest command {:?}",
+        checked.report.total_ops(),
+        checked.report.total_errors(),
+        checked.report.max_latency
+    );
     Ok(())
 }

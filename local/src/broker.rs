@@ -6,7 +6,7 @@ use crate::process::ChildProcess;
 use crate::wait::wait_for;
 use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
-use sluice_common::api::{ClusterList, CreateCluster, EpochResponse, ProxyList, ProxySelection};
+use sluice_common::api::{ClusterList, CreateCluster, EpochResponse, FailoverRequest, ProxyList, ProxySelection};
 use sluice_common::model::{ClusterView, Epoch};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -140,6 +140,11 @@ impl BrokerClient {
     ) -> Result<ClusterView> {
         let req = CreateCluster { name: name.to_string(), proxies: ProxySelection::Addresses(proxies), replicas };
         self.post("/clusters", &req).await
+    }
+
+    /// `POST /api/v1/clusters/{name}/failover`.
+    pub async fn failover(&self, name: &str, req: &FailoverRequest) -> Result<ClusterView> {
+        self.post(&format!("/clusters/{name}/failover"), req).await
     }
 
     pub async fn delete_cluster(&self, name: &str) -> Result<()> {

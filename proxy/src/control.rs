@@ -142,6 +142,7 @@ impl ProxyControl for ControlService {
             repl_role: s.repl_role.unwrap_or_default(),
             repl_offset: s.repl_offset,
             master_link_up: s.master_link_up,
+            handover_ready_epoch: self.control.shared.handover_ready.load(Ordering::SeqCst),
         }))
     }
 }

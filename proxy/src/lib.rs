@@ -17,6 +17,7 @@ pub mod connection;
 pub mod control;
 pub mod dispatch;
 pub mod garbage;
+pub mod handover;
 pub mod info;
 pub mod keyed;
 pub mod migration;

@@ -38,6 +38,7 @@ async fn serve(opts: ProxyOptions) -> anyhow::Result<()> {
     }
     tokio::spawn(sluice_proxy::migration::gc::run(shared.clone()));
     tokio::spawn(sluice_proxy::shard::run(shared.clone()));
+    tokio::spawn(sluice_proxy::handover::run(shared.clone()));
     tokio::spawn(sluice_proxy::register::register(opts));
     sluice_proxy::server::run(listener, ctl).await?;
     Ok(())

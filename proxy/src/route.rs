@@ -186,6 +186,15 @@ impl RouteTable {
                     }
                 }
             }
+            if let Some(me) = me.filter(|&i| cluster.nodes[i].handover.is_some()) {
+                // A graceful failover is handing the shard over: commands on its slots are
+                // counted in flight, so the handover can wait for them (`handover.rs`).
+                for a in cluster.nodes[me].slots.iter().filter(|a| a.tag.is_none()) {
+                    for slot in a.range().slots() {
+                        flags[usize::from(slot)] |= MIGRATING;
+                    }
+                }
+            }
             if let Some(me) = me {
                 for a in &cluster.nodes[me].slots {
                     let keys_mode = a.migration.as_ref().and_then(|id| config.migrations.iter().find(|m| &m.id == id));
@@ -415,6 +424,7 @@ mod tests {
                 slots: vec![SlotAssignment::plain(r)],
                 peer: None,
                 replicas: Vec::new(),
+                handover: None,
             })
             .collect();
         Arc::new(ProxyConfig {

@@ -11,7 +11,7 @@
 //! emptying the node (or replacing the replica) is enough.
 
 use crate::migration::node::{connect, NodeConn};
-use crate::state::Shared;
+use crate::state::{Shared, PROMOTION};
 use sluice_common::model::MigrationMode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -61,6 +61,10 @@ pub async fn run(shared: Arc<Shared>) {
 /// One look at the node: makes a replica's node follow the shard's master.
 async fn step(shared: &Shared, node: &mut Option<NodeConn>) -> Result<(), String> {
     let routes = shared.routes_full();
+    if routes.me.is_none() && shared.has_override(PROMOTION) {
+        // Demoted again before the promotion: the hold is not this proxy's to keep.
+        shared.set_override(PROMOTION, None).await;
+    }
     let Some(master) = routes.replica_of.map(|i| &routes.peers[i]) else {
         shared.replica_synced.store(false, Ordering::Release);
         if routes.me.is_some() && routes.slots_served() > 0 && !importing_by_replication(shared, &routes) {
@@ -69,6 +73,9 @@ async fn step(shared: &Shared, node: &mut Option<NodeConn>) -> Result<(), String
             if !info.is_master() {
                 conn.promote().await.map_err(|e| e.to_string())?;
                 tracing::warn!(former_master = %info.master(), "this proxy is its shard's master now: its node was promoted");
+            }
+            if shared.has_override(PROMOTION) {
+                shared.set_override(PROMOTION, None).await;
             }
             let online = info.replicas.iter().filter(|r| r.state == "online").count();
             shared.online_replicas.store(online, Ordering::Release);

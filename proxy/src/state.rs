@@ -41,6 +41,10 @@ pub enum Applied {
     Unchanged,
 }
 
+/// The hold a proxy that has just become its shard's master keeps on the shard's slots until
+/// its node is promoted (`shard::run` lifts it).
+pub const PROMOTION: &str = "promotion";
+
 /// What taking a config asks of the migration tasks (`migration::Migrations`), which sit
 /// above this module: the data path and the config path never import them.
 pub trait MigrationTasks: Send + Sync {
@@ -79,6 +83,9 @@ pub struct Shared {
     pub replica_synced: AtomicBool,
     /// On a master: replicas its node has online (kept by `shard::run`, for `--ack-replicas`).
     pub online_replicas: AtomicUsize,
+    /// On a master handing its shard over (a graceful failover): the config epoch at which it
+    /// holds the shard's writes and the replica has all of them; 0 otherwise (`handover.rs`).
+    pub handover_ready: AtomicU64,
 }
 
 impl Shared {
@@ -106,6 +113,7 @@ impl Shared {
             started: Instant::now(),
             replica_synced: AtomicBool::new(false),
             online_replicas: AtomicUsize::new(0),
+            handover_ready: AtomicU64::new(0),
             opts,
         }
     }
@@ -170,7 +178,20 @@ impl Shared {
         // Committed or ended migrations no longer override the config: it says it all now.
         {
             let mut overrides = self.overrides.lock().unwrap_or_else(|p| p.into_inner());
-            overrides.retain(|id, _| config.is_tagged(id));
+            // A handover's hold ends with any new config too: the handover holds again if it
+            // is still asked for, and says it is ready at the new epoch.
+            overrides.retain(|id, _| id == PROMOTION || config.is_tagged(id));
+            self.handover_ready.store(0, Ordering::SeqCst);
+        }
+        // A replica that becomes its shard's master (a failover) holds the shard's slots until
+        // its node is promoted (`shard::run` lifts the hold): a write must not reach the node
+        // while it is still a read-only replica.
+        let me = self.me();
+        let mine = config.cluster.as_ref().and_then(|c| c.nodes.iter().find(|n| n.proxy == me));
+        if let (Some(node), Some(_)) = (mine, current.replica_of) {
+            let slots = node.slots.iter().map(|a| a.range()).collect();
+            let mut overrides = self.overrides.lock().unwrap_or_else(|p| p.into_inner());
+            overrides.insert(PROMOTION.to_string(), Override { slots, kind: OverrideKind::Hold });
         }
         // New migrations start with their slots held until their task knows where they stand.
         for meta in tasks.new_sources(&config, self.me()) {
@@ -195,6 +216,27 @@ impl Shared {
         tasks.reconcile(self, &config);
         self.gc.wake();
         Ok(Applied::Updated { from: held, to })
+    }
+
+    /// Waits until no command on a migrating slot is in flight (`inflight`); false at the
+    /// deadline. A switch (or a handover) holds the slots first, so none can start meanwhile.
+    pub async fn wait_drained(&self, deadline: Instant) -> bool {
+        loop {
+            let notified = self.inflight_zero.notified();
+            if self.inflight.load(Ordering::SeqCst) == 0 {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let _ = tokio::time::timeout(left.min(std::time::Duration::from_millis(5)), notified).await;
+        }
+    }
+
+    /// Whether an override named `id` is in force.
+    pub fn has_override(&self, id: &str) -> bool {
+        self.overrides.lock().unwrap_or_else(|p| p.into_inner()).contains_key(id)
     }
 
     /// Sets (or clears) the override of migration `id` and rebuilds the table.
@@ -285,6 +327,7 @@ mod tests {
             slots: vec![SlotAssignment::plain(SlotRange::new(slots.0, slots.1))],
             peer: peer.map(str::to_string),
             replicas: Vec::new(),
+            handover: None,
         };
         let config = |epoch, peer| ProxyConfig {
             epoch,

@@ -7,6 +7,14 @@
 //! node replicate the new one, which replaces whatever that node took that the new master
 //! lacks. Two coordinators that both see the master down send the same request conditioned on
 //! the epoch (`If-Match`): the first wins, the second gets 412.
+//!
+//! A *graceful* failover is two steps. Asking for it only marks the shard (`handover`: the
+//! replica to hand over to): the master's proxy holds the shard's writes, waits until the
+//! replica has everything the master has, and says so in `Status`, still holding. Then the
+//! coordinator asks for the swap itself (an ordinary failover naming that replica, at the
+//! epoch the master said so), and the held writes go to the new master: none is lost. The
+//! master's proxy lets go only when its config changes, so the swap and a `cancel` are the
+//! two ways a handover ends.
 
 use super::Txn;
 use crate::error::ApiError;
@@ -15,6 +23,9 @@ use sluice_common::model::{ClusterView, NodeView, ReplicaView};
 
 impl Txn {
     pub fn failover(&mut self, cluster: &str, req: FailoverRequest) -> Result<ClusterView, ApiError> {
+        if req.cancel {
+            return self.cancel_handover(cluster, &req.master);
+        }
         let view = self.cluster(cluster)?;
         let Some(index) = view.nodes.iter().position(|n| n.proxy == req.master) else {
             return Err(match view.shard_of_replica(&req.master) {
@@ -59,6 +70,9 @@ impl Txn {
                 req.master
             )));
         }
+        if req.graceful {
+            return self.begin_handover(cluster, index, &replica.proxy.clone());
+        }
         let promoted = replica.clone();
         let former = ReplicaView {
             proxy: shard.proxy.clone(),
@@ -75,6 +89,7 @@ impl Txn {
             slots: shard.slots.clone(),
             peer: promoted.peer,
             replicas,
+            handover: None,
         };
         let epoch = self.bump();
         let view = self
@@ -87,6 +102,60 @@ impl Txn {
         let view = view.clone();
         let why = req.reason.map(|r| format!(" ({r})")).unwrap_or_default();
         self.note(format!("failover in cluster {cluster}: {} replaces {} as master{why}", promoted.proxy, req.master));
+        Ok(view)
+    }
+
+    /// Step one of a graceful failover: marks the shard of `nodes[index]` for a handover to
+    /// `to`. Asking again for the same handover changes nothing.
+    fn begin_handover(&mut self, cluster: &str, index: usize, to: &str) -> Result<ClusterView, ApiError> {
+        let view = self.cluster(cluster)?;
+        let shard = &view.nodes[index];
+        match shard.handover.as_deref() {
+            Some(t) if t == to => return Ok(view.clone()),
+            Some(t) => {
+                return Err(ApiError::conflict(format!(
+                    "a graceful failover of the shard of {} to {t} is in progress; cancel it first",
+                    shard.proxy
+                )))
+            }
+            None => {}
+        }
+        if self.state.proxies.get(&shard.proxy).is_some_and(|p| p.failed) {
+            return Err(ApiError::conflict(format!(
+                "{} is marked failed: a graceful failover needs the master up; ask for a forced one",
+                shard.proxy
+            )));
+        }
+        let master = shard.proxy.clone();
+        let epoch = self.bump();
+        let view = self
+            .state
+            .clusters
+            .get_mut(cluster)
+            .ok_or_else(|| ApiError::not_found(format!("no cluster {cluster:?}")))?;
+        view.nodes[index].handover = Some(to.to_string());
+        view.epoch = epoch;
+        let view = view.clone();
+        self.note(format!("graceful failover in cluster {cluster}: {master} hands over to {to}"));
+        Ok(view)
+    }
+
+    /// Withdraws the handover of `master`'s shard; the master keeps the shard.
+    fn cancel_handover(&mut self, cluster: &str, master: &str) -> Result<ClusterView, ApiError> {
+        let view = self.cluster(cluster)?;
+        let Some(index) = view.nodes.iter().position(|n| n.proxy == master && n.handover.is_some()) else {
+            return Err(ApiError::conflict(format!("no graceful failover of {master}'s shard is in progress")));
+        };
+        let epoch = self.bump();
+        let view = self
+            .state
+            .clusters
+            .get_mut(cluster)
+            .ok_or_else(|| ApiError::not_found(format!("no cluster {cluster:?}")))?;
+        view.nodes[index].handover = None;
+        view.epoch = epoch;
+        let view = view.clone();
+        self.note(format!("graceful failover of {master}'s shard in cluster {cluster} cancelled"));
         Ok(view)
     }
 }

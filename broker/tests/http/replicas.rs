@@ -121,3 +121,43 @@ async fn failover_promotes_a_replica_and_fences_the_former_master_once() {
     assert_eq!(b.epoch().await, after_migration);
     assert_eq!(after_migration, before + 1, "only the migration moved the epoch");
 }
+
+#[tokio::test]
+async fn a_graceful_failover_marks_the_shard_until_the_swap_or_a_cancel() {
+    let (b, _dir) = fresh(Opts::default()).await;
+    register_all(&b, 6001..=6004).await;
+    b.post("/api/v1/clusters", json!({"name": "c", "proxies": 2, "replicas": 1})).await.expect(201);
+    let before = b.epoch().await;
+    let ask = json!({"master": addr(6001), "promote": addr(6003), "graceful": true});
+    let view = b.post("/api/v1/clusters/c/failover", ask.clone()).await.expect(200).clone();
+    assert_eq!(view["nodes"][0]["proxy"], addr(6001), "nothing swapped yet: {view}");
+    assert_eq!(view["nodes"][0]["handover"], addr(6003));
+    assert_eq!(b.epoch().await, before + 1);
+    b.post("/api/v1/clusters/c/failover", ask).await.expect(200);
+    assert_eq!(b.epoch().await, before + 1, "asking again changes nothing");
+    let msg = b
+        .post("/api/v1/clusters/c/failover", json!({"master": addr(6001), "graceful": true, "promote": addr(6004)}))
+        .await
+        .expect_error(409, "conflict");
+    assert!(msg.contains("is not a replica of the shard"), "{msg}");
+    // Cancelled: the master keeps the shard.
+    let view =
+        b.post("/api/v1/clusters/c/failover", json!({"master": addr(6001), "cancel": true})).await.expect(200).clone();
+    assert!(view["nodes"][0].get("handover").is_none(), "{view}");
+    let msg = b
+        .post("/api/v1/clusters/c/failover", json!({"master": addr(6001), "cancel": true}))
+        .await
+        .expect_error(409, "conflict");
+    assert!(msg.contains("no graceful failover"), "{msg}");
+    // Asked again, then completed by the swap (what the coordinator sends once the master is ready).
+    b.post("/api/v1/clusters/c/failover", json!({"master": addr(6001), "promote": addr(6003), "graceful": true}))
+        .await
+        .expect(200);
+    let view = b
+        .post("/api/v1/clusters/c/failover", json!({"master": addr(6001), "promote": addr(6003)}))
+        .await
+        .expect(200)
+        .clone();
+    assert_eq!(view["nodes"][0]["proxy"], addr(6003));
+    assert!(view["nodes"][0].get("handover").is_none(), "the swap ends the handover: {view}");
+}

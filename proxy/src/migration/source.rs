@@ -251,7 +251,7 @@ async fn promote_destination(
 ) -> Result<(), String> {
     // Every command on a moving slot that reached our node before the hold must be answered
     // before the offset is read: then the offset covers all of them.
-    if !wait_drained(shared, deadline).await {
+    if !shared.wait_drained(deadline).await {
         return Err(format!(
             "{} commands on the moving slots still in flight after the write pause",
             shared.inflight.load(Ordering::SeqCst)
@@ -305,21 +305,6 @@ async fn promote_destination(
                 tokio::time::sleep(POLL).await;
             }
         }
-    }
-}
-
-/// Waits until no command on a migrating slot is in flight; false at the deadline.
-async fn wait_drained(shared: &Shared, deadline: Instant) -> bool {
-    loop {
-        let notified = shared.inflight_zero.notified();
-        if shared.inflight.load(Ordering::SeqCst) == 0 {
-            return true;
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return false;
-        }
-        let _ = tokio::time::timeout(left.min(Duration::from_millis(5)), notified).await;
     }
 }
 

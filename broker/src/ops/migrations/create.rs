@@ -236,6 +236,7 @@ impl Txn {
                     slots: Vec::new(),
                     peer: dst.peer,
                     replicas: Vec::new(),
+                    handover: None,
                 });
                 view.nodes.len() - 1
             }
