@@ -244,3 +244,59 @@ async fn a_graceful_failover_loses_no_write_and_no_client_sees_an_error() -> Res
     );
     Ok(())
 }
+
+/// The same node kill under a redis-py `RedisCluster` writer (`python/workload.py`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_master_node_under_a_redis_py_writer_loses_no_acknowledged_write() -> Result<()> {
+    use sluice_harness::python::{PyWorkload, PyWorkloadOptions, PythonEnv};
+    let env = PythonEnv::ensure_async().await?;
+    let spec = LocalSpec {
+        proxies: 3,
+        replicas: 1,
+        spare: 0,
+        proxy_args: vec!["--ack-replicas".into(), "1".into()],
+        ..LocalSpec::default()
+    };
+    let mut cluster = LocalCluster::start(spec).await?;
+    let before = cluster.view().await?;
+    let shard = before.nodes[0].clone();
+    let replica = shard.replicas[0].clone();
+    for n in &before.nodes {
+        wait_replica_synced(&n.replicas[0].node, &n.node, Duration::from_secs(20)).await?;
+    }
+    let opts = PyWorkloadOptions::new(KEYS);
+    let workload = PyWorkload::start(&env, &cluster.cluster_proxies(), &opts, Duration::from_secs(180)).await?;
+    // Two seconds of writes before the fault (workload.py reports its counts only at the end).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let victim = cluster.nodes.iter().position(|n| n.addr() == shard.node).expect("the master's node");
+    cluster.nodes[victim].kill();
+    let broker = cluster.broker_client();
+    let after = wait_for("the replica to be promoted", Duration::from_secs(30), || {
+        let broker = broker.clone();
+        let replica = replica.proxy.clone();
+        async move {
+            let view = broker.cluster("local").await?;
+            Ok(view.nodes.iter().any(|n| n.proxy == replica).then_some(view))
+        }
+    })
+    .await?;
+    check_every_slot_served(&cluster.urls(), "failover-py-slotcheck").await?;
+    cluster.nodes[victim].restart().await?;
+    wait_replica_synced(&shard.node, &replica.node, Duration::from_secs(30)).await?;
+    let report = workload.stop(Duration::from_secs(300)).await?;
+    eprintln!(
+        "redis-py: {} commands, {} errors, longest {:.0} ms",
+        report.total_ops(),
+        report.total_errors(),
+        report.max_latency_ms
+    );
+    ensure!(report.total_ops() >= 1_000, "redis-py wrote ({} commands)", report.total_ops());
+    let v = cluster
+        .check_py_nothing_lost_or_misplaced(
+            &report,
+            &CheckOptions { nodes: Some(master_nodes(&after)), tolerate_client_errors: true },
+        )
+        .await?;
+    ensure!(v.keys_checked == KEYS, "every key read back: {v:?}");
+    Ok(())
+}
