@@ -23,6 +23,8 @@ pub struct NativeCluster {
     pub nodes: Vec<RedisNode>,
     /// `CLUSTER MYID` of each node.
     pub ids: Vec<String>,
+    /// Replicas, by master index ([`NativeCluster::add_replicas`]).
+    pub replicas: Vec<Vec<RedisNode>>,
 }
 
 /// A bulk or simple string reply as text.
@@ -80,7 +82,48 @@ impl NativeCluster {
             }
         })
         .await?;
-        Ok(NativeCluster { nodes, ids })
+        let replicas = ids.iter().map(|_| Vec::new()).collect();
+        Ok(NativeCluster { nodes, ids, replicas })
+    }
+
+    /// Gives every master `n` replicas (`CLUSTER MEET`, then `CLUSTER REPLICATE`), started
+    /// under `dir` with `node_args`, and waits until every node sees them all and each replica
+    /// has synced.
+    pub async fn add_replicas(&mut self, dir: &Path, n: usize, node_args: &[&str]) -> Result<()> {
+        let first = self.nodes[0].addr();
+        for (m, id) in self.ids.clone().iter().enumerate() {
+            for r in 0..n {
+                let mut args = vec!["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"];
+                args.extend_from_slice(node_args);
+                let node = RedisNode::start(&dir.join(format!("native{m}-replica{r}")), &args).await?;
+                call_ok(&first, &["CLUSTER", "MEET", "127.0.0.1", &node.port.to_string()]).await?;
+                let addr = node.addr();
+                wait_for("the replica to know its master", Duration::from_secs(30), || {
+                    let (addr, id) = (addr.clone(), id.clone());
+                    async move {
+                        let nodes = text(&call_ok(&addr, &["CLUSTER", "NODES"]).await?).unwrap_or_default();
+                        Ok(nodes.contains(&id).then_some(()))
+                    }
+                })
+                .await?;
+                call_ok(&addr, &["CLUSTER", "REPLICATE", id]).await?;
+                self.replicas[m].push(node);
+            }
+        }
+        let replicas: Vec<String> = self.replicas.iter().flatten().map(RedisNode::addr).collect();
+        wait_for("every native replica to sync", Duration::from_secs(60), || {
+            let replicas = replicas.clone();
+            async move {
+                for a in &replicas {
+                    let info = text(&call_ok(a, &["INFO", "replication"]).await?).unwrap_or_default();
+                    if !info.contains("master_link_status:up") {
+                        return Ok(None);
+                    }
+                }
+                Ok(Some(()))
+            }
+        })
+        .await
     }
 
     /// `redis://` URLs of the nodes, for cluster clients.
