@@ -37,6 +37,50 @@ async fn wait_replica_synced(node: &str, master: &str, timeout: Duration) -> Res
     .await
 }
 
+/// A cluster of 3 shards with a replica each (`proxy_args` for every proxy) and its view,
+/// once every replica has synced.
+async fn start_with_replicas(proxy_args: &[&str]) -> Result<(LocalCluster, ClusterView)> {
+    let proxy_args = proxy_args.iter().map(|a| a.to_string()).collect();
+    let cluster =
+        LocalCluster::start(LocalSpec { proxies: 3, replicas: 1, spare: 0, proxy_args, ..LocalSpec::default() })
+            .await?;
+    let view = cluster.view().await?;
+    for n in &view.nodes {
+        wait_replica_synced(&n.replicas[0].node, &n.node, Duration::from_secs(20)).await?;
+    }
+    Ok((cluster, view))
+}
+
+/// Waits until the writers have done 4,000 more commands.
+async fn writers_progress(workload: &Workload, what: &str) -> Result<()> {
+    let at = workload.ops_so_far();
+    wait_for(what, Duration::from_secs(20), || {
+        let ops = workload.ops_so_far();
+        async move { Ok((ops > at + 4_000).then_some(())) }
+    })
+    .await
+}
+
+/// Stops the writers and runs the shared check over the masters of `view` (client errors
+/// tolerated or not); prints what the writers saw.
+async fn check_and_report(
+    cluster: &LocalCluster,
+    workload: &mut Workload,
+    view: &ClusterView,
+    tolerate_client_errors: bool,
+    label: &str,
+) -> Result<()> {
+    let options = CheckOptions { nodes: Some(master_nodes(view)), tolerate_client_errors };
+    let checked = cluster.check_nothing_lost_or_misplaced_with(workload, &options).await?;
+    eprintln!(
+        "{label}: {} commands, {} errors, longest command {:?}",
+        checked.report.total_ops(),
+        checked.report.total_errors(),
+        checked.report.max_latency
+    );
+    Ok(())
+}
+
 /// What happens to the shard's master.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fault {
@@ -68,27 +112,11 @@ async fn a_stopped_master_node_is_replaced_and_fenced_when_it_resumes() -> Resul
 /// served again, errors stop with the failover, the old master comes back as a replica of
 /// the new one, and no acknowledged write is lost.
 async fn fail_over_under_writers(fault: Fault) -> Result<()> {
-    let spec = LocalSpec {
-        proxies: 3,
-        replicas: 1,
-        spare: 0,
-        proxy_args: vec!["--ack-replicas".into(), "1".into()],
-        ..LocalSpec::default()
-    };
-    let mut cluster = LocalCluster::start(spec).await?;
-    let before = cluster.view().await?;
+    let (mut cluster, before) = start_with_replicas(&["--ack-replicas", "1"]).await?;
     let shard = before.nodes[0].clone();
     let replica = shard.replicas[0].clone();
-    for n in &before.nodes {
-        wait_replica_synced(&n.replicas[0].node, &n.node, Duration::from_secs(20)).await?;
-    }
     let mut workload = Workload::start(WorkloadConfig::new(KEYS), &cluster.urls()).await?;
-    let warm = workload.ops_so_far();
-    wait_for("the writers to run", Duration::from_secs(20), || {
-        let ops = workload.ops_so_far();
-        async move { Ok((ops > warm + 4_000).then_some(())) }
-    })
-    .await?;
+    writers_progress(&workload, "the writers to run").await?;
 
     let victim = cluster.nodes.iter().position(|n| n.addr() == shard.node).expect("the master's node");
     let proxy = cluster.proxy_index(&shard.proxy)?;
@@ -144,12 +172,7 @@ async fn fail_over_under_writers(fault: Fault) -> Result<()> {
     ensure!(info.contains("role:master"), "the promoted node is a master: {info}");
 
     // The writers go on through the new master.
-    let at = workload.ops_so_far();
-    wait_for("the writers to go on", Duration::from_secs(20), || {
-        let ops = workload.ops_so_far();
-        async move { Ok((ops > at + 4_000).then_some(())) }
-    })
-    .await?;
+    writers_progress(&workload, "the writers to go on").await?;
 
     // From here on no client sees an error: errors happen only inside the failover window.
     let errors_in_window = workload.errors_so_far();
@@ -163,18 +186,7 @@ async fn fail_over_under_writers(fault: Fault) -> Result<()> {
     wait_replica_synced(&shard.node, &promoted_node, Duration::from_secs(30)).await?;
     let errors_after = workload.errors_so_far() - errors_in_window;
 
-    let checked = cluster
-        .check_nothing_lost_or_misplaced_with(
-            &mut workload,
-            &CheckOptions { nodes: Some(master_nodes(&after)), tolerate_client_errors: true },
-        )
-        .await?;
-    eprintln!(
-        "{fault:?}: {} commands, {} errors (all while the master was down or being replaced), longest {:?}",
-        checked.report.total_ops(),
-        checked.report.total_errors(),
-        checked.report.max_latency
-    );
+    check_and_report(&cluster, &mut workload, &after, true, &format!("{fault:?}")).await?;
     ensure!(errors_after == 0, "{errors_after} client errors after the failover window");
     Ok(())
 }
@@ -184,21 +196,11 @@ async fn fail_over_under_writers(fault: Fault) -> Result<()> {
 /// an error, and the old master follows the new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_failover_loses_no_write_and_no_client_sees_an_error() -> Result<()> {
-    let spec = LocalSpec { proxies: 3, replicas: 1, spare: 0, ..LocalSpec::default() };
-    let cluster = LocalCluster::start(spec).await?;
-    let before = cluster.view().await?;
+    let (cluster, before) = start_with_replicas(&[]).await?;
     let shard = before.nodes[0].clone();
     let replica = shard.replicas[0].clone();
-    for n in &before.nodes {
-        wait_replica_synced(&n.replicas[0].node, &n.node, Duration::from_secs(20)).await?;
-    }
     let mut workload = Workload::start(WorkloadConfig::new(KEYS), &cluster.urls()).await?;
-    let warm = workload.ops_so_far();
-    wait_for("the writers to run", Duration::from_secs(20), || {
-        let ops = workload.ops_so_far();
-        async move { Ok((ops > warm + 4_000).then_some(())) }
-    })
-    .await?;
+    writers_progress(&workload, "the writers to run").await?;
     let broker = cluster.broker_client();
     let asked = Instant::now();
     let req = sluice_common::api::FailoverRequest {
@@ -223,25 +225,9 @@ async fn a_graceful_failover_loses_no_write_and_no_client_sees_an_error() -> Res
     .await?;
     eprintln!("graceful failover done {:.2}s after it was asked for", asked.elapsed().as_secs_f64());
     wait_replica_synced(&shard.node, &replica.node, Duration::from_secs(30)).await?;
-    let at = workload.ops_so_far();
-    wait_for("the writers to go on", Duration::from_secs(20), || {
-        let ops = workload.ops_so_far();
-        async move { Ok((ops > at + 4_000).then_some(())) }
-    })
-    .await?;
+    writers_progress(&workload, "the writers to go on").await?;
     let after = cluster.view().await?;
-    let checked = cluster
-        .check_nothing_lost_or_misplaced_with(
-            &mut workload,
-            &CheckOptions { nodes: Some(master_nodes(&after)), tolerate_client_errors: false },
-        )
-        .await?;
-    eprintln!(
-        "graceful failover: {} commands, {} errors, longest command {:?}",
-        checked.report.total_ops(),
-        checked.report.total_errors(),
-        checked.report.max_latency
-    );
+    check_and_report(&cluster, &mut workload, &after, false, "graceful failover").await?;
     Ok(())
 }
 
@@ -250,20 +236,9 @@ async fn a_graceful_failover_loses_no_write_and_no_client_sees_an_error() -> Res
 async fn a_killed_master_node_under_a_redis_py_writer_loses_no_acknowledged_write() -> Result<()> {
     use sluice_harness::python::{PyWorkload, PyWorkloadOptions, PythonEnv};
     let env = PythonEnv::ensure_async().await?;
-    let spec = LocalSpec {
-        proxies: 3,
-        replicas: 1,
-        spare: 0,
-        proxy_args: vec!["--ack-replicas".into(), "1".into()],
-        ..LocalSpec::default()
-    };
-    let mut cluster = LocalCluster::start(spec).await?;
-    let before = cluster.view().await?;
+    let (mut cluster, before) = start_with_replicas(&["--ack-replicas", "1"]).await?;
     let shard = before.nodes[0].clone();
     let replica = shard.replicas[0].clone();
-    for n in &before.nodes {
-        wait_replica_synced(&n.replicas[0].node, &n.node, Duration::from_secs(20)).await?;
-    }
     let opts = PyWorkloadOptions::new(KEYS);
     let workload = PyWorkload::start(&env, &cluster.cluster_proxies(), &opts, Duration::from_secs(180)).await?;
     // Two seconds of writes before the fault (workload.py reports its counts only at the end).

@@ -91,15 +91,7 @@ impl Txn {
             replicas,
             handover: None,
         };
-        let epoch = self.bump();
-        let view = self
-            .state
-            .clusters
-            .get_mut(cluster)
-            .ok_or_else(|| ApiError::not_found(format!("no cluster {cluster:?}")))?;
-        view.nodes[index] = new_master;
-        view.epoch = epoch;
-        let view = view.clone();
+        let view = self.edit_shard(cluster, index, |node| *node = new_master)?;
         let why = req.reason.map(|r| format!(" ({r})")).unwrap_or_default();
         self.note(format!("failover in cluster {cluster}: {} replaces {} as master{why}", promoted.proxy, req.master));
         Ok(view)
@@ -127,15 +119,7 @@ impl Txn {
             )));
         }
         let master = shard.proxy.clone();
-        let epoch = self.bump();
-        let view = self
-            .state
-            .clusters
-            .get_mut(cluster)
-            .ok_or_else(|| ApiError::not_found(format!("no cluster {cluster:?}")))?;
-        view.nodes[index].handover = Some(to.to_string());
-        view.epoch = epoch;
-        let view = view.clone();
+        let view = self.edit_shard(cluster, index, |node| node.handover = Some(to.to_string()))?;
         self.note(format!("graceful failover in cluster {cluster}: {master} hands over to {to}"));
         Ok(view)
     }
@@ -146,16 +130,29 @@ impl Txn {
         let Some(index) = view.nodes.iter().position(|n| n.proxy == master && n.handover.is_some()) else {
             return Err(ApiError::conflict(format!("no graceful failover of {master}'s shard is in progress")));
         };
+        let view = self.edit_shard(cluster, index, |node| node.handover = None)?;
+        self.note(format!("graceful failover of {master}'s shard in cluster {cluster} cancelled"));
+        Ok(view)
+    }
+
+    /// One edit of a shard of `cluster` (`nodes[index]`), as one epoch: the cluster records
+    /// it as its epoch, and the answer is the cluster after it.
+    fn edit_shard(
+        &mut self,
+        cluster: &str,
+        index: usize,
+        edit: impl FnOnce(&mut NodeView),
+    ) -> Result<ClusterView, ApiError> {
         let epoch = self.bump();
         let view = self
             .state
             .clusters
             .get_mut(cluster)
             .ok_or_else(|| ApiError::not_found(format!("no cluster {cluster:?}")))?;
-        view.nodes[index].handover = None;
+        let node =
+            view.nodes.get_mut(index).ok_or_else(|| ApiError::not_found(format!("no shard {index} in {cluster:?}")))?;
+        edit(node);
         view.epoch = epoch;
-        let view = view.clone();
-        self.note(format!("graceful failover of {master}'s shard in cluster {cluster} cancelled"));
-        Ok(view)
+        Ok(view.clone())
     }
 }
