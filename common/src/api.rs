@@ -278,6 +278,26 @@ pub struct Migration {
     pub timestamps: PhaseTimestamps,
     /// When the record last changed (RFC 3339, UTC).
     pub updated_at: String,
+    /// A stop asked for once the switch had started (`switching`, replication mode): the
+    /// source is *fenced* (it makes no further switch attempt) and the migration ends as
+    /// asked once the source confirms it never promoted the destination's node, or is
+    /// committed if the switch completed first. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopping: Option<StopIntent>,
+}
+
+/// A stop of a `switching` migration that waits for its source (see [`Migration::stopping`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StopIntent {
+    /// The epoch that fenced the source: its confirmation counts only from a config of this
+    /// epoch or later.
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
+    pub epoch: Epoch,
+    /// How the migration ends once confirmed: `failed` or `aborted`.
+    pub phase: MigrationPhase,
+    /// Why it was stopped; the migration's `error` once it ends.
+    pub reason: String,
 }
 
 impl Migration {
@@ -296,6 +316,7 @@ impl Migration {
             switch_allowed: self.mode == MigrationMode::Replication
                 && self.phase >= MigrationPhase::Switching
                 && self.in_configs(),
+            fenced: self.stopping.is_some() && self.is_tagged(),
         }
     }
 
@@ -365,6 +386,13 @@ pub struct StopRequest {
     /// Why the migration is stopped; recorded as the migration's `error`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The coordinator's confirmation that a fenced migration's source stopped: the source
+    /// proxy, holding a config of this epoch, lists the migration's task as ended without
+    /// having promoted the destination's node. Completes a stop that waits (`stopping`) when
+    /// at least its epoch; ignored otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
+    pub source_stopped_epoch: Option<Epoch>,
 }
 
 /// `POST /api/v1/clusters/{name}/failover`: promote a replica of `master`'s shard.

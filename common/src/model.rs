@@ -244,6 +244,12 @@ pub struct MigrationMeta {
     /// destination took.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub switch_allowed: bool,
+    /// The broker asks the source to make no further switch attempt (a stop was asked for
+    /// while `switching`): the source ends its task, reporting `failed`, as soon as it knows
+    /// it never promoted the destination's node; the broker then ends the migration. Only
+    /// goes from false to true.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fenced: bool,
 }
 
 /// Everything one proxy must hold: what `UMCTL SETDB` and gRPC `SetConfig` take, and what

@@ -167,8 +167,14 @@ impl BrokerClient {
     }
 
     /// `POST /api/v1/clusters/{c}/migrations/{id}/fail {"error"}`.
-    pub async fn fail(&self, cluster: &str, id: &str, error: &str) -> Result<Migration, BrokerError> {
-        let body = StopRequest { error: Some(error.to_string()) };
+    pub async fn fail(
+        &self,
+        cluster: &str,
+        id: &str,
+        error: &str,
+        source_stopped_epoch: Option<Epoch>,
+    ) -> Result<Migration, BrokerError> {
+        let body = StopRequest { error: Some(error.to_string()), source_stopped_epoch };
         self.send(reqwest::Method::POST, "POST", migration_path(cluster, id, "fail"), &body).await
     }
 

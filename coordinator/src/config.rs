@@ -55,6 +55,13 @@ pub struct Cli {
     #[arg(long, env = "SLUICE_COORDINATOR_FAILOVER_AFTER_MS", value_name = "MS", default_value_t = 5000)]
     pub failover_after_ms: u64,
 
+    /// How long the destination of a replication-mode migration in `switching` (its proxy,
+    /// or its node) must be down without a break before the migration is stopped: its source
+    /// is fenced, and the migration fails once the source confirms it promoted nothing (the
+    /// slots stay on the source); 0: never
+    #[arg(long, env = "SLUICE_COORDINATOR_FENCE_AFTER_MS", value_name = "MS", default_value_t = 30_000)]
+    pub fence_after_ms: u64,
+
     /// Log line format
     #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -74,6 +81,8 @@ pub struct Settings {
     pub max_backoff: Duration,
     /// Zero: never fail over.
     pub failover_after: Duration,
+    /// Zero: never stop a switching migration whose destination is down.
+    pub fence_after: Duration,
     pub log_format: LogFormat,
 }
 
@@ -89,6 +98,7 @@ impl Settings {
             failure_threshold: 3,
             max_backoff: Duration::from_secs(2),
             failover_after: Duration::from_secs(5),
+            fence_after: Duration::from_secs(30),
             log_format: LogFormat::Text,
         }
     }
@@ -105,6 +115,7 @@ impl From<Cli> for Settings {
             failure_threshold: cli.failure_threshold.max(1),
             max_backoff: Duration::from_millis(cli.max_backoff_ms).max(interval),
             failover_after: Duration::from_millis(cli.failover_after_ms),
+            fence_after: Duration::from_millis(cli.fence_after_ms),
             log_format: cli.log_format,
         }
     }

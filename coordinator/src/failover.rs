@@ -28,8 +28,8 @@ pub struct Decision {
     pub request: FailoverRequest,
 }
 
-/// Why a master counts as down now, if it does.
-fn down(status: Option<&StatusReply>) -> Option<String> {
+/// Why a proxy (a master, or a migration's destination) counts as down now, if it does.
+pub(crate) fn down(status: Option<&StatusReply>) -> Option<String> {
     match status {
         None => Some("its proxy does not answer Status".to_string()),
         Some(s) if !s.node_healthy => Some(format!("its node does not answer ({})", s.node_error)),

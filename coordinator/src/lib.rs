@@ -12,6 +12,7 @@
 pub mod broker_client;
 pub mod config;
 pub mod failover;
+pub mod fence;
 pub mod health;
 pub mod proxy_client;
 pub mod quiet;

@@ -173,8 +173,9 @@ pub enum MigrationAction {
     Progress(ProgressReport),
     /// `POST …/{id}/commit {"epoch"}`.
     Commit { epoch: Epoch },
-    /// `POST …/{id}/fail {"error"}`.
-    Fail { error: String },
+    /// `POST …/{id}/fail {"error", "source_stopped_epoch"?}`: with the epoch, the source's
+    /// confirmation that completes a stop of a fenced migration ([`confirm_stop`]).
+    Fail { error: String, source_stopped_epoch: Option<Epoch> },
 }
 
 /// Whether `phase` may be sent with `POST …/progress` at all (the others have their own calls).
@@ -249,7 +250,7 @@ pub fn decide(m: &Migration, src: &Side, dst: &Side, progress_due: bool) -> Vec<
             // on the broker takes no `fail` (the source may have promoted the destination):
             // the failure is kept as the migration's error and the proxies retry.
             let mut actions = passed_through(current, Switching, &tasks);
-            actions.push(MigrationAction::Fail { error });
+            actions.push(MigrationAction::Fail { error, source_stopped_epoch: None });
             return actions;
         }
         match most_advanced_before_commit(src, dst) {
@@ -283,6 +284,18 @@ pub fn decide(m: &Migration, src: &Side, dst: &Side, progress_due: bool) -> Vec<
     }
     let at = if target == Done { done_at(src, dst) } else { entered(&tasks, target) };
     forward(current, target, &tasks, at, progress, error)
+}
+
+/// The source's confirmation that completes a stop of a fenced migration: the epoch of the
+/// config its proxy holds, when that is at least the fence's and it lists the migration's task
+/// (at its epoch, as the source) as `failed`. A source task fails only without having promoted
+/// the destination's node (one that promoted ends `switched`), and a proxy holding a fenced
+/// config starts no switch attempt, so from then on nobody promotes it.
+pub fn confirm_stop(m: &Migration, statuses: &HashMap<String, StatusReply>) -> Option<Epoch> {
+    let stopping = m.stopping.as_ref().filter(|_| m.phase == Switching)?;
+    let status = statuses.get(&m.src).filter(|s| s.epoch >= stopping.epoch)?;
+    let Side::Task { task, .. } = side(m, true, statuses) else { return None };
+    (task.phase == Failed).then_some(status.epoch)
 }
 
 fn report(
@@ -421,6 +434,7 @@ mod tests {
             progress: None,
             timestamps: PhaseTimestamps::default(),
             updated_at: "2026-01-01T00:00:00.000Z".into(),
+            stopping: None,
         }
     }
 
@@ -525,6 +539,29 @@ mod tests {
             .into_iter()
             .map(|(p, migrations)| (p.to_string(), StatusReply { proxy: p.into(), migrations, ..Default::default() }))
             .collect()
+    }
+
+    #[test]
+    fn a_fenced_stop_is_confirmed_only_by_a_failed_source_task_holding_the_fence() {
+        use sluice_common::api::StopIntent;
+        let mut m = migration(Switching);
+        let with = |epoch: u64, phase: &str| {
+            let mut s = statuses(vec![(SRC, vec![raw("m-1", 6, phase, true)])]);
+            s.get_mut(SRC).expect("src").epoch = epoch;
+            s
+        };
+        assert_eq!(confirm_stop(&m, &with(9, "failed")), None, "not fenced");
+        m.stopping = Some(StopIntent { epoch: 9, phase: Failed, reason: "dst down".into() });
+        assert_eq!(confirm_stop(&m, &with(9, "failed")), Some(9));
+        assert_eq!(confirm_stop(&m, &with(11, "failed")), Some(11));
+        assert_eq!(confirm_stop(&m, &with(8, "failed")), None, "a config older than the fence");
+        assert_eq!(confirm_stop(&m, &with(9, "switching")), None, "still trying");
+        assert_eq!(confirm_stop(&m, &with(9, "switched")), None, "the switch won");
+        assert_eq!(confirm_stop(&m, &HashMap::new()), None, "no answer");
+        let dst_only = statuses(vec![(DST, vec![raw("m-1", 6, "failed", false)])]);
+        assert_eq!(confirm_stop(&m, &dst_only), None, "only the source can say it promoted nothing");
+        m.phase = Switched;
+        assert_eq!(confirm_stop(&m, &with(9, "failed")), None, "switched: only the commit");
     }
 
     #[test]
@@ -756,7 +793,7 @@ mod tests {
             let m = migration(broker);
             assert_eq!(
                 decide(&m, &task(Following), &failed_task("dst DBSIZE is 12, not 0"), false),
-                vec![MigrationAction::Fail { error: "dst DBSIZE is 12, not 0".into() }],
+                vec![MigrationAction::Fail { error: "dst DBSIZE is 12, not 0".into(), source_stopped_epoch: None }],
                 "{broker:?}"
             );
         }
@@ -769,7 +806,7 @@ mod tests {
         )
         .as_slice()
         {
-            [MigrationAction::Fail { error }] => assert!(error.contains("m-1"), "{error}"),
+            [MigrationAction::Fail { error, .. }] => assert!(error.contains("m-1"), "{error}"),
             other => panic!("expected a fail, got {other:?}"),
         }
     }
@@ -1107,13 +1144,17 @@ mod tests {
         let dst = timed(failed_task("replication broke"), &[(Starting, 2)]);
         assert_eq!(
             decide(&m, &src, &dst, false),
-            vec![at(Starting, 1), at(Following, 4), MigrationAction::Fail { error: "replication broke".into() }]
+            vec![
+                at(Starting, 1),
+                at(Following, 4),
+                MigrationAction::Fail { error: "replication broke".into(), source_stopped_epoch: None }
+            ]
         );
         // Never to switching: `fail` is refused from switching on (the switch is allowed).
         let src = timed(failed_task("not ready"), &[(Starting, 1), (Following, 3), (Switching, 4), (Switched, 5)]);
         assert_eq!(
             decide(&migration(Starting), &src, &Side::NoAnswer, false),
-            vec![at(Following, 3), MigrationAction::Fail { error: "not ready".into() }]
+            vec![at(Following, 3), MigrationAction::Fail { error: "not ready".into(), source_stopped_epoch: None }]
         );
     }
 
@@ -1226,7 +1267,7 @@ mod tests {
                         _ => return Err(Refusal::Conflict),
                     }
                 }
-                MigrationAction::Fail { error } => match current {
+                MigrationAction::Fail { error, .. } => match current {
                     Pending | Starting | Following | Switching => {
                         self.m.phase = Failed;
                         self.m.error = Some(error.clone());

@@ -10,6 +10,7 @@
 use crate::broker_client::{BrokerClient, BrokerError};
 use crate::config::Settings;
 use crate::failover::FailoverTracker;
+use crate::fence::FenceTracker;
 use crate::health::{HealthAction, HealthTracker, Probe};
 use crate::proxy_client::ProxyClients;
 use crate::quiet::LogOnce;
@@ -58,6 +59,7 @@ pub struct Coordinator {
     proxies: ProxyClients,
     health: HealthTracker,
     failover: FailoverTracker,
+    fence: FenceTracker,
     quiet: LogOnce,
     /// When progress was last sent per migration (`cluster/id`).
     progress_sent: HashMap<String, Instant>,
@@ -78,6 +80,7 @@ impl Coordinator {
             proxies: ProxyClients::new(settings.rpc_timeout),
             health: HealthTracker::new(settings.failure_threshold),
             failover: FailoverTracker::default(),
+            fence: FenceTracker::default(),
             settings,
             broker,
             quiet: LogOnce::new(),
@@ -310,6 +313,12 @@ impl Coordinator {
         epoch: Epoch,
     ) -> usize {
         let now = Instant::now();
+        let fence_due: HashMap<String, String> = self
+            .fence
+            .decide(migrations, statuses, self.settings.fence_after, now)
+            .into_iter()
+            .map(|(m, why)| (migration_key(m), why))
+            .collect();
         let mut plans = Vec::new();
         for m in migrations {
             let key = migration_key(m);
@@ -323,10 +332,16 @@ impl Coordinator {
                 }
             }
             let due = self.progress_sent.get(&key).is_none_or(|t| now.duration_since(*t) >= PROGRESS_EVERY);
-            let actions = match reconcile::assume_committed_epoch(m, epoch) {
+            let mut actions = match reconcile::assume_committed_epoch(m, epoch) {
                 Some(with_epoch) => reconcile::decide(&with_epoch, &sides[0].1, &sides[1].1, due),
                 None => reconcile::decide(m, &sides[0].1, &sides[1].1, due),
             };
+            if let Some(source_epoch) = reconcile::confirm_stop(m, statuses) {
+                let error = format!("{} stopped its switch attempts without promoting {}", m.src, m.dst_node);
+                actions.push(MigrationAction::Fail { error, source_stopped_epoch: Some(source_epoch) });
+            } else if let Some(reason) = fence_due.get(&key) {
+                actions.push(MigrationAction::Fail { error: reason.clone(), source_stopped_epoch: None });
+            }
             if !actions.is_empty() {
                 plans.push((m, actions));
             }
@@ -399,7 +414,9 @@ async fn execute<'m>(
         let result = match &action {
             MigrationAction::Progress(r) => broker.report_progress(&m.cluster, &m.id, r).await,
             MigrationAction::Commit { epoch } => broker.commit(&m.cluster, &m.id, *epoch).await,
-            MigrationAction::Fail { error } => broker.fail(&m.cluster, &m.id, error).await,
+            MigrationAction::Fail { error, source_stopped_epoch } => {
+                broker.fail(&m.cluster, &m.id, error, *source_stopped_epoch).await
+            }
         };
         let refused = result.is_err();
         done.push((action, result));
@@ -426,7 +443,10 @@ fn log_migration_report(m: &Migration, action: &MigrationAction, after: &Migrati
         MigrationAction::Commit { epoch } => tracing::info!(
             migration = %id, %cluster, migration_epoch = epoch, phase = ?after.phase, "migration committed"
         ),
-        MigrationAction::Fail { error } => {
+        MigrationAction::Fail { error, source_stopped_epoch: None } if !after.phase.is_final() => {
+            tracing::warn!(migration = %id, %cluster, %error, "migration stopped while switching: its source is fenced")
+        }
+        MigrationAction::Fail { error, .. } => {
             tracing::info!(migration = %id, %cluster, %error, phase = ?after.phase, "migration reported failed")
         }
     }

@@ -314,7 +314,9 @@ async fn execute(client: &BrokerClient, m: &Migration, actions: &[MigrationActio
         let r = match a {
             MigrationAction::Progress(r) => client.report_progress(&m.cluster, &m.id, r).await,
             MigrationAction::Commit { epoch } => client.commit(&m.cluster, &m.id, *epoch).await,
-            MigrationAction::Fail { error } => client.fail(&m.cluster, &m.id, error).await,
+            MigrationAction::Fail { error, source_stopped_epoch } => {
+                client.fail(&m.cluster, &m.id, error, *source_stopped_epoch).await
+            }
         };
         out.push(r.map_err(|e| e.to_string()));
     }
@@ -445,7 +447,7 @@ async fn migration_decisions_hold_against_the_real_broker() {
         clean_epoch: 0,
     };
     let actions = reconcile::decide(&m3, &Side::NoAnswer, &failed, true);
-    assert_eq!(actions, vec![MigrationAction::Fail { error: "MIGRATE refused".into() }]);
+    assert_eq!(actions, vec![MigrationAction::Fail { error: "MIGRATE refused".into(), source_stopped_epoch: None }]);
     for _ in 0..2 {
         for r in execute(&client, &m3, &actions).await {
             let after = r.expect("fail");

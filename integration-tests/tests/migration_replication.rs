@@ -493,3 +493,68 @@ async fn a_second_replication_into_a_node_the_same_source_promoted_before_copies
     check_slots_moved(&cluster.view().await?, &plan)?;
     Ok(())
 }
+
+/// The source's own view of migration `id` (`UMCTL INFOMGR`): its task's phase.
+async fn source_task_phase(proxy: &str, id: &str) -> Result<Option<String>> {
+    let mut conn = RespConn::connect(proxy).await?;
+    let reply = conn.call(&["UMCTL", "INFOMGR"]).await?;
+    let Frame::Bulk(json) = reply else { bail!("UMCTL INFOMGR answered {reply:?}") };
+    let status: serde_json::Value = serde_json::from_slice(&json)?;
+    let tasks = status["migrations"].as_array().cloned().unwrap_or_default();
+    Ok(tasks.iter().find(|t| t["id"] == id).and_then(|t| t["phase"].as_str().map(str::to_string)))
+}
+
+/// A migration stuck in `switching` because its destination is gone for good: the source
+/// asked for the switch, then the destination's proxy and node died before the broker's
+/// permission reached it (the coordinator is stopped meanwhile, so the broker records
+/// `switching` only afterwards), and every switch attempt fails. After `--fence-after-ms` the
+/// coordinator stops it: the source is fenced, confirms it promoted nothing, and the
+/// migration ends `failed` with the slots on the source. No client sees an error (a failed
+/// attempt never holds the slots), no acknowledged write is lost, no key is misplaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_stuck_in_switching_with_its_destination_gone_ends_failed_after_the_bound() -> Result<()> {
+    let spec = LocalSpec {
+        // Time to stop the coordinator while following; the source never gives up asking.
+        proxy_args: ["--min-follow-ms", "4000", "--switch-attempts", "1000000"].map(String::from).to_vec(),
+        coordinator_args: ["--fence-after-ms", "3000"].map(String::from).to_vec(),
+        ..LocalSpec::default()
+    };
+    let (mut cluster, plan) = start_cluster_with(spec).await?;
+    let mut workload = Workload::start(WorkloadConfig::new(KEYS), &cluster.urls()).await?;
+    wait_for_traffic(&workload, 500, Duration::from_secs(20)).await?;
+    let m = cluster.start_migration(&plan.src, &plan.dst, &[plan.slots], MigrationMode::Replication).await?;
+    let mut watch = cluster.watch_migration(&m.id);
+    watch.until("following", MIGRATION_DEADLINE, |m| m.phase >= MigrationPhase::Following).await?;
+    cluster.coordinators[0].pause();
+    wait_for("the source to ask for the switch", Duration::from_secs(30), || {
+        let (src, id) = (plan.src.clone(), m.id.clone());
+        async move { Ok((source_task_phase(&src, &id).await?.as_deref() == Some("switching")).then_some(())) }
+    })
+    .await?;
+    cluster.proxies[plan.dst_index].process().kill();
+    cluster.nodes[plan.dst_index].kill();
+    cluster.coordinators[0].resume();
+
+    let stuck = watch.until("switching", MIGRATION_DEADLINE, |m| m.phase >= MigrationPhase::Switching).await?;
+    assert_eq!(stuck.phase, MigrationPhase::Switching, "{stuck:?}");
+    let end = watch.until_final(Duration::from_secs(60)).await?;
+    assert_eq!(end.phase, MigrationPhase::Failed, "{end:?}");
+    let error = end.error.clone().unwrap_or_default();
+    assert!(error.contains(&plan.dst) && error.contains("down"), "{error}");
+    assert!(end.stopping.is_some(), "ended through the fence: {end:?}");
+
+    // The slots are the source's again, untagged; the destination is not in the cluster.
+    let view = cluster.view().await?;
+    let src = view.nodes.iter().find(|n| n.proxy == plan.src).expect("the source is a node");
+    assert!(src.slots.iter().all(|a| a.tag.is_none()), "{src:?}");
+    assert!(src.slots.iter().any(|a| a.range().contains(plan.slots.start) && a.range().contains(plan.slots.end)));
+    assert!(view.nodes.iter().all(|n| n.proxy != plan.dst), "{view:?}");
+    let live: Vec<String> = cluster.proxies.iter().map(|p| p.addr()).filter(|p| *p != plan.dst).collect();
+    cluster.wait_converged_on(&live, Duration::from_secs(20)).await?;
+    wait_for_traffic(&workload, 500, Duration::from_secs(20)).await?;
+    let dst_node = cluster.nodes[plan.dst_index].addr();
+    let serving: Vec<String> = cluster.node_addrs().into_iter().filter(|n| *n != dst_node).collect();
+    let options = CheckOptions { nodes: Some(serving), ..CheckOptions::default() };
+    cluster.check_nothing_lost_or_misplaced_with(&mut workload, &options).await?;
+    Ok(())
+}

@@ -317,6 +317,7 @@ fn configs_with_migration(cluster: &ProxyCluster, epoch: u64, migrating: bool) -
             slots: vec![moving],
             mode: MigrationMode::Replication,
             switch_allowed: false,
+            fenced: false,
         });
     }
     (0..2)

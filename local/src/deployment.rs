@@ -36,6 +36,8 @@ pub struct LocalSpec {
     /// Name of the cluster to create.
     pub cluster: String,
     pub proxy_args: Vec<String>,
+    /// Extra flags of every coordinator (e.g. `--fence-after-ms 3000`).
+    pub coordinator_args: Vec<String>,
 }
 
 impl Default for LocalSpec {
@@ -50,6 +52,7 @@ impl Default for LocalSpec {
             coordinators: 1,
             cluster: "local".into(),
             proxy_args: Vec::new(),
+            coordinator_args: Vec::new(),
         }
     }
 }
@@ -125,7 +128,8 @@ impl LocalCluster {
     /// Starts one more coordinator.
     pub fn start_coordinator(&mut self) -> Result<()> {
         let n = self.coordinators.len();
-        let args = vec!["--broker".to_string(), self.broker.url()];
+        let mut args = vec!["--broker".to_string(), self.broker.url()];
+        args.extend(self.spec.coordinator_args.iter().cloned());
         let log = self.dir.join(format!("coordinator-{n}.log"));
         let c = ChildProcess::spawn(&format!("coordinator-{n}"), &binary("sluice-coordinator")?, &args, &log)?;
         self.coordinators.push(c);

@@ -477,6 +477,7 @@ mod tests {
             slots: vec![SlotRange::new(5461, 10922)],
             mode: MigrationMode::Keys,
             switch_allowed: false,
+            fenced: false,
         });
         let t = RouteTable::build(Arc::new(gave), &[]).unwrap().keep_former_view(&member);
         assert!(matches!(t.route(0), Route::Peer(p) if p.proxy == "127.0.0.1:6001"));
@@ -589,6 +590,7 @@ mod tests {
             slots,
             mode: MigrationMode::Keys,
             switch_allowed: false,
+            fenced: false,
         }
     }
 }

@@ -197,10 +197,12 @@ pub async fn commit_migration(
     Ok(reply(StatusCode::OK, s.epoch, m))
 }
 
-/// Aborts a migration whose switch has not started (phases `pending` to `following`): the
-/// tags go, the slots stay on src, a dst that joined for it leaves again; phase `aborted`, the
-/// epoch moves. Again: 200, no change. From `switching` on: 409 (the destination may already
-/// have been promoted and taken writes; the migration finishes, or fails by itself).
+/// Aborts a migration that has not switched: the tags go, the slots stay on src, a dst that
+/// joined for it leaves again; phase `aborted`, the epoch moves. Again: 200, no change.
+/// Replication mode in `switching`: 202, the source is fenced (`stopping` set, an epoch bump)
+/// and the migration ends `aborted` once the source confirms it never promoted the
+/// destination's node, or is committed if the switch completed first. From `switched` on (or
+/// keys mode, whose keys may already be at the destination): 409.
 #[utoipa::path(
     post,
     path = "/api/v1/clusters/{name}/migrations/{id}/abort",
@@ -217,7 +219,8 @@ pub async fn commit_migration(
         (status = 400, description = "Bad body", body = ErrorBody),
         (status = 401, description = "Missing or wrong token", body = ErrorBody),
         (status = 404, description = "No such cluster or migration", body = ErrorBody),
-        (status = 409, description = "The switch has started (switching or later): the migration finishes, or fails by itself", body = ErrorBody),
+        (status = 202, description = "Switching: the source is fenced; it ends once the source confirms", body = Migration),
+        (status = 409, description = "Switched or later, or keys mode: the migration finishes", body = ErrorBody),
         (status = 412, description = "Epoch mismatch", body = ErrorBody),
     )
 )]
@@ -228,13 +231,16 @@ pub async fn abort_migration(
     OptionalJsonBody(req): OptionalJsonBody<StopRequest>,
 ) -> Result<Response, ApiError> {
     let error = req.error.filter(|e| !e.is_empty()).unwrap_or_else(|| "aborted on request".to_string());
-    let (m, s) = app.mutate(if_match, move |t| t.stop(&p.name, &p.id, MigrationPhase::Aborted, error)).await?;
-    Ok(reply(StatusCode::OK, s.epoch, m))
+    let confirmed = req.source_stopped_epoch;
+    let (m, s) =
+        app.mutate(if_match, move |t| t.stop(&p.name, &p.id, MigrationPhase::Aborted, error, confirmed)).await?;
+    Ok(reply(stop_status(&m), s.epoch, m))
 }
 
-/// The coordinator's failure report for a migration that has not switched (phases `pending`
-/// to `switching`, on a proxy's report): like abort, with phase `failed` and the error
-/// recorded.
+/// The coordinator's failure report for a migration that has not switched (on a proxy's
+/// report, or a destination down for longer than its bound while `switching`): like abort,
+/// with phase `failed` and the error recorded; in `switching` it fences first (202) and ends
+/// on the call that carries the source's confirmation (`source_stopped_epoch`).
 #[utoipa::path(
     post,
     path = "/api/v1/clusters/{name}/migrations/{id}/fail",
@@ -251,6 +257,7 @@ pub async fn abort_migration(
         (status = 400, description = "Bad body or no error given", body = ErrorBody),
         (status = 401, description = "Missing or wrong token", body = ErrorBody),
         (status = 404, description = "No such cluster or migration", body = ErrorBody),
+        (status = 202, description = "Switching: the source is fenced; it ends once the source confirms", body = Migration),
         (status = 409, description = "Already switched: it can only be committed", body = ErrorBody),
         (status = 412, description = "Epoch mismatch", body = ErrorBody),
     )
@@ -264,6 +271,18 @@ pub async fn fail_migration(
     let Some(error) = req.error.filter(|e| !e.trim().is_empty()) else {
         return Err(ApiError::invalid("fail needs the reason: {\"error\": \"…\"}"));
     };
-    let (m, s) = app.mutate(if_match, move |t| t.stop(&p.name, &p.id, MigrationPhase::Failed, error)).await?;
-    Ok(reply(StatusCode::OK, s.epoch, m))
+    let confirmed = req.source_stopped_epoch;
+    let (m, s) =
+        app.mutate(if_match, move |t| t.stop(&p.name, &p.id, MigrationPhase::Failed, error, confirmed)).await?;
+    Ok(reply(stop_status(&m), s.epoch, m))
+}
+
+/// 200 once a stop has ended the migration (now or before), 202 while it waits for the
+/// fenced source (or the switch completed first and the migration goes on to its commit).
+fn stop_status(m: &Migration) -> StatusCode {
+    if m.phase.is_final() {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    }
 }

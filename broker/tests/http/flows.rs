@@ -315,7 +315,7 @@ async fn abort_and_fail_put_everything_back() {
 }
 
 #[tokio::test]
-async fn abort_and_fail_are_refused_once_the_switch_is_allowed() {
+async fn a_stop_while_switching_fences_the_source_and_ends_only_once_it_confirms() {
     let (b, _dir) = fresh(Opts::default()).await;
     register_all(&b, 6001..=6003).await;
     b.post("/api/v1/clusters", json!({"name": "shop", "proxies": 2})).await.expect(201);
@@ -349,32 +349,61 @@ async fn abort_and_fail_are_refused_once_the_switch_is_allowed() {
     assert_eq!(f.expect(200)["phase"], "aborted");
     assert_eq!(b.model().await, ended);
 
-    // Switching: the broker allowed the switch, the source may have promoted the destination.
-    // The operator's abort and the coordinator's fail are both refused and change nothing.
+    // Switching: the broker allowed the switch, the source may be promoting the destination.
+    // A stop fences the source first (202, one bump, `fenced` in both configs) and ends the
+    // migration only with the source's confirmation from a fenced config.
     b.post("/api/v1/clusters/shop/migrations", mk()).await.expect(202);
     b.post("/api/v1/clusters/shop/migrations/m-3/progress", json!({"phase": "switching"})).await.expect(200);
-    let before = b.model().await;
-    for body in [json!({}), json!({"error": "operator changed their mind"})] {
-        let msg = b.post("/api/v1/clusters/shop/migrations/m-3/abort", body).await.expect_error(409, "conflict");
-        assert!(msg.contains("switching") && msg.contains("the switch has started"), "{msg}");
-        assert!(msg.contains("it finishes"), "{msg}");
+    let e = b.epoch().await;
+    let body = json!({"error": "operator changed their mind"});
+    let a = b.post("/api/v1/clusters/shop/migrations/m-3/abort", body).await.expect(202).clone();
+    assert_eq!(a["phase"], "switching");
+    assert_eq!(a["stopping"], json!({"epoch": e + 1, "phase": "aborted", "reason": "operator changed their mind"}));
+    assert_eq!(b.epoch().await, e + 1);
+    for proxy in [addr(6001), addr(6003)] {
+        let config = b.get(&format!("/api/v1/proxies/{proxy}/config")).await.expect(200).clone();
+        let meta = &config["migrations"][0];
+        assert_eq!((meta["id"].as_str(), &meta["fenced"]), (Some("m-3"), &json!(true)), "{config}");
     }
-    let msg = b.post("/api/v1/clusters/shop/migrations/m-3/fail", json!({"error": "x"})).await;
-    let msg = msg.expect_error(409, "conflict");
-    assert!(msg.contains("can no longer be failed"), "{msg}");
-    assert_eq!(b.model().await, before, "a refused abort or fail changes nothing");
+    // Asking again, failing, or a confirmation from a config older than the fence: no change.
+    let fenced = b.model().await;
+    b.post("/api/v1/clusters/shop/migrations/m-3/abort", json!({})).await.expect(202);
+    b.post("/api/v1/clusters/shop/migrations/m-3/fail", json!({"error": "x"})).await.expect(202);
+    let early = json!({"error": "x", "source_stopped_epoch": e});
+    assert_eq!(b.post("/api/v1/clusters/shop/migrations/m-3/fail", early).await.expect(202)["phase"], "switching");
+    assert_eq!(b.model().await, fenced, "calls before the source's confirmation change nothing");
+    // Confirmed: it ends as first asked, with the first reason; the slots stay on the source.
+    let confirmed = json!({"error": "x", "source_stopped_epoch": e + 1});
+    let f = b.post("/api/v1/clusters/shop/migrations/m-3/fail", confirmed).await.expect(200).clone();
+    assert_eq!((f["phase"].as_str(), f["error"].as_str()), (Some("aborted"), Some("operator changed their mind")));
+    assert_eq!(b.epoch().await, e + 2);
+    assert_eq!(b.get("/api/v1/clusters/shop").await.expect(200)["nodes"], original["nodes"]);
+
+    // A switch that completes after the fence wins: the migration is committed.
+    b.post("/api/v1/clusters/shop/migrations", mk()).await.expect(202);
+    b.post("/api/v1/clusters/shop/migrations/m-4/progress", json!({"phase": "switching"})).await.expect(200);
+    b.post("/api/v1/clusters/shop/migrations/m-4/fail", json!({"error": "dst down"})).await.expect(202);
+    b.post("/api/v1/clusters/shop/migrations/m-4/progress", json!({"phase": "switched"})).await.expect(200);
+    let c = b.post("/api/v1/clusters/shop/migrations/m-4/commit", json!({})).await.expect(200).clone();
+    assert_eq!(c["phase"], "committed");
+    let confirmed = json!({"error": "late", "source_stopped_epoch": b.epoch().await});
+    b.post("/api/v1/clusters/shop/migrations/m-4/fail", confirmed).await.expect_error(409, "conflict");
+    let config = b.get(&format!("/api/v1/proxies/{}/config", addr(6003))).await.expect(200).clone();
+    assert!(config["migrations"][0].get("fenced").is_none(), "a committed migration is not fenced: {config}");
 
     // Switched and later: neither.
-    b.post("/api/v1/clusters/shop/migrations/m-3/progress", json!({"phase": "switched"})).await.expect(200);
+    let other = json!({"src": addr(6001), "dst": addr(6003), "slots": [[300, 400]]});
+    b.post("/api/v1/clusters/shop/migrations", other).await.expect(202);
+    b.post("/api/v1/clusters/shop/migrations/m-5/progress", json!({"phase": "switched"})).await.expect(200);
     let before = b.model().await;
-    let msg = b.post("/api/v1/clusters/shop/migrations/m-3/abort", json!({})).await.expect_error(409, "conflict");
-    assert!(msg.contains("the switch has started"), "{msg}");
-    b.post("/api/v1/clusters/shop/migrations/m-3/fail", json!({"error": "x"})).await.expect_error(409, "conflict");
+    let msg = b.post("/api/v1/clusters/shop/migrations/m-5/abort", json!({})).await.expect_error(409, "conflict");
+    assert!(msg.contains("promoted") && msg.contains("can no longer be aborted"), "{msg}");
+    b.post("/api/v1/clusters/shop/migrations/m-5/fail", json!({"error": "x"})).await.expect_error(409, "conflict");
     assert_eq!(b.model().await, before);
-    let c = b.post("/api/v1/clusters/shop/migrations/m-3/commit", json!({})).await.expect(200).clone();
+    let c = b.post("/api/v1/clusters/shop/migrations/m-5/commit", json!({})).await.expect(200).clone();
     assert_eq!(c["committed_epoch"], b.epoch().await);
-    b.post("/api/v1/clusters/shop/migrations/m-3/abort", json!({})).await.expect_error(409, "conflict");
-    b.post("/api/v1/clusters/shop/migrations/m-3/fail", json!({"error": "x"})).await.expect_error(409, "conflict");
+    b.post("/api/v1/clusters/shop/migrations/m-5/abort", json!({})).await.expect_error(409, "conflict");
+    b.post("/api/v1/clusters/shop/migrations/m-5/fail", json!({"error": "x"})).await.expect_error(409, "conflict");
 }
 
 #[tokio::test]

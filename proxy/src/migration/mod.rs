@@ -73,6 +73,9 @@ pub struct Task {
     /// Whether the broker has recorded `switching` (`switch_allowed` in the config); only
     /// goes from false to true.
     switch_allowed: watch::Sender<bool>,
+    /// Whether the broker fenced the source (`fenced` in the config: a stop was asked for
+    /// while switching): no further switch attempt. Only goes from false to true.
+    fenced: watch::Sender<bool>,
     /// Serialises `TmpSwitch` calls on the destination.
     pub switch_lock: tokio::sync::Mutex<()>,
     /// On a replication destination: the source node's replication id, seen while our node
@@ -98,6 +101,7 @@ impl Task {
         Task {
             gc_deleted_at_start,
             switch_allowed: watch::channel(meta.switch_allowed).0,
+            fenced: watch::channel(meta.fenced).0,
             meta,
             role,
             status: Mutex::new(TaskStatus {
@@ -179,6 +183,12 @@ impl Task {
     /// `switching`, so nothing but the commit ends the migration any more.
     pub fn switch_allowed(&self) -> bool {
         *self.switch_allowed.borrow()
+    }
+
+    /// Whether the broker fenced the source: it asks for no further switch attempt and ends
+    /// the migration once the source confirms (by failing its task) that it promoted nothing.
+    pub fn fenced(&self) -> bool {
+        *self.fenced.borrow()
     }
 
     /// Waits until the switch is allowed or the migration left the config; false after `limit`.
@@ -308,6 +318,9 @@ impl Migrations {
         for (id, task) in tasks.iter() {
             if config.migrations.iter().any(|m| &m.id == id && m.switch_allowed) {
                 task.switch_allowed.send_if_modified(|a| !std::mem::replace(a, true));
+            }
+            if config.migrations.iter().any(|m| &m.id == id && m.fenced) {
+                task.fenced.send_if_modified(|f| !std::mem::replace(f, true));
             }
             let stage = stage_in(config, id);
             task.stage.send_if_modified(|s| {

@@ -14,6 +14,9 @@
 //!    (`REPLICAOF NO ONE`), tell the destination proxy to serve (`UMCTL TMPSWITCH`). An attempt
 //!    that cannot reach the promotion within the write pause releases the slots to our node
 //!    and is tried again later, without end: the switch was allowed, so the migration finishes.
+//!    A stop asked for while switching *fences* the task (`fenced` in the config): it makes
+//!    no further attempt and fails, which tells the broker (through the coordinator) that
+//!    the destination's node was never promoted; the broker then ends the migration.
 //! 4. `switched`: the slots are redirected to the destination (held commands are forwarded
 //!    there). After the broker's commit, the garbage collector deletes our copies (`cleaning`),
 //!    then `done`.
@@ -34,8 +37,8 @@ const MAX_RETRY_GAP: Duration = Duration::from_secs(3);
 
 pub async fn run(shared: Arc<Shared>, task: Arc<Task>) {
     if let Err(e) = drive(&shared, &task).await {
-        // `drive` ends with an error only before the switch was allowed: nothing was
-        // promoted, the slots stay here.
+        // `drive` ends with an error only before the switch was allowed or once fenced:
+        // nothing was promoted, the slots stay here.
         shared.set_override(&task.meta.id, None).await;
         task.fail(e);
     }
@@ -97,6 +100,7 @@ async fn drive(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), String> {
                 }
                 Ok(false) => break,
                 Err(e) => {
+                    // Fenced or not: until we know, we cannot say we promoted nothing.
                     task.note_error(format!("cannot tell yet whether the destination was promoted: {e}"));
                     tokio::time::sleep(POLL).await;
                 }
@@ -118,10 +122,19 @@ async fn drive(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), String> {
     let mut failures = 0u32;
     loop {
         if task.is_gone() {
-            // Only possible before the switch was allowed: the broker ends nothing after.
+            // Before the switch was allowed, or after a fence we confirmed.
             shared.set_override(&meta.id, None).await;
             task.set_phase(Phase::Aborted);
             return Ok(());
+        }
+        if task.fenced() {
+            // Every attempt so far ended with the destination's node certainly not promoted
+            // (one that promoted returned `switched`), and none follows: failing the task is
+            // the confirmation the broker waits for. The slots stay here.
+            return Err(format!(
+                "stopped by the broker while switching (fenced): {} was never promoted; the slots stay here",
+                meta.dst_node
+            ));
         }
         if !task.switch_allowed() && Instant::now() > deadline {
             return Err(format!(

@@ -263,6 +263,7 @@ impl Txn {
             progress: None,
             timestamps,
             updated_at: self.now.clone(),
+            stopping: None,
         };
         self.state.migrations.insert(number, migration.clone());
         self.prune_ended(cluster);

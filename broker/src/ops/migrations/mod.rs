@@ -6,7 +6,7 @@ mod create;
 use crate::error::ApiError;
 use crate::ops::Txn;
 use crate::slots;
-use sluice_common::api::{Migration, PhaseTimestamps};
+use sluice_common::api::{Migration, PhaseTimestamps, StopIntent};
 use sluice_common::model::{ClusterView, Epoch, MigrationMode, MigrationPhase, SlotTag};
 
 impl Txn {
@@ -141,32 +141,42 @@ impl Txn {
     }
 
     /// Aborts (`phase` = aborted, an operator's call) or fails (`phase` = failed, the
-    /// coordinator's call on a proxy's report) a migration before `switching`: tags cleared,
-    /// the slots stay on src, a dst left without slots is free again.
+    /// coordinator's call) a migration that has not switched: tags cleared, the slots stay on
+    /// src, a dst left without slots is free again.
     ///
-    /// Why nothing ends it from `switching` on: recording `switching` is what allows the
-    /// source to promote the destination's node (`switch_allowed` in the configs), after
-    /// which the destination may take writes the source never sees. Before it, the source
-    /// has promoted nothing whatever the proxies report, so ending the migration is safe even
-    /// though the broker's phase lags them. A keys-mode migration is never aborted, and fails
-    /// only while `pending` (see below).
+    /// Before `switching` it ends at once. Recording `switching` is what allows the source to
+    /// promote the destination's node (`switch_allowed` in the configs), after which the
+    /// destination may take writes the source never sees; before it, the source has promoted
+    /// nothing whatever the proxies report, so ending the migration is safe even though the
+    /// broker's phase lags them.
+    ///
+    /// From `switching` (replication mode) a stop takes two calls ([`Txn::fence_or_end`]):
+    /// the first *fences* the source (the configs tell it to make no further attempt;
+    /// `stopping` records the request), the second — the coordinator's, once the source
+    /// confirms from a fenced config that it stopped without promoting — ends it. A switch
+    /// that completes meanwhile wins: the migration is committed instead. From `switched` on
+    /// nothing but the commit ends it. A keys-mode migration is never aborted, and fails only
+    /// while `pending` (see below).
     pub fn stop(
         &mut self,
         cluster: &str,
         id: &str,
         phase: MigrationPhase,
         error: String,
+        source_stopped_epoch: Option<Epoch>,
     ) -> Result<Migration, ApiError> {
         let number = self.migration_number(cluster, id)?;
         let m = &self.state.migrations[&number];
         match m.phase {
             MigrationPhase::Failed | MigrationPhase::Aborted => return Ok(m.clone()),
+            MigrationPhase::Switching if m.mode == MigrationMode::Replication => {
+                return self.fence_or_end(cluster, id, number, phase, error, source_stopped_epoch);
+            }
             p if p >= MigrationPhase::Switching => {
                 return Err(ApiError::conflict(format!(
-                    "migration {id} is {}: the switch has started, so it can no longer be {}; it finishes (the \
-                     source may already have promoted the destination's node, which then takes writes; a switch \
-                     that cannot complete now is retried until it does). To undo it, move the slots back with a \
-                     new migration once it is done",
+                    "migration {id} is {}: the destination's node is promoted and may have taken writes, so it can \
+                     no longer be {}; it is committed. To undo it, move the slots back with a new migration once it \
+                     is done",
                     phase_name(p),
                     phase_name(phase)
                 )));
@@ -192,6 +202,58 @@ impl Txn {
         }
         let what = format!("migration {id} of cluster {cluster} {}: slots stay on {}", phase_name(phase), m.src);
         self.end_tags(cluster, id, number, phase, what, |m, _| m.error = Some(error))
+    }
+
+    /// A stop of a replication-mode migration in `switching`. The first call fences: it
+    /// records `stopping` at a new epoch, whose configs tell the source (`fenced`) to make
+    /// no further switch attempt. The migration ends only on a call that carries the
+    /// source's confirmation (`source_stopped_epoch`, at least that epoch): the source,
+    /// holding a fenced config, lists its task as ended without a promotion.
+    ///
+    /// Why that is enough: only the source ever promotes the destination's node, an attempt
+    /// that promotes ends its task `switched` (never `failed`), and a source holding a fenced
+    /// config starts no attempt (a restarted one first settles whether an earlier run
+    /// promoted). So once confirmed, the destination's node was never promoted and never
+    /// will be: it took no write, nobody routes to it after the end, and its proxy empties
+    /// it (the copy of an ended migration) when it is back. The slots stay on the source,
+    /// which has every write. Calls in between change nothing.
+    fn fence_or_end(
+        &mut self,
+        cluster: &str,
+        id: &str,
+        number: u64,
+        phase: MigrationPhase,
+        error: String,
+        source_stopped_epoch: Option<Epoch>,
+    ) -> Result<Migration, ApiError> {
+        let m = &self.state.migrations[&number];
+        let Some(stopping) = m.stopping.clone() else {
+            let epoch = self.bump();
+            let now = self.now.clone();
+            let m = self.state.migrations.get_mut(&number).ok_or_else(|| ApiError::internal("migration vanished"))?;
+            m.stopping = Some(StopIntent { epoch, phase, reason: error.clone() });
+            m.error = Some(error);
+            m.updated_at = now;
+            let m = m.clone();
+            self.note(format!(
+                "migration {id} of cluster {cluster} is switching: its source {} is fenced; it ends {} once the \
+                 source confirms it promoted nothing",
+                m.src,
+                phase_name(phase)
+            ));
+            return Ok(m);
+        };
+        if source_stopped_epoch.is_none_or(|e| e < stopping.epoch) {
+            return Ok(m.clone());
+        }
+        let what = format!(
+            "migration {id} of cluster {cluster} {} (its source confirmed it stopped without a switch): slots stay \
+             on {}",
+            phase_name(stopping.phase),
+            m.src
+        );
+        let reason = stopping.reason;
+        self.end_tags(cluster, id, number, stopping.phase, what, |m, _| m.error = Some(reason))
     }
 
     /// The edits a commit and a stop share: the migration's tags go, and with them its slots
@@ -393,12 +455,12 @@ mod tests {
         let mut s = setup(false);
         assert_eq!(s.migrations[&1].phase, Pending);
         let before = s.clone();
-        let e = txn(&mut s, T0, |t| t.stop("shop", "m-1", Aborted, "why".into())).expect_err("refused");
+        let e = txn(&mut s, T0, |t| t.stop("shop", "m-1", Aborted, "why".into(), None)).expect_err("refused");
         assert_eq!(e.code, "conflict");
         assert!(e.message.contains("moves keys"), "{}", e.message);
         assert_eq!(s, before, "a refused abort changes nothing");
         // A proxy's failure report (the coordinator's fail) still ends it while pending.
-        let m = txn(&mut s, T0, |t| t.stop("shop", "m-1", Failed, "why".into())).expect("fail");
+        let m = txn(&mut s, T0, |t| t.stop("shop", "m-1", Failed, "why".into(), None)).expect("fail");
         assert_eq!(m.phase, Failed);
     }
 
@@ -407,7 +469,7 @@ mod tests {
         for end in [Failed, Aborted] {
             let mut s = setup(true);
             assert_eq!(ids(&s, 6003), vec!["m-1".to_string()]);
-            txn(&mut s, T0, |t| t.stop("shop", "m-1", end, "why".into())).expect("stop");
+            txn(&mut s, T0, |t| t.stop("shop", "m-1", end, "why".into(), None)).expect("stop");
             assert!(ids(&s, 6001).is_empty() && ids(&s, 6003).is_empty(), "{end:?}");
         }
     }
