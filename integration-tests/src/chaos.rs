@@ -308,6 +308,12 @@ pub struct ChaosOptions {
     /// the abort then hands the slots back to a source without the writes the destination
     /// took (a known race, see the test's documentation); `false` leaves that race out.
     pub abort_replication: bool,
+    /// SIGKILL and SIGSTOP the Redis nodes of shards with replicas (and of replicas): for a
+    /// cluster with a replica per shard. A killed master's node is restarted (empty) only
+    /// once its shard has failed over, and no migration or scale starts while a node fault is
+    /// on: a failover waits for the migrations of its shard, so a dead master there would
+    /// stall both (ARCHITECTURE.md, "Replicas and failover").
+    pub node_faults: bool,
 }
 
 impl Default for ChaosOptions {
@@ -319,6 +325,7 @@ impl Default for ChaosOptions {
             max_range: 1_500,
             idle: (Duration::from_millis(150), Duration::from_millis(1_200)),
             abort_replication: true,
+            node_faults: false,
         }
     }
 }
@@ -333,6 +340,9 @@ enum Undo {
     StopSecondCoordinator,
     RestartBroker,
     HealRelay(usize),
+    /// Restart node `i` (SIGKILLed) once its proxy is no longer a shard's master.
+    RestartNode(usize),
+    ResumeNode(usize),
 }
 
 /// The actions, with their weights.
@@ -351,9 +361,11 @@ enum Action {
     RelayLatency,
     RelayDrop,
     RelayOutage,
+    KillNode,
+    PauseNode,
 }
 
-const ACTIONS: [(Action, u32); 13] = [
+const ACTIONS: [(Action, u32); 15] = [
     (Action::MigrateKeys, 22),
     (Action::MigrateToFree, 7),
     (Action::Abort, 8),
@@ -367,6 +379,8 @@ const ACTIONS: [(Action, u32); 13] = [
     (Action::RelayLatency, 5),
     (Action::RelayDrop, 6),
     (Action::RelayOutage, 3),
+    (Action::KillNode, 5),
+    (Action::PauseNode, 4),
 ];
 
 /// The random driver. It owns nothing of the cluster (every call gets it) but the relays
@@ -455,6 +469,10 @@ impl Driver {
         self.pending(Undo::RestartBroker)
     }
 
+    fn node_faulted(&self) -> bool {
+        self.undo.iter().any(|(_, u)| matches!(u, Undo::RestartNode(_) | Undo::ResumeNode(_)))
+    }
+
     /// Looks at the broker's migrations (skipped while the broker is down).
     pub async fn poll_migrations(&mut self, cluster: &LocalCluster) {
         if self.broker_down() {
@@ -472,7 +490,7 @@ impl Driver {
         let (due, keep): (Vec<_>, Vec<_>) = self.undo.drain(..).partition(|(at, _)| *at <= now);
         self.undo = keep;
         for (_, what) in due {
-            self.carry_out(cluster, what).await?;
+            self.carry_out(cluster, what, false).await?;
         }
         Ok(())
     }
@@ -482,7 +500,7 @@ impl Driver {
     pub async fn heal_all(&mut self, cluster: &mut LocalCluster) -> Result<()> {
         let all: Vec<Undo> = self.undo.drain(..).map(|(_, u)| u).collect();
         for what in all {
-            self.carry_out(cluster, what).await?;
+            self.carry_out(cluster, what, true).await?;
         }
         for r in &self.relays {
             r.heal();
@@ -490,7 +508,15 @@ impl Driver {
         Ok(())
     }
 
-    async fn carry_out(&mut self, cluster: &mut LocalCluster, what: Undo) -> Result<()> {
+    /// Undoes a fault. `healing`: the run is over, so a killed master's node waits (bounded)
+    /// for its shard's failover instead of being put off.
+    async fn carry_out(&mut self, cluster: &mut LocalCluster, what: Undo, healing: bool) -> Result<()> {
+        if let Undo::RestartNode(i) = what {
+            if !self.master_failed_over(cluster, i, healing).await {
+                self.later(Duration::from_secs(1), what);
+                return Ok(());
+            }
+        }
         self.log(format!("{what:?}"));
         match what {
             Undo::ResumeProxy(i) => cluster.proxies[i].process().resume(),
@@ -505,8 +531,30 @@ impl Driver {
             }
             Undo::RestartBroker => cluster.broker.restart().await.context("restart the broker")?,
             Undo::HealRelay(i) => self.relays[i].heal(),
+            Undo::RestartNode(i) => cluster.nodes[i].restart().await.with_context(|| format!("restart node {i}"))?,
+            Undo::ResumeNode(i) => cluster.nodes[i].process().resume(),
         }
         Ok(())
+    }
+
+    /// Whether proxy `i` is no shard's master any more (its shard failed over), so its node
+    /// may come back: empty, it becomes a replica of the new master. Restarted empty while
+    /// its proxy still serves the shard, it would serve an empty node. `wait`: poll up to a
+    /// minute (a failover needs the coordinator, which may have been down).
+    async fn master_failed_over(&mut self, cluster: &LocalCluster, i: usize, wait: bool) -> bool {
+        let proxy = cluster.proxies[i].addr();
+        let deadline = Instant::now() + if wait { Duration::from_secs(60) } else { Duration::ZERO };
+        loop {
+            match cluster.view().await {
+                Ok(view) if !view.nodes.iter().any(|n| n.proxy == proxy) => return true,
+                Ok(_) => {}
+                Err(e) => self.error("read the cluster", e),
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     /// Sleeps `self.opts.idle` in short slices, carrying out what falls due.
@@ -588,6 +636,8 @@ impl Driver {
                     self.fault("relay connections reset", format!("#{i}: {cut}"));
                 }
             }
+            Action::KillNode => self.node_fault(cluster, true).await,
+            Action::PauseNode => self.node_fault(cluster, false).await,
             Action::RelayOutage => {
                 let i = self.rng.random_range(0..self.relays.len());
                 self.relays[i].set_refusing(true);
@@ -626,12 +676,59 @@ impl Driver {
         self.later(after, Undo::ResumeProxy(i));
     }
 
+    /// SIGKILL (`kill`) or SIGSTOP a Redis node: a replica's at any time, a master's only
+    /// when its shard has a replica whose proxy is up, no migration involves the shard and no
+    /// scale plan runs (its failover would wait for them; no new one starts meanwhile). One node fault at a time: a second one could take
+    /// a shard's only copy.
+    async fn node_fault(&mut self, cluster: &mut LocalCluster, kill: bool) {
+        if !self.opts.node_faults || self.broker_down() || self.node_faulted() {
+            return;
+        }
+        let detail: Result<sluice_common::api::ClusterDetail> =
+            cluster.broker_client().get(&format!("/clusters/{}", cluster.spec.cluster)).await;
+        let (detail, running) = match (detail, cluster.running_migrations().await) {
+            (Ok(d), Ok(r)) => (d, r),
+            (Err(e), _) | (_, Err(e)) => return self.error("read the cluster", e),
+        };
+        let no_plan = detail.scale.as_ref().is_none_or(|p| p.state != sluice_common::api::ScaleState::Running);
+        let quiet = |proxy: &str| no_plan && !running.iter().any(|m| m.src == proxy || m.dst == proxy);
+        let index = |proxy: &str| cluster.proxies.iter().position(|p| p.addr() == proxy);
+        let mut candidates: Vec<(usize, &str)> = Vec::new();
+        for shard in &detail.cluster.nodes {
+            let replicas: Vec<usize> = shard.replicas.iter().filter_map(|r| index(&r.proxy)).collect();
+            candidates.extend(replicas.iter().filter(|&&r| !self.proxy_faulted(r)).map(|&r| (r, "replica")));
+            let replica_up = replicas.iter().any(|&r| !self.proxy_faulted(r));
+            let quiet = quiet(&shard.proxy);
+            if let Some(m) = index(&shard.proxy).filter(|&m| quiet && replica_up && !self.proxy_faulted(m)) {
+                candidates.push((m, "master"));
+            }
+        }
+        let Some(&(i, role)) = candidates.choose(&mut self.rng) else {
+            return self.operations.add("node fault skipped: no candidate");
+        };
+        let node = cluster.nodes[i].addr();
+        if kill {
+            cluster.nodes[i].kill();
+            let after = self.between(self.opts.down);
+            self.fault(&format!("{role} node SIGKILL"), format!("#{i} {node} down for at least {after:?}"));
+            self.later(after, Undo::RestartNode(i));
+        } else {
+            cluster.nodes[i].process().pause();
+            let after = self.between((Duration::from_secs(2), Duration::from_secs(8)));
+            self.fault(&format!("{role} node SIGSTOP"), format!("#{i} {node} for {after:?}"));
+            self.later(after, Undo::ResumeNode(i));
+        }
+    }
+
     /// Starts a migration of a random range: between two nodes (keys mode, or auto which
     /// resolves to keys), or to a free proxy (replication, or auto which resolves to it).
     async fn migrate(&mut self, cluster: &LocalCluster, to_free: bool) {
         if self.broker_down() {
             self.operations.add("migration skipped: broker down");
             return;
+        }
+        if self.node_faulted() {
+            return self.operations.add("migration skipped: a node fault is on");
         }
         let broker = cluster.broker_client();
         let (view, proxies) = match tokio::try_join!(cluster.view(), broker.proxies()) {
@@ -742,6 +839,10 @@ impl Driver {
                 self.log(format!("{id} aborted"));
                 self.operations.add("abort accepted")
             }
+            Ok(Ok(m)) if m.stopping.is_some() && !m.phase.is_final() => {
+                self.log(format!("{id} abort while {}: its source is fenced", phase_name(m.phase)));
+                self.operations.add("abort while switching (source fenced)")
+            }
             Ok(Ok(m)) => self.operations.add(format!("abort of an ended migration ({})", phase_name(m.phase))),
             Ok(Err(r)) => self.refused("abort", &r),
             Err(e) => self.error("abort", e),
@@ -753,6 +854,9 @@ impl Driver {
     async fn scale(&mut self, cluster: &LocalCluster) {
         if self.broker_down() {
             return self.operations.add("scale skipped: broker down");
+        }
+        if self.node_faulted() {
+            return self.operations.add("scale skipped: a node fault is on");
         }
         let broker = cluster.broker_client();
         let (view, proxies) = match tokio::try_join!(cluster.view(), broker.proxies()) {

@@ -15,6 +15,10 @@
 //!   coordinator takes to report a proxy failed; and, through a fault-injecting relay
 //!   between every proxy and its node ([`sluice_harness::relay`]), latency, reset connections
 //!   and short node outages.
+//! - **Replicas and node faults** (the second test): a replica per shard, `--ack-replicas 1`
+//!   on every proxy, and the Redis nodes themselves SIGKILLed or SIGSTOPped (one at a time; a
+//!   master's only while no migration runs, and restarted, empty, only once its shard failed
+//!   over), on top of every fault above. Failovers happen by themselves.
 //! - **Epochs** ([`EpochMonitor`]): the broker's epoch and every proxy's (`UMCTL GETEPOCH`)
 //!   sampled throughout; see there for what "only forward" means across proxy restarts.
 //!
@@ -46,7 +50,7 @@ use sluice_harness::chaos::{wait_migrations_ended, ChaosOptions, Driver, EpochMo
 use sluice_harness::local::start_with_relays;
 use sluice_harness::migration::{check_every_slot_served, Placement};
 use sluice_harness::workload::seed_from_env;
-use sluice_harness::{wait_for, LocalSpec, MigrationCluster, Workload, WorkloadConfig};
+use sluice_harness::{wait_for, LocalCluster, LocalSpec, MigrationCluster, Workload, WorkloadConfig};
 use std::time::{Duration, Instant};
 
 /// Keys of the writers' model.
@@ -63,17 +67,46 @@ fn chaos_duration() -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_migrations_and_faults_lose_no_acknowledged_write() -> Result<()> {
+    run_chaos("chaos", LocalSpec { proxies: 3, spare: 2, ..LocalSpec::default() }, ChaosOptions::default()).await
+}
+
+/// The same with a replica per shard and `--ack-replicas 1` on every proxy, and the Redis
+/// nodes themselves SIGKILLed (a master's restarted, empty, once its shard failed over) and
+/// SIGSTOPped (past the failover timeout or not). Failovers happen by themselves; with
+/// `--ack-replicas 1` not one acknowledged write may be lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_with_replicas_node_faults_and_ack_replicas_loses_no_acknowledged_write() -> Result<()> {
+    let spec = LocalSpec {
+        proxies: 3,
+        replicas: 1,
+        spare: 2,
+        proxy_args: ["--ack-replicas", "1"].map(String::from).to_vec(),
+        ..LocalSpec::default()
+    };
+    run_chaos("chaos-replicas", spec, ChaosOptions { node_faults: true, ..ChaosOptions::default() }).await
+}
+
+/// Sum of `DBSIZE` over the nodes at `addrs`.
+async fn dbsize_sum(cluster: &LocalCluster, addrs: &[String]) -> Result<i64> {
+    let mut sum = 0;
+    for n in cluster.nodes.iter().filter(|n| addrs.contains(&n.addr())) {
+        sum += n.dbsize().await?;
+    }
+    Ok(sum)
+}
+
+async fn run_chaos(name: &str, spec: LocalSpec, options: ChaosOptions) -> Result<()> {
     let seed = seed_from_env();
     let duration = chaos_duration();
-    eprintln!("chaos: seed {seed} (replay with SLUICE_SEED={seed}), driver runs {duration:?}");
+    eprintln!("{name}: seed {seed} (replay with SLUICE_SEED={seed}), driver runs {duration:?}");
     let test_started = Instant::now();
 
     // SLUICE_CHAOS_DIR keeps every process's log (a temporary directory otherwise).
     let data_dir = std::env::var_os("SLUICE_CHAOS_DIR")
-        .map(|d| std::path::PathBuf::from(d).join(format!("chaos-{seed}-{}", std::process::id())));
-    let spec = LocalSpec { proxies: 3, spare: 2, data_dir, ..LocalSpec::default() };
+        .map(|d| std::path::PathBuf::from(d).join(format!("{name}-{seed}-{}", std::process::id())));
+    let spec = LocalSpec { data_dir, ..spec };
     let (mut cluster, relays) = start_with_relays(spec).await?;
-    eprintln!("chaos: deployment in {}", cluster.dir.display());
+    eprintln!("{name}: deployment in {}", cluster.dir.display());
     let config = WorkloadConfig {
         seed,
         rate: Some(1_500),
@@ -91,7 +124,7 @@ async fn chaos_migrations_and_faults_lose_no_acknowledged_write() -> Result<()> 
     let proxies: Vec<String> = cluster.proxies.iter().map(|p| p.addr()).collect();
     let monitor = EpochMonitor::start(cluster.broker_client(), proxies.clone());
     let abort_replication = std::env::var("SLUICE_CHAOS_ABORT_REPLICATION").map_or(true, |v| v != "0");
-    let mut driver = Driver::new(seed, ChaosOptions { abort_replication, ..ChaosOptions::default() }, relays);
+    let mut driver = Driver::new(seed, ChaosOptions { abort_replication, ..options }, relays);
 
     let started = Instant::now();
     let mut steps = 0u64;
@@ -103,7 +136,7 @@ async fn chaos_migrations_and_faults_lose_no_acknowledged_write() -> Result<()> 
         steps += 1;
         if steps.is_multiple_of(50) {
             eprintln!(
-                "chaos: {:.0}s, {} steps, {} commands, {} client errors, {} migrations seen",
+                "{name}: {:.0}s, {} steps, {} commands, {} client errors, {} migrations seen",
                 started.elapsed().as_secs_f64(),
                 steps,
                 workload.ops_so_far(),
@@ -116,7 +149,7 @@ async fn chaos_migrations_and_faults_lose_no_acknowledged_write() -> Result<()> 
 
     // The end: no more faults; every migration ends; the writers keep writing meanwhile.
     driver.heal_all(&mut cluster).await?;
-    eprintln!("chaos: faults stopped after {:.1}s; waiting for the migrations to end", chaos_time.as_secs_f64());
+    eprintln!("{name}: faults stopped after {:.1}s; waiting for the migrations to end", chaos_time.as_secs_f64());
     let settle_started = Instant::now();
     let settled = wait_migrations_ended(&cluster, SETTLE).await;
     let settle_time = settle_started.elapsed();
@@ -128,7 +161,8 @@ async fn chaos_migrations_and_faults_lose_no_acknowledged_write() -> Result<()> 
     let converged = cluster.wait_converged(Duration::from_secs(60)).await;
 
     // The cluster's members now: the writers' check reads through them.
-    let members = cluster.view().await?.nodes.into_iter().map(|n| n.proxy).collect::<Vec<_>>();
+    let view = cluster.view().await?;
+    let members = view.nodes.iter().map(|n| n.proxy.clone()).collect::<Vec<_>>();
     let urls: Vec<String> = members.iter().map(|a| format!("redis://{a}/")).collect();
     workload.set_urls(&urls);
     let verify = tokio::time::timeout(STUCK, workload.verify())
@@ -137,21 +171,24 @@ async fn chaos_migrations_and_faults_lose_no_acknowledged_write() -> Result<()> 
 
     // Garbage of aborted or failed replication imports is deleted after the broker records
     // the end: wait (bounded) for the nodes to hold exactly the live keys, each on its owner.
-    let all_nodes = cluster.node_addrs();
+    // Replicas' nodes hold their masters' copies: they are not counted.
+    let replica_nodes: Vec<String> =
+        view.nodes.iter().flat_map(|n| n.replicas.iter().map(|r| r.node.clone())).collect();
+    let all_nodes: Vec<String> = cluster.node_addrs().into_iter().filter(|n| !replica_nodes.contains(n)).collect();
     let live = verify.live_keys as i64;
     let placed = wait_for("every key on its owner and the nodes to hold only the live keys", SETTLE, || {
         let cluster = &cluster;
         let all_nodes = &all_nodes;
         async move {
             let placement = cluster.check_keys_on_owners(all_nodes).await?;
-            let total = cluster.total_keys().await?;
+            let total = dbsize_sum(cluster, all_nodes).await?;
             Ok((placement.misplaced == 0 && total == live).then_some((placement, total)))
         }
     })
     .await;
     let (placement, total_keys): (Placement, i64) = match &placed {
         Ok(p) => p.clone(),
-        Err(_) => (cluster.check_keys_on_owners(&all_nodes).await?, cluster.total_keys().await?),
+        Err(_) => (cluster.check_keys_on_owners(&all_nodes).await?, dbsize_sum(&cluster, &all_nodes).await?),
     };
     let slots_served = check_every_slot_served(&urls, "chaos-slotcheck").await;
     let epochs = monitor.stop().await?;
@@ -165,7 +202,7 @@ async fn chaos_migrations_and_faults_lose_no_acknowledged_write() -> Result<()> 
         let s = r.stats();
         relay_stats.push(format!("#{i}: {} accepted, {} reset, {} refused", s.accepted, s.dropped, s.refused));
     }
-    eprintln!("================ chaos summary ================");
+    eprintln!("================ {name} summary ================");
     eprintln!("seed {seed} (replay with SLUICE_SEED={seed})");
     eprintln!(
         "time: driver {:.1}s, migrations settled in {:.1}s, whole test {:.1}s",

@@ -189,3 +189,107 @@ async fn a_cluster_with_data_grows_shrinks_and_rebalances_under_writers() -> Res
     cluster.check_nothing_lost_or_misplaced(&mut workload).await?;
     Ok(())
 }
+
+/// `INFO clients` `blocked_clients` of a node.
+async fn blocked_clients(node: &str) -> Result<u64> {
+    let info = sluice_harness::client::call(node, &["INFO", "clients"]).await?;
+    let text = match info {
+        sluice_common::resp::Frame::Bulk(b) => String::from_utf8_lossy(&b).into_owned(),
+        other => anyhow::bail!("INFO answered {other:?}"),
+    };
+    Ok(text.lines().find_map(|l| l.strip_prefix("blocked_clients:")).and_then(|n| n.trim().parse().ok()).unwrap_or(0))
+}
+
+/// A command the source proxy routed to its node before a keys-mode migration was known
+/// may reach the node late: here a `GET` waits on the node connection behind a `WAIT` of
+/// `--ack-replicas` whose replica is stopped (4 s). The migration must not move the key
+/// before that `GET` ran, or it reads nothing (and a `SET` would land on the source after
+/// its key left: found by the chaos test with replicas, where a read came back empty).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_routed_before_a_keys_migration_is_answered_before_its_key_moves() -> Result<()> {
+    let args = ["--ack-replicas", "1", "--ack-timeout-ms", "4000", "--backend-connections", "1"];
+    let spec = LocalSpec {
+        proxies: 2,
+        replicas: 1,
+        spare: 0,
+        proxy_args: args.map(String::from).to_vec(),
+        ..LocalSpec::default()
+    };
+    let mut cluster = LocalCluster::start(spec).await?;
+    let view = cluster.view().await?;
+    let (a, b) = (view.nodes[0].proxy.clone(), view.nodes[1].proxy.clone());
+    let slot = view.nodes[0].slots[0].start + 10;
+    let other_slot = slot + 1;
+    let key = sluice_harness::workload::key_in_slot(slot, "routed-early");
+    let other = sluice_harness::workload::key_in_slot(other_slot, "blocker");
+    let mut conn = sluice_harness::client::RespConn::connect(&a).await?;
+    let set = conn.call(&["SET", key.as_str(), "v1"]).await?;
+    assert_eq!(set, sluice_common::resp::Frame::simple("OK"), "with the replica up the write is acknowledged");
+
+    // Stop the replica's node once it has acknowledged that write: a write's WAIT then
+    // blocks the one node connection for 4 s.
+    let a_node = view.nodes[0].node.clone();
+    wait_for("the replica to acknowledge the first write", DEADLINE, || {
+        let node = a_node.clone();
+        async move {
+            let info = sluice_harness::client::call(&node, &["INFO", "replication"]).await?;
+            let text = match info {
+                sluice_common::resp::Frame::Bulk(b) => String::from_utf8_lossy(&b).into_owned(),
+                _ => String::new(),
+            };
+            let field = |name: &str| -> Option<u64> {
+                text.split(['\r', '\n', ',']).find_map(|f| f.strip_prefix(name)).and_then(|v| v.trim().parse().ok())
+            };
+            let acked = field("offset=").unwrap_or(0);
+            Ok((acked > 0 && Some(acked) == field("master_repl_offset:")).then_some(()))
+        }
+    })
+    .await?;
+    let replica = &view.nodes[0].replicas[0];
+    let ri = cluster.proxy_index(&replica.proxy)?;
+    cluster.nodes[ri].process().pause();
+    // Until the proxy counts the replica online (it looks every 250 ms), a write is answered
+    // at once: try again until one blocks.
+    let mut attempts = 0;
+    let blocker = loop {
+        attempts += 1;
+        let blocker = {
+            let (a, other) = (a.clone(), other.clone());
+            tokio::spawn(async move {
+                let mut c = sluice_harness::client::RespConn::connect(&a).await?;
+                c.call(&["SET", other.as_str(), "x"]).await
+            })
+        };
+        let node = a_node.clone();
+        let blocked = wait_for("the WAIT to block the node connection, or the write to be answered", DEADLINE, || {
+            let node = node.clone();
+            let finished = blocker.is_finished();
+            async move { Ok((finished || blocked_clients(&node).await? > 0).then_some(!finished)) }
+        })
+        .await?;
+        if blocked {
+            break blocker;
+        }
+        anyhow::ensure!(attempts < 50, "no write ever waited for the stopped replica");
+        blocker.await??;
+    };
+    let reader = {
+        let (a, key) = (a.clone(), key.clone());
+        tokio::spawn(async move {
+            let mut c = sluice_harness::client::RespConn::connect(&a).await?;
+            c.call(&["GET", key.as_str()]).await
+        })
+    };
+    // The GET is routed now, and waits behind the WAIT; the slot starts moving meanwhile.
+    let m = cluster.start_migration(&a, &b, &[SlotRange::new(slot, slot)], MigrationMode::Keys).await?;
+    let got = reader.await??;
+    cluster.nodes[ri].process().resume();
+    let end = cluster.watch_migration(&m.id).until_final(DEADLINE).await?;
+    assert_eq!(end.phase, MigrationPhase::Done, "{end:?}");
+    assert_eq!(got, sluice_common::resp::Frame::bulk("v1"), "the GET routed before the migration read its key");
+    let blocked = blocker.await??;
+    eprintln!("the blocking write answered {blocked:?}");
+    let mut conn = sluice_harness::client::RespConn::connect(&b).await?;
+    assert_eq!(conn.call(&["GET", key.as_str()]).await?, sluice_common::resp::Frame::bulk("v1"));
+    Ok(())
+}

@@ -205,6 +205,22 @@ fn plan(routes: &RouteTable, slots: &[u16], from_peer: bool) -> Plan {
     }
 }
 
+/// [`plan`] with the current table; when it sends the command to our node and `count`, the
+/// session notes the table it was routed with ([`crate::state::Routed`]). `None`: the table
+/// changed while it was noted (possible with several threads): plan again.
+fn plan_counted(s: &mut Session, slots: &[u16], count: bool) -> Option<Plan> {
+    let routes = s.shared.routes_full();
+    let decision = plan(&routes, slots, s.is_peer);
+    if count && matches!(decision, Plan::Local { .. }) {
+        s.routed_with(&routes);
+        if !Arc::ptr_eq(&routes, &s.shared.routes_full()) {
+            s.forget_routed();
+            return None;
+        }
+    }
+    Some(decision)
+}
+
 /// Where a transaction's commands run.
 pub enum Gate {
     /// On this proxy's node.
@@ -219,7 +235,7 @@ pub async fn gate(s: &mut Session, slots: &[u16]) -> Result<Gate, Frame> {
     let mut held_since = None;
     loop {
         let mut changes = s.shared.route_changes();
-        let decision = plan(&s.shared.routes(), slots, s.is_peer);
+        let Some(decision) = plan_counted(s, slots, true) else { continue };
         match decision {
             Plan::Held => wait_while_held(s, &mut changes, &mut held_since, slots).await?,
             Plan::Local { migrating: false } => return Ok(Gate::Here),
@@ -285,8 +301,9 @@ pub async fn handle(s: &mut Session, cmd: Command, spec: &'static CommandSpec) -
     let mut held_since = None;
     loop {
         let mut changes = s.shared.route_changes();
-        let decision = plan(&s.shared.routes(), &slots, s.is_peer);
         let blocking = lane == Lane::Private;
+        // Blocking commands are not counted: they may wait for as long as their timeout.
+        let Some(decision) = plan_counted(s, &slots, !blocking) else { continue };
         match decision {
             Plan::Held => {
                 waited = true;

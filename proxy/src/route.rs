@@ -7,6 +7,7 @@
 
 use sluice_common::model::{node_id, ClusterView, Epoch, MigrationMode, ModelError, ProxyConfig, SlotRange, SlotTag};
 use sluice_common::slot::SLOT_COUNT;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 const NO_OWNER: u16 = u16::MAX;
@@ -105,6 +106,9 @@ pub struct RouteTable {
     /// Out of a cluster: who served each slot when this proxy last was in one (see
     /// [`RouteTable::keep_former_view`]).
     former: Option<Arc<FormerView>>,
+    /// Commands routed to this proxy's node with this table and not answered yet (see
+    /// [`crate::state::Routed`]): a migration waits for those of older tables.
+    pub routed: Arc<AtomicUsize>,
 }
 
 /// The owners of the slots as a proxy last saw them while it was a node of a cluster.
@@ -128,6 +132,7 @@ impl RouteTable {
             me: None,
             replica_of: None,
             former: None,
+            routed: Arc::default(),
         }
     }
 
@@ -252,7 +257,18 @@ impl RouteTable {
                 }
             }
         }
-        Ok(RouteTable { config, owners, flags, pull_index, pulls, peers, me, replica_of, former: None })
+        Ok(RouteTable {
+            config,
+            owners,
+            flags,
+            pull_index,
+            pulls,
+            peers,
+            me,
+            replica_of,
+            former: None,
+            routed: Arc::default(),
+        })
     }
 
     /// Out of a cluster, a table remembers who served each slot when the proxy last was a

@@ -19,7 +19,7 @@
 use crate::ack::AckCheck;
 use crate::backend::{Backend, BackendError, BackendPool, ConnId, ReplyResult};
 use crate::command::{flags, CommandSpec};
-use crate::state::Shared;
+use crate::state::{Routed, Shared};
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use sluice_common::resp::{CodecError, Command, CommandCodec, Frame, Limits, Protocol};
@@ -159,7 +159,7 @@ pub struct Session {
     pub tx: TxState,
     reader: ClientInput,
     backlog: VecDeque<Result<Command, CodecError>>,
-    replies: mpsc::Sender<(Pending, Option<InFlight>)>,
+    replies: mpsc::Sender<(Pending, Guards)>,
     progress: Arc<Progress>,
     dispatched: u64,
     /// The connection this session's latest commands were sent on (see the module doc).
@@ -182,6 +182,18 @@ pub struct Session {
     batch_writes: Vec<u16>,
     /// Commands on migrating slots counted but not yet tied to a queued reply.
     unattributed: usize,
+    /// The route table the command being handled was routed to our node with (see
+    /// [`Routed`]), until it is tied to a queued reply or joins the batch.
+    routed: Option<Routed>,
+    /// The batch's: its first command's, the oldest table of the batch.
+    batch_routed: Option<Routed>,
+}
+
+/// What a queued reply keeps alive until it is in.
+#[derive(Default)]
+pub struct Guards {
+    _inflight: Option<InFlight>,
+    _routed: Option<Routed>,
 }
 
 /// Counts commands on migrating slots between the moment they are routed to this proxy's
@@ -246,6 +258,8 @@ pub async fn serve<C: Commands>(stream: TcpStream, shared: Arc<Shared>, commands
         batch_inflight: 0,
         batch_writes: Vec::new(),
         unattributed: 0,
+        routed: None,
+        batch_routed: None,
     };
     session.run(&*commands).await;
     drop(session);
@@ -329,9 +343,23 @@ impl Session {
     }
 
     async fn enqueue_counted(&mut self, pending: Pending, replies: u64, inflight: usize) -> Flow {
+        let routed = self.routed.take();
+        self.enqueue_guarded(pending, replies, inflight, routed).await
+    }
+
+    async fn enqueue_guarded(
+        &mut self,
+        pending: Pending,
+        replies: u64,
+        inflight: usize,
+        routed: Option<Routed>,
+    ) -> Flow {
         self.dispatched += replies;
-        let guard = (inflight > 0).then(|| InFlight { shared: self.shared.clone(), n: inflight });
-        match self.replies.send((pending, guard)).await {
+        let guards = Guards {
+            _inflight: (inflight > 0).then(|| InFlight { shared: self.shared.clone(), n: inflight }),
+            _routed: routed,
+        };
+        match self.replies.send((pending, guards)).await {
             Ok(()) => Flow::Continue,
             Err(_) => Flow::Close,
         }
@@ -343,6 +371,10 @@ impl Session {
     /// replicas (never for a command queued inside a `MULTI` on the node: `EXEC` waits).
     pub async fn send_to_node(&mut self, lane: Lane, data: Bytes, write: bool) -> Flow {
         if lane == Lane::Shared && !self.client_gone {
+            let routed = self.routed.take();
+            if self.batch_routed.is_none() {
+                self.batch_routed = routed;
+            }
             self.batch.extend_from_slice(&data);
             if write {
                 self.batch_writes.push(self.batch_len as u16);
@@ -390,6 +422,7 @@ impl Session {
         }
         let n = std::mem::take(&mut self.batch_len);
         let inflight = std::mem::take(&mut self.batch_inflight);
+        let routed = self.batch_routed.take();
         let writes = std::mem::take(&mut self.batch_writes);
         let ack = self.ack_check(Some(writes));
         if let Some(ack) = &ack {
@@ -409,7 +442,17 @@ impl Session {
                 Pending::Ready(all.freeze())
             }
         };
-        self.enqueue_counted(pending, n as u64, inflight).await
+        self.enqueue_guarded(pending, n as u64, inflight, routed).await
+    }
+
+    /// Notes that the command being handled was routed to our node with `table` (see
+    /// [`Routed`]); its queued reply (or the batch it joins) keeps that counted.
+    pub fn routed_with(&mut self, table: &crate::route::RouteTable) {
+        self.routed = Some(Routed::new(table));
+    }
+
+    pub fn forget_routed(&mut self) {
+        self.routed = None;
     }
 
     /// Counts a command on a migrating slot as in flight, then checks again that the slots
@@ -686,11 +729,7 @@ impl ClientInput {
 }
 
 /// Writes replies in queue order, batching whatever is ready into one write.
-async fn reply_writer(
-    mut wr: OwnedWriteHalf,
-    mut rx: mpsc::Receiver<(Pending, Option<InFlight>)>,
-    progress: Arc<Progress>,
-) {
+async fn reply_writer(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<(Pending, Guards)>, progress: Arc<Progress>) {
     const FLUSH_AT: usize = 64 * 1024;
     let mut out = BytesMut::with_capacity(16 * 1024);
     loop {
@@ -710,7 +749,8 @@ async fn reply_writer(
             }
             Err(mpsc::error::TryRecvError::Disconnected) => break,
         };
-        let (item, _inflight) = item;
+        // The guards go once the reply is in (at the end of this round).
+        let (item, _guards) = item;
         let mut replies = 1;
         let bytes = match item {
             Pending::Ready(b) => b,

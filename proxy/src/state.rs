@@ -10,7 +10,7 @@ use sluice_common::resp::Command;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 
 /// Why a config was not taken. Nothing changes when one is refused.
@@ -86,6 +86,30 @@ pub struct Shared {
     /// On a master handing its shard over (a graceful failover): the config epoch at which it
     /// holds the shard's writes and the replica has all of them; 0 otherwise (`handover.rs`).
     pub handover_ready: AtomicU64,
+    /// The `routed` counters of the tables replaced so far that may still count something
+    /// (see [`Shared::wait_routed_before`]).
+    retired: Mutex<Vec<Arc<AtomicUsize>>>,
+}
+
+/// A command (or a batch) routed to this proxy's node with some route table, until its reply
+/// is in: it counts in that table's `routed`. A keys-mode migration's source moves keys only
+/// once nothing routed with a table from before the migration is outstanding: a command the
+/// old table sent to our node (a `GET`, a `SET`) must not reach it after its key moved, which
+/// a slow node connection (a `WAIT` of `--ack-replicas`, a slow link) can delay for seconds.
+#[derive(Debug)]
+pub struct Routed(Arc<AtomicUsize>);
+
+impl Routed {
+    pub fn new(table: &RouteTable) -> Routed {
+        table.routed.fetch_add(1, Ordering::SeqCst);
+        Routed(table.routed.clone())
+    }
+}
+
+impl Drop for Routed {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Shared {
@@ -114,6 +138,7 @@ impl Shared {
             replica_synced: AtomicBool::new(false),
             online_replicas: AtomicUsize::new(0),
             handover_ready: AtomicU64::new(0),
+            retired: Mutex::new(Vec::new()),
             opts,
         }
     }
@@ -264,8 +289,31 @@ impl Shared {
     }
 
     fn store(&self, table: RouteTable) {
-        self.routes.store(Arc::new(table));
+        let old = self.routes.swap(Arc::new(table));
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        retired.retain(|c| Arc::strong_count(c) > 1 || c.load(Ordering::SeqCst) > 0);
+        retired.push(old.routed.clone());
         self.route_changes.send_modify(|g| *g += 1);
+    }
+
+    /// Waits until every command routed to our node with a table older than the current one
+    /// has been answered (blocking commands are not counted: they only wait). `false` after
+    /// `limit`. (Counters nobody can raise any more, their table and commands gone, are
+    /// forgotten at the next table change.)
+    pub async fn wait_routed_before(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let older: Vec<Arc<AtomicUsize>> = self.retired.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        loop {
+            let outstanding: usize = older.iter().map(|c| c.load(Ordering::SeqCst)).sum();
+            if outstanding == 0 {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(outstanding, "commands routed with an older route table still unanswered");
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
 
     /// A receiver that sees every change of the route table.
@@ -316,6 +364,22 @@ mod tests {
         }
 
         fn reconcile(&self, _: &Arc<Shared>, _: &ProxyConfig) {}
+    }
+
+    #[tokio::test]
+    async fn a_migration_waits_for_commands_routed_with_an_older_table() {
+        let shared = Arc::new(Shared::new(ProxyOptions::parse_from(["sluice-proxy", "--announce", "127.0.0.1:6001"])));
+        let old = Routed::new(&shared.routes());
+        let current = Routed::new(&shared.routes());
+        shared.set_override("m-1", None).await;
+        assert!(!shared.wait_routed_before(Duration::from_millis(30)).await, "one is outstanding");
+        drop(current); // the same table: still outstanding until `old` is in
+        assert!(!shared.wait_routed_before(Duration::from_millis(30)).await);
+        drop(old);
+        assert!(shared.wait_routed_before(Duration::from_millis(30)).await);
+        // Routed with the table now current: not waited for.
+        let _new = Routed::new(&shared.routes());
+        assert!(shared.wait_routed_before(Duration::from_millis(30)).await);
     }
 
     #[tokio::test]

@@ -34,6 +34,9 @@ pub async fn run_source(shared: Arc<Shared>, task: Arc<Task>) {
     task.set_phase(Phase::Starting);
     wait_for_destination(&shared, &task).await;
     shared.set_override(&task.meta.id, None).await;
+    // Commands routed to our node before this migration was known may still be on their way
+    // (a slow node connection, a `WAIT` of --ack-replicas): none may land after its key moved.
+    wait_routed_before(&shared, &task).await;
     let started = Instant::now();
     let mut moving = vec![false; usize::from(SLOT_COUNT)];
     for r in &task.meta.slots {
@@ -95,6 +98,20 @@ pub async fn run_source(shared: Arc<Shared>, task: Arc<Task>) {
     if task.wait_untagged().await == Stage::Committed {
         task.set_phase(Phase::Committed);
         super::gc::clean(&shared, &task).await;
+    }
+}
+
+/// How long the moving waits for commands routed with an older table; past it, it goes on
+/// (what still lands on the source is then moved by a later pass).
+const ROUTED_BEFORE_LIMIT: Duration = Duration::from_secs(30);
+
+/// Waits until every command our node was sent with a route table from before the migration
+/// has been answered (see [`crate::state::Routed`]).
+pub(super) async fn wait_routed_before(shared: &Shared, task: &Task) {
+    if !shared.wait_routed_before(ROUTED_BEFORE_LIMIT).await {
+        task.note_error(format!(
+            "commands routed before the migration still unanswered after {ROUTED_BEFORE_LIMIT:?}; going on"
+        ));
     }
 }
 

@@ -192,6 +192,9 @@ async fn drive(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), String> {
         }
         task.set_phase(Phase::Switching);
         super::carry_scripts(shared, task).await;
+        // The offset read at the switch covers commands on the moving slots counted in
+        // flight; one routed before the migration was known is not counted: wait for those.
+        super::keys::wait_routed_before(shared, task).await;
         match switch(shared, task, &mut node, &mut dst).await {
             Ok(pause) => {
                 task.set_progress("pause_ms", pause.as_secs_f64() * 1000.0);
