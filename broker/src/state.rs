@@ -105,7 +105,9 @@ impl State {
     /// The running scale-out that will bring `address` (not yet a node) into its cluster.
     pub fn reserving_plan(&self, address: &str) -> Option<&ScalePlanRecord> {
         self.scales.values().find(|p| {
-            p.state == ScaleState::Running && p.kind == ScaleKind::Add && p.proxies.iter().any(|a| a == address)
+            p.state == ScaleState::Running
+                && p.kind == ScaleKind::Add
+                && (p.proxies.iter().any(|a| a == address) || p.replicas.values().flatten().any(|a| a == address))
         })
     }
 

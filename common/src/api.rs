@@ -430,6 +430,10 @@ pub struct ScaleRequest {
     /// The nodes that give all their slots to the others and leave the cluster (scale-in).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remove: Option<Vec<String>>,
+    /// With `add`: replicas per new shard, free proxies too (default 0). Each joins its shard
+    /// with the shard's first migration and follows its master from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u64>,
 }
 
 /// What a scale plan does.
@@ -483,6 +487,10 @@ pub struct ScalePlanRecord {
     pub kind: ScaleKind,
     /// The proxies that join (`add`) or leave (`remove`).
     pub proxies: Vec<String>,
+    /// With `add` and `replicas`: the replicas of each joining proxy's shard (reserved for the
+    /// plan; they join with the shard's first migration).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub replicas: std::collections::BTreeMap<String, Vec<String>>,
     pub state: ScaleState,
     /// Why the plan failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -603,9 +611,9 @@ mod tests {
     #[test]
     fn scale_takes_add_or_remove_and_the_cluster_detail_is_the_view_plus_scale() {
         let r: ScaleRequest = serde_json::from_str(r#"{"add":2}"#).unwrap();
-        assert_eq!(r, ScaleRequest { add: Some(2), remove: None });
+        assert_eq!(r, ScaleRequest { add: Some(2), ..ScaleRequest::default() });
         let r: ScaleRequest = serde_json::from_str(r#"{"remove":["a:1"]}"#).unwrap();
-        assert_eq!(r, ScaleRequest { add: None, remove: Some(vec!["a:1".into()]) });
+        assert_eq!(r, ScaleRequest { remove: Some(vec!["a:1".into()]), ..ScaleRequest::default() });
         assert!(serde_json::from_str::<ScaleRequest>(r#"{"add":1,"x":1}"#).is_err());
         let view = ClusterView { name: "c".into(), epoch: 3, nodes: Vec::new() };
         let d = ClusterDetail { cluster: view.clone(), scale: None };

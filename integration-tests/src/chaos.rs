@@ -703,7 +703,11 @@ impl Driver {
                 candidates.push((m, "master"));
             }
         }
-        let Some(&(i, role)) = candidates.choose(&mut self.rng) else {
+        // A master's node when one may go (a failover follows), more often than not: the
+        // rarer and the more interesting fault.
+        let masters: Vec<(usize, &str)> = candidates.iter().copied().filter(|(_, r)| *r == "master").collect();
+        let pool = if !masters.is_empty() && self.rng.random_bool(0.7) { &masters } else { &candidates };
+        let Some(&(i, role)) = pool.choose(&mut self.rng) else {
             return self.operations.add("node fault skipped: no candidate");
         };
         let node = cluster.nodes[i].addr();
@@ -866,10 +870,10 @@ impl Driver {
         let free = proxies.proxies.iter().filter(|p| p.state == ProxyState::Free).count();
         let add = free > 0 && (view.nodes.len() <= 2 || self.rng.random_bool(0.5));
         let req = if add {
-            ScaleRequest { add: Some(1), remove: None }
+            ScaleRequest { add: Some(1), ..ScaleRequest::default() }
         } else if view.nodes.len() > 2 {
             let leaving = view.nodes.choose(&mut self.rng).map(|n| n.proxy.clone()).unwrap_or_default();
-            ScaleRequest { add: None, remove: Some(vec![leaving]) }
+            ScaleRequest { remove: Some(vec![leaving]), ..ScaleRequest::default() }
         } else {
             return self.operations.add("scale skipped: nothing to do");
         };

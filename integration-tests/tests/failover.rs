@@ -275,3 +275,56 @@ async fn a_killed_master_node_under_a_redis_py_writer_loses_no_acknowledged_writ
     ensure!(v.keys_checked == KEYS, "every key read back: {v:?}");
     Ok(())
 }
+
+/// A scale-out with `replicas: 1` under writers: the new shard's replica joins with its
+/// master's first migration (replicating the master's node while that node still copies its
+/// import), follows it afterwards, and takes over when the new master's node is killed: no
+/// acknowledged write lost (`--ack-replicas 1`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_added_by_a_scale_out_with_replicas_fails_over_to_its_replica() -> Result<()> {
+    let proxy_args = ["--ack-replicas", "1"].map(String::from).to_vec();
+    let spec = LocalSpec { proxies: 2, replicas: 1, spare: 2, proxy_args, ..LocalSpec::default() };
+    let mut cluster = LocalCluster::start(spec).await?;
+    let mut workload = Workload::start(WorkloadConfig::new(KEYS), &cluster.urls()).await?;
+    writers_progress(&workload, "the writers to run").await?;
+
+    let plan: sluice_common::api::ScalePlan =
+        cluster.broker_client().post("/clusters/local/scale", &serde_json::json!({"add": 1, "replicas": 1})).await?;
+    let new_master = plan.plan.proxies[0].clone();
+    for m in &plan.migrations {
+        let end = cluster.watch_migration(&m.id).until_final(Duration::from_secs(120)).await?;
+        ensure!(end.phase == sluice_common::model::MigrationPhase::Done, "{end:?}");
+    }
+    let broker = cluster.broker_client();
+    wait_for("the scale plan to end", Duration::from_secs(120), || {
+        let broker = broker.clone();
+        async move {
+            let d: sluice_common::api::ClusterDetail = broker.get("/clusters/local").await?;
+            Ok(d.scale.filter(|p| p.state != sluice_common::api::ScaleState::Running))
+        }
+    })
+    .await?;
+    let view = cluster.view().await?;
+    let shard = view.nodes.iter().find(|n| n.proxy == new_master).expect("the new shard").clone();
+    ensure!(shard.replicas.len() == 1, "the new shard has its replica: {view:?}");
+    let replica = shard.replicas[0].clone();
+    wait_replica_synced(&replica.node, &shard.node, Duration::from_secs(30)).await?;
+    writers_progress(&workload, "the writers to write into the new shard").await?;
+
+    let victim = cluster.nodes.iter().position(|n| n.addr() == shard.node).expect("the new master's node");
+    cluster.nodes[victim].kill();
+    let after = wait_for("the new shard's replica to be promoted", Duration::from_secs(30), || {
+        let broker = broker.clone();
+        let replica = replica.proxy.clone();
+        async move {
+            let view = broker.cluster("local").await?;
+            Ok(view.nodes.iter().any(|n| n.proxy == replica).then_some(view))
+        }
+    })
+    .await?;
+    writers_progress(&workload, "the writers to go on after the failover").await?;
+    cluster.nodes[victim].restart().await?;
+    wait_replica_synced(&shard.node, &replica.node, Duration::from_secs(30)).await?;
+    check_and_report(&cluster, &mut workload, &after, true, "scale-out replica failover").await?;
+    Ok(())
+}

@@ -8,7 +8,7 @@ use sluice_common::model::{split_slots_evenly, ClusterView, Epoch, NodeView, Rep
 use sluice_common::slot::SLOT_COUNT;
 
 /// Most replicas a shard may have.
-const MAX_REPLICAS: usize = 5;
+pub(super) const MAX_REPLICAS: usize = 5;
 
 impl Txn {
     pub fn create_cluster(&mut self, req: CreateCluster) -> Result<ClusterView, ApiError> {

@@ -6,8 +6,9 @@ use crate::error::ApiError;
 use crate::state::check_address;
 use crate::{scale, slots};
 use sluice_common::api::{CreateMigration, Migration, ScaleKind, ScalePlanRecord, ScaleRequest, ScaleState, ScaleStep};
-use sluice_common::model::{MigrationMode, MigrationPhase, SlotRange};
+use sluice_common::model::{MigrationMode, MigrationPhase, ReplicaView, SlotRange};
 use sluice_common::slot::SLOT_COUNT;
+use std::collections::BTreeMap;
 
 impl Txn {
     /// Plans a scale-out (`add`) or a scale-in (`remove`) that leaves every node with an even
@@ -16,7 +17,10 @@ impl Txn {
     /// one epoch. Answers the plan and the migrations started now.
     pub fn scale(&mut self, cluster: &str, req: ScaleRequest) -> Result<(ScalePlanRecord, Vec<Migration>), ApiError> {
         match (req.add, req.remove) {
-            (Some(add), None) => self.scale_add(cluster, add),
+            (Some(add), None) => self.scale_add(cluster, add, req.replicas.unwrap_or(0)),
+            (None, Some(_)) if req.replicas.is_some() => {
+                Err(ApiError::invalid("replicas goes with add: the shards that leave take their replicas along"))
+            }
             (None, Some(remove)) => self.scale_remove(cluster, remove),
             _ => Err(ApiError::invalid(
                 "give exactly one of add (how many free proxies join) and remove (which nodes leave)",
@@ -24,18 +28,32 @@ impl Txn {
         }
     }
 
-    fn scale_add(&mut self, cluster: &str, add: u64) -> Result<(ScalePlanRecord, Vec<Migration>), ApiError> {
+    fn scale_add(
+        &mut self,
+        cluster: &str,
+        add: u64,
+        replicas: u64,
+    ) -> Result<(ScalePlanRecord, Vec<Migration>), ApiError> {
         let max = u64::from(SLOT_COUNT);
         if add == 0 || add > max {
             return Err(ApiError::invalid(format!("add must be between 1 and {max}, not {add}")));
         }
+        if replicas > super::clusters::MAX_REPLICAS as u64 {
+            return Err(ApiError::invalid(format!(
+                "replicas must be between 0 and {} per shard, not {replicas}",
+                super::clusters::MAX_REPLICAS
+            )));
+        }
         let view = self.cluster(cluster)?;
         let add = usize::try_from(add).unwrap_or(usize::MAX);
-        let free: Vec<String> = self.state.free_proxies().iter().map(|p| p.address.clone()).collect();
-        if free.len() < add {
+        let per_shard = usize::try_from(replicas).unwrap_or(usize::MAX);
+        let needed = add.saturating_mul(1 + per_shard);
+        let mut free: Vec<String> = self.state.free_proxies().iter().map(|p| p.address.clone()).collect();
+        if free.len() < needed {
             return Err(ApiError::conflict(format!(
-                "scaling cluster {cluster:?} by {add} needs {add} free proxies but only {} are free; register \
-                 more proxies (POST /api/v1/proxies) or add fewer",
+                "scaling cluster {cluster:?} by {add} shards of {} proxies needs {needed} free proxies but only {} \
+                 are free; register more proxies (POST /api/v1/proxies) or add fewer",
+                1 + per_shard,
                 free.len()
             )));
         }
@@ -47,9 +65,46 @@ impl Txn {
             )));
         }
         self.check_scale_idle(cluster)?;
-        let joining: Vec<String> = free.into_iter().take(add).collect();
+        let spare = free.split_off(add);
+        let joining = free;
+        let shard_replicas: BTreeMap<String, Vec<String>> = joining
+            .iter()
+            .zip(spare.chunks(per_shard.max(1)))
+            .filter(|_| per_shard > 0)
+            .map(|(master, replicas)| (master.clone(), replicas.to_vec()))
+            .collect();
         let moves = scale::plan(&self.layout(cluster)?, &joining, &[], MAX_RANGES_PER_MIGRATION);
-        self.begin_plan(cluster, ScaleKind::Add, joining, moves)
+        self.begin_plan(cluster, ScaleKind::Add, joining, shard_replicas, moves)
+    }
+
+    /// Gives each node of `cluster` that joined through a running scale plan the replicas the
+    /// plan reserved for it, once it is a node (its first migration created it). A replica
+    /// joins with an empty node and follows its master from then on, as a chained replica
+    /// while the master itself still copies its first import by replication.
+    fn attach_planned_replicas(&mut self, cluster: &str) {
+        let Some(plan) = self.state.scales.get(cluster).filter(|p| p.state == ScaleState::Running) else {
+            return;
+        };
+        let planned = plan.replicas.clone();
+        let mut attached = Vec::new();
+        for (master, replicas) in planned {
+            let views: Vec<ReplicaView> =
+                replicas.iter().filter_map(|r| self.state.proxies.get(r)).map(|p| p.replica_view()).collect();
+            let Some(view) = self.state.clusters.get_mut(cluster) else { return };
+            let Some(node) = view.nodes.iter_mut().find(|n| n.proxy == master) else { continue };
+            if node.replicas.is_empty() && !views.is_empty() {
+                node.replicas = views;
+                attached.push(master.clone());
+            }
+            if let Some(plan) = self.state.scales.get_mut(cluster) {
+                if attached.contains(&master) {
+                    plan.replicas.remove(&master);
+                }
+            }
+        }
+        if !attached.is_empty() {
+            self.note(format!("replicas of {} joined cluster {cluster}", attached.join(", ")));
+        }
     }
 
     fn scale_remove(
@@ -90,7 +145,7 @@ impl Txn {
         }
         self.check_scale_idle(cluster)?;
         let moves = scale::plan(&self.layout(cluster)?, &[], &remove, MAX_RANGES_PER_MIGRATION);
-        self.begin_plan(cluster, ScaleKind::Remove, remove, moves)
+        self.begin_plan(cluster, ScaleKind::Remove, remove, BTreeMap::new(), moves)
     }
 
     /// A scale plans from a settled layout: no plan and no migration of the cluster running.
@@ -130,6 +185,7 @@ impl Txn {
         cluster: &str,
         kind: ScaleKind,
         proxies: Vec<String>,
+        replicas: BTreeMap<String, Vec<String>>,
         moves: Vec<scale::Move>,
     ) -> Result<(ScalePlanRecord, Vec<Migration>), ApiError> {
         for m in &moves {
@@ -163,6 +219,7 @@ impl Txn {
             cluster: cluster.to_string(),
             kind,
             proxies,
+            replicas,
             state: ScaleState::Running,
             error: None,
             epoch,
@@ -238,6 +295,7 @@ impl Txn {
         if !started.is_empty() {
             let ids: Vec<&str> = started.iter().map(|m| m.id.as_str()).collect();
             self.note(format!("scale plan {plan_id} of cluster {cluster} started {}", ids.join(", ")));
+            self.attach_planned_replicas(cluster);
         }
         Ok(started)
     }
@@ -325,7 +383,7 @@ mod tests {
         let one = |t: &mut Txn| t.scale_concurrency = 1;
         let (plan, started) = txn(&mut s, T0, |t| {
             one(t);
-            t.scale("shop", ScaleRequest { add: Some(2), remove: None })
+            t.scale("shop", ScaleRequest { add: Some(2), ..ScaleRequest::default() })
         })
         .expect("scale");
         assert_eq!((started.len(), plan.total), (1, 4));

@@ -161,3 +161,32 @@ async fn a_graceful_failover_marks_the_shard_until_the_swap_or_a_cancel() {
     assert_eq!(view["nodes"][0]["proxy"], addr(6003));
     assert!(view["nodes"][0].get("handover").is_none(), "the swap ends the handover: {view}");
 }
+
+#[tokio::test]
+async fn a_scale_out_with_replicas_gives_each_new_shard_its_replicas() {
+    let (b, _dir) = fresh(Opts::default()).await;
+    register_all(&b, 6001..=6007).await;
+    b.post("/api/v1/clusters", json!({"name": "c", "proxies": 2, "replicas": 1})).await.expect(201);
+    // Refused, and nothing changes: replicas with remove, too many, too few free proxies.
+    let before = b.model().await;
+    b.post("/api/v1/clusters/c/scale", json!({"remove": [addr(6001)], "replicas": 1}))
+        .await
+        .expect_error(400, "invalid");
+    b.post("/api/v1/clusters/c/scale", json!({"add": 1, "replicas": 9})).await.expect_error(400, "invalid");
+    let msg = b.post("/api/v1/clusters/c/scale", json!({"add": 2, "replicas": 1})).await.expect_error(409, "conflict");
+    assert!(msg.contains("needs 4 free proxies") && msg.contains("only 3"), "{msg}");
+    assert_eq!(b.model().await, before);
+
+    let plan = b.post("/api/v1/clusters/c/scale", json!({"add": 1, "replicas": 1})).await.expect(202).clone();
+    assert_eq!(plan["plan"]["proxies"], json!([addr(6005)]));
+    // The first step made 6005 a node: its replica joined with it, so the plan holds no more.
+    assert!(plan["plan"].get("replicas").is_none(), "{plan}");
+    let view = b.get("/api/v1/clusters/c").await.expect(200).clone();
+    assert_eq!(replicas_of(&view, &addr(6005)), vec![addr(6006)]);
+    let replica = b.get(&format!("/api/v1/proxies/{}", addr(6006))).await.expect(200).clone();
+    assert_eq!(replica["state"], "serving", "{replica}");
+    let spare = b.get(&format!("/api/v1/proxies/{}", addr(6007))).await.expect(200).clone();
+    assert_eq!(spare["state"], "free", "{spare}");
+    let config = b.get(&format!("/api/v1/proxies/{}/config", addr(6006))).await.expect(200).clone();
+    assert_eq!(config["cluster"]["name"], "c", "the replica's config has the cluster: {config}");
+}
