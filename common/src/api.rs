@@ -313,9 +313,7 @@ impl Migration {
             dst_node: self.dst_node.clone(),
             slots: self.slots.clone(),
             mode: self.mode,
-            switch_allowed: self.mode == MigrationMode::Replication
-                && self.phase >= MigrationPhase::Switching
-                && self.in_configs(),
+            switch_allowed: self.mode.is_streamed() && self.phase >= MigrationPhase::Switching && self.in_configs(),
             fenced: self.stopping.is_some() && self.is_tagged(),
         }
     }

@@ -192,9 +192,33 @@ pub enum MigrationMode {
     Replication,
     /// Keys are moved one batch at a time with `MIGRATE`.
     Keys,
+    /// Slot-filtered replication into a node that may hold data: the source proxy replicates
+    /// its own node, restores the keys of the moving slots at the destination (`RESTORE`), then
+    /// applies the replication stream's commands on those slots (`sluice-rdb`).
+    Filtered,
     /// Replication for an empty destination, keys otherwise (resolved at creation).
     #[default]
     Auto,
+}
+
+impl MigrationMode {
+    /// Whether the destination is filled from the source node's replication stream
+    /// (`replication`, `filtered`): it may then hold writes the source lacks only after the
+    /// switch, which the source makes only once the broker has recorded `switching`; the
+    /// source's copies of the moved slots are garbage after the commit.
+    pub fn is_streamed(self) -> bool {
+        matches!(self, MigrationMode::Replication | MigrationMode::Filtered)
+    }
+
+    /// The name the API uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MigrationMode::Replication => "replication",
+            MigrationMode::Keys => "keys",
+            MigrationMode::Filtered => "filtered",
+            MigrationMode::Auto => "auto",
+        }
+    }
 }
 
 /// The phases of a migration, in order (seeds: partition-move.md and slots-migration.md).

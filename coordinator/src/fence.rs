@@ -12,7 +12,7 @@
 
 use crate::failover::down;
 use sluice_common::api::Migration;
-use sluice_common::model::{MigrationMode, MigrationPhase};
+use sluice_common::model::MigrationPhase;
 use sluice_proto::control::StatusReply;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -35,8 +35,7 @@ impl FenceTracker {
         let mut due = Vec::new();
         let mut watched = Vec::new();
         for m in migrations {
-            let stuck_candidate =
-                m.mode == MigrationMode::Replication && m.phase == MigrationPhase::Switching && m.stopping.is_none();
+            let stuck_candidate = m.mode.is_streamed() && m.phase == MigrationPhase::Switching && m.stopping.is_none();
             if !stuck_candidate {
                 continue;
             }
@@ -68,7 +67,7 @@ impl FenceTracker {
 mod tests {
     use super::*;
     use sluice_common::api::{PhaseTimestamps, StopIntent};
-    use sluice_common::model::SlotRange;
+    use sluice_common::model::{MigrationMode, SlotRange};
 
     fn migration(phase: MigrationPhase, mode: MigrationMode) -> Migration {
         Migration {

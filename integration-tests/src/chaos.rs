@@ -513,8 +513,14 @@ impl Driver {
     async fn carry_out(&mut self, cluster: &mut LocalCluster, what: Undo, healing: bool) -> Result<()> {
         if let Undo::RestartNode(i) = what {
             if !self.master_failed_over(cluster, i, healing).await {
-                self.later(Duration::from_secs(1), what);
-                return Ok(());
+                if !healing {
+                    self.operations.add("node restart put off: its shard has not failed over");
+                    self.later(Duration::from_secs(1), what);
+                    return Ok(());
+                }
+                // The run is over and the shard never failed over: restart it anyway (its
+                // keys are gone; the end-of-test check will say so).
+                self.error("failover", format!("proxy {i}'s shard did not fail over within a minute"));
             }
         }
         self.log(format!("{what:?}"));
@@ -697,7 +703,14 @@ impl Driver {
         for shard in &detail.cluster.nodes {
             let replicas: Vec<usize> = shard.replicas.iter().filter_map(|r| index(&r.proxy)).collect();
             candidates.extend(replicas.iter().filter(|&&r| !self.proxy_faulted(r)).map(|&r| (r, "replica")));
-            let replica_up = replicas.iter().any(|&r| !self.proxy_faulted(r));
+            // A master's node only while a replica is up and in sync: losing a master whose
+            // replica is still copying is the double fault nothing survives (README "Faults").
+            let mut replica_up = false;
+            for &r in &replicas {
+                if !self.proxy_faulted(r) && synced_replica(&cluster.nodes[r].addr()).await {
+                    replica_up = true;
+                }
+            }
             let quiet = quiet(&shard.proxy);
             if let Some(m) = index(&shard.proxy).filter(|&m| quiet && replica_up && !self.proxy_faulted(m)) {
                 candidates.push((m, "master"));
@@ -870,7 +883,10 @@ impl Driver {
         let free = proxies.proxies.iter().filter(|p| p.state == ProxyState::Free).count();
         let add = free > 0 && (view.nodes.len() <= 2 || self.rng.random_bool(0.5));
         let req = if add {
-            ScaleRequest { add: Some(1), ..ScaleRequest::default() }
+            // With node faults on (a cluster with replicas), the new shard gets a replica too
+            // when two proxies are free.
+            let replicas = (self.opts.node_faults && free >= 2).then_some(1);
+            ScaleRequest { add: Some(1), replicas, ..ScaleRequest::default() }
         } else if view.nodes.len() > 2 {
             let leaving = view.nodes.choose(&mut self.rng).map(|n| n.proxy.clone()).unwrap_or_default();
             ScaleRequest { remove: Some(vec![leaving]), ..ScaleRequest::default() }
@@ -937,5 +953,18 @@ pub async fn wait_migrations_ended(cluster: &LocalCluster, timeout: Duration) ->
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Whether the node at `addr` is a replica in sync with its master (link up, no sync running).
+async fn synced_replica(addr: &str) -> bool {
+    match crate::client::call(addr, &["INFO", "replication"]).await {
+        Ok(f) => {
+            let text = f.as_bytes().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+            text.contains("role:slave")
+                && text.contains("master_link_status:up")
+                && text.contains("master_sync_in_progress:0")
+        }
+        Err(_) => false,
     }
 }

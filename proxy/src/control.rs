@@ -1,7 +1,7 @@
 //! The gRPC control service (`proto/sluice.proto`) on `--control`. `UMCTL` on the data
 //! port calls the same code (see [`crate::umctl`]).
 
-use crate::migration::{destination, keys, phase_name, Migrations, Role, Task};
+use crate::migration::{destination, filtered, keys, phase_name, Migrations, Role, Task};
 use crate::state::{Applied, ConfigError, Shared};
 use crate::status;
 use sluice_common::model::MigrationMode;
@@ -42,12 +42,24 @@ impl Control {
     }
 
     /// The temporary switch of a migration, on its destination: serve the slots (in
-    /// replication mode once the source has promoted our node).
-    pub async fn tmp_switch(&self, migration_id: &str, epoch: u64) -> Result<(), String> {
+    /// replication mode once the source has promoted our node; in filtered mode once the
+    /// broker recorded it, unless `attempt` was refused: see [`filtered`]).
+    pub async fn tmp_switch(&self, migration_id: &str, epoch: u64, attempt: u64) -> Result<(), String> {
         let task = self.destination_task(migration_id, epoch)?;
         match task.meta.mode {
             MigrationMode::Keys => keys::tmp_switch(&self.shared, &task).await,
+            MigrationMode::Filtered => filtered::tmp_switch(&self.shared, &task, attempt).await,
             _ => destination::tmp_switch(&self.shared, &task).await,
+        }
+    }
+
+    /// Whether the destination of a filtered migration serves its slots; when not, refuses
+    /// switch attempts up to `attempt` from now on.
+    pub async fn switched(&self, migration_id: &str, epoch: u64, attempt: u64) -> Result<bool, String> {
+        let task = self.destination_task(migration_id, epoch)?;
+        match task.meta.mode {
+            MigrationMode::Filtered => filtered::switched_or_refuse(&self.shared, &task, attempt).await,
+            _ => Err(format!("migration {migration_id} is not filtered")),
         }
     }
 
@@ -109,7 +121,10 @@ impl ProxyControl for ControlService {
 
     async fn tmp_switch(&self, request: Request<TmpSwitchRequest>) -> Result<Response<TmpSwitchReply>, Status> {
         let req = request.into_inner();
-        self.control.tmp_switch(&req.migration_id, req.epoch).await.map_err(Status::failed_precondition)?;
+        self.control
+            .tmp_switch(&req.migration_id, req.epoch, req.src_offset)
+            .await
+            .map_err(Status::failed_precondition)?;
         Ok(Response::new(TmpSwitchReply { switched: true }))
     }
 

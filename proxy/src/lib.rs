@@ -11,6 +11,7 @@
 
 pub mod ack;
 pub mod backend;
+pub mod broker;
 pub mod cluster;
 pub mod command;
 pub mod connection;

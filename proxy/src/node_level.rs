@@ -25,7 +25,6 @@
 use crate::session::{Flow, Session};
 use crate::state::Shared;
 use bytes::Bytes;
-use sluice_common::model::MigrationMode;
 use sluice_common::resp::{parse_frame, Command, Frame, Limits};
 
 /// `CONFIG SET` parameters a replication-mode migration runs on: refused while one involves
@@ -104,7 +103,7 @@ fn display_name(name: &str) -> String {
 /// `CONFIG SET p1 v1 [p2 v2 …]`: refused as a whole (nothing set, as Redis does with a bad
 /// pair) if any parameter is one sluice relies on.
 fn config_set_refusal(cmd: &Command, shared: &Shared) -> Option<Frame> {
-    let replicating = shared.routes().config.migrations.iter().any(|m| m.mode == MigrationMode::Replication);
+    let replicating = shared.routes().config.migrations.iter().any(|m| m.mode.is_streamed());
     for param in cmd.args().iter().skip(2).step_by(2) {
         let name = String::from_utf8_lossy(param).to_ascii_lowercase();
         let why = match fixed_parameter(&name) {

@@ -6,9 +6,10 @@
 //! node's promotion is the migration's source's to do, at the switch.
 //!
 //! Replication replaces everything the replica's node holds. So a node that holds keys and
-//! is not the shard's former master (a failover marks that one) is never made a replica:
-//! sluice does not wipe data it did not put there. The proxy logs why and keeps trying, so
-//! emptying the node (or replacing the replica) is enough.
+//! is not the shard's former master (a failover marks that one) is never made a replica,
+//! unless what it holds is an older copy of the master's own (a replica restarted from the RDB
+//! of its last sync): sluice does not wipe data it did not put there. The proxy logs why and
+//! keeps trying, so emptying the node (or replacing the replica) is enough.
 
 use crate::migration::node::{connect, NodeConn};
 use crate::state::{Shared, PROMOTION};
@@ -77,7 +78,10 @@ async fn step(shared: &Shared, node: &mut Option<NodeConn>) -> Result<(), String
             if shared.has_override(PROMOTION) {
                 shared.set_override(PROMOTION, None).await;
             }
-            let online = info.replicas.iter().filter(|r| r.state == "online").count();
+            // A filtered migration's link to our node (it announces our own port) is no replica
+            // of the shard: it must not make --ack-replicas wait for it.
+            let link_port: Option<u16> = shared.opts.announce().rsplit(':').next().and_then(|p| p.parse().ok());
+            let online = info.replicas.iter().filter(|r| r.state == "online" && Some(r.port) != link_port).count();
             shared.online_replicas.store(online, Ordering::Release);
         } else {
             shared.online_replicas.store(0, Ordering::Release);
@@ -98,7 +102,7 @@ async fn step(shared: &Shared, node: &mut Option<NodeConn>) -> Result<(), String
         .is_some_and(|r| r.former_master);
     if info.is_master() && !former_master {
         let keys = conn.dbsize().await.map_err(|e| e.to_string())?;
-        if keys > 0 {
+        if keys > 0 && !copy_of_master(shared, &info, &master.node).await {
             return Err(format!(
                 "node {} holds {keys} keys; as a replica of {} it would lose them, so it is not made one \
                  (empty it, or make another proxy the replica)",
@@ -109,4 +113,18 @@ async fn step(shared: &Shared, node: &mut Option<NodeConn>) -> Result<(), String
     conn.replicate_from(&master.node).await.map_err(|e| e.to_string())?;
     tracing::info!(master = %master.node, proxy = %master.proxy, "this replica's node now replicates the shard's master");
     Ok(())
+}
+
+/// Whether a node that holds keys holds (an older) copy of `master`'s: its previous
+/// replication id is one of the master's. A replica that restarted from the RDB its last sync
+/// saved comes back a master with that id as its previous one; replication then only brings
+/// the copy up to date, and nothing that is not the master's is lost.
+async fn copy_of_master(shared: &Shared, info: &crate::migration::node::ReplInfo, master: &str) -> bool {
+    const NO_REPLID: &str = "0000000000000000000000000000000000000000";
+    if info.master_replid2.is_empty() || info.master_replid2 == NO_REPLID {
+        return false;
+    }
+    let Ok(conn) = connect(shared, master).await else { return false };
+    let Ok(theirs) = conn.replication().await else { return false };
+    info.master_replid2 == theirs.master_replid || info.master_replid2 == theirs.master_replid2
 }

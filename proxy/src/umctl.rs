@@ -8,8 +8,12 @@
 //!   migration (sent by its source proxy to its destination): serve the slots. In replication
 //!   mode the source has promoted the destination's node first; offset and budget are kept
 //!   for compatibility and not used.
+//!   In filtered mode the third argument is the source's attempt number (see
+//!   `migration::filtered`).
 //! - `UMCTL READY <migration-id> <epoch>`: whether this destination follows the source of a
 //!   replication-mode migration (the source asks before it promotes our node).
+//! - `UMCTL SWITCHED <migration-id> <epoch> <attempt>`: whether the destination of a filtered
+//!   migration serves its slots (1/0); a 0 refuses that switch attempt and older ones for good.
 //! - `UMCTL PEER`: marks this connection as another proxy's (never forwarded again).
 
 use crate::control::Control;
@@ -33,6 +37,17 @@ pub async fn handle(s: &mut Session, cmd: Command, control: &Control) -> Flow {
             json["clean_epoch"] = s.shared.gc.clean_epoch.load(std::sync::atomic::Ordering::SeqCst).into();
             Frame::bulk(json.to_string())
         }
+        ("SWITCHED", 5) => {
+            let id = String::from_utf8_lossy(&args[2]).into_owned();
+            let number = |a: &[u8]| parse_int(a).filter(|n| *n >= 0).map(|n| n as u64);
+            match (number(&args[3]), number(&args[4])) {
+                (Some(epoch), Some(attempt)) => match control.switched(&id, epoch, attempt).await {
+                    Ok(yes) => Frame::Integer(i64::from(yes)),
+                    Err(e) => Frame::error(format!("ERR sluice: {e}")),
+                },
+                _ => Frame::error("ERR sluice: the epoch and the attempt must be non-negative integers"),
+            }
+        }
         ("TMPSWITCH", 5 | 6) | ("READY", 4) => {
             let id = String::from_utf8_lossy(&args[2]).into_owned();
             match parse_int(&args[3]).filter(|n| *n >= 0) {
@@ -40,7 +55,8 @@ pub async fn handle(s: &mut Session, cmd: Command, control: &Control) -> Flow {
                     let done = if sub == "READY" {
                         control.ready(&id, epoch as u64).await
                     } else {
-                        control.tmp_switch(&id, epoch as u64).await
+                        let attempt = parse_int(&args[4]).filter(|n| *n >= 0).unwrap_or(0) as u64;
+                        control.tmp_switch(&id, epoch as u64, attempt).await
                     };
                     match done {
                         Ok(()) => Frame::ok(),
@@ -54,11 +70,11 @@ pub async fn handle(s: &mut Session, cmd: Command, control: &Control) -> Flow {
             s.is_peer = true;
             Frame::ok()
         }
-        ("SETDB" | "GETEPOCH" | "INFOMGR" | "TMPSWITCH" | "READY" | "PEER", _) => {
+        ("SETDB" | "GETEPOCH" | "INFOMGR" | "TMPSWITCH" | "READY" | "SWITCHED" | "PEER", _) => {
             Frame::error(format!("ERR wrong number of arguments for 'umctl|{}' command", sub.to_ascii_lowercase()))
         }
         _ => Frame::error(format!(
-            "ERR sluice: unknown UMCTL subcommand '{sub}'; try SETDB <json>, GETEPOCH, INFOMGR, TMPSWITCH <id> <epoch> <offset> [budget-ms], READY <id> <epoch>"
+            "ERR sluice: unknown UMCTL subcommand '{sub}'; try SETDB <json>, GETEPOCH, INFOMGR, TMPSWITCH <id> <epoch> <offset|attempt> [budget-ms], READY <id> <epoch>, SWITCHED <id> <epoch> <attempt>"
         )),
     };
     s.reply(reply).await

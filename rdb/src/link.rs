@@ -50,6 +50,11 @@ pub struct LinkOptions {
     pub read_chunk: usize,
     /// Largest RDB item or command argument accepted.
     pub max_item_size: usize,
+    /// Whether acks report the offset received so far (a replica's behaviour). `false`: every
+    /// ack reports the offset of the snapshot, so the link stays a connected replica but never
+    /// counts for a client's `WAIT` (a copy that is not one of the shard's replicas must not
+    /// acknowledge a write for it).
+    pub ack_received: bool,
 }
 
 impl Default for LinkOptions {
@@ -60,6 +65,7 @@ impl Default for LinkOptions {
             ack_interval: Duration::from_secs(1),
             read_chunk: 64 * 1024,
             max_item_size: DEFAULT_MAX_ITEM_SIZE,
+            ack_received: true,
         }
     }
 }
@@ -231,7 +237,9 @@ impl ReplicaLink {
             if used > 0 {
                 self.unattributed += used;
                 self.offset += used as u64;
-                self.shared_offset.store(self.offset, Ordering::Release);
+                if self.options.ack_received {
+                    self.shared_offset.store(self.offset, Ordering::Release);
+                }
             }
             match decoded {
                 Ok(Some(cmd)) => {

@@ -546,3 +546,28 @@ async fn reregistration_updates_a_free_proxy_but_not_a_serving_node() {
     b.post("/api/v1/proxies", moved).await.expect_error(409, "conflict");
     assert_eq!(b.model().await, before);
 }
+
+#[tokio::test]
+async fn a_filtered_migration_moves_slots_into_a_node_and_switches_like_replication() {
+    let (b, _dir) = fresh(Opts::default()).await;
+    register_all(&b, 6001..=6003).await;
+    b.post("/api/v1/clusters", json!({"name": "shop", "proxies": 3})).await.expect(201);
+    // Into a node that holds data (replication would refuse it).
+    let body = json!({"src": addr(6001), "dst": addr(6002), "slots": [[0, 100]], "mode": "filtered"});
+    let m = b.post("/api/v1/clusters/shop/migrations", body.clone()).await.expect(202).clone();
+    assert_eq!(m["mode"], "filtered");
+    // One streamed import per destination at a time.
+    let again = json!({"src": addr(6003), "dst": addr(6002), "slots": [[12000, 12100]], "mode": "filtered"});
+    let msg = b.post("/api/v1/clusters/shop/migrations", again).await.expect_error(409, "conflict");
+    assert!(msg.contains("one streamed import"), "{msg}");
+    // Before switching an abort ends it; from switching on the configs allow the switch.
+    let e = b.epoch().await;
+    b.post("/api/v1/clusters/shop/migrations/m-1/progress", json!({"phase": "switching"})).await.expect(200);
+    assert_eq!(b.epoch().await, e + 1, "switching allows the switch: one bump");
+    let c = b.get(&format!("/api/v1/proxies/{}/config", addr(6002))).await.expect(200).clone();
+    assert_eq!(c["migrations"][0]["switch_allowed"], json!(true), "{c}");
+    assert_eq!(b.post("/api/v1/clusters/shop/migrations/m-1/abort", json!({})).await.expect(202)["phase"], "switching");
+    b.post("/api/v1/clusters/shop/migrations/m-1/progress", json!({"phase": "switched"})).await.expect(200);
+    let c = b.post("/api/v1/clusters/shop/migrations/m-1/commit", json!({})).await.expect(200).clone();
+    assert_eq!(c["phase"], "committed");
+}

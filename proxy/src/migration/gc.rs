@@ -17,7 +17,7 @@ use super::node::NodeConn;
 use super::{Phase, Task};
 use crate::route::RouteTable;
 use crate::state::Shared;
-use sluice_common::model::{MigrationMode, SlotRange};
+use sluice_common::model::SlotRange;
 use sluice_common::slot::{key_slot, SLOT_COUNT};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -27,7 +27,7 @@ use std::time::Duration;
 /// to the garbage, for a proxy that has left the cluster), then `done`.
 pub async fn clean(shared: &Arc<Shared>, task: &Arc<Task>) {
     task.set_phase(Phase::Cleaning);
-    if task.role == super::Role::Source && task.meta.mode == MigrationMode::Replication {
+    if task.role == super::Role::Source && task.meta.mode.is_streamed() {
         shared.gc.set_extra(&task.meta.id, Some(task.meta.slots.clone()));
     }
     // Keys deleted since the task started (garbage collection begins at the switch; with

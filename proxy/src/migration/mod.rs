@@ -7,6 +7,7 @@
 //! garbage collector ([`gc`]) has deleted the keys their node no longer serves, and end.
 
 pub mod destination;
+pub mod filtered;
 pub mod gc;
 pub mod keys;
 pub mod leftover;
@@ -78,6 +79,9 @@ pub struct Task {
     fenced: watch::Sender<bool>,
     /// Serialises `TmpSwitch` calls on the destination.
     pub switch_lock: tokio::sync::Mutex<()>,
+    /// On a filtered destination: switch attempts up to this number are refused (the source
+    /// asked whether they switched, and they had not: [`filtered::switched_or_refuse`]).
+    refused_up_to: std::sync::atomic::AtomicU64,
     /// On a replication destination: the source node's replication id, seen while our node
     /// followed it in this run of the task (the promotion makes it our node's previous id).
     source_replid: Mutex<Option<String>>,
@@ -112,6 +116,7 @@ impl Task {
             }),
             stage: watch::channel(Stage::Tagged).0,
             switch_lock: tokio::sync::Mutex::new(()),
+            refused_up_to: std::sync::atomic::AtomicU64::new(0),
             source_replid: Mutex::new(None),
         }
     }
@@ -204,6 +209,14 @@ impl Task {
         tokio::time::timeout(limit, wait).await.unwrap_or(false)
     }
 
+    pub fn refused_attempts(&self) -> u64 {
+        self.refused_up_to.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn refuse_attempts_up_to(&self, attempt: u64) {
+        self.refused_up_to.fetch_max(attempt, std::sync::atomic::Ordering::SeqCst);
+    }
+
     pub fn set_source_replid(&self, id: &str) {
         *self.source_replid.lock().unwrap_or_else(|p| p.into_inner()) = Some(id.to_string());
     }
@@ -254,7 +267,7 @@ impl Migrations {
             .flat_map(|m| {
                 // A keys-mode source has none: MIGRATE deleted each key it moved, and its task
                 // switched only after a full pass found none left in the slots.
-                if m.src_proxy == me && m.mode == MigrationMode::Replication {
+                if m.src_proxy == me && m.mode.is_streamed() {
                     m.slots.clone()
                 } else if m.dst_proxy == me && m.mode == MigrationMode::Replication {
                     vec![SlotRange::new(0, SLOT_COUNT - 1)]
@@ -312,6 +325,12 @@ impl Migrations {
                 }
                 (MigrationMode::Replication, Role::Destination) => {
                     tokio::spawn(destination::run(shared, task));
+                }
+                (MigrationMode::Filtered, Role::Source) => {
+                    tokio::spawn(filtered::run_source(shared, task));
+                }
+                (MigrationMode::Filtered, Role::Destination) => {
+                    tokio::spawn(filtered::run_destination(shared, task));
                 }
             }
         }

@@ -197,12 +197,14 @@ impl Txn {
             .state
             .migrations_of(cluster)
             .map(|(_, m)| m)
-            .find(|m| m.is_tagged() && m.dst == req.dst && m.mode == MigrationMode::Replication)
+            .find(|m| m.is_tagged() && m.dst == req.dst && m.mode.is_streamed())
         {
             Some(busy) => Err(ApiError::conflict(format!(
-                "dst {} is already importing by replication (migration {}); a replication destination takes \
-                 one import at a time, wait for it to commit",
-                req.dst, busy.id
+                "dst {} is already importing by {} (migration {}); a destination takes one streamed import \
+                 (replication or filtered) at a time, wait for it to commit",
+                req.dst,
+                busy.mode.as_str(),
+                busy.id
             ))),
             None => Ok(()),
         }

@@ -91,7 +91,7 @@ impl Txn {
             m.updated_at = now;
         }
         let m = m.clone();
-        if m.mode == MigrationMode::Replication && current < Switching && target >= Switching {
+        if m.mode.is_streamed() && current < Switching && target >= Switching {
             // The source promotes the destination's node only once its config says the
             // broker recorded this (`switch_allowed`): from here on nothing but the commit
             // ends the migration, so no abort can race a switch the record had not seen yet.
@@ -169,7 +169,7 @@ impl Txn {
         let m = &self.state.migrations[&number];
         match m.phase {
             MigrationPhase::Failed | MigrationPhase::Aborted => return Ok(m.clone()),
-            MigrationPhase::Switching if m.mode == MigrationMode::Replication => {
+            MigrationPhase::Switching if m.mode.is_streamed() => {
                 return self.fence_or_end(cluster, id, number, phase, error, source_stopped_epoch);
             }
             p if p >= MigrationPhase::Switching => {

@@ -1,0 +1,158 @@
+//! Writes a filtered migration's copy into the destination's node: the snapshot's keys as
+//! `RESTORE … ABSTTL REPLACE`, then the stream's units, pipelined on one connection (so in
+//! the stream's order) with a bounded number of replies outstanding (a slow destination
+//! slows the reading of the stream: back-pressure down to the source node's replica output
+//! buffer). It knows how far the destination has *applied* the source's stream: the offset
+//! of the last unit whose reply is in, carried forward over the commands nothing was sent for.
+
+use crate::backend::{Backend, BackendError, ConnectOptions};
+use crate::state::Shared;
+use bytes::{Bytes, BytesMut};
+use sluice_common::resp::{encode_command, Protocol};
+use sluice_rdb::Entry;
+use std::collections::VecDeque;
+use tokio::sync::oneshot;
+
+/// Replies outstanding at most (units, not bytes: a `RESTORE` of a big value is one).
+const WINDOW: usize = 2048;
+
+type Replies = oneshot::Receiver<Result<Vec<Bytes>, BackendError>>;
+
+/// What was sent and is not answered yet, in order: the stream offset each reaches.
+struct Sent {
+    offset: u64,
+    replies: Replies,
+}
+
+pub struct Applier {
+    backend: Backend,
+    window: VecDeque<Sent>,
+    /// The stream offset up to which everything the destination must run has run.
+    applied: u64,
+    /// The offset reached by what was read, sent or skipped.
+    read: u64,
+    /// Keys restored from the snapshot.
+    pub restored: u64,
+    /// Stream units sent.
+    pub units: u64,
+}
+
+impl Applier {
+    /// A connection to the destination's node; `offset`: where the stream starts (the
+    /// snapshot's offset).
+    pub async fn connect(shared: &Shared, node: &str, offset: u64) -> Result<Applier, String> {
+        let opts = ConnectOptions {
+            protocol: Protocol::Resp2,
+            password: shared.opts.node_password.clone(),
+            setup: Vec::new(),
+            connect_timeout: shared.opts.connect_timeout(),
+        };
+        let backend = Backend::connect(node, &opts).await.map_err(|e| e.to_string())?;
+        Ok(Applier { backend, window: VecDeque::new(), applied: offset, read: offset, restored: 0, units: 0 })
+    }
+
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// `RESTORE key ttl payload ABSTTL REPLACE` of a snapshot entry (`rdb_version`: the
+    /// snapshot's; source and destination run the same Redis).
+    pub async fn restore(&mut self, entry: &Entry, rdb_version: u16) -> Result<(), String> {
+        let ttl = entry.expire_at_ms.unwrap_or(0).max(0).to_string();
+        let payload = entry.dump_payload(rdb_version);
+        let mut data = BytesMut::with_capacity(entry.key.len() + payload.len() + 64);
+        encode_command(&[&b"RESTORE"[..], &entry.key, ttl.as_bytes(), &payload, b"ABSTTL", b"REPLACE"], &mut data);
+        self.restored += 1;
+        let offset = self.read;
+        self.send(data.freeze(), 1, offset).await
+    }
+
+    /// A unit of the stream reaching `offset`.
+    pub async fn unit(&mut self, data: Bytes, commands: usize, offset: u64) -> Result<(), String> {
+        self.units += 1;
+        self.send(data, commands, offset).await
+    }
+
+    /// Stream commands up to `offset` that the destination need not run.
+    pub fn skip(&mut self, offset: u64) {
+        self.read = self.read.max(offset);
+        if self.window.is_empty() {
+            self.applied = self.read;
+        }
+    }
+
+    async fn send(&mut self, data: Bytes, commands: usize, offset: u64) -> Result<(), String> {
+        while self.window.len() >= WINDOW {
+            self.settle_one().await?;
+        }
+        let replies = self
+            .backend
+            .send_many(data, commands)
+            .map_err(|_| format!("the connection to the destination node {} is closed", self.backend.addr()))?;
+        self.read = self.read.max(offset);
+        self.window.push_back(Sent { offset, replies });
+        self.settle_ready()
+    }
+
+    /// Takes in every reply already there.
+    pub fn settle_ready(&mut self) -> Result<(), String> {
+        while let Some(front) = self.window.front_mut() {
+            match front.replies.try_recv() {
+                Ok(replies) => {
+                    let offset = front.offset;
+                    self.window.pop_front();
+                    self.took(offset, replies)?;
+                }
+                Err(oneshot::error::TryRecvError::Empty) => break,
+                Err(oneshot::error::TryRecvError::Closed) => return Err(self.lost()),
+            }
+        }
+        if self.window.is_empty() {
+            self.applied = self.read;
+        }
+        Ok(())
+    }
+
+    /// Waits for the oldest outstanding reply (nothing when none is outstanding). Cancel-safe:
+    /// the entry leaves the window only once its reply is in.
+    pub async fn settle_one(&mut self) -> Result<(), String> {
+        let Some(front) = self.window.front_mut() else { return Ok(()) };
+        let replies = (&mut front.replies).await;
+        let offset = front.offset;
+        self.window.pop_front();
+        let replies = replies.map_err(|_| self.lost())?;
+        self.took(offset, replies)?;
+        if self.window.is_empty() {
+            self.applied = self.read;
+        }
+        Ok(())
+    }
+
+    /// Waits until every reply is in.
+    pub async fn settle_all(&mut self) -> Result<(), String> {
+        while !self.window.is_empty() {
+            self.settle_one().await?;
+        }
+        self.applied = self.read;
+        Ok(())
+    }
+
+    /// A unit's replies. An error reply means the destination diverged from the source (the
+    /// stream only carries commands that succeeded there); inside a `MULTI` unit the commands'
+    /// own errors are in `EXEC`'s array, as they were on the source, and do not count.
+    fn took(&mut self, offset: u64, replies: Result<Vec<Bytes>, BackendError>) -> Result<(), String> {
+        let replies = replies.map_err(|e| e.to_string())?;
+        if let Some(err) = replies.iter().find(|r| r.first() == Some(&b'-')) {
+            return Err(format!(
+                "the destination node refused part of the copy: {}",
+                String::from_utf8_lossy(err).trim_end()
+            ));
+        }
+        self.applied = self.applied.max(offset);
+        Ok(())
+    }
+
+    fn lost(&self) -> String {
+        format!("the connection to the destination node {} broke during the copy", self.backend.addr())
+    }
+}
