@@ -200,8 +200,8 @@ impl Txn {
             .find(|m| m.is_tagged() && m.dst == req.dst && m.mode.is_streamed())
         {
             Some(busy) => Err(ApiError::conflict(format!(
-                "dst {} is already importing by {} (migration {}); a destination takes one streamed import \
-                 (replication or filtered) at a time, wait for it to commit",
+                "dst {} is already importing by {} (migration {}); a destination that imports by replication \
+                 or filtered replication takes one import at a time, wait for it to commit",
                 req.dst,
                 busy.mode.as_str(),
                 busy.id
