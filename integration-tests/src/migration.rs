@@ -531,3 +531,13 @@ pub async fn dbsizes(cluster: &LocalCluster) -> Result<HashMap<String, i64>> {
     }
     Ok(out)
 }
+
+/// What proxy `proxy` reports of its task for migration `id` (`UMCTL INFOMGR`): phase,
+/// progress, error; `None` when it lists none.
+pub async fn proxy_task(proxy: &str, id: &str) -> Result<Option<serde_json::Value>> {
+    let reply = crate::client::call(proxy, &["UMCTL", "INFOMGR"]).await?;
+    let Some(json) = reply.as_bytes() else { bail!("UMCTL INFOMGR answered {reply:?}") };
+    let status: serde_json::Value = serde_json::from_slice(json)?;
+    let tasks = status["migrations"].as_array().cloned().unwrap_or_default();
+    Ok(tasks.into_iter().find(|t| t["id"] == id))
+}

@@ -193,3 +193,101 @@ async fn half_of_a_node_moves_into_a_node_with_data_by_filtered_replication() ->
     cluster.check_nothing_lost_or_misplaced(&mut workload).await?;
     Ok(())
 }
+
+/// When a fault hits a filtered migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// The source proxy is SIGKILLed while it restores the snapshot (held up by the
+    /// destination's node being stopped), and restarted.
+    SourceMidSnapshot,
+    /// The source proxy is SIGKILLed while it follows the stream, and restarted.
+    SourceMidStream,
+    /// The destination proxy is SIGKILLed while the source follows, and restarted.
+    Destination,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_killed_mid_snapshot_copies_again_once_back() -> Result<()> {
+    filtered_with_fault(Fault::SourceMidSnapshot).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_killed_mid_stream_copies_again_once_back() -> Result<()> {
+    filtered_with_fault(Fault::SourceMidStream).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_killed_while_the_source_follows_switches_once_back() -> Result<()> {
+    filtered_with_fault(Fault::Destination).await
+}
+
+/// A filtered migration under writers with `fault`; it completes once the proxy is back,
+/// and nothing is lost, duplicated or left on a node that does not serve its slot.
+async fn filtered_with_fault(fault: Fault) -> Result<()> {
+    let spec = LocalSpec {
+        spare: 0,
+        proxy_args: ["--min-follow-ms", "3000"].map(String::from).to_vec(),
+        ..LocalSpec::default()
+    };
+    let mut cluster = LocalCluster::start(spec).await?;
+    let view = cluster.view().await?;
+    let (src, dst) = (view.nodes[0].proxy.clone(), view.nodes[1].proxy.clone());
+    let (src_i, dst_i) = (cluster.proxy_index(&src)?, cluster.proxy_index(&dst)?);
+    let moving = upper_half(&view, &src)?;
+    let keys = if fault == Fault::SourceMidSnapshot { 200_000 } else { KEYS };
+    // A killed proxy makes the cluster client resend what was in flight to it: an INCR
+    // applied twice or a DEL finding nothing is then the client's doing.
+    let config =
+        WorkloadConfig { expire: true, prefill: true, tolerate_client_resends: true, ..WorkloadConfig::new(keys) };
+    let mut workload = Workload::start(config, &cluster.urls()).await?;
+    let m = cluster.start_migration(&src, &dst, &[moving], MigrationMode::Filtered).await?;
+    let mut watch = cluster.watch_migration(&m.id);
+    match fault {
+        Fault::SourceMidSnapshot => {
+            // The copy has begun (the destination's slots emptied): stop the destination's
+            // node, so the snapshot's RESTOREs wait, then kill the source in the middle.
+            wait_for("the source to start copying", DEADLINE, || {
+                let (src, id) = (src.clone(), m.id.clone());
+                async move {
+                    let t = sluice_harness::migration::proxy_task(&src, &id).await?;
+                    Ok(t.filter(|t| t["progress"].get("cleared_at_destination").is_some()).map(|_| ()))
+                }
+            })
+            .await?;
+            cluster.nodes[dst_i].process().pause();
+            let t = sluice_harness::migration::proxy_task(&src, &m.id).await?;
+            eprintln!("source task when its destination's node stopped: {t:?}");
+            cluster.proxies[src_i].process().kill();
+            cluster.nodes[dst_i].process().resume();
+            let partial = cluster.nodes[dst_i].dbsize().await?;
+            eprintln!("the destination's node holds {partial} keys with a partial copy");
+            cluster.restart_proxy(src_i).await?;
+        }
+        Fault::SourceMidStream => {
+            watch.until("following", DEADLINE, |m| m.phase >= MigrationPhase::Following).await?;
+            cluster.proxies[src_i].process().kill();
+            cluster.restart_proxy(src_i).await?;
+        }
+        Fault::Destination => {
+            watch.until("following", DEADLINE, |m| m.phase >= MigrationPhase::Following).await?;
+            cluster.proxies[dst_i].process().kill();
+            // The source keeps copying into the node; its switch attempts fail meanwhile.
+            wait_for("a switch attempt to fail", DEADLINE, || {
+                let (src, id) = (src.clone(), m.id.clone());
+                async move {
+                    let t = sluice_harness::migration::proxy_task(&src, &id).await?;
+                    Ok(t.filter(|t| t["progress"]["switch_attempts"].as_u64().unwrap_or(0) >= 1).map(|_| ()))
+                }
+            })
+            .await?;
+            cluster.restart_proxy(dst_i).await?;
+        }
+    }
+    let end = watch.until_final(DEADLINE).await?;
+    eprintln!("{fault:?}: migration {} {:?} ({}), error {:?}", m.id, end.phase, watch.seen(), end.error);
+    ensure!(end.phase == MigrationPhase::Done, "{end:?}");
+    let options = sluice_harness::migration::CheckOptions { tolerate_client_errors: true, ..Default::default() };
+    let checked = cluster.check_nothing_lost_or_misplaced_with(&mut workload, &options).await?;
+    eprintln!("{fault:?}: {} client errors (the killed proxy's clients)", checked.report.total_errors());
+    Ok(())
+}

@@ -76,10 +76,50 @@ impl From<String> for Stop {
 }
 
 pub async fn run_source(shared: Arc<Shared>, task: Arc<Task>) {
-    if let Err(e) = drive(&shared, &task).await {
-        // Only before the switch was allowed, or once fenced: the destination never served.
-        shared.set_override(&task.meta.id, None).await;
-        task.fail(e);
+    let ended = match drive(&shared, &task).await {
+        Err(e) => {
+            // Only before the switch was allowed, or once fenced: the destination never served.
+            shared.set_override(&task.meta.id, None).await;
+            task.fail(e);
+            true
+        }
+        Ok(()) => task.phase() == Phase::Aborted,
+    };
+    if ended {
+        // The destination deletes its copy itself, but it may be down now and back after the
+        // migration left its config: delete it from here too (it never served those slots).
+        delete_copy(&shared, &task, &task.meta.dst_node).await;
+    }
+}
+
+/// Deletes the copy of the moving slots from `node` (the destination's, or our own as the
+/// destination), retrying a while; logs the outcome.
+async fn delete_copy(shared: &Shared, task: &Task, node: &str) {
+    let moving = moving(task);
+    for attempt in 1..=20u32 {
+        // A slot another migration imports now (it starts by emptying them itself, then copies)
+        // is not ours to clean any more.
+        let routes = shared.routes_full();
+        let taken = |slot: u16| {
+            routes.cluster().is_some_and(|c| {
+                c.nodes.iter().flat_map(|n| &n.slots).any(|a| {
+                    a.tag == Some(sluice_common::model::SlotTag::Importing)
+                        && a.migration.as_deref() != Some(task.meta.id.as_str())
+                        && a.range().contains(slot)
+                })
+            })
+        };
+        let still: Box<[bool]> = moving.iter().enumerate().map(|(s, &m)| m && !taken(s as u16)).collect();
+        match clear_slots(shared, node, &still).await {
+            Ok(n) => {
+                tracing::info!(migration = %task.meta.id, node, keys = n, "filtered import ended before the switch: its copy deleted");
+                return;
+            }
+            Err(e) => {
+                task.note_error(format!("cannot delete the copy at {node} yet: {e}"));
+                tokio::time::sleep((Duration::from_millis(250) * attempt).min(MAX_RETRY_GAP)).await;
+            }
+        }
     }
 }
 
@@ -330,19 +370,25 @@ async fn switch(
     let epoch = meta.epoch.to_string();
     let told =
         super::call_destination(shared, meta, &["TMPSWITCH", &meta.id, &epoch, &attempt.to_string()], left).await;
-    if told.is_ok() {
-        task.set_progress("pause_ms", t0.elapsed().as_secs_f64() * 1000.0);
-        tracing::info!(migration = %meta.id, offset, "filtered switch: the destination serves the slots");
-        return Ok(true);
-    }
+    let told = match told {
+        Ok(_) => {
+            task.set_progress("pause_ms", t0.elapsed().as_secs_f64() * 1000.0);
+            tracing::info!(migration = %meta.id, offset, "filtered switch: the destination serves the slots");
+            return Ok(true);
+        }
+        // No connection to the destination: nothing was sent, so nothing can switch late.
+        Err(e) if e.contains("cannot reach") => {
+            return release(format!("the destination proxy cannot be reached: {e}")).await;
+        }
+        Err(e) => e,
+    };
     // Lost or refused: settle it. Asking also refuses this attempt for good at the
     // destination, so a TMPSWITCH still on its way cannot switch later.
     loop {
         match ask_switched(shared, task, attempt).await {
             Ok(true) => return Ok(true),
             Ok(false) => {
-                let why = format!("the destination did not take the switch ({})", told.err().unwrap_or_default());
-                return release(why).await;
+                return release(format!("the destination did not take the switch ({told})")).await;
             }
             Err(e) => {
                 task.note_error(format!("cannot tell whether the destination switched: {e}"));
@@ -406,20 +452,8 @@ pub async fn run_destination(shared: Arc<Shared>, task: Arc<Task>) {
     match task.wait_untagged().await {
         Stage::Gone if task.phase() < Phase::Switched => {
             // Ended before the switch: what the copy restored here is not ours to keep.
-            let moving = moving(&task);
-            loop {
-                match clear_slots(&shared, &shared.opts.node, &moving).await {
-                    Ok(n) => {
-                        tracing::info!(migration = %task.meta.id, keys = n, "filtered import ended before the switch: its copy deleted");
-                        task.set_phase(Phase::Aborted);
-                        return;
-                    }
-                    Err(e) => {
-                        task.note_error(format!("cannot delete the copy yet: {e}"));
-                        tokio::time::sleep(MAX_RETRY_GAP).await;
-                    }
-                }
-            }
+            delete_copy(&shared, &task, &shared.opts.node).await;
+            task.set_phase(Phase::Aborted);
         }
         Stage::Gone => {}
         _ => {
