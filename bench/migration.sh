@@ -15,7 +15,15 @@
 #     keys/s, the seconds to switched / committed / done, the reshard time and the ratio
 #     reshard / sluice (to done), goal >= 3.
 #
+#   filtered (issue 14): the keys mode setup (both nodes hold data), the same slots moved by
+#     slot-filtered replication; in the same run a plain REPLICAOF of node A (idle), the same
+#     move in keys mode (a fresh cluster) and redis-cli --cluster reshard. Prints the seconds
+#     to committed of each, the ratios and the goals (filtered <= 0.5 x keys mode and <= 2 x
+#     plain REPLICAOF; longest client command <= 100 ms). --keys 2000000 puts 1,000,000 on
+#     each node.
+#
 #   bash bench/migration.sh                        # both: replication, then keys (the default)
+#   bash bench/migration.sh --mode filtered --keys 2000000   # filtered vs keys vs REPLICAOF vs reshard
 #   bash bench/migration.sh --mode keys            # only keys mode vs reshard
 #   bash bench/migration.sh --mode replication     # only replication mode vs REPLICAOF
 #   bash bench/migration.sh --rate 0               # unthrottled clients (redis-benchmark style)

@@ -798,10 +798,11 @@ impl Driver {
             ranges.push(sub);
         }
         ranges.sort_by_key(|r| r.start);
-        let mode = match (to_free, self.rng.random_bool(0.5)) {
-            (true, true) => MigrationMode::Replication,
-            (false, true) => MigrationMode::Keys,
-            (_, false) => MigrationMode::Auto,
+        let mode = match (to_free, self.rng.random_range(0..3)) {
+            (true, 0) => MigrationMode::Replication,
+            (false, 0) => MigrationMode::Keys,
+            (_, 1) => MigrationMode::Filtered,
+            _ => MigrationMode::Auto,
         };
         let kind = if to_free { "to a free proxy" } else { "between nodes" };
         match cluster.try_start_migration(&src.proxy, &dst, &ranges, mode).await {

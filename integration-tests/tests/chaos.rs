@@ -8,8 +8,9 @@
 //!   key may be in until an acknowledged command settles it.
 //! - **Driver** ([`Driver`], seed from `SLUICE_SEED` or random, printed first): migrations of
 //!   random slot ranges between nodes (keys mode, explicitly or as `auto`) and to free proxies
-//!   (replication, explicitly or as `auto`), some aborted (right after the start, while the
-//!   broker still says `pending`, or later; refusals are counted), scale-outs and scale-ins;
+//!   (replication, explicitly or as `auto`), filtered replication into either, some aborted
+//!   (right after the start, while the broker still says `pending`, or later; refusals are
+//!   counted), scale-outs and scale-ins;
 //!   SIGKILL and restart of proxies, the coordinator and the broker; a second coordinator
 //!   running for a while; SIGSTOP/SIGCONT of proxies and the coordinator for longer than the
 //!   coordinator takes to report a proxy failed; and, through a fault-injecting relay

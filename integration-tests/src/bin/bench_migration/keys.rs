@@ -57,22 +57,22 @@ fn split_keys(keys: &[String], a: &[SlotRange], b: &[SlotRange]) -> Result<(Vec<
 }
 
 /// What the native reshard did.
-struct Reshard {
-    took: Duration,
+pub(crate) struct Reshard {
+    pub(crate) took: Duration,
     /// Keys of the moved slots on the destination afterwards.
-    keys_on_dst: i64,
+    pub(crate) keys_on_dst: i64,
     /// Keys of the moved slots still on the source (must be 0).
-    keys_left: i64,
-    total_keys: i64,
+    pub(crate) keys_left: i64,
+    pub(crate) total_keys: i64,
     /// The client load during the reshard (`--native-under-load`).
-    load: Option<LoadRecord>,
+    pub(crate) load: Option<LoadRecord>,
     /// What does not add up afterwards (empty: the reshard moved exactly what it should).
-    problems: Vec<String>,
+    pub(crate) problems: Vec<String>,
 }
 
 /// The native cluster with the same layout and keys; times `redis-cli --cluster reshard` of
 /// `moving` from the first node to the second.
-async fn native_reshard(
+pub(crate) async fn native_reshard(
     opts: &Options,
     ranges: [Vec<SlotRange>; 2],
     keys: &Arc<Vec<String>>,
@@ -145,12 +145,47 @@ async fn native_reshard(
     Ok(Reshard { took, keys_on_dst, keys_left, total_keys, load, problems })
 }
 
-pub async fn run(opts: &Options) -> Result<bool> {
-    eprintln!("bench_migration: keys mode: starting a 2-proxy cluster (seed {})", opts.seed);
+/// One sluice run of the benchmark: what the migration did and what the nodes hold after.
+pub(crate) struct SluiceRun {
+    pub end: sluice_common::api::Migration,
+    pub seen: String,
+    pub moving_progress: Option<serde_json::Value>,
+    pub record: LoadRecord,
+    pub mig_start: Duration,
+    pub mig_end: Duration,
+    pub before: (i64, i64),
+    pub after_nodes: (i64, i64),
+    pub total_keys: i64,
+    pub expect_keys: i64,
+    pub placement: sluice_harness::migration::Placement,
+    /// A plain `REPLICAOF` of node A (as loaded, idle) into an empty node, when asked for.
+    pub plain: Option<Duration>,
+}
+
+/// The data of a run: the keys, where they live, what moves.
+pub(crate) struct Layout {
+    pub keys: Arc<Vec<String>>,
+    pub a_ranges: Vec<SlotRange>,
+    pub b_ranges: Vec<SlotRange>,
+    pub split: (Vec<usize>, Vec<usize>),
+    pub moving: SlotRange,
+    pub moving_keys: usize,
+}
+
+/// A 2-proxy cluster loaded with `opts.keys` keys spread over both nodes by slot; the lower
+/// half of A's slots moves to B in `mode` under the client load (`run`: the name of the data
+/// directory). With `plain`, a plain `REPLICAOF` of node A is timed first, idle.
+pub(crate) async fn sluice_run(
+    opts: &Options,
+    mode: MigrationMode,
+    run: &str,
+    plain: bool,
+) -> Result<(Layout, SluiceRun)> {
+    eprintln!("bench_migration: {} mode: starting a 2-proxy cluster (seed {})", mode.as_str(), opts.seed);
     let spec = LocalSpec {
         proxies: 2,
         spare: 0,
-        data_dir: opts.data_dir_for("keys"),
+        data_dir: opts.data_dir_for(run),
         proxy_args: Options::proxy_args(),
         ..LocalSpec::default()
     };
@@ -193,6 +228,10 @@ pub async fn run(opts: &Options) -> Result<bool> {
         moving.start,
         moving.end
     );
+    let plain = match plain {
+        true => Some(crate::replication::plain_replicaof(&cluster.dir, node_a, before.0).await?),
+        false => None,
+    };
 
     let keys = Arc::new(keys);
     let t0 = Instant::now();
@@ -200,15 +239,23 @@ pub async fn run(opts: &Options) -> Result<bool> {
     // A baseline of the load before the migration.
     load.wait_ops(u64::from(opts.rate.max(1000)), Duration::from_secs(60)).await?;
     let mig_start = t0.elapsed();
-    let m = cluster.start_migration(&src, &dst, &[moving], MigrationMode::Keys).await?;
-    eprintln!("migration {} created: {src} -> {dst}, slots {}-{}, mode keys", m.id, moving.start, moving.end);
+    let m = cluster.start_migration(&src, &dst, &[moving], mode).await?;
+    eprintln!(
+        "migration {} created: {src} -> {dst}, slots {}-{}, mode {}",
+        m.id,
+        moving.start,
+        moving.end,
+        mode.as_str()
+    );
     let mut watch = cluster.watch_migration(&m.id);
     // The source's last report of the moving (keys_moved, passes, pause_ms); the cleanup's
     // reports replace it in the record.
     let mut moving_progress = None;
     let end = watch
         .until("the end", opts.deadline, |m| {
-            if let Some(p) = m.progress.as_ref().filter(|p| p.get("keys_moved").is_some()) {
+            if let Some(p) =
+                m.progress.as_ref().filter(|p| p.get("keys_moved").is_some() || p.get("lag_bytes").is_some())
+            {
                 moving_progress = Some(p.clone());
             }
             m.phase.is_final()
@@ -220,14 +267,47 @@ pub async fn run(opts: &Options) -> Result<bool> {
     let record = load.finish().await?;
     let end = end?;
     after?;
-    eprintln!("phases seen: {}", watch.seen());
+    let seen = watch.seen().to_string();
+    eprintln!("phases seen: {seen}");
 
     let total_keys = cluster.total_keys().await?;
     let expect_keys = opts.keys as i64 + record.created as i64;
     let after_nodes = (node_a.dbsize().await?, node_b.dbsize().await?);
     let placement = cluster.check_keys_on_owners(&cluster.node_addrs()).await?;
-    // The native run gets the machine to itself.
-    drop(cluster);
+    let layout = Layout { keys, a_ranges, b_ranges, split, moving, moving_keys };
+    let run = SluiceRun {
+        end,
+        seen,
+        moving_progress,
+        record,
+        mig_start,
+        mig_end,
+        before,
+        after_nodes,
+        total_keys,
+        expect_keys,
+        placement,
+        plain,
+    };
+    Ok((layout, run))
+}
+
+pub async fn run(opts: &Options) -> Result<bool> {
+    let (layout, sluice) = sluice_run(opts, MigrationMode::Keys, "keys", false).await?;
+    let Layout { keys, a_ranges, b_ranges, split, moving, moving_keys } = layout;
+    let SluiceRun {
+        end,
+        moving_progress,
+        record,
+        mig_start,
+        mig_end,
+        before,
+        after_nodes,
+        total_keys,
+        expect_keys,
+        placement,
+        ..
+    } = sluice;
 
     let reshard = native_reshard(opts, [a_ranges, b_ranges], &keys, &split, moving, moving_keys).await?;
 

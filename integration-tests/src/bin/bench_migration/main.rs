@@ -7,6 +7,8 @@
 //! - `--mode keys` ([`keys`]): half of a node's slots move to another node that holds data
 //!   too, key by key, against `redis-cli --cluster reshard` moving the same slots holding the
 //!   same keys on a native 2-node Redis Cluster the benchmark starts itself ([`native`]).
+//! - `--mode filtered` ([`filtered`]): the same move as keys mode by slot-filtered
+//!   replication, against keys mode, a plain `REPLICAOF` and reshard on the same data.
 //! - `--mode both` (the default): replication, then keys.
 //!
 //! Each run prints its figures next to its goals, then the same as one JSON line
@@ -14,6 +16,7 @@
 //! or the keys do not add up afterwards (lost or left behind); missing a goal is reported, not
 //! fatal (the machine is shared). Exit code 2 when the benchmark itself could not run.
 
+mod filtered;
 mod keys;
 mod load;
 mod replication;
@@ -26,7 +29,9 @@ const USAGE: &str = "\
 bench_migration: slot migration under load — replication mode vs a plain REPLICAOF, keys mode
 vs redis-cli --cluster reshard on a native Redis Cluster
 
-  --mode M            replication, keys or both (default both: replication, then keys)
+  --mode M            replication, keys, filtered or both (default both: replication, then
+                      keys); filtered: into a node with data, against keys mode, a plain
+                      REPLICAOF and redis-cli --cluster reshard on the same data
   --keys N            keys loaded (default 1000000): replication: all into node A; keys:
                       spread over both nodes by slot, as a cluster holds them
   --value-size B      bytes per value (default 100)
@@ -47,6 +52,7 @@ flags from $BENCH_PROXY_ARGS (space-separated); redis-server and redis-cli from 
 enum Mode {
     Replication,
     Keys,
+    Filtered,
     Both,
 }
 
@@ -110,8 +116,9 @@ fn parse_args() -> Result<Options> {
                 o.mode = match value("--mode")?.as_str() {
                     "replication" => Mode::Replication,
                     "keys" => Mode::Keys,
+                    "filtered" => Mode::Filtered,
                     "both" => Mode::Both,
-                    other => bail!("--mode {other:?}: replication, keys or both\n\n{USAGE}"),
+                    other => bail!("--mode {other:?}: replication, keys, filtered or both\n\n{USAGE}"),
                 }
             }
             "--keys" => o.keys = value("--keys")?.parse()?,
@@ -150,6 +157,9 @@ async fn main() {
         }
         if matches!(opts.mode, Mode::Keys | Mode::Both) {
             ok &= keys::run(&opts).await?;
+        }
+        if opts.mode == Mode::Filtered {
+            ok &= filtered::run(&opts).await?;
         }
         anyhow::Ok(ok)
     };

@@ -37,7 +37,7 @@ async fn replication_info(addr: &str) -> Result<BTreeMap<String, String>> {
 }
 
 /// A fresh empty redis-server replicating `master` until it is in sync: the time that takes.
-async fn plain_replicaof(dir: &std::path::Path, master: &RedisNode, expect_keys: i64) -> Result<Duration> {
+pub(crate) async fn plain_replicaof(dir: &std::path::Path, master: &RedisNode, expect_keys: i64) -> Result<Duration> {
     // Redis waits `repl-diskless-sync-delay` (5 s by default) for more replicas before a
     // diskless full sync; the migration's source sets it to 0, so the plain run does too.
     let reply =

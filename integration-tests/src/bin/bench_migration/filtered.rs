@@ -1,0 +1,153 @@
+//! Filtered mode (issue 14): a 2-proxy cluster where both nodes hold data (`--keys` spread over
+//! both by slot), the lower half of A's slots moving to B by slot-filtered replication under
+//! the client load. In the same run, on the same data: a plain `REPLICAOF` of node A into an
+//! empty node (idle, before the migration), the same migration in keys mode (a fresh cluster),
+//! and `redis-cli --cluster reshard` of the same slots on a native Redis Cluster.
+//!
+//! Goals: committed ≤ 0.5 × keys mode's, ≤ 2 × the plain `REPLICAOF`; the longest client
+//! command during the migration ≤ 100 ms. Afterwards the nodes must hold exactly the loaded
+//! keys plus the ones the clients created, each on the node that owns its slot.
+
+use crate::keys::{native_reshard, sluice_run, Layout, SluiceRun};
+use crate::load::{error_classes, fmt_s, line, ms, print_errors, verdict, Window};
+use crate::Options;
+use anyhow::Result;
+use sluice_common::model::{MigrationMode, MigrationPhase};
+use sluice_harness::migration::{phase_name, seconds_to};
+
+const GOAL_VS_KEYS: f64 = 0.5;
+const GOAL_VS_PLAIN: f64 = 2.0;
+const GOAL_LONGEST_MS: f64 = 100.0;
+
+/// Whether a run ended as it must: done, no client error, the keys add up, none misplaced.
+fn sound(run: &SluiceRun) -> bool {
+    run.end.phase == MigrationPhase::Done
+        && run.record.errors.is_empty()
+        && run.total_keys == run.expect_keys
+        && run.placement.misplaced == 0
+}
+
+pub async fn run(opts: &Options) -> Result<bool> {
+    let (layout, filtered) = sluice_run(opts, MigrationMode::Filtered, "filtered", true).await?;
+    let (_, keys) = sluice_run(opts, MigrationMode::Keys, "filtered-keys", false).await?;
+    let Layout { keys: names, a_ranges, b_ranges, split, moving, moving_keys } = layout;
+    let reshard = native_reshard(opts, [a_ranges, b_ranges], &names, &split, moving, moving_keys).await?;
+
+    let window = Window::of(&filtered.record, filtered.mig_start, filtered.mig_end);
+    let longest = ms(window.max());
+    let committed = seconds_to(&filtered.end, MigrationPhase::Committed);
+    let keys_committed = seconds_to(&keys.end, MigrationPhase::Committed);
+    let plain = filtered.plain.map(|d| d.as_secs_f64());
+    let vs_keys = committed.zip(keys_committed).map(|(f, k)| f / k);
+    let vs_plain = committed.zip(plain).map(|(f, p)| f / p);
+    let reshard_s = reshard.took.as_secs_f64();
+
+    println!();
+    println!(
+        "sluice filtered-mode migration: {} keys x {} B on 2 nodes ({} on A, {} on B), slots {}-{} of A ({} slots, {} \
+         keys) to B, which holds data",
+        opts.keys,
+        opts.value_size,
+        filtered.before.0,
+        filtered.before.1,
+        moving.start,
+        moving.end,
+        moving.len(),
+        moving_keys
+    );
+    println!("load: {}", opts.load_text());
+    line("migration ended", phase_name(filtered.end.phase));
+    line("phases", &filtered.seen);
+    line("seconds to switched", fmt_s(seconds_to(&filtered.end, MigrationPhase::Switched)));
+    line("seconds to committed", fmt_s(committed));
+    line("seconds to done", fmt_s(seconds_to(&filtered.end, MigrationPhase::Done)));
+    let progress = filtered.moving_progress.as_ref().map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+    line("last progress of the copy", progress);
+    line("client commands during the migration", window.summary());
+    line(
+        "longest client command during the migration",
+        format!(
+            "{longest:.1} ms{}   goal: <= {GOAL_LONGEST_MS} ms: {}",
+            window.worst_when("the migration's creation"),
+            verdict(longest <= GOAL_LONGEST_MS)
+        ),
+    );
+    line(
+        "client errors (must be 0)",
+        format!("{} {:?}", filtered.record.errors.len(), error_classes(&filtered.record)),
+    );
+    print_errors(&filtered.record);
+    line("keys on A, B after", format!("{} + {}", filtered.after_nodes.0, filtered.after_nodes.1));
+    line(
+        "keys on all nodes after",
+        format!("{} (must be {}: nothing lost, nothing left)", filtered.total_keys, filtered.expect_keys),
+    );
+    line("keys on a node that does not own their slot", format!("{} (must be 0)", filtered.placement.misplaced));
+    println!("the yardsticks, same data, same machine:");
+    line("plain REPLICAOF of node A (idle)", fmt_s(plain));
+    line(
+        "keys mode (a fresh cluster, same load): seconds to committed",
+        format!(
+            "{} ({}, {} client errors)",
+            fmt_s(keys_committed),
+            phase_name(keys.end.phase),
+            keys.record.errors.len()
+        ),
+    );
+    line("redis-cli --cluster reshard (idle)", format!("{reshard_s:.2}s"));
+    for p in &reshard.problems {
+        println!("      reshard check failed: {p}");
+    }
+    line(
+        "filtered / keys mode (to committed)",
+        format!(
+            "{}   goal: <= {GOAL_VS_KEYS}: {}",
+            vs_keys.map(|r| format!("{r:.2}")).unwrap_or_else(|| "-".into()),
+            verdict(vs_keys.is_some_and(|r| r <= GOAL_VS_KEYS))
+        ),
+    );
+    line(
+        "filtered / plain REPLICAOF (to committed)",
+        format!(
+            "{}   goal: <= {GOAL_VS_PLAIN}: {}",
+            vs_plain.map(|r| format!("{r:.2}")).unwrap_or_else(|| "-".into()),
+            verdict(vs_plain.is_some_and(|r| r <= GOAL_VS_PLAIN))
+        ),
+    );
+    line("reshard / filtered (to committed)", committed.map(|c| format!("{:.2}", reshard_s / c)).unwrap_or_default());
+    let result = serde_json::json!({
+        "mode": "filtered",
+        "keys": opts.keys,
+        "value_size": opts.value_size,
+        "keys_on_a": filtered.before.0,
+        "keys_on_b": filtered.before.1,
+        "slots_moved": moving.len(),
+        "keys_moved": moving_keys,
+        "clients": opts.clients,
+        "rate": opts.rate,
+        "phase": phase_name(filtered.end.phase),
+        "to_committed_s": committed,
+        "to_done_s": seconds_to(&filtered.end, MigrationPhase::Done),
+        "max_latency_ms": longest,
+        "p99_ms": ms(window.p(0.99)),
+        "client_errors": filtered.record.errors.len(),
+        "keys_after": filtered.total_keys,
+        "misplaced": filtered.placement.misplaced,
+        "plain_replicaof_s": plain,
+        "keys_mode_committed_s": keys_committed,
+        "reshard_s": reshard_s,
+        "ratio_vs_keys": vs_keys,
+        "ratio_vs_plain": vs_plain,
+        "proxy_args": Options::proxy_args(),
+    });
+    println!("RESULT {result}");
+    let ok = sound(&filtered) && sound(&keys) && reshard.problems.is_empty();
+    if !ok {
+        eprintln!(
+            "bench_migration: filtered mode FAILED (both migrations must reach done with 0 client errors, the nodes must \
+             hold exactly the loaded and created keys, each where its slot is served, and the reshard must have moved \
+             its keys)"
+        );
+    }
+    Ok(ok)
+}
