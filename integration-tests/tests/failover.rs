@@ -51,6 +51,24 @@ async fn start_with_replicas(proxy_args: &[&str]) -> Result<(LocalCluster, Clust
     Ok((cluster, view))
 }
 
+/// SIGKILLs the master's node `node` and waits until the broker has promoted `replica` (a
+/// shard's master now): the node's index and the cluster after the failover.
+async fn kill_master_node(cluster: &mut LocalCluster, node: &str, replica: &str) -> Result<(usize, ClusterView)> {
+    let victim = cluster.nodes.iter().position(|n| n.addr() == node).expect("the master's node");
+    cluster.nodes[victim].kill();
+    let broker = cluster.broker_client();
+    let after = wait_for("the replica to be promoted", Duration::from_secs(30), || {
+        let broker = broker.clone();
+        let replica = replica.to_string();
+        async move {
+            let view = broker.cluster("local").await?;
+            Ok(view.nodes.iter().any(|n| n.proxy == replica).then_some(view))
+        }
+    })
+    .await?;
+    Ok((victim, after))
+}
+
 /// Waits until the writers have done 4,000 more commands.
 async fn writers_progress(workload: &Workload, what: &str) -> Result<()> {
     let at = workload.ops_so_far();
@@ -243,18 +261,7 @@ async fn a_killed_master_node_under_a_redis_py_writer_loses_no_acknowledged_writ
     let workload = PyWorkload::start(&env, &cluster.cluster_proxies(), &opts, Duration::from_secs(180)).await?;
     // Two seconds of writes before the fault (workload.py reports its counts only at the end).
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let victim = cluster.nodes.iter().position(|n| n.addr() == shard.node).expect("the master's node");
-    cluster.nodes[victim].kill();
-    let broker = cluster.broker_client();
-    let after = wait_for("the replica to be promoted", Duration::from_secs(30), || {
-        let broker = broker.clone();
-        let replica = replica.proxy.clone();
-        async move {
-            let view = broker.cluster("local").await?;
-            Ok(view.nodes.iter().any(|n| n.proxy == replica).then_some(view))
-        }
-    })
-    .await?;
+    let (victim, after) = kill_master_node(&mut cluster, &shard.node, &replica.proxy).await?;
     check_every_slot_served(&cluster.urls(), "failover-py-slotcheck").await?;
     cluster.nodes[victim].restart().await?;
     wait_replica_synced(&shard.node, &replica.node, Duration::from_secs(30)).await?;
@@ -311,17 +318,7 @@ async fn a_shard_added_by_a_scale_out_with_replicas_fails_over_to_its_replica() 
     wait_replica_synced(&replica.node, &shard.node, Duration::from_secs(30)).await?;
     writers_progress(&workload, "the writers to write into the new shard").await?;
 
-    let victim = cluster.nodes.iter().position(|n| n.addr() == shard.node).expect("the new master's node");
-    cluster.nodes[victim].kill();
-    let after = wait_for("the new shard's replica to be promoted", Duration::from_secs(30), || {
-        let broker = broker.clone();
-        let replica = replica.proxy.clone();
-        async move {
-            let view = broker.cluster("local").await?;
-            Ok(view.nodes.iter().any(|n| n.proxy == replica).then_some(view))
-        }
-    })
-    .await?;
+    let (victim, after) = kill_master_node(&mut cluster, &shard.node, &replica.proxy).await?;
     writers_progress(&workload, "the writers to go on after the failover").await?;
     cluster.nodes[victim].restart().await?;
     wait_replica_synced(&shard.node, &replica.node, Duration::from_secs(30)).await?;

@@ -17,7 +17,7 @@ use sluice_common::resp::Frame;
 use sluice_harness::client::RespConn;
 use sluice_harness::local::proxy_epoch;
 use sluice_harness::migration::{
-    check_every_slot_served, check_timestamps, phase_name, upper_half, CheckOptions, REPLICATION_PHASES,
+    check_every_slot_served, check_timestamps, phase_name, upper_half, CheckOptions, MigrationWatch, REPLICATION_PHASES,
 };
 use sluice_harness::python::{PyWorkload, PyWorkloadOptions, PythonEnv};
 use sluice_harness::{wait_for, LocalCluster, LocalSpec, MigrationCluster, Workload, WorkloadConfig};
@@ -49,6 +49,14 @@ async fn start_cluster_with(spec: LocalSpec) -> Result<(LocalCluster, Plan)> {
     let slots = upper_half(&cluster.view().await?, &src)?;
     eprintln!("plan: {src} gives slots {}-{} to the spare {dst}", slots.start, slots.end);
     Ok((cluster, Plan { src, dst, src_index, dst_index, slots }))
+}
+
+/// Starts the plan's replication-mode migration and waits until it is `following`.
+async fn start_until_following(cluster: &LocalCluster, plan: &Plan) -> Result<(Migration, MigrationWatch)> {
+    let m = cluster.start_migration(&plan.src, &plan.dst, &[plan.slots], MigrationMode::Replication).await?;
+    let mut watch = cluster.watch_migration(&m.id);
+    watch.until("following", MIGRATION_DEADLINE, |m| m.phase >= MigrationPhase::Following).await?;
+    Ok((m, watch))
 }
 
 /// Waits until the workload has answered `more` commands beyond `from` (proof that traffic
@@ -368,9 +376,7 @@ async fn abort_before_the_switch_stops_replication_and_empties_the_destination()
     let (cluster, plan) = start_cluster_with(spec).await?;
     let mut workload = Workload::start(WorkloadConfig::new(KEYS), &cluster.urls()).await?;
     wait_for_traffic(&workload, 500, Duration::from_secs(20)).await?;
-    let m = cluster.start_migration(&plan.src, &plan.dst, &[plan.slots], MigrationMode::Replication).await?;
-    let mut watch = cluster.watch_migration(&m.id);
-    watch.until("following", MIGRATION_DEADLINE, |m| m.phase >= MigrationPhase::Following).await?;
+    let (m, _) = start_until_following(&cluster, &plan).await?;
     let epoch_before_abort = cluster.broker_client().epoch().await?;
     let aborted = cluster.abort_migration(&m.id).await?;
     let aborted = aborted.map_err(|r| anyhow::anyhow!("the abort before the switch was refused: {r:?}"))?;
@@ -410,9 +416,7 @@ async fn a_destination_down_during_the_abort_cleans_its_node_once_back() -> Resu
     let (mut cluster, plan) = start_cluster_with(spec).await?;
     let mut workload = Workload::start(WorkloadConfig::new(KEYS), &cluster.urls()).await?;
     wait_for_traffic(&workload, 500, Duration::from_secs(20)).await?;
-    let m = cluster.start_migration(&plan.src, &plan.dst, &[plan.slots], MigrationMode::Replication).await?;
-    let mut watch = cluster.watch_migration(&m.id);
-    watch.until("following", MIGRATION_DEADLINE, |m| m.phase >= MigrationPhase::Following).await?;
+    let (m, _) = start_until_following(&cluster, &plan).await?;
     cluster.proxies[plan.dst_index].process().kill();
     let aborted = cluster.abort_migration(&m.id).await?;
     let aborted = aborted.map_err(|r| anyhow::anyhow!("the abort before the switch was refused: {r:?}"))?;
@@ -496,12 +500,8 @@ async fn a_second_replication_into_a_node_the_same_source_promoted_before_copies
 
 /// The source's own view of migration `id` (`UMCTL INFOMGR`): its task's phase.
 async fn source_task_phase(proxy: &str, id: &str) -> Result<Option<String>> {
-    let mut conn = RespConn::connect(proxy).await?;
-    let reply = conn.call(&["UMCTL", "INFOMGR"]).await?;
-    let Frame::Bulk(json) = reply else { bail!("UMCTL INFOMGR answered {reply:?}") };
-    let status: serde_json::Value = serde_json::from_slice(&json)?;
-    let tasks = status["migrations"].as_array().cloned().unwrap_or_default();
-    Ok(tasks.iter().find(|t| t["id"] == id).and_then(|t| t["phase"].as_str().map(str::to_string)))
+    let task = sluice_harness::migration::proxy_task(proxy, id).await?;
+    Ok(task.and_then(|t| t["phase"].as_str().map(str::to_string)))
 }
 
 /// A migration stuck in `switching` because its destination is gone for good: the source
@@ -522,9 +522,7 @@ async fn a_migration_stuck_in_switching_with_its_destination_gone_ends_failed_af
     let (mut cluster, plan) = start_cluster_with(spec).await?;
     let mut workload = Workload::start(WorkloadConfig::new(KEYS), &cluster.urls()).await?;
     wait_for_traffic(&workload, 500, Duration::from_secs(20)).await?;
-    let m = cluster.start_migration(&plan.src, &plan.dst, &[plan.slots], MigrationMode::Replication).await?;
-    let mut watch = cluster.watch_migration(&m.id);
-    watch.until("following", MIGRATION_DEADLINE, |m| m.phase >= MigrationPhase::Following).await?;
+    let (m, mut watch) = start_until_following(&cluster, &plan).await?;
     cluster.coordinators[0].pause();
     wait_for("the source to ask for the switch", Duration::from_secs(30), || {
         let (src, id) = (plan.src.clone(), m.id.clone());
