@@ -189,8 +189,6 @@ async fn switched(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), String> 
 async fn copy_and_switch(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), Stop> {
     let meta = &task.meta;
     let moving = moving(task);
-    let cleared = clear_slots(shared, &meta.dst_node, &moving).await?;
-    task.set_progress("cleared_at_destination", cleared);
     // One replica, no reason to wait for more before streaming the snapshot (Redis waits 5 s
     // by default for others to join a diskless sync).
     if let Ok(n) = connect(shared, &shared.opts.node).await {
@@ -200,9 +198,14 @@ async fn copy_and_switch(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), S
     }
     let port = shared.opts.announce().rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0);
     let options = LinkOptions { ack_received: false, ..LinkOptions::default() };
-    let mut link = ReplicaLink::connect_with(&shared.opts.node, shared.opts.node_password.as_deref(), port, options)
-        .await
-        .map_err(|e| format!("cannot replicate our node: {e}"))?;
+    // Empty the moving slots at the destination (a copy of an earlier attempt may be there)
+    // while our node forks for the snapshot: the snapshot waits in the socket meanwhile.
+    let (cleared, link) = tokio::join!(
+        clear_slots(shared, &meta.dst_node, &moving),
+        ReplicaLink::connect_with(&shared.opts.node, shared.opts.node_password.as_deref(), port, options)
+    );
+    task.set_progress("cleared_at_destination", cleared?);
+    let mut link = link.map_err(|e| format!("cannot replicate our node: {e}"))?;
     let mut applier = Applier::connect(shared, &meta.dst_node, link.initial_offset()).await?;
     // The snapshot.
     let started = Instant::now();
