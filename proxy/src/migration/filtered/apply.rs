@@ -13,8 +13,8 @@ use sluice_rdb::Entry;
 use std::collections::VecDeque;
 use tokio::sync::oneshot;
 
-/// Replies outstanding at most (units, not bytes: a `RESTORE` of a big value is one).
-const WINDOW: usize = 2048;
+/// Requests outstanding at most (a stream unit, or a batch of `RESTORE`s).
+const WINDOW: usize = 256;
 
 type Replies = oneshot::Receiver<Result<Vec<Bytes>, BackendError>>;
 
@@ -35,7 +35,14 @@ pub struct Applier {
     pub restored: u64,
     /// Stream units sent.
     pub units: u64,
+    /// Snapshot `RESTORE`s not sent yet: they go in batches (one request, one reply slot).
+    batch: BytesMut,
+    batch_n: usize,
 }
+
+/// A batch of `RESTORE`s is sent once it holds this many, or this many bytes.
+const BATCH_KEYS: usize = 128;
+const BATCH_BYTES: usize = 256 * 1024;
 
 impl Applier {
     /// A connection to the destination's node; `offset`: where the stream starts (the
@@ -48,7 +55,16 @@ impl Applier {
             connect_timeout: shared.opts.connect_timeout(),
         };
         let backend = Backend::connect(node, &opts).await.map_err(|e| e.to_string())?;
-        Ok(Applier { backend, window: VecDeque::new(), applied: offset, read: offset, restored: 0, units: 0 })
+        Ok(Applier {
+            backend,
+            window: VecDeque::new(),
+            applied: offset,
+            read: offset,
+            restored: 0,
+            units: 0,
+            batch: BytesMut::new(),
+            batch_n: 0,
+        })
     }
 
     pub fn applied(&self) -> u64 {
@@ -60,15 +76,31 @@ impl Applier {
     pub async fn restore(&mut self, entry: &Entry, rdb_version: u16) -> Result<(), String> {
         let ttl = entry.expire_at_ms.unwrap_or(0).max(0).to_string();
         let payload = entry.dump_payload(rdb_version);
-        let mut data = BytesMut::with_capacity(entry.key.len() + payload.len() + 64);
-        encode_command(&[&b"RESTORE"[..], &entry.key, ttl.as_bytes(), &payload, b"ABSTTL", b"REPLACE"], &mut data);
+        encode_command(
+            &[&b"RESTORE"[..], &entry.key, ttl.as_bytes(), &payload, b"ABSTTL", b"REPLACE"],
+            &mut self.batch,
+        );
         self.restored += 1;
-        let offset = self.read;
-        self.send(data.freeze(), 1, offset).await
+        self.batch_n += 1;
+        if self.batch_n >= BATCH_KEYS || self.batch.len() >= BATCH_BYTES {
+            self.flush().await?;
+        }
+        Ok(())
     }
 
-    /// A unit of the stream reaching `offset`.
+    /// Sends the `RESTORE`s batched so far.
+    pub async fn flush(&mut self) -> Result<(), String> {
+        if self.batch_n == 0 {
+            return Ok(());
+        }
+        let (data, n) = (self.batch.split().freeze(), std::mem::take(&mut self.batch_n));
+        let offset = self.read;
+        self.send(data, n, offset).await
+    }
+
+    /// A unit of the stream reaching `offset` (after every `RESTORE` batched before it).
     pub async fn unit(&mut self, data: Bytes, commands: usize, offset: u64) -> Result<(), String> {
+        self.flush().await?;
         self.units += 1;
         self.send(data, commands, offset).await
     }
@@ -76,7 +108,7 @@ impl Applier {
     /// Stream commands up to `offset` that the destination need not run.
     pub fn skip(&mut self, offset: u64) {
         self.read = self.read.max(offset);
-        if self.window.is_empty() {
+        if self.window.is_empty() && self.batch_n == 0 {
             self.applied = self.read;
         }
     }
@@ -107,7 +139,7 @@ impl Applier {
                 Err(oneshot::error::TryRecvError::Closed) => return Err(self.lost()),
             }
         }
-        if self.window.is_empty() {
+        if self.window.is_empty() && self.batch_n == 0 {
             self.applied = self.read;
         }
         Ok(())
@@ -122,14 +154,15 @@ impl Applier {
         self.window.pop_front();
         let replies = replies.map_err(|_| self.lost())?;
         self.took(offset, replies)?;
-        if self.window.is_empty() {
+        if self.window.is_empty() && self.batch_n == 0 {
             self.applied = self.read;
         }
         Ok(())
     }
 
-    /// Waits until every reply is in.
+    /// Waits until every reply is in (sending what is batched first).
     pub async fn settle_all(&mut self) -> Result<(), String> {
+        self.flush().await?;
         while !self.window.is_empty() {
             self.settle_one().await?;
         }
