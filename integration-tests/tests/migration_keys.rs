@@ -176,7 +176,7 @@ async fn a_cluster_with_data_grows_shrinks_and_rebalances_under_writers() -> Res
         let start = rng.random_range(r.start..=r.end);
         let end = rng.random_range(start..=r.end.min(start.saturating_add(2000)));
         let m = cluster.start_migration(src, dst, &[SlotRange::new(start, end)], MigrationMode::Auto).await?;
-        assert_eq!(m.mode, MigrationMode::Keys, "auto picks keys between nodes with data");
+        assert_eq!(m.mode, MigrationMode::Filtered, "auto picks filtered replication between nodes with data");
         let end_state = cluster.watch_migration(&m.id).until_final(DEADLINE).await?;
         assert_eq!(end_state.phase, MigrationPhase::Done, "round {round}: {end_state:?}");
         eprintln!("{:.3}s round {round}: {start}-{end} moved {src} -> {dst}", t0.elapsed().as_secs_f64());

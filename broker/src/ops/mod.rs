@@ -156,7 +156,7 @@ mod testutil {
                 src: addr(6001),
                 dst: addr(6002),
                 slots: vec![SlotRange::new(0, 8191)],
-                mode: MigrationMode::Auto,
+                mode: MigrationMode::Keys,
             }
         };
         txn(&mut s, T0, |t| t.create_migration("shop", req)).expect("migration");

@@ -230,11 +230,11 @@ async fn a_node_left_without_slots_leaves_and_its_proxy_is_free() {
     let m = b
         .post(
             "/api/v1/clusters/c1/migrations",
-            json!({"src": addr(6001), "dst": addr(6002), "slots": [[8192, 10000], [10001, 16383]]}),
+            json!({"src": addr(6001), "dst": addr(6002), "slots": [[8192, 10000], [10001, 16383]], "mode": "keys"}),
         )
         .await;
     let m = m.expect(202).clone();
-    assert_eq!(m["mode"], "keys", "auto into a node that holds slots resolves to keys");
+    assert_eq!(m["mode"], "keys");
     assert_eq!(m["slots"], json!([[8192, 10000], [10001, 16383]]));
     let view = b.get("/api/v1/clusters/c1").await.expect(200).clone();
     assert_eq!(node_slots(&view, &addr(6001)).unwrap(), vec![tagged(8192, 16383, "migrating", "m-1")]);
@@ -553,9 +553,9 @@ async fn a_filtered_migration_moves_slots_into_a_node_and_switches_like_replicat
     register_all(&b, 6001..=6003).await;
     b.post("/api/v1/clusters", json!({"name": "shop", "proxies": 3})).await.expect(201);
     // Into a node that holds data (replication would refuse it).
-    let body = json!({"src": addr(6001), "dst": addr(6002), "slots": [[0, 100]], "mode": "filtered"});
+    let body = json!({"src": addr(6001), "dst": addr(6002), "slots": [[0, 100]]});
     let m = b.post("/api/v1/clusters/shop/migrations", body.clone()).await.expect(202).clone();
-    assert_eq!(m["mode"], "filtered");
+    assert_eq!(m["mode"], "filtered", "auto into a node that holds slots resolves to filtered");
     // One streamed import per destination at a time.
     let again = json!({"src": addr(6003), "dst": addr(6002), "slots": [[12000, 12100]], "mode": "filtered"});
     let msg = b.post("/api/v1/clusters/shop/migrations", again).await.expect_error(409, "conflict");

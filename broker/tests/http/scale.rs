@@ -90,23 +90,23 @@ async fn drive(b: &Broker, cluster: &str, k: usize) -> Vec<Value> {
         let before = b.epoch().await;
         let done = finish(b, cluster, &id).await;
         assert_eq!(done["phase"], "done");
-        // Switched: status (but a replication's `switching` on the way: +1); commit: +1;
+        // Switched: status (but a streamed migration's `switching` on the way: +1); commit: +1;
         // done (and the steps it starts): +1.
-        let switching = if m["mode"] == "replication" { 1 } else { 0 };
+        let switching = if m["mode"] == "replication" || m["mode"] == "filtered" { 1 } else { 0 };
         assert_eq!(b.epoch().await, before + 2 + switching, "{id}");
     }
     panic!("the plan did not finish in 100 migrations");
 }
 
 /// A replication import goes only into an empty proxy: the first import of a destination
-/// that was not a node; every later import into it is by keys.
+/// that was not a node; every later import into it is by filtered replication.
 #[track_caller]
 fn check_modes(migrations: &[Value], new_nodes: &[String]) {
     let mut seen: HashSet<&str> = HashSet::new();
     for m in migrations {
         let dst = m["dst"].as_str().unwrap();
         let first = seen.insert(dst);
-        let expected = if first && new_nodes.iter().any(|p| p == dst) { "replication" } else { "keys" };
+        let expected = if first && new_nodes.iter().any(|p| p == dst) { "replication" } else { "filtered" };
         assert_eq!(m["mode"], expected, "{m}");
     }
 }
@@ -130,14 +130,14 @@ async fn add_two_to_three_evens_out_two_at_a_time() {
     assert_eq!(view["scale"]["steps"][0]["phase"], "committed", "step phases follow the migrations");
     assert_eq!(view["scale"]["done"], 0);
 
-    // Done: the next step (6002 → 6004, by keys: 6004 holds data now) starts in the same
+    // Done: the next step (6002 → 6004, by filtered replication: 6004 holds data now) starts in the same
     // transaction, at the epoch of the done report.
     let e = b.epoch().await;
     b.post(&format!("{base}/progress"), json!({"phase": "done"})).await.expect(200);
     assert_eq!(b.epoch().await, e + 1);
     let m3 = b.get("/api/v1/clusters/shop/migrations/m-3").await.expect(200).clone();
     assert_eq!((m3["src"].as_str(), m3["dst"].as_str()), (Some(&*addr(6002)), Some(&*addr(6004))));
-    assert_eq!((&m3["mode"], &m3["epoch"]), (&json!("keys"), &json!(e + 1)));
+    assert_eq!((&m3["mode"], &m3["epoch"]), (&json!("filtered"), &json!(e + 1)));
     let view = b.get("/api/v1/clusters/shop").await.expect(200).clone();
     assert_eq!((&view["scale"]["done"], &view["scale"]["total"]), (&json!(1), &json!(4)));
     assert_eq!(view["scale"]["steps"][0]["phase"], "done");
@@ -152,7 +152,7 @@ async fn add_two_to_three_evens_out_two_at_a_time() {
     finish(&b, "shop", "m-3").await;
     let running = unfinished(&b, "shop").await;
     assert_eq!(running.len(), 1, "{running:?}");
-    assert_eq!((running[0]["id"].as_str(), running[0]["mode"].as_str()), (Some("m-4"), Some("keys")));
+    assert_eq!((running[0]["id"].as_str(), running[0]["mode"].as_str()), (Some("m-4"), Some("filtered")));
 
     let all = drive(&b, "shop", 2).await;
     assert_eq!(all.len(), 4);
@@ -193,11 +193,11 @@ async fn remove_two_from_five_evens_out_and_frees_them() {
         steps.iter().map(|s| (s["src"].as_str().unwrap(), s["dst"].as_str().unwrap())).collect();
     assert_eq!(pairs.len(), steps.len(), "one migration per pair");
     assert_eq!(plan["migrations"].as_array().unwrap().len(), 2);
-    assert!(plan["migrations"].as_array().unwrap().iter().all(|m| m["mode"] == "keys"));
+    assert!(plan["migrations"].as_array().unwrap().iter().all(|m| m["mode"] == "filtered"));
 
     let all = drive(&b, "shop", 2).await;
     assert_eq!(all.len(), steps.len());
-    assert!(all.iter().all(|m| m["mode"] == "keys"));
+    assert!(all.iter().all(|m| m["mode"] == "filtered"));
     let view = b.get("/api/v1/clusters/shop").await.expect(200).clone();
     assert_even(&view, 3);
     let nodes: Vec<String> = counts(&view).into_keys().collect();
