@@ -541,3 +541,31 @@ pub async fn proxy_task(proxy: &str, id: &str) -> Result<Option<serde_json::Valu
     let tasks = status["migrations"].as_array().cloned().unwrap_or_default();
     Ok(tasks.into_iter().find(|t| t["id"] == id))
 }
+
+/// [`check_every_slot_served`] until it passes, each attempt with a fresh cluster client and
+/// bounded to 30 s, for at most `deadline` (after a failover, while clients learn the new
+/// topology). Bounded because one redis-rs attempt was seen never to finish a slot's command
+/// although its response timeout is 10 s; a fresh client then serves every slot. Answers how
+/// many attempts it took.
+pub async fn wait_every_slot_served(urls: &[String], name: &str, deadline: Duration) -> Result<u32> {
+    let mut attempts = 0;
+    crate::wait_for("every slot to be served", deadline, || {
+        attempts += 1;
+        let urls = urls.to_vec();
+        let attempt = attempts;
+        async move {
+            match tokio::time::timeout(Duration::from_secs(30), check_every_slot_served(&urls, name)).await {
+                Ok(Ok(())) => Ok(Some(attempt)),
+                Ok(Err(e)) => {
+                    eprintln!("slot check: {e}");
+                    Ok(None)
+                }
+                Err(_) => {
+                    eprintln!("slot check: an attempt did not finish within 30 s");
+                    Ok(None)
+                }
+            }
+        }
+    })
+    .await
+}

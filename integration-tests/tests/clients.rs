@@ -189,7 +189,17 @@ impl Rounds {
     async fn ended_early(&mut self) -> anyhow::Error {
         match (&mut self.task).await {
             Ok(Ok(summary)) => anyhow!("{} stopped by itself: {summary}", self.name),
-            Ok(Err(e)) => e,
+            // A redis-rs error once read as nothing at all in CI (an empty message): say all
+            // it carries.
+            Ok(Err(e)) => match e.downcast_ref::<redis::RedisError>() {
+                Some(re) => anyhow!(
+                    "{e:#} (redis-rs error {re:?}: kind {:?}, code {:?}, detail {:?})",
+                    re.kind(),
+                    re.code(),
+                    re.detail()
+                ),
+                None => e,
+            },
             Err(e) => anyhow!("{} panicked: {e}", self.name),
         }
     }

@@ -6,7 +6,7 @@
 use anyhow::{ensure, Result};
 use sluice_common::model::ClusterView;
 use sluice_harness::client::call_ok;
-use sluice_harness::migration::{check_every_slot_served, CheckOptions};
+use sluice_harness::migration::{wait_every_slot_served, CheckOptions};
 use sluice_harness::{wait_for, LocalCluster, LocalSpec, MigrationCluster, Workload, WorkloadConfig};
 use std::time::{Duration, Instant};
 
@@ -157,31 +157,7 @@ async fn fail_over_under_writers(fault: Fault) -> Result<()> {
         }
     })
     .await?;
-    // Each attempt with a fresh cluster client, bounded: one redis-rs attempt once never
-    // finished one slot's command although its response timeout is 10 s (under
-    // investigation); a fresh client serves every slot.
-    let urls = cluster.urls();
-    let mut attempts = 0;
-    wait_for("every slot to be served", Duration::from_secs(120), || {
-        attempts += 1;
-        let urls = urls.clone();
-        async move {
-            match tokio::time::timeout(Duration::from_secs(30), check_every_slot_served(&urls, "failover-slotcheck"))
-                .await
-            {
-                Ok(Ok(())) => Ok(Some(())),
-                Ok(Err(e)) => {
-                    eprintln!("slot check: {e}");
-                    Ok(None)
-                }
-                Err(_) => {
-                    eprintln!("slot check: an attempt did not finish within 30 s");
-                    Ok(None)
-                }
-            }
-        }
-    })
-    .await?;
+    let attempts = wait_every_slot_served(&cluster.urls(), "failover-slotcheck", Duration::from_secs(120)).await?;
     eprintln!("slot check passed on attempt {attempts}");
     let served = killed.elapsed();
     eprintln!("{fault:?}: every slot served again {:.1}s after the fault", served.as_secs_f64());
@@ -262,7 +238,7 @@ async fn a_killed_master_node_under_a_redis_py_writer_loses_no_acknowledged_writ
     // Two seconds of writes before the fault (workload.py reports its counts only at the end).
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (victim, after) = kill_master_node(&mut cluster, &shard.node, &replica.proxy).await?;
-    check_every_slot_served(&cluster.urls(), "failover-py-slotcheck").await?;
+    wait_every_slot_served(&cluster.urls(), "failover-py-slotcheck", Duration::from_secs(120)).await?;
     cluster.nodes[victim].restart().await?;
     wait_replica_synced(&shard.node, &replica.node, Duration::from_secs(30)).await?;
     let report = workload.stop(Duration::from_secs(300)).await?;

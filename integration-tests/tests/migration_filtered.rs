@@ -194,6 +194,33 @@ async fn half_of_a_node_moves_into_a_node_with_data_by_filtered_replication() ->
     Ok(())
 }
 
+/// The same move under redis-py `RedisCluster` writers (SET, INCR, DEL, EXPIRE on 50,000
+/// keys): no error, every acknowledged write and TTL read back, nothing misplaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filtered_replication_under_redis_py_writers_loses_nothing() -> Result<()> {
+    use sluice_harness::migration::CheckOptions;
+    use sluice_harness::python::{PyWorkload, PyWorkloadOptions, PythonEnv};
+    let env = PythonEnv::ensure_async().await?;
+    let cluster = LocalCluster::start(LocalSpec { spare: 0, ..LocalSpec::default() }).await?;
+    let view = cluster.view().await?;
+    let (src, dst) = (view.nodes[0].proxy.clone(), view.nodes[1].proxy.clone());
+    let moving = upper_half(&view, &src)?;
+    let opts = PyWorkloadOptions::new(KEYS);
+    let workload = PyWorkload::start(&env, &cluster.cluster_proxies(), &opts, Duration::from_secs(180)).await?;
+    let m = cluster.start_migration(&src, &dst, &[moving], MigrationMode::Auto).await?;
+    ensure!(m.mode == MigrationMode::Filtered, "auto into a node with data picks filtered: {m:?}");
+    let mut watch = cluster.watch_migration(&m.id);
+    let end = watch.until_final(DEADLINE).await;
+    let report = workload.stop(Duration::from_secs(300)).await?;
+    let end = end?;
+    eprintln!("migration {}: {:?} ({})", m.id, end.phase, watch.seen());
+    ensure!(end.phase == MigrationPhase::Done, "{end:?}");
+    ensure!(report.total_ops() >= 100, "redis-py wrote ({} commands)", report.total_ops());
+    let v = cluster.check_py_nothing_lost_or_misplaced(&report, &CheckOptions::default()).await?;
+    ensure!(v.keys_checked == KEYS, "{} keys checked", v.keys_checked);
+    Ok(())
+}
+
 /// When a fault hits a filtered migration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fault {
