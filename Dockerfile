@@ -47,6 +47,7 @@ COPY broker/Cargo.toml broker/
 COPY local/Cargo.toml local/
 COPY cli/Cargo.toml cli/
 COPY integration-tests/Cargo.toml integration-tests/
+COPY rdb/Cargo.toml rdb/
 # The dependency layer: the workspace with stub sources, so that all dependencies are compiled
 # in a layer that only changes when a manifest or Cargo.lock does.
 RUN set -eu; \
@@ -59,12 +60,12 @@ RUN set -eu; \
         echo "no vendored crates for this Cargo.lock: fetching them from crates.io"; \
         rm -rf /cargo-vendor; \
     fi; \
-    for m in common proto proxy coordinator broker local cli integration-tests; do \
+    for m in common proto proxy coordinator broker local cli integration-tests rdb; do \
         mkdir -p "$m/src"; : > "$m/src/lib.rs"; echo 'fn main() {}' > "$m/src/main.rs"; \
     done; \
     cargo build --release --locked --bins \
         -p sluice-broker -p sluice-coordinator -p sluice-proxy -p sluice-cli; \
-    rm -rf common/src proto/src proxy/src coordinator/src broker/src local/src cli/src integration-tests/src
+    rm -rf common/src proto/src proxy/src coordinator/src broker/src local/src cli/src integration-tests/src rdb/src
 
 # The sources. Touched so that cargo rebuilds the workspace crates over the stubs' artifacts
 # whatever times the build context carried.
@@ -76,8 +77,9 @@ COPY broker broker
 COPY local local
 COPY cli cli
 COPY integration-tests integration-tests
+COPY rdb rdb
 RUN set -eu; \
-    find common proto proxy coordinator broker local cli integration-tests -type f -exec touch {} +; \
+    find common proto proxy coordinator broker local cli integration-tests rdb -type f -exec touch {} +; \
     cargo build --release --locked --bins \
         -p sluice-broker -p sluice-coordinator -p sluice-proxy -p sluice-cli; \
     mkdir /out; \
