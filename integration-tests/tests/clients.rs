@@ -461,8 +461,9 @@ async fn redis_rs_round(conn: &mut ClusterConnection, r: u64, moving: SlotRange)
     let want: Vec<(i64, String)> = (0..pkeys.len() as i64).map(|i| (i + 100, (i + 100).to_string())).collect();
     check("pipeline", got, want)?;
     let (a, b) = (&pkeys[0], &pkeys[1]);
-    let got: (i64, i64, String) =
-        redis::pipe().atomic().incr(a, 1).incr(b, 2).set(a, "t").ignore().get(a).query_async(conn).await?;
+    let mut tx = redis::pipe();
+    tx.atomic().incr(a, 1).incr(b, 2).set(a, "t").ignore().get(a);
+    let got: (i64, i64, String) = transaction_following_moved(conn, &tx).await?;
     check("MULTI/EXEC", got, (101, 103, "t".to_string()))?;
     created.extend(pkeys);
 
@@ -486,6 +487,32 @@ async fn redis_rs_round(conn: &mut ClusterConnection, r: u64, moving: SlotRange)
     check("DEL", conn.del::<_, usize>(&all).await?, all.len())?;
     check("EXISTS after DEL", conn.exists::<_, usize>(&all).await?, 0)?;
     Ok(())
+}
+
+/// Runs a transaction as an application on a Redis Cluster must: a `MULTI` sent to a node
+/// whose slot has just moved away gets `MOVED` for each queued command and `EXECABORT` for
+/// `EXEC` (nothing ran), and redis-rs does not retry an aborted transaction by itself; it
+/// rebuilds its slot map in the background after a `MOVED`, so the transaction is sent
+/// again, within a deadline, until it reaches the slot's owner. Any other error fails.
+async fn transaction_following_moved<T: redis::FromRedisValue>(
+    conn: &mut ClusterConnection,
+    tx: &redis::Pipeline,
+) -> Result<T> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let err = match tx.query_async::<T>(conn).await {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        let aborted_by_moves = err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ExecAbort)
+            && err.clone().into_server_errors().is_some_and(|errs| {
+                !errs.is_empty() && errs.iter().all(|(_, e)| e.kind() == Some(redis::ServerErrorKind::Moved))
+            });
+        if !aborted_by_moves || Instant::now() >= deadline {
+            return Err(err.into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
