@@ -114,4 +114,6 @@ pub enum BrokerError {
     Serve(std::io::Error),
     #[error("flushing the metadata store: {0}")]
     Flush(StoreError),
+    #[error("setting up the metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }

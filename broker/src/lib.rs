@@ -9,11 +9,12 @@
 //! Map: [`config`] (flags, env, file) → [`store`] (the in-memory [`state::State`] behind the
 //! [`store::MetaStore`] trait, sled its implementation) → [`ops`] (every change, checks first,
 //! one module per concern; [`scale`] plans scale-outs and scale-ins) → [`api`] (routes and
-//! handlers) and [`openapi`].
+//! handlers), [`openapi`] and [`metrics`] (Prometheus, `GET /metrics`).
 
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod openapi;
 pub mod ops;
 pub mod scale;
@@ -77,7 +78,7 @@ pub async fn serve(
     api_token: Option<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), BrokerError> {
-    let app = api::router(api::AppState::new(store, api_token));
+    let app = api::router(api::AppState::new(store, api_token)?);
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await.map_err(BrokerError::Serve)
 }
 

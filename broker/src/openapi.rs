@@ -14,6 +14,7 @@ use utoipa::{Modify, OpenApi};
                        runs with --api-token, need `Authorization: Bearer <token>` (401 otherwise)."
     ),
     paths(
+        system::metrics,
         system::get_epoch,
         system::openapi_json,
         system::get_configs,

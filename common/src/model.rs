@@ -196,7 +196,8 @@ pub enum MigrationMode {
     /// its own node, restores the keys of the moving slots at the destination (`RESTORE`), then
     /// applies the replication stream's commands on those slots (`sluice-rdb`).
     Filtered,
-    /// Replication for an empty destination, keys otherwise (resolved at creation).
+    /// Replication for a free destination, filtered for one that is a node of the cluster
+    /// (resolved at creation).
     #[default]
     Auto,
 }

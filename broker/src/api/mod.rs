@@ -8,10 +8,11 @@ pub mod proxies;
 pub mod system;
 
 use crate::error::ApiError;
+use crate::metrics::{Metrics, UNMATCHED_ROUTE};
 use crate::ops::Txn;
 use crate::state::State;
 use crate::store::Store;
-use axum::extract::{DefaultBodyLimit, Request, State as AxumState};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State as AxumState};
 use axum::handler::Handler;
 use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
@@ -37,12 +38,19 @@ pub struct AppState {
     pub token: Option<Arc<str>>,
     /// The global epoch, for long polls on `GET /api/v1/epoch?after=N`.
     pub epoch: Arc<watch::Sender<Epoch>>,
+    /// What `GET /metrics` serves; every answered request is counted in it.
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
-    pub fn new(store: Arc<Store>, token: Option<String>) -> AppState {
+    pub fn new(store: Arc<Store>, token: Option<String>) -> Result<AppState, prometheus::Error> {
         let epoch = store.snapshot().epoch;
-        AppState { store, token: token.map(Arc::from), epoch: Arc::new(watch::Sender::new(epoch)) }
+        Ok(AppState {
+            store,
+            token: token.map(Arc::from),
+            epoch: Arc::new(watch::Sender::new(epoch)),
+            metrics: Arc::new(Metrics::new()?),
+        })
     }
 
     /// Runs one change on a blocking thread (the store's writes and flushes block) and
@@ -131,6 +139,7 @@ impl RouteTable {
 fn route_table() -> RouteTable {
     use Verb::*;
     RouteTable::new()
+        .add(Get, "/metrics", system::metrics)
         .add(Get, "/api/v1/epoch", system::get_epoch)
         .add(Get, "/api/v1/openapi.json", system::openapi_json)
         .add(Get, "/api/v1/configs", system::get_configs)
@@ -231,13 +240,24 @@ fn bearer(req: &Request) -> Option<&[u8]> {
     scheme.eq_ignore_ascii_case(b"bearer ").then(|| rest.trim_ascii())
 }
 
-/// Checks the bearer token on mutating calls, and logs every request at debug level.
+/// Checks the bearer token on mutating calls, counts every request in the metrics and logs
+/// it at debug level.
 async fn guard(AxumState(app): AxumState<AppState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let route = req.extensions().get::<MatchedPath>().map_or(UNMATCHED_ROUTE, |m| m.as_str()).to_string();
+    let response = authorized(&app, &method, &path, req, next).await;
+    let elapsed = started.elapsed();
+    app.metrics.observe(method.as_str(), &route, response.status().as_u16(), elapsed);
+    tracing::debug!(%method, path, status = response.status().as_u16(), elapsed_ms = elapsed.as_millis() as u64, "request");
+    response
+}
+
+/// Runs the request if it may: mutating calls need the token when there is one.
+async fn authorized(app: &AppState, method: &Method, path: &str, req: Request, next: Next) -> Response {
     if let Some(token) = &app.token {
-        if is_mutating(&method) {
+        if is_mutating(method) {
             let refused = match bearer(&req) {
                 None => Some(
                     "this call changes metadata and needs Authorization: Bearer <token> (the broker's --api-token)",
@@ -251,7 +271,5 @@ async fn guard(AxumState(app): AxumState<AppState>, req: Request, next: Next) ->
             }
         }
     }
-    let response = next.run(req).await;
-    tracing::debug!(%method, path, status = response.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "request");
-    response
+    next.run(req).await
 }

@@ -4,8 +4,8 @@ use super::extract::ApiQuery;
 use super::{reply, AppState};
 use crate::error::ApiError;
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::Response;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use sluice_common::api::{ConfigsResponse, EpochResponse, ErrorBody, MigrationList};
 use std::time::Duration;
@@ -44,6 +44,25 @@ pub async fn get_epoch(State(app): State<AppState>, ApiQuery(q): ApiQuery<EpochQ
     }
     let epoch = app.store.snapshot().epoch;
     Ok(reply(StatusCode::OK, epoch, EpochResponse { epoch }))
+}
+
+/// Prometheus metrics in the text format: the epoch, clusters, proxies by state, migrations by
+/// phase and mode (as the metadata holds them now), and the API's requests and latency.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "meta",
+    responses(
+        (status = 200, description = "The Prometheus text format", content_type = "text/plain"),
+        (status = 500, description = "The metrics could not be encoded", body = ErrorBody),
+    )
+)]
+pub async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> {
+    let text = app
+        .metrics
+        .render(&app.store.snapshot())
+        .map_err(|e| ApiError::internal(format!("encoding the metrics: {e}")))?;
+    Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
 }
 
 /// This document.
