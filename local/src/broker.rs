@@ -6,7 +6,9 @@ use crate::process::ChildProcess;
 use crate::wait::wait_for;
 use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
-use sluice_common::api::{ClusterList, CreateCluster, EpochResponse, FailoverRequest, ProxyList, ProxySelection};
+use sluice_common::api::{
+    ClusterList, CreateCluster, EpochResponse, ErrorBody, FailoverRequest, ProxyList, ProxySelection,
+};
 use sluice_common::model::{ClusterView, Epoch};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -84,30 +86,58 @@ impl BrokerProcess {
 /// The broker's HTTP API, as the harness and the CLI use it.
 #[derive(Clone)]
 pub struct BrokerClient {
+    url: String,
     base: String,
     http: reqwest::Client,
+    /// Sent as `Authorization: Bearer` with every change (the broker's `--api-token`).
+    token: Option<String>,
 }
 
 impl BrokerClient {
     pub fn new(url: &str) -> BrokerClient {
         let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
-        BrokerClient { base: format!("{}/api/v1", url.trim_end_matches('/')), http }
+        let url = url.trim_end_matches('/').to_string();
+        BrokerClient { base: format!("{url}/api/v1"), url, http, token: None }
+    }
+
+    /// The same client, sending `token` with every change.
+    pub fn with_token(mut self, token: Option<String>) -> BrokerClient {
+        self.token = token.filter(|t| !t.is_empty());
+        self
     }
 
     /// GET `path` (under /api/v1) as JSON.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        let resp = self.http.get(format!("{}{path}", self.base)).send().await?;
-        decode(resp).await
+        self.send(self.http.get(format!("{}{path}", self.base))).await
     }
 
     /// POST `body` to `path`, as JSON.
     pub async fn post<T: DeserializeOwned>(&self, path: &str, body: &impl serde::Serialize) -> Result<T> {
-        let resp = self.http.post(format!("{}{path}", self.base)).json(body).send().await?;
-        decode(resp).await
+        self.send(self.authorized(self.http.post(format!("{}{path}", self.base))).json(body)).await
     }
 
     pub async fn delete(&self, path: &str) -> Result<serde_json::Value> {
-        let resp = self.http.delete(format!("{}{path}", self.base)).send().await?;
+        self.send(self.authorized(self.http.delete(format!("{}{path}", self.base)))).await
+    }
+
+    fn authorized(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
+    async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T> {
+        let resp = req.send().await.map_err(|e| {
+            let why = if e.is_connect() {
+                "it does not answer (is it running?)"
+            } else if e.is_timeout() {
+                "it did not answer in time"
+            } else {
+                "the request failed"
+            };
+            anyhow::anyhow!("the broker at {}: {why}: {e}", self.url)
+        })?;
         decode(resp).await
     }
 
@@ -156,7 +186,11 @@ async fn decode<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T> {
     let status = resp.status();
     let text = resp.text().await.context("read the broker's answer")?;
     if !status.is_success() {
-        bail!("broker answered {status}: {text}");
+        // The API's errors are `{"error":{"code","message"}}`: say the message, not the JSON.
+        match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(e) => bail!("broker answered {status}: {}", e.error.message),
+            Err(_) => bail!("broker answered {status}: {text}"),
+        }
     }
     serde_json::from_str(&text).with_context(|| format!("decode the broker's answer: {text}"))
 }
