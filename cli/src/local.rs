@@ -27,6 +27,9 @@ pub async fn local(spec: LocalSpec) -> Result<()> {
             "spare (free)".to_string()
         };
         println!("  proxy        {addr}  ->  redis-server {}   {role}", n.addr());
+        if let Some(metrics) = &p.metrics {
+            println!("               metrics http://{metrics}/metrics");
+        }
     }
     let first = cluster.proxies[0].addr();
     println!("\nTry:");

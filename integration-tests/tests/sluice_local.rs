@@ -8,15 +8,16 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A base port whose proxy and control ports (10000 above) are all free right now.
+/// A base port whose proxy, control (10000 above) and metrics (20000 above) ports are all
+/// free right now.
 fn free_base_port(n: u16) -> u16 {
     loop {
         let base = free_port();
-        if !(20000..=50000).contains(&base) {
+        if !(20000..=45000).contains(&base) {
             continue;
         }
         let all_free = (0..n)
-            .flat_map(|i| [base + i, base + i + 10000])
+            .flat_map(|i| [base + i, base + i + 10000, base + i + 20000])
             .all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
         if all_free {
             return base;

@@ -26,7 +26,8 @@ pub struct LocalSpec {
     pub replicas: usize,
     /// Extra free proxies (for scaling out).
     pub spare: usize,
-    /// Proxies on base_port, base_port + 1, …; control ports 10000 above. Free ports when absent.
+    /// Proxies on base_port, base_port + 1, …; control ports 10000 above, metrics ports 20000
+    /// above. Free ports when absent.
     pub base_port: Option<u16>,
     /// The broker's port; a free one when absent.
     pub broker_port: Option<u16>,
@@ -145,9 +146,16 @@ impl LocalCluster {
     {
         let node = RedisNode::start(&self.dir.join(format!("node{i}")), &[]).await?;
         let port = self.spec.base_port.map(|b| b + i as u16);
-        let control = port.map(|p| p + 10000).unwrap_or_else(free_port);
-        let mut args: Vec<String> =
-            vec!["--control".into(), format!("127.0.0.1:{control}"), "--broker".into(), self.broker.url()];
+        let control = port.and_then(|p| p.checked_add(10000)).unwrap_or_else(free_port);
+        let metrics = port.and_then(|p| p.checked_add(20000)).unwrap_or_else(free_port);
+        let mut args: Vec<String> = vec![
+            "--control".into(),
+            format!("127.0.0.1:{control}"),
+            "--metrics".into(),
+            format!("127.0.0.1:{metrics}"),
+            "--broker".into(),
+            self.broker.url(),
+        ];
         args.extend(self.spec.proxy_args.iter().cloned());
         let (linked, node_addr) = link(node.addr()).await?;
         if node_addr != node.addr() {

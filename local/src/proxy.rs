@@ -11,6 +11,8 @@ use std::path::Path;
 pub struct ProxyProcess {
     pub port: u16,
     pub node: String,
+    /// Where it serves Prometheus metrics (`--metrics`), when it was given one.
+    pub metrics: Option<String>,
     process: ChildProcess,
 }
 
@@ -38,7 +40,8 @@ impl ProxyProcess {
             |port| async move { answers(&format!("127.0.0.1:{port}"), needs_auth).await },
         )
         .await?;
-        Ok(ProxyProcess { port, node: node.to_string(), process })
+        let metrics = extra_args.iter().position(|a| *a == "--metrics").and_then(|i| extra_args.get(i + 1));
+        Ok(ProxyProcess { port, node: node.to_string(), metrics: metrics.map(|m| m.to_string()), process })
     }
 
     pub fn addr(&self) -> String {

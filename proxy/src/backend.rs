@@ -134,6 +134,7 @@ impl Backend {
         let (pending_tx, pending_rx) = mpsc::unbounded_channel();
         let stop = CancellationToken::new();
         tokio::spawn(write_loop(rx, wr, pending_tx, stop.clone()));
+        crate::metrics::BACKEND_CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tokio::spawn(read_loop(reader, pending_rx, stop.clone(), addr.clone()));
         Ok(Backend { tx, addr, id: ConnId::next(), stop })
     }
@@ -273,6 +274,7 @@ async fn read_loop(
         }
     }
     stop.cancel();
+    crate::metrics::BACKEND_CONNECTIONS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     pending.close();
     let lost = BackendError::Lost { addr: addr.clone() };
     for sink in current.into_iter().chain(std::iter::from_fn(|| pending.try_recv().ok())) {

@@ -9,7 +9,9 @@ use sluice_common::resp::{Command, Frame};
 
 /// Decides what to do with one command and queues its reply.
 pub async fn handle(s: &mut Session, cmd: Command) -> Flow {
-    let Some(spec) = command::lookup(&cmd) else {
+    let found = command::lookup(&cmd);
+    s.shared.metrics.command(found);
+    let Some(spec) = found else {
         let err = unknown_command(&cmd);
         return s.reply_error_in_tx(err).await;
     };

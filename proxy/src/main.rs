@@ -36,6 +36,17 @@ async fn serve(opts: ProxyOptions) -> anyhow::Result<()> {
             }
         });
     }
+    if let Some(addr) = &opts.metrics {
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on --metrics {addr}"))?;
+        tracing::info!(metrics = %addr, "metrics serving");
+        let ctl = ctl.clone();
+        tokio::spawn(async move {
+            if let Err(e) = sluice_proxy::exporter::serve(listener, ctl).await {
+                tracing::error!(error = %e, "metrics service stopped");
+            }
+        });
+    }
     tokio::spawn(sluice_proxy::migration::gc::run(shared.clone()));
     tokio::spawn(sluice_proxy::shard::run(shared.clone()));
     tokio::spawn(sluice_proxy::handover::run(shared.clone()));

@@ -44,6 +44,9 @@ pub struct ProxyOptions {
     /// Address of the gRPC control service (SetConfig, TmpSwitch, Status); none if absent.
     #[arg(long, env = "SLUICE_PROXY_CONTROL")]
     pub control: Option<String>,
+    /// Address to serve Prometheus metrics on (`GET /metrics`, plain HTTP); none if absent.
+    #[arg(long, env = "SLUICE_PROXY_METRICS")]
+    pub metrics: Option<String>,
     /// The control address others should use. Defaults to --control.
     #[arg(long, env = "SLUICE_PROXY_CONTROL_ANNOUNCE")]
     pub control_announce: Option<String>,

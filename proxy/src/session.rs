@@ -19,6 +19,7 @@
 use crate::ack::AckCheck;
 use crate::backend::{Backend, BackendError, BackendPool, ConnId, ReplyResult};
 use crate::command::{flags, CommandSpec};
+use crate::metrics::ReplyPath;
 use crate::state::{Routed, Shared};
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
@@ -159,7 +160,8 @@ pub struct Session {
     pub tx: TxState,
     reader: ClientInput,
     backlog: VecDeque<Result<Command, CodecError>>,
-    replies: mpsc::Sender<(Pending, Guards)>,
+    /// Each reply with what it keeps alive and when it was queued (for the latency metrics).
+    replies: mpsc::Sender<(Pending, Guards, Instant)>,
     progress: Arc<Progress>,
     dispatched: u64,
     /// The connection this session's latest commands were sent on (see the module doc).
@@ -220,7 +222,7 @@ pub async fn serve<C: Commands>(stream: TcpStream, shared: Arc<Shared>, commands
     let (rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::channel(shared.opts.pipeline_depth.max(1));
     let progress = Arc::new(Progress::default());
-    let writer = tokio::spawn(reply_writer(wr, rx, progress.clone()));
+    let writer = tokio::spawn(reply_writer(wr, rx, progress.clone(), shared.clone()));
     let limits = Limits { max_bulk_len: shared.opts.max_bulk_len, ..Limits::CLIENT };
     let authenticated = shared.opts.requirepass.is_none();
     let id = shared.next_client_id();
@@ -242,6 +244,7 @@ pub async fn serve<C: Commands>(stream: TcpStream, shared: Arc<Shared>, commands
             buf: BytesMut::with_capacity(16 * 1024),
             codec: CommandCodec::new(limits),
             done: false,
+            read: 0,
         },
         backlog: VecDeque::new(),
         replies: tx,
@@ -274,6 +277,7 @@ impl Session {
                 Some(item) => Some(item),
                 None => self.reader.next().await,
             };
+            self.shared.metrics.bytes_in(std::mem::take(&mut self.reader.read));
             if self.step(next, commands).await == Flow::Close {
                 break;
             }
@@ -359,7 +363,7 @@ impl Session {
             _inflight: (inflight > 0).then(|| InFlight { shared: self.shared.clone(), n: inflight }),
             _routed: routed,
         };
-        match self.replies.send((pending, guards)).await {
+        match self.replies.send((pending, guards, Instant::now())).await {
             Ok(()) => Flow::Continue,
             Err(_) => Flow::Close,
         }
@@ -684,6 +688,8 @@ struct ClientInput {
     codec: CommandCodec,
     /// End of input or an error was reported: nothing more will come.
     done: bool,
+    /// Bytes read since the session last counted them in the metrics.
+    read: usize,
 }
 
 impl ClientInput {
@@ -702,7 +708,7 @@ impl ClientInput {
             }
             match self.rd.read_buf(&mut self.buf).await {
                 Ok(0) => self.done = true,
-                Ok(_) => {}
+                Ok(n) => self.read += n,
                 Err(e) => {
                     self.done = true;
                     return Some(Err(CodecError::Io(e)));
@@ -729,7 +735,13 @@ impl ClientInput {
 }
 
 /// Writes replies in queue order, batching whatever is ready into one write.
-async fn reply_writer(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<(Pending, Guards)>, progress: Arc<Progress>) {
+async fn reply_writer(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<(Pending, Guards, Instant)>,
+    progress: Arc<Progress>,
+    shared: Arc<Shared>,
+) {
+    let metrics = &shared.metrics;
     const FLUSH_AT: usize = 64 * 1024;
     let mut out = BytesMut::with_capacity(16 * 1024);
     loop {
@@ -750,8 +762,9 @@ async fn reply_writer(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<(Pending, G
             Err(mpsc::error::TryRecvError::Disconnected) => break,
         };
         // The guards go once the reply is in (at the end of this round).
-        let (item, _guards) = item;
+        let (item, _guards, queued) = item;
         let mut replies = 1;
+        let mut path = ReplyPath::Proxy;
         let bytes = match item {
             Pending::Ready(b) => b,
             Pending::Batch(mut batch, n, ack) => {
@@ -775,20 +788,24 @@ async fn reply_writer(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<(Pending, G
                             ack.apply(&mut all);
                         }
                         for b in &all {
+                            metrics.batch_reply(b);
                             out.extend_from_slice(b);
                         }
-                        Bytes::new()
                     }
                     Err(e) => {
                         let err = e.to_frame().to_bytes(Protocol::Resp2);
                         for _ in 0..n {
+                            metrics.batch_reply(&err);
                             out.extend_from_slice(&err);
                         }
-                        Bytes::new()
                     }
                 }
+                metrics.batch_done(queued.elapsed());
+                path = ReplyPath::Batch;
+                Bytes::new()
             }
             Pending::Reply(mut reply) => {
+                path = ReplyPath::Single;
                 let result = match reply.try_recv() {
                     Ok(r) => Some(r),
                     Err(oneshot::error::TryRecvError::Empty) => None,
@@ -813,6 +830,7 @@ async fn reply_writer(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<(Pending, G
                 }
             }
             Pending::Future(f) => {
+                path = ReplyPath::Merged;
                 if !out.is_empty() {
                     if wr.write_all(&out).await.is_err() {
                         break;
@@ -829,6 +847,10 @@ async fn reply_writer(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<(Pending, G
             }
         };
         progress.complete(replies);
+        // A batch counted its replies one by one above.
+        if path != ReplyPath::Batch {
+            metrics.replies(path, &bytes, replies, queued.elapsed());
+        }
         if bytes.len() >= FLUSH_AT {
             if (!out.is_empty() && wr.write_all(&out).await.is_err()) || wr.write_all(&bytes).await.is_err() {
                 break;

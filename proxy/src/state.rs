@@ -89,6 +89,8 @@ pub struct Shared {
     /// The `routed` counters of the tables replaced so far that may still count something
     /// (see [`Shared::wait_routed_before`]).
     retired: Mutex<Vec<Arc<AtomicUsize>>>,
+    /// Prometheus metrics: counted by the data path, served by `exporter.rs`.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// A command (or a batch) routed to this proxy's node with some route table, until its reply
@@ -139,6 +141,8 @@ impl Shared {
             online_replicas: AtomicUsize::new(0),
             handover_ready: AtomicU64::new(0),
             retired: Mutex::new(Vec::new()),
+            // Fails only for a malformed or duplicate definition, which its unit test rules out.
+            metrics: crate::metrics::Metrics::new().expect("the proxy's metric definitions are valid"),
             opts,
         }
     }

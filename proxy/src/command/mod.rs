@@ -49,6 +49,20 @@ pub fn lookup(cmd: &Command) -> Option<&'static CommandSpec> {
     find(full).or(Some(spec))
 }
 
+/// Every command of the table, in a fixed order ([`index`] gives a command's place).
+pub fn all() -> &'static [CommandSpec] {
+    table::COMMANDS
+}
+
+/// Where `spec` (an entry of [`all`], as [`lookup`] answers) sits in the table: for per-command
+/// arrays such as the metrics' counters. Anything else answers `None`.
+pub fn index(spec: &CommandSpec) -> Option<usize> {
+    let first = table::COMMANDS.as_ptr() as usize;
+    let offset = (spec as *const CommandSpec as usize).checked_sub(first)?;
+    let i = offset / std::mem::size_of::<CommandSpec>();
+    (offset % std::mem::size_of::<CommandSpec>() == 0 && i < table::COMMANDS.len()).then_some(i)
+}
+
 /// Looks a lower-case name up in a hash index of the table (built on first use): this runs
 /// for every command, and a binary search costs a dozen string compares.
 fn find(name: &str) -> Option<&'static CommandSpec> {
