@@ -13,8 +13,10 @@ pub async fn local(spec: LocalSpec) -> Result<()> {
     let epoch = client.epoch().await?;
     let view = client.cluster(&name).await?;
     println!("sluice local is up (epoch {epoch})\n");
-    println!("  broker       {broker}");
-    println!("  coordinator  1 running");
+    println!("  broker       {broker}  (metrics {broker}/metrics)");
+    for m in &cluster.coordinator_metrics {
+        println!("  coordinator  metrics http://{m}/metrics");
+    }
     let mut spare = None;
     for (p, n) in cluster.proxies.iter().zip(&cluster.nodes) {
         let addr = p.addr();

@@ -62,6 +62,10 @@ pub struct Cli {
     #[arg(long, env = "SLUICE_COORDINATOR_FENCE_AFTER_MS", value_name = "MS", default_value_t = 30_000)]
     pub fence_after_ms: u64,
 
+    /// Address to serve Prometheus metrics on (`GET /metrics`); none if absent
+    #[arg(long, env = "SLUICE_COORDINATOR_METRICS", value_name = "HOST:PORT")]
+    pub metrics: Option<String>,
+
     /// Log line format
     #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -83,6 +87,8 @@ pub struct Settings {
     pub failover_after: Duration,
     /// Zero: never stop a switching migration whose destination is down.
     pub fence_after: Duration,
+    /// Where to serve `GET /metrics`; `None`: nowhere.
+    pub metrics: Option<String>,
     pub log_format: LogFormat,
 }
 
@@ -99,6 +105,7 @@ impl Settings {
             max_backoff: Duration::from_secs(2),
             failover_after: Duration::from_secs(5),
             fence_after: Duration::from_secs(30),
+            metrics: None,
             log_format: LogFormat::Text,
         }
     }
@@ -116,6 +123,7 @@ impl From<Cli> for Settings {
             max_backoff: Duration::from_millis(cli.max_backoff_ms).max(interval),
             failover_after: Duration::from_millis(cli.failover_after_ms),
             fence_after: Duration::from_millis(cli.fence_after_ms),
+            metrics: cli.metrics.filter(|m| !m.is_empty()),
             log_format: cli.log_format,
         }
     }

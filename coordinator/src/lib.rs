@@ -14,6 +14,7 @@ pub mod config;
 pub mod failover;
 pub mod fence;
 pub mod health;
+pub mod metrics;
 pub mod proxy_client;
 pub mod quiet;
 pub mod reconcile;

@@ -12,6 +12,7 @@ use crate::config::Settings;
 use crate::failover::FailoverTracker;
 use crate::fence::FenceTracker;
 use crate::health::{HealthAction, HealthTracker, Probe};
+use crate::metrics::{Metrics, PushResult};
 use crate::proxy_client::ProxyClients;
 use crate::quiet::LogOnce;
 use crate::reconcile::{self, MigrationAction, PushDecision, Side};
@@ -21,6 +22,7 @@ use sluice_common::model::{ClusterView, Epoch};
 use sluice_proto::control::StatusReply;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A report that only refreshes a migration's progress (same phase) is sent at most this
@@ -31,6 +33,10 @@ pub const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 pub enum CoordinatorError {
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    #[error("setting up the metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("cannot listen on --metrics {addr}: {source}")]
+    MetricsListen { addr: String, source: std::io::Error },
 }
 
 /// What one round did, for tests and debug logs.
@@ -65,11 +71,25 @@ pub struct Coordinator {
     progress_sent: HashMap<String, Instant>,
     /// Since when the broker has not answered, if it does not.
     broker_down_since: Option<Instant>,
+    metrics: Arc<Metrics>,
 }
 
 /// Runs the coordinator until `shutdown` completes.
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), CoordinatorError> {
-    Coordinator::new(settings)?.run_until(shutdown).await;
+    let coordinator = Coordinator::new(settings)?;
+    if let Some(addr) = &coordinator.settings.metrics {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| CoordinatorError::MetricsListen { addr: addr.clone(), source })?;
+        tracing::info!(metrics = %addr, "metrics serving");
+        let metrics = coordinator.metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve(listener, metrics).await {
+                tracing::error!(error = %e, "metrics service stopped");
+            }
+        });
+    }
+    coordinator.run_until(shutdown).await;
     Ok(())
 }
 
@@ -86,6 +106,7 @@ impl Coordinator {
             quiet: LogOnce::new(),
             progress_sent: HashMap::new(),
             broker_down_since: None,
+            metrics: Arc::new(Metrics::new()?),
         })
     }
 
@@ -102,11 +123,16 @@ impl Coordinator {
         );
         let mut backoff = Backoff::new(self.settings.interval, self.settings.max_backoff);
         loop {
+            let round_started = Instant::now();
             let round = tokio::select! {
                 biased;
                 () = &mut shutdown => break,
                 r = self.round() => r,
             };
+            match &round {
+                Ok(summary) => self.metrics.round(summary, round_started.elapsed()),
+                Err(_) => self.metrics.broker_unreachable(),
+            }
             let wait = match round {
                 Ok(summary) => {
                     self.broker_answered();
@@ -154,8 +180,8 @@ impl Coordinator {
             RoundSummary { epoch: configs.epoch, proxies: configs.configs.len(), ..RoundSummary::default() };
 
         let probed = {
-            let clients = &self.proxies;
-            join_all(configs.configs.iter().map(|entry| probe(clients, entry))).await
+            let (clients, metrics) = (&self.proxies, &*self.metrics);
+            join_all(configs.configs.iter().map(|entry| probe(clients, metrics, entry))).await
         };
 
         let mut statuses: HashMap<String, StatusReply> = HashMap::new();
@@ -478,7 +504,7 @@ enum PushOutcome {
 }
 
 /// Status, then SetConfig if the proxy is behind. Both calls are bounded by the RPC timeout.
-async fn probe<'a>(clients: &ProxyClients, entry: &'a ProxyConfigEntry) -> Probed<'a> {
+async fn probe<'a>(clients: &ProxyClients, metrics: &Metrics, entry: &'a ProxyConfigEntry) -> Probed<'a> {
     let control = entry.proxy.control_address.as_str();
     let status = match clients.status(control).await {
         Ok(s) if !s.proxy.is_empty() && s.proxy != entry.proxy.address => {
@@ -490,13 +516,17 @@ async fn probe<'a>(clients: &ProxyClients, entry: &'a ProxyConfigEntry) -> Probe
         Err(e) => Err(e.to_string()),
     };
     let mut probed = Probed { entry, status, push: None };
-    let Ok(status) = &probed.status else { return probed };
+    let Ok(status) = &probed.status else {
+        metrics.status_failed();
+        return probed;
+    };
     let proxy = entry.proxy.address.as_str();
     let decision = reconcile::push_decision(status.epoch, entry.config.epoch);
     if let PushDecision::ProxyAhead { proxy: held, config } = decision {
         tracing::debug!(proxy, held_epoch = held, config_epoch = config, "proxy is ahead of the config read");
     }
     if let PushDecision::Push { from, to } = decision {
+        let sent = Instant::now();
         let outcome = match serde_json::to_string(&entry.config) {
             Err(e) => PushOutcome::Failed { from, to, error: format!("config not serialisable: {e}") },
             Ok(json) => match clients.set_config(control, to, json).await {
@@ -505,6 +535,13 @@ async fn probe<'a>(clients: &ProxyClients, entry: &'a ProxyConfigEntry) -> Probe
                 Err(e) => PushOutcome::Failed { from, to, error: e.to_string() },
             },
         };
+        let result = match &outcome {
+            PushOutcome::Applied { changed: true, .. } => PushResult::Applied,
+            PushOutcome::Applied { .. } => PushResult::Unchanged,
+            PushOutcome::Stale { .. } => PushResult::Stale,
+            PushOutcome::Failed { .. } => PushResult::Failed,
+        };
+        metrics.push(result, sent.elapsed());
         // Logged here, as it happens: the round goes on until its slowest proxy answers.
         match &outcome {
             PushOutcome::Applied { changed: true, held, .. } => {

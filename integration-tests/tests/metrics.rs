@@ -91,5 +91,13 @@ async fn proxies_and_broker_export_what_clients_and_migrations_do() -> Result<()
         .filter_map(|p| sample(&text, &format!(r#"sluice_broker_migrations{{mode="replication",phase="{p}"}}"#)))
         .sum::<f64>();
     ensure!(running == 1.0, "the broker counts one running replication migration:\n{text}");
+
+    // The coordinator pushed every proxy its configs and read their status.
+    let coordinator_url = format!("http://{}/metrics", cluster.coordinator_metrics[0]);
+    let text = scrape(&coordinator_url).await?;
+    at_least(&text, r#"sluice_coordinator_pushes_total{result="applied"}"#, 4.0)?;
+    at_least(&text, "sluice_coordinator_push_duration_seconds_count", 4.0)?;
+    at_least(&text, r#"sluice_coordinator_rounds_total{result="ok"}"#, 1.0)?;
+    at_least(&text, "sluice_coordinator_proxies_answering", 4.0)?;
     Ok(())
 }

@@ -62,6 +62,8 @@ pub struct LocalCluster {
     pub spec: LocalSpec,
     pub broker: BrokerProcess,
     pub coordinators: Vec<ChildProcess>,
+    /// Where each coordinator serves its Prometheus metrics (`--metrics`), in start order.
+    pub coordinator_metrics: Vec<String>,
     pub nodes: Vec<RedisNode>,
     /// The cluster's proxies first, then the spares.
     pub proxies: Vec<ProxyProcess>,
@@ -101,6 +103,7 @@ impl LocalCluster {
             spec,
             broker,
             coordinators: Vec::new(),
+            coordinator_metrics: Vec::new(),
             nodes: Vec::new(),
             proxies: Vec::new(),
             dir,
@@ -129,11 +132,13 @@ impl LocalCluster {
     /// Starts one more coordinator.
     pub fn start_coordinator(&mut self) -> Result<()> {
         let n = self.coordinators.len();
-        let mut args = vec!["--broker".to_string(), self.broker.url()];
+        let metrics = format!("127.0.0.1:{}", free_port());
+        let mut args = vec!["--broker".to_string(), self.broker.url(), "--metrics".into(), metrics.clone()];
         args.extend(self.spec.coordinator_args.iter().cloned());
         let log = self.dir.join(format!("coordinator-{n}.log"));
         let c = ChildProcess::spawn(&format!("coordinator-{n}"), &binary("sluice-coordinator")?, &args, &log)?;
         self.coordinators.push(c);
+        self.coordinator_metrics.push(metrics);
         Ok(())
     }
 

@@ -1,0 +1,194 @@
+//! The coordinator's Prometheus metrics (`--metrics host:port`, `GET /metrics`): its rounds,
+//! the configs it pushed (how long each `SetConfig` took and how it ended), the proxies that
+//! did not answer, and what it reported to the broker.
+
+use crate::run::RoundSummary;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// How a `SetConfig` ended.
+#[derive(Debug, Clone, Copy)]
+pub enum PushResult {
+    /// The proxy took a config new to it.
+    Applied,
+    /// It already held it.
+    Unchanged,
+    /// It holds a newer one than this round read.
+    Stale,
+    Failed,
+}
+
+impl PushResult {
+    const ALL: [PushResult; 4] = [PushResult::Applied, PushResult::Unchanged, PushResult::Stale, PushResult::Failed];
+
+    fn name(self) -> &'static str {
+        match self {
+            PushResult::Applied => "applied",
+            PushResult::Unchanged => "unchanged",
+            PushResult::Stale => "stale",
+            PushResult::Failed => "failed",
+        }
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    rounds_ok: IntCounter,
+    rounds_broker_down: IntCounter,
+    round_duration: Histogram,
+    pushes: [IntCounter; 4],
+    push_duration: Histogram,
+    status_failures: IntCounter,
+    reports: IntCounterVec,
+    epoch: IntGauge,
+    proxies: IntGauge,
+    answering: IntGauge,
+}
+
+const LATENCY_BUCKETS: [f64; 13] = [0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new_custom(Some("sluice_coordinator".into()), None)?;
+        let rounds = IntCounterVec::new(
+            Opts::new("rounds_total", "Rounds, by result: ok, or broker_unreachable (nothing done)"),
+            &["result"],
+        )?;
+        let round_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "round_duration_seconds",
+                "One round: read the broker, probe and push to every proxy, report",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )?;
+        let pushes = IntCounterVec::new(
+            Opts::new("pushes_total", "SetConfig calls, by result: applied, unchanged, stale, failed"),
+            &["result"],
+        )?;
+        let push_duration = Histogram::with_opts(
+            HistogramOpts::new("push_duration_seconds", "From sending a SetConfig to the proxy's answer")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+        )?;
+        let status_failures = IntCounter::new("status_failures_total", "Status calls a proxy did not answer")?;
+        let reports = IntCounterVec::new(
+            Opts::new("broker_reports_total", "Reports the broker accepted: health, migration, failover"),
+            &["kind"],
+        )?;
+        let epoch = IntGauge::new("epoch", "The broker epoch the last round read")?;
+        let proxies = IntGauge::new("proxies", "Proxies registered at the last round")?;
+        let answering = IntGauge::new("proxies_answering", "Proxies whose Status answered at the last round")?;
+        registry.register(Box::new(rounds.clone()))?;
+        registry.register(Box::new(round_duration.clone()))?;
+        registry.register(Box::new(pushes.clone()))?;
+        registry.register(Box::new(push_duration.clone()))?;
+        registry.register(Box::new(status_failures.clone()))?;
+        registry.register(Box::new(reports.clone()))?;
+        registry.register(Box::new(epoch.clone()))?;
+        registry.register(Box::new(proxies.clone()))?;
+        registry.register(Box::new(answering.clone()))?;
+        Ok(Metrics {
+            rounds_ok: rounds.with_label_values(&["ok"]),
+            rounds_broker_down: rounds.with_label_values(&["broker_unreachable"]),
+            pushes: PushResult::ALL.map(|r| pushes.with_label_values(&[r.name()])),
+            registry,
+            round_duration,
+            push_duration,
+            status_failures,
+            reports,
+            epoch,
+            proxies,
+            answering,
+        })
+    }
+
+    pub fn push(&self, result: PushResult, took: Duration) {
+        self.pushes[result as usize].inc();
+        self.push_duration.observe(took.as_secs_f64());
+    }
+
+    pub fn status_failed(&self) {
+        self.status_failures.inc();
+    }
+
+    pub fn round(&self, summary: &RoundSummary, took: Duration) {
+        self.rounds_ok.inc();
+        self.round_duration.observe(took.as_secs_f64());
+        self.epoch.set(i64::try_from(summary.epoch).unwrap_or(i64::MAX));
+        self.proxies.set(summary.proxies as i64);
+        self.answering.set(summary.answered as i64);
+        for (kind, n) in [
+            ("health", summary.health_reports),
+            ("migration", summary.migration_reports),
+            ("failover", summary.failovers),
+        ] {
+            self.reports.with_label_values(&[kind]).inc_by(n as u64);
+        }
+    }
+
+    pub fn broker_unreachable(&self) {
+        self.rounds_broker_down.inc();
+    }
+
+    pub fn render(&self) -> Result<String, prometheus::Error> {
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
+        String::from_utf8(out).map_err(|e| prometheus::Error::Msg(format!("the text format is not UTF-8: {e}")))
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until the process ends.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) -> std::io::Result<()> {
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let metrics = metrics.clone();
+            async move {
+                match metrics.render() {
+                    Ok(text) => {
+                        ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+                    }
+                    Err(e) => {
+                        (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the metrics: {e}\n")).into_response()
+                    }
+                }
+            }
+        }),
+    );
+    axum::serve(listener, app).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_and_pushes_are_counted() {
+        let m = Metrics::new().expect("registry");
+        m.push(PushResult::Applied, Duration::from_millis(2));
+        m.push(PushResult::Failed, Duration::from_millis(500));
+        m.status_failed();
+        m.broker_unreachable();
+        let summary = RoundSummary { epoch: 9, proxies: 4, answered: 3, health_reports: 1, ..RoundSummary::default() };
+        m.round(&summary, Duration::from_millis(10));
+        let text = m.render().expect("render");
+        for line in [
+            r#"sluice_coordinator_pushes_total{result="applied"} 1"#,
+            r#"sluice_coordinator_pushes_total{result="failed"} 1"#,
+            r#"sluice_coordinator_push_duration_seconds_count 2"#,
+            r#"sluice_coordinator_rounds_total{result="broker_unreachable"} 1"#,
+            r#"sluice_coordinator_rounds_total{result="ok"} 1"#,
+            r#"sluice_coordinator_broker_reports_total{kind="health"} 1"#,
+            "sluice_coordinator_status_failures_total 1",
+            "sluice_coordinator_epoch 9",
+            "sluice_coordinator_proxies_answering 3",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
+        }
+    }
+}
