@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Proxy overhead: redis-benchmark against Redis directly and through sluice-proxy, in the same
-# run, interleaved, for the same cells. Prints req/s and the ratio proxy/direct per cell.
+# Proxy overhead: redis-benchmark against Redis directly, through sluice-proxy, and through a
+# second sluice-proxy with --metrics, in the same run, interleaved, for the same cells. Prints
+# req/s, the ratio proxy/direct, and the ratio with-metrics/proxy per cell.
 #
 #   bash bench/proxy.sh            # 300000 requests per run, 2 rounds (best of each kept)
 #   N=100000 ROUNDS=1 bash bench/proxy.sh
@@ -32,15 +33,23 @@ trap cleanup EXIT
 rport=$(free_port)
 redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" --loglevel warning \
   --logfile "$work/redis.log" & pids+=($!); disown
+# Two proxies in front of the same node: one as configured, one also counting and serving
+# Prometheus metrics (--metrics), so their ratio is the cost of the metrics.
 pport=$(free_port)
+mport=$(free_port)
 "$SLUICE_BIN_DIR/sluice-proxy" --listen "127.0.0.1:$pport" --node "127.0.0.1:$rport" ${PROXY_ARGS:-} 2>"$work/proxy.log" & pids+=($!); disown
+"$SLUICE_BIN_DIR/sluice-proxy" --listen "127.0.0.1:$mport" --node "127.0.0.1:$rport" --metrics "127.0.0.1:$(free_port)" \
+  ${PROXY_ARGS:-} 2>"$work/proxy-metrics.log" & pids+=($!); disown
 
 for _ in $(seq 100); do
-  redis-cli -p "$rport" ping >/dev/null 2>&1 && redis-cli -p "$pport" ping >/dev/null 2>&1 && break
+  redis-cli -p "$rport" ping >/dev/null 2>&1 && redis-cli -p "$pport" ping >/dev/null 2>&1 &&
+    redis-cli -p "$mport" ping >/dev/null 2>&1 && break
   sleep 0.1
 done
-config="{\"epoch\":1,\"proxy\":\"127.0.0.1:$pport\",\"cluster\":{\"name\":\"bench\",\"epoch\":1,\"nodes\":[{\"proxy\":\"127.0.0.1:$pport\",\"node\":\"127.0.0.1:$rport\",\"slots\":[{\"start\":0,\"end\":16383}]}]}}"
-[[ "$(redis-cli -p "$pport" UMCTL SETDB "$config")" == OK ]] || { echo "proxy did not take its config" >&2; exit 1; }
+for port in $pport $mport; do
+  config="{\"epoch\":1,\"proxy\":\"127.0.0.1:$port\",\"cluster\":{\"name\":\"bench\",\"epoch\":1,\"nodes\":[{\"proxy\":\"127.0.0.1:$port\",\"node\":\"127.0.0.1:$rport\",\"slots\":[{\"start\":0,\"end\":16383}]}]}}"
+  [[ "$(redis-cli -p "$port" UMCTL SETDB "$config")" == OK ]] || { echo "proxy $port did not take its config" >&2; exit 1; }
+done
 
 # run PORT CLIENTS PIPELINE -> "SET_rps GET_rps"
 run() {
@@ -52,8 +61,8 @@ declare -A best
 for round in $(seq "$ROUNDS"); do
   for cell in $CELLS; do
     c=${cell%%:*}; p=${cell##*:}
-    for target in direct proxy; do
-      port=$rport; [[ $target == proxy ]] && port=$pport
+    for target in direct proxy metrics; do
+      case $target in direct) port=$rport ;; proxy) port=$pport ;; metrics) port=$mport ;; esac
       read -r s g < <(run "$port" "$c" "$p")
       for t in SET GET; do
         v=$s; [[ $t == GET ]] && v=$g
@@ -65,11 +74,12 @@ for round in $(seq "$ROUNDS"); do
 done
 
 printf '\nsluice-proxy vs direct Redis (redis-benchmark -n %s, best of %s rounds, interleaved)\n' "$N" "$ROUNDS"
-printf '%-16s %-4s %12s %12s %7s\n' cell test direct proxy ratio
+printf '%-16s %-4s %12s %12s %7s %12s %9s\n' cell test direct proxy ratio "+metrics" "vs proxy"
 for cell in $CELLS; do
   c=${cell%%:*}; p=${cell##*:}
   for t in SET GET; do
-    d=${best[$cell/$t/direct]}; x=${best[$cell/$t/proxy]}
-    printf '%-16s %-4s %12s %12s %7.2f\n' "-c $c -P $p" "$t" "$d" "$x" "$(awk -v x="$x" -v d="$d" 'BEGIN{print (d>0)?x/d:0}')"
+    d=${best[$cell/$t/direct]}; x=${best[$cell/$t/proxy]}; m=${best[$cell/$t/metrics]}
+    printf '%-16s %-4s %12s %12s %7.2f %12s %9.3f\n' "-c $c -P $p" "$t" "$d" "$x" \
+      "$(awk -v x="$x" -v d="$d" 'BEGIN{print (d>0)?x/d:0}')" "$m" "$(awk -v m="$m" -v x="$x" 'BEGIN{print (x>0)?m/x:0}')"
   done
 done

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Runs every check CI runs: formatting, clippy, unit and integration tests.
-# Installs what is missing first (redis-server, redis-tools, protobuf-compiler, cargo-nextest).
+# Installs what is missing first (redis-server, redis-tools, protobuf-compiler, chromium,
+# cargo-nextest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
 sluice_install_deps
+# The dashboard test drives a real headless Chromium.
+command -v chromium >/dev/null || { echo "installing: chromium"; sluice_apt_install chromium; }
 
 cargo fmt --all --check
 # The proxy's modules import each other one way only (ARCHITECTURE.md, "Layers").

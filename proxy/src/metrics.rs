@@ -3,8 +3,9 @@
 //! values that describe a state (the config epoch, clients, slots, migrations) are set by the
 //! exporter (`exporter.rs`) at each scrape, so they can never be stale.
 //!
-//! The data path pays an atomic add or two per command: a command's counter is resolved once
-//! (`OnceLock` per table entry), never looked up by label on the hot path.
+//! Counting is on only with `--metrics`. The data path then pays an atomic add or two per
+//! command: a command's counter is resolved once (`OnceLock` per table entry), never looked up
+//! by label on the hot path.
 
 use crate::command::{self, CommandSpec};
 use prometheus::{
@@ -89,6 +90,8 @@ impl Outcome {
 
 /// Every metric of the proxy, in one registry.
 pub struct Metrics {
+    /// Off without `--metrics`: the data path then counts nothing (one branch per call).
+    enabled: bool,
     registry: Registry,
     commands: IntCounterVec,
     /// One counter per command table entry, resolved on first use.
@@ -108,7 +111,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Result<Metrics, prometheus::Error> {
+    pub fn new(enabled: bool) -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new_custom(Some("sluice_proxy".into()), None)?;
         let commands = IntCounterVec::new(
             Opts::new("commands_total", "Commands clients sent, by name (subcommands as container|sub)"),
@@ -157,6 +160,7 @@ impl Metrics {
         registry.register(Box::new(migration_phase.clone()))?;
         registry.register(Box::new(migration_progress.clone()))?;
         Ok(Metrics {
+            enabled,
             by_command: command::all().iter().map(|_| OnceLock::new()).collect(),
             unknown: commands.with_label_values(&["unknown"]),
             replies: Outcome::ALL.map(|o| replies_vec.with_label_values(&[o.name()])),
@@ -176,6 +180,9 @@ impl Metrics {
 
     /// A command the client sent (`None`: not in the table).
     pub fn command(&self, spec: Option<&CommandSpec>) {
+        if !self.enabled {
+            return;
+        }
         let counter = spec.and_then(|s| {
             let i = command::index(s)?;
             let cell = self.by_command.get(i)?;
@@ -187,6 +194,9 @@ impl Metrics {
     /// `n` replies (concatenated in `bytes`, all of one kind: a batch that failed as a whole
     /// repeats one error) that took `path` and waited `waited` since they were queued.
     pub fn replies(&self, path: ReplyPath, bytes: &[u8], n: u64, waited: Duration) {
+        if !self.enabled {
+            return;
+        }
         self.replies[Outcome::of(bytes) as usize].inc_by(n);
         self.latency[path as usize].observe(waited.as_secs_f64());
         self.bytes_out.inc_by(bytes.len() as u64);
@@ -194,15 +204,24 @@ impl Metrics {
 
     /// One reply of a batch, whose latency [`Metrics::batch_done`] observes once.
     pub fn batch_reply(&self, bytes: &[u8]) {
+        if !self.enabled {
+            return;
+        }
         self.replies[Outcome::of(bytes) as usize].inc();
         self.bytes_out.inc_by(bytes.len() as u64);
     }
 
     pub fn batch_done(&self, waited: Duration) {
+        if !self.enabled {
+            return;
+        }
         self.latency[ReplyPath::Batch as usize].observe(waited.as_secs_f64());
     }
 
     pub fn bytes_in(&self, n: usize) {
+        if !self.enabled {
+            return;
+        }
         self.bytes_in.inc_by(n as u64);
     }
 
@@ -222,7 +241,7 @@ mod tests {
 
     #[test]
     fn commands_replies_and_latency_are_counted() {
-        let m = Metrics::new().expect("registry");
+        let m = Metrics::new(true).expect("registry");
         let get = command::lookup(&Command::from_strs(&["GET", "k"]));
         let info = command::lookup(&Command::from_strs(&["CLIENT", "INFO"]));
         m.command(get);
@@ -251,6 +270,14 @@ mod tests {
         }
         // Commands never sent make no series.
         assert!(!text.contains(r#"command="set""#), "{text}");
+
+        // Without --metrics nothing is counted.
+        let off = Metrics::new(false).expect("registry");
+        off.command(get);
+        off.batch_reply(b"+OK\r\n");
+        let text = off.render().expect("render");
+        assert!(!text.contains(r#"command="get""#), "{text}");
+        assert!(text.contains(r#"sluice_proxy_replies_total{result="ok"} 0"#), "{text}");
     }
 
     #[test]

@@ -142,7 +142,8 @@ impl Shared {
             handover_ready: AtomicU64::new(0),
             retired: Mutex::new(Vec::new()),
             // Fails only for a malformed or duplicate definition, which its unit test rules out.
-            metrics: crate::metrics::Metrics::new().expect("the proxy's metric definitions are valid"),
+            metrics: crate::metrics::Metrics::new(opts.metrics.is_some())
+                .expect("the proxy's metric definitions are valid"),
             opts,
         }
     }

@@ -2,6 +2,7 @@
 //! check, the JSON fallbacks, and the handlers, one file per resource.
 
 pub mod clusters;
+pub mod dashboard;
 pub mod extract;
 pub mod migrations;
 pub mod proxies;
@@ -174,6 +175,7 @@ pub fn served_routes() -> Vec<(&'static str, &'static str)> {
 pub fn router(app: AppState) -> Router {
     route_table()
         .router
+        .merge(dashboard::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
