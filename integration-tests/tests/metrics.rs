@@ -32,7 +32,7 @@ fn at_least(text: &str, series: &str, min: f64) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxies_and_broker_export_what_clients_and_migrations_do() -> Result<()> {
-    let spec = LocalSpec { proxy_args: vec!["--min-follow-ms".into(), "3000".into()], ..LocalSpec::default() };
+    let spec = LocalSpec { proxy_args: vec!["--min-follow-ms".into(), "8000".into()], ..LocalSpec::default() };
     let cluster = LocalCluster::start(spec).await?;
     let first = &cluster.proxies[0];
     let metrics_url = format!("http://{}/metrics", first.metrics.as_deref().ok_or_else(|| anyhow!("no --metrics"))?);
@@ -52,6 +52,23 @@ async fn proxies_and_broker_export_what_clients_and_migrations_do() -> Result<()
     ensure!(moved.is_err_and(|e| e.code() == Some("MOVED")), "GET {elsewhere} on the first proxy is MOVED");
     let unknown = redis::cmd("NOSUCHCOMMAND").query_async::<()>(&mut plain).await;
     ensure!(unknown.is_err(), "an unknown command is refused");
+
+    // Exactly what a client sent is counted: 120 SETs and 80 GETs on the first proxy's slots.
+    let before = scrape(&metrics_url).await?;
+    let mine: Vec<String> =
+        (0..).map(|i| format!("own{i}")).filter(|k| key_slot(k.as_bytes()) <= 5461).take(120).collect();
+    for k in &mine {
+        let () = redis::cmd("SET").arg(k).arg("v").query_async(&mut plain).await?;
+    }
+    for k in &mine[..80] {
+        let _: String = redis::cmd("GET").arg(k).query_async(&mut plain).await?;
+    }
+    let after = scrape(&metrics_url).await?;
+    for (command, sent) in [("set", 120.0), ("get", 80.0)] {
+        let series = format!(r#"sluice_proxy_commands_total{{command="{command}"}}"#);
+        let counted = sample(&after, &series).unwrap_or(0.0) - sample(&before, &series).unwrap_or(0.0);
+        ensure!(counted == sent, "{command}: {sent} sent, {counted} counted");
+    }
 
     let text = scrape(&metrics_url).await?;
     at_least(&text, r#"sluice_proxy_commands_total{command="set"}"#, 50.0)?;
@@ -82,6 +99,26 @@ async fn proxies_and_broker_export_what_clients_and_migrations_do() -> Result<()
             let text = scrape(&url).await?;
             Ok((sample(&text, &following) == Some(1.0) && sample(&text, &lag).is_some()).then_some(()))
         }
+    })
+    .await?;
+    // While it follows, the destination's replication offset rises with the source's writes.
+    let spare_url = format!("http://{}/metrics", cluster.proxies[3].metrics.as_deref().unwrap_or_default());
+    let offset =
+        format!(r#"sluice_proxy_migration_progress{{field="offset",migration="{}",role="destination"}}"#, m.id);
+    let first_offset = {
+        let (url, offset) = (spare_url.clone(), offset.clone());
+        wait_for("the destination to export its offset", Duration::from_secs(30), || {
+            let (url, offset) = (url.clone(), offset.clone());
+            async move { Ok(sample(&scrape(&url).await?, &offset)) }
+        })
+        .await?
+    };
+    for k in &mine {
+        let () = redis::cmd("SET").arg(k).arg("w".repeat(100)).query_async(&mut plain).await?;
+    }
+    wait_for("the destination's offset to rise", Duration::from_secs(30), || {
+        let (url, offset) = (spare_url.clone(), offset.clone());
+        async move { Ok(sample(&scrape(&url).await?, &offset).filter(|&o| o > first_offset)) }
     })
     .await?;
     let broker_url = format!("{}/metrics", cluster.broker.url());

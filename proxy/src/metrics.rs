@@ -202,24 +202,28 @@ impl Metrics {
         self.bytes_out.inc_by(bytes.len() as u64);
     }
 
-    /// One reply of a batch, whose latency [`Metrics::batch_done`] observes once.
-    pub fn batch_reply(&self, bytes: &[u8]) {
+    /// The replies of one batch, counted once for the batch (not an atomic add per reply).
+    pub fn batch<'a>(&self, replies: impl IntoIterator<Item = &'a [u8]>, waited: Duration) {
         if !self.enabled {
             return;
         }
-        self.replies[Outcome::of(bytes) as usize].inc();
-        self.bytes_out.inc_by(bytes.len() as u64);
-    }
-
-    pub fn batch_done(&self, waited: Duration) {
-        if !self.enabled {
-            return;
+        let mut counts = [0u64; Outcome::ALL.len()];
+        let mut bytes = 0;
+        for r in replies {
+            counts[Outcome::of(r) as usize] += 1;
+            bytes += r.len() as u64;
         }
+        for (counter, n) in self.replies.iter().zip(counts) {
+            if n > 0 {
+                counter.inc_by(n);
+            }
+        }
+        self.bytes_out.inc_by(bytes);
         self.latency[ReplyPath::Batch as usize].observe(waited.as_secs_f64());
     }
 
     pub fn bytes_in(&self, n: usize) {
-        if !self.enabled {
+        if !self.enabled || n == 0 {
             return;
         }
         self.bytes_in.inc_by(n as u64);
@@ -250,9 +254,7 @@ mod tests {
         m.command(None);
         m.replies(ReplyPath::Proxy, b"-MOVED 3999 127.0.0.1:6381\r\n", 1, Duration::from_micros(20));
         m.replies(ReplyPath::Single, b"-ERR no\r\n", 1, Duration::from_millis(2));
-        m.batch_reply(b"+OK\r\n");
-        m.batch_reply(b"-TRYAGAIN slot held\r\n");
-        m.batch_done(Duration::from_micros(300));
+        m.batch([&b"+OK\r\n"[..], &b"-TRYAGAIN slot held\r\n"[..]], Duration::from_micros(300));
         m.bytes_in(10);
         let text = m.render().expect("render");
         for line in [
@@ -274,7 +276,7 @@ mod tests {
         // Without --metrics nothing is counted.
         let off = Metrics::new(false).expect("registry");
         off.command(get);
-        off.batch_reply(b"+OK\r\n");
+        off.batch([&b"+OK\r\n"[..]], Duration::from_micros(1));
         let text = off.render().expect("render");
         assert!(!text.contains(r#"command="get""#), "{text}");
         assert!(text.contains(r#"sluice_proxy_replies_total{result="ok"} 0"#), "{text}");

@@ -788,19 +788,18 @@ async fn reply_writer(
                             ack.apply(&mut all);
                         }
                         for b in &all {
-                            metrics.batch_reply(b);
                             out.extend_from_slice(b);
                         }
+                        metrics.batch(all.iter().map(|b| &b[..]), queued.elapsed());
                     }
                     Err(e) => {
                         let err = e.to_frame().to_bytes(Protocol::Resp2);
                         for _ in 0..n {
-                            metrics.batch_reply(&err);
                             out.extend_from_slice(&err);
                         }
+                        metrics.batch(std::iter::repeat_n(&err[..], n), queued.elapsed());
                     }
                 }
-                metrics.batch_done(queued.elapsed());
                 path = ReplyPath::Batch;
                 Bytes::new()
             }
