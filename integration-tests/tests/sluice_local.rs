@@ -3,27 +3,10 @@
 
 use anyhow::{bail, Result};
 use sluice_harness::bins::binary;
-use sluice_harness::ports::free_port;
+use sluice_harness::ports::{free_base_port, free_port};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// A base port whose proxy, control (10000 above) and metrics (20000 above) ports are all
-/// free right now.
-fn free_base_port(n: u16) -> u16 {
-    loop {
-        let base = free_port();
-        if !(20000..=45000).contains(&base) {
-            continue;
-        }
-        let all_free = (0..n)
-            .flat_map(|i| [base + i, base + i + 10000, base + i + 20000])
-            .all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
-        if all_free {
-            return base;
-        }
-    }
-}
 
 fn children_of(pid: u32) -> Vec<u32> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
