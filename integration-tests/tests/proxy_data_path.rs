@@ -567,6 +567,7 @@ async fn connection_commands_are_answered_by_the_proxy() -> Result<()> {
     assert_eq!(c.call(&["READWRITE"]).await?, Frame::ok());
     let info = bulk(&c.call(&["INFO"]).await?).unwrap();
     assert!(info.contains("cluster_enabled:1") && info.contains("sluice_epoch:1"), "{info}");
+    assert!(info.contains(&format!("tcp_port:{}\r\n", cluster.proxies[0].port)), "the proxy's port: {info}");
     assert_eq!(
         c.call(&["CONFIG", "GET", "maxmemory"]).await?,
         Frame::Array(vec![Frame::bulk("maxmemory"), Frame::bulk("0")])

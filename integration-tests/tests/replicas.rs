@@ -71,6 +71,19 @@ async fn replicas_follow_their_masters_and_serve_readonly_reads() -> Result<()> 
         ensure!(me.contains("myself,slave") && me.contains(&replica.to_string()), "{me}");
     }
 
+    // INFO names proxies, as a cluster node names cluster nodes: a replica its master's proxy,
+    // a master its replica's proxy, each its own port.
+    for (master, replica, _) in &shards {
+        let (master_host, master_port) = master.rsplit_once(':').unwrap_or_default();
+        let info = text(&call_ok(replica, &["INFO"]).await?);
+        ensure!(info.contains(&format!("master_host:{master_host}\r\nmaster_port:{master_port}\r\n")), "{info}");
+        let replica_port = replica.rsplit_once(':').map(|(_, p)| p).unwrap_or_default();
+        ensure!(info.contains(&format!("tcp_port:{replica_port}\r\n")), "{info}");
+        let info = text(&call_ok(master, &["INFO", "replication"]).await?);
+        let (host, port) = replica.rsplit_once(':').unwrap_or_default();
+        ensure!(info.contains(&format!("slave0:ip={host},port={port},")), "{info}");
+    }
+
     // A replica: without READONLY, MOVED to its master; with it, reads here, writes MOVED.
     let (master, replica, _) = &shards[0];
     let slot_key = (0..KEYS)
