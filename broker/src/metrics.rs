@@ -8,15 +8,10 @@
 //! number of series.
 
 use crate::state::State;
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use sluice_common::api::ProxyState;
 use sluice_common::model::{MigrationMode, MigrationPhase};
 use std::time::Duration;
-
-/// The `Content-Type` of the text format.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// The label of requests no route matched.
 pub const UNMATCHED_ROUTE: &str = "unmatched";
@@ -99,9 +94,7 @@ impl Metrics {
                 self.migrations.with_label_values(&[phase_name, mode.as_str()]).set(gauge_value(n as u64));
             }
         }
-        let mut out = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
-        String::from_utf8(out).map_err(|e| prometheus::Error::Msg(format!("the text format is not UTF-8: {e}")))
+        sluice_common::metrics::encode(&self.registry)
     }
 }
 

@@ -2,6 +2,8 @@
 //! the broker's HTTP API types.
 
 pub mod api;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod model;
 pub mod resp;
 pub mod slot;

@@ -3,11 +3,7 @@
 //! did not answer, and what it reported to the broker.
 
 use crate::run::RoundSummary;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -136,31 +132,13 @@ impl Metrics {
     }
 
     pub fn render(&self) -> Result<String, prometheus::Error> {
-        let mut out = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
-        String::from_utf8(out).map_err(|e| prometheus::Error::Msg(format!("the text format is not UTF-8: {e}")))
+        sluice_common::metrics::encode(&self.registry)
     }
 }
 
 /// Serves `GET /metrics` on `listener` until the process ends.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) -> std::io::Result<()> {
-    let app = Router::new().route(
-        "/metrics",
-        get(move || {
-            let metrics = metrics.clone();
-            async move {
-                match metrics.render() {
-                    Ok(text) => {
-                        ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
-                    }
-                    Err(e) => {
-                        (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the metrics: {e}\n")).into_response()
-                    }
-                }
-            }
-        }),
-    );
-    axum::serve(listener, app).await
+    sluice_common::metrics::serve(listener, move || metrics.render()).await
 }
 
 #[cfg(test)]

@@ -7,27 +7,12 @@
 
 use crate::control::Control;
 use crate::migration::phase_name;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
 use std::sync::atomic::Ordering;
 use tokio::net::TcpListener;
 
-/// The `Content-Type` of the Prometheus text format.
-const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
 /// Serves `GET /metrics` on `listener` until the process ends.
 pub async fn serve(listener: TcpListener, control: Control) -> std::io::Result<()> {
-    let app = Router::new().route("/metrics", get(move || scrape(control.clone())));
-    axum::serve(listener, app).await
-}
-
-async fn scrape(control: Control) -> axum::response::Response {
-    match render(&control) {
-        Ok(text) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the metrics: {e}\n")).into_response(),
-    }
+    sluice_common::metrics::serve(listener, move || render(&control)).await
 }
 
 /// Sets the state gauges and encodes everything.

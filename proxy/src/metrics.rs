@@ -9,8 +9,7 @@
 
 use crate::command::{self, CommandSpec};
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::OnceLock;
@@ -232,9 +231,7 @@ impl Metrics {
     /// The text format of everything (the state gauges as the exporter last set them).
     pub fn render(&self) -> Result<String, prometheus::Error> {
         self.backend_connections.set(BACKEND_CONNECTIONS.load(Ordering::Relaxed));
-        let mut out = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
-        String::from_utf8(out).map_err(|e| prometheus::Error::Msg(format!("the text format is not UTF-8: {e}")))
+        sluice_common::metrics::encode(&self.registry)
     }
 }
 

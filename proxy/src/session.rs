@@ -846,7 +846,7 @@ async fn reply_writer(
             }
         };
         progress.complete(replies);
-        // A batch counted its replies one by one above.
+        // A batch counted its replies above, once for the whole batch.
         if path != ReplyPath::Batch {
             metrics.replies(path, &bytes, replies, queued.elapsed());
         }

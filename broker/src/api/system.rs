@@ -62,7 +62,7 @@ pub async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> 
         .metrics
         .render(&app.store.snapshot())
         .map_err(|e| ApiError::internal(format!("encoding the metrics: {e}")))?;
-    Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
+    Ok(([(header::CONTENT_TYPE, sluice_common::metrics::CONTENT_TYPE)], text).into_response())
 }
 
 /// This document.
