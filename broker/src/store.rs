@@ -1,16 +1,21 @@
 //! The metadata store: the broker's whole [`State`], read from memory and changed one atomic
 //! transaction at a time, durable before the caller answers.
 //!
-//! [`MetaStore`] is what a place to keep the metadata must do; sled ([`SledStore`]) is
-//! the one implementation today, and a second one (etcd) is another implementation of the
-//! same trait, nothing else. [`records`] is the layout as key-value records that such stores
-//! share. [`Store`] is what the API works with: a `MetaStore` and the settings every change
-//! runs with, and the one place that checks `If-Match`.
+//! [`MetaStore`] is what a place to keep the metadata must do. Two implementations:
+//! sled ([`SledStore`], the default: one broker, a local directory) and etcd ([`EtcdStore`]:
+//! several brokers on one etcd cluster, each change one etcd transaction conditioned on the
+//! last one). [`spec`] parses `--store`; [`records`] is the layout as key-value records that
+//! both share. [`Store`] is what the API works with: a `MetaStore` and the settings every
+//! change runs with, and the one place that checks `If-Match`.
 
+pub mod etcd;
 pub mod records;
 pub mod sled;
+pub mod spec;
 
+pub use self::etcd::EtcdStore;
 pub use self::sled::SledStore;
+pub use self::spec::{EtcdSpec, StoreSpec};
 
 use crate::config::DEFAULT_SCALE_CONCURRENCY;
 use crate::error::{ApiError, StoreError};
@@ -20,6 +25,7 @@ use sluice_common::model::Epoch;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
+use tokio::sync::watch;
 
 /// Where the broker keeps its metadata.
 ///
@@ -36,6 +42,13 @@ pub trait MetaStore: Send + Sync {
     /// its commit (another writer was first) reads again and runs `apply` again on the newer
     /// state; so `apply` depends on its `Txn` alone.
     fn transaction(&self, apply: &mut dyn FnMut(&mut Txn) -> Result<(), ApiError>) -> Result<Arc<State>, ApiError>;
+
+    /// The epoch as it moves, when it can move without this broker: another broker's commit
+    /// (etcd). `None` when only this broker's own changes move it (sled), which the API
+    /// already publishes.
+    fn changes(&self) -> Option<watch::Receiver<Epoch>> {
+        None
+    }
 
     /// Makes everything committed durable, should anything be left (on shutdown). A store
     /// whose commits are durable when they return has nothing to do.
@@ -56,9 +69,23 @@ impl Store {
         Store { meta, scale_concurrency: DEFAULT_SCALE_CONCURRENCY }
     }
 
-    /// Opens (or creates) the sled database in `dir`, the broker's store today.
+    /// Opens (or creates) the sled database in `dir`.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         Ok(Store::new(Arc::new(SledStore::open(dir)?)))
+    }
+
+    /// Opens the store `spec` names: sled's database, or a connection to etcd. Blocking (etcd:
+    /// up to [`etcd::OPEN_DEADLINE`] while it does not answer).
+    pub fn open_spec(spec: &StoreSpec) -> Result<Store, StoreError> {
+        match spec {
+            StoreSpec::Sled(dir) => Store::open(dir),
+            StoreSpec::Etcd(etcd) => Ok(Store::new(Arc::new(EtcdStore::open(etcd)?))),
+        }
+    }
+
+    /// See [`MetaStore::changes`].
+    pub fn changes(&self) -> Option<watch::Receiver<Epoch>> {
+        self.meta.changes()
     }
 
     /// Sets how many migrations of one scale plan run at once (at least one). It applies to
