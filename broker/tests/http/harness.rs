@@ -66,6 +66,15 @@ pub async fn on_store(kind: Kind, body: impl std::future::Future<Output = ()>) {
     BACKEND.scope(backend, body).await
 }
 
+/// The store a broker started "in `data_dir`" uses, for opening it in the test itself.
+pub fn store_spec(data_dir: &Path) -> sluice_broker::store::StoreSpec {
+    match store_args(data_dir).as_slice() {
+        [flag, dir] if flag == "--data-dir" => sluice_broker::store::StoreSpec::Sled(dir.into()),
+        [_, spec] => spec.parse().expect("the harness's own --store"),
+        other => panic!("unexpected store flags {other:?}"),
+    }
+}
+
 /// The store brokers started "in `data_dir`" use: `--data-dir`, or an etcd namespace named
 /// after the dir.
 fn store_args(data_dir: &Path) -> Vec<String> {

@@ -17,5 +17,6 @@ mod openapi;
 mod peers;
 mod replicas;
 mod scale;
+mod store;
 mod two_brokers;
 mod validation;
