@@ -2,10 +2,12 @@
 //! TOML file. Precedence: flag > environment > file > default (clap gives flag over
 //! environment; [`Config::resolve`] lays the file and the defaults underneath).
 
+use crate::store::etcd::DEFAULT_TIMEOUT as DEFAULT_ETCD_TIMEOUT;
 use crate::store::StoreSpec;
 use clap::{Parser, ValueEnum};
 use serde::{Deserialize, Deserializer};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Where the broker listens when nothing says otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7799";
@@ -45,7 +47,12 @@ pub struct Cli {
     #[arg(long, env = "SLUICE_API_TOKEN", value_name = "TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
 
-    /// TOML file with any of: listen, data_dir, store, api_token, log_format, scale_concurrency
+    /// How long one etcd call may take before a change answers 503 (etcd store only) [default: 2000]
+    #[arg(long, env = "SLUICE_ETCD_TIMEOUT_MS", value_name = "MS", value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    pub etcd_timeout_ms: Option<u64>,
+
+    /// TOML file with any of: listen, data_dir, store, etcd_timeout_ms, api_token, log_format,
+    /// scale_concurrency
     #[arg(long, env = "SLUICE_CONFIG", value_name = "FILE.toml")]
     pub config: Option<PathBuf>,
 
@@ -66,6 +73,7 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     #[serde(default, deserialize_with = "store_spec")]
     pub store: Option<StoreSpec>,
+    pub etcd_timeout_ms: Option<u64>,
     pub api_token: Option<String>,
     pub log_format: Option<LogFormat>,
     pub scale_concurrency: Option<u32>,
@@ -83,6 +91,8 @@ pub struct Config {
     pub listen: String,
     /// Where the metadata lives (`--store`, or sled in `--data-dir`).
     pub store: StoreSpec,
+    /// How long one etcd call may take (100 ms..=60 s).
+    pub etcd_timeout: Duration,
     /// `None`: mutating calls are open (an empty token counts as none).
     pub api_token: Option<String>,
     pub log_format: LogFormat,
@@ -110,6 +120,12 @@ impl FileConfig {
             .map_err(|source| ConfigError::Parse { path: path.display().to_string(), source: Box::new(source) })?;
         if let Some(value) = file.scale_concurrency.filter(|k| !(1..=1024).contains(k)) {
             return Err(ConfigError::Invalid { path: path.display().to_string(), value });
+        }
+        if let Some(value) = file.etcd_timeout_ms.filter(|ms| !(100..=60_000).contains(ms)) {
+            return Err(ConfigError::Conflict(format!(
+                "config file {}: etcd_timeout_ms must be between 100 and 60000, not {value}",
+                path.display()
+            )));
         }
         Ok(file)
     }
@@ -150,6 +166,10 @@ impl Config {
         Ok(Config {
             listen: cli.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_string()),
             store,
+            etcd_timeout: cli
+                .etcd_timeout_ms
+                .or(file.etcd_timeout_ms)
+                .map_or(DEFAULT_ETCD_TIMEOUT, |ms| Duration::from_millis(ms.clamp(100, 60_000))),
             api_token: cli.api_token.or(file.api_token).filter(|t| !t.is_empty()),
             log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
             scale_concurrency: cli
@@ -239,5 +259,10 @@ mod tests {
         let err = Cli::try_parse_from(["sluice-broker", "--store", "etcd://nohost"]).unwrap_err().to_string();
         assert!(err.contains("missing :port"), "{err}");
         assert!(toml::from_str::<FileConfig>("store = \"/x\"").is_err());
+        // The etcd timeout: 2 s unless set, within bounds.
+        assert_eq!(Config::merge(Cli::default(), FileConfig::default()).unwrap().etcd_timeout, DEFAULT_ETCD_TIMEOUT);
+        let cli = Cli::try_parse_from(["sluice-broker", "--etcd-timeout-ms", "5000"]).unwrap();
+        assert_eq!(Config::merge(cli, FileConfig::default()).unwrap().etcd_timeout, Duration::from_secs(5));
+        assert!(Cli::try_parse_from(["sluice-broker", "--etcd-timeout-ms", "10"]).is_err());
     }
 }

@@ -44,11 +44,13 @@ pub fn init_logging(format: LogFormat) {
 /// Opens the store, binds `config.listen` and serves until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> Result<(), BrokerError> {
     let spec = config.store.clone();
-    let k = config.scale_concurrency;
-    let store = tokio::task::spawn_blocking(move || Store::open_spec(&spec).map(|s| s.with_scale_concurrency(k)))
-        .await
-        .map_err(|e| BrokerError::Serve(std::io::Error::other(e)))?
-        .map_err(|source| BrokerError::Open { dir: config.store.to_string(), source })?;
+    let (k, etcd_timeout) = (config.scale_concurrency, config.etcd_timeout);
+    let store = tokio::task::spawn_blocking(move || {
+        Store::open_spec_with(&spec, etcd_timeout).map(|s| s.with_scale_concurrency(k))
+    })
+    .await
+    .map_err(|e| BrokerError::Serve(std::io::Error::other(e)))?
+    .map_err(|source| BrokerError::Open { dir: config.store.to_string(), source })?;
     let store = Arc::new(store);
     let listener = TcpListener::bind(&config.listen)
         .await

@@ -24,7 +24,7 @@ use crate::state::State;
 use sluice_common::model::Epoch;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
 /// Where the broker keeps its metadata.
@@ -74,12 +74,18 @@ impl Store {
         Ok(Store::new(Arc::new(SledStore::open(dir)?)))
     }
 
-    /// Opens the store `spec` names: sled's database, or a connection to etcd. Blocking (etcd:
-    /// up to [`etcd::OPEN_DEADLINE`] while it does not answer).
+    /// Opens the store `spec` names: sled's database, or a connection to etcd whose calls
+    /// each give up after [`etcd::DEFAULT_TIMEOUT`]. Blocking (etcd: up to
+    /// [`etcd::OPEN_DEADLINE`] while it does not answer).
     pub fn open_spec(spec: &StoreSpec) -> Result<Store, StoreError> {
+        Store::open_spec_with(spec, etcd::DEFAULT_TIMEOUT)
+    }
+
+    /// [`Store::open_spec`], each etcd call bounded by `etcd_timeout` (`--etcd-timeout-ms`).
+    pub fn open_spec_with(spec: &StoreSpec, etcd_timeout: Duration) -> Result<Store, StoreError> {
         match spec {
             StoreSpec::Sled(dir) => Store::open(dir),
-            StoreSpec::Etcd(etcd) => Ok(Store::new(Arc::new(EtcdStore::open(etcd)?))),
+            StoreSpec::Etcd(etcd) => Ok(Store::new(Arc::new(EtcdStore::open(etcd, etcd_timeout)?))),
         }
     }
 

@@ -27,7 +27,7 @@
 mod follow;
 mod snapshot;
 
-use self::snapshot::{Commit, Loaded};
+use self::snapshot::{Commit, Conn, Loaded};
 use super::spec::EtcdSpec;
 use super::{now_rfc3339, records, MetaStore};
 use crate::error::{ApiError, StoreError};
@@ -41,9 +41,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-/// The longest one etcd call may take before the broker gives up on it (503). Below the
-/// coordinator's 3 s timeout on broker calls, so it hears why.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest one etcd call may take before the broker gives up on it (503), unless
+/// `--etcd-timeout-ms` says otherwise. Below the coordinator's 3 s timeout on broker calls,
+/// so it hears why.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long the broker tries to reach etcd at start before it gives up.
 pub const OPEN_DEADLINE: Duration = Duration::from_secs(30);
@@ -55,8 +56,7 @@ const MAX_ATTEMPTS: usize = 32;
 
 /// What the store and its watch share.
 struct Inner {
-    client: Client,
-    spec: EtcdSpec,
+    conn: Conn,
     /// The state as of the newest revision seen (by a read, a commit or the watch).
     current: ArcSwap<Loaded>,
     /// Serialises publishing, so `current` only moves to newer revisions.
@@ -67,7 +67,7 @@ struct Inner {
 
 impl Inner {
     fn store_name(&self) -> String {
-        self.spec.to_string()
+        self.conn.spec.to_string()
     }
 
     /// Makes `loaded` current, unless something as new or newer already is.
@@ -91,11 +91,11 @@ impl Inner {
     /// the epoch record's revision, and a reload when it is not the one in memory.
     async fn fresh(&self) -> Result<Arc<Loaded>, StoreError> {
         let current = self.current.load_full();
-        let epoch_rev = snapshot::epoch_revision(&self.client, &self.spec).await?;
+        let epoch_rev = snapshot::epoch_revision(&self.conn).await?;
         if epoch_rev == current.epoch_rev {
             return Ok(current);
         }
-        let loaded = snapshot::read(&self.client, &self.spec).await?;
+        let loaded = snapshot::read(&self.conn).await?;
         self.publish(loaded.clone());
         Ok(Arc::new(loaded))
     }
@@ -111,8 +111,8 @@ pub struct EtcdStore {
 
 impl EtcdStore {
     /// Connects, loads the state (trying for up to [`OPEN_DEADLINE`] while etcd does not
-    /// answer) and starts following other brokers' changes.
-    pub fn open(spec: &EtcdSpec) -> Result<EtcdStore, StoreError> {
+    /// answer) and starts following other brokers' changes. `timeout` bounds each etcd call.
+    pub fn open(spec: &EtcdSpec, timeout: Duration) -> Result<EtcdStore, StoreError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("etcd-store")
@@ -122,15 +122,16 @@ impl EtcdStore {
         let spec = spec.clone();
         let inner = block_on(&runtime, async move {
             let options = ConnectOptions::new()
-                .with_connect_timeout(REQUEST_TIMEOUT)
-                .with_keep_alive(Duration::from_secs(2), REQUEST_TIMEOUT)
+                .with_connect_timeout(timeout)
+                .with_keep_alive(Duration::from_secs(2), timeout)
                 .with_keep_alive_while_idle(true);
             let client = Client::connect(spec.urls(), Some(options))
                 .await
                 .map_err(|e| snapshot::classify(&spec.to_string(), e))?;
+            let conn = Conn { client, spec, timeout };
             let deadline = Instant::now() + OPEN_DEADLINE;
             let loaded = loop {
-                match snapshot::read(&client, &spec).await {
+                match snapshot::read(&conn).await {
                     Ok(loaded) => break loaded,
                     Err(e @ StoreError::Unavailable { .. }) if Instant::now() < deadline => {
                         tracing::warn!(error = %e, "waiting for etcd");
@@ -141,8 +142,7 @@ impl EtcdStore {
             };
             let epoch = loaded.state.epoch;
             Ok(Arc::new(Inner {
-                client,
-                spec,
+                conn,
                 current: ArcSwap::from_pointee(loaded),
                 publish: Mutex::new(()),
                 epoch: watch::Sender::new(epoch),
@@ -203,8 +203,7 @@ impl MetaStore for EtcdStore {
             }
             let inner = self.inner.clone();
             let epoch_rev = base.epoch_rev;
-            let committed =
-                self.run(async move { snapshot::commit(&inner.client, &inner.spec, epoch_rev, ops).await })?;
+            let committed = self.run(async move { snapshot::commit(&inner.conn, epoch_rev, ops).await })?;
             match committed {
                 Ok(Commit::Done { revision }) => {
                     let state = Arc::new(txn.state);

@@ -39,6 +39,10 @@ macro_rules! both_stores {
     };
 }
 
+/// The brokers' `--etcd-timeout-ms` in tests: generous, so a slow fsync on a loaded machine
+/// is not a 503 (an etcd that is down answers "connection refused" at once anyway).
+pub const ETCD_TIMEOUT_MS: &str = "10000";
+
 /// Which store a test body runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -70,7 +74,7 @@ pub async fn on_store(kind: Kind, body: impl std::future::Future<Output = ()>) {
 pub fn store_spec(data_dir: &Path) -> sluice_broker::store::StoreSpec {
     match store_args(data_dir).as_slice() {
         [flag, dir] if flag == "--data-dir" => sluice_broker::store::StoreSpec::Sled(dir.into()),
-        [_, spec] => spec.parse().expect("the harness's own --store"),
+        [_, spec, ..] => spec.parse().expect("the harness's own --store"),
         other => panic!("unexpected store flags {other:?}"),
     }
 }
@@ -88,7 +92,7 @@ fn store_args(data_dir: &Path) -> Vec<String> {
                 .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
                 .collect();
             let name = &name[name.len().saturating_sub(128)..];
-            vec!["--store".into(), etcd.store(name)]
+            vec!["--store".into(), etcd.store(name), "--etcd-timeout-ms".into(), ETCD_TIMEOUT_MS.into()]
         }
     }
 }

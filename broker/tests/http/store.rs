@@ -25,7 +25,8 @@ fn register(store: &Store, port: u16) -> Epoch {
 fn open(dir: &Path) -> Store {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        match Store::open_spec(&store_spec(dir)) {
+        let etcd_timeout = Duration::from_millis(ETCD_TIMEOUT_MS.parse().expect("ms"));
+        match Store::open_spec_with(&store_spec(dir), etcd_timeout) {
             Ok(store) => return store,
             Err(e) if Instant::now() < deadline => {
                 let _ = e;

@@ -14,8 +14,12 @@ use std::time::{Duration, Instant};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
+fn store_flags(etcd: &Etcd) -> Vec<String> {
+    vec!["--store".into(), etcd.store("two"), "--etcd-timeout-ms".into(), ETCD_TIMEOUT_MS.into()]
+}
+
 async fn two(etcd: &Etcd) -> (Broker, Broker) {
-    let store = vec!["--store".to_string(), etcd.store("two")];
+    let store = store_flags(etcd);
     (Broker::start(store.clone(), Opts::default()).await, Broker::start(store, Opts::default()).await)
 }
 
@@ -216,7 +220,7 @@ async fn a_broker_killed_mid_request_loses_nothing_acknowledged() {
     drop(a);
     // A broker started again on the same etcd sees every acknowledged change, and the epoch
     // counts exactly the changes present: nothing was half done.
-    let a = Broker::start(vec!["--store".into(), etcd.store("two")], Opts::default()).await;
+    let a = Broker::start(store_flags(&etcd), Opts::default()).await;
     let present = proxies(&a).await;
     for port in on_a.iter().chain(&on_b) {
         assert!(present.contains(&addr(*port)), "acknowledged {port} is missing");

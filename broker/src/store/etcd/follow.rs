@@ -24,7 +24,7 @@ pub(super) async fn follow(inner: Arc<Inner>) {
         loop {
             tokio::time::sleep(retry).await;
             retry = (retry * 2).min(RETRY_MAX);
-            match snapshot::read(&inner.client, &inner.spec).await {
+            match snapshot::read(&inner.conn).await {
                 Ok(loaded) => {
                     inner.publish(loaded);
                     break;
@@ -40,10 +40,10 @@ pub(super) async fn follow(inner: Arc<Inner>) {
 async fn watch(inner: &Inner) -> Result<(), StoreError> {
     let from = inner.current.load().revision + 1;
     let options = WatchOptions::new().with_prefix().with_start_revision(from);
-    let mut client = inner.client.clone();
+    let mut client = inner.conn.client.clone();
     let store = inner.store_name();
     let mut stream =
-        client.watch(inner.spec.prefix(), Some(options)).await.map_err(|e| snapshot::classify(&store, e))?;
+        client.watch(inner.conn.spec.prefix(), Some(options)).await.map_err(|e| snapshot::classify(&store, e))?;
     while let Some(resp) = stream.message().await.map_err(|e| snapshot::classify(&store, e))? {
         if resp.canceled() {
             return Err(StoreError::Unavailable {
@@ -57,7 +57,7 @@ async fn watch(inner: &Inner) -> Result<(), StoreError> {
         }
         let newest = resp.events().iter().filter_map(|e| e.kv()).map(|kv| kv.mod_revision()).max();
         if newest.is_some_and(|rev| rev > inner.current.load().revision) {
-            let loaded = snapshot::read(&inner.client, &inner.spec).await?;
+            let loaded = snapshot::read(&inner.conn).await?;
             tracing::info!(
                 epoch = loaded.state.epoch,
                 revision = loaded.revision,

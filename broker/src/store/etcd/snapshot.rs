@@ -1,9 +1,8 @@
 //! The etcd calls of the store: the whole state read at one revision, the epoch record's
-//! revision alone, and the conditional commit. Every call is bounded by
-//! [`super::REQUEST_TIMEOUT`], and etcd's errors are sorted into "unreachable" (503, try
-//! again later) and the rest.
+//! revision alone, and the conditional commit. Every call is bounded by the store's timeout
+//! (`--etcd-timeout-ms`), and etcd's errors are sorted into "unreachable" (503, try again
+//! later) and the rest.
 
-use super::REQUEST_TIMEOUT;
 use crate::error::StoreError;
 use crate::state::State;
 use crate::store::records::{self, Op, EPOCH_KEY};
@@ -11,6 +10,15 @@ use crate::store::spec::EtcdSpec;
 use etcd_client::{Client, Compare, CompareOp, GetOptions, KvClient, Txn, TxnOp};
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// A connection to etcd and what every call needs with it.
+pub(super) struct Conn {
+    pub client: Client,
+    pub spec: EtcdSpec,
+    /// The longest one call may take.
+    pub timeout: Duration,
+}
 
 /// The largest answer read: the whole state comes in one range read.
 const MAX_MESSAGE: usize = 256 << 20;
@@ -63,18 +71,18 @@ pub(super) fn classify(store: &str, e: etcd_client::Error) -> StoreError {
     }
 }
 
-/// `f`, within [`REQUEST_TIMEOUT`].
+/// `f`, within the connection's timeout.
 async fn bounded<T>(
-    spec: &EtcdSpec,
+    conn: &Conn,
     what: &str,
     f: impl Future<Output = Result<T, etcd_client::Error>>,
 ) -> Result<T, StoreError> {
-    match tokio::time::timeout(REQUEST_TIMEOUT, f).await {
+    match tokio::time::timeout(conn.timeout, f).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(classify(&spec.to_string(), e)),
+        Ok(Err(e)) => Err(classify(&conn.spec.to_string(), e)),
         Err(_) => Err(StoreError::Unavailable {
-            store: spec.to_string(),
-            reason: format!("{what} got no answer within {} ms", REQUEST_TIMEOUT.as_millis()),
+            store: conn.spec.to_string(),
+            reason: format!("{what} got no answer within {} ms", conn.timeout.as_millis()),
         }),
     }
 }
@@ -90,11 +98,12 @@ fn revision_of(spec: &EtcdSpec, header: Option<&etcd_client::ResponseHeader>) ->
 }
 
 /// The whole state of the namespace, read at one revision (linearizable).
-pub(super) async fn read(client: &Client, spec: &EtcdSpec) -> Result<Loaded, StoreError> {
+pub(super) async fn read(conn: &Conn) -> Result<Loaded, StoreError> {
+    let spec = &conn.spec;
     let prefix = spec.prefix();
-    let mut kv = kv(client);
+    let mut kv = kv(&conn.client);
     let resp =
-        bounded(spec, "reading the metadata", kv.get(prefix.as_bytes(), Some(GetOptions::new().with_prefix()))).await?;
+        bounded(conn, "reading the metadata", kv.get(prefix.as_bytes(), Some(GetOptions::new().with_prefix()))).await?;
     let revision = revision_of(spec, resp.header())?;
     let epoch_key = format!("{prefix}{EPOCH_KEY}");
     let epoch_rev = resp.kvs().iter().find(|kv| kv.key() == epoch_key.as_bytes()).map_or(0, |kv| kv.mod_revision());
@@ -107,20 +116,16 @@ pub(super) async fn read(client: &Client, spec: &EtcdSpec) -> Result<Loaded, Sto
 }
 
 /// The mod revision of the epoch record now (linearizable; 0: there is none).
-pub(super) async fn epoch_revision(client: &Client, spec: &EtcdSpec) -> Result<i64, StoreError> {
-    let key = format!("{}{EPOCH_KEY}", spec.prefix());
-    let mut kv = kv(client);
-    let resp = bounded(spec, "reading the epoch", kv.get(key.as_bytes(), None)).await?;
+pub(super) async fn epoch_revision(conn: &Conn) -> Result<i64, StoreError> {
+    let key = format!("{}{EPOCH_KEY}", conn.spec.prefix());
+    let mut kv = kv(&conn.client);
+    let resp = bounded(conn, "reading the epoch", kv.get(key.as_bytes(), None)).await?;
     Ok(resp.kvs().first().map_or(0, |kv| kv.mod_revision()))
 }
 
 /// Writes `ops` in one transaction, if the epoch record's mod revision is still `epoch_rev`.
-pub(super) async fn commit(
-    client: &Client,
-    spec: &EtcdSpec,
-    epoch_rev: i64,
-    ops: Vec<Op>,
-) -> Result<Commit, StoreError> {
+pub(super) async fn commit(conn: &Conn, epoch_rev: i64, ops: Vec<Op>) -> Result<Commit, StoreError> {
+    let spec = &conn.spec;
     if ops.len() > MAX_TXN_OPS {
         return Err(StoreError::Etcd {
             store: spec.to_string(),
@@ -144,8 +149,8 @@ pub(super) async fn commit(
         .collect();
     let epoch_key = format!("{prefix}{EPOCH_KEY}");
     let txn = Txn::new().when([Compare::mod_revision(epoch_key, CompareOp::Equal, epoch_rev)]).and_then(writes);
-    let mut kv = kv(client);
-    let resp = bounded(spec, "the commit", kv.txn(txn)).await?;
+    let mut kv = kv(&conn.client);
+    let resp = bounded(conn, "the commit", kv.txn(txn)).await?;
     if !resp.succeeded() {
         return Ok(Commit::Lost);
     }
