@@ -16,10 +16,11 @@ FROM rust:1.95-bookworm AS build
 # The label marks this project's build layers: integration-tests/compose_test.sh prunes the
 # superseded ones (and nothing else).
 LABEL org.sluice.stage=build
-# sluice-proto's build script runs protoc. The official rust image has none: install it from
-# Debian there; the offline stand-in image already carries it, so no network is needed.
-RUN command -v protoc >/dev/null \
-    || { apt-get update && apt-get install -y --no-install-recommends protobuf-compiler \
+# sluice-proto's build script runs protoc, and etcd-client's (the broker's etcd store) needs
+# protoc's google/protobuf/*.proto too. The official rust image has neither: install them from
+# Debian there; the offline stand-in image already carries both, so no network is needed.
+RUN { command -v protoc && test -f /usr/include/google/protobuf/descriptor.proto; } >/dev/null \
+    || { apt-get update && apt-get install -y --no-install-recommends protobuf-compiler libprotobuf-dev \
          && rm -rf /var/lib/apt/lists/*; }
 ENV CARGO_INCREMENTAL=0 \
     CARGO_PROFILE_RELEASE_DEBUG=0 \

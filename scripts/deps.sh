@@ -19,6 +19,10 @@ sluice_install_deps() {
   command -v redis-cli >/dev/null || missing+=(redis-tools)
   command -v redis-benchmark >/dev/null || missing+=(redis-tools)
   command -v protoc >/dev/null || missing+=(protobuf-compiler)
+  # etcd-client's build compiles etcd's protos, which import google/protobuf/*.proto.
+  [[ -f /usr/include/google/protobuf/descriptor.proto ]] || missing+=(libprotobuf-dev)
+  # The broker's etcd store is tested against a real etcd (broker/tests/http).
+  command -v etcd >/dev/null || missing+=(etcd-server)
   command -v python3 >/dev/null || missing+=(python3)
   # The redis-py tests build a venv: Debian ships ensurepip in python3-venv.
   python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
@@ -27,6 +31,6 @@ sluice_install_deps() {
     echo "installing: ${missing[*]}"
     sluice_apt_install "${missing[@]}"
   fi
-  # The tests start their own redis-server processes; a packaged one running as a service
-  # is not needed (and is left alone).
+  # The tests start their own redis-server and etcd processes on free ports; packaged ones
+  # running as services are not needed (and are left alone).
 }

@@ -10,7 +10,8 @@
 #                             (no docs, man pages or locales; apt lists removed).
 #      rust:<X.Y>-bookworm    a bookworm rootfs with the build tools of the official image's
 #                             base (build-essential, git, curl, pkg-config, libssl-dev) plus
-#                             protobuf-compiler, and this machine's own Rust toolchain (the
+#                             protobuf-compiler and libprotobuf-dev (etcd-client's protos import
+#                             google/protobuf/*.proto), and this machine's own Rust toolchain (the
 #                             rustup toolchain whose rustc is <X.Y>.*, without its HTML docs)
 #                             laid out as in the official image (RUSTUP_HOME=/usr/local/rustup,
 #                             CARGO_HOME=/usr/local/cargo, rustup and its proxies on PATH). No
@@ -218,7 +219,7 @@ build_rust() {
   [[ -x $rustup_bin ]] || die "$name: rustup not found"
   log "$name from toolchain $(basename "$tc") (rustc $version)"
 
-  rootfs "$dir" buildd ca-certificates curl wget git pkg-config libssl-dev xz-utils protobuf-compiler
+  rootfs "$dir" buildd ca-certificates curl wget git pkg-config libssl-dev xz-utils protobuf-compiler libprotobuf-dev
   local rh=$dir/usr/local/rustup ch=$dir/usr/local/cargo
   mkdir -p "$rh/toolchains/$version-$triple" "$ch/bin"
   # The toolchain without its HTML docs (rust-docs, ~700 MB), as in the official image.
@@ -295,12 +296,24 @@ build_image() {
   log "built $name ($(docker image inspect -f '{{.Size}}' "$name" | awk '{printf "%.0f MB", $1/1e6}'))"
 }
 
+# A rust stand-in built before the broker's etcd store lacks libprotobuf-dev, which the build
+# now needs: it is built again (only stand-ins, never a pulled image).
+stale_rust_standin() {
+  [[ $1 == rust:* ]] || return 1
+  [[ -n $(docker image inspect -f '{{index .Config.Labels "org.sluice.offline-image"}}' "$1" 2>/dev/null) ]] || return 1
+  ! docker run --rm --entrypoint test "$1" -f /usr/include/google/protobuf/descriptor.proto >/dev/null 2>&1
+}
+
 ensure_images() {
   command -v docker >/dev/null || die "docker is not installed"
   docker info >/dev/null 2>&1 || die "no Docker engine answers (docker info)"
   local name missing=()
   while read -r name; do
-    if have_image "$name"; then
+    if have_image "$name" && stale_rust_standin "$name"; then
+      log "$name: a stand-in without libprotobuf-dev, building it again"
+      docker rmi "$name" >/dev/null
+      missing+=("$name")
+    elif have_image "$name"; then
       log "$name: present"
     elif timeout 120 docker pull -q "$name" >/dev/null 2>&1; then
       log "$name: pulled"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check CI runs: formatting, clippy, unit and integration tests.
-# Installs what is missing first (redis-server, redis-tools, protobuf-compiler, chromium,
-# cargo-nextest).
+# Installs what is missing first (redis-server, redis-tools, protobuf-compiler, libprotobuf-dev,
+# etcd-server, chromium, cargo-nextest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh

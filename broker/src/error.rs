@@ -64,6 +64,12 @@ impl ApiError {
         ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
     }
 
+    /// 503: the metadata store (etcd) cannot be reached; the message says whether anything
+    /// may have been written and what to do.
+    pub fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", message)
+    }
+
     /// 500: the broker could not do its part (storage); the message says what failed.
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
@@ -88,11 +94,16 @@ impl IntoResponse for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
-        ApiError::internal(format!("metadata store: {e}"))
+        match e {
+            StoreError::Unavailable { .. } => {
+                ApiError::unavailable(format!("{e}; nothing was changed, retry once it is back"))
+            }
+            e => ApiError::internal(format!("metadata store: {e}")),
+        }
     }
 }
 
-/// The sled store failed, or holds something this broker cannot read.
+/// The store failed, or holds something this broker cannot read.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("sled: {0}")]
@@ -101,12 +112,18 @@ pub enum StoreError {
     Corrupt { key: String, reason: String },
     #[error("could not encode {key:?}: {reason}")]
     Encode { key: String, reason: String },
+    /// etcd did not answer (down, no quorum, too slow): the broker answers 503.
+    #[error("the metadata store ({store}) is unreachable: {reason}")]
+    Unavailable { store: String, reason: String },
+    /// etcd answered with an error that waiting will not cure.
+    #[error("the metadata store ({store}) refused: {reason}")]
+    Etcd { store: String, reason: String },
 }
 
 /// Why the broker could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    #[error("opening the metadata store in {dir}: {source}")]
+    #[error("opening the metadata store {dir}: {source}")]
     Open { dir: String, source: StoreError },
     #[error("listening on {addr}: {source}")]
     Listen { addr: String, source: std::io::Error },

@@ -1,13 +1,13 @@
 //! sluice-broker: the single source of truth of a sluice deployment.
 //!
 //! It keeps the cluster metadata — proxies, clusters with their slot assignments and migration
-//! tags, migrations, and one global epoch — in sled, and serves it over HTTP (axum). Every
-//! metadata change is one sled transaction that bumps the epoch by one and is flushed before
-//! the call answers; status reports (migration progress, proxy health) are stored too but do
-//! not move the epoch.
+//! tags, migrations, and one global epoch — in sled (one broker) or etcd (several brokers on
+//! one etcd), and serves it over HTTP (axum). Every metadata change is one transaction of the
+//! store that bumps the epoch by one and is durable before the call answers; status reports
+//! (migration progress, proxy health) are stored too but do not move the epoch.
 //!
 //! Map: [`config`] (flags, env, file) → [`store`] (the in-memory [`state::State`] behind the
-//! [`store::MetaStore`] trait, sled its implementation) → [`ops`] (every change, checks first,
+//! [`store::MetaStore`] trait, sled and etcd its implementations) → [`ops`] (every change, checks first,
 //! one module per concern; [`scale`] plans scale-outs and scale-ins) → [`api`] (routes and
 //! handlers), [`openapi`] and [`metrics`] (Prometheus, `GET /metrics`).
 
@@ -43,12 +43,14 @@ pub fn init_logging(format: LogFormat) {
 
 /// Opens the store, binds `config.listen` and serves until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> Result<(), BrokerError> {
-    let dir = config.data_dir.clone();
-    let k = config.scale_concurrency;
-    let store = tokio::task::spawn_blocking(move || Store::open(&dir).map(|s| s.with_scale_concurrency(k)))
-        .await
-        .map_err(|e| BrokerError::Serve(std::io::Error::other(e)))?
-        .map_err(|source| BrokerError::Open { dir: config.data_dir.display().to_string(), source })?;
+    let spec = config.store.clone();
+    let (k, etcd_timeout) = (config.scale_concurrency, config.etcd_timeout);
+    let store = tokio::task::spawn_blocking(move || {
+        Store::open_spec_with(&spec, etcd_timeout).map(|s| s.with_scale_concurrency(k))
+    })
+    .await
+    .map_err(|e| BrokerError::Serve(std::io::Error::other(e)))?
+    .map_err(|source| BrokerError::Open { dir: config.store.to_string(), source })?;
     let store = Arc::new(store);
     let listener = TcpListener::bind(&config.listen)
         .await
@@ -57,7 +59,7 @@ pub async fn run(config: Config) -> Result<(), BrokerError> {
     let s = store.snapshot();
     tracing::info!(
         %addr,
-        data_dir = %config.data_dir.display(),
+        store = %config.store,
         epoch = s.epoch,
         proxies = s.proxies.len(),
         clusters = s.clusters.len(),

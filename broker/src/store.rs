@@ -1,16 +1,21 @@
 //! The metadata store: the broker's whole [`State`], read from memory and changed one atomic
 //! transaction at a time, durable before the caller answers.
 //!
-//! [`MetaStore`] is what a place to keep the metadata must do; sled ([`SledStore`]) is
-//! the one implementation today, and a second one (etcd) is another implementation of the
-//! same trait, nothing else. [`records`] is the layout as key-value records that such stores
-//! share. [`Store`] is what the API works with: a `MetaStore` and the settings every change
-//! runs with, and the one place that checks `If-Match`.
+//! [`MetaStore`] is what a place to keep the metadata must do. Two implementations:
+//! sled ([`SledStore`], the default: one broker, a local directory) and etcd ([`EtcdStore`]:
+//! several brokers on one etcd cluster, each change one etcd transaction conditioned on the
+//! last one). [`spec`] parses `--store`; [`records`] is the layout as key-value records that
+//! both share. [`Store`] is what the API works with: a `MetaStore` and the settings every
+//! change runs with, and the one place that checks `If-Match`.
 
+pub mod etcd;
 pub mod records;
 pub mod sled;
+pub mod spec;
 
+pub use self::etcd::EtcdStore;
 pub use self::sled::SledStore;
+pub use self::spec::{EtcdSpec, StoreSpec};
 
 use crate::config::DEFAULT_SCALE_CONCURRENCY;
 use crate::error::{ApiError, StoreError};
@@ -19,7 +24,8 @@ use crate::state::State;
 use sluice_common::model::Epoch;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
+use tokio::sync::watch;
 
 /// Where the broker keeps its metadata.
 ///
@@ -36,6 +42,13 @@ pub trait MetaStore: Send + Sync {
     /// its commit (another writer was first) reads again and runs `apply` again on the newer
     /// state; so `apply` depends on its `Txn` alone.
     fn transaction(&self, apply: &mut dyn FnMut(&mut Txn) -> Result<(), ApiError>) -> Result<Arc<State>, ApiError>;
+
+    /// The epoch as it moves, when it can move without this broker: another broker's commit
+    /// (etcd). `None` when only this broker's own changes move it (sled), which the API
+    /// already publishes.
+    fn changes(&self) -> Option<watch::Receiver<Epoch>> {
+        None
+    }
 
     /// Makes everything committed durable, should anything be left (on shutdown). A store
     /// whose commits are durable when they return has nothing to do.
@@ -56,9 +69,29 @@ impl Store {
         Store { meta, scale_concurrency: DEFAULT_SCALE_CONCURRENCY }
     }
 
-    /// Opens (or creates) the sled database in `dir`, the broker's store today.
+    /// Opens (or creates) the sled database in `dir`.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         Ok(Store::new(Arc::new(SledStore::open(dir)?)))
+    }
+
+    /// Opens the store `spec` names: sled's database, or a connection to etcd whose calls
+    /// each give up after [`etcd::DEFAULT_TIMEOUT`]. Blocking (etcd: up to
+    /// [`etcd::OPEN_DEADLINE`] while it does not answer).
+    pub fn open_spec(spec: &StoreSpec) -> Result<Store, StoreError> {
+        Store::open_spec_with(spec, etcd::DEFAULT_TIMEOUT)
+    }
+
+    /// [`Store::open_spec`], each etcd call bounded by `etcd_timeout` (`--etcd-timeout-ms`).
+    pub fn open_spec_with(spec: &StoreSpec, etcd_timeout: Duration) -> Result<Store, StoreError> {
+        match spec {
+            StoreSpec::Sled(dir) => Store::open(dir),
+            StoreSpec::Etcd(etcd) => Ok(Store::new(Arc::new(EtcdStore::open(etcd, etcd_timeout)?))),
+        }
+    }
+
+    /// See [`MetaStore::changes`].
+    pub fn changes(&self) -> Option<watch::Receiver<Epoch>> {
+        self.meta.changes()
     }
 
     /// Sets how many migrations of one scale plan run at once (at least one). It applies to
@@ -108,68 +141,4 @@ impl Store {
 /// The time of a change (RFC 3339, milliseconds), for the records' timestamps.
 fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use sluice_common::api::RegisterProxy;
-
-    fn register(store: &Store, port: u16) -> Epoch {
-        let req = RegisterProxy {
-            address: format!("127.0.0.1:{port}"),
-            control_address: format!("127.0.0.1:{}", port + 1000),
-            node_address: format!("127.0.0.1:{}", port + 2000),
-            peer_address: None,
-        };
-        let (_, state) = store.mutate(None, |t| t.register_proxy(req)).unwrap();
-        state.epoch
-    }
-
-    #[test]
-    fn changes_survive_reopening() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let store = Store::open(dir.path()).unwrap();
-            assert_eq!(register(&store, 6001), 1);
-            assert_eq!(register(&store, 6002), 2);
-            // Re-registering the same proxy changes nothing.
-            assert_eq!(register(&store, 6002), 2);
-        }
-        // sled's flusher thread may keep the file lock a moment after the drop.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let store = loop {
-            match Store::open(dir.path()) {
-                Ok(store) => break store,
-                Err(e) if std::time::Instant::now() < deadline => {
-                    let _ = e;
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                Err(e) => panic!("reopen: {e}"),
-            }
-        };
-        let s = store.snapshot();
-        assert_eq!(s.epoch, 2);
-        assert_eq!(s.proxies.len(), 2);
-    }
-
-    #[test]
-    fn a_refused_change_writes_nothing_and_if_match_guards() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        register(&store, 6001);
-        let err = store.mutate(Some(7), |t| t.delete_proxy("127.0.0.1:6001")).unwrap_err();
-        assert_eq!(err.code, "epoch_mismatch");
-        let err = store
-            .mutate(None, |t| {
-                t.bump();
-                Err::<(), _>(ApiError::conflict("no"))
-            })
-            .unwrap_err();
-        assert_eq!(err.code, "conflict");
-        assert_eq!(store.snapshot().epoch, 1);
-        store.mutate(Some(1), |t| t.delete_proxy("127.0.0.1:6001")).unwrap();
-        assert_eq!(store.snapshot().epoch, 2);
-        assert!(store.snapshot().proxies.is_empty());
-    }
 }

@@ -56,6 +56,10 @@ enum Command {
         /// removed at exit, when absent.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// The broker's metadata store, when not sled in the data dir: an etcd you run,
+        /// etcd://HOST:PORT[,HOST:PORT…][/NAMESPACE] (see docs/broker-api.md)
+        #[arg(long, value_name = "SPEC")]
+        store: Option<String>,
     },
     /// The cluster at a glance: its shards, their slots, replicas and state, and the epoch.
     Status {
@@ -167,13 +171,14 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     let api = || admin::Api::new(&cli.broker, cli.token.clone());
     match cli.command {
-        Command::Local { proxies, replicas, spare, base_port, broker_port, data_dir } => {
+        Command::Local { proxies, replicas, spare, base_port, broker_port, data_dir, store } => {
             let spec = LocalSpec {
                 proxies,
                 replicas,
                 spare,
                 base_port: Some(base_port),
                 broker_port: Some(broker_port),
+                broker_store: store,
                 data_dir,
                 ..LocalSpec::default()
             };

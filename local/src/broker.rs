@@ -23,6 +23,17 @@ impl BrokerProcess {
     /// Starts a broker with its sled data in `data_dir`, on `port` or a free one, and waits
     /// until it answers.
     pub async fn start(dir: &Path, data_dir: &Path, port: Option<u16>) -> Result<BrokerProcess> {
+        BrokerProcess::start_with_store(dir, data_dir, None, port).await
+    }
+
+    /// [`BrokerProcess::start`], with the metadata in `store` (the broker's `--store`, e.g. an
+    /// etcd the caller runs: `etcd://127.0.0.1:2379/local`) instead of sled in `data_dir`.
+    pub async fn start_with_store(
+        dir: &Path,
+        data_dir: &Path,
+        store: Option<&str>,
+        port: Option<u16>,
+    ) -> Result<BrokerProcess> {
         let bin = binary("sluice-broker")?;
         let mut last = None;
         for _ in 0..if port.is_some() { 1 } else { 5 } {
@@ -30,8 +41,8 @@ impl BrokerProcess {
             let args: Vec<String> = vec![
                 "--listen".into(),
                 format!("127.0.0.1:{port}"),
-                "--data-dir".into(),
-                data_dir.display().to_string(),
+                if store.is_some() { "--store" } else { "--data-dir" }.into(),
+                store.map_or_else(|| data_dir.display().to_string(), str::to_string),
             ];
             let log = dir.join(format!("broker-{port}.log"));
             let process = ChildProcess::spawn(&format!("broker-{port}"), &bin, &args, &log)?;

@@ -31,6 +31,9 @@ pub struct LocalSpec {
     pub base_port: Option<u16>,
     /// The broker's port; a free one when absent.
     pub broker_port: Option<u16>,
+    /// The broker's `--store` (`etcd://…`, an etcd the caller runs); sled in the data dir when
+    /// absent.
+    pub broker_store: Option<String>,
     /// Where every file goes (kept); a temporary directory when absent (removed).
     pub data_dir: Option<PathBuf>,
     pub coordinators: usize,
@@ -49,6 +52,7 @@ impl Default for LocalSpec {
             spare: 1,
             base_port: None,
             broker_port: None,
+            broker_store: None,
             data_dir: None,
             coordinators: 1,
             cluster: "local".into(),
@@ -98,7 +102,9 @@ impl LocalCluster {
                 (t.path().to_path_buf(), Some(t))
             }
         };
-        let broker = BrokerProcess::start(&dir, &dir.join("broker"), spec.broker_port).await?;
+        let broker =
+            BrokerProcess::start_with_store(&dir, &dir.join("broker"), spec.broker_store.as_deref(), spec.broker_port)
+                .await?;
         let mut cluster = LocalCluster {
             spec,
             broker,

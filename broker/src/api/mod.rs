@@ -33,7 +33,7 @@ pub const BODY_LIMIT: usize = 1 << 20;
 /// What every handler gets.
 #[derive(Clone)]
 pub struct AppState {
-    /// The metadata: whatever [`crate::store::MetaStore`] keeps it (sled today).
+    /// The metadata: whatever [`crate::store::MetaStore`] keeps it (sled or etcd).
     pub store: Arc<Store>,
     /// With a token, mutating calls need `Authorization: Bearer <token>`.
     pub token: Option<Arc<str>>,
@@ -44,14 +44,26 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Call it on the runtime: a store that other brokers change (etcd) gets a task that
+    /// passes their epochs on to the long polls.
     pub fn new(store: Arc<Store>, token: Option<String>) -> Result<AppState, prometheus::Error> {
-        let epoch = store.snapshot().epoch;
-        Ok(AppState {
-            store,
-            token: token.map(Arc::from),
-            epoch: Arc::new(watch::Sender::new(epoch)),
-            metrics: Arc::new(Metrics::new()?),
-        })
+        let epoch = Arc::new(watch::Sender::new(store.snapshot().epoch));
+        if let Some(mut changes) = store.changes() {
+            let epoch = epoch.clone();
+            tokio::spawn(async move {
+                while changes.changed().await.is_ok() {
+                    let now = *changes.borrow_and_update();
+                    epoch.send_if_modified(|e| {
+                        let moved = now > *e;
+                        if moved {
+                            *e = now;
+                        }
+                        moved
+                    });
+                }
+            });
+        }
+        Ok(AppState { store, token: token.map(Arc::from), epoch, metrics: Arc::new(Metrics::new()?) })
     }
 
     /// Runs one change on a blocking thread (the store's writes and flushes block) and

@@ -1,4 +1,5 @@
-//! The metadata as key-value records: the layout any key-value store keeps it in (sled today),
+//! The metadata as key-value records: the layout every key-value store keeps it in (sled, and
+//! etcd under its namespace's prefix),
 //! the writes that turn one state into the next, and the state read back from the records.
 //!
 //! Keys (values are JSON unless said otherwise):
@@ -17,7 +18,10 @@ use sluice_common::api::{Migration, ScalePlanRecord};
 use sluice_common::model::ClusterView;
 use std::collections::BTreeMap;
 
-const EPOCH_KEY: &str = "meta/epoch";
+/// The epoch's record. etcd's store also rewrites it with every change (even one that keeps
+/// the epoch), so its mod revision names the last change of all: the one its transactions
+/// compare.
+pub const EPOCH_KEY: &str = "meta/epoch";
 const NEXT_MIGRATION_KEY: &str = "meta/next_migration";
 const PROXY_PREFIX: &str = "proxy/";
 const CLUSTER_PREFIX: &str = "cluster/";
@@ -47,11 +51,16 @@ fn migration_key(number: u64) -> String {
     format!("{MIGRATION_PREFIX}{number:020}")
 }
 
+/// The write of the epoch record.
+pub fn epoch_op(epoch: u64) -> Op {
+    (EPOCH_KEY.to_string(), Some(epoch.to_be_bytes().to_vec()))
+}
+
 /// The writes that turn `old` into `new`, record by record.
 pub fn diff(old: &State, new: &State) -> Result<Vec<Op>, StoreError> {
     let mut ops = Vec::new();
     if old.epoch != new.epoch {
-        ops.push((EPOCH_KEY.to_string(), Some(new.epoch.to_be_bytes().to_vec())));
+        ops.push(epoch_op(new.epoch));
     }
     if old.next_migration != new.next_migration {
         ops.push((NEXT_MIGRATION_KEY.to_string(), Some(new.next_migration.to_be_bytes().to_vec())));

@@ -5,7 +5,7 @@ use crate::harness::*;
 use reqwest::Method;
 use serde_json::json;
 
-#[tokio::test]
+both_stores! {
 async fn a_token_guards_every_mutating_call() {
     let (mut b, _dir) = fresh(Opts::token("s3cret")).await;
     register_all(&b, 6001..=6003).await;
@@ -65,6 +65,7 @@ async fn a_token_guards_every_mutating_call() {
         .await;
     ok.expect(201);
 }
+}
 
 /// Answers whether `token` is accepted by the broker (a re-registration: 200/201 vs 401).
 async fn accepts(b: &mut Broker, token: &str) -> bool {
@@ -77,7 +78,7 @@ async fn accepts(b: &mut Broker, token: &str) -> bool {
     }
 }
 
-#[tokio::test]
+both_stores! {
 async fn token_precedence_is_flag_then_env_then_file() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("broker.toml");
@@ -100,4 +101,5 @@ async fn token_precedence_is_flag_then_env_then_file() {
     let mut b = Broker::start_in(&dir.path().join("d3"), Opts { args, envs: env }).await;
     assert!(accepts(&mut b, "from-flag").await);
     assert!(!accepts(&mut b, "from-env").await);
+}
 }

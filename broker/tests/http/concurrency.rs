@@ -5,7 +5,7 @@ use futures::future::join_all;
 use reqwest::Method;
 use serde_json::json;
 
-#[tokio::test]
+both_stores! {
 async fn concurrent_if_match_updates_exactly_one_wins() {
     let (b, _dir) = fresh(Opts::default()).await;
     register_all(&b, 6001..=6030).await;
@@ -29,8 +29,9 @@ async fn concurrent_if_match_updates_exactly_one_wins() {
         assert_eq!(clusters, round + 1);
     }
 }
+}
 
-#[tokio::test]
+both_stores! {
 async fn concurrent_conflicting_migrations_exactly_one_wins() {
     let (b, _dir) = fresh(Opts::default()).await;
     register_all(&b, 6001..=6010).await;
@@ -55,4 +56,5 @@ async fn concurrent_conflicting_migrations_exactly_one_wins() {
             .await;
     assert!(answers.iter().all(|a| a.status == 200), "{answers:?}");
     assert_eq!(b.epoch().await, epoch + 3);
+}
 }

@@ -3,7 +3,7 @@
 use crate::harness::*;
 use serde_json::json;
 
-#[tokio::test]
+both_stores! {
 async fn acknowledged_changes_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -74,4 +74,5 @@ async fn acknowledged_changes_survive_sigkill() {
         )
         .await;
     assert_eq!(m.expect(202)["id"], "m-2");
+}
 }

@@ -25,7 +25,7 @@ fn sizes(view: &Value) -> Vec<(u64, u64)> {
         .collect()
 }
 
-#[tokio::test]
+both_stores! {
 async fn register_create_migrate_commit() {
     let (b, _dir) = fresh(Opts::default()).await;
     assert_eq!(b.epoch().await, 0);
@@ -198,8 +198,9 @@ async fn register_create_migrate_commit() {
     b.post("/api/v1/clusters/shop/migrations/m-9/commit", json!({})).await.expect_error(404, "not_found");
     b.get("/api/v1/clusters/shop/migrations/nope").await.expect_error(404, "not_found");
 }
+}
 
-#[tokio::test]
+both_stores! {
 async fn reported_phase_times_are_kept_in_order() {
     let (b, _dir) = fresh(Opts::default()).await;
     register_all(&b, [6001, 6002]).await;
@@ -219,8 +220,9 @@ async fn reported_phase_times_are_kept_in_order() {
     // Status only: the epoch did not move.
     assert_eq!(b.epoch().await, epoch);
 }
+}
 
-#[tokio::test]
+both_stores! {
 async fn a_node_left_without_slots_leaves_and_its_proxy_is_free() {
     let (b, _dir) = fresh(Opts::default()).await;
     register_all(&b, [6001, 6002]).await;
@@ -268,8 +270,9 @@ async fn a_node_left_without_slots_leaves_and_its_proxy_is_free() {
     // Now free, it can be deleted.
     b.delete(&format!("/api/v1/proxies/{}", addr(6001))).await.expect(200);
 }
+}
 
-#[tokio::test]
+both_stores! {
 async fn abort_and_fail_put_everything_back() {
     let (b, _dir) = fresh(Opts::default()).await;
     register_all(&b, 6001..=6004).await;
@@ -313,8 +316,9 @@ async fn abort_and_fail_put_everything_back() {
     b.post("/api/v1/clusters/shop/migrations/m-3/fail", json!({"error": "x"})).await.expect_error(409, "conflict");
     assert_eq!(b.model().await, before);
 }
+}
 
-#[tokio::test]
+both_stores! {
 async fn a_stop_while_switching_fences_the_source_and_ends_only_once_it_confirms() {
     let (b, _dir) = fresh(Opts::default()).await;
     register_all(&b, 6001..=6003).await;
@@ -405,8 +409,9 @@ async fn a_stop_while_switching_fences_the_source_and_ends_only_once_it_confirms
     b.post("/api/v1/clusters/shop/migrations/m-5/abort", json!({})).await.expect_error(409, "conflict");
     b.post("/api/v1/clusters/shop/migrations/m-5/fail", json!({"error": "x"})).await.expect_error(409, "conflict");
 }
+}
 
-#[tokio::test]
+both_stores! {
 async fn scale_out_answers_the_plan_and_its_first_migrations() {
     let (b, _dir) = fresh(Opts::default()).await;
     register_all(&b, 6001..=6005).await;
@@ -461,8 +466,9 @@ async fn scale_out_answers_the_plan_and_its_first_migrations() {
     assert!(msg.contains("free"), "{msg}");
     assert_eq!(b.model().await, before);
 }
+}
 
-#[tokio::test]
+both_stores! {
 async fn delete_cluster_frees_proxies_and_waits_for_migrations() {
     let (b, _dir) = fresh(Opts::default()).await;
     register_all(&b, 6001..=6003).await;
@@ -492,8 +498,9 @@ async fn delete_cluster_frees_proxies_and_waits_for_migrations() {
         .await;
     assert_eq!(m.expect(202)["id"], "m-2");
 }
+}
 
-#[tokio::test]
+both_stores! {
 async fn health_reports_are_status_only() {
     let (b, _dir) = fresh(Opts::default()).await;
     register_all(&b, 6001..=6002).await;
@@ -515,8 +522,9 @@ async fn health_reports_are_status_only() {
     b.post("/api/v1/clusters", json!({"name": "c", "proxies": 2})).await.expect(201);
     b.put("/api/v1/proxies/127.0.0.1:1/health", json!({"failed": true})).await.expect_error(404, "not_found");
 }
+}
 
-#[tokio::test]
+both_stores! {
 async fn epoch_long_poll_wakes_on_a_change() {
     let (b, _dir) = fresh(Opts::default()).await;
     let quick = b.get("/api/v1/epoch?after=0&timeout_ms=10").await.expect(200).clone();
@@ -529,8 +537,9 @@ async fn epoch_long_poll_wakes_on_a_change() {
     assert_eq!(poll.expect(200)["epoch"], 1);
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }
+}
 
-#[tokio::test]
+both_stores! {
 async fn reregistration_updates_a_free_proxy_but_not_a_serving_node() {
     let (b, _dir) = fresh(Opts::default()).await;
     register_all(&b, [6001, 6002]).await;
@@ -546,8 +555,9 @@ async fn reregistration_updates_a_free_proxy_but_not_a_serving_node() {
     b.post("/api/v1/proxies", moved).await.expect_error(409, "conflict");
     assert_eq!(b.model().await, before);
 }
+}
 
-#[tokio::test]
+both_stores! {
 async fn a_filtered_migration_moves_slots_into_a_node_and_switches_like_replication() {
     let (b, _dir) = fresh(Opts::default()).await;
     register_all(&b, 6001..=6003).await;
@@ -570,4 +580,5 @@ async fn a_filtered_migration_moves_slots_into_a_node_and_switches_like_replicat
     b.post("/api/v1/clusters/shop/migrations/m-1/progress", json!({"phase": "switched"})).await.expect(200);
     let c = b.post("/api/v1/clusters/shop/migrations/m-1/commit", json!({})).await.expect(200).clone();
     assert_eq!(c["phase"], "committed");
+}
 }

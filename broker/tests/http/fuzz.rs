@@ -180,7 +180,7 @@ fn garbage_segment(rng: &mut Rng) -> String {
     out
 }
 
-#[tokio::test]
+both_stores! {
 async fn garbage_gets_4xx_and_changes_nothing() {
     let (b, _dir) = fresh(Opts::default()).await;
     register_all(&b, 6001..=6006).await;
@@ -256,4 +256,5 @@ async fn garbage_gets_4xx_and_changes_nothing() {
     for status in [400, 404, 412, 413] {
         assert!(seen.contains_key(&status), "no {status} in {seen:?}");
     }
+}
 }

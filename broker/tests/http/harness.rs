@@ -1,6 +1,11 @@
 //! Starts the real `sluice-broker` binary on a free port with a temp data dir and talks to it
 //! over HTTP. The port is the one the broker itself reports (it binds port 0), so two tests
 //! never race for a port; readiness is polled on `GET /api/v1/epoch` with a deadline.
+//!
+//! Every test runs on both stores: [`both_stores!`] makes a `sled` and an `etcd` test of one
+//! body. In the etcd run the test has its own etcd ([`crate::etcd::Etcd`]), and a broker
+//! started "in a data dir" uses the namespace named after that dir, so a restart in the same
+//! dir finds the same metadata, as with sled.
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -9,6 +14,88 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use crate::etcd::Etcd;
+
+/// Runs the test body once per store: `mod <name> { fn sled(); fn etcd(); }`.
+macro_rules! both_stores {
+    ($(#[$attr:meta])* async fn $name:ident() $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            $(#[$attr])*
+            #[tokio::test]
+            async fn sled() {
+                $crate::harness::on_store($crate::harness::Kind::Sled, async $body).await
+            }
+
+            $(#[$attr])*
+            #[tokio::test]
+            async fn etcd() {
+                $crate::harness::on_store($crate::harness::Kind::Etcd, async $body).await
+            }
+        }
+    };
+}
+
+/// The brokers' `--etcd-timeout-ms` in tests: generous, so a slow fsync on a loaded machine
+/// is not a 503 (an etcd that is down answers "connection refused" at once anyway).
+pub const ETCD_TIMEOUT_MS: &str = "10000";
+
+/// Which store a test body runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Sled,
+    Etcd,
+}
+
+/// The store of the running test body.
+#[derive(Clone)]
+pub enum Backend {
+    Sled,
+    Etcd(Arc<Etcd>),
+}
+
+tokio::task_local! {
+    static BACKEND: Backend;
+}
+
+/// Runs `body` with brokers on `kind` (an etcd of its own for `Kind::Etcd`).
+pub async fn on_store(kind: Kind, body: impl std::future::Future<Output = ()>) {
+    let backend = match kind {
+        Kind::Sled => Backend::Sled,
+        Kind::Etcd => Backend::Etcd(Arc::new(Etcd::start().await)),
+    };
+    BACKEND.scope(backend, body).await
+}
+
+/// The store a broker started "in `data_dir`" uses, for opening it in the test itself.
+pub fn store_spec(data_dir: &Path) -> sluice_broker::store::StoreSpec {
+    match store_args(data_dir).as_slice() {
+        [flag, dir] if flag == "--data-dir" => sluice_broker::store::StoreSpec::Sled(dir.into()),
+        [_, spec, ..] => spec.parse().expect("the harness's own --store"),
+        other => panic!("unexpected store flags {other:?}"),
+    }
+}
+
+/// The store brokers started "in `data_dir`" use: `--data-dir`, or an etcd namespace named
+/// after the dir.
+fn store_args(data_dir: &Path) -> Vec<String> {
+    match BACKEND.try_with(Backend::clone).unwrap_or(Backend::Sled) {
+        Backend::Sled => vec!["--data-dir".into(), data_dir.display().to_string()],
+        Backend::Etcd(etcd) => {
+            let name: String = data_dir
+                .display()
+                .to_string()
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+                .collect();
+            let name = &name[name.len().saturating_sub(128)..];
+            vec!["--store".into(), etcd.store(name), "--etcd-timeout-ms".into(), ETCD_TIMEOUT_MS.into()]
+        }
+    }
+}
 
 const STARTUP_DEADLINE: Duration = Duration::from_secs(20);
 
@@ -39,6 +126,8 @@ pub struct Broker {
 pub struct Answer {
     pub status: StatusCode,
     pub body: Value,
+    /// The epoch in the `ETag` header, if any: the one a change committed at.
+    pub etag: Option<u64>,
 }
 
 impl Answer {
@@ -62,8 +151,13 @@ impl Answer {
 }
 
 impl Broker {
-    /// Starts a broker on `data_dir`.
+    /// Starts a broker on `data_dir` (see [`store_args`]).
     pub async fn start_in(data_dir: &Path, opts: Opts) -> Broker {
+        Broker::start(store_args(data_dir), opts).await
+    }
+
+    /// Starts a broker with these store flags.
+    pub async fn start(store: Vec<String>, opts: Opts) -> Broker {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice-broker"));
         for (k, _) in std::env::vars() {
             if k.starts_with("SLUICE_") || k == "RUST_LOG" {
@@ -72,8 +166,7 @@ impl Broker {
         }
         cmd.arg("--listen")
             .arg("127.0.0.1:0")
-            .arg("--data-dir")
-            .arg(data_dir)
+            .args(&store)
             .arg("--log-format")
             .arg("json")
             .args(&opts.args)
@@ -146,8 +239,24 @@ impl Broker {
         let _ = self.child.wait();
     }
 
+    /// The broker's process id (to SIGKILL it while requests are in flight).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends a request with an optional raw body and extra headers.
     pub async fn raw(&self, method: Method, path: &str, body: Option<Vec<u8>>, headers: &[(&str, &str)]) -> Answer {
+        self.try_raw(method, path, body, headers).await.expect("request")
+    }
+
+    /// [`Broker::raw`], with the transport error (a broker killed mid-request) as an error.
+    pub async fn try_raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> Result<Answer, reqwest::Error> {
         let url = if path.starts_with("http") { path.to_string() } else { format!("{}{}", self.base, path) };
         let mut req = self.client.request(method, url);
         if let Some(t) = &self.token {
@@ -159,11 +268,13 @@ impl Broker {
         if let Some(b) = body {
             req = req.header("content-type", "application/json").body(b);
         }
-        let resp = req.send().await.expect("request");
+        let resp = req.send().await?;
         let status = resp.status();
-        let bytes = resp.bytes().await.expect("body");
+        let etag =
+            resp.headers().get("etag").and_then(|v| v.to_str().ok()).and_then(|v| v.trim_matches('"').parse().ok());
+        let bytes = resp.bytes().await?;
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Answer { status, body }
+        Ok(Answer { status, body, etag })
     }
 
     pub async fn get(&self, path: &str) -> Answer {

@@ -21,7 +21,7 @@ fn sample(text: &str, series: &str) -> Option<f64> {
     })
 }
 
-#[tokio::test]
+both_stores! {
 async fn metrics_follow_the_metadata_and_count_requests_by_route() {
     let (b, _dir) = fresh(Opts::token("secret")).await;
     register_all(&b, [6001, 6002, 6003, 6004]).await;
@@ -54,4 +54,5 @@ async fn metrics_follow_the_metadata_and_count_requests_by_route() {
     assert!(!text.contains("/no/such/path"), "{text}");
     let count = r#"sluice_broker_api_request_duration_seconds_count{method="POST",route="/api/v1/clusters"}"#;
     assert_eq!(sample(&text, count), Some(1.0), "{text}");
+}
 }

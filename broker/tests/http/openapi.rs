@@ -3,7 +3,7 @@
 use crate::harness::*;
 use std::collections::BTreeSet;
 
-#[tokio::test]
+both_stores! {
 async fn openapi_lists_every_served_route() {
     let (b, _dir) = fresh(Opts::default()).await;
     let doc = b.get("/api/v1/openapi.json").await.expect(200).clone();
@@ -38,4 +38,5 @@ async fn openapi_lists_every_served_route() {
         }
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+}
 }

@@ -16,7 +16,7 @@ fn node<'a>(view: &'a Value, proxy: &str) -> &'a Value {
     view["nodes"].as_array().unwrap().iter().find(|n| n["proxy"] == proxy).expect("node in view")
 }
 
-#[tokio::test]
+both_stores! {
 async fn a_registered_peer_address_is_in_the_cluster_view_and_the_configs() {
     let (mut b, dir) = fresh(Opts::default()).await;
     let p = b.post("/api/v1/proxies", with_peer(6001, "proxy1:6001")).await;
@@ -69,4 +69,5 @@ async fn a_registered_peer_address_is_in_the_cluster_view_and_the_configs() {
     b.kill();
     let b = Broker::start_in(&dir.path().join("data"), Opts::default()).await;
     assert_eq!(b.model().await, before);
+}
 }

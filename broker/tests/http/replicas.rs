@@ -12,7 +12,7 @@ fn replicas_of(view: &Value, master: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-#[tokio::test]
+both_stores! {
 async fn a_cluster_with_one_replica_per_shard_takes_free_proxies_as_replicas() {
     let (b, _dir) = fresh(Opts::default()).await;
     register_all(&b, 6001..=6007).await;
@@ -45,8 +45,9 @@ async fn a_cluster_with_one_replica_per_shard_takes_free_proxies_as_replicas() {
     let p = b.get(&format!("/api/v1/proxies/{}", addr(6006))).await.expect(200).clone();
     assert_eq!(p["state"], "free");
 }
+}
 
-#[tokio::test]
+both_stores! {
 async fn too_few_free_proxies_for_the_replicas_is_a_conflict_that_changes_nothing() {
     let (b, _dir) = fresh(Opts::default()).await;
     register_all(&b, 6001..=6005).await;
@@ -69,8 +70,9 @@ async fn too_few_free_proxies_for_the_replicas_is_a_conflict_that_changes_nothin
     assert_eq!(b.epoch().await, before, "nothing changed");
     assert_eq!(b.get("/api/v1/clusters").await.expect(200)["clusters"], json!([]));
 }
+}
 
-#[tokio::test]
+both_stores! {
 async fn failover_promotes_a_replica_and_fences_the_former_master_once() {
     let (b, _dir) = fresh(Opts::default()).await;
     register_all(&b, 6001..=6006).await;
@@ -121,8 +123,9 @@ async fn failover_promotes_a_replica_and_fences_the_former_master_once() {
     assert_eq!(b.epoch().await, after_migration);
     assert_eq!(after_migration, before + 1, "only the migration moved the epoch");
 }
+}
 
-#[tokio::test]
+both_stores! {
 async fn a_graceful_failover_marks_the_shard_until_the_swap_or_a_cancel() {
     let (b, _dir) = fresh(Opts::default()).await;
     register_all(&b, 6001..=6004).await;
@@ -161,8 +164,9 @@ async fn a_graceful_failover_marks_the_shard_until_the_swap_or_a_cancel() {
     assert_eq!(view["nodes"][0]["proxy"], addr(6003));
     assert!(view["nodes"][0].get("handover").is_none(), "the swap ends the handover: {view}");
 }
+}
 
-#[tokio::test]
+both_stores! {
 async fn a_scale_out_with_replicas_gives_each_new_shard_its_replicas() {
     let (b, _dir) = fresh(Opts::default()).await;
     register_all(&b, 6001..=6007).await;
@@ -189,4 +193,5 @@ async fn a_scale_out_with_replicas_gives_each_new_shard_its_replicas() {
     assert_eq!(spare["state"], "free", "{spare}");
     let config = b.get(&format!("/api/v1/proxies/{}/config", addr(6006))).await.expect(200).clone();
     assert_eq!(config["cluster"]["name"], "c", "the replica's config has the cluster: {config}");
+}
 }

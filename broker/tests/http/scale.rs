@@ -111,7 +111,7 @@ fn check_modes(migrations: &[Value], new_nodes: &[String]) {
     }
 }
 
-#[tokio::test]
+both_stores! {
 async fn add_two_to_three_evens_out_two_at_a_time() {
     let (b, _dir) = fresh(Opts::default()).await;
     register_all(&b, 6001..=6005).await;
@@ -173,8 +173,9 @@ async fn add_two_to_three_evens_out_two_at_a_time() {
     let msg = b.post("/api/v1/clusters/shop/scale", json!({"add": 1})).await.expect_error(409, "conflict");
     assert!(msg.contains("free"), "{msg}");
 }
+}
 
-#[tokio::test]
+both_stores! {
 async fn remove_two_from_five_evens_out_and_frees_them() {
     let (b, _dir) = fresh(Opts::default()).await;
     register_all(&b, 6001..=6005).await;
@@ -214,8 +215,9 @@ async fn remove_two_from_five_evens_out_and_frees_them() {
     drive(&b, "shop", 2).await;
     assert_even(&b.get("/api/v1/clusters/shop").await.expect(200).clone(), 5);
 }
+}
 
-#[tokio::test]
+both_stores! {
 async fn refusals_change_nothing() {
     let (b, _dir) = fresh(Opts::default()).await;
     register_all(&b, 6001..=6005).await;
@@ -273,8 +275,9 @@ async fn refusals_change_nothing() {
     }
     assert_eq!(b.model().await, model);
 }
+}
 
-#[tokio::test]
+both_stores! {
 async fn a_failed_step_stops_the_plan_and_a_new_one_can_start() {
     let (b, _dir) = fresh(Opts::default()).await;
     register_all(&b, 6001..=6005).await;
@@ -306,8 +309,9 @@ async fn a_failed_step_stops_the_plan_and_a_new_one_can_start() {
     assert_even(&view, 5);
     assert_eq!(view["scale"]["state"], "done");
 }
+}
 
-#[tokio::test]
+both_stores! {
 async fn the_plan_survives_sigkill_and_reserves_its_proxies() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -371,4 +375,5 @@ async fn the_plan_survives_sigkill_and_reserves_its_proxies() {
     b.delete("/api/v1/clusters/shop").await.expect(200);
     b.post("/api/v1/clusters", json!({"name": "shop", "proxies": 1})).await.expect(201);
     assert!(b.get("/api/v1/clusters/shop").await.expect(200).get("scale").is_none());
+}
 }

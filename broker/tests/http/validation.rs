@@ -39,7 +39,7 @@ fn mig(body: serde_json::Value, status: u16, code: &'static str, says: &'static 
     case(Method::POST, "/api/v1/clusters/shop/migrations", Some(&body.to_string()), status, code, says)
 }
 
-#[tokio::test]
+both_stores! {
 async fn every_refusal_changes_nothing() {
     let (b, _dir) = fresh(Opts::default()).await;
     setup(&b).await;
@@ -238,4 +238,5 @@ async fn every_refusal_changes_nothing() {
         .await;
     ok.expect(201);
     assert_eq!(b.epoch().await, epoch + 1);
+}
 }
