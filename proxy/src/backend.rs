@@ -9,13 +9,14 @@
 //! A request is written at most once. When a connection fails, every request on it gets an
 //! error; nothing is replayed on the next connection.
 
+use crate::socket::{ReadHalf, Socket, WriteHalf};
+use crate::tls::Tls;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use sluice_common::resp::{Command, Frame, Limits, Protocol, ReplyCodec};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_util::codec::FramedRead;
@@ -66,6 +67,8 @@ pub struct ConnectOptions {
     /// Extra commands sent on connect (e.g. `UMCTL PEER` towards another proxy).
     pub setup: Vec<Command>,
     pub connect_timeout: Duration,
+    /// Dial with TLS (peer proxies when `--tls-cert` is set); plain TCP when `None`.
+    pub tls: Option<Arc<Tls>>,
 }
 
 /// A handle to one pipelined connection. Cheap to clone.
@@ -101,7 +104,14 @@ impl Backend {
             .map_err(|_| unreachable(format!("no answer within {:?}", opts.connect_timeout)))?
             .map_err(|e| unreachable(e.to_string()))?;
         stream.set_nodelay(true).map_err(|e| unreachable(e.to_string()))?;
-        let (rd, mut wr) = stream.into_split();
+        let socket = match &opts.tls {
+            None => Socket::Plain(stream),
+            Some(tls) => tokio::time::timeout(opts.connect_timeout, tls.connect(&addr, stream))
+                .await
+                .map_err(|_| unreachable(format!("no TLS handshake within {:?}", opts.connect_timeout)))?
+                .map_err(|e| unreachable(format!("TLS handshake: {e}")))?,
+        };
+        let (rd, mut wr) = socket.into_split();
         let mut reader = FramedRead::new(rd, ReplyCodec::new(Limits::SERVER));
 
         let mut setup = Vec::new();
@@ -116,6 +126,7 @@ impl Backend {
             let handshake = |reason: String| BackendError::Handshake { addr: addr.clone(), reason };
             let exchange = async {
                 wr.write_all(cmd.raw()).await.map_err(|e| handshake(e.to_string()))?;
+                wr.flush().await.map_err(|e| handshake(e.to_string()))?;
                 match reader.next().await {
                     Some(Ok(reply)) if reply.first() == Some(&b'-') => {
                         Err(handshake(String::from_utf8_lossy(&reply[1..]).trim_end().to_string()))
@@ -190,7 +201,7 @@ const MAX_BATCH: usize = 256 * 1024;
 
 async fn write_loop(
     mut rx: mpsc::UnboundedReceiver<Request>,
-    mut wr: OwnedWriteHalf,
+    mut wr: WriteHalf,
     pending: mpsc::UnboundedSender<Sink>,
     stop: CancellationToken,
 ) {
@@ -231,12 +242,16 @@ async fn write_loop(
             }
             buf.clear();
         }
+        // TLS may hold the last records until flushed (nothing to do for plain TCP).
+        if wr.flush().await.is_err() {
+            break;
+        }
     }
     stop.cancel();
 }
 
 async fn read_loop(
-    mut reader: FramedRead<tokio::net::tcp::OwnedReadHalf, ReplyCodec>,
+    mut reader: FramedRead<ReadHalf, ReplyCodec>,
     mut pending: mpsc::UnboundedReceiver<Sink>,
     stop: CancellationToken,
     addr: Arc<str>,

@@ -20,6 +20,7 @@ use crate::ack::AckCheck;
 use crate::backend::{Backend, BackendError, BackendPool, ConnId, ReplyResult};
 use crate::command::{flags, CommandSpec};
 use crate::metrics::ReplyPath;
+use crate::socket::{ReadHalf, Socket, WriteHalf};
 use crate::state::{Routed, Shared};
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
@@ -30,8 +31,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::codec::Decoder;
 
@@ -215,10 +214,14 @@ impl Drop for InFlight {
 }
 
 /// Serves one client until it leaves; `commands` decides what each command does.
-pub async fn serve<C: Commands>(stream: TcpStream, shared: Arc<Shared>, commands: Arc<C>) {
-    let addr = stream.peer_addr().ok();
-    let local_addr = stream.local_addr().ok();
-    let _ = stream.set_nodelay(true);
+/// `addr` and `local_addr` are the TCP connection's (read before a TLS handshake).
+pub async fn serve<C: Commands>(
+    stream: Socket,
+    addr: Option<SocketAddr>,
+    local_addr: Option<SocketAddr>,
+    shared: Arc<Shared>,
+    commands: Arc<C>,
+) {
     let (rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::channel(shared.opts.pipeline_depth.max(1));
     let progress = Arc::new(Progress::default());
@@ -683,7 +686,7 @@ impl Session {
 
 /// The client's side of the connection: its socket and what was read but not decoded yet.
 struct ClientInput {
-    rd: OwnedReadHalf,
+    rd: ReadHalf,
     buf: BytesMut,
     codec: CommandCodec,
     /// End of input or an error was reported: nothing more will come.
@@ -736,7 +739,7 @@ impl ClientInput {
 
 /// Writes replies in queue order, batching whatever is ready into one write.
 async fn reply_writer(
-    mut wr: OwnedWriteHalf,
+    mut wr: WriteHalf,
     mut rx: mpsc::Receiver<(Pending, Guards, Instant)>,
     progress: Arc<Progress>,
     shared: Arc<Shared>,
@@ -748,11 +751,8 @@ async fn reply_writer(
         let item = match rx.try_recv() {
             Ok(item) => item,
             Err(mpsc::error::TryRecvError::Empty) => {
-                if !out.is_empty() {
-                    if wr.write_all(&out).await.is_err() {
-                        break;
-                    }
-                    out.clear();
+                if write_out(&mut wr, &mut out).await.is_err() {
+                    break;
                 }
                 match rx.recv().await {
                     Some(item) => item,
@@ -773,11 +773,8 @@ async fn reply_writer(
                     Ok(r) => r,
                     Err(oneshot::error::TryRecvError::Closed) => Err(lost()),
                     Err(oneshot::error::TryRecvError::Empty) => {
-                        if !out.is_empty() {
-                            if wr.write_all(&out).await.is_err() {
-                                break;
-                            }
-                            out.clear();
+                        if write_out(&mut wr, &mut out).await.is_err() {
+                            break;
                         }
                         batch.await.unwrap_or_else(|_| Err(lost()))
                     }
@@ -814,11 +811,8 @@ async fn reply_writer(
                     Some(r) => r,
                     None => {
                         // Not in yet: let the client have what is ready before waiting.
-                        if !out.is_empty() {
-                            if wr.write_all(&out).await.is_err() {
-                                break;
-                            }
-                            out.clear();
+                        if write_out(&mut wr, &mut out).await.is_err() {
+                            break;
                         }
                         reply.await.unwrap_or_else(|_| Err(lost()))
                     }
@@ -830,16 +824,13 @@ async fn reply_writer(
             }
             Pending::Future(f) => {
                 path = ReplyPath::Merged;
-                if !out.is_empty() {
-                    if wr.write_all(&out).await.is_err() {
-                        break;
-                    }
-                    out.clear();
+                if write_out(&mut wr, &mut out).await.is_err() {
+                    break;
                 }
                 f.await
             }
             Pending::Close => {
-                let _ = wr.write_all(&out).await;
+                let _ = write_out(&mut wr, &mut out).await;
                 let _ = wr.shutdown().await;
                 progress.complete(1);
                 break;
@@ -865,7 +856,18 @@ async fn reply_writer(
             }
         }
     }
+    let _ = write_out(&mut wr, &mut out).await;
     progress.close();
+}
+
+/// Writes what is collected and flushes (TLS may hold records until then), before the
+/// writer waits for something.
+async fn write_out(wr: &mut WriteHalf, out: &mut BytesMut) -> std::io::Result<()> {
+    if !out.is_empty() {
+        wr.write_all(out).await?;
+        out.clear();
+    }
+    wr.flush().await
 }
 
 fn lost() -> BackendError {

@@ -74,6 +74,9 @@ pub struct Shared {
     /// Lua scripts seen, which migrations load into their destination's node.
     pub scripts: crate::scripts::Scripts,
     pub node: BackendPool,
+    /// The client port's TLS (`--tls-cert`), also used to dial the peer proxies; `None`:
+    /// plain TCP. Set by `main` before the proxy serves.
+    pub tls: Option<Arc<crate::tls::Tls>>,
     peers: Mutex<HashMap<String, Arc<BackendPool>>>,
     next_client_id: AtomicU64,
     pub connected_clients: AtomicUsize,
@@ -121,6 +124,7 @@ impl Shared {
             password: opts.node_password.clone(),
             setup: Vec::new(),
             connect_timeout: opts.connect_timeout(),
+            tls: None,
         };
         let node = BackendPool::new(opts.node.clone(), connect, opts.backend_connections);
         Shared {
@@ -133,6 +137,7 @@ impl Shared {
             gc: Gc::default(),
             scripts: Default::default(),
             node,
+            tls: None,
             peers: Mutex::new(HashMap::new()),
             next_client_id: AtomicU64::new(1),
             connected_clients: AtomicUsize::new(0),
@@ -348,6 +353,7 @@ impl Shared {
             password: self.opts.requirepass.clone(),
             setup: vec![Command::from_strs(&["UMCTL", "PEER"])],
             connect_timeout: self.opts.connect_timeout(),
+            tls: self.tls.clone(),
         };
         let pool = Arc::new(BackendPool::new(addr, connect, 1));
         peers.insert(proxy.to_string(), pool.clone());

@@ -53,6 +53,7 @@ impl Applier {
             password: shared.opts.node_password.clone(),
             setup: Vec::new(),
             connect_timeout: shared.opts.connect_timeout(),
+            tls: None,
         };
         let backend = Backend::connect(node, &opts).await.map_err(|e| e.to_string())?;
         Ok(Applier {
