@@ -62,7 +62,8 @@ struct Request {
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
     pub protocol: Protocol,
-    /// Sent as `AUTH` on connect.
+    /// Sent as `AUTH [user] password` on connect.
+    pub user: Option<String>,
     pub password: Option<String>,
     /// Extra commands sent on connect (e.g. `UMCTL PEER` towards another proxy).
     pub setup: Vec<Command>,
@@ -115,8 +116,10 @@ impl Backend {
         let mut reader = FramedRead::new(rd, ReplyCodec::new(Limits::SERVER));
 
         let mut setup = Vec::new();
-        if let Some(pass) = &opts.password {
-            setup.push(Command::from_strs(&["AUTH", pass.as_str()]));
+        match (&opts.user, &opts.password) {
+            (Some(user), Some(pass)) => setup.push(Command::from_strs(&["AUTH", user.as_str(), pass.as_str()])),
+            (None, Some(pass)) => setup.push(Command::from_strs(&["AUTH", pass.as_str()])),
+            _ => {}
         }
         if opts.protocol == Protocol::Resp3 {
             setup.push(Command::from_strs(&["HELLO", "3"]));

@@ -39,3 +39,4 @@ pub mod status;
 pub mod tls;
 pub mod transaction;
 pub mod umctl;
+pub mod users;

@@ -57,6 +57,10 @@ pub struct ProxyOptions {
     /// Bearer token for the broker's mutating calls.
     #[arg(long, env = "SLUICE_API_TOKEN")]
     pub api_token: Option<String>,
+    /// The node's ACL user the proxy's own connections authenticate as (`AUTH user pass`;
+    /// also `MIGRATE … AUTH2`). Absent: the node's default user (`AUTH pass`).
+    #[arg(long, env = "SLUICE_NODE_USER", requires = "node_password")]
+    pub node_user: Option<String>,
     /// Password of the Redis node (sent as AUTH).
     #[arg(long, env = "SLUICE_NODE_PASSWORD")]
     pub node_password: Option<String>,

@@ -151,6 +151,9 @@ pub struct Session {
     pub created: Instant,
     pub protocol: Protocol,
     pub authenticated: bool,
+    /// The node's ACL user this client authenticated as (`users.rs`): its commands go to the
+    /// node on that user's connections. `None`: the default user, the proxy's connections.
+    pub user: Option<crate::users::User>,
     pub name: Option<Bytes>,
     /// `READONLY` was sent: reads of a replica's master's slots are served by the replica.
     pub readonly: bool,
@@ -238,6 +241,7 @@ pub async fn serve<C: Commands>(
         created: Instant::now(),
         protocol: Protocol::Resp2,
         authenticated,
+        user: None,
         name: None,
         readonly: false,
         is_peer: false,
@@ -582,13 +586,18 @@ impl Session {
         }
     }
 
+    /// The node connections this client's commands take: its ACL user's, else the proxy's.
+    fn node_pool(&self) -> &BackendPool {
+        self.user.as_ref().map_or(&self.shared.node, |u| &u.pool)
+    }
+
     async fn shared_backend(&mut self) -> Result<Backend, BackendError> {
         if let Some(b) = &self.node {
             if !b.is_closed() {
                 return Ok(b.clone());
             }
         }
-        let b = self.shared.node.get(self.protocol, self.id).await?;
+        let b = self.node_pool().get(self.protocol, self.id).await?;
         self.node = Some(b.clone());
         Ok(b)
     }
@@ -604,7 +613,7 @@ impl Session {
         if self.private_lost {
             return Err(BackendError::Lost { addr: Arc::from(self.shared.node.addr()) });
         }
-        let b = self.shared.node.private(self.protocol).await?;
+        let b = self.node_pool().private(self.protocol).await?;
         self.private = Some(b.clone());
         Ok(b)
     }
@@ -678,9 +687,10 @@ impl Session {
         frame.to_bytes(self.protocol)
     }
 
-    /// Whether commands for other proxies' slots are forwarded (never for peer connections).
+    /// Whether commands for other proxies' slots are forwarded (never for peer connections,
+    /// nor for an ACL user's: the peer would run them as itself, not as that user).
     pub fn forwards(&self) -> bool {
-        !self.is_peer && self.shared.opts.redirect == crate::options::Redirect::Forward
+        !self.is_peer && self.user.is_none() && self.shared.opts.redirect == crate::options::Redirect::Forward
     }
 }
 

@@ -74,6 +74,8 @@ pub struct Shared {
     /// Lua scripts seen, which migrations load into their destination's node.
     pub scripts: crate::scripts::Scripts,
     pub node: BackendPool,
+    /// The node connections of clients authenticated as one of the node's ACL users.
+    pub users: crate::users::Users,
     /// The client port's TLS (`--tls-cert`), also used to dial the peer proxies; `None`:
     /// plain TCP. Set by `main` before the proxy serves.
     pub tls: Option<Arc<crate::tls::Tls>>,
@@ -121,6 +123,7 @@ impl Shared {
     pub fn new(opts: ProxyOptions) -> Shared {
         let connect = ConnectOptions {
             protocol: Default::default(),
+            user: opts.node_user.clone(),
             password: opts.node_password.clone(),
             setup: Vec::new(),
             connect_timeout: opts.connect_timeout(),
@@ -137,6 +140,7 @@ impl Shared {
             gc: Gc::default(),
             scripts: Default::default(),
             node,
+            users: Default::default(),
             tls: None,
             peers: Mutex::new(HashMap::new()),
             next_client_id: AtomicU64::new(1),
@@ -247,6 +251,7 @@ impl Shared {
             // so every connection to it fails (its proxy makes it a replica next: `shard::run`).
             tracing::warn!("this proxy's node is no longer its shard's master: closing every connection to it");
             self.node.close_all().await;
+            self.users.close_all().await;
         }
         tasks.reconcile(self, &config);
         self.gc.wake();
@@ -350,6 +355,7 @@ impl Shared {
         }
         let connect = ConnectOptions {
             protocol: Default::default(),
+            user: None,
             password: self.opts.requirepass.clone(),
             setup: vec![Command::from_strs(&["UMCTL", "PEER"])],
             connect_timeout: self.opts.connect_timeout(),

@@ -50,6 +50,7 @@ impl Applier {
     pub async fn connect(shared: &Shared, node: &str, offset: u64) -> Result<Applier, String> {
         let opts = ConnectOptions {
             protocol: Protocol::Resp2,
+            user: shared.opts.node_user.clone(),
             password: shared.opts.node_password.clone(),
             setup: Vec::new(),
             connect_timeout: shared.opts.connect_timeout(),
