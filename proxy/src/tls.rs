@@ -104,3 +104,37 @@ impl std::fmt::Debug for Tls {
         f.write_str("Tls")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn cert_and_key_go_together() {
+        for args in [
+            &["sluice-proxy", "--tls-cert", "c.pem"][..],
+            &["sluice-proxy", "--tls-key", "k.pem"][..],
+            &["sluice-proxy", "--tls-ca", "ca.pem"][..],
+        ] {
+            assert!(ProxyOptions::try_parse_from(args).is_err(), "{args:?} was accepted");
+        }
+        let plain = ProxyOptions::parse_from(["sluice-proxy"]);
+        assert!(Tls::from_options(&plain).expect("no TLS asked").is_none());
+    }
+
+    #[test]
+    fn unusable_files_are_named_in_the_error() {
+        let dir = std::env::temp_dir().join(format!("sluice-tls-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let missing = dir.join("missing.pem");
+        let err = Tls::load(&missing, &missing, None).expect_err("a missing file is refused");
+        assert!(matches!(err, TlsError::Read { .. }) && err.to_string().contains("missing.pem"), "{err}");
+
+        let garbage = dir.join("garbage.pem");
+        std::fs::write(&garbage, "not a certificate\n").expect("write");
+        let err = Tls::load(&garbage, &garbage, None).expect_err("a file without a certificate is refused");
+        assert!(matches!(err, TlsError::NoCertificate { .. }) && err.to_string().contains("garbage.pem"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
