@@ -5,7 +5,7 @@
 //! its `GET` works; a wrong password gets `WRONGPASS`; `ACL WHOAMI` names the user; a
 //! client that does not authenticate is the default user (the proxy's connections), and
 //! `--requirepass` still guards the default user. Migrations (replication mode, then keys
-//! mode with `MIGRATE … AUTH2`) run between nodes that require a user, and every key reads
+//! mode with `MIGRATE … AUTH2`, then filtered replication) run between nodes that require a user, and every key reads
 //! back through a cluster client authenticated as `writer`.
 
 use anyhow::{bail, Context, Result};
@@ -164,16 +164,21 @@ async fn acl_users_pass_through_to_the_node() -> Result<()> {
 
     // Migrations between nodes that require a user: replication mode into the spare (the
     // spare's node replicates as --masteruser), then keys mode on to the second proxy
-    // (MIGRATE … AUTH2 sluice).
+    // (MIGRATE … AUTH2 sluice), then filtered replication back to the first.
     let src = proxy.clone();
     let spare = cluster.proxies[cluster.spec.proxies].addr();
     let slots = upper_half(&cluster.view().await?, &src)?;
     migrate(&cluster, &src, &spare, slots, MigrationMode::Replication).await?;
     let other = cluster.proxies[1].addr();
     migrate(&cluster, &spare, &other, slots, MigrationMode::Keys).await?;
+    // Filtered replication back into the first node (which holds data): the source proxy's
+    // replica link to its own node and its RESTOREs into the destination authenticate as
+    // --node-user.
+    migrate(&cluster, &other, &src, slots, MigrationMode::Filtered).await?;
+    let other = src.clone();
 
     // Every key reads back through a cluster client authenticated as the writer, and the
-    // reader still gets NOPERM for writes on the moved slots, now on the other proxy.
+    // reader still gets NOPERM for writes on the moved slots, back on the first proxy.
     let urls: Vec<String> = cluster.cluster_proxies().iter().map(|a| format!("redis://writer:writepw@{a}/")).collect();
     let client = redis::cluster::ClusterClient::builder(urls).response_timeout(Duration::from_secs(10)).build()?;
     let mut conn = client.get_async_connection().await.context("cluster client as writer")?;
