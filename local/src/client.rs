@@ -6,23 +6,41 @@ use anyhow::{anyhow, bail, Context, Result};
 use bytes::BytesMut;
 use sluice_common::resp::{encode_command, parse_frame, Frame, Limits, ReplyCodec};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
 
+/// A plain or TLS stream.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
 /// One connection; commands are sent one at a time.
 pub struct RespConn {
-    stream: TcpStream,
+    stream: Box<dyn Io>,
     buf: BytesMut,
     codec: ReplyCodec,
 }
 
 impl RespConn {
+    /// Connects to `addr`, with TLS if it is a TLS proxy this process started
+    /// ([`crate::tls`]).
     pub async fn connect(addr: &str) -> Result<RespConn> {
-        let stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
+        RespConn::connect_with(addr, crate::tls::tls_for(addr).as_ref()).await
+    }
+
+    /// Connects with TLS when `tls` is given, plain TCP otherwise.
+    pub async fn connect_with(addr: &str, tls: Option<&crate::tls::ClientTls>) -> Result<RespConn> {
+        let connect = async {
+            let tcp = TcpStream::connect(addr).await.with_context(|| format!("connect to {addr}"))?;
+            let stream: Box<dyn Io> = match tls {
+                Some(tls) => Box::new(tls.connect(addr, tcp).await?),
+                None => Box::new(tcp),
+            };
+            anyhow::Ok(stream)
+        };
+        let stream = tokio::time::timeout(Duration::from_secs(2), connect)
             .await
-            .map_err(|_| anyhow!("connect to {addr} timed out"))?
-            .with_context(|| format!("connect to {addr}"))?;
+            .map_err(|_| anyhow!("connect to {addr} timed out"))??;
         Ok(RespConn { stream, buf: BytesMut::new(), codec: ReplyCodec::new(Limits::SERVER) })
     }
 
@@ -31,6 +49,7 @@ impl RespConn {
         let mut out = BytesMut::new();
         encode_command(args, &mut out);
         self.stream.write_all(&out).await?;
+        self.stream.flush().await?;
         self.read_reply().await
     }
 
@@ -41,6 +60,7 @@ impl RespConn {
             encode_command(args, &mut out);
         }
         self.stream.write_all(&out).await?;
+        self.stream.flush().await?;
         let mut replies = Vec::with_capacity(commands.len());
         for _ in commands {
             replies.push(self.read_reply().await?);
@@ -62,7 +82,7 @@ impl RespConn {
         }
     }
 
-    pub fn stream(&mut self) -> &mut TcpStream {
+    pub fn stream(&mut self) -> &mut Box<dyn Io> {
         &mut self.stream
     }
 }

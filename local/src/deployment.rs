@@ -40,6 +40,8 @@ pub struct LocalSpec {
     /// Name of the cluster to create.
     pub cluster: String,
     pub proxy_args: Vec<String>,
+    /// Extra arguments of every redis-server (config directives, e.g. `--user`, `masterauth`).
+    pub node_args: Vec<String>,
     /// Extra flags of every coordinator (e.g. `--fence-after-ms 3000`).
     pub coordinator_args: Vec<String>,
 }
@@ -57,6 +59,7 @@ impl Default for LocalSpec {
             coordinators: 1,
             cluster: "local".into(),
             proxy_args: Vec::new(),
+            node_args: Vec::new(),
             coordinator_args: Vec::new(),
         }
     }
@@ -155,7 +158,8 @@ impl LocalCluster {
         F: FnMut(String) -> Fut,
         Fut: Future<Output = Result<(L, String)>>,
     {
-        let node = RedisNode::start(&self.dir.join(format!("node{i}")), &[]).await?;
+        let node_args: Vec<&str> = self.spec.node_args.iter().map(String::as_str).collect();
+        let node = RedisNode::start(&self.dir.join(format!("node{i}")), &node_args).await?;
         let port = self.spec.base_port.map(|b| b + i as u16);
         let control = port.and_then(|p| p.checked_add(10000)).unwrap_or_else(free_port);
         let metrics = port.and_then(|p| p.checked_add(20000)).unwrap_or_else(free_port);

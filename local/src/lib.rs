@@ -17,6 +17,7 @@ pub mod ports;
 pub mod process;
 pub mod proxy;
 pub mod redis_node;
+pub mod tls;
 pub mod wait;
 
 pub use broker::{BrokerClient, BrokerProcess};

@@ -3,6 +3,7 @@
 use crate::bins::binary;
 use crate::client::RespConn;
 use crate::process::{start_listening, ChildProcess};
+use crate::tls::{set_tls, ClientTls};
 use anyhow::Result;
 use sluice_common::resp::Frame;
 use std::path::Path;
@@ -25,6 +26,12 @@ impl ProxyProcess {
     /// Like [`ProxyProcess::start`], on `port` if given (no retry on another port then).
     pub async fn start_on(dir: &Path, port: Option<u16>, node: &str, extra_args: &[&str]) -> Result<ProxyProcess> {
         let needs_auth = extra_args.contains(&"--requirepass");
+        // With --tls-cert the port speaks TLS only: trust --tls-ca, else the certificate.
+        let flag = |name: &str| extra_args.iter().position(|a| *a == name).and_then(|i| extra_args.get(i + 1));
+        let tls = match flag("--tls-ca").or(flag("--tls-cert")).filter(|_| flag("--tls-cert").is_some()) {
+            Some(ca) => Some(ClientTls::trusting(Path::new(ca))?),
+            None => None,
+        };
         let args = |port: u16| {
             let mut args: Vec<String> =
                 vec!["--listen".into(), format!("127.0.0.1:{port}"), "--node".into(), node.to_string()];
@@ -37,9 +44,13 @@ impl ProxyProcess {
             port,
             args,
             |port| dir.join(format!("proxy-{port}.log")),
-            |port| async move { answers(&format!("127.0.0.1:{port}"), needs_auth).await },
+            |port| {
+                let tls = tls.clone();
+                async move { answers(&format!("127.0.0.1:{port}"), needs_auth, tls.as_ref()).await }
+            },
         )
         .await?;
+        set_tls(&format!("127.0.0.1:{port}"), tls);
         let metrics = extra_args.iter().position(|a| *a == "--metrics").and_then(|i| extra_args.get(i + 1));
         Ok(ProxyProcess { port, node: node.to_string(), metrics: metrics.map(|m| m.to_string()), process })
     }
@@ -57,9 +68,15 @@ impl ProxyProcess {
     }
 }
 
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        set_tls(&self.addr(), None);
+    }
+}
+
 /// Whether something answers RESP on `addr` (NOAUTH counts: the proxy is up).
-async fn answers(addr: &str, needs_auth: bool) -> bool {
-    match RespConn::connect(addr).await {
+async fn answers(addr: &str, needs_auth: bool, tls: Option<&ClientTls>) -> bool {
+    match RespConn::connect_with(addr, tls).await {
         Ok(mut c) => match c.call(&["PING"]).await {
             Ok(Frame::Simple(_)) => true,
             Ok(Frame::Error(e)) => needs_auth && e.starts_with(b"NOAUTH"),

@@ -87,9 +87,14 @@ impl RedisNode {
     }
 }
 
+/// Whether the node answers (`NOAUTH` counts: a node that requires a user is up).
 async fn ping(addr: &str) -> bool {
     match RespConn::connect(addr).await {
-        Ok(mut c) => matches!(c.call(&["PING"]).await, Ok(Frame::Simple(_))),
+        Ok(mut c) => match c.call(&["PING"]).await {
+            Ok(Frame::Simple(_)) => true,
+            Ok(Frame::Error(e)) => e.starts_with(b"NOAUTH"),
+            _ => false,
+        },
         Err(_) => false,
     }
 }

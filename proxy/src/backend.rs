@@ -9,13 +9,14 @@
 //! A request is written at most once. When a connection fails, every request on it gets an
 //! error; nothing is replayed on the next connection.
 
+use crate::socket::{ReadHalf, Socket, WriteHalf};
+use crate::tls::Tls;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use sluice_common::resp::{Command, Frame, Limits, Protocol, ReplyCodec};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_util::codec::FramedRead;
@@ -61,11 +62,14 @@ struct Request {
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
     pub protocol: Protocol,
-    /// Sent as `AUTH` on connect.
+    /// Sent as `AUTH [user] password` on connect.
+    pub user: Option<String>,
     pub password: Option<String>,
     /// Extra commands sent on connect (e.g. `UMCTL PEER` towards another proxy).
     pub setup: Vec<Command>,
     pub connect_timeout: Duration,
+    /// Dial with TLS (peer proxies when `--tls-cert` is set); plain TCP when `None`.
+    pub tls: Option<Arc<Tls>>,
 }
 
 /// A handle to one pipelined connection. Cheap to clone.
@@ -101,12 +105,21 @@ impl Backend {
             .map_err(|_| unreachable(format!("no answer within {:?}", opts.connect_timeout)))?
             .map_err(|e| unreachable(e.to_string()))?;
         stream.set_nodelay(true).map_err(|e| unreachable(e.to_string()))?;
-        let (rd, mut wr) = stream.into_split();
+        let socket = match &opts.tls {
+            None => Socket::Plain(stream),
+            Some(tls) => tokio::time::timeout(opts.connect_timeout, tls.connect(&addr, stream))
+                .await
+                .map_err(|_| unreachable(format!("no TLS handshake within {:?}", opts.connect_timeout)))?
+                .map_err(|e| unreachable(format!("TLS handshake: {e}")))?,
+        };
+        let (rd, mut wr) = socket.into_split();
         let mut reader = FramedRead::new(rd, ReplyCodec::new(Limits::SERVER));
 
         let mut setup = Vec::new();
-        if let Some(pass) = &opts.password {
-            setup.push(Command::from_strs(&["AUTH", pass.as_str()]));
+        match (&opts.user, &opts.password) {
+            (Some(user), Some(pass)) => setup.push(Command::from_strs(&["AUTH", user.as_str(), pass.as_str()])),
+            (None, Some(pass)) => setup.push(Command::from_strs(&["AUTH", pass.as_str()])),
+            _ => {}
         }
         if opts.protocol == Protocol::Resp3 {
             setup.push(Command::from_strs(&["HELLO", "3"]));
@@ -116,6 +129,7 @@ impl Backend {
             let handshake = |reason: String| BackendError::Handshake { addr: addr.clone(), reason };
             let exchange = async {
                 wr.write_all(cmd.raw()).await.map_err(|e| handshake(e.to_string()))?;
+                wr.flush().await.map_err(|e| handshake(e.to_string()))?;
                 match reader.next().await {
                     Some(Ok(reply)) if reply.first() == Some(&b'-') => {
                         Err(handshake(String::from_utf8_lossy(&reply[1..]).trim_end().to_string()))
@@ -190,7 +204,7 @@ const MAX_BATCH: usize = 256 * 1024;
 
 async fn write_loop(
     mut rx: mpsc::UnboundedReceiver<Request>,
-    mut wr: OwnedWriteHalf,
+    mut wr: WriteHalf,
     pending: mpsc::UnboundedSender<Sink>,
     stop: CancellationToken,
 ) {
@@ -231,12 +245,16 @@ async fn write_loop(
             }
             buf.clear();
         }
+        // TLS may hold the last records until flushed (nothing to do for plain TCP).
+        if wr.flush().await.is_err() {
+            break;
+        }
     }
     stop.cancel();
 }
 
 async fn read_loop(
-    mut reader: FramedRead<tokio::net::tcp::OwnedReadHalf, ReplyCodec>,
+    mut reader: FramedRead<ReadHalf, ReplyCodec>,
     mut pending: mpsc::UnboundedReceiver<Sink>,
     stop: CancellationToken,
     addr: Arc<str>,

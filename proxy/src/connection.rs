@@ -1,5 +1,7 @@
 //! Connection-level commands the proxy answers itself: `PING`, `ECHO`, `QUIT`, `AUTH`,
-//! `HELLO`, `SELECT`, `RESET`, `READONLY`/`READWRITE`/`ASKING`, and `CLIENT` basics.
+//! `HELLO`, `SELECT`, `RESET`, `READONLY`/`READWRITE`/`ASKING`, `CLIENT` basics and
+//! `ACL WHOAMI`. `AUTH` as the default user checks `--requirepass`; as any other user it is
+//! checked by the node and the client then runs as that user there (`users.rs`).
 //! They describe the client's connection to the proxy, not the proxy's to Redis.
 
 use crate::command::CommandSpec;
@@ -46,7 +48,7 @@ pub async fn handle(s: &mut Session, cmd: Command, spec: &'static CommandSpec) -
                 3 => (Some(&args[1]), &args[2]),
                 _ => return s.reply(Frame::error("ERR syntax error")).await,
             };
-            let reply = match check_password(s, user, pass) {
+            let reply = match authenticate(s, user, pass).await {
                 Ok(()) => Frame::ok(),
                 Err(e) => e,
             };
@@ -59,6 +61,7 @@ pub async fn handle(s: &mut Session, cmd: Command, spec: &'static CommandSpec) -
             s.name = None;
             s.readonly = false;
             s.authenticated = s.shared.opts.requirepass.is_none();
+            s.user = None;
             s.reset_backends();
             s.reply(Frame::simple("RESET")).await
         }
@@ -76,6 +79,11 @@ pub async fn handle(s: &mut Session, cmd: Command, spec: &'static CommandSpec) -
             let reply = s.name.clone().map_or(Frame::Null, Frame::Bulk);
             s.reply(reply).await
         }
+        "acl|whoami" => {
+            let name = s.user.as_ref().map_or("default", |u| &u.name);
+            let reply = Frame::Bulk(Bytes::copy_from_slice(name.as_bytes()));
+            s.reply(reply).await
+        }
         "client|id" => s.reply(Frame::Integer(s.id as i64)).await,
         "client|info" => {
             let line = client_info_line(s);
@@ -88,6 +96,33 @@ pub async fn handle(s: &mut Session, cmd: Command, spec: &'static CommandSpec) -
                 .unwrap_or_else(|| Frame::error("ERR sluice: unsupported command"));
             s.reply(err).await
         }
+    }
+}
+
+/// `AUTH [user] pass`: the default user against `--requirepass`, any other user against the
+/// node. `Ok` once the client runs as that user; the error Redis would give otherwise.
+async fn authenticate(s: &mut Session, user: Option<&Bytes>, pass: &Bytes) -> Result<(), Frame> {
+    let user = user.filter(|u| &u[..] != b"default");
+    let Some(user) = user else {
+        check_password(s, None, pass)?;
+        if s.user.take().is_some() {
+            s.reset_backends();
+        }
+        return Ok(());
+    };
+    let wrongpass = || Frame::error("WRONGPASS invalid username-password pair or user is disabled.");
+    let (Ok(name), Ok(pass)) = (std::str::from_utf8(user), std::str::from_utf8(pass)) else {
+        return Err(wrongpass());
+    };
+    match s.shared.users.authenticate(&s.shared.opts, name, pass).await {
+        Ok(u) => {
+            s.authenticated = true;
+            s.user = Some(u);
+            // The next command takes the user's connections (after a barrier: see `send`).
+            s.reset_backends();
+            Ok(())
+        }
+        Err(e) => Err(Frame::error(e.to_string())),
     }
 }
 
@@ -129,7 +164,7 @@ async fn hello(s: &mut Session, cmd: &Command) -> Flow {
     while i < args.len() {
         let opt = &args[i];
         if opt.eq_ignore_ascii_case(b"auth") && i + 2 < args.len() {
-            if let Err(e) = check_password(s, Some(&args[i + 1]), &args[i + 2]) {
+            if let Err(e) = authenticate(s, Some(&args[i + 1]), &args[i + 2]).await {
                 return s.reply(e).await;
             }
             i += 3;
@@ -181,10 +216,11 @@ fn client_info_line(s: &Session) -> String {
         _ => -1,
     };
     let resp = if s.protocol == Protocol::Resp3 { 3 } else { 2 };
+    let user = s.user.as_ref().map_or("default", |u| &u.name);
     format!(
         "id={} addr={addr} laddr={laddr} fd=0 name={name} age={} idle=0 flags=N db=0 sub=0 psub=0 ssub=0 \
          multi={multi} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 \
-         events=r cmd=client|info user=default redir=-1 resp={resp}\n",
+         events=r cmd=client|info user={user} redir=-1 resp={resp}\n",
         s.id,
         s.created.elapsed().as_secs(),
     )

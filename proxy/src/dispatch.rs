@@ -37,7 +37,7 @@ pub async fn handle(s: &mut Session, cmd: Command) -> Flow {
         "ping" | "echo" | "quit" | "auth" | "hello" | "select" | "reset" | "readonly" | "readwrite" | "asking" => {
             connection::handle(s, cmd, spec).await
         }
-        name if name.starts_with("client|") => connection::handle(s, cmd, spec).await,
+        name if name.starts_with("client|") || name == "acl|whoami" => connection::handle(s, cmd, spec).await,
         name if name.starts_with("cluster|") => {
             let reply = cluster::handle(&s.shared, &cmd, spec);
             s.reply(reply).await

@@ -3,6 +3,7 @@ use clap::Parser;
 use sluice_proxy::control::Control;
 use sluice_proxy::options::{LogFormat, ProxyOptions};
 use sluice_proxy::state::Shared;
+use sluice_proxy::tls::Tls;
 use std::sync::Arc;
 
 fn main() -> anyhow::Result<()> {
@@ -17,11 +18,15 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(opts: ProxyOptions) -> anyhow::Result<()> {
+    // Bad TLS files stop the proxy before it listens: it never serves plain by mistake.
+    let tls = Tls::from_options(&opts).context("cannot set up TLS (--tls-cert, --tls-key, --tls-ca)")?;
     let listener = tokio::net::TcpListener::bind(&opts.listen)
         .await
         .with_context(|| format!("cannot listen on {}", opts.listen))?;
-    tracing::info!(listen = %opts.listen, announce = %opts.announce(), peer_announce = %opts.peer_announce(), node = %opts.node, "sluice-proxy serving");
-    let shared = Arc::new(Shared::new(opts.clone()));
+    tracing::info!(listen = %opts.listen, announce = %opts.announce(), peer_announce = %opts.peer_announce(), node = %opts.node, tls = opts.tls_cert.is_some(), "sluice-proxy serving");
+    let mut shared = Shared::new(opts.clone());
+    shared.tls = tls.map(Arc::new);
+    let shared = Arc::new(shared);
     let ctl = Control::new(shared.clone());
     if let Some(control) = &opts.control {
         let listener = tokio::net::TcpListener::bind(control)

@@ -11,8 +11,9 @@
 //!   while a replication-mode migration involves this proxy, the replication settings that
 //!   migration runs on ([`MIGRATION_PARAMETERS`]);
 //! - what cannot mean the same through a proxy: `MONITOR` and `CLIENT LIST` would show
-//!   sluice's connections, not the clients; `ACL` would manage users the proxy does not use to
-//!   authenticate clients; `MODULE LOAD` adds commands the proxy cannot route.
+//!   sluice's connections, not the clients; `ACL` administration belongs on the node (its users
+//!   are passed through, `users.rs`; `ACL WHOAMI` is answered); `MODULE LOAD` adds commands the
+//!   proxy cannot route.
 //!
 //! `DEBUG` (and `PFDEBUG`/`PFSELFTEST`) run only with `--allow-debug`: they can stop or crash
 //! the node (`DEBUG SLEEP`, `DEBUG SEGFAULT`), which the node itself also refuses unless its
@@ -82,7 +83,7 @@ pub fn refusal(cmd: &Command, name: &str, shared: &Shared) -> Option<Frame> {
         "shutdown" => "sluice manages the node; stopping it would take its slots down",
         "monitor" => "it would show sluice's own connections to the node, not this proxy's clients",
         _ if name.starts_with("acl|") => {
-            "the proxy authenticates clients itself (--requirepass); manage the node's ACL on the node"
+            "manage the node's ACL on the node; its users authenticate through the proxy with AUTH user pass"
         }
         _ if name.starts_with("module|") => "the proxy routes by its command table and cannot route a module's commands",
         _ if name.starts_with("client|") => return Some(Frame::error(format!(

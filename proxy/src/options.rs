@@ -1,6 +1,7 @@
 //! Command-line options of `sluice-proxy`.
 
 use clap::{Parser, ValueEnum};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// What to do with a command for a slot another proxy serves.
@@ -56,12 +57,27 @@ pub struct ProxyOptions {
     /// Bearer token for the broker's mutating calls.
     #[arg(long, env = "SLUICE_API_TOKEN")]
     pub api_token: Option<String>,
+    /// The node's ACL user the proxy's own connections authenticate as (`AUTH user pass`;
+    /// also `MIGRATE … AUTH2`). Absent: the node's default user (`AUTH pass`).
+    #[arg(long, env = "SLUICE_NODE_USER", requires = "node_password")]
+    pub node_user: Option<String>,
     /// Password of the Redis node (sent as AUTH).
     #[arg(long, env = "SLUICE_NODE_PASSWORD")]
     pub node_password: Option<String>,
     /// Password clients must give with AUTH or HELLO … AUTH.
     #[arg(long, env = "SLUICE_PROXY_REQUIREPASS")]
     pub requirepass: Option<String>,
+    /// Serve clients with TLS only, with this PEM certificate (chain); needs --tls-key. The
+    /// peer proxies are then dialled with TLS too (see --tls-ca).
+    #[arg(long, env = "SLUICE_PROXY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "SLUICE_PROXY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM certificate(s) trusted when dialling peer proxies with TLS. Defaults to the last
+    /// certificate of --tls-cert (the certificate itself when it is self-signed).
+    #[arg(long, env = "SLUICE_PROXY_TLS_CA", requires = "tls_cert")]
+    pub tls_ca: Option<PathBuf>,
     /// MOVED for slots of other proxies, or forward to them.
     #[arg(long, env = "SLUICE_PROXY_REDIRECT", value_enum, default_value = "moved")]
     pub redirect: Redirect,

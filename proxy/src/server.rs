@@ -3,10 +3,14 @@
 
 use crate::control::Control;
 use crate::session::{self, noauth, Commands, Flow, Session};
+use crate::socket::Socket;
+use crate::state::Shared;
 use crate::{dispatch, umctl};
 use sluice_common::resp::Command;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::net::TcpListener;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
 
 /// What a client's commands run through.
 struct Router {
@@ -31,14 +35,39 @@ pub async fn run(listener: TcpListener, control: Control) -> std::io::Result<()>
     let router = Arc::new(Router { control });
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(session::serve(stream, shared.clone(), router.clone()));
+            Ok((stream, addr)) => {
+                tokio::spawn(start_session(stream, addr, shared.clone(), router.clone()));
             }
             Err(e) => {
                 // Out of file descriptors and similar: log, wait a moment, go on.
                 tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
+}
+
+/// How long a client may take over its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The TLS handshake when the port speaks TLS (a client that does not is dropped), then the
+/// session.
+async fn start_session(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, router: Arc<Router>) {
+    let local_addr = stream.local_addr().ok();
+    let _ = stream.set_nodelay(true);
+    let socket = match &shared.tls {
+        None => Socket::Plain(stream),
+        Some(tls) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+            Ok(Ok(socket)) => socket,
+            Ok(Err(e)) => {
+                tracing::debug!(client = %addr, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(client = %addr, "no TLS handshake in time");
+                return;
+            }
+        },
+    };
+    session::serve(socket, Some(addr), local_addr, shared, router).await;
 }

@@ -20,6 +20,7 @@ use crate::ack::AckCheck;
 use crate::backend::{Backend, BackendError, BackendPool, ConnId, ReplyResult};
 use crate::command::{flags, CommandSpec};
 use crate::metrics::ReplyPath;
+use crate::socket::{ReadHalf, Socket, WriteHalf};
 use crate::state::{Routed, Shared};
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
@@ -30,8 +31,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::codec::Decoder;
 
@@ -152,6 +151,9 @@ pub struct Session {
     pub created: Instant,
     pub protocol: Protocol,
     pub authenticated: bool,
+    /// The node's ACL user this client authenticated as (`users.rs`): its commands go to the
+    /// node on that user's connections. `None`: the default user, the proxy's connections.
+    pub user: Option<crate::users::User>,
     pub name: Option<Bytes>,
     /// `READONLY` was sent: reads of a replica's master's slots are served by the replica.
     pub readonly: bool,
@@ -215,10 +217,14 @@ impl Drop for InFlight {
 }
 
 /// Serves one client until it leaves; `commands` decides what each command does.
-pub async fn serve<C: Commands>(stream: TcpStream, shared: Arc<Shared>, commands: Arc<C>) {
-    let addr = stream.peer_addr().ok();
-    let local_addr = stream.local_addr().ok();
-    let _ = stream.set_nodelay(true);
+/// `addr` and `local_addr` are the TCP connection's (read before a TLS handshake).
+pub async fn serve<C: Commands>(
+    stream: Socket,
+    addr: Option<SocketAddr>,
+    local_addr: Option<SocketAddr>,
+    shared: Arc<Shared>,
+    commands: Arc<C>,
+) {
     let (rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::channel(shared.opts.pipeline_depth.max(1));
     let progress = Arc::new(Progress::default());
@@ -235,6 +241,7 @@ pub async fn serve<C: Commands>(stream: TcpStream, shared: Arc<Shared>, commands
         created: Instant::now(),
         protocol: Protocol::Resp2,
         authenticated,
+        user: None,
         name: None,
         readonly: false,
         is_peer: false,
@@ -579,13 +586,18 @@ impl Session {
         }
     }
 
+    /// The node connections this client's commands take: its ACL user's, else the proxy's.
+    fn node_pool(&self) -> &BackendPool {
+        self.user.as_ref().map_or(&self.shared.node, |u| &u.pool)
+    }
+
     async fn shared_backend(&mut self) -> Result<Backend, BackendError> {
         if let Some(b) = &self.node {
             if !b.is_closed() {
                 return Ok(b.clone());
             }
         }
-        let b = self.shared.node.get(self.protocol, self.id).await?;
+        let b = self.node_pool().get(self.protocol, self.id).await?;
         self.node = Some(b.clone());
         Ok(b)
     }
@@ -601,7 +613,7 @@ impl Session {
         if self.private_lost {
             return Err(BackendError::Lost { addr: Arc::from(self.shared.node.addr()) });
         }
-        let b = self.shared.node.private(self.protocol).await?;
+        let b = self.node_pool().private(self.protocol).await?;
         self.private = Some(b.clone());
         Ok(b)
     }
@@ -675,15 +687,16 @@ impl Session {
         frame.to_bytes(self.protocol)
     }
 
-    /// Whether commands for other proxies' slots are forwarded (never for peer connections).
+    /// Whether commands for other proxies' slots are forwarded (never for peer connections,
+    /// nor for an ACL user's: the peer would run them as itself, not as that user).
     pub fn forwards(&self) -> bool {
-        !self.is_peer && self.shared.opts.redirect == crate::options::Redirect::Forward
+        !self.is_peer && self.user.is_none() && self.shared.opts.redirect == crate::options::Redirect::Forward
     }
 }
 
 /// The client's side of the connection: its socket and what was read but not decoded yet.
 struct ClientInput {
-    rd: OwnedReadHalf,
+    rd: ReadHalf,
     buf: BytesMut,
     codec: CommandCodec,
     /// End of input or an error was reported: nothing more will come.
@@ -736,7 +749,7 @@ impl ClientInput {
 
 /// Writes replies in queue order, batching whatever is ready into one write.
 async fn reply_writer(
-    mut wr: OwnedWriteHalf,
+    mut wr: WriteHalf,
     mut rx: mpsc::Receiver<(Pending, Guards, Instant)>,
     progress: Arc<Progress>,
     shared: Arc<Shared>,
@@ -748,11 +761,8 @@ async fn reply_writer(
         let item = match rx.try_recv() {
             Ok(item) => item,
             Err(mpsc::error::TryRecvError::Empty) => {
-                if !out.is_empty() {
-                    if wr.write_all(&out).await.is_err() {
-                        break;
-                    }
-                    out.clear();
+                if write_out(&mut wr, &mut out).await.is_err() {
+                    break;
                 }
                 match rx.recv().await {
                     Some(item) => item,
@@ -773,11 +783,8 @@ async fn reply_writer(
                     Ok(r) => r,
                     Err(oneshot::error::TryRecvError::Closed) => Err(lost()),
                     Err(oneshot::error::TryRecvError::Empty) => {
-                        if !out.is_empty() {
-                            if wr.write_all(&out).await.is_err() {
-                                break;
-                            }
-                            out.clear();
+                        if write_out(&mut wr, &mut out).await.is_err() {
+                            break;
                         }
                         batch.await.unwrap_or_else(|_| Err(lost()))
                     }
@@ -814,11 +821,8 @@ async fn reply_writer(
                     Some(r) => r,
                     None => {
                         // Not in yet: let the client have what is ready before waiting.
-                        if !out.is_empty() {
-                            if wr.write_all(&out).await.is_err() {
-                                break;
-                            }
-                            out.clear();
+                        if write_out(&mut wr, &mut out).await.is_err() {
+                            break;
                         }
                         reply.await.unwrap_or_else(|_| Err(lost()))
                     }
@@ -830,16 +834,13 @@ async fn reply_writer(
             }
             Pending::Future(f) => {
                 path = ReplyPath::Merged;
-                if !out.is_empty() {
-                    if wr.write_all(&out).await.is_err() {
-                        break;
-                    }
-                    out.clear();
+                if write_out(&mut wr, &mut out).await.is_err() {
+                    break;
                 }
                 f.await
             }
             Pending::Close => {
-                let _ = wr.write_all(&out).await;
+                let _ = write_out(&mut wr, &mut out).await;
                 let _ = wr.shutdown().await;
                 progress.complete(1);
                 break;
@@ -865,7 +866,18 @@ async fn reply_writer(
             }
         }
     }
+    let _ = write_out(&mut wr, &mut out).await;
     progress.close();
+}
+
+/// Writes what is collected and flushes (TLS may hold records until then), before the
+/// writer waits for something.
+async fn write_out(wr: &mut WriteHalf, out: &mut BytesMut) -> std::io::Result<()> {
+    if !out.is_empty() {
+        wr.write_all(out).await?;
+        out.clear();
+    }
+    wr.flush().await
 }
 
 fn lost() -> BackendError {

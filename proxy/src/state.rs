@@ -74,6 +74,11 @@ pub struct Shared {
     /// Lua scripts seen, which migrations load into their destination's node.
     pub scripts: crate::scripts::Scripts,
     pub node: BackendPool,
+    /// The node connections of clients authenticated as one of the node's ACL users.
+    pub users: crate::users::Users,
+    /// The client port's TLS (`--tls-cert`), also used to dial the peer proxies; `None`:
+    /// plain TCP. Set by `main` before the proxy serves.
+    pub tls: Option<Arc<crate::tls::Tls>>,
     peers: Mutex<HashMap<String, Arc<BackendPool>>>,
     next_client_id: AtomicU64,
     pub connected_clients: AtomicUsize,
@@ -118,9 +123,11 @@ impl Shared {
     pub fn new(opts: ProxyOptions) -> Shared {
         let connect = ConnectOptions {
             protocol: Default::default(),
+            user: opts.node_user.clone(),
             password: opts.node_password.clone(),
             setup: Vec::new(),
             connect_timeout: opts.connect_timeout(),
+            tls: None,
         };
         let node = BackendPool::new(opts.node.clone(), connect, opts.backend_connections);
         Shared {
@@ -133,6 +140,8 @@ impl Shared {
             gc: Gc::default(),
             scripts: Default::default(),
             node,
+            users: Default::default(),
+            tls: None,
             peers: Mutex::new(HashMap::new()),
             next_client_id: AtomicU64::new(1),
             connected_clients: AtomicUsize::new(0),
@@ -242,6 +251,7 @@ impl Shared {
             // so every connection to it fails (its proxy makes it a replica next: `shard::run`).
             tracing::warn!("this proxy's node is no longer its shard's master: closing every connection to it");
             self.node.close_all().await;
+            self.users.close_all().await;
         }
         tasks.reconcile(self, &config);
         self.gc.wake();
@@ -345,9 +355,11 @@ impl Shared {
         }
         let connect = ConnectOptions {
             protocol: Default::default(),
+            user: None,
             password: self.opts.requirepass.clone(),
             setup: vec![Command::from_strs(&["UMCTL", "PEER"])],
             connect_timeout: self.opts.connect_timeout(),
+            tls: self.tls.clone(),
         };
         let pool = Arc::new(BackendPool::new(addr, connect, 1));
         peers.insert(proxy.to_string(), pool.clone());

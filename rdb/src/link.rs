@@ -55,6 +55,8 @@ pub struct LinkOptions {
     /// counts for a client's `WAIT` (a copy that is not one of the shard's replicas must not
     /// acknowledge a write for it).
     pub ack_received: bool,
+    /// The ACL user the password belongs to (`AUTH user password`); `None`: the default user.
+    pub user: Option<String>,
 }
 
 impl Default for LinkOptions {
@@ -66,6 +68,7 @@ impl Default for LinkOptions {
             read_chunk: 64 * 1024,
             max_item_size: DEFAULT_MAX_ITEM_SIZE,
             ack_received: true,
+            user: None,
         }
     }
 }
@@ -145,9 +148,16 @@ impl ReplicaLink {
         };
         stream.set_nodelay(true)?;
         let mut buf = BytesMut::with_capacity(options.read_chunk);
-        let sync =
-            handshake(&mut stream, &mut buf, password, listening_port, options.connect_timeout, options.read_timeout)
-                .await?;
+        let sync = handshake(
+            &mut stream,
+            &mut buf,
+            options.user.as_deref(),
+            password,
+            listening_port,
+            options.connect_timeout,
+            options.read_timeout,
+        )
+        .await?;
         let (read, write) = stream.into_split();
         let limits = Limits { max_bulk_len: options.max_item_size, ..Limits::CLIENT };
         Ok(ReplicaLink {

@@ -10,9 +10,14 @@ use std::time::Duration;
 
 /// A control connection to a node (ours or a peer's), with the node password.
 pub async fn connect(shared: &Shared, addr: &str) -> Result<NodeConn, String> {
-    NodeConn::connect(addr, shared.opts.node_password.clone(), shared.opts.connect_timeout())
-        .await
-        .map_err(|e: NodeError| e.to_string())
+    NodeConn::connect(
+        addr,
+        shared.opts.node_user.clone(),
+        shared.opts.node_password.clone(),
+        shared.opts.connect_timeout(),
+    )
+    .await
+    .map_err(|e: NodeError| e.to_string())
 }
 
 /// `MIGRATE host port "" 0 timeout REPLACE [AUTH pw] KEYS k…` towards `node`.
@@ -30,9 +35,17 @@ pub fn migrate_command(shared: &Shared, node: &str, keys: &[Bytes]) -> Command {
     .iter()
     .map(|a| Bytes::copy_from_slice(a.as_bytes()))
     .collect();
-    if let Some(pw) = &shared.opts.node_password {
-        args.push(Bytes::from_static(b"AUTH"));
-        args.push(Bytes::copy_from_slice(pw.as_bytes()));
+    match (&shared.opts.node_user, &shared.opts.node_password) {
+        (Some(user), Some(pw)) => {
+            args.push(Bytes::from_static(b"AUTH2"));
+            args.push(Bytes::copy_from_slice(user.as_bytes()));
+            args.push(Bytes::copy_from_slice(pw.as_bytes()));
+        }
+        (None, Some(pw)) => {
+            args.push(Bytes::from_static(b"AUTH"));
+            args.push(Bytes::copy_from_slice(pw.as_bytes()));
+        }
+        _ => {}
     }
     args.push(Bytes::from_static(b"KEYS"));
     args.extend(keys.iter().cloned());
@@ -59,8 +72,20 @@ pub enum NodeError {
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl NodeConn {
-    pub async fn connect(addr: &str, password: Option<String>, timeout: Duration) -> Result<NodeConn, NodeError> {
-        let opts = ConnectOptions { protocol: Protocol::Resp2, password, setup: Vec::new(), connect_timeout: timeout };
+    pub async fn connect(
+        addr: &str,
+        user: Option<String>,
+        password: Option<String>,
+        timeout: Duration,
+    ) -> Result<NodeConn, NodeError> {
+        let opts = ConnectOptions {
+            protocol: Protocol::Resp2,
+            user,
+            password,
+            setup: Vec::new(),
+            connect_timeout: timeout,
+            tls: None,
+        };
         Ok(NodeConn { backend: Backend::connect(addr, &opts).await?, addr: addr.to_string() })
     }
 

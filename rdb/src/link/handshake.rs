@@ -101,13 +101,18 @@ async fn call<S: AsyncRead + AsyncWrite + Unpin>(
 pub(super) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     buf: &mut BytesMut,
+    user: Option<&str>,
     password: Option<&str>,
     listening_port: u16,
     step_timeout: Duration,
     read_timeout: Duration,
 ) -> Result<FullResync, LinkError> {
     if let Some(password) = password {
-        match call(stream, buf, &[b"AUTH", password.as_bytes()], "AUTH", step_timeout).await {
+        let auth: Vec<&[u8]> = match user {
+            Some(user) => vec![b"AUTH", user.as_bytes(), password.as_bytes()],
+            None => vec![b"AUTH", password.as_bytes()],
+        };
+        match call(stream, buf, &auth, "AUTH", step_timeout).await {
             Ok(_) => {}
             Err(LinkError::Refused { message, .. }) => return Err(LinkError::Auth(message)),
             Err(e) => return Err(e),
@@ -232,7 +237,7 @@ mod tests {
         theirs.write_all(script.as_bytes()).await.unwrap();
         let mut buf = BytesMut::new();
         let secs = Duration::from_secs(5);
-        let got = handshake(&mut ours, &mut buf, Some("pw"), 6390, secs, secs).await.unwrap();
+        let got = handshake(&mut ours, &mut buf, None, Some("pw"), 6390, secs, secs).await.unwrap();
         assert_eq!((got.replid.as_str(), got.offset, got.transfer), (id, 7, Transfer::Disk { len: 5 }));
         assert_eq!(&buf[..], b"REDIS");
         drop(ours);
@@ -256,7 +261,7 @@ mod tests {
         theirs.write_all(b"-NOAUTH Authentication required.\r\n").await.unwrap();
         let mut buf = BytesMut::new();
         let secs = Duration::from_secs(5);
-        let err = handshake(&mut ours, &mut buf, None, 1, secs, secs).await.unwrap_err();
+        let err = handshake(&mut ours, &mut buf, None, None, 1, secs, secs).await.unwrap_err();
         assert!(matches!(err, LinkError::Auth(ref m) if m.starts_with("NOAUTH")), "{err}");
     }
 }

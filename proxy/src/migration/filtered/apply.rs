@@ -50,9 +50,11 @@ impl Applier {
     pub async fn connect(shared: &Shared, node: &str, offset: u64) -> Result<Applier, String> {
         let opts = ConnectOptions {
             protocol: Protocol::Resp2,
+            user: shared.opts.node_user.clone(),
             password: shared.opts.node_password.clone(),
             setup: Vec::new(),
             connect_timeout: shared.opts.connect_timeout(),
+            tls: None,
         };
         let backend = Backend::connect(node, &opts).await.map_err(|e| e.to_string())?;
         Ok(Applier {

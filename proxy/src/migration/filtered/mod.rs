@@ -197,7 +197,7 @@ async fn copy_and_switch(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), S
         }
     }
     let port = shared.opts.announce().rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0);
-    let options = LinkOptions { ack_received: false, ..LinkOptions::default() };
+    let options = LinkOptions { ack_received: false, user: shared.opts.node_user.clone(), ..LinkOptions::default() };
     // Empty the moving slots at the destination (a copy of an earlier attempt may be there)
     // while our node forks for the snapshot: the snapshot waits in the socket meanwhile.
     let (cleared, link) = tokio::join!(
