@@ -144,6 +144,13 @@ const MAX_BACKLOG: usize = 1024;
 const MAX_BATCH_BYTES: usize = 64 * 1024;
 const MAX_BATCH_COMMANDS: usize = 256;
 
+/// The client library a connection declared (`CLIENT SETINFO`); empty until it does.
+#[derive(Debug, Clone, Default)]
+pub struct ClientLib {
+    pub name: Option<Bytes>,
+    pub version: Option<Bytes>,
+}
+
 pub struct Session {
     pub shared: Arc<Shared>,
     pub id: u64,
@@ -153,6 +160,8 @@ pub struct Session {
     pub protocol: Protocol,
     pub authenticated: bool,
     pub name: Option<Bytes>,
+    /// `CLIENT SETINFO lib-name|lib-ver` (Redis 7.2), shown by `CLIENT INFO`.
+    pub lib: ClientLib,
     /// `READONLY` was sent: reads of a replica's master's slots are served by the replica.
     pub readonly: bool,
     /// This connection comes from another proxy forwarding to us: never forward again.
@@ -236,6 +245,7 @@ pub async fn serve<C: Commands>(stream: TcpStream, shared: Arc<Shared>, commands
         protocol: Protocol::Resp2,
         authenticated,
         name: None,
+        lib: ClientLib::default(),
         readonly: false,
         is_peer: false,
         tx: TxState::default(),

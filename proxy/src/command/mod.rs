@@ -68,8 +68,33 @@ pub fn index(spec: &CommandSpec) -> Option<usize> {
 fn find(name: &str) -> Option<&'static CommandSpec> {
     type Index = HashMap<&'static str, &'static CommandSpec, BuildHasherDefault<Fnv>>;
     static INDEX: OnceLock<Index> = OnceLock::new();
-    INDEX.get_or_init(|| table::COMMANDS.iter().map(|c| (c.name, c)).collect()).get(name).copied()
+    INDEX
+        .get_or_init(|| table::COMMANDS.iter().map(|c| (c.name, c)).collect())
+        .get(name)
+        .copied()
+        .or_else(|| ANSWERED_HERE.iter().find(|c| c.name == name))
 }
+
+/// Subcommands newer than the generated table (Redis 7.0's) that the proxy answers itself
+/// (`connection.rs`): Redis 7.2 clients send `CLIENT SETINFO` on every new connection
+/// (redis-py, Jedis, go-redis) and `CLIENT NO-TOUCH` is a per-connection flag. They are not in
+/// [`all`], so [`index`] knows nothing of them (the metrics count them as unknown).
+static ANSWERED_HERE: &[CommandSpec] = &[
+    CommandSpec {
+        name: "client|no-touch",
+        arity: 3,
+        flags: flags::NOSCRIPT | flags::LOADING | flags::STALE,
+        keys: &[],
+        has_subcommands: false,
+    },
+    CommandSpec {
+        name: "client|setinfo",
+        arity: 4,
+        flags: flags::NOSCRIPT | flags::LOADING | flags::STALE,
+        keys: &[],
+        has_subcommands: false,
+    },
+];
 
 /// FNV-1a: fast for the short keys of the command index (no attacker chooses the table's keys,
 /// and a lookup of an unknown name costs one probe).
