@@ -148,9 +148,10 @@ pub struct NodeView {
     pub handover: Option<String>,
     /// The shard's config epoch, as a Redis Cluster node's `configEpoch`: the broker sets it
     /// when it changes which node owns the shard's slots (cluster creation gives the masters
-    /// 1, 2, …; a migration's commit gives the destination, a failover the promoted replica,
-    /// the cluster's greatest plus one). So masters' epochs are distinct and the last change
-    /// holds the greatest, which is what clients comparing `CLUSTER NODES` answers rely on.
+    /// 1, 2, …; a failover gives the promoted replica the cluster's greatest plus one, and a
+    /// migration's commit gives it to the destination unless that holds the greatest already,
+    /// as Redis does). So masters' epochs are distinct and the last change holds the greatest,
+    /// which is what clients comparing `CLUSTER NODES` answers rely on.
     /// 0 in clusters stored before it existed (serde default), until their next change.
     #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     #[serde(default, skip_serializing_if = "is_zero")]

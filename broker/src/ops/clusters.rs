@@ -187,6 +187,15 @@ mod tests {
     }
 
     #[test]
+    fn a_destination_that_holds_the_greatest_epoch_keeps_it() {
+        // m-1 (keys mode) moves every slot of 6001 to 6002, which holds the greatest epoch.
+        let mut s = setup(false);
+        report(&mut s, T0, "switched", None).expect("switched");
+        txn(&mut s, T0, |t| t.commit("shop", "m-1", None)).expect("commit");
+        assert_eq!(epochs(&s), vec![(addr(6002), 2)], "6001 left; 6002 had the greatest already");
+    }
+
+    #[test]
     fn a_migration_that_ends_without_a_commit_changes_no_epoch() {
         let mut s = setup(true);
         txn(&mut s, T0, |t| t.stop("shop", "m-1", MigrationPhase::Aborted, "why".into(), None)).expect("abort");
