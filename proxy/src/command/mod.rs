@@ -54,13 +54,23 @@ pub fn all() -> &'static [CommandSpec] {
     table::COMMANDS
 }
 
-/// Where `spec` (an entry of [`all`], as [`lookup`] answers) sits in the table: for per-command
-/// arrays such as the metrics' counters. Anything else answers `None`.
+/// How many commands [`lookup`] can answer: those of [`all`], then the few the proxy answers
+/// although the table lacks them.
+pub fn count() -> usize {
+    table::COMMANDS.len() + ANSWERED_HERE.len()
+}
+
+/// Where `spec` (as [`lookup`] answers it) sits among the [`count`] commands: its place in
+/// [`all`], or after them for one the table lacks. For per-command arrays such as the
+/// metrics' counters. Anything else answers `None`.
 pub fn index(spec: &CommandSpec) -> Option<usize> {
-    let first = table::COMMANDS.as_ptr() as usize;
-    let offset = (spec as *const CommandSpec as usize).checked_sub(first)?;
-    let i = offset / std::mem::size_of::<CommandSpec>();
-    (offset % std::mem::size_of::<CommandSpec>() == 0 && i < table::COMMANDS.len()).then_some(i)
+    let place = |slice: &[CommandSpec]| {
+        let first = slice.as_ptr() as usize;
+        let offset = (spec as *const CommandSpec as usize).checked_sub(first)?;
+        let i = offset / std::mem::size_of::<CommandSpec>();
+        (offset % std::mem::size_of::<CommandSpec>() == 0 && i < slice.len()).then_some(i)
+    };
+    place(table::COMMANDS).or_else(|| place(ANSWERED_HERE).map(|i| table::COMMANDS.len() + i))
 }
 
 /// Looks a lower-case name up in a hash index of the table (built on first use): this runs
@@ -78,7 +88,7 @@ fn find(name: &str) -> Option<&'static CommandSpec> {
 /// Subcommands newer than the generated table (Redis 7.0's) that the proxy answers itself
 /// (`connection.rs`): Redis 7.2 clients send `CLIENT SETINFO` on every new connection
 /// (redis-py, Jedis, go-redis) and `CLIENT NO-TOUCH` is a per-connection flag. They are not in
-/// [`all`], so [`index`] knows nothing of them (the metrics count them as unknown).
+/// [`all`]; [`index`] places them after it.
 static ANSWERED_HERE: &[CommandSpec] = &[
     CommandSpec {
         name: "client|no-touch",
