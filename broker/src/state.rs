@@ -38,6 +38,7 @@ impl ProxyRecord {
             peer: self.peer_address.clone(),
             replicas: Vec::new(),
             handover: None,
+            config_epoch: 0,
         }
     }
 

@@ -146,6 +146,20 @@ pub struct NodeView {
     /// says so in `Status`; then the coordinator has the broker make the swap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handover: Option<String>,
+    /// The shard's config epoch, as a Redis Cluster node's `configEpoch`: the broker sets it
+    /// when it changes which node owns the shard's slots (cluster creation gives the masters
+    /// 1, 2, …; a failover gives the promoted replica the cluster's greatest plus one, and a
+    /// migration's commit gives it to the destination unless that holds the greatest already,
+    /// as Redis does). So masters' epochs are distinct and the last change holds the greatest,
+    /// which is what clients comparing `CLUSTER NODES` answers rely on.
+    /// 0 in clusters stored before it existed (serde default), until their next change.
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub config_epoch: Epoch,
+}
+
+fn is_zero(e: &Epoch) -> bool {
+    *e == 0
 }
 
 impl NodeView {
@@ -322,6 +336,12 @@ impl ClusterView {
             .flat_map(|n| std::iter::once(n.proxy.as_str()).chain(n.replicas.iter().map(|r| r.proxy.as_str())))
     }
 
+    /// The cluster's current epoch as Redis Cluster's `currentEpoch`: the greatest
+    /// [`NodeView::config_epoch`].
+    pub fn current_config_epoch(&self) -> Epoch {
+        self.nodes.iter().map(|n| n.config_epoch).max().unwrap_or(0)
+    }
+
     /// The shard (its master's entry) of which `proxy` is a replica.
     pub fn shard_of_replica(&self, proxy: &str) -> Option<&NodeView> {
         self.nodes.iter().find(|n| n.replicas.iter().any(|r| r.proxy == proxy))
@@ -424,6 +444,17 @@ fn mix(mut z: u64) -> u64 {
 mod tests {
     use super::*;
 
+    #[test]
+    fn config_epoch_defaults_to_zero_so_stored_views_still_load() {
+        let old = r#"{"proxy":"p:1","node":"n:1","slots":[{"start":0,"end":16383}]}"#;
+        let node: NodeView = serde_json::from_str(old).expect("a view stored before config epochs");
+        assert_eq!(node.config_epoch, 0);
+        assert_eq!(serde_json::to_string(&node).expect("json"), old, "0 is not written");
+        let node = NodeView { config_epoch: 7, ..node };
+        let back: NodeView = serde_json::from_str(&serde_json::to_string(&node).expect("json")).expect("json");
+        assert_eq!(back.config_epoch, 7);
+    }
+
     fn cluster(nodes: Vec<(&str, Vec<SlotAssignment>)>) -> ClusterView {
         ClusterView {
             name: "c".into(),
@@ -437,6 +468,7 @@ mod tests {
                     peer: None,
                     replicas: Vec::new(),
                     handover: None,
+                    config_epoch: 0,
                 })
                 .collect(),
         }

@@ -146,6 +146,7 @@ mod tests {
                 peer: None,
                 replicas: vec![replica("r1"), replica("r2")],
                 handover: None,
+                config_epoch: 0,
             }],
         }
     }

@@ -64,13 +64,15 @@ impl ProxyCluster {
         let nodes = split_slots_evenly(self.proxies.len())
             .into_iter()
             .zip(&self.proxies)
-            .map(|(range, p)| NodeView {
+            .enumerate()
+            .map(|(i, (range, p))| NodeView {
                 proxy: p.addr(),
                 node: p.node.clone(),
                 slots: vec![SlotAssignment::plain(range)],
                 peer: None,
                 replicas: Vec::new(),
                 handover: None,
+                config_epoch: i as Epoch + 1,
             })
             .collect();
         ClusterView { name: "test".into(), epoch, nodes }

@@ -83,7 +83,48 @@ impl NativeCluster {
         })
         .await?;
         let replicas = ids.iter().map(|_| Vec::new()).collect();
-        Ok(NativeCluster { nodes, ids, replicas })
+        let cluster = NativeCluster { nodes, ids, replicas };
+        cluster.wait_settled(Duration::from_secs(30)).await?;
+        Ok(cluster)
+    }
+
+    /// Every node, masters and replicas.
+    pub fn all_nodes(&self) -> impl Iterator<Item = &RedisNode> {
+        self.nodes.iter().chain(self.replicas.iter().flatten())
+    }
+
+    /// Waits until the cluster's gossip has settled: every node is `ok`, knows every node,
+    /// sees each of them `connected` with no `fail?`/`fail`/`handshake` flag, and all nodes
+    /// agree on each node's role, master, config epoch and slots, and on the current epoch.
+    /// `cluster_state:ok` alone comes earlier: a comparison made then saw a peer
+    /// `disconnected` (a CI failure), or an epoch a change had not yet spread to.
+    pub async fn wait_settled(&self, timeout: Duration) -> Result<()> {
+        let addrs: Vec<String> = self.all_nodes().map(RedisNode::addr).collect();
+        wait_for("the native cluster's gossip to settle", timeout, || {
+            let addrs = addrs.clone();
+            async move {
+                let mut agreed: Option<(Vec<String>, String)> = None;
+                for a in &addrs {
+                    let info = text(&call_ok(a, &["CLUSTER", "INFO"]).await?).unwrap_or_default();
+                    if !info.contains("cluster_state:ok")
+                        || !info.contains(&format!("cluster_known_nodes:{}\r", addrs.len()))
+                    {
+                        return Ok(None);
+                    }
+                    let current = info.lines().find(|l| l.starts_with("cluster_current_epoch:")).unwrap_or("");
+                    let nodes = text(&call_ok(a, &["CLUSTER", "NODES"]).await?).unwrap_or_default();
+                    let Some(view) = settled_view(&nodes) else { return Ok(None) };
+                    let seen = (view, current.trim().to_string());
+                    match &agreed {
+                        None => agreed = Some(seen),
+                        Some(first) if *first == seen => {}
+                        Some(_) => return Ok(None),
+                    }
+                }
+                Ok(Some(()))
+            }
+        })
+        .await
     }
 
     /// Gives every master `n` replicas (`CLUSTER MEET`, then `CLUSTER REPLICATE`), started
@@ -123,7 +164,8 @@ impl NativeCluster {
                 Ok(Some(()))
             }
         })
-        .await
+        .await?;
+        self.wait_settled(Duration::from_secs(30)).await
     }
 
     /// `redis://` URLs of the nodes, for cluster clients.
@@ -201,6 +243,26 @@ impl NativeCluster {
         }
         Ok(sum)
     }
+}
+
+/// A node's `CLUSTER NODES` as what every node must agree on (per node: id, role, master,
+/// config epoch, slots; without `myself`, ping times and addresses' bus ports), or `None` while
+/// a node is not `connected`, is suspected or failed, or still in a handshake.
+fn settled_view(nodes: &str) -> Option<Vec<String>> {
+    let mut view = Vec::new();
+    for line in nodes.lines().filter(|l| !l.trim().is_empty()) {
+        let f: Vec<&str> = line.split(' ').collect();
+        if f.len() < 8 || f[7] != "connected" {
+            return None;
+        }
+        let flags: Vec<&str> = f[2].split(',').filter(|fl| *fl != "myself").collect();
+        if flags.iter().any(|fl| matches!(*fl, "fail?" | "fail" | "handshake" | "noaddr")) {
+            return None;
+        }
+        view.push(format!("{} {} {} {} {}", f[0], flags.join(","), f[3], f[6], f[8..].join(" ")));
+    }
+    view.sort();
+    Some(view)
 }
 
 /// `CLUSTER SLOTS` of the node at `addr`: (range, id of the master serving it).

@@ -14,6 +14,11 @@ use sluice_harness::wait_for;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+#[path = "node_commands/config_epochs.rs"]
+mod config_epochs;
+#[path = "node_commands/slot_keys.rs"]
+mod slot_keys;
+
 const DEBUG_ON: [&str; 2] = ["--enable-debug-command", "yes"];
 
 /// A script that keeps its node busy for 20 ms.

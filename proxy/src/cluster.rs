@@ -7,7 +7,7 @@ use crate::command::CommandSpec;
 use crate::route::{Peer, RouteTable};
 use crate::state::Shared;
 use bytes::Bytes;
-use sluice_common::model::node_id;
+use sluice_common::model::{node_id, Epoch};
 use sluice_common::resp::{Command, Frame};
 use sluice_common::slot::key_slot;
 
@@ -149,9 +149,9 @@ fn nodes(routes: &RouteTable, me: &str) -> String {
 /// The `CLUSTER NODES` line of every node (with the proxy it describes): each master with
 /// its slot ranges, then its replicas (`slave <master id>`, no slots).
 fn node_lines(routes: &RouteTable, me: &str) -> Vec<(String, String)> {
-    let epoch = routes.epoch();
     let runs = routes.runs();
     let line = |peer: &Peer, role: &str, master: &str, ranges: &[String]| {
+        let epoch = peer.config_epoch;
         let (host, port) = host_port(&peer.proxy);
         let cport = if port + 10000 <= 65535 { port + 10000 } else { port };
         let flags = if peer.proxy == me { format!("myself,{role}") } else { role.to_string() };
@@ -180,12 +180,20 @@ fn info(routes: &RouteTable) -> String {
     let assigned = routes.slots_assigned();
     let state = if assigned == 16384 { "ok" } else { "fail" };
     let size = routes.runs().iter().map(|r| r.2).collect::<std::collections::BTreeSet<_>>().len();
-    let epoch = routes.epoch();
+    let (current_epoch, my_epoch) = config_epochs(routes);
     format!(
         "cluster_state:{state}\r\ncluster_slots_assigned:{assigned}\r\ncluster_slots_ok:{assigned}\r\n\
          cluster_slots_pfail:0\r\ncluster_slots_fail:0\r\ncluster_known_nodes:{}\r\ncluster_size:{size}\r\n\
-         cluster_current_epoch:{epoch}\r\ncluster_my_epoch:{epoch}\r\ncluster_stats_messages_sent:0\r\n\
+         cluster_current_epoch:{current_epoch}\r\ncluster_my_epoch:{my_epoch}\r\ncluster_stats_messages_sent:0\r\n\
          cluster_stats_messages_received:0\r\ntotal_cluster_links_buffer_limit_exceeded:0\r\n",
         routes.peers.iter().map(|p| 1 + p.replicas.len()).sum::<usize>().max(1),
     )
+}
+
+/// `cluster_current_epoch` and `cluster_my_epoch` as a native node reports them: the greatest
+/// config epoch of the cluster, and this node's shard's (a replica's is its master's).
+fn config_epochs(routes: &RouteTable) -> (Epoch, Epoch) {
+    let current = routes.peers.iter().map(|p| p.config_epoch).max().unwrap_or(0);
+    let mine = routes.me.or(routes.replica_of).and_then(|i| routes.peers.get(i)).map_or(0, |p| p.config_epoch);
+    (current, mine)
 }

@@ -89,8 +89,15 @@ pub async fn handle(s: &mut Session, cmd: Command, spec: &'static CommandSpec) -
             let line = client_info_line(s);
             s.reply(Frame::Verbatim(Bytes::from_static(b"txt"), Bytes::from(line))).await
         }
-        // Library identification and eviction hints: accepted, nothing to do here.
-        "client|setinfo" | "client|no-evict" | "client|no-touch" => s.reply(Frame::ok()).await,
+        "client|setinfo" => {
+            let reply = match set_info(s, &args[2], &args[3]) {
+                Ok(()) => Frame::ok(),
+                Err(e) => e,
+            };
+            s.reply(reply).await
+        }
+        // Eviction hints: about the node's view of its clients, which are sluice's connections.
+        "client|no-evict" | "client|no-touch" => s.reply(Frame::ok()).await,
         _ => {
             let err = keyed::refusal(&cmd, spec, &s.shared)
                 .unwrap_or_else(|| Frame::error("ERR sluice: unsupported command"));
@@ -124,6 +131,25 @@ async fn authenticate(s: &mut Session, user: Option<&Bytes>, pass: &Bytes) -> Re
         }
         Err(e) => Err(Frame::error(e.to_string())),
     }
+}
+
+/// `CLIENT SETINFO lib-name|lib-ver value` as Redis 7.2 answers it: an unknown attribute or a
+/// value with spaces or special characters is refused with Redis's words (naming the attribute
+/// as the client spelt it) and nothing is set; an empty value clears the attribute.
+fn set_info(s: &mut Session, attr: &Bytes, value: &Bytes) -> Result<(), Frame> {
+    let shown = String::from_utf8_lossy(attr);
+    let slot = if attr.eq_ignore_ascii_case(b"lib-name") {
+        &mut s.lib.name
+    } else if attr.eq_ignore_ascii_case(b"lib-ver") {
+        &mut s.lib.version
+    } else {
+        return Err(Frame::error(format!("ERR Unrecognized option '{shown}'")));
+    };
+    if value.iter().any(|&b| !(b'!'..=b'~').contains(&b)) {
+        return Err(Frame::error(format!("ERR {shown} cannot contain spaces, newlines or special characters.")));
+    }
+    *slot = (!value.is_empty()).then(|| value.clone());
+    Ok(())
 }
 
 /// `Ok` if the password is right; the error Redis would give otherwise.
@@ -206,7 +232,7 @@ async fn hello(s: &mut Session, cmd: &Command) -> Flow {
     s.reply(reply).await
 }
 
-/// A `CLIENT INFO` line in Redis's format, describing the client's connection to the proxy.
+/// A `CLIENT INFO` line in Redis's format (7.2's, with the library fields), describing the client's connection to the proxy.
 fn client_info_line(s: &Session) -> String {
     let addr = s.addr.map(|a| a.to_string()).unwrap_or_default();
     let laddr = s.local_addr.map(|a| a.to_string()).unwrap_or_default();
@@ -217,10 +243,12 @@ fn client_info_line(s: &Session) -> String {
     };
     let resp = if s.protocol == Protocol::Resp3 { 3 } else { 2 };
     let user = s.user.as_ref().map_or("default", |u| &u.name);
+    let show = |v: &Option<Bytes>| v.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
+    let (lib_name, lib_ver) = (show(&s.lib.name), show(&s.lib.version));
     format!(
         "id={} addr={addr} laddr={laddr} fd=0 name={name} age={} idle=0 flags=N db=0 sub=0 psub=0 ssub=0 \
          multi={multi} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 \
-         events=r cmd=client|info user={user} redir=-1 resp={resp}\n",
+         events=r cmd=client|info user={user} redir=-1 resp={resp} lib-name={lib_name} lib-ver={lib_ver}\n",
         s.id,
         s.created.elapsed().as_secs(),
     )

@@ -4,7 +4,7 @@
 
 use crate::command;
 use crate::session::{noauth, Flow, Session};
-use crate::{cluster, connection, info, keyed, node_level, transaction};
+use crate::{cluster, connection, info, keyed, node_level, slot_keys, transaction};
 use sluice_common::resp::{Command, Frame};
 
 /// Decides what to do with one command and queues its reply.
@@ -38,6 +38,7 @@ pub async fn handle(s: &mut Session, cmd: Command) -> Flow {
             connection::handle(s, cmd, spec).await
         }
         name if name.starts_with("client|") || name == "acl|whoami" => connection::handle(s, cmd, spec).await,
+        "cluster|countkeysinslot" | "cluster|getkeysinslot" => slot_keys::handle(s, cmd).await,
         name if name.starts_with("cluster|") => {
             let reply = cluster::handle(&s.shared, &cmd, spec);
             s.reply(reply).await

@@ -435,17 +435,13 @@ pub async fn dbsize(s: &mut Session, cmd: Command) -> Flow {
 
 async fn count_served_keys(shared: &Arc<Shared>) -> Result<i64, String> {
     let node = node::connect(shared, &shared.opts.node).await?;
-    let mut cursor = "0".to_string();
+    let mut scan = node.scan_all(1000);
     let mut n = 0;
-    loop {
-        let (next, keys) = node.scan(&cursor, "1000").await.map_err(|e| e.to_string())?;
+    while let Some(keys) = scan.next_batch().await.map_err(|e| e.to_string())? {
         let routes = shared.routes();
         n += keys.iter().filter(|k| routes.holds_live_keys(key_slot(k))).count() as i64;
-        cursor = next;
-        if cursor == "0" {
-            return Ok(n);
-        }
     }
+    Ok(n)
 }
 
 /// `SCAN` and `KEYS`: run on the node, then drop every key of a slot this proxy does not

@@ -33,6 +33,7 @@ pub mod scripts;
 pub mod server;
 pub mod session;
 pub mod shard;
+pub mod slot_keys;
 pub mod socket;
 pub mod state;
 pub mod status;

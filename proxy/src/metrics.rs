@@ -160,7 +160,7 @@ impl Metrics {
         registry.register(Box::new(migration_progress.clone()))?;
         Ok(Metrics {
             enabled,
-            by_command: command::all().iter().map(|_| OnceLock::new()).collect(),
+            by_command: (0..command::count()).map(|_| OnceLock::new()).collect(),
             unknown: commands.with_label_values(&["unknown"]),
             replies: Outcome::ALL.map(|o| replies_vec.with_label_values(&[o.name()])),
             latency: ReplyPath::ALL.map(|p| latency_vec.with_label_values(&[p.name()])),
@@ -284,6 +284,16 @@ mod tests {
         for (i, spec) in command::all().iter().enumerate() {
             assert_eq!(command::index(spec), Some(i), "{}", spec.name);
         }
+        // The commands the table lacks come after it, each with its own place.
+        let setinfo = command::lookup(&Command::from_strs(&["CLIENT", "SETINFO", "lib-name", "x"])).expect("known");
+        let no_touch = command::lookup(&Command::from_strs(&["CLIENT", "NO-TOUCH", "on"])).expect("known");
+        let extra = [command::index(setinfo), command::index(no_touch)];
+        assert!(extra.iter().all(|i| i.is_some_and(|i| i >= command::all().len() && i < command::count())));
+        assert_ne!(extra[0], extra[1]);
+        let m = Metrics::new(true).expect("registry");
+        m.command(Some(setinfo));
+        let text = m.render().expect("render");
+        assert!(text.contains(r#"sluice_proxy_commands_total{command="client|setinfo"} 1"#), "{text}");
         let elsewhere = CommandSpec { name: "x", arity: 1, flags: 0, keys: &[], has_subcommands: false };
         assert_eq!(command::index(&elsewhere), None);
     }

@@ -42,6 +42,8 @@ pub struct Peer {
     pub peer: String,
     /// A master's replicas (for the cluster commands); empty for a replica.
     pub replicas: Vec<Peer>,
+    /// The shard's config epoch (`CLUSTER NODES`); a replica shows its master's, as in Redis.
+    pub config_epoch: Epoch,
 }
 
 /// Where the keys of a slot in a keys-mode migration go (the source's view).
@@ -164,6 +166,7 @@ impl RouteTable {
                         id: node_id(&r.proxy),
                         peer: r.peer.clone().unwrap_or_else(|| r.proxy.clone()),
                         replicas: Vec::new(),
+                        config_epoch: node.config_epoch,
                     })
                     .collect();
                 peers.push(Peer {
@@ -172,6 +175,7 @@ impl RouteTable {
                     id: node_id(&node.proxy),
                     peer: node.peer_address().to_string(),
                     replicas,
+                    config_epoch: node.config_epoch,
                 });
             }
             // Owners are stored as u16 indices with `NO_OWNER` reserved: a larger cluster
@@ -441,6 +445,7 @@ mod tests {
                 peer: None,
                 replicas: Vec::new(),
                 handover: None,
+                config_epoch: 0,
             })
             .collect();
         Arc::new(ProxyConfig {

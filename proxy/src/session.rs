@@ -143,6 +143,13 @@ const MAX_BACKLOG: usize = 1024;
 const MAX_BATCH_BYTES: usize = 64 * 1024;
 const MAX_BATCH_COMMANDS: usize = 256;
 
+/// The client library a connection declared (`CLIENT SETINFO`); empty until it does.
+#[derive(Debug, Clone, Default)]
+pub struct ClientLib {
+    pub name: Option<Bytes>,
+    pub version: Option<Bytes>,
+}
+
 pub struct Session {
     pub shared: Arc<Shared>,
     pub id: u64,
@@ -155,6 +162,8 @@ pub struct Session {
     /// node on that user's connections. `None`: the default user, the proxy's connections.
     pub user: Option<crate::users::User>,
     pub name: Option<Bytes>,
+    /// `CLIENT SETINFO lib-name|lib-ver` (Redis 7.2), shown by `CLIENT INFO`.
+    pub lib: ClientLib,
     /// `READONLY` was sent: reads of a replica's master's slots are served by the replica.
     pub readonly: bool,
     /// This connection comes from another proxy forwarding to us: never forward again.
@@ -243,6 +252,7 @@ pub async fn serve<C: Commands>(
         authenticated,
         user: None,
         name: None,
+        lib: ClientLib::default(),
         readonly: false,
         is_peer: false,
         tx: TxState::default(),

@@ -409,6 +409,7 @@ mod tests {
             peer: peer.map(str::to_string),
             replicas: Vec::new(),
             handover: None,
+            config_epoch: 0,
         };
         let config = |epoch, peer| ProxyConfig {
             epoch,

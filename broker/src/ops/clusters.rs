@@ -103,7 +103,14 @@ impl Txn {
         let nodes = shards
             .into_iter()
             .zip(ranges)
-            .map(|((n, replicas), r)| NodeView { slots: vec![SlotAssignment::plain(r)], replicas, ..n })
+            .enumerate()
+            // Distinct config epochs 1, 2, … as `redis-cli --cluster create` gives the masters.
+            .map(|(i, ((n, replicas), r))| NodeView {
+                slots: vec![SlotAssignment::plain(r)],
+                replicas,
+                config_epoch: i as Epoch + 1,
+                ..n
+            })
             .collect();
         let view = ClusterView { name: req.name.clone(), epoch, nodes };
         self.note(format!(
@@ -139,5 +146,91 @@ impl Txn {
         let epoch = self.bump();
         self.note(format!("cluster {name} deleted, freeing {}", freed.join(", ")));
         Ok((epoch, freed))
+    }
+}
+
+/// Config epochs (`NodeView::config_epoch`): set where slots change owner, here and in
+/// `migrations/` and `failover.rs`, tested together because together they must keep the
+/// masters' epochs distinct, with the greatest on the last change.
+#[cfg(test)]
+mod tests {
+    use crate::ops::testutil::*;
+    use crate::state::State;
+    use sluice_common::api::{CreateCluster, FailoverRequest, ProxySelection};
+    use sluice_common::model::MigrationPhase;
+
+    fn epochs(s: &State) -> Vec<(String, u64)> {
+        s.clusters["shop"].nodes.iter().map(|n| (n.proxy.clone(), n.config_epoch)).collect()
+    }
+
+    #[test]
+    fn creation_numbers_the_masters_and_a_commit_gives_the_destination_the_greatest() {
+        // Cluster shop on 6001 and 6002; m-1 moves slots 0-100 from 6001 to the free 6003.
+        let mut s = setup(true);
+        let created = vec![(addr(6001), 1), (addr(6002), 2)];
+        // The destination joins without an epoch of its own, as a native node met but not
+        // yet given slots.
+        assert_eq!(epochs(&s), [created.clone(), vec![(addr(6003), 0)]].concat());
+        for phase in ["starting", "following", "switching", "switched"] {
+            report(&mut s, T0, phase, None).expect(phase);
+        }
+        assert_eq!(epochs(&s)[2], (addr(6003), 0), "nothing changes owner before the commit");
+        txn(&mut s, T0, |t| t.commit("shop", "m-1", None)).expect("commit");
+        assert_eq!(epochs(&s), [created.clone(), vec![(addr(6003), 3)]].concat());
+        // The commit again (another coordinator): nothing moves.
+        txn(&mut s, T0, |t| t.commit("shop", "m-1", None)).expect("again");
+        assert_eq!(epochs(&s)[2], (addr(6003), 3));
+        // The configs carry them to every proxy.
+        let config = s.proxy_config(&addr(6002)).expect("registered");
+        let carried: Vec<u64> = config.cluster.expect("in the cluster").nodes.iter().map(|n| n.config_epoch).collect();
+        assert_eq!(carried, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_destination_that_holds_the_greatest_epoch_keeps_it() {
+        // m-1 (keys mode) moves every slot of 6001 to 6002, which holds the greatest epoch.
+        let mut s = setup(false);
+        report(&mut s, T0, "switched", None).expect("switched");
+        txn(&mut s, T0, |t| t.commit("shop", "m-1", None)).expect("commit");
+        assert_eq!(epochs(&s), vec![(addr(6002), 2)], "6001 left; 6002 had the greatest already");
+    }
+
+    #[test]
+    fn a_migration_that_ends_without_a_commit_changes_no_epoch() {
+        let mut s = setup(true);
+        txn(&mut s, T0, |t| t.stop("shop", "m-1", MigrationPhase::Aborted, "why".into(), None)).expect("abort");
+        assert_eq!(epochs(&s), vec![(addr(6001), 1), (addr(6002), 2)]);
+    }
+
+    #[test]
+    fn a_failover_gives_the_promoted_replica_the_greatest_epoch() {
+        let mut s = State::default();
+        register(&mut s, 6001..=6004);
+        let req = CreateCluster {
+            name: "shop".into(),
+            proxies: ProxySelection::Addresses(vec![addr(6001), addr(6002)]),
+            replicas: 1,
+        };
+        txn(&mut s, T0, |t| t.create_cluster(req)).expect("cluster");
+        assert_eq!(epochs(&s), vec![(addr(6001), 1), (addr(6002), 2)]);
+        let failover = |master: u16| FailoverRequest {
+            master: addr(master),
+            promote: None,
+            reason: None,
+            graceful: false,
+            cancel: false,
+        };
+        // A graceful failover's first step only marks the shard: no owner changes yet.
+        let graceful = FailoverRequest { graceful: true, ..failover(6001) };
+        txn(&mut s, T0, |t| t.failover("shop", graceful)).expect("handover");
+        assert_eq!(epochs(&s), vec![(addr(6001), 1), (addr(6002), 2)]);
+        txn(&mut s, T0, |t| t.failover("shop", FailoverRequest { cancel: true, ..failover(6001) })).expect("cancel");
+        txn(&mut s, T0, |t| t.failover("shop", failover(6001))).expect("failover");
+        let promoted = s.clusters["shop"].nodes[0].proxy.clone();
+        assert_ne!(promoted, addr(6001));
+        assert_eq!(epochs(&s), vec![(promoted.clone(), 3), (addr(6002), 2)]);
+        txn(&mut s, T0, |t| t.failover("shop", failover(6002))).expect("failover");
+        let second = s.clusters["shop"].nodes[1].proxy.clone();
+        assert_eq!(epochs(&s), vec![(promoted, 3), (second, 4)]);
     }
 }

@@ -90,6 +90,8 @@ impl Txn {
             peer: promoted.peer,
             replicas,
             handover: None,
+            // As a native failover: the promoted replica takes the greatest config epoch.
+            config_epoch: view.current_config_epoch() + 1,
         };
         let view = self.edit_shard(cluster, index, |node| *node = new_master)?;
         let why = req.reason.map(|r| format!(" ({r})")).unwrap_or_default();

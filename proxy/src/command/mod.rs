@@ -54,13 +54,23 @@ pub fn all() -> &'static [CommandSpec] {
     table::COMMANDS
 }
 
-/// Where `spec` (an entry of [`all`], as [`lookup`] answers) sits in the table: for per-command
-/// arrays such as the metrics' counters. Anything else answers `None`.
+/// How many commands [`lookup`] can answer: those of [`all`], then the few the proxy answers
+/// although the table lacks them.
+pub fn count() -> usize {
+    table::COMMANDS.len() + ANSWERED_HERE.len()
+}
+
+/// Where `spec` (as [`lookup`] answers it) sits among the [`count`] commands: its place in
+/// [`all`], or after them for one the table lacks. For per-command arrays such as the
+/// metrics' counters. Anything else answers `None`.
 pub fn index(spec: &CommandSpec) -> Option<usize> {
-    let first = table::COMMANDS.as_ptr() as usize;
-    let offset = (spec as *const CommandSpec as usize).checked_sub(first)?;
-    let i = offset / std::mem::size_of::<CommandSpec>();
-    (offset % std::mem::size_of::<CommandSpec>() == 0 && i < table::COMMANDS.len()).then_some(i)
+    let place = |slice: &[CommandSpec]| {
+        let first = slice.as_ptr() as usize;
+        let offset = (spec as *const CommandSpec as usize).checked_sub(first)?;
+        let i = offset / std::mem::size_of::<CommandSpec>();
+        (offset % std::mem::size_of::<CommandSpec>() == 0 && i < slice.len()).then_some(i)
+    };
+    place(table::COMMANDS).or_else(|| place(ANSWERED_HERE).map(|i| table::COMMANDS.len() + i))
 }
 
 /// Looks a lower-case name up in a hash index of the table (built on first use): this runs
@@ -68,8 +78,33 @@ pub fn index(spec: &CommandSpec) -> Option<usize> {
 fn find(name: &str) -> Option<&'static CommandSpec> {
     type Index = HashMap<&'static str, &'static CommandSpec, BuildHasherDefault<Fnv>>;
     static INDEX: OnceLock<Index> = OnceLock::new();
-    INDEX.get_or_init(|| table::COMMANDS.iter().map(|c| (c.name, c)).collect()).get(name).copied()
+    INDEX
+        .get_or_init(|| table::COMMANDS.iter().map(|c| (c.name, c)).collect())
+        .get(name)
+        .copied()
+        .or_else(|| ANSWERED_HERE.iter().find(|c| c.name == name))
 }
+
+/// Subcommands newer than the generated table (Redis 7.0's) that the proxy answers itself
+/// (`connection.rs`): Redis 7.2 clients send `CLIENT SETINFO` on every new connection
+/// (redis-py, Jedis, go-redis) and `CLIENT NO-TOUCH` is a per-connection flag. They are not in
+/// [`all`]; [`index`] places them after it.
+static ANSWERED_HERE: &[CommandSpec] = &[
+    CommandSpec {
+        name: "client|no-touch",
+        arity: 3,
+        flags: flags::NOSCRIPT | flags::LOADING | flags::STALE,
+        keys: &[],
+        has_subcommands: false,
+    },
+    CommandSpec {
+        name: "client|setinfo",
+        arity: 4,
+        flags: flags::NOSCRIPT | flags::LOADING | flags::STALE,
+        keys: &[],
+        has_subcommands: false,
+    },
+];
 
 /// FNV-1a: fast for the short keys of the command index (no attacker chooses the table's keys,
 /// and a lookup of an unknown name costs one probe).

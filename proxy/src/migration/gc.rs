@@ -128,12 +128,9 @@ async fn pass(
         *covered = None;
         return Ok(false);
     }
-    let count = shared.opts.gc_scan_count.max(1).to_string();
     let rate = shared.opts.gc_keys_per_sec.max(1) as f64;
-    let mut cursor = "0".to_string();
-    loop {
-        let (next, keys) = conn.scan(&cursor, &count).await.map_err(|e| e.to_string())?;
-        cursor = next;
+    let mut scan = conn.scan_all(shared.opts.gc_scan_count);
+    while let Some(keys) = scan.next_batch().await.map_err(|e| e.to_string())? {
         let doomed: Vec<String> = keys
             .iter()
             .filter(|k| garbage[usize::from(key_slot(k))])
@@ -153,9 +150,6 @@ async fn pass(
             drop(guard);
             shared.gc.deleted.fetch_add(doomed.len() as u64, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_secs_f64(doomed.len() as f64 / rate)).await;
-        }
-        if cursor == "0" {
-            break;
         }
     }
     if shared.route_generation() != generation {

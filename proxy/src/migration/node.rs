@@ -128,6 +128,11 @@ impl NodeConn {
         Ok((next.filter(|c| !c.is_empty()).unwrap_or_else(|| "0".into()), keys))
     }
 
+    /// A walk over every key of the node, `count` keys per `SCAN` step (see [`KeyScan`]).
+    pub fn scan_all(&self, count: u64) -> KeyScan<'_> {
+        KeyScan { conn: self, count: count.max(1).to_string(), cursor: Some("0".into()) }
+    }
+
     pub async fn dbsize(&self) -> Result<i64, NodeError> {
         match self.call(&["DBSIZE"]).await? {
             Frame::Integer(n) => Ok(n),
@@ -171,6 +176,27 @@ impl NodeConn {
             Err(NodeError::Refused { reply, .. }) if reply.contains("No such client") => Ok(()),
             other => other.map(|_| ()),
         }
+    }
+}
+
+/// A whole `SCAN` of a node, one step per [`KeyScan::next_batch`]: what the garbage
+/// collector, `DBSIZE` during a migration and `CLUSTER COUNTKEYSINSLOT`/`GETKEYSINSLOT`
+/// share. Each filters the keys by slot itself; a key present throughout is seen at least
+/// once (`SCAN`'s guarantee), possibly twice if the node rehashes meanwhile.
+pub struct KeyScan<'a> {
+    conn: &'a NodeConn,
+    count: String,
+    /// The next cursor; `None` once the node answered cursor 0.
+    cursor: Option<String>,
+}
+
+impl KeyScan<'_> {
+    /// The keys of the next step, or `None` once the walk is complete.
+    pub async fn next_batch(&mut self) -> Result<Option<Vec<Bytes>>, NodeError> {
+        let Some(cursor) = self.cursor.take() else { return Ok(None) };
+        let (next, keys) = self.conn.scan(&cursor, &self.count).await?;
+        self.cursor = (next != "0").then_some(next);
+        Ok(Some(keys))
     }
 }
 

@@ -239,6 +239,7 @@ impl Txn {
                     peer: dst.peer,
                     replicas: Vec::new(),
                     handover: None,
+                    config_epoch: 0,
                 });
                 view.nodes.len() - 1
             }

@@ -275,7 +275,15 @@ impl Txn {
         let (src, dst) = (m.src.clone(), m.dst.clone());
         let epoch = self.bump();
         let view = self.state.clusters.get_mut(cluster).ok_or_else(|| ApiError::internal("cluster vanished"))?;
+        // A commit changes the slots' owner: the destination ends with the greatest config
+        // epoch, as a native node that `CLUSTER SETSLOT … NODE` gives an imported slot: bumped
+        // to the greatest plus one unless it holds the greatest already (Redis's
+        // `clusterBumpConfigEpochWithoutConsensus`).
+        let current = view.current_config_epoch();
         for node in &mut view.nodes {
+            if to_dst && node.proxy == dst && (node.config_epoch == 0 || node.config_epoch != current) {
+                node.config_epoch = current + 1;
+            }
             let (tag, keeps) = if node.proxy == src {
                 (SlotTag::Migrating, !to_dst)
             } else if node.proxy == dst {
