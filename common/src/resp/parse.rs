@@ -309,7 +309,9 @@ fn parse_value(b: &Bytes, pos: usize, depth: usize, limits: &Limits) -> Result<(
             }
             let len = len as usize;
             if tag == b'%' || tag == b'|' {
-                let mut pairs = Vec::with_capacity(len.min(1024));
+                // Reserved for what the input can hold at most (a value takes 3 bytes at least), never
+                // for the declared count alone.
+                let mut pairs = Vec::with_capacity(len.min(b.len().saturating_sub(p) / 6));
                 for _ in 0..len {
                     let (k, next) = parse_at(b, p, depth + 1, limits)?;
                     let (v, next) = parse_at(b, next, depth + 1, limits)?;
@@ -318,7 +320,7 @@ fn parse_value(b: &Bytes, pos: usize, depth: usize, limits: &Limits) -> Result<(
                 }
                 return Ok((Frame::Map(pairs), p));
             }
-            let mut items = Vec::with_capacity(len.min(1024));
+            let mut items = Vec::with_capacity(len.min(b.len().saturating_sub(p) / 3));
             for _ in 0..len {
                 let (f, next) = parse_at(b, p, depth + 1, limits)?;
                 items.push(f);
