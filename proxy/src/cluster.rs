@@ -197,3 +197,38 @@ fn config_epochs(routes: &RouteTable) -> (Epoch, Epoch) {
     let mine = routes.me.or(routes.replica_of).and_then(|i| routes.peers.get(i)).map_or(0, |p| p.config_epoch);
     (current, mine)
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use crate::command;
+    use crate::state::testing::shared_configured_proxy;
+    use proptest::prelude::*;
+
+    fn argument() -> impl Strategy<Value = Bytes> {
+        prop_oneof![
+            prop::sample::select(vec!["0", "16383", "16384", "-1", "99999999999999999999", "x", ""])
+                .prop_map(|s: &str| Bytes::copy_from_slice(s.as_bytes())),
+            prop::collection::vec(any::<u8>(), 0..42).prop_map(Bytes::from),
+        ]
+    }
+
+    proptest! {
+        /// Every `CLUSTER` subcommand that passes `dispatch`'s arity check, with any arguments:
+        /// an answer or an error line, never a panic.
+        #[test]
+        fn any_cluster_command_is_answered(sub in 0..64usize, rest in prop::collection::vec(argument(), 0..5)) {
+            let subs: Vec<&str> = command::all().iter().filter_map(|c| c.name.strip_prefix("cluster|")).collect();
+            let mut args = vec![Bytes::from_static(b"CLUSTER"), Bytes::copy_from_slice(subs[sub % subs.len()].as_bytes())];
+            args.extend(rest);
+            let cmd = Command::new(args);
+            let spec = command::lookup(&cmd).expect("a CLUSTER subcommand");
+            if spec.arity_ok(cmd.len()) {
+                let (_, shared) = shared_configured_proxy();
+                if let Frame::Error(e) = handle(shared, &cmd, spec) {
+                    prop_assert!(!e.contains(&b'\r') && !e.contains(&b'\n'));
+                }
+            }
+        }
+    }
+}

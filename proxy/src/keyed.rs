@@ -474,3 +474,6 @@ pub async fn scan(s: &mut Session, cmd: Command, spec: &'static CommandSpec) -> 
     })
     .await
 }
+
+#[cfg(test)]
+mod proptests;

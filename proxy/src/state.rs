@@ -214,14 +214,13 @@ impl Shared {
             };
         }
         let config = Arc::new(config);
+        // The overrides this config leaves in force, worked out on a copy: a config that is
+        // refused (it does not validate) must leave them, like the table, as they were.
+        let mut overrides = self.overrides.lock().unwrap_or_else(|p| p.into_inner()).clone();
         // Committed or ended migrations no longer override the config: it says it all now.
-        {
-            let mut overrides = self.overrides.lock().unwrap_or_else(|p| p.into_inner());
-            // A handover's hold ends with any new config too: the handover holds again if it
-            // is still asked for, and says it is ready at the new epoch.
-            overrides.retain(|id, _| id == PROMOTION || config.is_tagged(id));
-            self.handover_ready.store(0, Ordering::SeqCst);
-        }
+        // A handover's hold ends with any new config too: the handover holds again if it is
+        // still asked for, and says it is ready at the new epoch.
+        overrides.retain(|id, _| id == PROMOTION || config.is_tagged(id));
         // A replica that becomes its shard's master (a failover) holds the shard's slots until
         // its node is promoted (`shard::run` lifts the hold): a write must not reach the node
         // while it is still a read-only replica.
@@ -229,15 +228,15 @@ impl Shared {
         let mine = config.cluster.as_ref().and_then(|c| c.nodes.iter().find(|n| n.proxy == me));
         if let (Some(node), Some(_)) = (mine, current.replica_of) {
             let slots = node.slots.iter().map(|a| a.range()).collect();
-            let mut overrides = self.overrides.lock().unwrap_or_else(|p| p.into_inner());
             overrides.insert(PROMOTION.to_string(), Override { slots, kind: OverrideKind::Hold });
         }
         // New migrations start with their slots held until their task knows where they stand.
         for meta in tasks.new_sources(&config, self.me()) {
-            let mut overrides = self.overrides.lock().unwrap_or_else(|p| p.into_inner());
             overrides.insert(meta.id.clone(), Override { slots: meta.slots.clone(), kind: OverrideKind::Hold });
         }
-        let table = self.build_table(config.clone())?;
+        let table = self.build_table_with(config.clone(), overrides.values())?;
+        *self.overrides.lock().unwrap_or_else(|p| p.into_inner()) = overrides;
+        self.handover_ready.store(0, Ordering::SeqCst);
         // A slot that stops being garbage must not lose a key to an unlink already on its way.
         let regained = (0..16384u16).any(|s| current.is_foreign(s) && !table.is_foreign(s));
         let _gc = if regained { Some(self.gc.pause().await) } else { None };
@@ -300,6 +299,15 @@ impl Shared {
     fn build_table(&self, config: Arc<ProxyConfig>) -> Result<RouteTable, ModelError> {
         let overrides: Vec<Override> =
             self.overrides.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        self.build_table_with(config, overrides.iter())
+    }
+
+    fn build_table_with<'a>(
+        &self,
+        config: Arc<ProxyConfig>,
+        overrides: impl Iterator<Item = &'a Override>,
+    ) -> Result<RouteTable, ModelError> {
+        let overrides: Vec<Override> = overrides.cloned().collect();
         Ok(RouteTable::build(config, &overrides)?.keep_former_view(&self.routes.load()))
     }
 
@@ -364,6 +372,103 @@ impl Shared {
         let pool = Arc::new(BackendPool::new(addr, connect, 1));
         peers.insert(proxy.to_string(), pool.clone());
         pool
+    }
+}
+
+#[cfg(test)]
+mod proptests;
+
+/// What the unit tests of the modules above need: a proxy's shared state holding a config.
+#[cfg(test)]
+pub mod testing {
+    use super::*;
+    use clap::Parser;
+    use sluice_common::model::{ClusterView, MigrationMode, NodeView, SlotAssignment, SlotRange, SlotTag};
+
+    /// Starts and tells no task.
+    pub struct NoTasks;
+
+    impl MigrationTasks for NoTasks {
+        fn new_sources(&self, _: &ProxyConfig, _: &str) -> Vec<MigrationMeta> {
+            Vec::new()
+        }
+
+        fn reconcile(&self, _: &Arc<Shared>, _: &ProxyConfig) {}
+    }
+
+    /// This proxy in the configs below.
+    pub const ME: &str = "127.0.0.1:6001";
+
+    /// A proxy with no config, and a runtime to drive it.
+    pub fn proxy() -> (tokio::runtime::Runtime, Arc<Shared>) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        let shared = {
+            let _in = rt.enter();
+            Arc::new(Shared::new(ProxyOptions::parse_from(["sluice-proxy", "--announce", ME])))
+        };
+        (rt, shared)
+    }
+
+    fn node(proxy: &str, slots: Vec<SlotAssignment>) -> NodeView {
+        NodeView {
+            proxy: proxy.into(),
+            node: format!("node-{proxy}"),
+            slots,
+            peer: None,
+            replicas: Vec::new(),
+            handover: None,
+            config_epoch: 0,
+        }
+    }
+
+    /// Every kind of route: ME owns 0-5000 and moves 5001-6000 to 6003 (keys mode), 6002 owns
+    /// 6001-16000, nobody 16001-16383.
+    pub fn config(epoch: Epoch) -> ProxyConfig {
+        let moving = SlotRange::new(5001, 6000);
+        let tagged = |tag| SlotAssignment { start: 5001, end: 6000, tag: Some(tag), migration: Some("m-1".into()) };
+        ProxyConfig {
+            epoch,
+            proxy: ME.into(),
+            cluster: Some(ClusterView {
+                name: "c".into(),
+                epoch,
+                nodes: vec![
+                    node(ME, vec![SlotAssignment::plain(SlotRange::new(0, 5000)), tagged(SlotTag::Migrating)]),
+                    node("127.0.0.1:6002", vec![SlotAssignment::plain(SlotRange::new(6001, 16000))]),
+                    node("127.0.0.1:6003", vec![tagged(SlotTag::Importing)]),
+                ],
+            }),
+            migrations: vec![MigrationMeta {
+                id: "m-1".into(),
+                epoch,
+                cluster: "c".into(),
+                src_proxy: ME.into(),
+                src_node: format!("node-{ME}"),
+                dst_proxy: "127.0.0.1:6003".into(),
+                dst_node: "node-127.0.0.1:6003".into(),
+                slots: vec![moving],
+                mode: MigrationMode::Keys,
+                switch_allowed: false,
+                fenced: false,
+            }],
+        }
+    }
+
+    /// One [`configured_proxy`] for tests that only read it (building one per case is slow).
+    pub fn shared_configured_proxy() -> &'static (tokio::runtime::Runtime, Arc<Shared>) {
+        static PROXY: std::sync::OnceLock<(tokio::runtime::Runtime, Arc<Shared>)> = std::sync::OnceLock::new();
+        PROXY.get_or_init(configured_proxy)
+    }
+
+    /// A proxy holding [`config`] at epoch 1, with slots 100-200 held by a switch.
+    pub fn configured_proxy() -> (tokio::runtime::Runtime, Arc<Shared>) {
+        let (rt, shared) = proxy();
+        rt.block_on(async {
+            shared.apply_config(config(1), &NoTasks).await.expect("a valid config");
+            let hold = Override { slots: vec![SlotRange::new(100, 200)], kind: OverrideKind::Hold };
+            shared.set_override("m-2", Some(hold)).await;
+        });
+        (rt, shared)
     }
 }
 

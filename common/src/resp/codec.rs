@@ -69,6 +69,11 @@ impl Decoder for CommandCodec {
                 CommandScan::Inline { len } => {
                     self.need = 0;
                     let line = buf.split_to(len);
+                    if line.contains(&0) {
+                        // Redis looks for the line's end with `strchr` and never finds it past
+                        // a NUL: the connection stalls there. Refused instead, and said why.
+                        return Err(ProtocolError("NUL byte in inline request".into()).into());
+                    }
                     let args =
                         split_inline(&line).ok_or_else(|| ProtocolError("unbalanced quotes in request".into()))?;
                     if args.is_empty() {

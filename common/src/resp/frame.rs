@@ -121,6 +121,11 @@ impl Frame {
             }
             Frame::Verbatim(_, text) => blob(out, b'$', text),
             Frame::BlobError(e) if v3 => blob(out, b'!', e),
+            // A blob error may hold line ends; a RESP2 error line may not (see `Frame::error`).
+            Frame::BlobError(e) if e.iter().any(|&c| c == b'\r' || c == b'\n') => {
+                let text: Vec<u8> = e.iter().map(|&c| if c == b'\r' || c == b'\n' { b' ' } else { c }).collect();
+                line(out, b'-', &text)
+            }
             Frame::BlobError(e) => line(out, b'-', e),
         }
     }

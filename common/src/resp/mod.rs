@@ -11,4 +11,6 @@ pub use frame::{encode_command, Frame, Protocol};
 pub use parse::{measure, parse_frame, parse_int, split_inline, Limits, ProtocolError, Scan};
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;

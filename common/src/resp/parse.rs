@@ -30,7 +30,8 @@ impl Limits {
     /// What a client may send: Redis's own defaults.
     pub const CLIENT: Limits = Limits {
         max_bulk_len: 512 * 1024 * 1024,
-        max_array_len: 1024 * 1024 * 1024,
+        // Redis refuses a multibulk count above `INT_MAX`; nothing is allocated from it.
+        max_array_len: i32::MAX as usize,
         max_depth: 1,
         max_line_len: 64 * 1024,
     };
@@ -96,23 +97,34 @@ fn line_end(buf: &[u8], pos: usize, limits: &Limits) -> Result<Step, ProtocolErr
     }
 }
 
-/// Parses a decimal integer the strict way Redis does (no spaces, no `+`).
+/// Parses a decimal integer exactly as Redis's `string2ll` does: no spaces, no `+`, no
+/// leading zeros (`0` alone excepted), no `-0`, the whole `i64` range. Redis refuses
+/// `*02`, `$-0` or a `numkeys` of `01`, so the proxy must not take them either.
 pub fn parse_int(s: &[u8]) -> Option<i64> {
     let (neg, digits) = match s.split_first() {
         Some((b'-', rest)) => (true, rest),
         _ => (false, s),
     };
-    if digits.is_empty() || digits.len() > 19 {
-        return None;
+    match digits {
+        [] => return None,
+        [b'0'] => return (!neg).then_some(0),
+        [b'0', ..] => return None,
+        _ if digits.len() > 19 => return None,
+        _ => {}
     }
-    let mut v: i64 = 0;
+    let mut v: u64 = 0;
     for &d in digits {
         if !d.is_ascii_digit() {
             return None;
         }
-        v = v.checked_mul(10)?.checked_add(i64::from(d - b'0'))?;
+        v = v.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
     }
-    Some(if neg { -v } else { v })
+    if neg {
+        // `i64::MIN` has no positive counterpart: negate in the unsigned domain.
+        (v <= i64::MIN.unsigned_abs()).then(|| 0i64.wrapping_sub_unsigned(v))
+    } else {
+        i64::try_from(v).ok()
+    }
 }
 
 /// Reads the integer on the line after the type byte at `pos`; returns (value, start of body).
@@ -134,13 +146,35 @@ pub fn measure(buf: &[u8], limits: &Limits) -> Result<Scan, ProtocolError> {
     }
 }
 
-fn measure_at(buf: &[u8], pos: usize, depth: usize, limits: &Limits) -> Result<Step, ProtocolError> {
+/// Attributes (`|`) annotate the value that follows them. They are skipped in a loop, not by
+/// recursion: a stream of attributes must not exhaust the stack (`|0\r\n` repeated).
+fn measure_at(buf: &[u8], mut pos: usize, depth: usize, limits: &Limits) -> Result<Step, ProtocolError> {
+    while buf.get(pos) == Some(&b'|') {
+        pos = step!(measure_value(buf, pos, depth, limits));
+    }
+    measure_value(buf, pos, depth, limits)
+}
+
+/// Measures one value; an attribute map (`|`) is measured alone (see [`measure_at`]).
+fn measure_value(buf: &[u8], pos: usize, depth: usize, limits: &Limits) -> Result<Step, ProtocolError> {
     let Some(&tag) = buf.get(pos) else {
         return Ok(Step::Need(pos + 1));
     };
     match tag {
         b'+' | b'-' | b':' | b',' | b'#' | b'(' | b'_' => {
             let cr = step!(line_end(buf, pos + 1, limits));
+            // The lines with a fixed form are checked as `parse_frame` checks them: what is
+            // measured complete always parses.
+            let text = &buf[pos + 1..cr];
+            let valid = match tag {
+                b':' => parse_int(text).is_some(),
+                b'#' => text == b"t" || text == b"f",
+                b'_' => text.is_empty(),
+                _ => true,
+            };
+            if !valid {
+                return Err(ProtocolError::new(format!("invalid '{}' line", char::from(tag))));
+            }
             Ok(Step::Next(cr + 2))
         }
         b'$' | b'!' | b'=' => {
@@ -181,10 +215,6 @@ fn measure_at(buf: &[u8], pos: usize, depth: usize, limits: &Limits) -> Result<S
             for _ in 0..items {
                 p = step!(measure_at(buf, p, depth + 1, limits));
             }
-            if tag == b'|' {
-                // An attribute map belongs to the reply that follows it.
-                return measure_at(buf, p, depth, limits);
-            }
             Ok(Step::Next(p))
         }
         other => Err(ProtocolError::new(format!("unexpected type byte '{}'", char::from(other).escape_default()))),
@@ -197,7 +227,16 @@ pub fn parse_frame(bytes: &Bytes, limits: &Limits) -> Result<(Frame, usize), Pro
     parse_at(bytes, 0, 0, limits)
 }
 
-fn parse_at(b: &Bytes, pos: usize, depth: usize, limits: &Limits) -> Result<(Frame, usize), ProtocolError> {
+/// Parses the value at `pos`, dropping the attributes before it (in a loop: see [`measure_at`]).
+fn parse_at(b: &Bytes, mut pos: usize, depth: usize, limits: &Limits) -> Result<(Frame, usize), ProtocolError> {
+    while b.get(pos) == Some(&b'|') {
+        pos = parse_value(b, pos, depth, limits)?.1;
+    }
+    parse_value(b, pos, depth, limits)
+}
+
+/// Parses one value; an attribute map (`|`) is returned as a map (see [`parse_at`]).
+fn parse_value(b: &Bytes, pos: usize, depth: usize, limits: &Limits) -> Result<(Frame, usize), ProtocolError> {
     let incomplete = || ProtocolError::new("incomplete frame");
     let tag = *b.get(pos).ok_or_else(incomplete)?;
     let line = |b: &Bytes| -> Result<(Bytes, usize), ProtocolError> {
@@ -221,7 +260,10 @@ fn parse_at(b: &Bytes, pos: usize, depth: usize, limits: &Limits) -> Result<(Fra
         }
         b',' => line(b).map(|(l, n)| (Frame::Double(l), n)),
         b'(' => line(b).map(|(l, n)| (Frame::BigNumber(l), n)),
-        b'_' => line(b).map(|(_, n)| (Frame::Null, n)),
+        b'_' => match line(b)? {
+            (l, n) if l.is_empty() => Ok((Frame::Null, n)),
+            _ => Err(ProtocolError::new("invalid null")),
+        },
         b'#' => {
             let (l, n) = line(b)?;
             match &l[..] {
@@ -241,6 +283,9 @@ fn parse_at(b: &Bytes, pos: usize, depth: usize, limits: &Limits) -> Result<(Fra
             let end = body + len as usize;
             if b.len() < end + 2 {
                 return Err(incomplete());
+            }
+            if &b[end..end + 2] != b"\r\n" {
+                return Err(ProtocolError::new("bulk string not terminated by \\r\\n"));
             }
             let data = b.slice(body..end);
             let frame = match tag {
@@ -264,19 +309,18 @@ fn parse_at(b: &Bytes, pos: usize, depth: usize, limits: &Limits) -> Result<(Fra
             }
             let len = len as usize;
             if tag == b'%' || tag == b'|' {
-                let mut pairs = Vec::with_capacity(len.min(1024));
+                // Reserved for what the input can hold at most (a value takes 3 bytes at least), never
+                // for the declared count alone.
+                let mut pairs = Vec::with_capacity(len.min(b.len().saturating_sub(p) / 6));
                 for _ in 0..len {
                     let (k, next) = parse_at(b, p, depth + 1, limits)?;
                     let (v, next) = parse_at(b, next, depth + 1, limits)?;
                     pairs.push((k, v));
                     p = next;
                 }
-                if tag == b'|' {
-                    return parse_at(b, p, depth, limits);
-                }
                 return Ok((Frame::Map(pairs), p));
             }
-            let mut items = Vec::with_capacity(len.min(1024));
+            let mut items = Vec::with_capacity(len.min(b.len().saturating_sub(p) / 3));
             for _ in 0..len {
                 let (f, next) = parse_at(b, p, depth + 1, limits)?;
                 items.push(f);
@@ -327,16 +371,23 @@ pub fn scan_command(buf: &[u8], limits: &Limits, args: &mut Vec<(usize, usize)>)
         return Err(ProtocolError::new("invalid multibulk length"));
     }
     for _ in 0..count.max(0) {
-        match buf.get(p) {
-            None => return Ok(CommandScan::Incomplete(p + 1)),
-            Some(b'$') => {}
-            Some(&other) => {
-                return Err(ProtocolError::new(format!("expected '$', got '{}'", char::from(other).escape_default())));
-            }
+        if p >= buf.len() {
+            return Ok(CommandScan::Incomplete(p + 1));
         }
-        let (len, body) = match header(buf, p, limits, "bulk")? {
-            Ok(h) => h,
-            Err(n) => return Ok(CommandScan::Incomplete(n)),
+        // The line first, then its type byte, in Redis's order: a header that is not a bulk
+        // one is refused once its line is complete (Redis waits for the line until then).
+        let (len, body) = match buf[p] {
+            b'$' => match header(buf, p, limits, "bulk")? {
+                Ok(h) => h,
+                Err(n) => return Ok(CommandScan::Incomplete(n)),
+            },
+            other => match line_end(buf, p, limits)? {
+                Step::Need(n) => return Ok(CommandScan::Incomplete(n)),
+                Step::Next(_) => {
+                    let got = char::from(other).escape_default();
+                    return Err(ProtocolError::new(format!("expected '$', got '{got}'")));
+                }
+            },
         };
         if len < 0 || len as u64 > limits.max_bulk_len as u64 {
             return Err(ProtocolError::new("invalid bulk length"));
@@ -354,90 +405,100 @@ pub fn scan_command(buf: &[u8], limits: &Limits, args: &mut Vec<(usize, usize)>)
     Ok(CommandScan::Multibulk { len: p })
 }
 
-/// Splits an inline command line into arguments, with Redis's quoting rules
-/// (`"..."` with escapes, `'...'`). `None` when the quotes do not balance.
+/// C's `isspace`, which Redis skips between inline arguments (Rust's `is_ascii_whitespace`
+/// lacks the vertical tab).
+fn is_space(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
+}
+
+/// The value of a hex digit (the caller checked it is one).
+fn hex_value(c: u8) -> u8 {
+    char::from(c).to_digit(16).unwrap_or(0) as u8
+}
+
+/// Splits an inline command line into arguments exactly as Redis's `sdssplitargs` does, so
+/// the proxy forwards what Redis itself would have run: arguments are separated by blanks
+/// (C's `isspace`); an unquoted argument ends only at a space, tab, CR or LF (a vertical tab
+/// or form feed belongs to it), and a quote inside it opens a quoted part (`a"b c"` is
+/// `ab c`); `"..."` takes `\xHH` and `\n \r \t \b \a` escapes (any other escaped byte is
+/// itself), `'...'` only `\'`; a closing quote must be followed by a blank or the end. The line
+/// ends at its first NUL byte, as Redis's C string does. `None` when the quotes do not balance.
 pub fn split_inline(line: &[u8]) -> Option<Vec<Bytes>> {
+    let line = match memchr::memchr(0, line) {
+        Some(nul) => &line[..nul],
+        None => line,
+    };
+    // The byte at `i`, with the end of the line read as C's terminating NUL.
+    let at = |i: usize| line.get(i).copied().unwrap_or(0);
     let mut out = Vec::new();
     let mut i = 0;
-    let n = line.len();
     loop {
-        while i < n && line[i].is_ascii_whitespace() {
+        while i < line.len() && is_space(line[i]) {
             i += 1;
         }
-        if i >= n {
+        if i >= line.len() {
             return Some(out);
         }
         let mut cur = Vec::new();
-        match line[i] {
-            b'"' => i = double_quoted(line, i + 1, &mut cur)?,
-            b'\'' => i = single_quoted(line, i + 1, &mut cur)?,
-            _ => {
-                while i < n && !line[i].is_ascii_whitespace() {
-                    cur.push(line[i]);
+        let (mut in_double, mut in_single) = (false, false);
+        loop {
+            let c = at(i);
+            if in_double {
+                if c == b'\\' && at(i + 1) == b'x' && at(i + 2).is_ascii_hexdigit() && at(i + 3).is_ascii_hexdigit() {
+                    cur.push(hex_value(at(i + 2)) << 4 | hex_value(at(i + 3)));
+                    i += 4;
+                    continue;
+                } else if c == b'\\' && at(i + 1) != 0 {
+                    cur.push(match at(i + 1) {
+                        b'n' => b'\n',
+                        b'r' => b'\r',
+                        b't' => b'\t',
+                        b'b' => 8,
+                        b'a' => 7,
+                        other => other,
+                    });
+                    i += 2;
+                    continue;
+                } else if c == b'"' {
+                    return_none_unless_blank_follows(at(i + 1))?;
                     i += 1;
+                    break;
+                } else if c == 0 {
+                    return None; // unterminated quotes
+                }
+                cur.push(c);
+            } else if in_single {
+                if c == b'\\' && at(i + 1) == b'\'' {
+                    cur.push(b'\'');
+                    i += 2;
+                    continue;
+                } else if c == b'\'' {
+                    return_none_unless_blank_follows(at(i + 1))?;
+                    i += 1;
+                    break;
+                } else if c == 0 {
+                    return None;
+                }
+                cur.push(c);
+            } else {
+                match c {
+                    0 => break,
+                    b' ' | b'\n' | b'\r' | b'\t' => {
+                        i += 1;
+                        break;
+                    }
+                    b'"' => in_double = true,
+                    b'\'' => in_single = true,
+                    _ => cur.push(c),
                 }
             }
+            i += 1;
         }
         out.push(Bytes::from(cur));
     }
 }
 
-/// A closing quote must be followed by whitespace or the end of the line.
-fn after_quote(line: &[u8], i: usize) -> Option<usize> {
-    match line.get(i + 1) {
-        Some(c) if !c.is_ascii_whitespace() => None,
-        _ => Some(i + 1),
-    }
-}
-
-/// Reads a `"..."` argument whose body starts at `i`; returns where the next one may start.
-fn double_quoted(line: &[u8], mut i: usize, cur: &mut Vec<u8>) -> Option<usize> {
-    loop {
-        let c = *line.get(i)?;
-        match c {
-            b'\\'
-                if line.get(i + 1) == Some(&b'x')
-                    && line.get(i + 2).is_some_and(u8::is_ascii_hexdigit)
-                    && line.get(i + 3).is_some_and(u8::is_ascii_hexdigit) =>
-            {
-                let hex = std::str::from_utf8(&line[i + 2..i + 4]).ok()?;
-                cur.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 4;
-            }
-            b'\\' if i + 1 < line.len() => {
-                cur.push(match line[i + 1] {
-                    b'n' => b'\n',
-                    b'r' => b'\r',
-                    b't' => b'\t',
-                    b'b' => 8,
-                    b'a' => 7,
-                    other => other,
-                });
-                i += 2;
-            }
-            b'"' => return after_quote(line, i),
-            _ => {
-                cur.push(c);
-                i += 1;
-            }
-        }
-    }
-}
-
-/// Reads a `'...'` argument (only `\'` is an escape) whose body starts at `i`.
-fn single_quoted(line: &[u8], mut i: usize, cur: &mut Vec<u8>) -> Option<usize> {
-    loop {
-        let c = *line.get(i)?;
-        match c {
-            b'\\' if line.get(i + 1) == Some(&b'\'') => {
-                cur.push(b'\'');
-                i += 2;
-            }
-            b'\'' => return after_quote(line, i),
-            _ => {
-                cur.push(c);
-                i += 1;
-            }
-        }
-    }
+/// A closing quote must be followed by a blank or the end of the line (`next` is 0 there).
+fn return_none_unless_blank_follows(next: u8) -> Option<()> {
+    (next == 0 || is_space(next)).then_some(())
 }

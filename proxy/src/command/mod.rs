@@ -189,10 +189,13 @@ pub fn key_positions(cmd: &Command, spec: &CommandSpec) -> Result<KeyPositions, 
                 if n == 0 {
                     continue;
                 }
-                let last = start as i64 + (n - 1) * step as i64;
-                if last >= argc as i64 {
-                    return Err(KeysError::TooManyKeys);
-                }
+                // Checked: a `numkeys` near `i64::MAX` overflowed here (a panic in a debug
+                // build, a negative `last` and no keys at all in a release one).
+                let last = (n - 1)
+                    .checked_mul(step as i64)
+                    .and_then(|span| span.checked_add(start as i64))
+                    .filter(|&last| last < argc as i64)
+                    .ok_or(KeysError::TooManyKeys)?;
                 (start, last as isize, step)
             }
             FindKeys::Unknown => continue,
@@ -233,8 +236,11 @@ fn find_keyword(args: &[bytes::Bytes], keyword: &str, start_from: isize) -> Opti
 /// SORT's keys: the sorted key and the `STORE` destination (Redis's `sortGetKeys`).
 fn sort_keys(cmd: &Command) -> KeyPositions {
     let mut keys = KeyPositions::new();
-    keys.push(1);
     let args = cmd.args();
+    if args.len() < 2 {
+        return keys; // no key (the arity check refuses it): never an index past the end
+    }
+    keys.push(1);
     let mut i = 2;
     let mut store = None;
     while i < args.len() {
@@ -256,6 +262,9 @@ fn sort_keys(cmd: &Command) -> KeyPositions {
     keys.extend(store);
     keys
 }
+
+#[cfg(test)]
+mod proptests;
 
 #[cfg(test)]
 mod tests {
