@@ -25,14 +25,26 @@ impl Commands for Router {
     }
 }
 
-/// Serves clients on `listener` forever.
+/// Serves clients on `listener` until the proxy shuts down (`Shared::shutdown`), then
+/// stops accepting (the listener is closed when this returns).
 pub async fn run(listener: TcpListener, control: Control) -> std::io::Result<()> {
     let shared = control.shared.clone();
     let router = Arc::new(Router { control });
     loop {
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shared.shutdown.cancelled() => return Ok(()),
+        };
+        match accepted {
             Ok((stream, _)) => {
-                tokio::spawn(session::serve(stream, shared.clone(), router.clone()));
+                let shared = shared.clone();
+                let router = router.clone();
+                tokio::spawn(async move {
+                    // `--maxclients`: a refused client is answered and closed right here.
+                    if let Some((stream, slot)) = session::admit(stream, &shared).await {
+                        session::serve(stream, shared, router, slot).await;
+                    }
+                });
             }
             Err(e) => {
                 // Out of file descriptors and similar: log, wait a moment, go on.

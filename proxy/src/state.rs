@@ -91,6 +91,13 @@ pub struct Shared {
     retired: Mutex<Vec<Arc<AtomicUsize>>>,
     /// Prometheus metrics: counted by the data path, served by `exporter.rs`.
     pub metrics: crate::metrics::Metrics,
+    /// Fired on SIGTERM/SIGINT: the accept loop stops, sessions answer what they have
+    /// queued and close, and no new migration switch starts.
+    pub shutdown: tokio_util::sync::CancellationToken,
+    /// Migration switches under way (see [`Shared::begin_switch`]).
+    switching: AtomicUsize,
+    /// Signalled when `switching` drops.
+    switch_done: Notify,
 }
 
 /// A command (or a batch) routed to this proxy's node with some route table, until its reply
@@ -108,6 +115,16 @@ impl Routed {
     }
 }
 
+/// A migration switch under way (see [`Shared::begin_switch`]).
+pub struct SwitchGuard(Arc<Shared>);
+
+impl Drop for SwitchGuard {
+    fn drop(&mut self) {
+        self.0.switching.fetch_sub(1, Ordering::SeqCst);
+        self.0.switch_done.notify_waiters();
+    }
+}
+
 impl Drop for Routed {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
@@ -121,6 +138,7 @@ impl Shared {
             password: opts.node_password.clone(),
             setup: Vec::new(),
             connect_timeout: opts.connect_timeout(),
+            queue: opts.backend_queue,
         };
         let node = BackendPool::new(opts.node.clone(), connect, opts.backend_connections);
         Shared {
@@ -141,6 +159,9 @@ impl Shared {
             online_replicas: AtomicUsize::new(0),
             handover_ready: AtomicU64::new(0),
             retired: Mutex::new(Vec::new()),
+            shutdown: Default::default(),
+            switching: AtomicUsize::new(0),
+            switch_done: Notify::new(),
             // Fails only for a malformed or duplicate definition, which its unit test rules out.
             metrics: crate::metrics::Metrics::new(opts.metrics.is_some())
                 .expect("the proxy's metric definitions are valid"),
@@ -264,6 +285,31 @@ impl Shared {
         }
     }
 
+    /// Marks a migration switch attempt as under way until the guard drops; `None` once
+    /// the proxy is shutting down (no switch starts then). A shutting-down proxy waits for
+    /// the switches under way ([`Shared::wait_switches`]): each one either completes or
+    /// releases its slots within its budget, never half done.
+    pub fn begin_switch(self: &Arc<Self>) -> Option<SwitchGuard> {
+        self.switching.fetch_add(1, Ordering::SeqCst);
+        let guard = SwitchGuard(self.clone());
+        (!self.shutdown.is_cancelled()).then_some(guard)
+    }
+
+    /// Waits until no switch is under way; `false` at the deadline.
+    pub async fn wait_switches(&self, deadline: Instant) -> bool {
+        loop {
+            let notified = self.switch_done.notified();
+            if self.switching.load(Ordering::SeqCst) == 0 {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), notified).await;
+        }
+    }
+
     /// Whether an override named `id` is in force.
     pub fn has_override(&self, id: &str) -> bool {
         self.overrides.lock().unwrap_or_else(|p| p.into_inner()).contains_key(id)
@@ -348,6 +394,7 @@ impl Shared {
             password: self.opts.requirepass.clone(),
             setup: vec![Command::from_strs(&["UMCTL", "PEER"])],
             connect_timeout: self.opts.connect_timeout(),
+            queue: self.opts.backend_queue,
         };
         let pool = Arc::new(BackendPool::new(addr, connect, 1));
         peers.insert(proxy.to_string(), pool.clone());

@@ -7,6 +7,7 @@ mod durability;
 mod flows;
 mod fuzz;
 mod harness;
+mod limits;
 mod metrics;
 mod openapi;
 mod peers;

@@ -60,7 +60,13 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl NodeConn {
     pub async fn connect(addr: &str, password: Option<String>, timeout: Duration) -> Result<NodeConn, NodeError> {
-        let opts = ConnectOptions { protocol: Protocol::Resp2, password, setup: Vec::new(), connect_timeout: timeout };
+        let opts = ConnectOptions {
+            protocol: Protocol::Resp2,
+            password,
+            setup: Vec::new(),
+            connect_timeout: timeout,
+            queue: crate::backend::DEFAULT_QUEUE,
+        };
         Ok(NodeConn { backend: Backend::connect(addr, &opts).await?, addr: addr.to_string() })
     }
 
