@@ -419,6 +419,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn shutdown_waits_for_a_switch_under_way_and_starts_none() {
+        let shared = Arc::new(Shared::new(ProxyOptions::parse_from(["sluice-proxy"])));
+        let switching = shared.begin_switch().expect("a switch may start before the shutdown");
+        shared.shutdown.cancel();
+        assert!(shared.begin_switch().is_none(), "a switch started after the shutdown");
+        let soon = Instant::now() + Duration::from_millis(100);
+        assert!(!shared.wait_switches(soon).await, "the wait ended while a switch was under way");
+        let waiter = tokio::spawn({
+            let shared = shared.clone();
+            async move { shared.wait_switches(Instant::now() + Duration::from_secs(20)).await }
+        });
+        drop(switching);
+        assert!(waiter.await.expect("the waiter"), "the wait did not end with the switch");
+    }
+
+    #[tokio::test]
     async fn a_migration_waits_for_commands_routed_with_an_older_table() {
         let shared = Arc::new(Shared::new(ProxyOptions::parse_from(["sluice-proxy", "--announce", "127.0.0.1:6001"])));
         let old = Routed::new(&shared.routes());
