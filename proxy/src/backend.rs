@@ -53,26 +53,34 @@ pub enum BackendError {
 #[derive(Debug, Default)]
 pub struct OutputBudget {
     used: AtomicUsize,
-    limit: usize,
+    /// 0: no limit (set so for another proxy's connection, see [`OutputBudget::unlimit`]).
+    limit: AtomicUsize,
     exceeded: CancellationToken,
 }
 
 impl OutputBudget {
     pub fn new(limit: usize) -> OutputBudget {
-        OutputBudget { used: AtomicUsize::new(0), limit, exceeded: CancellationToken::new() }
+        OutputBudget { used: AtomicUsize::new(0), limit: AtomicUsize::new(limit), exceeded: CancellationToken::new() }
+    }
+
+    /// No limit from now on: for a connection from another proxy, whose reader never stops
+    /// reading and which carries the replies of many clients (each bounded on that proxy).
+    pub fn unlimit(&self) {
+        self.limit.store(0, Ordering::Relaxed);
     }
 
     /// Counts `n` more bytes held for the client. `false` (nothing counted) once past the
     /// limit: the bytes should be dropped.
     pub fn charge(&self, n: usize) -> bool {
-        if self.limit == 0 {
+        let limit = self.limit();
+        if limit == 0 {
             return true;
         }
         if self.exceeded.is_cancelled() {
             return false;
         }
         let now = self.used.fetch_add(n, Ordering::Relaxed) + n;
-        if now > self.limit {
+        if now > limit {
             self.used.fetch_sub(n, Ordering::Relaxed);
             self.exceeded.cancel();
             return false;
@@ -82,7 +90,7 @@ impl OutputBudget {
 
     /// `n` bytes charged earlier were written (or dropped).
     pub fn release(&self, n: usize) {
-        if self.limit != 0 && n != 0 {
+        if self.limit() != 0 && n != 0 {
             self.used.fetch_sub(n, Ordering::Relaxed);
         }
     }
@@ -93,7 +101,7 @@ impl OutputBudget {
     }
 
     pub fn limit(&self) -> usize {
-        self.limit
+        self.limit.load(Ordering::Relaxed)
     }
 
     /// Fires once the limit was passed.

@@ -379,7 +379,7 @@ impl Session {
                 _ = self.shared.shutdown.cancelled() => return Err(Stop::Shutdown),
                 _ = self.budget.exceeded().cancelled() => return Err(Stop::OutputLimit),
                 _ = timer => {
-                    if self.progress.completed.load(Ordering::Acquire) < self.dispatched {
+                    if self.is_peer || self.progress.completed.load(Ordering::Acquire) < self.dispatched {
                         // Waiting for a reply (blocked): not idle; look again a timeout later.
                         wait = idle;
                         continue;
@@ -820,6 +820,15 @@ impl Session {
     /// The client's protocol-specific encoding of a frame.
     pub fn encode(&self, frame: &Frame) -> Bytes {
         frame.to_bytes(self.protocol)
+    }
+
+    /// This connection comes from another proxy (`UMCTL PEER`): never forwarded again, never
+    /// closed as idle (a pooled connection may rest between commands), and not bound by
+    /// `--client-output-buffer-limit` (that proxy reads its replies at once; each of its
+    /// clients is bounded there).
+    pub fn mark_peer(&mut self) {
+        self.is_peer = true;
+        self.budget.unlimit();
     }
 
     /// Whether commands for other proxies' slots are forwarded (never for peer connections).

@@ -67,7 +67,7 @@ pub async fn handle(s: &mut Session, cmd: Command, control: &Control) -> Flow {
             }
         }
         ("PEER", 2) => {
-            s.is_peer = true;
+            s.mark_peer();
             Frame::ok()
         }
         ("SETDB" | "GETEPOCH" | "INFOMGR" | "TMPSWITCH" | "READY" | "SWITCHED" | "PEER", _) => {
