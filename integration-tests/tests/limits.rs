@@ -189,6 +189,37 @@ async fn a_client_that_does_not_read_is_closed_at_its_output_limit_while_others_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_gets_a_pipeline_of_replies_far_larger_than_its_output_limit() -> Result<()> {
+    const VALUE: usize = 1 << 20;
+    const GETS: usize = 128;
+    let cluster = ProxyCluster::start(1, &["--client-output-buffer-limit", "16mb"]).await?;
+    let addr = cluster.proxies[0].addr();
+    let mut client = RespConn::connect(&addr).await?;
+    let value = vec![b'v'; VALUE];
+    assert_eq!(client.call(&[&b"SET"[..], b"big", &value]).await?, Frame::Simple("OK".into()));
+    // 128 MiB of replies to one pipeline (one batch to the node), read as they come: only
+    // what the client has not read yet counts, so it is served in full.
+    let mut out = BytesMut::new();
+    for _ in 0..GETS {
+        encode_command(&["GET", "big"], &mut out);
+    }
+    let stream = client.stream();
+    stream.write_all(&out).await?;
+    let one = format!("${VALUE}\r\n").len() + VALUE + 2;
+    let expected = (GETS * one) as u64;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    while total < expected {
+        let n = tokio::time::timeout(DEADLINE, stream.read(&mut buf)).await??;
+        anyhow::ensure!(n > 0, "closed after {total} of {expected} bytes:\n{}", proxy_log(&cluster));
+        total += n as u64;
+    }
+    assert_eq!(total, expected);
+    assert!(!proxy_log(&cluster).contains("--client-output-buffer-limit"), "{}", proxy_log(&cluster));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_larger_than_the_query_buffer_limit_closes_the_client_and_is_not_run() -> Result<()> {
     let cluster = ProxyCluster::start(1, &["--client-query-buffer-limit", "1mb"]).await?;
     let addr = cluster.proxies[0].addr();

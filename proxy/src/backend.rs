@@ -48,51 +48,102 @@ pub enum BackendError {
 /// What one client's replies may hold in the proxy: bytes received for it and not yet
 /// written to it (`--client-output-buffer-limit`; 0: no limit). Charged by the backend
 /// reader as replies arrive and by the session's writer for replies it makes itself;
-/// released by the writer once written. Past the limit, `exceeded` fires and replies for the
-/// client are dropped instead of kept: its session closes the connection.
+/// released by the writer once written.
+///
+/// A reply that does not fit waits (the backend reader with it) up to [`OUTPUT_GRACE`] for
+/// the client to read: a client that reads gets a burst of replies far larger than the
+/// limit, at the pace it reads. One that does not is past the limit after the grace: then
+/// `exceeded` fires, its replies are dropped instead of kept, and its session closes the
+/// connection. A single reply is let through when nothing else is held, however large.
 #[derive(Debug, Default)]
 pub struct OutputBudget {
     used: AtomicUsize,
     /// 0: no limit (set so for another proxy's connection, see [`OutputBudget::unlimit`]).
     limit: AtomicUsize,
     exceeded: CancellationToken,
+    /// The client's writer is gone: its replies are dropped at once.
+    closed: std::sync::atomic::AtomicBool,
+    /// Signalled when bytes are released (a reply waiting for room looks again).
+    room: tokio::sync::Notify,
 }
+
+/// How long a reply for a client at its output limit may wait for the client to read (the
+/// node connection's other replies wait with it) before the client is cut off.
+pub const OUTPUT_GRACE: Duration = Duration::from_secs(1);
 
 impl OutputBudget {
     pub fn new(limit: usize) -> OutputBudget {
-        OutputBudget { used: AtomicUsize::new(0), limit: AtomicUsize::new(limit), exceeded: CancellationToken::new() }
+        OutputBudget { limit: AtomicUsize::new(limit), ..Default::default() }
     }
 
     /// No limit from now on: for a connection from another proxy, whose reader never stops
     /// reading and which carries the replies of many clients (each bounded on that proxy).
     pub fn unlimit(&self) {
         self.limit.store(0, Ordering::Relaxed);
+        self.room.notify_waiters();
     }
 
-    /// Counts `n` more bytes held for the client. `false` (nothing counted) once past the
-    /// limit: the bytes should be dropped.
+    /// Counts `n` more bytes if they fit now.
+    fn try_charge(&self, n: usize, limit: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| (u == 0 || u + n <= limit).then_some(u + n))
+            .is_ok()
+    }
+
+    /// Counts `n` more bytes held for the client, without waiting. `false` (nothing
+    /// counted, `exceeded` fired) if they do not fit: the bytes should be dropped.
     pub fn charge(&self, n: usize) -> bool {
         let limit = self.limit();
         if limit == 0 {
             return true;
         }
-        if self.exceeded.is_cancelled() {
+        if self.exceeded.is_cancelled() || self.closed.load(Ordering::Acquire) {
             return false;
         }
-        let now = self.used.fetch_add(n, Ordering::Relaxed) + n;
-        if now > limit {
-            self.used.fetch_sub(n, Ordering::Relaxed);
-            self.exceeded.cancel();
-            return false;
+        if self.try_charge(n, limit) {
+            return true;
         }
-        true
+        self.exceeded.cancel();
+        false
+    }
+
+    /// Like [`OutputBudget::charge`], waiting up to [`OUTPUT_GRACE`] for the client to make
+    /// room.
+    pub async fn charge_within_grace(&self, n: usize) -> bool {
+        let deadline = Instant::now() + OUTPUT_GRACE;
+        loop {
+            let room = self.room.notified();
+            let limit = self.limit();
+            if limit == 0 {
+                return true;
+            }
+            if self.exceeded.is_cancelled() || self.closed.load(Ordering::Acquire) {
+                return false;
+            }
+            if self.try_charge(n, limit) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                self.exceeded.cancel();
+                return false;
+            }
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), room).await;
+        }
     }
 
     /// `n` bytes charged earlier were written (or dropped).
     pub fn release(&self, n: usize) {
         if self.limit() != 0 && n != 0 {
-            self.used.fetch_sub(n, Ordering::Relaxed);
+            self.used.fetch_sub(n, Ordering::AcqRel);
+            self.room.notify_waiters();
         }
+    }
+
+    /// The client's writer is gone: nothing more is kept for it.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.room.notify_waiters();
     }
 
     /// Bytes held now.
@@ -130,7 +181,20 @@ enum Sink {
         seen: usize,
         tx: oneshot::Sender<Result<Vec<Bytes>, BackendError>>,
     },
+    /// `n` replies delivered one by one (see [`Stream`]).
+    Stream {
+        n: usize,
+        seen: usize,
+        tx: Stream,
+    },
+    /// Replies still to read and drop (the rest of a stream cut at the client's limit).
+    Skip(usize),
 }
+
+/// A batch whose replies are handed over one by one as they arrive: the client's writer
+/// passes each on at once, so a large batch is never held whole (nor charged whole to the
+/// client's budget while the client reads).
+type Stream = mpsc::UnboundedSender<ReplyResult>;
 
 /// A reply slot and the budget of the client it is for (none: the proxy's own requests).
 struct Pending {
@@ -299,6 +363,20 @@ impl Backend {
         Ok(rx)
     }
 
+    /// `n` commands written back to back whose replies are handed over one by one as they
+    /// arrive, charged to `budget`. After an error (the connection lost, the budget exceeded)
+    /// nothing more comes.
+    pub async fn send_stream_for(
+        &self,
+        data: Bytes,
+        n: usize,
+        budget: Option<Arc<OutputBudget>>,
+    ) -> Result<mpsc::UnboundedReceiver<ReplyResult>, Bytes> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.enqueue(data, Pending { sink: Sink::Stream { n, seen: 0, tx }, budget }).await?;
+        Ok(rx)
+    }
+
     /// Sends one command and waits for its reply.
     pub async fn call(&self, cmd: &Command) -> ReplyResult {
         let lost = || BackendError::Lost { addr: self.addr.clone() };
@@ -383,7 +461,10 @@ async fn read_loop(
         };
         let Pending { sink, budget } = sink;
         // A reply for a client past its output limit is dropped here, not kept.
-        let fits = budget.as_deref().is_none_or(|b| b.charge(reply.len()));
+        let fits = match budget.as_deref() {
+            None => true,
+            Some(b) => b.charge_within_grace(reply.len()).await,
+        };
         match sink {
             Sink::One(tx) => {
                 let _ = tx.send(if fits { Ok(reply) } else { Err(BackendError::OutputLimit) });
@@ -403,6 +484,24 @@ async fn read_loop(
                     current = Some(Pending { sink: Sink::Many { n, got, seen, tx }, budget });
                 }
             }
+            Sink::Stream { n, seen, tx } => {
+                let _ = tx.send(if fits { Ok(reply) } else { Err(BackendError::OutputLimit) });
+                let seen = seen + 1;
+                if seen < n {
+                    let sink = if fits { Sink::Stream { n, seen, tx } } else { Sink::Skip(n - seen) };
+                    current = Some(Pending { sink, budget });
+                }
+            }
+            Sink::Skip(left) => {
+                if let Some(b) = &budget {
+                    if fits {
+                        b.release(reply.len());
+                    }
+                }
+                if left > 1 {
+                    current = Some(Pending { sink: Sink::Skip(left - 1), budget });
+                }
+            }
         }
     }
     stop.cancel();
@@ -420,6 +519,10 @@ async fn read_loop(
             Sink::Many { tx, .. } => {
                 let _ = tx.send(Err(lost.clone()));
             }
+            Sink::Stream { tx, .. } => {
+                let _ = tx.send(Err(lost.clone()));
+            }
+            Sink::Skip(_) => {}
         }
     }
 }

@@ -19,7 +19,7 @@
 use crate::ack::AckCheck;
 use crate::backend::{Backend, BackendError, BackendPool, ConnId, OutputBudget, ReplyResult};
 use crate::command::{flags, CommandSpec};
-use crate::metrics::ReplyPath;
+use crate::metrics::{BatchTally, ReplyPath};
 use crate::state::{Routed, Shared};
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
@@ -44,6 +44,9 @@ pub enum Pending {
     /// The raw replies of a batch of commands sent together, passed through unchanged (with
     /// `--ack-replicas`, a `WAIT` reply behind them decides whether the writes' stay).
     Batch(oneshot::Receiver<Result<Vec<Bytes>, BackendError>>, usize, Option<AckCheck>),
+    /// The raw replies of a batch handed over one by one as they arrive (no `--ack-replicas`
+    /// check): written on as they come, so a batch of large replies is never held whole.
+    Stream(mpsc::UnboundedReceiver<ReplyResult>, usize),
     /// Anything that needs work after the backend answered (merges, filters).
     Future(BoxFuture<'static, Bytes>),
     /// Write what is queued, then close the connection (`QUIT`, protocol errors).
@@ -557,14 +560,23 @@ impl Session {
         let data = self.batch.split().freeze();
         let sent_n = n + usize::from(ack.is_some());
         let budget = Some(self.budget.clone());
-        let sent = self
-            .send_in_order(&To::Node(Lane::Shared), data, |b, d| {
+        let sent = if let Some(ack) = ack {
+            self.send_in_order(&To::Node(Lane::Shared), data, |b, d| {
                 let budget = budget.clone();
                 async move { b.send_many_for(d, sent_n, budget).await }
             })
-            .await;
+            .await
+            .map(|rx| Pending::Batch(rx, n, Some(ack)))
+        } else {
+            self.send_in_order(&To::Node(Lane::Shared), data, |b, d| {
+                let budget = budget.clone();
+                async move { b.send_stream_for(d, n, budget).await }
+            })
+            .await
+            .map(|rx| Pending::Stream(rx, n))
+        };
         let pending = match sent {
-            Ok(rx) => Pending::Batch(rx, n, ack),
+            Ok(pending) => pending,
             Err(e) => {
                 let err = e.to_frame().to_bytes(self.protocol);
                 let mut all = BytesMut::with_capacity(err.len() * n);
@@ -963,7 +975,7 @@ async fn reply_writer(
     let metrics = &shared.metrics;
     const FLUSH_AT: usize = 64 * 1024;
     let mut o = ClientOutput { wr, out: BytesMut::with_capacity(16 * 1024), held: 0, budget: budget.clone() };
-    loop {
+    'replies: loop {
         let item = match rx.try_recv() {
             Ok(item) => item,
             Err(mpsc::error::TryRecvError::Empty) => {
@@ -1018,6 +1030,47 @@ async fn reply_writer(
                     }
                 }
                 path = ReplyPath::Batch;
+                Bytes::new()
+            }
+            Pending::Stream(mut stream, n) => {
+                replies = n as u64;
+                path = ReplyPath::Batch;
+                let mut tally = BatchTally::default();
+                // After an error nothing more comes: the rest of the batch gets it too.
+                let mut failed: Option<Bytes> = None;
+                for _ in 0..n {
+                    let next = match &failed {
+                        Some(err) => Err(err.clone()),
+                        None => {
+                            let next = match stream.try_recv() {
+                                Ok(r) => r,
+                                Err(mpsc::error::TryRecvError::Disconnected) => Err(lost()),
+                                Err(mpsc::error::TryRecvError::Empty) => {
+                                    if !o.flush().await {
+                                        break 'replies;
+                                    }
+                                    stream.recv().await.unwrap_or_else(|| Err(lost()))
+                                }
+                            };
+                            next.map_err(|e| e.to_frame().to_bytes(Protocol::Resp2))
+                        }
+                    };
+                    match next {
+                        Ok(b) => {
+                            tally.add(&b);
+                            o.gather(&b, b.len());
+                            if o.out.len() >= FLUSH_AT && !o.flush().await {
+                                break 'replies;
+                            }
+                        }
+                        Err(err) => {
+                            tally.add(&err);
+                            o.gather(&err, 0);
+                            failed = Some(err);
+                        }
+                    }
+                }
+                metrics.batch_done(tally, queued.elapsed());
                 Bytes::new()
             }
             Pending::Reply(mut reply) => {
@@ -1091,6 +1144,7 @@ async fn reply_writer(
             "closing a client: its unread replies passed --client-output-buffer-limit"
         );
     }
+    budget.close();
     progress.close();
 }
 
