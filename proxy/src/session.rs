@@ -560,13 +560,15 @@ impl Session {
         let data = self.batch.split().freeze();
         let sent_n = n + usize::from(ack.is_some());
         let budget = Some(self.budget.clone());
-        let sent = if let Some(ack) = ack {
+        // One reply (or a `WAIT` that decides them all): nothing to gain from streaming, and
+        // a oneshot is cheaper than a channel.
+        let sent = if ack.is_some() || n == 1 {
             self.send_in_order(&To::Node(Lane::Shared), data, |b, d| {
                 let budget = budget.clone();
                 async move { b.send_many_for(d, sent_n, budget).await }
             })
             .await
-            .map(|rx| Pending::Batch(rx, n, Some(ack)))
+            .map(|rx| Pending::Batch(rx, n, ack))
         } else {
             self.send_in_order(&To::Node(Lane::Shared), data, |b, d| {
                 let budget = budget.clone();
