@@ -15,6 +15,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7799";
 pub const DEFAULT_DATA_DIR: &str = "sluice-broker-data";
 /// How many migrations of one scale plan run at once when nothing says otherwise.
 pub const DEFAULT_SCALE_CONCURRENCY: usize = 2;
+/// Default of `--max-concurrent-changes`.
+pub const DEFAULT_MAX_CONCURRENT_CHANGES: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -52,7 +54,7 @@ pub struct Cli {
     pub etcd_timeout_ms: Option<u64>,
 
     /// TOML file with any of: listen, data_dir, store, etcd_timeout_ms, api_token, log_format,
-    /// scale_concurrency
+    /// scale_concurrency, max_concurrent_changes
     #[arg(long, env = "SLUICE_CONFIG", value_name = "FILE.toml")]
     pub config: Option<PathBuf>,
 
@@ -63,6 +65,11 @@ pub struct Cli {
     /// How many migrations of one scale plan run at once (never two sharing a proxy) [default: 2]
     #[arg(long, env = "SLUICE_SCALE_CONCURRENCY", value_name = "K", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub scale_concurrency: Option<u32>,
+
+    /// Most mutating calls served at once; past it a call is answered 503 `busy` at once
+    /// (changes are applied one at a time anyway; this bounds what waits for them) [default: 64]
+    #[arg(long, env = "SLUICE_MAX_CONCURRENT_CHANGES", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub max_concurrent_changes: Option<u32>,
 }
 
 /// The TOML file: the same settings as the flags, all optional.
@@ -77,6 +84,7 @@ pub struct FileConfig {
     pub api_token: Option<String>,
     pub log_format: Option<LogFormat>,
     pub scale_concurrency: Option<u32>,
+    pub max_concurrent_changes: Option<u32>,
 }
 
 /// `store = "…"` in the file, checked as the flag is.
@@ -98,6 +106,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// How many migrations of one scale plan run at once (1..=1024).
     pub scale_concurrency: usize,
+    /// Most mutating calls served at once (past it: 503).
+    pub max_concurrent_changes: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +186,10 @@ impl Config {
                 .scale_concurrency
                 .or(file.scale_concurrency)
                 .map_or(DEFAULT_SCALE_CONCURRENCY, |k| k.clamp(1, 1024) as usize),
+            max_concurrent_changes: cli
+                .max_concurrent_changes
+                .or(file.max_concurrent_changes)
+                .map_or(DEFAULT_MAX_CONCURRENT_CHANGES, |n| n.max(1) as usize),
         })
     }
 }

@@ -60,6 +60,11 @@ impl ApiError {
     }
 
     /// 413: the body is larger than the broker accepts.
+    /// 503: too many changes in progress; nothing was done, the call may be retried.
+    pub fn busy(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message)
+    }
+
     pub fn payload_too_large(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
     }

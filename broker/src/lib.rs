@@ -67,7 +67,8 @@ pub async fn run(config: Config) -> Result<(), BrokerError> {
         scale_concurrency = config.scale_concurrency,
         "listening"
     );
-    serve(listener, store.clone(), config.api_token, shutdown_signal()).await?;
+    let app = api::AppState::new(store.clone(), config.api_token)?.with_change_limit(config.max_concurrent_changes);
+    serve(listener, app, shutdown_signal()).await?;
     store.flush().map_err(BrokerError::Flush)?;
     tracing::info!("stopped");
     Ok(())
@@ -76,11 +77,10 @@ pub async fn run(config: Config) -> Result<(), BrokerError> {
 /// Serves the API on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
-    store: Arc<Store>,
-    api_token: Option<String>,
+    app: api::AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), BrokerError> {
-    let app = api::router(api::AppState::new(store, api_token)?);
+    let app = api::router(app);
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await.map_err(BrokerError::Serve)
 }
 

@@ -110,8 +110,9 @@ impl Coordinator {
         })
     }
 
-    /// Rounds until `shutdown` completes. Whatever is in flight then is dropped: every call
-    /// the coordinator makes is safe to have made or not.
+    /// Rounds until `shutdown` completes. A round under way is finished first (its calls
+    /// are bounded by `--rpc-timeout-ms`), so the proxies are left with what the round
+    /// decided and its reports reach the broker; a wait between rounds is cut short.
     pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         tracing::info!(
@@ -124,14 +125,26 @@ impl Coordinator {
         let mut backoff = Backoff::new(self.settings.interval, self.settings.max_backoff);
         loop {
             let round_started = Instant::now();
-            let round = tokio::select! {
-                biased;
-                () = &mut shutdown => break,
-                r = self.round() => r,
+            let mut stopping = false;
+            let round = {
+                let round = self.round();
+                tokio::pin!(round);
+                tokio::select! {
+                    biased;
+                    r = &mut round => r,
+                    () = &mut shutdown => {
+                        tracing::info!("stopping after the current round");
+                        stopping = true;
+                        round.await
+                    }
+                }
             };
             match &round {
                 Ok(summary) => self.metrics.round(summary, round_started.elapsed()),
                 Err(_) => self.metrics.broker_unreachable(),
+            }
+            if stopping {
+                break;
             }
             let wait = match round {
                 Ok(summary) => {

@@ -265,6 +265,37 @@ async fn the_loop_marks_unreachable_proxies_failed_and_stops_on_request() {
     tokio::time::timeout(Duration::from_secs(5), task).await.expect("stops").expect("join").expect("run");
 }
 
+/// SIGTERM (the shutdown future) during a round: the round is finished first, so what it
+/// decided reaches the broker. Here the round is stuck in a Status call to a proxy that accepts
+/// the connection and never answers; the stop comes while it waits, and the failure report of
+/// that same round must still be made (failure threshold 1) before the loop returns.
+#[tokio::test]
+async fn a_stop_during_a_round_lets_the_round_finish() {
+    let broker = Broker::start();
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let control = silent.local_addr().expect("addr").to_string();
+    let address = "127.0.0.1:16041".to_string();
+    let body = json!({"address": address, "control_address": control, "node_address": "127.0.0.1:17041"});
+    broker.post("/api/v1/proxies", body).await;
+
+    let mut settings = Settings::new(&broker.base);
+    settings.api_token = Some(TOKEN.into());
+    settings.failure_threshold = 1;
+    settings.rpc_timeout = Duration::from_millis(1500);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(sluice_coordinator::run(settings, async {
+        let _ = stopped.await;
+    }));
+    // The round's Status call has reached the silent proxy: stop now.
+    let (held, _) = tokio::time::timeout(DEADLINE, silent.accept()).await.expect("a Status call").expect("accept");
+    let _ = stop.send(());
+    tokio::time::timeout(DEADLINE, task).await.expect("stops").expect("join").expect("run");
+    drop(held);
+    let proxies = broker.client().proxies().await.expect("proxies");
+    let p = proxies.iter().find(|p| p.address == address).expect("listed");
+    assert_eq!(p.state, ProxyState::Failed, "the interrupted round's report was not made: {p:?}");
+}
+
 fn task(phase: MigrationPhase) -> Side {
     Side::Task { task: TaskView { phase, progress: None, error: None, phase_times: BTreeMap::new() }, clean_epoch: 0 }
 }

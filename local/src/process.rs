@@ -65,6 +65,11 @@ impl ChildProcess {
         }
     }
 
+    /// How it exited, once it has (`None` while it runs or after `kill`).
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
     /// SIGKILL, and wait for it to be gone.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -6,6 +6,16 @@
 //! to the n-th request. Batching is what lets the proxy keep up with direct access: Redis
 //! reads fifty commands with one syscall instead of fifty.
 //!
+//! Each connection's request queue is bounded (`ConnectOptions::queue`): a sender waits for
+//! room (backpressure) instead of piling requests up in memory. That cannot deadlock: the
+//! writer task drains the queue into the socket, and the reader task always reads replies
+//! and hands them over without waiting for anyone, so the node never stops reading us
+//! because we stopped reading it.
+//!
+//! A request may carry the [`OutputBudget`] of the client it is for: the reader charges each
+//! reply to it as it arrives, so a client that does not read its replies is stopped at its
+//! `--client-output-buffer-limit` instead of making the proxy hold them all.
+//!
 //! A request is written at most once. When a connection fails, every request on it gets an
 //! error; nothing is replayed on the next connection.
 
@@ -14,6 +24,7 @@ use crate::tls::Tls;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use sluice_common::resp::{Command, Frame, Limits, Protocol, ReplyCodec};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
@@ -31,6 +42,124 @@ pub enum BackendError {
     Lost { addr: Arc<str> },
     #[error("ERR sluice: backend {addr} refused the connection setup: {reason}")]
     Handshake { addr: Arc<str>, reason: String },
+    #[error("ERR sluice: client output buffer limit reached; the connection is closed")]
+    OutputLimit,
+}
+
+/// What one client's replies may hold in the proxy: bytes received for it and not yet
+/// written to it (`--client-output-buffer-limit`; 0: no limit). Charged by the backend
+/// reader as replies arrive and by the session's writer for replies it makes itself;
+/// released by the writer once written.
+///
+/// A reply that does not fit waits (the backend reader with it) up to [`OUTPUT_GRACE`] for
+/// the client to read: a client that reads gets a burst of replies far larger than the
+/// limit, at the pace it reads. One that does not is past the limit after the grace: then
+/// `exceeded` fires, its replies are dropped instead of kept, and its session closes the
+/// connection. A single reply is let through when nothing else is held, however large.
+#[derive(Debug, Default)]
+pub struct OutputBudget {
+    used: AtomicUsize,
+    /// 0: no limit (set so for another proxy's connection, see [`OutputBudget::unlimit`]).
+    limit: AtomicUsize,
+    exceeded: CancellationToken,
+    /// The client's writer is gone: its replies are dropped at once.
+    closed: std::sync::atomic::AtomicBool,
+    /// Signalled when bytes are released (a reply waiting for room looks again).
+    room: tokio::sync::Notify,
+}
+
+/// How long a reply for a client at its output limit may wait for the client to read (the
+/// node connection's other replies wait with it) before the client is cut off.
+pub const OUTPUT_GRACE: Duration = Duration::from_secs(1);
+
+impl OutputBudget {
+    pub fn new(limit: usize) -> OutputBudget {
+        OutputBudget { limit: AtomicUsize::new(limit), ..Default::default() }
+    }
+
+    /// No limit from now on: for a connection from another proxy, whose reader never stops
+    /// reading and which carries the replies of many clients (each bounded on that proxy).
+    pub fn unlimit(&self) {
+        self.limit.store(0, Ordering::Relaxed);
+        self.room.notify_waiters();
+    }
+
+    /// Counts `n` more bytes if they fit now.
+    fn try_charge(&self, n: usize, limit: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| (u == 0 || u + n <= limit).then_some(u + n))
+            .is_ok()
+    }
+
+    /// Counts `n` more bytes held for the client, without waiting. `false` (nothing
+    /// counted, `exceeded` fired) if they do not fit: the bytes should be dropped.
+    pub fn charge(&self, n: usize) -> bool {
+        let limit = self.limit();
+        if limit == 0 {
+            return true;
+        }
+        if self.exceeded.is_cancelled() || self.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        if self.try_charge(n, limit) {
+            return true;
+        }
+        self.exceeded.cancel();
+        false
+    }
+
+    /// Like [`OutputBudget::charge`], waiting up to [`OUTPUT_GRACE`] for the client to make
+    /// room.
+    pub async fn charge_within_grace(&self, n: usize) -> bool {
+        let deadline = Instant::now() + OUTPUT_GRACE;
+        loop {
+            let room = self.room.notified();
+            let limit = self.limit();
+            if limit == 0 {
+                return true;
+            }
+            if self.exceeded.is_cancelled() || self.closed.load(Ordering::Acquire) {
+                return false;
+            }
+            if self.try_charge(n, limit) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                self.exceeded.cancel();
+                return false;
+            }
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), room).await;
+        }
+    }
+
+    /// `n` bytes charged earlier were written (or dropped).
+    pub fn release(&self, n: usize) {
+        if self.limit() != 0 && n != 0 {
+            self.used.fetch_sub(n, Ordering::AcqRel);
+            self.room.notify_waiters();
+        }
+    }
+
+    /// The client's writer is gone: nothing more is kept for it.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.room.notify_waiters();
+    }
+
+    /// Bytes held now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// Fires once the limit was passed.
+    pub fn exceeded(&self) -> &CancellationToken {
+        &self.exceeded
+    }
 }
 
 impl BackendError {
@@ -49,13 +178,34 @@ enum Sink {
     Many {
         n: usize,
         got: Vec<Bytes>,
+        /// Replies read so far (`got` is emptied once the client's budget is exceeded).
+        seen: usize,
         tx: oneshot::Sender<Result<Vec<Bytes>, BackendError>>,
     },
+    /// `n` replies delivered one by one (see [`Stream`]).
+    Stream {
+        n: usize,
+        seen: usize,
+        tx: Stream,
+    },
+    /// Replies still to read and drop (the rest of a stream cut at the client's limit).
+    Skip(usize),
+}
+
+/// A batch whose replies are handed over one by one as they arrive: the client's writer
+/// passes each on at once, so a large batch is never held whole (nor charged whole to the
+/// client's budget while the client reads).
+type Stream = mpsc::UnboundedSender<ReplyResult>;
+
+/// A reply slot and the budget of the client it is for (none: the proxy's own requests).
+struct Pending {
+    sink: Sink,
+    budget: Option<Arc<OutputBudget>>,
 }
 
 struct Request {
     data: Bytes,
-    sink: Sink,
+    pending: Pending,
 }
 
 /// How to open a connection.
@@ -70,12 +220,17 @@ pub struct ConnectOptions {
     pub connect_timeout: Duration,
     /// Dial with TLS (peer proxies when `--tls-cert` is set); plain TCP when `None`.
     pub tls: Option<Arc<Tls>>,
+    /// Most requests queued for the writer (senders wait for room beyond it).
+    pub queue: usize,
 }
+
+/// The default of [`ConnectOptions::queue`] for the proxy's own connections.
+pub const DEFAULT_QUEUE: usize = 4096;
 
 /// A handle to one pipelined connection. Cheap to clone.
 #[derive(Clone)]
 pub struct Backend {
-    tx: mpsc::UnboundedSender<Request>,
+    tx: mpsc::Sender<Request>,
     addr: Arc<str>,
     id: ConnId,
     stop: CancellationToken,
@@ -144,7 +299,7 @@ impl Backend {
                 .map_err(|_| handshake(format!("no answer within {:?}", opts.connect_timeout)))??;
         }
 
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(opts.queue.max(1));
         let (pending_tx, pending_rx) = mpsc::unbounded_channel();
         let stop = CancellationToken::new();
         tokio::spawn(write_loop(rx, wr, pending_tx, stop.clone()));
@@ -171,30 +326,75 @@ impl Backend {
         self.stop.cancel();
     }
 
+    /// Queues one request, waiting for room in the queue if it is full. `Err` (with the
+    /// data back) if the connection is closed, in which case nothing was sent.
+    async fn enqueue(&self, data: Bytes, pending: Pending) -> Result<(), Bytes> {
+        let request = Request { data, pending };
+        // The common case takes no wait and no permit.
+        match self.tx.try_send(request) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(r)) => Err(r.data),
+            Err(mpsc::error::TrySendError::Full(r)) => self.tx.send(r).await.map_err(|e| e.0.data),
+        }
+    }
+
     /// Queues one command. `Err` (with the data back) if the connection is already closed,
     /// in which case nothing was sent and the caller may use another connection.
-    pub fn send(&self, data: Bytes) -> Result<oneshot::Receiver<ReplyResult>, Bytes> {
+    pub async fn send(&self, data: Bytes) -> Result<oneshot::Receiver<ReplyResult>, Bytes> {
+        self.send_for(data, None).await
+    }
+
+    /// [`Backend::send`] for a client whose replies count against `budget`.
+    pub async fn send_for(
+        &self,
+        data: Bytes,
+        budget: Option<Arc<OutputBudget>>,
+    ) -> Result<oneshot::Receiver<ReplyResult>, Bytes> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Request { data, sink: Sink::One(tx) }).map_err(|e| e.0.data)?;
+        self.enqueue(data, Pending { sink: Sink::One(tx), budget }).await?;
         Ok(rx)
     }
 
     /// Queues `n` commands written back to back (a transaction); all `n` replies come back.
-    pub fn send_many(
+    pub async fn send_many(
         &self,
         data: Bytes,
         n: usize,
     ) -> Result<oneshot::Receiver<Result<Vec<Bytes>, BackendError>>, Bytes> {
+        self.send_many_for(data, n, None).await
+    }
+
+    /// [`Backend::send_many`] for a client whose replies count against `budget`.
+    pub async fn send_many_for(
+        &self,
+        data: Bytes,
+        n: usize,
+        budget: Option<Arc<OutputBudget>>,
+    ) -> Result<oneshot::Receiver<Result<Vec<Bytes>, BackendError>>, Bytes> {
         let (tx, rx) = oneshot::channel();
-        let sink = Sink::Many { n, got: Vec::with_capacity(n), tx };
-        self.tx.send(Request { data, sink }).map_err(|e| e.0.data)?;
+        let sink = Sink::Many { n, got: Vec::with_capacity(n), seen: 0, tx };
+        self.enqueue(data, Pending { sink, budget }).await?;
+        Ok(rx)
+    }
+
+    /// `n` commands written back to back whose replies are handed over one by one as they
+    /// arrive, charged to `budget`. After an error (the connection lost, the budget exceeded)
+    /// nothing more comes.
+    pub async fn send_stream_for(
+        &self,
+        data: Bytes,
+        n: usize,
+        budget: Option<Arc<OutputBudget>>,
+    ) -> Result<mpsc::UnboundedReceiver<ReplyResult>, Bytes> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.enqueue(data, Pending { sink: Sink::Stream { n, seen: 0, tx }, budget }).await?;
         Ok(rx)
     }
 
     /// Sends one command and waits for its reply.
     pub async fn call(&self, cmd: &Command) -> ReplyResult {
         let lost = || BackendError::Lost { addr: self.addr.clone() };
-        let rx = self.send(cmd.raw().clone()).map_err(|_| lost())?;
+        let rx = self.send(cmd.raw().clone()).await.map_err(|_| lost())?;
         rx.await.map_err(|_| lost())?
     }
 }
@@ -203,9 +403,9 @@ impl Backend {
 const MAX_BATCH: usize = 256 * 1024;
 
 async fn write_loop(
-    mut rx: mpsc::UnboundedReceiver<Request>,
+    mut rx: mpsc::Receiver<Request>,
     mut wr: WriteHalf,
-    pending: mpsc::UnboundedSender<Sink>,
+    pending: mpsc::UnboundedSender<Pending>,
     stop: CancellationToken,
 ) {
     let mut buf = BytesMut::with_capacity(16 * 1024);
@@ -217,7 +417,7 @@ async fn write_loop(
         let Some(mut req) = first else { break };
         loop {
             // The sink is queued before the bytes go out, so a reply never beats its sink.
-            if pending.send(req.sink).is_err() {
+            if pending.send(req.pending).is_err() {
                 break 'outer;
             }
             if req.data.len() >= MAX_BATCH {
@@ -255,11 +455,11 @@ async fn write_loop(
 
 async fn read_loop(
     mut reader: FramedRead<ReadHalf, ReplyCodec>,
-    mut pending: mpsc::UnboundedReceiver<Sink>,
+    mut pending: mpsc::UnboundedReceiver<Pending>,
     stop: CancellationToken,
     addr: Arc<str>,
 ) {
-    let mut current: Option<Sink> = None;
+    let mut current: Option<Pending> = None;
     loop {
         let frame = tokio::select! {
             f = reader.next() => f,
@@ -277,16 +477,47 @@ async fn read_loop(
                 }
             },
         };
+        let Pending { sink, budget } = sink;
+        // A reply for a client past its output limit is dropped here, not kept.
+        let fits = match budget.as_deref() {
+            None => true,
+            Some(b) => b.charge_within_grace(reply.len()).await,
+        };
         match sink {
             Sink::One(tx) => {
-                let _ = tx.send(Ok(reply));
+                let _ = tx.send(if fits { Ok(reply) } else { Err(BackendError::OutputLimit) });
             }
-            Sink::Many { n, mut got, tx } => {
-                got.push(reply);
-                if got.len() >= n {
-                    let _ = tx.send(Ok(got));
+            Sink::Many { n, mut got, seen, tx } => {
+                if fits && seen == got.len() {
+                    got.push(reply);
+                } else if let Some(b) = &budget {
+                    // Past the limit: what this request kept so far goes too.
+                    b.release(got.iter().map(Bytes::len).sum::<usize>() + if fits { reply.len() } else { 0 });
+                    got = Vec::new();
+                }
+                let seen = seen + 1;
+                if seen >= n {
+                    let _ = tx.send(if seen == got.len() { Ok(got) } else { Err(BackendError::OutputLimit) });
                 } else {
-                    current = Some(Sink::Many { n, got, tx });
+                    current = Some(Pending { sink: Sink::Many { n, got, seen, tx }, budget });
+                }
+            }
+            Sink::Stream { n, seen, tx } => {
+                let _ = tx.send(if fits { Ok(reply) } else { Err(BackendError::OutputLimit) });
+                let seen = seen + 1;
+                if seen < n {
+                    let sink = if fits { Sink::Stream { n, seen, tx } } else { Sink::Skip(n - seen) };
+                    current = Some(Pending { sink, budget });
+                }
+            }
+            Sink::Skip(left) => {
+                if let Some(b) = &budget {
+                    if fits {
+                        b.release(reply.len());
+                    }
+                }
+                if left > 1 {
+                    current = Some(Pending { sink: Sink::Skip(left - 1), budget });
                 }
             }
         }
@@ -295,7 +526,10 @@ async fn read_loop(
     crate::metrics::BACKEND_CONNECTIONS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     pending.close();
     let lost = BackendError::Lost { addr: addr.clone() };
-    for sink in current.into_iter().chain(std::iter::from_fn(|| pending.try_recv().ok())) {
+    for Pending { sink, budget } in current.into_iter().chain(std::iter::from_fn(|| pending.try_recv().ok())) {
+        if let (Some(b), Sink::Many { got, .. }) = (&budget, &sink) {
+            b.release(got.iter().map(Bytes::len).sum());
+        }
         match sink {
             Sink::One(tx) => {
                 let _ = tx.send(Err(lost.clone()));
@@ -303,6 +537,10 @@ async fn read_loop(
             Sink::Many { tx, .. } => {
                 let _ = tx.send(Err(lost.clone()));
             }
+            Sink::Stream { tx, .. } => {
+                let _ = tx.send(Err(lost.clone()));
+            }
+            Sink::Skip(_) => {}
         }
     }
 }

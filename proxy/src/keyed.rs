@@ -407,7 +407,7 @@ async fn split(
 
 /// Forwards a whole command to the proxy that serves its slot and relays the answer.
 async fn forward(s: &mut Session, proxy: &str, data: Bytes, blocking: bool) -> Flow {
-    match s.send(&To::peer(&s.shared, proxy, blocking), data).await {
+    match s.send_counted(&To::peer(&s.shared, proxy, blocking), data).await {
         Ok(rx) => s.push(Pending::Reply(rx)).await,
         Err(e) => s.reply(e.to_frame()).await,
     }

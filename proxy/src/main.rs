@@ -4,7 +4,9 @@ use sluice_proxy::control::Control;
 use sluice_proxy::options::{LogFormat, ProxyOptions};
 use sluice_proxy::state::Shared;
 use sluice_proxy::tls::Tls;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 fn main() -> anyhow::Result<()> {
     let opts = ProxyOptions::parse();
@@ -55,9 +57,65 @@ async fn serve(opts: ProxyOptions) -> anyhow::Result<()> {
     tokio::spawn(sluice_proxy::migration::gc::run(shared.clone()));
     tokio::spawn(sluice_proxy::shard::run(shared.clone()));
     tokio::spawn(sluice_proxy::handover::run(shared.clone()));
-    tokio::spawn(sluice_proxy::register::register(opts));
+    tokio::spawn(sluice_proxy::register::register(opts.clone()));
+    tokio::spawn({
+        let shared = shared.clone();
+        async move {
+            let signal = shutdown_signal().await;
+            tracing::info!(signal, "shutting down: no new clients, answering what is in flight");
+            shared.shutdown.cancel();
+        }
+    });
     sluice_proxy::server::run(listener, ctl).await?;
+    drain(&shared, &opts).await;
     Ok(())
+}
+
+/// After the signal: waits (at most `--shutdown-timeout-ms`) until every session has
+/// answered what it had read and closed, and until a migration switch under way has
+/// completed or released its slots (bounded by its own budget, so possibly a little past the
+/// timeout: a switch is never left half done by the exit).
+async fn drain(shared: &Arc<Shared>, opts: &ProxyOptions) {
+    let started = Instant::now();
+    let deadline = started + opts.shutdown_timeout();
+    loop {
+        let left = shared.connected_clients.load(Ordering::Acquire);
+        if left == 0 {
+            break;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(clients = left, "shutdown timeout: closing the clients still connected");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let switch_bound = Instant::now().max(deadline) + 2 * opts.switch_pause() + Duration::from_secs(3);
+    if !shared.wait_switches(switch_bound).await {
+        tracing::error!("a migration switch did not end in time; the restarted proxy settles it");
+    }
+    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "sluice-proxy stopped");
+}
+
+/// The name of the first SIGTERM or SIGINT. Without a handler (it could not be installed)
+/// the proxy runs until killed.
+async fn shutdown_signal() -> &'static str {
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = interrupt => "SIGINT",
+        () = terminate => "SIGTERM",
+    }
 }
 
 fn init_logging(format: LogFormat) {

@@ -109,6 +109,20 @@ pub struct Metrics {
     pub migration_progress: GaugeVec,
 }
 
+/// The outcomes and bytes of a batch's replies, added up locally and counted once.
+#[derive(Default)]
+pub struct BatchTally {
+    counts: [u64; Outcome::ALL.len()],
+    bytes: u64,
+}
+
+impl BatchTally {
+    pub fn add(&mut self, reply: &[u8]) {
+        self.counts[Outcome::of(reply) as usize] += 1;
+        self.bytes += reply.len() as u64;
+    }
+}
+
 impl Metrics {
     pub fn new(enabled: bool) -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new_custom(Some("sluice_proxy".into()), None)?;
@@ -206,18 +220,24 @@ impl Metrics {
         if !self.enabled {
             return;
         }
-        let mut counts = [0u64; Outcome::ALL.len()];
-        let mut bytes = 0;
+        let mut tally = BatchTally::default();
         for r in replies {
-            counts[Outcome::of(r) as usize] += 1;
-            bytes += r.len() as u64;
+            tally.add(r);
         }
-        for (counter, n) in self.replies.iter().zip(counts) {
+        self.batch_done(tally, waited);
+    }
+
+    /// A batch whose replies were tallied one by one as they were written.
+    pub fn batch_done(&self, tally: BatchTally, waited: Duration) {
+        if !self.enabled {
+            return;
+        }
+        for (counter, n) in self.replies.iter().zip(tally.counts) {
             if n > 0 {
                 counter.inc_by(n);
             }
         }
-        self.bytes_out.inc_by(bytes);
+        self.bytes_out.inc_by(tally.bytes);
         self.latency[ReplyPath::Batch as usize].observe(waited.as_secs_f64());
     }
 

@@ -155,8 +155,54 @@ pub struct ProxyOptions {
     /// can stop or crash it). The node's own `enable-debug-command` still applies.
     #[arg(long, env = "SLUICE_PROXY_ALLOW_DEBUG")]
     pub allow_debug: bool,
+    /// Most clients connected at once (Redis: `maxclients`). Past it a new client is told
+    /// `-ERR max number of clients reached` and closed.
+    #[arg(long, env = "SLUICE_PROXY_MAXCLIENTS", default_value_t = 10_000)]
+    pub maxclients: usize,
+    /// Close a client idle for this many seconds (0: never; Redis: `timeout`). A client
+    /// waiting for a reply (a blocked `BLPOP`) is not idle.
+    #[arg(long, env = "SLUICE_PROXY_TIMEOUT", default_value_t = 0)]
+    pub timeout: u64,
+    /// Most bytes read from a client and not yet parsed into a command (Redis:
+    /// `client-query-buffer-limit`, 1gb there). Lower here: one command with Redis's largest
+    /// bulk string (512mb) still fits. Units as Redis's (`64mb`, `1gb`, plain bytes).
+    #[arg(long, env = "SLUICE_PROXY_CLIENT_QUERY_BUFFER_LIMIT", default_value = "576mb", value_parser = parse_bytes)]
+    pub client_query_buffer_limit: usize,
+    /// Most reply bytes a client may have waiting in the proxy (received from the node, not
+    /// yet written to the client); past it the client is closed (Redis:
+    /// `client-output-buffer-limit normal`, the hard limit; 0: none, Redis's default for
+    /// normal clients). Redis keeps replies in its own memory anyway; a proxy would hold a
+    /// second copy for a client that does not read, so it is bounded here by default.
+    #[arg(long, env = "SLUICE_PROXY_CLIENT_OUTPUT_BUFFER_LIMIT", default_value = "64mb", value_parser = parse_bytes)]
+    pub client_output_buffer_limit: usize,
+    /// Most requests queued for one node (or peer) connection before senders wait.
+    #[arg(long, env = "SLUICE_PROXY_BACKEND_QUEUE", default_value_t = 4096)]
+    pub backend_queue: usize,
+    /// On SIGTERM/SIGINT: how long in-flight commands (and a migration switch under way) may
+    /// take before the proxy exits anyway, in milliseconds.
+    #[arg(long, env = "SLUICE_PROXY_SHUTDOWN_TIMEOUT_MS", default_value_t = 5000)]
+    pub shutdown_timeout_ms: u64,
     #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+}
+
+/// A size in Redis's notation: plain bytes, `k`/`m`/`g` (powers of 1000) or `kb`/`mb`/`gb`
+/// (powers of 1024), case-insensitive.
+pub fn parse_bytes(text: &str) -> Result<usize, String> {
+    let lower = text.trim().to_ascii_lowercase();
+    let digits = lower.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit: usize = match &lower[digits.len()..] {
+        "" | "b" => 1,
+        "k" => 1000,
+        "kb" => 1024,
+        "m" => 1000 * 1000,
+        "mb" => 1024 * 1024,
+        "g" => 1000 * 1000 * 1000,
+        "gb" => 1024 * 1024 * 1024,
+        other => return Err(format!("unknown unit {other:?} in {text:?} (use b, k, kb, m, mb, g or gb)")),
+    };
+    let n: usize = digits.parse().map_err(|_| format!("{text:?} is not a size (e.g. 64mb)"))?;
+    n.checked_mul(unit).ok_or_else(|| format!("{text:?} is too large"))
 }
 
 impl ProxyOptions {
@@ -186,5 +232,28 @@ impl ProxyOptions {
 
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn sizes_in_redis_units() {
+        assert_eq!(parse_bytes("0"), Ok(0));
+        assert_eq!(parse_bytes("1024"), Ok(1024));
+        assert_eq!(parse_bytes("4k"), Ok(4000));
+        assert_eq!(parse_bytes("4KB"), Ok(4096));
+        assert_eq!(parse_bytes("64mb"), Ok(64 << 20));
+        assert_eq!(parse_bytes("1gb"), Ok(1 << 30));
+        assert_eq!(parse_bytes("2m"), Ok(2_000_000));
+        for bad in ["", "mb", "12xb", "-1", "1.5mb", "99999999999999999999gb"] {
+            assert!(parse_bytes(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -29,12 +29,17 @@ impl Commands for Router {
     }
 }
 
-/// Serves clients on `listener` forever.
+/// Serves clients on `listener` until the proxy shuts down (`Shared::shutdown`), then
+/// stops accepting (the listener is closed when this returns).
 pub async fn run(listener: TcpListener, control: Control) -> std::io::Result<()> {
     let shared = control.shared.clone();
     let router = Arc::new(Router { control });
     loop {
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shared.shutdown.cancelled() => return Ok(()),
+        };
+        match accepted {
             Ok((stream, addr)) => {
                 tokio::spawn(start_session(stream, addr, shared.clone(), router.clone()));
             }
@@ -53,6 +58,9 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The TLS handshake when the port speaks TLS (a client that does not is dropped), then the
 /// session.
 async fn start_session(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, router: Arc<Router>) {
+    // `--maxclients`: the place is taken before the handshake, the refusal written after it
+    // (a TLS client could not read it otherwise).
+    let slot = session::admit(&shared);
     let local_addr = stream.local_addr().ok();
     let _ = stream.set_nodelay(true);
     let socket = match &shared.tls {
@@ -69,5 +77,8 @@ async fn start_session(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>,
             }
         },
     };
-    session::serve(socket, Some(addr), local_addr, shared, router).await;
+    match slot {
+        Some(slot) => session::serve(socket, Some(addr), local_addr, shared, router, slot).await,
+        None => session::refuse(socket).await,
+    }
 }

@@ -17,19 +17,19 @@
 //! no defined order, so "sent earlier" is only enough on the same connection.
 
 use crate::ack::AckCheck;
-use crate::backend::{Backend, BackendError, BackendPool, ConnId, ReplyResult};
+use crate::backend::{Backend, BackendError, BackendPool, ConnId, OutputBudget, ReplyResult};
 use crate::command::{flags, CommandSpec};
-use crate::metrics::ReplyPath;
+use crate::metrics::{BatchTally, ReplyPath};
 use crate::socket::{ReadHalf, Socket, WriteHalf};
 use crate::state::{Routed, Shared};
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
-use sluice_common::resp::{CodecError, Command, CommandCodec, Frame, Limits, Protocol};
+use sluice_common::resp::{CodecError, Command, CommandCodec, Frame, Limits, Protocol, ProtocolError};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::codec::Decoder;
@@ -43,6 +43,9 @@ pub enum Pending {
     /// The raw replies of a batch of commands sent together, passed through unchanged (with
     /// `--ack-replicas`, a `WAIT` reply behind them decides whether the writes' stay).
     Batch(oneshot::Receiver<Result<Vec<Bytes>, BackendError>>, usize, Option<AckCheck>),
+    /// The raw replies of a batch handed over one by one as they arrive (no `--ack-replicas`
+    /// check): written on as they come, so a batch of large replies is never held whole.
+    Stream(mpsc::UnboundedReceiver<ReplyResult>, usize),
     /// Anything that needs work after the backend answered (merges, filters).
     Future(BoxFuture<'static, Bytes>),
     /// Write what is queued, then close the connection (`QUIT`, protocol errors).
@@ -80,17 +83,35 @@ impl TxState {
 }
 
 /// Replies the writer has resolved, so the reader can wait for its in-flight commands.
-#[derive(Default)]
 pub struct Progress {
     completed: AtomicU64,
     closed: AtomicBool,
     notify: Notify,
+    /// When the latest reply was resolved, in milliseconds since `base` (for `--timeout`).
+    done_at_ms: AtomicU64,
+    base: Instant,
 }
 
 impl Progress {
+    fn new() -> Progress {
+        Progress {
+            completed: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            notify: Notify::new(),
+            done_at_ms: AtomicU64::new(0),
+            base: Instant::now(),
+        }
+    }
+
     fn complete(&self, n: u64) {
         self.completed.fetch_add(n, Ordering::Release);
+        self.done_at_ms.store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
         self.notify.notify_one();
+    }
+
+    /// How long ago the latest reply was resolved.
+    fn since_done(&self) -> Duration {
+        self.base.elapsed().saturating_sub(Duration::from_millis(self.done_at_ms.load(Ordering::Relaxed)))
     }
 
     fn close(&self) {
@@ -200,6 +221,8 @@ pub struct Session {
     routed: Option<Routed>,
     /// The batch's: its first command's, the oldest table of the batch.
     batch_routed: Option<Routed>,
+    /// What this client's replies may hold in the proxy (`--client-output-buffer-limit`).
+    budget: Arc<OutputBudget>,
 }
 
 /// What a queued reply keeps alive until it is in.
@@ -233,15 +256,16 @@ pub async fn serve<C: Commands>(
     local_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     commands: Arc<C>,
+    slot: ClientSlot,
 ) {
     let (rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::channel(shared.opts.pipeline_depth.max(1));
-    let progress = Arc::new(Progress::default());
-    let writer = tokio::spawn(reply_writer(wr, rx, progress.clone(), shared.clone()));
+    let progress = Arc::new(Progress::new());
+    let budget = Arc::new(OutputBudget::new(shared.opts.client_output_buffer_limit));
+    let id = shared.next_client_id();
+    let writer = tokio::spawn(reply_writer(wr, rx, progress.clone(), shared.clone(), budget.clone(), (id, addr)));
     let limits = Limits { max_bulk_len: shared.opts.max_bulk_len, ..Limits::CLIENT };
     let authenticated = shared.opts.requirepass.is_none();
-    let id = shared.next_client_id();
-    shared.connected_clients.fetch_add(1, Ordering::Relaxed);
     let mut session = Session {
         shared: shared.clone(),
         id,
@@ -262,6 +286,7 @@ pub async fn serve<C: Commands>(
             codec: CommandCodec::new(limits),
             done: false,
             read: 0,
+            max_buffered: shared.opts.client_query_buffer_limit,
         },
         backlog: VecDeque::new(),
         replies: tx,
@@ -280,11 +305,57 @@ pub async fn serve<C: Commands>(
         unattributed: 0,
         routed: None,
         batch_routed: None,
+        budget,
     };
     session.run(&*commands).await;
     drop(session);
     let _ = writer.await;
-    shared.connected_clients.fetch_sub(1, Ordering::Relaxed);
+    drop(slot);
+}
+
+/// Takes a client's place among `--maxclients`; `None` when every place is taken (then
+/// [`refuse`] the client).
+pub fn admit(shared: &Arc<Shared>) -> Option<ClientSlot> {
+    let max = shared.opts.maxclients;
+    shared
+        .connected_clients
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+        .is_ok()
+        .then(|| ClientSlot(shared.clone()))
+}
+
+/// Answers a client past `--maxclients` as Redis does and closes it: the connection is
+/// dropped right away, so refused clients cost nothing beyond this.
+pub async fn refuse(stream: Socket) {
+    let (_, mut wr) = stream.into_split();
+    let _ = write_and_flush(&mut wr, b"-ERR max number of clients reached\r\n").await;
+    let _ = wr.shutdown().await;
+}
+
+/// Writes `buf` and flushes: TLS may hold records until then (a no-op on plain TCP).
+async fn write_and_flush(wr: &mut WriteHalf, buf: &[u8]) -> std::io::Result<()> {
+    wr.write_all(buf).await?;
+    wr.flush().await
+}
+
+/// A client's place among `--maxclients`, given back when its session ends.
+pub struct ClientSlot(Arc<Shared>);
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.connected_clients.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Why a session stops reading its client, other than the client leaving.
+#[derive(Debug, PartialEq, Eq)]
+enum Stop {
+    /// `--timeout`: nothing read and nothing outstanding for that long.
+    Idle,
+    /// The proxy is shutting down (SIGTERM).
+    Shutdown,
+    /// The client's replies passed `--client-output-buffer-limit` (the writer logs it).
+    OutputLimit,
 }
 
 impl Session {
@@ -292,7 +363,13 @@ impl Session {
         while !self.client_gone {
             let next = match self.backlog.pop_front() {
                 Some(item) => Some(item),
-                None => self.reader.next().await,
+                None => match self.next_or_stop().await {
+                    Ok(next) => next,
+                    Err(why) => {
+                        self.stop(why).await;
+                        return;
+                    }
+                },
             };
             self.shared.metrics.bytes_in(std::mem::take(&mut self.reader.read));
             if self.step(next, commands).await == Flow::Close {
@@ -311,6 +388,56 @@ impl Session {
             }
         }
         self.flush_batch().await;
+    }
+
+    /// The next command from the client, unless the session must stop first: idle past
+    /// `--timeout` (a client waiting for a reply, e.g. a blocked `BLPOP`, is not idle), the
+    /// proxy shutting down, or the client's output limit passed.
+    async fn next_or_stop(&mut self) -> Result<Option<Result<Command, CodecError>>, Stop> {
+        let idle = Duration::from_secs(self.shared.opts.timeout);
+        let started = Instant::now();
+        let mut wait = idle;
+        loop {
+            let timer = async {
+                if wait.is_zero() {
+                    std::future::pending::<()>().await;
+                }
+                tokio::time::sleep(wait).await;
+            };
+            tokio::select! {
+                next = self.reader.next() => return Ok(next),
+                _ = self.shared.shutdown.cancelled() => return Err(Stop::Shutdown),
+                _ = self.budget.exceeded().cancelled() => return Err(Stop::OutputLimit),
+                _ = timer => {
+                    if self.is_peer || self.progress.completed.load(Ordering::Acquire) < self.dispatched {
+                        // Waiting for a reply (blocked): not idle; look again a timeout later.
+                        wait = idle;
+                        continue;
+                    }
+                    // Quiet since the last command read and the last reply written.
+                    let quiet = self.progress.since_done().min(started.elapsed());
+                    if quiet >= idle {
+                        return Err(Stop::Idle);
+                    }
+                    wait = idle - quiet;
+                }
+            }
+        }
+    }
+
+    /// Ends the session for `why`: whatever is queued is still answered (and, on shutdown,
+    /// the batch still sent), then the connection is closed.
+    async fn stop(&mut self, why: Stop) {
+        match why {
+            Stop::Idle => {
+                tracing::info!(client = self.id, addr = ?self.addr, timeout_secs = self.shared.opts.timeout, "closing an idle client (--timeout)")
+            }
+            Stop::Shutdown => tracing::debug!(client = self.id, "closing a client: the proxy is shutting down"),
+            Stop::OutputLimit => return,
+        }
+        if self.flush_batch().await == Flow::Continue {
+            let _ = self.enqueue(Pending::Close, 0).await;
+        }
     }
 
     /// The next command already read from the client, without reading more.
@@ -409,14 +536,22 @@ impl Session {
         }
         let ack = self.ack_check(write.then(|| vec![0]));
         let Some(ack) = ack else {
-            return match self.send(&To::Node(lane), data).await {
+            return match self.send_counted(&To::Node(lane), data).await {
                 Ok(rx) => self.push(Pending::Reply(rx)).await,
                 Err(e) => self.reply(e.to_frame()).await,
             };
         };
         let mut both = BytesMut::from(&data[..]);
         both.extend_from_slice(&ack.wait_command());
-        match self.send_many(&To::Node(lane), both.freeze(), 2).await {
+        self.flush().await;
+        let budget = Some(self.budget.clone());
+        let sent = self
+            .send_in_order(&To::Node(lane), both.freeze(), |b, d| {
+                let budget = budget.clone();
+                async move { b.send_many_for(d, 2, budget).await }
+            })
+            .await;
+        match sent {
             Ok(rx) => self.push(Pending::Batch(rx, 1, Some(ack))).await,
             Err(e) => self.reply(e.to_frame()).await,
         }
@@ -451,9 +586,26 @@ impl Session {
         }
         let data = self.batch.split().freeze();
         let sent_n = n + usize::from(ack.is_some());
-        let sent = self.send_in_order(&To::Node(Lane::Shared), data, |b, d| b.send_many(d, sent_n)).await;
+        let budget = Some(self.budget.clone());
+        // One reply (or a `WAIT` that decides them all): nothing to gain from streaming, and
+        // a oneshot is cheaper than a channel.
+        let sent = if ack.is_some() || n == 1 {
+            self.send_in_order(&To::Node(Lane::Shared), data, |b, d| {
+                let budget = budget.clone();
+                async move { b.send_many_for(d, sent_n, budget).await }
+            })
+            .await
+            .map(|rx| Pending::Batch(rx, n, ack))
+        } else {
+            self.send_in_order(&To::Node(Lane::Shared), data, |b, d| {
+                let budget = budget.clone();
+                async move { b.send_stream_for(d, n, budget).await }
+            })
+            .await
+            .map(|rx| Pending::Stream(rx, n))
+        };
         let pending = match sent {
-            Ok(rx) => Pending::Batch(rx, n, ack),
+            Ok(pending) => pending,
             Err(e) => {
                 let err = e.to_frame().to_bytes(self.protocol);
                 let mut all = BytesMut::with_capacity(err.len() * n);
@@ -498,7 +650,19 @@ impl Session {
     /// where the order of a pipeline is kept (see the module doc).
     pub async fn send(&mut self, to: &To, data: Bytes) -> Result<oneshot::Receiver<ReplyResult>, BackendError> {
         self.flush().await;
-        self.send_in_order(to, data, |b, d| b.send(d)).await
+        self.send_in_order(to, data, |b, d| async move { b.send(d).await }).await
+    }
+
+    /// [`Session::send`] for a reply queued as it comes ([`Pending::Reply`]): it counts
+    /// against the client's `--client-output-buffer-limit` from its arrival on.
+    pub async fn send_counted(&mut self, to: &To, data: Bytes) -> Result<oneshot::Receiver<ReplyResult>, BackendError> {
+        self.flush().await;
+        let budget = Some(self.budget.clone());
+        self.send_in_order(to, data, |b, d| {
+            let budget = budget.clone();
+            async move { b.send_for(d, budget).await }
+        })
+        .await
     }
 
     /// Sends `n` commands written back to back (a `MULTI … EXEC` unit) to `to`; all their
@@ -510,7 +674,7 @@ impl Session {
         n: usize,
     ) -> Result<oneshot::Receiver<Result<Vec<Bytes>, BackendError>>, BackendError> {
         self.flush().await;
-        self.send_in_order(to, data, |b, d| b.send_many(d, n)).await
+        self.send_in_order(to, data, |b, d| async move { b.send_many(d, n).await }).await
     }
 
     /// Sends raw command bytes to this proxy's node and queues the reply `present` makes of
@@ -545,12 +709,15 @@ impl Session {
 
     /// Sends on the connection for `to` once the order allows: a different connection than
     /// the previous commands' first waits for all their replies.
-    async fn send_in_order<R>(
+    async fn send_in_order<R, F>(
         &mut self,
         to: &To,
         data: Bytes,
-        send: impl Fn(&Backend, Bytes) -> Result<R, Bytes>,
-    ) -> Result<R, BackendError> {
+        send: impl Fn(Backend, Bytes) -> F,
+    ) -> Result<R, BackendError>
+    where
+        F: std::future::Future<Output = Result<R, Bytes>>,
+    {
         let mut data = data;
         for _ in 0..2 {
             let backend = self.backend_for(to).await?;
@@ -561,7 +728,7 @@ impl Session {
             if self.client_gone {
                 break;
             }
-            match send(&backend, data) {
+            match send(backend, data).await {
                 Ok(r) => return Ok(r),
                 Err(back) => {
                     // Closed before anything was sent: safe to use a fresh connection.
@@ -679,6 +846,10 @@ impl Session {
             let notified = self.progress.notify.notified();
             tokio::select! {
                 _ = notified => {}
+                _ = self.budget.exceeded().cancelled() => {
+                    self.client_gone = true;
+                    return;
+                }
                 next = self.reader.next(), if self.backlog.len() < MAX_BACKLOG => match next {
                     Some(item) => self.backlog.push_back(item),
                     None => {
@@ -697,6 +868,15 @@ impl Session {
         frame.to_bytes(self.protocol)
     }
 
+    /// This connection comes from another proxy (`UMCTL PEER`): never forwarded again, never
+    /// closed as idle (a pooled connection may rest between commands), and not bound by
+    /// `--client-output-buffer-limit` (that proxy reads its replies at once; each of its
+    /// clients is bounded there).
+    pub fn mark_peer(&mut self) {
+        self.is_peer = true;
+        self.budget.unlimit();
+    }
+
     /// Whether commands for other proxies' slots are forwarded (never for peer connections,
     /// nor for an ACL user's: the peer would run them as itself, not as that user).
     pub fn forwards(&self) -> bool {
@@ -713,6 +893,8 @@ struct ClientInput {
     done: bool,
     /// Bytes read since the session last counted them in the metrics.
     read: usize,
+    /// `--client-query-buffer-limit`: most bytes read and not yet parsed.
+    max_buffered: usize,
 }
 
 impl ClientInput {
@@ -740,13 +922,28 @@ impl ClientInput {
         }
     }
 
+    /// `--client-query-buffer-limit` passed by `len` bytes read and not yet run: like Redis,
+    /// the client is closed (after an error reply), with a line in the log saying why.
+    fn too_long(&mut self, len: usize) -> CodecError {
+        tracing::warn!(
+            buffered = len,
+            limit = self.max_buffered,
+            "closing a client: its query buffer passed --client-query-buffer-limit"
+        );
+        self.done = true;
+        self.buf.clear();
+        CodecError::Protocol(ProtocolError("query buffer limit exceeded (--client-query-buffer-limit)".into()))
+    }
+
     /// The next command among the bytes already read, if there is a complete one.
     fn decode_buffered(&mut self) -> Option<Result<Command, CodecError>> {
         if self.done && self.buf.is_empty() {
             return None;
         }
         match self.codec.decode(&mut self.buf) {
-            Ok(Some(cmd)) => Some(Ok(cmd)),
+            Ok(Some(cmd)) if cmd.raw().len() <= self.max_buffered => Some(Ok(cmd)),
+            Ok(Some(cmd)) => Some(Err(self.too_long(cmd.raw().len()))),
+            Ok(None) if self.buf.len() > self.max_buffered => Some(Err(self.too_long(self.buf.len()))),
             Ok(None) => None,
             Err(e) => {
                 self.done = true;
@@ -757,21 +954,67 @@ impl ClientInput {
     }
 }
 
-/// Writes replies in queue order, batching whatever is ready into one write.
+/// The client's side of the output: its socket, what is gathered for the next write, and how
+/// much of that counts against the client's output budget.
+struct ClientOutput {
+    wr: WriteHalf,
+    out: BytesMut,
+    /// Bytes in `out` charged to the budget, released once written.
+    held: usize,
+    budget: Arc<OutputBudget>,
+}
+
+impl ClientOutput {
+    /// Writes `buf`; `false` if the client is gone or its budget was exceeded meanwhile (a
+    /// client that does not read would otherwise keep the write waiting for ever).
+    async fn write_all(&mut self, direct: Option<&[u8]>) -> bool {
+        let buf = direct.unwrap_or(&self.out);
+        tokio::select! {
+            biased;
+            _ = self.budget.exceeded().cancelled() => false,
+            r = write_and_flush(&mut self.wr, buf) => r.is_ok(),
+        }
+    }
+
+    /// Writes what is gathered, if anything.
+    async fn flush(&mut self) -> bool {
+        if self.out.is_empty() {
+            return true;
+        }
+        if !self.write_all(None).await {
+            return false;
+        }
+        self.out.clear();
+        self.budget.release(std::mem::take(&mut self.held));
+        true
+    }
+
+    /// Adds a reply whose `charged` bytes count against the budget already.
+    fn gather(&mut self, bytes: &[u8], charged: usize) {
+        self.out.extend_from_slice(bytes);
+        self.held += charged;
+    }
+}
+
+/// Writes replies in queue order, batching whatever is ready into one write. Replies from a
+/// backend were charged to the client's budget as they arrived; those the proxy makes are
+/// charged here. Past the limit the client is closed, with a log line saying why.
 async fn reply_writer(
-    mut wr: WriteHalf,
+    wr: WriteHalf,
     mut rx: mpsc::Receiver<(Pending, Guards, Instant)>,
     progress: Arc<Progress>,
     shared: Arc<Shared>,
+    budget: Arc<OutputBudget>,
+    (client, addr): (u64, Option<SocketAddr>),
 ) {
     let metrics = &shared.metrics;
     const FLUSH_AT: usize = 64 * 1024;
-    let mut out = BytesMut::with_capacity(16 * 1024);
-    loop {
+    let mut o = ClientOutput { wr, out: BytesMut::with_capacity(16 * 1024), held: 0, budget: budget.clone() };
+    'replies: loop {
         let item = match rx.try_recv() {
             Ok(item) => item,
             Err(mpsc::error::TryRecvError::Empty) => {
-                if write_out(&mut wr, &mut out).await.is_err() {
+                if !o.flush().await {
                     break;
                 }
                 match rx.recv().await {
@@ -785,6 +1028,8 @@ async fn reply_writer(
         let (item, _guards, queued) = item;
         let mut replies = 1;
         let mut path = ReplyPath::Proxy;
+        // Bytes of `bytes` already charged to the budget (by the backend's reader).
+        let mut charged = 0;
         let bytes = match item {
             Pending::Ready(b) => b,
             Pending::Batch(mut batch, n, ack) => {
@@ -793,7 +1038,7 @@ async fn reply_writer(
                     Ok(r) => r,
                     Err(oneshot::error::TryRecvError::Closed) => Err(lost()),
                     Err(oneshot::error::TryRecvError::Empty) => {
-                        if write_out(&mut wr, &mut out).await.is_err() {
+                        if !o.flush().await {
                             break;
                         }
                         batch.await.unwrap_or_else(|_| Err(lost()))
@@ -801,23 +1046,66 @@ async fn reply_writer(
                 };
                 match result {
                     Ok(mut all) => {
+                        let held: usize = all.iter().map(Bytes::len).sum();
                         if let Some(ack) = &ack {
                             ack.apply(&mut all);
                         }
                         for b in &all {
-                            out.extend_from_slice(b);
+                            o.gather(b, 0);
                         }
+                        o.held += held;
                         metrics.batch(all.iter().map(|b| &b[..]), queued.elapsed());
                     }
                     Err(e) => {
                         let err = e.to_frame().to_bytes(Protocol::Resp2);
                         for _ in 0..n {
-                            out.extend_from_slice(&err);
+                            o.gather(&err, 0);
                         }
                         metrics.batch(std::iter::repeat_n(&err[..], n), queued.elapsed());
                     }
                 }
                 path = ReplyPath::Batch;
+                Bytes::new()
+            }
+            Pending::Stream(mut stream, n) => {
+                replies = n as u64;
+                path = ReplyPath::Batch;
+                let mut tally = BatchTally::default();
+                // After an error nothing more comes: the rest of the batch gets it too.
+                let mut failed: Option<Bytes> = None;
+                for _ in 0..n {
+                    let next = match &failed {
+                        Some(err) => Err(err.clone()),
+                        None => {
+                            let next = match stream.try_recv() {
+                                Ok(r) => r,
+                                Err(mpsc::error::TryRecvError::Disconnected) => Err(lost()),
+                                Err(mpsc::error::TryRecvError::Empty) => {
+                                    if !o.flush().await {
+                                        break 'replies;
+                                    }
+                                    stream.recv().await.unwrap_or_else(|| Err(lost()))
+                                }
+                            };
+                            next.map_err(|e| e.to_frame().to_bytes(Protocol::Resp2))
+                        }
+                    };
+                    match next {
+                        Ok(b) => {
+                            tally.add(&b);
+                            o.gather(&b, b.len());
+                            if o.out.len() >= FLUSH_AT && !o.flush().await {
+                                break 'replies;
+                            }
+                        }
+                        Err(err) => {
+                            tally.add(&err);
+                            o.gather(&err, 0);
+                            failed = Some(err);
+                        }
+                    }
+                }
+                metrics.batch_done(tally, queued.elapsed());
                 Bytes::new()
             }
             Pending::Reply(mut reply) => {
@@ -831,63 +1119,68 @@ async fn reply_writer(
                     Some(r) => r,
                     None => {
                         // Not in yet: let the client have what is ready before waiting.
-                        if write_out(&mut wr, &mut out).await.is_err() {
+                        if !o.flush().await {
                             break;
                         }
                         reply.await.unwrap_or_else(|_| Err(lost()))
                     }
                 };
                 match result {
-                    Ok(b) => b,
+                    Ok(b) => {
+                        charged = b.len();
+                        b
+                    }
                     Err(e) => e.to_frame().to_bytes(Protocol::Resp2),
                 }
             }
             Pending::Future(f) => {
                 path = ReplyPath::Merged;
-                if write_out(&mut wr, &mut out).await.is_err() {
+                if !o.flush().await {
                     break;
                 }
                 f.await
             }
             Pending::Close => {
-                let _ = write_out(&mut wr, &mut out).await;
-                let _ = wr.shutdown().await;
+                o.flush().await;
+                let _ = o.wr.shutdown().await;
                 progress.complete(1);
                 break;
             }
         };
+        if charged == 0 && !bytes.is_empty() && !budget.charge(bytes.len()) {
+            break;
+        }
+        if budget.exceeded().is_cancelled() {
+            break;
+        }
+        let charged = if charged == 0 { bytes.len() } else { charged };
         progress.complete(replies);
         // A batch counted its replies above, once for the whole batch.
         if path != ReplyPath::Batch {
             metrics.replies(path, &bytes, replies, queued.elapsed());
         }
         if bytes.len() >= FLUSH_AT {
-            if (!out.is_empty() && wr.write_all(&out).await.is_err()) || wr.write_all(&bytes).await.is_err() {
+            if !o.flush().await || !o.write_all(Some(&bytes)).await {
                 break;
             }
-            out.clear();
+            budget.release(charged);
         } else {
-            out.extend_from_slice(&bytes);
-            if out.len() >= FLUSH_AT {
-                if wr.write_all(&out).await.is_err() {
-                    break;
-                }
-                out.clear();
+            o.gather(&bytes, charged);
+            if o.out.len() >= FLUSH_AT && !o.flush().await {
+                break;
             }
         }
     }
-    let _ = write_out(&mut wr, &mut out).await;
-    progress.close();
-}
-
-/// Writes what is collected and flushes (TLS may hold records until then), before the
-/// writer waits for something.
-async fn write_out(wr: &mut WriteHalf, out: &mut BytesMut) -> std::io::Result<()> {
-    if !out.is_empty() {
-        wr.write_all(out).await?;
-        out.clear();
+    if budget.exceeded().is_cancelled() {
+        tracing::warn!(
+            client,
+            addr = ?addr,
+            limit = budget.limit(),
+            "closing a client: its unread replies passed --client-output-buffer-limit"
+        );
     }
-    wr.flush().await
+    budget.close();
+    progress.close();
 }
 
 fn lost() -> BackendError {

@@ -96,6 +96,13 @@ pub struct Shared {
     retired: Mutex<Vec<Arc<AtomicUsize>>>,
     /// Prometheus metrics: counted by the data path, served by `exporter.rs`.
     pub metrics: crate::metrics::Metrics,
+    /// Fired on SIGTERM/SIGINT: the accept loop stops, sessions answer what they have
+    /// queued and close, and no new migration switch starts.
+    pub shutdown: tokio_util::sync::CancellationToken,
+    /// Migration switches under way (see [`Shared::begin_switch`]).
+    switching: AtomicUsize,
+    /// Signalled when `switching` drops.
+    switch_done: Notify,
 }
 
 /// A command (or a batch) routed to this proxy's node with some route table, until its reply
@@ -110,6 +117,16 @@ impl Routed {
     pub fn new(table: &RouteTable) -> Routed {
         table.routed.fetch_add(1, Ordering::SeqCst);
         Routed(table.routed.clone())
+    }
+}
+
+/// A migration switch under way (see [`Shared::begin_switch`]).
+pub struct SwitchGuard(Arc<Shared>);
+
+impl Drop for SwitchGuard {
+    fn drop(&mut self) {
+        self.0.switching.fetch_sub(1, Ordering::SeqCst);
+        self.0.switch_done.notify_waiters();
     }
 }
 
@@ -128,6 +145,7 @@ impl Shared {
             setup: Vec::new(),
             connect_timeout: opts.connect_timeout(),
             tls: None,
+            queue: opts.backend_queue,
         };
         let node = BackendPool::new(opts.node.clone(), connect, opts.backend_connections);
         Shared {
@@ -150,6 +168,9 @@ impl Shared {
             online_replicas: AtomicUsize::new(0),
             handover_ready: AtomicU64::new(0),
             retired: Mutex::new(Vec::new()),
+            shutdown: Default::default(),
+            switching: AtomicUsize::new(0),
+            switch_done: Notify::new(),
             // Fails only for a malformed or duplicate definition, which its unit test rules out.
             metrics: crate::metrics::Metrics::new(opts.metrics.is_some())
                 .expect("the proxy's metric definitions are valid"),
@@ -273,6 +294,31 @@ impl Shared {
         }
     }
 
+    /// Marks a migration switch attempt as under way until the guard drops; `None` once
+    /// the proxy is shutting down (no switch starts then). A shutting-down proxy waits for
+    /// the switches under way ([`Shared::wait_switches`]): each one either completes or
+    /// releases its slots within its budget, never half done.
+    pub fn begin_switch(self: &Arc<Self>) -> Option<SwitchGuard> {
+        self.switching.fetch_add(1, Ordering::SeqCst);
+        let guard = SwitchGuard(self.clone());
+        (!self.shutdown.is_cancelled()).then_some(guard)
+    }
+
+    /// Waits until no switch is under way; `false` at the deadline.
+    pub async fn wait_switches(&self, deadline: Instant) -> bool {
+        loop {
+            let notified = self.switch_done.notified();
+            if self.switching.load(Ordering::SeqCst) == 0 {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), notified).await;
+        }
+    }
+
     /// Whether an override named `id` is in force.
     pub fn has_override(&self, id: &str) -> bool {
         self.overrides.lock().unwrap_or_else(|p| p.into_inner()).contains_key(id)
@@ -368,6 +414,7 @@ impl Shared {
             setup: vec![Command::from_strs(&["UMCTL", "PEER"])],
             connect_timeout: self.opts.connect_timeout(),
             tls: self.tls.clone(),
+            queue: self.opts.backend_queue,
         };
         let pool = Arc::new(BackendPool::new(addr, connect, 1));
         peers.insert(proxy.to_string(), pool.clone());
@@ -486,6 +533,22 @@ mod tests {
         }
 
         fn reconcile(&self, _: &Arc<Shared>, _: &ProxyConfig) {}
+    }
+
+    #[tokio::test]
+    async fn shutdown_waits_for_a_switch_under_way_and_starts_none() {
+        let shared = Arc::new(Shared::new(ProxyOptions::parse_from(["sluice-proxy"])));
+        let switching = shared.begin_switch().expect("a switch may start before the shutdown");
+        shared.shutdown.cancel();
+        assert!(shared.begin_switch().is_none(), "a switch started after the shutdown");
+        let soon = Instant::now() + Duration::from_millis(100);
+        assert!(!shared.wait_switches(soon).await, "the wait ended while a switch was under way");
+        let waiter = tokio::spawn({
+            let shared = shared.clone();
+            async move { shared.wait_switches(Instant::now() + Duration::from_secs(20)).await }
+        });
+        drop(switching);
+        assert!(waiter.await.expect("the waiter"), "the wait did not end with the switch");
     }
 
     #[tokio::test]

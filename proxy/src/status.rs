@@ -56,8 +56,8 @@ pub async fn collect(shared: &Shared) -> ProxyStatus {
 async fn probe_node(shared: &Shared) -> Result<(i64, ReplInfo), String> {
     let probe = async {
         let backend = shared.node.get(Default::default(), 0).await.map_err(|e| e.to_string())?;
-        let dbsize = backend.send(Command::from_strs(&["DBSIZE"]).raw().clone());
-        let info = backend.send(Command::from_strs(&["INFO", "replication"]).raw().clone());
+        let dbsize = backend.send(Command::from_strs(&["DBSIZE"]).raw().clone()).await;
+        let info = backend.send(Command::from_strs(&["INFO", "replication"]).raw().clone()).await;
         let (Ok(dbsize), Ok(info)) = (dbsize, info) else { return Err("connection to the node closed".to_string()) };
         let lost = |_| "connection to the node lost".to_string();
         let dbsize = dbsize.await.map_err(lost)?.map_err(|e| e.to_string())?;

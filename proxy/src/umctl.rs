@@ -102,7 +102,7 @@ pub async fn handle(s: &mut Session, cmd: Command, control: &Control) -> Flow {
             Err(e) => Frame::error(format!("ERR sluice: {e}")),
         },
         Ok(Request::Peer) => {
-            s.is_peer = true;
+            s.mark_peer();
             Frame::ok()
         }
     };

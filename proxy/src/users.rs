@@ -48,6 +48,7 @@ impl Users {
             setup: Vec::new(),
             connect_timeout: opts.connect_timeout(),
             tls: None,
+            queue: opts.backend_queue,
         };
         match Backend::connect(&opts.node, &connect).await {
             Ok(check) => check.close(),

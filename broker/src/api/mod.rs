@@ -25,7 +25,7 @@ use serde::Serialize;
 use sluice_common::model::Epoch;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 /// The largest body the API reads.
 pub const BODY_LIMIT: usize = 1 << 20;
@@ -41,6 +41,10 @@ pub struct AppState {
     pub epoch: Arc<watch::Sender<Epoch>>,
     /// What `GET /metrics` serves; every answered request is counted in it.
     pub metrics: Arc<Metrics>,
+    /// Permits for mutating calls being served (`--max-concurrent-changes`): changes are
+    /// applied one at a time, so without a bound a burst of calls would pile up in memory
+    /// (and on blocking threads) behind the store's lock.
+    pub changes: Arc<Semaphore>,
 }
 
 impl AppState {
@@ -63,7 +67,19 @@ impl AppState {
                 }
             });
         }
-        Ok(AppState { store, token: token.map(Arc::from), epoch, metrics: Arc::new(Metrics::new()?) })
+        Ok(AppState {
+            store,
+            token: token.map(Arc::from),
+            epoch,
+            metrics: Arc::new(Metrics::new()?),
+            changes: Arc::new(Semaphore::new(crate::config::DEFAULT_MAX_CONCURRENT_CHANGES)),
+        })
+    }
+
+    /// At most `n` mutating calls served at once; the others are answered 503 `busy`.
+    pub fn with_change_limit(mut self, n: usize) -> AppState {
+        self.changes = Arc::new(Semaphore::new(n.max(1)));
+        self
     }
 
     /// Runs one change on a blocking thread (the store's writes and flushes block) and
@@ -285,5 +301,17 @@ async fn authorized(app: &AppState, method: &Method, path: &str, req: Request, n
             }
         }
     }
+    if !is_mutating(method) {
+        return next.run(req).await;
+    }
+    let Ok(_permit) = app.changes.clone().try_acquire_owned() else {
+        tracing::warn!(%method, path, "refused a mutating call: too many in progress");
+        let mut response = ApiError::busy(
+            "too many changes in progress (the broker's --max-concurrent-changes); nothing was changed, retry shortly",
+        )
+        .into_response();
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    };
     next.run(req).await
 }

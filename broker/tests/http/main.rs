@@ -12,6 +12,7 @@ mod concurrency;
 mod durability;
 mod flows;
 mod fuzz;
+mod limits;
 mod metrics;
 mod openapi;
 mod peers;

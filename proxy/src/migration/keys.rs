@@ -210,6 +210,8 @@ async fn migrate(
 /// The short switch: hold the slots, let the destination serve them to everyone, redirect.
 async fn switch(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<Duration, String> {
     let meta = &task.meta;
+    // A proxy shutting down starts no switch; one under way ends before it exits.
+    let Some(_switching) = shared.begin_switch() else { return std::future::pending().await };
     task.set_phase(Phase::Switching);
     let t0 = Instant::now();
     shared.set_override(&meta.id, Some(Override { slots: meta.slots.clone(), kind: OverrideKind::Hold })).await;

@@ -85,6 +85,7 @@ impl NodeConn {
             setup: Vec::new(),
             connect_timeout: timeout,
             tls: None,
+            queue: crate::backend::DEFAULT_QUEUE,
         };
         Ok(NodeConn { backend: Backend::connect(addr, &opts).await?, addr: addr.to_string() })
     }

@@ -195,9 +195,14 @@ async fn drive(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), String> {
         // The offset read at the switch covers commands on the moving slots counted in
         // flight; one routed before the migration was known is not counted: wait for those.
         super::keys::wait_routed_before(shared, task).await;
+        // A proxy shutting down starts no switch (it exits with the slots here); one under
+        // way completes or releases before the proxy exits.
+        let Some(switching) = shared.begin_switch() else { return std::future::pending().await };
         match switch(shared, task, &mut node, &mut dst).await {
             Ok(pause) => {
                 task.set_progress("pause_ms", pause.as_secs_f64() * 1000.0);
+                shared.set_override(&task.meta.id, Some(moved_to(task))).await;
+                drop(switching);
                 return switched(shared, task).await;
             }
             Err(e) => {

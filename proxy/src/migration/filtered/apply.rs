@@ -55,6 +55,7 @@ impl Applier {
             setup: Vec::new(),
             connect_timeout: shared.opts.connect_timeout(),
             tls: None,
+            queue: shared.opts.backend_queue,
         };
         let backend = Backend::connect(node, &opts).await.map_err(|e| e.to_string())?;
         Ok(Applier {
@@ -122,6 +123,7 @@ impl Applier {
         let replies = self
             .backend
             .send_many(data, commands)
+            .await
             .map_err(|_| format!("the connection to the destination node {} is closed", self.backend.addr()))?;
         self.read = self.read.max(offset);
         self.window.push_back(Sent { offset, replies });

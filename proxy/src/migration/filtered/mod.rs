@@ -349,6 +349,8 @@ async fn switch(
     follow: &mut Follow,
 ) -> Result<bool, String> {
     let meta = &task.meta;
+    // A proxy shutting down starts no switch; one under way ends before it exits.
+    let Some(_switching) = shared.begin_switch() else { return std::future::pending().await };
     let t0 = Instant::now();
     let deadline = t0 + shared.opts.switch_pause();
     shared.set_override(&meta.id, Some(Override { slots: meta.slots.clone(), kind: OverrideKind::Hold })).await;
