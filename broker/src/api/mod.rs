@@ -2,6 +2,7 @@
 //! check, the JSON fallbacks, and the handlers, one file per resource.
 
 pub mod clusters;
+pub mod coordinators;
 pub mod dashboard;
 pub mod extract;
 pub mod migrations;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub epoch: Arc<watch::Sender<Epoch>>,
     /// What `GET /metrics` serves; every answered request is counted in it.
     pub metrics: Arc<Metrics>,
+    /// Live coordinators (their heartbeats): in memory, not metadata.
+    pub coordinators: Arc<coordinators::Registry>,
 }
 
 impl AppState {
@@ -51,6 +54,7 @@ impl AppState {
             token: token.map(Arc::from),
             epoch: Arc::new(watch::Sender::new(epoch)),
             metrics: Arc::new(Metrics::new()?),
+            coordinators: Arc::new(coordinators::Registry::default()),
         })
     }
 
@@ -145,6 +149,9 @@ fn route_table() -> RouteTable {
         .add(Get, "/api/v1/openapi.json", system::openapi_json)
         .add(Get, "/api/v1/configs", system::get_configs)
         .add(Get, "/api/v1/migrations", system::list_all_migrations)
+        .add(Get, "/api/v1/coordinators", coordinators::list_coordinators)
+        .add(Put, "/api/v1/coordinators/{id}", coordinators::put_coordinator)
+        .add(Delete, "/api/v1/coordinators/{id}", coordinators::delete_coordinator)
         .add(Get, "/api/v1/proxies", proxies::list_proxies)
         .add(Post, "/api/v1/proxies", proxies::register_proxy)
         .add(Get, "/api/v1/proxies/{address}", proxies::get_proxy)
