@@ -398,7 +398,12 @@ impl Coordinator {
             || !status.node_healthy
             || status.handover_ready_epoch != 0
             || !status.migrations.is_empty();
-        if busy || now.duration_since(*at) >= self.settings.idle_status {
+        // Each proxy's idle period is shortened by its own share of up to half the period, so
+        // proxies first asked in the same round drift apart: otherwise every idle Status comes
+        // due in one round, and a change arriving then waits for a thousand calls.
+        let spread = (share::weight(address, "") >> 11) as f64 / (1u64 << 53) as f64;
+        let skew = self.settings.idle_status.mul_f64(spread / 2.0);
+        if busy || now.duration_since(*at) + skew >= self.settings.idle_status {
             Call::Status
         } else if held < entry.config.epoch {
             Call::Push { held }
