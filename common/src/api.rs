@@ -629,3 +629,31 @@ mod tests {
         assert_eq!(serde_json::to_string(&t).unwrap(), r#"{"switched":"2024-01-01T00:00:00Z"}"#);
     }
 }
+
+/// `PUT /api/v1/coordinators/{id}`: a coordinator's heartbeat. Not metadata: the broker keeps
+/// it in memory only and the epoch does not move.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorHeartbeat {
+    /// How long the coordinator counts as live without another heartbeat (default 3000,
+    /// 100..=60000 ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
+}
+
+/// One live coordinator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CoordinatorInfo {
+    pub id: String,
+    /// Until it drops out of the list unless it heartbeats again.
+    pub expires_in_ms: u64,
+}
+
+/// `GET /api/v1/coordinators` (and the answer to a heartbeat): the live coordinators, by id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CoordinatorList {
+    pub coordinators: Vec<CoordinatorInfo>,
+}

@@ -9,8 +9,8 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sluice_common::api::{
-    CommitRequest, ConfigsResponse, EpochResponse, ErrorBody, FailoverRequest, HealthReport, Migration, MigrationList,
-    ProgressReport, ProxyInfo, ProxyList, StopRequest,
+    CommitRequest, ConfigsResponse, CoordinatorHeartbeat, CoordinatorList, EpochResponse, ErrorBody, FailoverRequest,
+    HealthReport, Migration, MigrationList, ProgressReport, ProxyInfo, ProxyList, StopRequest,
 };
 use sluice_common::model::{ClusterView, Epoch};
 use std::time::Duration;
@@ -147,6 +147,22 @@ impl BrokerClient {
     pub async fn set_health(&self, address: &str, report: &HealthReport) -> Result<ProxyInfo, BrokerError> {
         let path = format!("/api/v1/proxies/{}/health", segment(address));
         self.send(reqwest::Method::PUT, "PUT", path, report).await
+    }
+
+    /// `PUT /api/v1/coordinators/{id}`: this coordinator is live for `ttl`; answers the ids of
+    /// the live coordinators.
+    pub async fn heartbeat(&self, id: &str, ttl: Duration) -> Result<Vec<String>, BrokerError> {
+        let path = format!("/api/v1/coordinators/{}", segment(id));
+        let body = CoordinatorHeartbeat { ttl_ms: Some(ttl.as_millis() as u64) };
+        let list: CoordinatorList = self.send(reqwest::Method::PUT, "PUT", path, &body).await?;
+        Ok(list.coordinators.into_iter().map(|c| c.id).collect())
+    }
+
+    /// `DELETE /api/v1/coordinators/{id}`: this coordinator stops; the others take over now.
+    pub async fn leave(&self, id: &str) -> Result<(), BrokerError> {
+        let path = format!("/api/v1/coordinators/{}", segment(id));
+        let _: CoordinatorList = self.send(reqwest::Method::DELETE, "DELETE", path, &()).await?;
+        Ok(())
     }
 
     /// `POST /api/v1/clusters/{c}/migrations/{id}/progress`.

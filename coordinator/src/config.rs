@@ -62,6 +62,28 @@ pub struct Cli {
     #[arg(long, env = "SLUICE_COORDINATOR_FENCE_AFTER_MS", value_name = "MS", default_value_t = 30_000)]
     pub fence_after_ms: u64,
 
+    /// This coordinator's name among the coordinators sharing the proxies (its heartbeat, and
+    /// the rendezvous hash that picks which clusters it takes); default: generated per process
+    #[arg(long, env = "SLUICE_COORDINATOR_ID", value_name = "ID")]
+    pub id: Option<String>,
+
+    /// How long this coordinator counts as live without a heartbeat; the others take over its
+    /// proxies after that. It heartbeats every quarter of it
+    #[arg(long, env = "SLUICE_COORDINATOR_HEARTBEAT_TTL_MS", value_name = "MS", default_value_t = 3000,
+          value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    pub heartbeat_ttl_ms: u64,
+
+    /// Calls to proxies (Status, SetConfig) in flight at once
+    #[arg(long, env = "SLUICE_COORDINATOR_PUSH_CONCURRENCY", value_name = "N", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub push_concurrency: u32,
+
+    /// Longest time between two Status calls to a proxy with nothing going on (no migration,
+    /// no handover, no failure counted, its node healthy); busy proxies get one every round
+    #[arg(long, env = "SLUICE_COORDINATOR_IDLE_STATUS_MS", value_name = "MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub idle_status_ms: u64,
+
     /// Address to serve Prometheus metrics on (`GET /metrics`); none if absent
     #[arg(long, env = "SLUICE_COORDINATOR_METRICS", value_name = "HOST:PORT")]
     pub metrics: Option<String>,
@@ -90,6 +112,20 @@ pub struct Settings {
     /// Where to serve `GET /metrics`; `None`: nowhere.
     pub metrics: Option<String>,
     pub log_format: LogFormat,
+    /// The name this coordinator heartbeats under.
+    pub id: String,
+    pub heartbeat_ttl: Duration,
+    /// Proxy calls in flight at once (at least 1).
+    pub push_concurrency: usize,
+    /// At least `interval`.
+    pub idle_status: Duration,
+}
+
+/// A name unique enough among the coordinators of one broker: the process id and the time it
+/// started.
+pub fn generated_id() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    format!("coordinator-{}-{nanos:09}", std::process::id())
 }
 
 impl Settings {
@@ -107,6 +143,10 @@ impl Settings {
             fence_after: Duration::from_secs(30),
             metrics: None,
             log_format: LogFormat::Text,
+            id: generated_id(),
+            heartbeat_ttl: Duration::from_millis(3000),
+            push_concurrency: 256,
+            idle_status: Duration::from_millis(1000),
         }
     }
 }
@@ -125,6 +165,10 @@ impl From<Cli> for Settings {
             fence_after: Duration::from_millis(cli.fence_after_ms),
             metrics: cli.metrics.filter(|m| !m.is_empty()),
             log_format: cli.log_format,
+            id: cli.id.filter(|i| !i.is_empty()).unwrap_or_else(generated_id),
+            heartbeat_ttl: Duration::from_millis(cli.heartbeat_ttl_ms),
+            push_concurrency: cli.push_concurrency.max(1) as usize,
+            idle_status: Duration::from_millis(cli.idle_status_ms).max(interval),
         }
     }
 }
@@ -136,7 +180,10 @@ mod tests {
     #[test]
     fn defaults() {
         let s = Settings::from(Cli::parse_from(["sluice-coordinator", "--broker", DEFAULT_BROKER]));
-        assert_eq!(s, Settings::new(DEFAULT_BROKER), "Settings::new matches the flag defaults");
+        let defaults = Settings { id: s.id.clone(), ..Settings::new(DEFAULT_BROKER) };
+        assert_eq!(s, defaults, "Settings::new matches the flag defaults");
+        assert!(s.id.starts_with("coordinator-"), "{}", s.id);
+        assert_eq!(s.push_concurrency, 256);
         assert_eq!(s.broker, DEFAULT_BROKER);
         assert_eq!(s.api_token, None);
         assert_eq!(s.interval, Duration::from_millis(200));

@@ -1,9 +1,12 @@
 //! `sluice-coordinator` keeps the proxies in step with the broker (DESIGN.md, "Coordinator").
 //!
-//! Every round it reads what each proxy must hold (`GET /api/v1/configs`) and the running
-//! migrations, asks every proxy for its `Status` over gRPC (in parallel, each call bounded),
-//! pushes `SetConfig` to the proxies that are behind, reports proxies that stop answering,
-//! and reports migration progress, switches (→ commit) and failures to the broker.
+//! Every round it reads what each proxy must hold (`GET /api/v1/configs`, again only when the
+//! epoch moved: [`config_cache`]) and the running migrations, asks its proxies for their
+//! `Status` over gRPC (busy ones every round, idle ones every `--idle-status-ms`; in parallel,
+//! at most `--push-concurrency` calls at once, each bounded), pushes `SetConfig` to the
+//! proxies that are behind, reports proxies that stop answering, and reports migration
+//! progress, switches (→ commit) and failures to the broker. Several coordinators split the
+//! clusters among themselves by heartbeat and rendezvous hash ([`share`]).
 //!
 //! It is stateless on purpose: the broker and the proxies hold all the state, and every
 //! action is derived from comparing the two, so any number of coordinators can run and a
@@ -11,6 +14,7 @@
 
 pub mod broker_client;
 pub mod config;
+pub mod config_cache;
 pub mod failover;
 pub mod fence;
 pub mod health;
@@ -19,6 +23,7 @@ pub mod proxy_client;
 pub mod quiet;
 pub mod reconcile;
 pub mod run;
+pub mod share;
 
 pub use broker_client::{BrokerClient, BrokerError};
 pub use config::{Cli, LogFormat, Settings};

@@ -9,6 +9,7 @@
 
 use crate::broker_client::{BrokerClient, BrokerError};
 use crate::config::Settings;
+use crate::config_cache::ConfigCache;
 use crate::failover::FailoverTracker;
 use crate::fence::FenceTracker;
 use crate::health::{HealthAction, HealthTracker, Probe};
@@ -16,7 +17,9 @@ use crate::metrics::{Metrics, PushResult};
 use crate::proxy_client::ProxyClients;
 use crate::quiet::LogOnce;
 use crate::reconcile::{self, MigrationAction, PushDecision, Side};
+use crate::share::{self, Share};
 use futures::future::join_all;
+use futures::StreamExt;
 use sluice_common::api::{ConfigsResponse, HealthReport, Migration, ProxyConfigEntry, ProxyState};
 use sluice_common::model::{ClusterView, Epoch};
 use sluice_proto::control::StatusReply;
@@ -72,6 +75,23 @@ pub struct Coordinator {
     /// Since when the broker has not answered, if it does not.
     broker_down_since: Option<Instant>,
     metrics: Arc<Metrics>,
+    /// The configs and migrations last read, reused while the epoch stands.
+    cache: ConfigCache,
+    /// What each proxy was last seen holding, by address.
+    seen: HashMap<String, Seen>,
+    /// The coordinators sharing the proxies, and when this one last said it is live.
+    share: Share,
+    heartbeat_at: Option<Instant>,
+}
+
+/// What this coordinator last saw of one proxy. Only ever makes it skip a call it would have
+/// made: a proxy it knows nothing about gets a Status call.
+#[derive(Debug, Default)]
+struct Seen {
+    /// The epoch the proxy holds, from its last Status or SetConfig answer; `None`: unknown.
+    held: Option<Epoch>,
+    /// Its last Status answer and when; dropped when a Status call got no answer.
+    status: Option<(Instant, StatusReply)>,
 }
 
 /// Runs the coordinator until `shutdown` completes.
@@ -96,6 +116,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
 impl Coordinator {
     pub fn new(settings: Settings) -> Result<Coordinator, CoordinatorError> {
         let broker = BrokerClient::new(&settings.broker, settings.api_token.clone())?;
+        let settings_id = settings.id.clone();
         Ok(Coordinator {
             proxies: ProxyClients::new(settings.rpc_timeout),
             health: HealthTracker::new(settings.failure_threshold),
@@ -107,6 +128,10 @@ impl Coordinator {
             progress_sent: HashMap::new(),
             broker_down_since: None,
             metrics: Arc::new(Metrics::new()?),
+            cache: ConfigCache::default(),
+            seen: HashMap::new(),
+            share: Share::new(settings_id),
+            heartbeat_at: None,
         })
     }
 
@@ -123,11 +148,14 @@ impl Coordinator {
             "coordinator started"
         );
         let mut backoff = Backoff::new(self.settings.interval, self.settings.max_backoff);
+        // The epoch the last long poll answered: the configs read before are reused if it is
+        // theirs.
+        let mut known_epoch: Option<Epoch> = None;
         loop {
             let round_started = Instant::now();
             let mut stopping = false;
             let round = {
-                let round = self.round();
+                let round = self.round_at(known_epoch.take());
                 tokio::pin!(round);
                 tokio::select! {
                     biased;
@@ -157,6 +185,9 @@ impl Coordinator {
                         () = &mut shutdown => break,
                         r = self.broker.wait_epoch(summary.epoch, self.settings.interval) => r,
                     };
+                    if let Ok(epoch) = &polled {
+                        known_epoch = Some(*epoch);
+                    }
                     match polled {
                         // The epoch moved: go at once.
                         Ok(epoch) if epoch > summary.epoch => Duration::ZERO,
@@ -182,30 +213,105 @@ impl Coordinator {
                 }
             }
         }
+        // The others take this one's clusters over now instead of when its heartbeat expires.
+        if self.heartbeat_at.is_some() {
+            match tokio::time::timeout(Duration::from_secs(1), self.broker.leave(self.share.me())).await {
+                Ok(Ok(())) => tracing::debug!(id = self.share.me(), "left the coordinators"),
+                Ok(Err(e)) => tracing::debug!(error = %e, "could not deregister; the heartbeat expires by itself"),
+                Err(_) => tracing::debug!("deregistering timed out; the heartbeat expires by itself"),
+            }
+        }
         tracing::info!("coordinator stopped");
+    }
+
+    /// Says this coordinator is live (every quarter of the heartbeat's lifetime) and takes the
+    /// list of live ones. A broker that refuses or does not know the call leaves this
+    /// coordinator alone with everything, which is safe (see [`crate::share`]).
+    async fn heartbeat(&mut self) {
+        let ttl = self.settings.heartbeat_ttl;
+        if self.heartbeat_at.is_some_and(|t| t.elapsed() < ttl / 4) {
+            return;
+        }
+        let live = match self.broker.heartbeat(self.share.me(), ttl).await {
+            Ok(live) => {
+                self.quiet.clear("heartbeat", "");
+                self.heartbeat_at = Some(Instant::now());
+                live
+            }
+            Err(e) => {
+                if self.quiet.first("heartbeat", "", &e.to_string()) {
+                    tracing::warn!(error = %e, "coordinator heartbeat refused; taking every proxy");
+                }
+                self.heartbeat_at = None;
+                Vec::new()
+            }
+        };
+        if self.share.set_live(live) {
+            tracing::info!(id = self.share.me(), coordinators = ?self.share.live(), "coordinators sharing the proxies changed");
+        }
     }
 
     /// One round. `Err` only when the broker could not be read: then nothing was done.
     pub async fn round(&mut self) -> Result<RoundSummary, BrokerError> {
-        let (configs, migrations) = futures::try_join!(self.broker.configs(), self.broker.migrations())?;
-        self.forget_the_gone(&configs, &migrations);
-        let mut summary =
-            RoundSummary { epoch: configs.epoch, proxies: configs.configs.len(), ..RoundSummary::default() };
+        self.round_at(None).await
+    }
 
-        let probed = {
+    /// One round, the broker's epoch being `epoch` if known (then configs read at it are
+    /// reused). `Err` only when the broker could not be read: then nothing was done.
+    pub async fn round_at(&mut self, epoch: Option<Epoch>) -> Result<RoundSummary, BrokerError> {
+        let result = self.round_inner(epoch).await;
+        if result.is_err() {
+            self.cache.clear();
+        }
+        result
+    }
+
+    async fn round_inner(&mut self, epoch: Option<Epoch>) -> Result<RoundSummary, BrokerError> {
+        self.heartbeat().await;
+        let configs = match self.cache.configs_at(epoch) {
+            Some(c) => c,
+            None => {
+                let read = self.broker.configs().await?;
+                self.cache.set_configs(read)
+            }
+        };
+        let now = Instant::now();
+        let migrations = match self.cache.migrations_at(configs.epoch, now) {
+            Some(m) => m,
+            None => {
+                let read = self.broker.migrations().await?;
+                self.cache.set_migrations(read, configs.epoch, now)
+            }
+        };
+        self.forget_the_gone(&configs, &migrations);
+        let mine: Vec<&ProxyConfigEntry> = configs.configs.iter().filter(|e| self.share.owns(share::key(e))).collect();
+        let mut summary = RoundSummary { epoch: configs.epoch, proxies: mine.len(), ..RoundSummary::default() };
+
+        let plans: Vec<(&ProxyConfigEntry, Call)> = mine.iter().map(|e| (*e, self.call_for(e, now))).collect();
+        let probed: Vec<Probed<'_>> = {
             let (clients, metrics) = (&self.proxies, &*self.metrics);
-            join_all(configs.configs.iter().map(|entry| probe(clients, metrics, entry))).await
+            // Collected first: a closure inside the stream would make this future's type
+            // higher-ranked, which `tokio::spawn` cannot take.
+            let calls: Vec<_> = plans.into_iter().map(|(entry, call)| probe(clients, metrics, entry, call)).collect();
+            futures::stream::iter(calls).buffer_unordered(self.settings.push_concurrency).collect().await
         };
 
-        let mut statuses: HashMap<String, StatusReply> = HashMap::new();
         let mut health_actions = Vec::new();
+        let now = Instant::now();
         for p in probed {
             self.log_push(&p);
             summary.pushed += usize::from(matches!(p.push, Some(PushOutcome::Applied { changed: true, .. })));
-            let broker_failed = p.entry.proxy.state == ProxyState::Failed;
             let address = p.entry.proxy.address.as_str();
             let control = p.entry.proxy.control_address.as_str();
-            let action = match &p.status {
+            let broker_failed = self.cache.state(address, p.entry.proxy.state) == ProxyState::Failed;
+            let seen = self.seen.entry(address.to_string()).or_default();
+            match &p.push {
+                Some(PushOutcome::Applied { held, .. }) => seen.held = Some(*held),
+                Some(_) => seen.held = None,
+                None => {}
+            }
+            let Some(status) = p.status else { continue };
+            let action = match &status {
                 Ok(_) => self.health.observe(address, control, Probe::Answered, broker_failed),
                 Err(why) => {
                     let action = self.health.observe(address, control, Probe::Failed(why), broker_failed);
@@ -216,12 +322,33 @@ impl Coordinator {
             if let Some(action) = action {
                 health_actions.push((address.to_string(), action));
             }
-            if let Ok(status) = p.status {
-                self.log_node_health(address, &status);
-                summary.answered += 1;
-                statuses.insert(address.to_string(), status);
+            let seen = self.seen.entry(address.to_string()).or_default();
+            match status {
+                Ok(status) => {
+                    if p.push.is_none() {
+                        seen.held = Some(status.epoch);
+                    }
+                    seen.status = Some((now, status.clone()));
+                    self.log_node_health(address, &status);
+                    summary.answered += 1;
+                }
+                Err(_) => {
+                    seen.held = None;
+                    seen.status = None;
+                }
             }
         }
+        // What the decisions below read: the last answer of each of this coordinator's
+        // proxies (this round's for the busy ones, at most --idle-status-ms old otherwise).
+        let statuses: HashMap<String, StatusReply> = mine
+            .iter()
+            .filter_map(|e| {
+                let (_, status) = self.seen.get(&e.proxy.address)?.status.as_ref()?;
+                Some((e.proxy.address.clone(), status.clone()))
+            })
+            .collect();
+        let migrations: Vec<Migration> =
+            migrations.iter().filter(|m| self.share.owns(share::cluster_key(&m.cluster))).cloned().collect();
 
         summary.health_reports = self.report_health(health_actions).await;
         summary.migration_reports = self.report_migrations(&migrations, &statuses, configs.epoch).await;
@@ -234,6 +361,9 @@ impl Coordinator {
     async fn fail_over(&mut self, configs: &ConfigsResponse, statuses: &HashMap<String, StatusReply>) -> usize {
         let mut clusters: Vec<&ClusterView> = Vec::new();
         for c in configs.configs.iter().filter_map(|e| e.config.cluster.as_ref()) {
+            if !self.share.owns(share::cluster_key(&c.name)) {
+                continue;
+            }
             if !clusters.iter().any(|k| k.name == c.name) {
                 clusters.push(c);
             }
@@ -266,11 +396,41 @@ impl Coordinator {
         made
     }
 
+    /// What to ask `entry`'s proxy this round. A busy proxy (a migration or a handover in its
+    /// config, a failure being counted, its node not answering) gets a Status call every
+    /// round, as do proxies this coordinator knows nothing about; an idle one every
+    /// `--idle-status-ms`, and in between only the SetConfig it needs when the epoch moves.
+    fn call_for(&self, entry: &ProxyConfigEntry, now: Instant) -> Call {
+        let address = entry.proxy.address.as_str();
+        let Some(seen) = self.seen.get(address) else { return Call::Status };
+        let (Some(held), Some((at, status))) = (seen.held, &seen.status) else { return Call::Status };
+        let busy = !entry.config.migrations.is_empty()
+            || entry.config.cluster.as_ref().is_some_and(|c| c.nodes.iter().any(|n| n.handover.is_some()))
+            || self.health.failures(address) > 0
+            || self.cache.state(address, entry.proxy.state) == ProxyState::Failed
+            || !status.node_healthy
+            || status.handover_ready_epoch != 0
+            || !status.migrations.is_empty();
+        // Each proxy's idle period is shortened by its own share of up to half the period, so
+        // proxies first asked in the same round drift apart: otherwise every idle Status comes
+        // due in one round, and a change arriving then waits for a thousand calls.
+        let spread = (share::weight(address, "") >> 11) as f64 / (1u64 << 53) as f64;
+        let skew = self.settings.idle_status.mul_f64(spread / 2.0);
+        if busy || now.duration_since(*at) + skew >= self.settings.idle_status {
+            Call::Status
+        } else if held < entry.config.epoch {
+            Call::Push { held }
+        } else {
+            Call::Nothing
+        }
+    }
+
     /// Drops what is remembered about proxies and migrations the broker no longer lists.
     fn forget_the_gone(&mut self, configs: &ConfigsResponse, migrations: &[Migration]) {
         let addresses: HashSet<&str> = configs.configs.iter().map(|e| e.proxy.address.as_str()).collect();
         let controls: HashSet<&str> = configs.configs.iter().map(|e| e.proxy.control_address.as_str()).collect();
         self.health.retain(|a| addresses.contains(a));
+        self.seen.retain(|a, _| addresses.contains(a.as_str()));
         self.proxies.retain(|c| controls.contains(c));
         let keys: HashSet<String> = migrations.iter().map(migration_key).collect();
         self.progress_sent.retain(|k, _| keys.contains(k));
@@ -322,8 +482,9 @@ impl Coordinator {
         let mut accepted = 0;
         for (proxy, action, result) in results {
             match result {
-                Ok(_) => {
+                Ok(info) => {
                     accepted += 1;
+                    self.cache.set_state(&proxy, info.state);
                     self.quiet.clear("health", &proxy);
                     match action {
                         HealthAction::MarkFailed { reason } => {
@@ -494,9 +655,21 @@ fn log_migration_report(m: &Migration, action: &MigrationAction, after: &Migrati
 /// What one proxy showed this round.
 struct Probed<'a> {
     entry: &'a ProxyConfigEntry,
-    /// The Status reply, or why there is none (for the failure report).
-    status: Result<StatusReply, String>,
+    /// The Status reply, or why there is none (for the failure report); `None`: not asked.
+    status: Option<Result<StatusReply, String>>,
     push: Option<PushOutcome>,
+}
+
+/// What to ask one proxy this round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    /// Status, then SetConfig if it is behind.
+    Status,
+    /// It was seen holding `held`, older than its config: SetConfig straight away (one call
+    /// per proxy when the epoch moves, not two).
+    Push { held: Epoch },
+    /// Nothing: it holds its config and its last Status is recent enough.
+    Nothing,
 }
 
 enum PushOutcome {
@@ -516,9 +689,18 @@ enum PushOutcome {
     },
 }
 
-/// Status, then SetConfig if the proxy is behind. Both calls are bounded by the RPC timeout.
-async fn probe<'a>(clients: &ProxyClients, metrics: &Metrics, entry: &'a ProxyConfigEntry) -> Probed<'a> {
+/// Status, then SetConfig if the proxy is behind (or only one of them, as `call` says). Both
+/// calls are bounded by the RPC timeout.
+async fn probe<'a>(clients: &ProxyClients, metrics: &Metrics, entry: &'a ProxyConfigEntry, call: Call) -> Probed<'a> {
     let control = entry.proxy.control_address.as_str();
+    match call {
+        Call::Nothing => return Probed { entry, status: None, push: None },
+        Call::Push { held } => {
+            let push = push(clients, metrics, entry, held).await;
+            return Probed { entry, status: None, push };
+        }
+        Call::Status => {}
+    }
     let status = match clients.status(control).await {
         Ok(s) if !s.proxy.is_empty() && s.proxy != entry.proxy.address => {
             // Another proxy on this control address (a stale registration, a reused port):
@@ -528,13 +710,22 @@ async fn probe<'a>(clients: &ProxyClients, metrics: &Metrics, entry: &'a ProxyCo
         Ok(s) => Ok(s),
         Err(e) => Err(e.to_string()),
     };
-    let mut probed = Probed { entry, status, push: None };
-    let Ok(status) = &probed.status else {
-        metrics.status_failed();
-        return probed;
+    let status = match status {
+        Ok(s) => s,
+        Err(e) => {
+            metrics.status_failed();
+            return Probed { entry, status: Some(Err(e)), push: None };
+        }
     };
+    let push = push(clients, metrics, entry, status.epoch).await;
+    Probed { entry, status: Some(Ok(status)), push }
+}
+
+/// SetConfig if a proxy holding `held` is behind its config; what came of it.
+async fn push(clients: &ProxyClients, metrics: &Metrics, entry: &ProxyConfigEntry, held: Epoch) -> Option<PushOutcome> {
+    let control = entry.proxy.control_address.as_str();
     let proxy = entry.proxy.address.as_str();
-    let decision = reconcile::push_decision(status.epoch, entry.config.epoch);
+    let decision = reconcile::push_decision(held, entry.config.epoch);
     if let PushDecision::ProxyAhead { proxy: held, config } = decision {
         tracing::debug!(proxy, held_epoch = held, config_epoch = config, "proxy is ahead of the config read");
     }
@@ -566,9 +757,9 @@ async fn probe<'a>(clients: &ProxyClients, metrics: &Metrics, entry: &'a ProxyCo
             }
             PushOutcome::Failed { .. } => {}
         }
-        probed.push = Some(outcome);
+        return Some(outcome);
     }
-    probed
+    None
 }
 
 /// Doubling waits while the broker does not answer, from the interval up to a cap.

@@ -7,6 +7,7 @@
 pub mod chaos;
 pub mod cluster;
 pub mod differential;
+pub mod fleet;
 pub mod local;
 pub mod migration;
 pub mod native;

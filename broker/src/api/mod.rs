@@ -2,6 +2,7 @@
 //! check, the JSON fallbacks, and the handlers, one file per resource.
 
 pub mod clusters;
+pub mod coordinators;
 pub mod dashboard;
 pub mod extract;
 pub mod migrations;
@@ -45,6 +46,8 @@ pub struct AppState {
     /// applied one at a time, so without a bound a burst of calls would pile up in memory
     /// (and on blocking threads) behind the store's lock.
     pub changes: Arc<Semaphore>,
+    /// Live coordinators (their heartbeats): in memory, not metadata.
+    pub coordinators: Arc<coordinators::Registry>,
 }
 
 impl AppState {
@@ -73,6 +76,7 @@ impl AppState {
             epoch,
             metrics: Arc::new(Metrics::new()?),
             changes: Arc::new(Semaphore::new(crate::config::DEFAULT_MAX_CONCURRENT_CHANGES)),
+            coordinators: Arc::new(coordinators::Registry::default()),
         })
     }
 
@@ -173,6 +177,9 @@ fn route_table() -> RouteTable {
         .add(Get, "/api/v1/openapi.json", system::openapi_json)
         .add(Get, "/api/v1/configs", system::get_configs)
         .add(Get, "/api/v1/migrations", system::list_all_migrations)
+        .add(Get, "/api/v1/coordinators", coordinators::list_coordinators)
+        .add(Put, "/api/v1/coordinators/{id}", coordinators::put_coordinator)
+        .add(Delete, "/api/v1/coordinators/{id}", coordinators::delete_coordinator)
         .add(Get, "/api/v1/proxies", proxies::list_proxies)
         .add(Post, "/api/v1/proxies", proxies::register_proxy)
         .add(Get, "/api/v1/proxies/{address}", proxies::get_proxy)
