@@ -463,7 +463,7 @@ async fn redis_rs_round(conn: &mut ClusterConnection, r: u64, moving: SlotRange)
     let (a, b) = (&pkeys[0], &pkeys[1]);
     let mut tx = redis::pipe();
     tx.atomic().incr(a, 1).incr(b, 2).set(a, "t").ignore().get(a);
-    let got: (i64, i64, String) = transaction_following_moved(conn, &tx).await?;
+    let got: (i64, i64, String) = transaction_following_moved(conn, &tx, a).await?;
     check("MULTI/EXEC", got, (101, 103, "t".to_string()))?;
     created.extend(pkeys);
 
@@ -492,11 +492,14 @@ async fn redis_rs_round(conn: &mut ClusterConnection, r: u64, moving: SlotRange)
 /// Runs a transaction as an application on a Redis Cluster must: a `MULTI` sent to a node
 /// whose slot has just moved away gets `MOVED` for each queued command and `EXECABORT` for
 /// `EXEC` (nothing ran), and redis-rs does not retry an aborted transaction by itself; it
-/// rebuilds its slot map in the background after a `MOVED`, so the transaction is sent
-/// again, within a deadline, until it reaches the slot's owner. Any other error fails.
+/// rebuilds its slot map only after a `MOVED` reply of its own (one inside `EXECABORT` does
+/// not count), so a command on the transaction's `key` is sent first (its `MOVED` makes the
+/// client learn the new owner), then the transaction again, within a deadline, until it
+/// reaches the slot's owner. Any other error fails.
 async fn transaction_following_moved<T: redis::FromRedisValue>(
     conn: &mut ClusterConnection,
     tx: &redis::Pipeline,
+    key: &str,
 ) -> Result<T> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -512,6 +515,7 @@ async fn transaction_following_moved<T: redis::FromRedisValue>(
             return Err(err.into());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+        let _: bool = redis::cmd("EXISTS").arg(key).query_async(conn).await?;
     }
 }
 

@@ -240,6 +240,18 @@ pub struct InFlight {
     n: usize,
 }
 
+/// Commands counted in flight ([`Session::enter_migrating`]) but not yet tied to a queued
+/// reply are released when the session ends without queueing one (the client left, the
+/// proxy shut down): a count left behind would hold every later switch of this proxy.
+impl Drop for Session {
+    fn drop(&mut self) {
+        let n = self.unattributed + self.batch_inflight;
+        if n > 0 {
+            drop(InFlight { shared: self.shared.clone(), n });
+        }
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         if self.shared.inflight.fetch_sub(self.n, Ordering::SeqCst) == self.n {
