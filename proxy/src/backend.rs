@@ -91,21 +91,26 @@ impl OutputBudget {
             .is_ok()
     }
 
+    /// One try at counting `n` more bytes: `Some(true)` counted (or no limit), `Some(false)`
+    /// never (the budget was exceeded or the client is gone), `None` no room now.
+    fn try_once(&self, n: usize) -> Option<bool> {
+        let limit = self.limit();
+        if limit == 0 {
+            return Some(true);
+        }
+        if self.exceeded.is_cancelled() || self.closed.load(Ordering::Acquire) {
+            return Some(false);
+        }
+        self.try_charge(n, limit).then_some(true)
+    }
+
     /// Counts `n` more bytes held for the client, without waiting. `false` (nothing
     /// counted, `exceeded` fired) if they do not fit: the bytes should be dropped.
     pub fn charge(&self, n: usize) -> bool {
-        let limit = self.limit();
-        if limit == 0 {
-            return true;
-        }
-        if self.exceeded.is_cancelled() || self.closed.load(Ordering::Acquire) {
-            return false;
-        }
-        if self.try_charge(n, limit) {
-            return true;
-        }
-        self.exceeded.cancel();
-        false
+        self.try_once(n).unwrap_or_else(|| {
+            self.exceeded.cancel();
+            false
+        })
     }
 
     /// Like [`OutputBudget::charge`], waiting up to [`OUTPUT_GRACE`] for the client to make
@@ -114,15 +119,8 @@ impl OutputBudget {
         let deadline = Instant::now() + OUTPUT_GRACE;
         loop {
             let room = self.room.notified();
-            let limit = self.limit();
-            if limit == 0 {
-                return true;
-            }
-            if self.exceeded.is_cancelled() || self.closed.load(Ordering::Acquire) {
-                return false;
-            }
-            if self.try_charge(n, limit) {
-                return true;
+            if let Some(done) = self.try_once(n) {
+                return done;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
