@@ -49,7 +49,8 @@ pub struct RoundSummary {
     pub epoch: Epoch,
     /// Proxies registered.
     pub proxies: usize,
-    /// Proxies whose Status answered.
+    /// This coordinator's proxies whose last Status answered (this round's for the busy
+    /// ones, at most `--idle-status-ms` old for the idle ones).
     pub answered: usize,
     /// SetConfig calls that changed a proxy's config.
     pub pushed: usize,
@@ -330,7 +331,6 @@ impl Coordinator {
                     }
                     seen.status = Some((now, status.clone()));
                     self.log_node_health(address, &status);
-                    summary.answered += 1;
                 }
                 Err(_) => {
                     seen.held = None;
@@ -347,6 +347,7 @@ impl Coordinator {
                 Some((e.proxy.address.clone(), status.clone()))
             })
             .collect();
+        summary.answered = statuses.len();
         let migrations: Vec<Migration> =
             migrations.iter().filter(|m| self.share.owns(share::cluster_key(&m.cluster))).cloned().collect();
 
