@@ -25,13 +25,12 @@ impl Txn {
     ) -> Result<Migration, ApiError> {
         let number = self.migration_number(cluster, id)?;
         let m = &self.state.migrations[&number];
-        let target: MigrationPhase =
-            serde_json::from_value(serde_json::Value::String(phase.to_string())).map_err(|_| {
-                ApiError::conflict(format!(
-                    "unknown phase {phase:?}; report one of pending, starting, following, switching, switched, \
+        let target: MigrationPhase = phase.parse().map_err(|_| {
+            ApiError::conflict(format!(
+                "unknown phase {phase:?}; report one of pending, starting, following, switching, switched, \
                      cleaning, done"
-                ))
-            })?;
+            ))
+        })?;
         let progress = match progress {
             None | Some(serde_json::Value::Null) => None,
             Some(v @ serde_json::Value::Object(_)) => Some(v),
@@ -357,7 +356,7 @@ pub fn phase_time(
 
 /// The phase as the API spells it.
 pub fn phase_name(p: MigrationPhase) -> String {
-    serde_json::to_value(p).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_else(|| format!("{p:?}"))
+    p.as_str().to_string()
 }
 
 #[cfg(test)]
