@@ -10,7 +10,7 @@
 //!
 //! It is stateless on purpose: the broker and the proxies hold all the state, and every
 //! action is derived from comparing the two, so any number of coordinators can run and a
-//! crashed one is simply restarted. See [`reconcile`] for the decisions, [`run`] for the loop.
+//! crashed one is simply restarted. See [`reconcile`] for the decisions, [`mod@run`] for the loop.
 
 pub mod broker_client;
 pub mod config;

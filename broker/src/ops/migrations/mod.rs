@@ -149,7 +149,7 @@ impl Txn {
     /// nothing whatever the proxies report, so ending the migration is safe even though the
     /// broker's phase lags them.
     ///
-    /// From `switching` (replication mode) a stop takes two calls ([`Txn::fence_or_end`]):
+    /// From `switching` (replication mode) a stop takes two calls (`Txn::fence_or_end`):
     /// the first *fences* the source (the configs tell it to make no further attempt;
     /// `stopping` records the request), the second — the coordinator's, once the source
     /// confirms from a fenced config that it stopped without promoting — ends it. A switch
