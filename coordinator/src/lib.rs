@@ -1,4 +1,4 @@
-//! `sluice-coordinator` keeps the proxies in step with the broker (DESIGN.md, "Coordinator").
+//! `sluice-coordinator` keeps the proxies in step with the broker (docs/design.md, "The coordinator").
 //!
 //! Every round it reads what each proxy must hold (`GET /api/v1/configs`, again only when the
 //! epoch moved: [`config_cache`]) and the running migrations, asks its proxies for their

@@ -1,5 +1,5 @@
 //! Migrations as the end-to-end tests drive and check them: the broker's migrations API
-//! (`docs/broker-api.md`), watching a migration's phases, and the checks DESIGN.md's
+//! (`docs/broker-api.md`), watching a migration's phases, and the checks docs/design.md's
 //! guarantees need (keys on the nodes that own their slots, every slot served).
 
 use crate::broker::BrokerClient;
