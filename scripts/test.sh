@@ -13,6 +13,8 @@ cargo fmt --all --check
 # The proxy's modules import each other one way only (ARCHITECTURE.md, "Layers").
 python3 scripts/module-cycles.py proxy/src
 cargo clippy --workspace --all-targets -- -D warnings
+# Doc comments link only to items that exist (intra-doc links checked as errors).
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 # The integration tests start the real binaries: build them first.
 cargo build --workspace --bins
 if cargo nextest --version >/dev/null 2>&1; then

@@ -40,6 +40,8 @@ pub struct Cli {
     #[arg(long, env = "SLUICE_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
+    // The doc comment is clap's help text, so its brackets stay unescaped for `--help`.
+    #[allow(rustdoc::broken_intra_doc_links)]
     /// Where the metadata lives: sled:DIR (one broker) or etcd://HOST:PORT[,HOST:PORT…][/NAMESPACE]
     /// (several brokers may share it; namespace default "default") [default: sled:<--data-dir>]
     #[arg(long, env = "SLUICE_STORE", value_name = "SPEC", value_parser = |s: &str| s.parse::<StoreSpec>())]

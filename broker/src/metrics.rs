@@ -19,22 +19,6 @@ pub const UNMATCHED_ROUTE: &str = "unmatched";
 const PROXY_STATES: [(ProxyState, &str); 3] =
     [(ProxyState::Free, "free"), (ProxyState::Serving, "serving"), (ProxyState::Failed, "failed")];
 
-const MODES: [MigrationMode; 4] =
-    [MigrationMode::Replication, MigrationMode::Keys, MigrationMode::Filtered, MigrationMode::Auto];
-
-const PHASES: [(MigrationPhase, &str); 10] = [
-    (MigrationPhase::Pending, "pending"),
-    (MigrationPhase::Starting, "starting"),
-    (MigrationPhase::Following, "following"),
-    (MigrationPhase::Switching, "switching"),
-    (MigrationPhase::Switched, "switched"),
-    (MigrationPhase::Committed, "committed"),
-    (MigrationPhase::Cleaning, "cleaning"),
-    (MigrationPhase::Done, "done"),
-    (MigrationPhase::Failed, "failed"),
-    (MigrationPhase::Aborted, "aborted"),
-];
-
 /// The broker's metrics and the registry they are gathered from.
 pub struct Metrics {
     registry: Registry,
@@ -88,10 +72,10 @@ impl Metrics {
             self.proxies.with_label_values(&[name]).set(gauge_value(n as u64));
         }
         // Every combination is written, zeros too, so a phase that empties reads 0, not gone.
-        for (phase, phase_name) in PHASES {
-            for mode in MODES {
+        for phase in MigrationPhase::ALL {
+            for mode in MigrationMode::ALL {
                 let n = state.migrations.values().filter(|m| m.phase == phase && m.mode == mode).count();
-                self.migrations.with_label_values(&[phase_name, mode.as_str()]).set(gauge_value(n as u64));
+                self.migrations.with_label_values(&[phase.as_str(), mode.as_str()]).set(gauge_value(n as u64));
             }
         }
         sluice_common::metrics::encode(&self.registry)

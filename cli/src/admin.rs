@@ -214,7 +214,7 @@ fn ensure_done(ended: &[Migration]) -> Result<()> {
 }
 
 pub fn phase_name(m: &Migration) -> String {
-    serde_json::to_value(m.phase).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+    m.phase.as_str().to_string()
 }
 
 pub fn ranges_text(ranges: &[SlotRange]) -> String {

@@ -56,6 +56,8 @@ enum Command {
         /// removed at exit, when absent.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        // The doc comment is clap's help text, so its brackets stay unescaped for `--help`.
+        #[allow(rustdoc::broken_intra_doc_links)]
         /// The broker's metadata store, when not sled in the data dir: an etcd you run,
         /// etcd://HOST:PORT[,HOST:PORT…][/NAMESPACE] (see docs/broker-api.md)
         #[arg(long, value_name = "SPEC")]

@@ -2,7 +2,7 @@
 //! the `sluice` CLI and the tests send and read.
 //!
 //! Every body is JSON. The cluster and proxy-config bodies are the model types themselves
-//! ([`ClusterView`](crate::model::ClusterView), [`ProxyConfig`]), so the API and the proxies
+//! ([`ClusterView`], [`ProxyConfig`]), so the API and the proxies
 //! can never disagree on their shape. `docs/broker-api.md` is the prose for these types.
 
 use crate::model::{ClusterView, Epoch, MigrationMeta, MigrationMode, MigrationPhase, ProxyConfig, SlotRange};

@@ -217,6 +217,10 @@ pub enum MigrationMode {
 }
 
 impl MigrationMode {
+    /// Every mode, in declaration order.
+    pub const ALL: [MigrationMode; 4] =
+        [MigrationMode::Replication, MigrationMode::Keys, MigrationMode::Filtered, MigrationMode::Auto];
+
     /// Whether the destination is filled from the source node's replication stream
     /// (`replication`, `filtered`): it may then hold writes the source lacks only after the
     /// switch, which the source makes only once the broker has recorded `switching`; the
@@ -225,7 +229,7 @@ impl MigrationMode {
         matches!(self, MigrationMode::Replication | MigrationMode::Filtered)
     }
 
-    /// The name the API uses.
+    /// The mode as the API (and serde) spells it, without a JSON round trip.
     pub fn as_str(self) -> &'static str {
         match self {
             MigrationMode::Replication => "replication",
@@ -254,9 +258,85 @@ pub enum MigrationPhase {
 }
 
 impl MigrationPhase {
+    /// Every phase, in order.
+    pub const ALL: [MigrationPhase; 10] = [
+        MigrationPhase::Pending,
+        MigrationPhase::Starting,
+        MigrationPhase::Following,
+        MigrationPhase::Switching,
+        MigrationPhase::Switched,
+        MigrationPhase::Committed,
+        MigrationPhase::Cleaning,
+        MigrationPhase::Done,
+        MigrationPhase::Failed,
+        MigrationPhase::Aborted,
+    ];
+
+    /// The phase as the API (and serde) spells it, without a JSON round trip.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MigrationPhase::Pending => "pending",
+            MigrationPhase::Starting => "starting",
+            MigrationPhase::Following => "following",
+            MigrationPhase::Switching => "switching",
+            MigrationPhase::Switched => "switched",
+            MigrationPhase::Committed => "committed",
+            MigrationPhase::Cleaning => "cleaning",
+            MigrationPhase::Done => "done",
+            MigrationPhase::Failed => "failed",
+            MigrationPhase::Aborted => "aborted",
+        }
+    }
+
     /// Whether the migration has ended, well or not.
     pub fn is_final(self) -> bool {
         matches!(self, MigrationPhase::Done | MigrationPhase::Failed | MigrationPhase::Aborted)
+    }
+}
+
+impl fmt::Display for MigrationPhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for MigrationMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A phase or mode name that is none of the API's spellings (which are exact: lowercase,
+/// no surrounding spaces, as serde reads them).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {kind} {name:?}")]
+pub struct UnknownName {
+    /// `"phase"` or `"mode"`.
+    pub kind: &'static str,
+    pub name: String,
+}
+
+impl std::str::FromStr for MigrationPhase {
+    type Err = UnknownName;
+
+    /// The same spellings serde accepts (see [`MigrationPhase::as_str`]).
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        MigrationPhase::ALL
+            .into_iter()
+            .find(|p| p.as_str() == name)
+            .ok_or_else(|| UnknownName { kind: "phase", name: name.to_string() })
+    }
+}
+
+impl std::str::FromStr for MigrationMode {
+    type Err = UnknownName;
+
+    /// The same spellings serde accepts (see [`MigrationMode::as_str`]).
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        MigrationMode::ALL
+            .into_iter()
+            .find(|m| m.as_str() == name)
+            .ok_or_else(|| UnknownName { kind: "mode", name: name.to_string() })
     }
 }
 
@@ -537,5 +617,40 @@ mod tests {
         let v = serde_json::to_value(&n).unwrap();
         assert_eq!(v["peer"], "proxy1:6001");
         assert_eq!(serde_json::from_value::<NodeView>(v).unwrap(), n);
+    }
+
+    #[test]
+    fn phase_names_agree_with_serde() {
+        for p in MigrationPhase::ALL {
+            let json = serde_json::to_value(p).unwrap();
+            assert_eq!(json.as_str(), Some(p.as_str()), "{p:?}");
+            assert_eq!(p.as_str().parse::<MigrationPhase>(), Ok(p));
+            assert_eq!(serde_json::from_value::<MigrationPhase>(json).unwrap(), p);
+            assert_eq!(p.to_string(), p.as_str());
+        }
+        // ALL holds each variant once, in order (Ord is the declaration order).
+        assert!(MigrationPhase::ALL.windows(2).all(|w| w[0] < w[1]));
+        for bad in ["Done", " done", "", "switch", "DONE"] {
+            assert!(bad.parse::<MigrationPhase>().is_err(), "{bad:?}");
+            assert!(serde_json::from_value::<MigrationPhase>(serde_json::json!(bad)).is_err(), "{bad:?}");
+        }
+        assert_eq!("nope".parse::<MigrationPhase>().unwrap_err().to_string(), "unknown phase \"nope\"");
+    }
+
+    #[test]
+    fn mode_names_agree_with_serde() {
+        for m in MigrationMode::ALL {
+            let json = serde_json::to_value(m).unwrap();
+            assert_eq!(json.as_str(), Some(m.as_str()), "{m:?}");
+            assert_eq!(m.as_str().parse::<MigrationMode>(), Ok(m));
+            assert_eq!(serde_json::from_value::<MigrationMode>(json).unwrap(), m);
+            assert_eq!(m.to_string(), m.as_str());
+        }
+        let distinct: std::collections::HashSet<_> = MigrationMode::ALL.into_iter().collect();
+        assert_eq!(distinct.len(), MigrationMode::ALL.len());
+        for bad in ["Keys", "key", "", "slots"] {
+            assert!(bad.parse::<MigrationMode>().is_err(), "{bad:?}");
+            assert!(serde_json::from_value::<MigrationMode>(serde_json::json!(bad)).is_err(), "{bad:?}");
+        }
     }
 }

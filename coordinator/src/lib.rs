@@ -1,4 +1,4 @@
-//! `sluice-coordinator` keeps the proxies in step with the broker (DESIGN.md, "Coordinator").
+//! `sluice-coordinator` keeps the proxies in step with the broker (docs/design.md, "The coordinator").
 //!
 //! Every round it reads what each proxy must hold (`GET /api/v1/configs`, again only when the
 //! epoch moved: [`config_cache`]) and the running migrations, asks its proxies for their
@@ -10,7 +10,7 @@
 //!
 //! It is stateless on purpose: the broker and the proxies hold all the state, and every
 //! action is derived from comparing the two, so any number of coordinators can run and a
-//! crashed one is simply restarted. See [`reconcile`] for the decisions, [`run`] for the loop.
+//! crashed one is simply restarted. See [`reconcile`] for the decisions, [`mod@run`] for the loop.
 
 pub mod broker_client;
 pub mod config;

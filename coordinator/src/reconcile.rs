@@ -75,7 +75,7 @@ pub fn parse_task(task: &MigrationTask) -> Result<TaskView, String> {
 }
 
 fn parse_phase(name: &str) -> Option<MigrationPhase> {
-    serde_json::from_value(Value::String(name.trim().to_ascii_lowercase())).ok()
+    name.trim().to_ascii_lowercase().parse().ok()
 }
 
 /// `{"starting": "<RFC 3339 UTC>", …}` → phase → time. What cannot be read is left out:

@@ -281,7 +281,7 @@ impl MigrationLog {
 }
 
 pub fn mode_name(mode: MigrationMode) -> String {
-    serde_json::to_value(mode).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+    mode.as_str().to_string()
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 //! Migrations as the end-to-end tests drive and check them: the broker's migrations API
-//! (`docs/broker-api.md`), watching a migration's phases, and the checks DESIGN.md's
+//! (`docs/broker-api.md`), watching a migration's phases, and the checks docs/design.md's
 //! guarantees need (keys on the nodes that own their slots, every slot served).
 
 use crate::broker::BrokerClient;
@@ -488,7 +488,7 @@ impl MigrationWatch {
 
 /// The API name of a phase.
 pub fn phase_name(p: MigrationPhase) -> String {
-    serde_json::to_value(p).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_else(|| format!("{p:?}"))
+    p.as_str().to_string()
 }
 
 /// Checks that `m.timestamps` has an entry for each of `phases`, each a valid RFC 3339 time,

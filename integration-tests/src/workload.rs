@@ -1,4 +1,4 @@
-//! A writer workload for cluster clients that proves DESIGN.md's migration guarantee: *every
+//! A writer workload for cluster clients that proves docs/design.md's migration guarantee: *every
 //! acknowledged write is readable afterwards with its last value*.
 //!
 //! The key space is partitioned across W writer tasks: key `i` belongs to writer `i % W`, and

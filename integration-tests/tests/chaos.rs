@@ -1,5 +1,5 @@
 //! Chaos (issue 8): writers on a whole deployment while a seeded random driver keeps moving
-//! slots and breaking things, then every guarantee of DESIGN.md checked at the end.
+//! slots and breaking things, then every guarantee of docs/design.md checked at the end.
 //!
 //! - **Writers**: the redis-rs cluster client, 8 writer tasks, each owning its keys and
 //!   recording every acknowledged write ([`Workload`]: `SET` values carry the writer's sequence

@@ -1,4 +1,4 @@
-//! Replication-mode slot migration end to end (issue 5, DESIGN.md "Migration"): a whole
+//! Replication-mode slot migration end to end (issue 5, docs/design.md "Migrations"): a whole
 //! deployment on loopback (broker, coordinator, 3 redis-server nodes with a proxy each and one
 //! spare), writers on 50,000 keys across all 16384 slots through real cluster clients, and half
 //! of one node's slots moving to the spare.

@@ -1,8 +1,8 @@
 //! What the garbage collector (`migration::gc`) shares with the rest of the proxy: how far
 //! it got (`clean_epoch`, keys deleted), the ranges tasks want cleaned, and the lock a new
 //! config takes so no unlink decided under the old config lands after it ([`Gc::pause`]).
-//! The collector's task is in `migration::gc`; this handle sits below it, in [`Shared`]
-//! (crate::state::Shared), so the config path can pause and wake it without importing the
+//! The collector's task is in `migration::gc`; this handle sits below it, in
+//! [`Shared`](crate::state::Shared), so the config path can pause and wake it without importing the
 //! migration tasks.
 
 use sluice_common::model::SlotRange;

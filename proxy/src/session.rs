@@ -2,7 +2,7 @@
 //!
 //! The reading side (this `Session`) decides what to do with every command and queues a
 //! [`Pending`] reply for it right away, without waiting for the backend; the writing side
-//! ([`reply_writer`]) resolves the pending replies strictly in the order they were queued.
+//! (`reply_writer`) resolves the pending replies strictly in the order they were queued.
 //! That is how a pipeline keeps its order while its commands are in flight together.
 //!
 //! Commands normally share the proxy's pooled connection to the node ("shared lane").
@@ -1203,7 +1203,8 @@ pub fn noauth() -> Frame {
     Frame::error("NOAUTH Authentication required.")
 }
 
-/// Sends `frame` as the reply of a future (used by handlers that post-process replies).
+/// The reply bytes for a failed backend call `e`, in the client's `protocol` (used by
+/// handlers that post-process replies).
 pub fn error_bytes(e: &BackendError, protocol: Protocol) -> Bytes {
     e.to_frame().to_bytes(protocol)
 }

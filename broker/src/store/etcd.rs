@@ -12,7 +12,7 @@
 //! whichever broker made it.
 //!
 //! **Reads** come from memory: the state as of the last revision this broker saw, kept
-//! current by a watch of the prefix ([`follow`]) when another broker commits; a change
+//! current by a watch of the prefix (`etcd/follow.rs`) when another broker commits; a change
 //! first checks (one linearizable read of the epoch record) that nothing newer exists.
 //!
 //! **etcd unreachable**: reads still answer the last state known, changes answer 503

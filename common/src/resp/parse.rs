@@ -3,7 +3,7 @@
 //! Two jobs, both without allocating per byte:
 //! - [`measure`] finds where the first complete frame ends, validating it on the way. The proxy
 //!   uses it to cut raw replies out of a backend's stream and pass them on untouched.
-//! - [`parse_command`] cuts one client command (multibulk or inline) and records where its
+//! - [`scan_command`] cuts one client command (multibulk or inline) and records where its
 //!   arguments are, so they can be handed out as zero-copy `Bytes` slices.
 //!
 //! When the input is incomplete both report how many bytes are needed at least, so a caller
@@ -340,7 +340,8 @@ fn parse_value(b: &Bytes, pos: usize, depth: usize, limits: &Limits) -> Result<(
 /// Where one client command lies in the buffer.
 #[derive(Debug)]
 pub enum CommandScan {
-    /// A multibulk command of `len` bytes; `args` holds (start, end) of each argument.
+    /// A multibulk command of `len` bytes; [`scan_command`]'s `args` now holds (start, end) of
+    /// each argument.
     Multibulk { len: usize },
     /// An inline command line of `len` bytes (including its line ending).
     Inline { len: usize },

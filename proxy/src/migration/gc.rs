@@ -6,7 +6,7 @@
 //!
 //! It never deletes a key of a slot this proxy serves, imports or holds. A pass restarts
 //! when the route table changes under it, and a config that gives this proxy back a slot
-//! waits for an unlink in flight ([`Gc::pause`]), so no key written under the new config can
+//! waits for an unlink in flight ([`Gc::pause`](crate::garbage::Gc::pause)), so no key written under the new config can
 //! be deleted by a decision made under the old one.
 //!
 //! `Status.clean_epoch` is the epoch of the last complete pass: a migration committed at

@@ -276,7 +276,7 @@ impl Txn {
             req.src,
             req.dst,
             list.join(","),
-            serde_json::to_value(mode).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+            mode.as_str()
         ));
         Ok(migration)
     }

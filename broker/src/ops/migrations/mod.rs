@@ -25,13 +25,12 @@ impl Txn {
     ) -> Result<Migration, ApiError> {
         let number = self.migration_number(cluster, id)?;
         let m = &self.state.migrations[&number];
-        let target: MigrationPhase =
-            serde_json::from_value(serde_json::Value::String(phase.to_string())).map_err(|_| {
-                ApiError::conflict(format!(
-                    "unknown phase {phase:?}; report one of pending, starting, following, switching, switched, \
+        let target: MigrationPhase = phase.parse().map_err(|_| {
+            ApiError::conflict(format!(
+                "unknown phase {phase:?}; report one of pending, starting, following, switching, switched, \
                      cleaning, done"
-                ))
-            })?;
+            ))
+        })?;
         let progress = match progress {
             None | Some(serde_json::Value::Null) => None,
             Some(v @ serde_json::Value::Object(_)) => Some(v),
@@ -150,7 +149,7 @@ impl Txn {
     /// nothing whatever the proxies report, so ending the migration is safe even though the
     /// broker's phase lags them.
     ///
-    /// From `switching` (replication mode) a stop takes two calls ([`Txn::fence_or_end`]):
+    /// From `switching` (replication mode) a stop takes two calls (`Txn::fence_or_end`):
     /// the first *fences* the source (the configs tell it to make no further attempt;
     /// `stopping` records the request), the second — the coordinator's, once the source
     /// confirms from a fenced config that it stopped without promoting — ends it. A switch
@@ -357,7 +356,7 @@ pub fn phase_time(
 
 /// The phase as the API spells it.
 pub fn phase_name(p: MigrationPhase) -> String {
-    serde_json::to_value(p).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_else(|| format!("{p:?}"))
+    p.as_str().to_string()
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //!   spare by replication, against a plain `REPLICAOF` of the same node in the same run.
 //! - `--mode keys` ([`keys`]): half of a node's slots move to another node that holds data
 //!   too, key by key, against `redis-cli --cluster reshard` moving the same slots holding the
-//!   same keys on a native 2-node Redis Cluster the benchmark starts itself ([`native`]).
+//!   same keys on a native 2-node Redis Cluster the benchmark starts itself ([`native`](sluice_harness::native)).
 //! - `--mode filtered` ([`filtered`]): the same move as keys mode by slot-filtered
 //!   replication, against keys mode, a plain `REPLICAOF` and reshard on the same data.
 //! - `--mode both` (the default): replication, then keys.
