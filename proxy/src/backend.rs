@@ -33,16 +33,18 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
-/// Why a request got no reply from its backend.
+/// Why a request got no reply from its backend. The texts carry no RESP prefix (logs,
+/// migration errors and gRPC statuses show them as they are); [`BackendError::to_frame`]
+/// adds `ERR sluice:` for a client.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BackendError {
-    #[error("ERR sluice: cannot reach backend {addr}: {reason}")]
+    #[error("cannot reach backend {addr}: {reason}")]
     Unreachable { addr: Arc<str>, reason: String },
-    #[error("ERR sluice: connection to backend {addr} lost; the command may or may not have run")]
+    #[error("connection to backend {addr} lost; the command may or may not have run")]
     Lost { addr: Arc<str> },
-    #[error("ERR sluice: backend {addr} refused the connection setup: {reason}")]
+    #[error("backend {addr} refused the connection setup: {reason}")]
     Handshake { addr: Arc<str>, reason: String },
-    #[error("ERR sluice: client output buffer limit reached; the connection is closed")]
+    #[error("client output buffer limit reached; the connection is closed")]
     OutputLimit,
 }
 
@@ -161,9 +163,9 @@ impl OutputBudget {
 }
 
 impl BackendError {
-    /// The error as a reply frame for the client.
+    /// The error as a reply frame for the client, with the `ERR sluice:` prefix.
     pub fn to_frame(&self) -> Frame {
-        Frame::error(self.to_string())
+        Frame::error(format!("ERR sluice: {self}"))
     }
 }
 

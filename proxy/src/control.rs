@@ -1,6 +1,7 @@
 //! The gRPC control service (`proto/sluice.proto`) on `--control`. `UMCTL` on the data
 //! port calls the same code (see [`crate::umctl`]).
 
+use crate::migration::error::{refused, MigrationError};
 use crate::migration::{destination, filtered, keys, phase_name, Migrations, Role, Task};
 use crate::state::{Applied, ConfigError, Shared};
 use crate::status;
@@ -44,7 +45,7 @@ impl Control {
     /// The temporary switch of a migration, on its destination: serve the slots (in
     /// replication mode once the source has promoted our node; in filtered mode once the
     /// broker recorded it, unless `attempt` was refused: see [`filtered`]).
-    pub async fn tmp_switch(&self, migration_id: &str, epoch: u64, attempt: u64) -> Result<(), String> {
+    pub async fn tmp_switch(&self, migration_id: &str, epoch: u64, attempt: u64) -> Result<(), MigrationError> {
         let task = self.destination_task(migration_id, epoch)?;
         match task.meta.mode {
             MigrationMode::Keys => keys::tmp_switch(&self.shared, &task).await,
@@ -55,29 +56,29 @@ impl Control {
 
     /// Whether the destination of a filtered migration serves its slots; when not, refuses
     /// switch attempts up to `attempt` from now on.
-    pub async fn switched(&self, migration_id: &str, epoch: u64, attempt: u64) -> Result<bool, String> {
+    pub async fn switched(&self, migration_id: &str, epoch: u64, attempt: u64) -> Result<bool, MigrationError> {
         let task = self.destination_task(migration_id, epoch)?;
         match task.meta.mode {
             MigrationMode::Filtered => filtered::switched_or_refuse(&self.shared, &task, attempt).await,
-            _ => Err(format!("migration {migration_id} is not filtered")),
+            _ => Err(refused!("migration {migration_id} is not filtered")),
         }
     }
 
     /// Whether the destination of a replication-mode migration follows its source, ready to
     /// serve once the source promotes its node.
-    pub async fn ready(&self, migration_id: &str, epoch: u64) -> Result<(), String> {
+    pub async fn ready(&self, migration_id: &str, epoch: u64) -> Result<(), MigrationError> {
         let task = self.destination_task(migration_id, epoch)?;
         match task.meta.mode {
             MigrationMode::Replication => destination::ready(&self.shared, &task).await,
-            _ => Err(format!("migration {migration_id} does not replicate")),
+            _ => Err(refused!("migration {migration_id} does not replicate")),
         }
     }
 
-    fn destination_task(&self, migration_id: &str, epoch: u64) -> Result<Arc<Task>, String> {
+    fn destination_task(&self, migration_id: &str, epoch: u64) -> Result<Arc<Task>, MigrationError> {
         self.migrations
             .get(migration_id)
             .filter(|t| t.meta.epoch == epoch && t.role == Role::Destination)
-            .ok_or_else(|| format!("no migration {migration_id} started at epoch {epoch} imports into this proxy"))
+            .ok_or_else(|| refused!("no migration {migration_id} started at epoch {epoch} imports into this proxy"))
     }
 }
 
@@ -124,7 +125,7 @@ impl ProxyControl for ControlService {
         self.control
             .tmp_switch(&req.migration_id, req.epoch, req.src_offset)
             .await
-            .map_err(Status::failed_precondition)?;
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
         Ok(Response::new(TmpSwitchReply { switched: true }))
     }
 

@@ -11,6 +11,7 @@
 //! the handover is still asked for). A replica that does not catch up within the write pause
 //! (`--switch-pause-ms`) releases the slots for a while and is tried again.
 
+use crate::migration::error::{refused, MigrationError};
 use crate::migration::node::{connect, NodeConn};
 use crate::route::{Override, OverrideKind};
 use crate::state::Shared;
@@ -59,7 +60,7 @@ pub async fn run(shared: Arc<Shared>) {
 
 /// One handover attempt under the current config. `Ok(true)`: ready and holding, or no
 /// handover asked for; `Ok(false)`/`Err`: not ready, released (the caller lets go).
-async fn attempt(shared: &Arc<Shared>) -> Result<bool, String> {
+async fn attempt(shared: &Arc<Shared>) -> Result<bool, MigrationError> {
     let routes = shared.routes_full();
     let Some(me) = routes.me else { return Ok(true) };
     let Some(shard) = routes.cluster().map(|c| &c.nodes[me]) else { return Ok(true) };
@@ -68,7 +69,7 @@ async fn attempt(shared: &Arc<Shared>) -> Result<bool, String> {
         .replicas
         .iter()
         .find(|r| r.proxy == target)
-        .ok_or_else(|| format!("the handover target {target} is not a replica of this shard"))?;
+        .ok_or_else(|| refused!("the handover target {target} is not a replica of this shard"))?;
     let epoch = routes.epoch();
     let t0 = Instant::now();
     let deadline = t0 + shared.opts.switch_pause();
@@ -78,10 +79,10 @@ async fn attempt(shared: &Arc<Shared>) -> Result<bool, String> {
         return Ok(false);
     }
     let ours: NodeConn = connect(shared, &shared.opts.node).await?;
-    let offset = ours.replication().await.map_err(|e| e.to_string())?.master_repl_offset;
+    let offset = ours.replication().await?.master_repl_offset;
     let theirs = connect(shared, &replica.node).await?;
     loop {
-        let info = theirs.replication().await.map_err(|e| e.to_string())?;
+        let info = theirs.replication().await?;
         if info.is_synced_replica() && info.master_repl_offset >= offset {
             break;
         }

@@ -7,7 +7,7 @@
 //! through a proxy; those get a clear error (see [`refusal`]).
 
 use crate::command::{self, flags, CommandSpec, KeyPositions};
-use crate::migration::node::{self, migrate_command};
+use crate::migration::node::{self, migrate_command, NodeError};
 use crate::multikey::{self, MergeKind};
 use crate::node_level;
 use crate::route::{Peer, PullTarget, Route, RouteTable};
@@ -433,11 +433,11 @@ pub async fn dbsize(s: &mut Session, cmd: Command) -> Flow {
     s.push(Pending::Future(Box::pin(fut))).await
 }
 
-async fn count_served_keys(shared: &Arc<Shared>) -> Result<i64, String> {
+async fn count_served_keys(shared: &Arc<Shared>) -> Result<i64, NodeError> {
     let node = node::connect(shared, &shared.opts.node).await?;
     let mut scan = node.scan_all(1000);
     let mut n = 0;
-    while let Some(keys) = scan.next_batch().await.map_err(|e| e.to_string())? {
+    while let Some(keys) = scan.next_batch().await? {
         let routes = shared.routes();
         n += keys.iter().filter(|k| routes.holds_live_keys(key_slot(k))).count() as i64;
     }

@@ -186,9 +186,20 @@ pub struct ProxyOptions {
     pub log_format: LogFormat,
 }
 
+/// Why a size flag does not parse (clap shows the text after the flag name).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    #[error("unknown unit {unit:?} in {text:?} (use b, k, kb, m, mb, g or gb)")]
+    Unit { unit: String, text: String },
+    #[error("{0:?} is not a size (e.g. 64mb)")]
+    NotASize(String),
+    #[error("{0:?} is too large")]
+    TooLarge(String),
+}
+
 /// A size in Redis's notation: plain bytes, `k`/`m`/`g` (powers of 1000) or `kb`/`mb`/`gb`
 /// (powers of 1024), case-insensitive.
-pub fn parse_bytes(text: &str) -> Result<usize, String> {
+pub fn parse_bytes(text: &str) -> Result<usize, SizeError> {
     let lower = text.trim().to_ascii_lowercase();
     let digits = lower.trim_end_matches(|c: char| c.is_ascii_alphabetic());
     let unit: usize = match &lower[digits.len()..] {
@@ -199,10 +210,10 @@ pub fn parse_bytes(text: &str) -> Result<usize, String> {
         "mb" => 1024 * 1024,
         "g" => 1000 * 1000 * 1000,
         "gb" => 1024 * 1024 * 1024,
-        other => return Err(format!("unknown unit {other:?} in {text:?} (use b, k, kb, m, mb, g or gb)")),
+        other => return Err(SizeError::Unit { unit: other.to_string(), text: text.to_string() }),
     };
-    let n: usize = digits.parse().map_err(|_| format!("{text:?} is not a size (e.g. 64mb)"))?;
-    n.checked_mul(unit).ok_or_else(|| format!("{text:?} is too large"))
+    let n: usize = digits.parse().map_err(|_| SizeError::NotASize(text.to_string()))?;
+    n.checked_mul(unit).ok_or_else(|| SizeError::TooLarge(text.to_string()))
 }
 
 impl ProxyOptions {

@@ -11,6 +11,7 @@
 //! of its last sync): sluice does not wipe data it did not put there. The proxy logs why and
 //! keeps trying, so emptying the node (or replacing the replica) is enough.
 
+use crate::migration::error::{refused, MigrationError};
 use crate::migration::node::{connect, NodeConn};
 use crate::state::{Shared, PROMOTION};
 use sluice_common::model::MigrationMode;
@@ -19,11 +20,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The node connection, opened again if it broke.
-async fn connection<'a>(shared: &Shared, node: &'a mut Option<NodeConn>) -> Result<&'a NodeConn, String> {
+async fn connection<'a>(shared: &Shared, node: &'a mut Option<NodeConn>) -> Result<&'a NodeConn, MigrationError> {
     if node.as_ref().is_none_or(NodeConn::is_closed) {
         *node = Some(connect(shared, &shared.opts.node).await?);
     }
-    node.as_ref().ok_or_else(|| "no connection to the node".to_string())
+    node.as_ref().ok_or_else(|| refused!("no connection to the node"))
 }
 
 /// Whether a replication-mode migration imports into this proxy (its node replicates the
@@ -46,9 +47,10 @@ pub async fn run(shared: Arc<Shared>) {
             Err(e) => {
                 shared.replica_synced.store(false, Ordering::Release);
                 node = None;
-                if e != last_problem {
-                    tracing::warn!(error = %e, "this replica's node does not follow its master");
-                    last_problem = e;
+                let problem = e.to_string();
+                if problem != last_problem {
+                    tracing::warn!(error = %problem, "this replica's node does not follow its master");
+                    last_problem = problem;
                 }
             }
         }
@@ -60,7 +62,7 @@ pub async fn run(shared: Arc<Shared>) {
 }
 
 /// One look at the node: makes a replica's node follow the shard's master.
-async fn step(shared: &Shared, node: &mut Option<NodeConn>) -> Result<(), String> {
+async fn step(shared: &Shared, node: &mut Option<NodeConn>) -> Result<(), MigrationError> {
     let routes = shared.routes_full();
     if routes.me.is_none() && shared.has_override(PROMOTION) {
         // Demoted again before the promotion: the hold is not this proxy's to keep.
@@ -70,9 +72,9 @@ async fn step(shared: &Shared, node: &mut Option<NodeConn>) -> Result<(), String
         shared.replica_synced.store(false, Ordering::Release);
         if routes.me.is_some() && routes.slots_served() > 0 && !importing_by_replication(shared, &routes) {
             let conn = connection(shared, node).await?;
-            let info = conn.replication().await.map_err(|e| e.to_string())?;
+            let info = conn.replication().await?;
             if !info.is_master() {
-                conn.promote().await.map_err(|e| e.to_string())?;
+                conn.promote().await?;
                 tracing::warn!(former_master = %info.master(), "this proxy is its shard's master now: its node was promoted");
             }
             if shared.has_override(PROMOTION) {
@@ -89,7 +91,7 @@ async fn step(shared: &Shared, node: &mut Option<NodeConn>) -> Result<(), String
         return Ok(());
     };
     let conn = connection(shared, node).await?;
-    let info = conn.replication().await.map_err(|e| e.to_string())?;
+    let info = conn.replication().await?;
     if info.role == "slave" && info.master() == master.node {
         shared.replica_synced.store(info.is_synced_replica(), Ordering::Release);
         return Ok(());
@@ -101,16 +103,17 @@ async fn step(shared: &Shared, node: &mut Option<NodeConn>) -> Result<(), String
         .and_then(|n| n.replicas.iter().find(|r| r.proxy == shared.me()))
         .is_some_and(|r| r.former_master);
     if info.is_master() && !former_master {
-        let keys = conn.dbsize().await.map_err(|e| e.to_string())?;
+        let keys = conn.dbsize().await?;
         if keys > 0 && !copy_of_master(shared, &info, &master.node).await {
-            return Err(format!(
+            return Err(refused!(
                 "node {} holds {keys} keys; as a replica of {} it would lose them, so it is not made one \
                  (empty it, or make another proxy the replica)",
-                shared.opts.node, master.node
+                shared.opts.node,
+                master.node
             ));
         }
     }
-    conn.replicate_from(&master.node).await.map_err(|e| e.to_string())?;
+    conn.replicate_from(&master.node).await?;
     tracing::info!(master = %master.node, proxy = %master.proxy, "this replica's node now replicates the shard's master");
     Ok(())
 }

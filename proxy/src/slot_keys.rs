@@ -10,7 +10,7 @@
 //! empty array; keys a migration left behind stay invisible, as they do to `SCAN`.
 //! Arguments are checked as Redis 7.0 checks them, with its error text.
 
-use crate::migration::node;
+use crate::migration::node::{self, NodeError};
 use crate::session::{Flow, Pending, Session};
 use crate::state::Shared;
 use bytes::Bytes;
@@ -89,13 +89,13 @@ async fn keys_of_slot(
     slot: u16,
     limit: usize,
     collect: bool,
-) -> Result<(usize, Vec<Bytes>), String> {
+) -> Result<(usize, Vec<Bytes>), NodeError> {
     let conn = node::connect(shared, &shared.opts.node).await?;
     let mut scan = conn.scan_all(SCAN_COUNT);
     let mut seen = std::collections::HashSet::new();
     let mut keys = Vec::new();
     while seen.len() < limit {
-        let Some(batch) = scan.next_batch().await.map_err(|e| e.to_string())? else { break };
+        let Some(batch) = scan.next_batch().await? else { break };
         for k in batch.into_iter().filter(|k| key_slot(k) == slot) {
             if seen.len() < limit && seen.insert(k.clone()) && collect {
                 keys.push(k);

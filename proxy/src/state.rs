@@ -13,16 +13,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 
-/// Why a config was not taken. Nothing changes when one is refused.
+/// Why a config was not taken. Nothing changes when one is refused. The texts carry no RESP
+/// prefix (gRPC statuses and logs show them as they are); `UMCTL SETDB` adds `ERR sluice:`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
-    #[error("ERR sluice: stale config: epoch {offered} is older than epoch {held} held by this proxy")]
+    #[error("stale config: epoch {offered} is older than epoch {held} held by this proxy")]
     Stale { offered: Epoch, held: Epoch },
-    #[error("ERR sluice: config conflict: epoch {epoch} is already held with a different config")]
+    #[error("config conflict: epoch {epoch} is already held with a different config")]
     Conflict { epoch: Epoch },
-    #[error("ERR sluice: config is for proxy {config_for}, this proxy is {me}")]
+    #[error("config is for proxy {config_for}, this proxy is {me}")]
     WrongProxy { config_for: String, me: String },
-    #[error("ERR sluice: invalid config: {0}")]
+    #[error("invalid config: {0}")]
     Invalid(String),
 }
 

@@ -1,5 +1,6 @@
 //! What the proxy reports about itself: gRPC `Status` and `UMCTL INFOMGR` say the same.
 
+use crate::backend::BackendError;
 use crate::migration::node::ReplInfo;
 use crate::state::Shared;
 use sluice_common::resp::{Command, Frame, Limits};
@@ -33,7 +34,7 @@ pub async fn collect(shared: &Shared) -> ProxyStatus {
     let routes = shared.routes();
     let (dbsize, node_error, repl) = match probe_node(shared).await {
         Ok((n, repl)) => (Some(n), None, Some(repl)),
-        Err(e) => (None, Some(e), None),
+        Err(e) => (None, Some(e.to_string()), None),
     };
     ProxyStatus {
         proxy: shared.me().to_string(),
@@ -51,29 +52,42 @@ pub async fn collect(shared: &Shared) -> ProxyStatus {
     }
 }
 
+/// Why the status probe got no usable answer from the node.
+#[derive(Debug, thiserror::Error)]
+enum ProbeError {
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("connection to the node closed")]
+    Closed,
+    #[error("connection to the node lost")]
+    Lost,
+    /// The node answered something that is not what the command returns.
+    #[error("{0}")]
+    Odd(String),
+    #[error("node did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
 /// Asks the node for `DBSIZE` and `INFO replication` over the shared connection: proves it
 /// answers, counts keys, and says where it stands in its shard's replication.
-async fn probe_node(shared: &Shared) -> Result<(i64, ReplInfo), String> {
+async fn probe_node(shared: &Shared) -> Result<(i64, ReplInfo), ProbeError> {
     let probe = async {
-        let backend = shared.node.get(Default::default(), 0).await.map_err(|e| e.to_string())?;
+        let backend = shared.node.get(Default::default(), 0).await?;
         let dbsize = backend.send(Command::from_strs(&["DBSIZE"]).raw().clone()).await;
         let info = backend.send(Command::from_strs(&["INFO", "replication"]).raw().clone()).await;
-        let (Ok(dbsize), Ok(info)) = (dbsize, info) else { return Err("connection to the node closed".to_string()) };
-        let lost = |_| "connection to the node lost".to_string();
-        let dbsize = dbsize.await.map_err(lost)?.map_err(|e| e.to_string())?;
-        let info = info.await.map_err(lost)?.map_err(|e| e.to_string())?;
+        let (Ok(dbsize), Ok(info)) = (dbsize, info) else { return Err(ProbeError::Closed) };
+        let dbsize = dbsize.await.map_err(|_| ProbeError::Lost)??;
+        let info = info.await.map_err(|_| ProbeError::Lost)??;
         let n = match sluice_common::resp::parse_frame(&dbsize, &Limits::SERVER) {
             Ok((Frame::Integer(n), _)) => n,
-            Ok((other, _)) => return Err(format!("DBSIZE answered {other:?}")),
-            Err(e) => return Err(e.to_string()),
+            Ok((other, _)) => return Err(ProbeError::Odd(format!("DBSIZE answered {other:?}"))),
+            Err(e) => return Err(ProbeError::Odd(e.to_string())),
         };
         let text = match sluice_common::resp::parse_frame(&info, &Limits::SERVER) {
             Ok((f, _)) => f.as_bytes().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default(),
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(ProbeError::Odd(e.to_string())),
         };
         Ok((n, ReplInfo::parse(&text)))
     };
-    tokio::time::timeout(PROBE_TIMEOUT, probe)
-        .await
-        .unwrap_or_else(|_| Err(format!("node did not answer within {PROBE_TIMEOUT:?}")))
+    tokio::time::timeout(PROBE_TIMEOUT, probe).await.unwrap_or(Err(ProbeError::Timeout(PROBE_TIMEOUT)))
 }

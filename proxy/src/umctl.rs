@@ -79,7 +79,7 @@ pub async fn handle(s: &mut Session, cmd: Command, control: &Control) -> Flow {
         Err(e) => e,
         Ok(Request::SetDb(json)) => match control.set_config_json(json).await {
             Ok(_) => Frame::ok(),
-            Err(e) => Frame::error(e.to_string()),
+            Err(e) => Frame::error(format!("ERR sluice: {e}")),
         },
         Ok(Request::GetEpoch) => Frame::Integer(s.shared.epoch() as i64),
         Ok(Request::InfoMgr) => {

@@ -14,6 +14,7 @@ use super::node::connect;
 use super::node::{NodeConn, ReplInfo};
 use super::source::Conn;
 use super::{Phase, Task};
+use crate::migration::error::{refused, MigrationError};
 use crate::route::{Override, OverrideKind};
 use crate::state::Shared;
 use std::sync::Arc;
@@ -36,7 +37,7 @@ pub async fn run(shared: Arc<Shared>, task: Arc<Task>) {
 /// when we saw it follow the source in this run; otherwise (a restart) only once the switch
 /// is allowed, before which nothing is promoted and an old promotion from the same source
 /// (an earlier migration) would look the same.
-async fn promoted_by_source(shared: &Shared, task: &Task, info: &ReplInfo) -> Result<bool, String> {
+async fn promoted_by_source(shared: &Shared, task: &Task, info: &ReplInfo) -> Result<bool, MigrationError> {
     if !info.is_master() {
         return Ok(false);
     }
@@ -47,12 +48,12 @@ async fn promoted_by_source(shared: &Shared, task: &Task, info: &ReplInfo) -> Re
         return Ok(false);
     }
     let src = connect(shared, &task.meta.src_node).await?;
-    let id = src.replication().await.map_err(|e| e.to_string())?.master_replid;
+    let id = src.replication().await?.master_replid;
     Ok(info.promoted_from(&id))
 }
 
 /// `copying` becomes true once the node replicates from the source (or is found doing so).
-async fn drive(shared: &Arc<Shared>, task: &Arc<Task>, copying: &mut bool) -> Result<(), String> {
+async fn drive(shared: &Arc<Shared>, task: &Arc<Task>, copying: &mut bool) -> Result<(), MigrationError> {
     task.set_phase(Phase::Starting);
     let mut node = Conn::new(shared, &shared.opts.node);
     loop {
@@ -96,7 +97,7 @@ async fn drive(shared: &Arc<Shared>, task: &Arc<Task>, copying: &mut bool) -> Re
                 }
             }
             if *copying && !task.switch_allowed() {
-                return Err("the destination node stopped replicating before the switch".into());
+                return Err(refused!("the destination node stopped replicating before the switch"));
             }
             // Not copying yet (or our node restarted, empty, after the switch was allowed:
             // the migration must finish, so copy again).
@@ -111,23 +112,23 @@ async fn drive(shared: &Arc<Shared>, task: &Arc<Task>, copying: &mut bool) -> Re
 }
 
 /// Checks the node may take a copy of the source's, then `REPLICAOF`.
-async fn start_replicating(shared: &Shared, task: &Task, node: &NodeConn) -> Result<(), String> {
+async fn start_replicating(shared: &Shared, task: &Task, node: &NodeConn) -> Result<(), MigrationError> {
     let served = shared.routes().slots_served();
     if served > 0 {
-        return Err(format!(
+        return Err(refused!(
             "mode replication needs a destination that serves no slots; {} serves {served} (use mode keys)",
             shared.me()
         ));
     }
-    let keys = node.dbsize().await.map_err(|e| e.to_string())?;
+    let keys = node.dbsize().await?;
     if keys > 0 {
-        return Err(format!(
+        return Err(refused!(
             "the destination node {} holds {keys} keys; replication would replace them (use mode keys)",
             shared.opts.node
         ));
     }
     shared.gc.forget_coverage();
-    node.replicate_from(&task.meta.src_node).await.map_err(|e| e.to_string())?;
+    node.replicate_from(&task.meta.src_node).await?;
     tracing::info!(migration = %task.meta.id, master = %task.meta.src_node, "replicating from the source node");
     Ok(())
 }
@@ -149,29 +150,29 @@ fn here(task: &Task) -> Override {
 
 /// `UMCTL READY`: whether we follow the source (our node is its synced replica), so that we
 /// serve the slots once the source promotes our node.
-pub async fn ready(shared: &Shared, task: &Task) -> Result<(), String> {
+pub async fn ready(shared: &Shared, task: &Task) -> Result<(), MigrationError> {
     // The source may see the replica online before this task's next look: the node decides.
     if !matches!(task.phase(), Phase::Starting | Phase::Following) {
-        return Err(format!("migration {} is {:?} here, not following", task.meta.id, task.phase()));
+        return Err(refused!("migration {} is {:?} here, not following", task.meta.id, task.phase()));
     }
     let node = connect(shared, &shared.opts.node).await?;
-    let info = node.replication().await.map_err(|e| e.to_string())?;
+    let info = node.replication().await?;
     if !info.is_synced_replica() {
-        return Err("our node is not a synced replica of the source".into());
+        return Err(refused!("our node is not a synced replica of the source"));
     }
     Ok(())
 }
 
 /// `TmpSwitch` (the source promoted our node): serve the slots once our node is promoted.
 /// Idempotent: a repeated request answers OK.
-pub async fn tmp_switch(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), String> {
+pub async fn tmp_switch(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), MigrationError> {
     if matches!(task.phase(), Phase::Switched | Phase::Committed | Phase::Cleaning | Phase::Done) {
         return Ok(());
     }
     let node = connect(shared, &shared.opts.node).await?;
-    let info = node.replication().await.map_err(|e| e.to_string())?;
+    let info = node.replication().await?;
     if !promoted_by_source(shared, task, &info).await? {
-        return Err(format!("our node is not promoted from the source (role {})", info.role));
+        return Err(refused!("our node is not promoted from the source (role {})", info.role));
     }
     serve(shared, task).await;
     Ok(())
@@ -191,10 +192,10 @@ async fn stop_replicating(shared: &Arc<Shared>, task: &Arc<Task>) {
     super::gc::discard_copy(shared, task).await;
 }
 
-async fn promote_if_replica(node: &NodeConn) -> Result<(), String> {
-    let info = node.replication().await.map_err(|e| e.to_string())?;
+async fn promote_if_replica(node: &NodeConn) -> Result<(), MigrationError> {
+    let info = node.replication().await?;
     if !info.is_master() {
-        node.promote().await.map_err(|e| e.to_string())?;
+        node.promote().await?;
     }
     Ok(())
 }

@@ -15,6 +15,7 @@
 use super::node::connect;
 use super::node::NodeConn;
 use super::{Phase, Task};
+use crate::migration::error::MigrationError;
 use crate::route::RouteTable;
 use crate::state::Shared;
 use sluice_common::model::SlotRange;
@@ -104,7 +105,7 @@ async fn pass(
     shared: &Arc<Shared>,
     node: &mut Option<NodeConn>,
     covered: &mut Option<Vec<bool>>,
-) -> Result<bool, String> {
+) -> Result<bool, MigrationError> {
     if shared.gc.take_stale_coverage() {
         *covered = None;
     }
@@ -123,14 +124,14 @@ async fn pass(
         *node = Some(connect(shared, &shared.opts.node).await?);
     }
     let Some(conn) = node.as_ref() else { return Ok(false) };
-    if !conn.replication().await.map_err(|e| e.to_string())?.is_master() {
+    if !conn.replication().await?.is_master() {
         // A replica mirrors its master; it is cleaned once promoted.
         *covered = None;
         return Ok(false);
     }
     let rate = shared.opts.gc_keys_per_sec.max(1) as f64;
     let mut scan = conn.scan_all(shared.opts.gc_scan_count);
-    while let Some(keys) = scan.next_batch().await.map_err(|e| e.to_string())? {
+    while let Some(keys) = scan.next_batch().await? {
         let doomed: Vec<String> = keys
             .iter()
             .filter(|k| garbage[usize::from(key_slot(k))])
@@ -146,7 +147,7 @@ async fn pass(
             }
             let mut args = vec!["UNLINK"];
             args.extend(doomed.iter().map(String::as_str));
-            conn.call(&args).await.map_err(|e| e.to_string())?;
+            conn.call(&args).await?;
             drop(guard);
             shared.gc.deleted.fetch_add(doomed.len() as u64, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_secs_f64(doomed.len() as f64 / rate)).await;

@@ -16,6 +16,7 @@
 use super::node::connect;
 use super::node::migrate_command;
 use super::{Phase, Stage, Task};
+use crate::migration::error::{refused, MigrationError};
 use crate::route::{Override, OverrideKind};
 use crate::state::Shared;
 use bytes::Bytes;
@@ -88,7 +89,7 @@ pub async fn run_source(shared: Arc<Shared>, task: Arc<Task>) {
                 }
             }
             Err(e) => {
-                task.note_error(e.clone());
+                task.note_error(&e);
                 tracing::warn!(migration = %task.meta.id, error = %e, "moving keys failed; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -131,7 +132,7 @@ async fn wait_for_destination(shared: &Arc<Shared>, task: &Arc<Task>) {
         let epoch = async {
             match super::call_destination(shared, meta, &["GETEPOCH"], Duration::from_secs(1)).await? {
                 Frame::Integer(n) => Ok(u64::try_from(n).unwrap_or(0)),
-                f => Err(format!("UMCTL GETEPOCH answered {f:?}")),
+                f => Err(refused!("UMCTL GETEPOCH answered {f:?}")),
             }
         };
         match epoch.await {
@@ -148,7 +149,12 @@ async fn wait_for_destination(shared: &Arc<Shared>, task: &Arc<Task>) {
 
 /// One scan of the source node: moves every key of the moving slots it finds. Returns how
 /// many it found.
-async fn pass(shared: &Arc<Shared>, task: &Arc<Task>, moving: &[bool], moved_total: &mut u64) -> Result<u64, String> {
+async fn pass(
+    shared: &Arc<Shared>,
+    task: &Arc<Task>,
+    moving: &[bool],
+    moved_total: &mut u64,
+) -> Result<u64, MigrationError> {
     let node = connect(shared, &shared.opts.node).await?;
     let count = shared.opts.keys_scan_count.max(1).to_string();
     let batch = shared.opts.keys_batch.max(1);
@@ -157,7 +163,7 @@ async fn pass(shared: &Arc<Shared>, task: &Arc<Task>, moving: &[bool], moved_tot
     let mut found: u64 = 0;
     let mut pending: Vec<Bytes> = Vec::new();
     loop {
-        let (next, keys) = node.scan(&cursor, &count).await.map_err(|e| e.to_string())?;
+        let (next, keys) = node.scan(&cursor, &count).await?;
         cursor = next;
         for k in keys {
             if moving[usize::from(key_slot(&k))] {
@@ -190,7 +196,7 @@ async fn migrate(
     dst_node: &str,
     keys: &[Bytes],
     batch: usize,
-) -> Result<u64, String> {
+) -> Result<u64, MigrationError> {
     let calls = keys.chunks(batch).map(|chunk| {
         let cmd = migrate_command(shared, dst_node, chunk);
         async move { (chunk.len() as u64, node.call_command(&cmd).await) }
@@ -200,15 +206,15 @@ async fn migrate(
         match result {
             Ok(Frame::Simple(s)) if &s[..] == b"OK" => moved += n,
             Ok(Frame::Simple(_)) => {} // NOKEY: they expired or were pulled meanwhile
-            Ok(other) => return Err(format!("MIGRATE answered {other:?}")),
-            Err(e) => return Err(e.to_string()),
+            Ok(other) => return Err(refused!("MIGRATE answered {other:?}")),
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(moved)
 }
 
 /// The short switch: hold the slots, let the destination serve them to everyone, redirect.
-async fn switch(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<Duration, String> {
+async fn switch(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<Duration, MigrationError> {
     let meta = &task.meta;
     // A proxy shutting down starts no switch; one under way ends before it exits.
     let Some(_switching) = shared.begin_switch() else { return std::future::pending().await };
@@ -247,7 +253,7 @@ pub async fn run_destination(shared: Arc<Shared>, task: Arc<Task>) {
 }
 
 /// `TmpSwitch` on a keys-mode destination: serve the slots to every client from now on.
-pub async fn tmp_switch(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), String> {
+pub async fn tmp_switch(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), MigrationError> {
     let _one_at_a_time = task.switch_lock.lock().await;
     // Switched already (also when cleaned up and done since: the source may ask again after
     // its earlier request timed out on its side but was carried out here).
@@ -255,7 +261,7 @@ pub async fn tmp_switch(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), St
         return Ok(());
     }
     if task.phase().is_final() {
-        return Err(format!("migration {} ended here ({:?})", task.meta.id, task.phase()));
+        return Err(refused!("migration {} ended here ({:?})", task.meta.id, task.phase()));
     }
     shared
         .set_override(&task.meta.id, Some(Override { slots: task.meta.slots.clone(), kind: OverrideKind::Here }))

@@ -12,6 +12,7 @@
 //! a node that never was one (data put there before sluice, by an operator) is left alone.
 
 use super::node::connect;
+use crate::migration::error::MigrationError;
 use crate::state::Shared;
 use std::sync::Arc;
 
@@ -31,24 +32,24 @@ pub async fn clean(shared: Arc<Shared>) {
     }
 }
 
-async fn clean_node(shared: &Shared) -> Result<(), String> {
+async fn clean_node(shared: &Shared) -> Result<(), MigrationError> {
     if !is_free(shared) {
         return Ok(());
     }
     let node = connect(shared, &shared.opts.node).await?;
-    let info = node.replication().await.map_err(|e| e.to_string())?;
+    let info = node.replication().await?;
     if !info.is_master() {
         tracing::warn!(node = %shared.opts.node, "this free proxy's node still replicates: a replication import ended; stopping it");
-        node.promote().await.map_err(|e| e.to_string())?;
+        node.promote().await?;
     }
-    let info = node.replication().await.map_err(|e| e.to_string())?;
+    let info = node.replication().await?;
     let was_replica = !info.master_replid2.is_empty() && info.master_replid2 != NO_REPLID;
-    let keys = node.dbsize().await.map_err(|e| e.to_string())?;
+    let keys = node.dbsize().await?;
     // Checked again right before: a migration into this proxy may have arrived meanwhile
     // (its destination task then finds the keys and refuses, or finds them gone).
     if was_replica && keys > 0 && is_free(shared) {
         tracing::warn!(node = %shared.opts.node, keys, "this free proxy's node holds a copy left by a replication import that ended; deleting it");
-        node.call(&["FLUSHALL", "ASYNC"]).await.map_err(|e| e.to_string())?;
+        node.call(&["FLUSHALL", "ASYNC"]).await?;
     }
     Ok(())
 }

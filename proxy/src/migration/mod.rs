@@ -7,6 +7,7 @@
 //! garbage collector ([`gc`]) has deleted the keys their node no longer serves, and end.
 
 pub mod destination;
+pub mod error;
 pub mod filtered;
 pub mod gc;
 pub mod keys;
@@ -14,6 +15,7 @@ pub mod leftover;
 pub mod node;
 pub mod source;
 
+use crate::migration::error::{refused, MigrationError};
 use crate::state::{MigrationTasks, Shared};
 use bytes::Bytes;
 use sluice_common::model::{MigrationMeta, MigrationMode, MigrationPhase, ProxyConfig, SlotRange};
@@ -153,13 +155,13 @@ impl Task {
     }
 
     /// Records a problem that did not end the task (the last one is reported).
-    pub fn note_error(&self, error: impl Into<String>) {
-        self.status().error = Some(error.into());
+    pub fn note_error(&self, error: impl std::fmt::Display) {
+        self.status().error = Some(error.to_string());
     }
 
     /// Ends the task as failed.
-    pub fn fail(&self, error: impl Into<String>) {
-        let error = error.into();
+    pub fn fail(&self, error: impl std::fmt::Display) {
+        let error = error.to_string();
         tracing::warn!(migration = %self.meta.id, role = ?self.role, error = %error, "migration failed");
         self.status().error = Some(error);
         self.set_phase(Phase::Failed);
@@ -386,7 +388,7 @@ impl MigrationTasks for Migrations {
 
 /// After the switch: wait for the commit, then for the keys the migration left on this node
 /// to be deleted by the garbage collector.
-pub async fn after_switch(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), String> {
+pub async fn after_switch(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), MigrationError> {
     if task.wait_untagged().await == Stage::Gone {
         // Left the config without a commit after the switch: the broker refuses that, so
         // this only happens if the migration was deleted with its cluster.
@@ -406,27 +408,27 @@ pub async fn call_destination(
     meta: &MigrationMeta,
     args: &[&str],
     timeout: Duration,
-) -> Result<sluice_common::resp::Frame, String> {
+) -> Result<sluice_common::resp::Frame, MigrationError> {
     use sluice_common::resp::{parse_frame, Frame, Limits};
     let mut parts = vec!["UMCTL"];
     parts.extend_from_slice(args);
     let cmd = Command::from_strs(&parts);
     let pool = shared.peer_pool(&meta.dst_proxy);
     let call = async {
-        let backend = pool.get(Default::default(), 0).await.map_err(|e| e.to_string())?;
-        let raw = backend.call(&cmd).await.map_err(|e| e.to_string())?;
+        let backend = pool.get(Default::default(), 0).await?;
+        let raw = backend.call(&cmd).await?;
         match parse_frame(&raw, &Limits::SERVER) {
-            Ok((f, _)) if f.is_error() => Err(format!(
+            Ok((f, _)) if f.is_error() => Err(refused!(
                 "the destination refused: {}",
                 f.as_bytes().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default()
             )),
-            Ok((f, _)) => Ok::<Frame, String>(f),
-            Err(e) => Err(e.to_string()),
+            Ok((f, _)) => Ok::<Frame, MigrationError>(f),
+            Err(e) => Err(refused!("{e}")),
         }
     };
     tokio::time::timeout(timeout, call)
         .await
-        .unwrap_or_else(|_| Err(format!("no answer from {} within {timeout:?}", meta.dst_proxy)))
+        .unwrap_or_else(|_| Err(MigrationError::Timeout { what: meta.dst_proxy.clone(), after: timeout }))
 }
 
 /// The phase names of the broker, for `Status`.
@@ -447,9 +449,9 @@ pub async fn carry_scripts(shared: &Shared, task: &Task) {
         let node = node::connect(shared, &task.meta.dst_node).await?;
         for body in &bodies {
             let cmd = Command::new(vec![Bytes::from_static(b"SCRIPT"), Bytes::from_static(b"LOAD"), body.clone()]);
-            node.call_command(&cmd).await.map_err(|e| e.to_string())?;
+            node.call_command(&cmd).await?;
         }
-        Ok::<_, String>(())
+        Ok::<_, MigrationError>(())
     };
     match loaded.await {
         Ok(()) => task.set_progress("scripts_loaded", bodies.len()),

@@ -9,7 +9,7 @@ use sluice_common::resp::{parse_frame, Command, Frame, Limits, Protocol};
 use std::time::Duration;
 
 /// A control connection to a node (ours or a peer's), with the node password.
-pub async fn connect(shared: &Shared, addr: &str) -> Result<NodeConn, String> {
+pub async fn connect(shared: &Shared, addr: &str) -> Result<NodeConn, NodeError> {
     NodeConn::connect(
         addr,
         shared.opts.node_user.clone(),
@@ -17,7 +17,6 @@ pub async fn connect(shared: &Shared, addr: &str) -> Result<NodeConn, String> {
         shared.opts.connect_timeout(),
     )
     .await
-    .map_err(|e: NodeError| e.to_string())
 }
 
 /// `MIGRATE host port "" 0 timeout REPLACE [AUTH pw] KEYS k…` towards `node`.

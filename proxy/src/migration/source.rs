@@ -23,6 +23,7 @@
 
 use super::node::{connect, resolve, NodeConn, ReplInfo};
 use super::{Phase, Task};
+use crate::migration::error::{refused, MigrationError};
 use crate::route::{Override, OverrideKind};
 use crate::state::Shared;
 use sluice_common::model::MigrationMeta;
@@ -57,11 +58,11 @@ impl<'a> Conn<'a> {
         Conn { shared, addr: addr.to_string(), conn: None }
     }
 
-    pub(super) async fn get(&mut self) -> Result<&NodeConn, String> {
+    pub(super) async fn get(&mut self) -> Result<&NodeConn, MigrationError> {
         if self.conn.as_ref().is_none_or(NodeConn::is_closed) {
             self.conn = Some(connect(self.shared, &self.addr).await?);
         }
-        self.conn.as_ref().ok_or_else(|| "no connection".to_string())
+        self.conn.as_ref().ok_or_else(|| refused!("no connection"))
     }
 
     /// Forgets the connection after an error, so the next call opens a new one.
@@ -70,9 +71,9 @@ impl<'a> Conn<'a> {
     }
 
     /// `INFO replication` of the node; after an error the next call opens a new connection.
-    pub(super) async fn replication(&mut self) -> Result<ReplInfo, String> {
+    pub(super) async fn replication(&mut self) -> Result<ReplInfo, MigrationError> {
         let info = match self.get().await {
-            Ok(conn) => conn.replication().await.map_err(|e| e.to_string()),
+            Ok(conn) => conn.replication().await.map_err(MigrationError::from),
             Err(e) => Err(e),
         };
         if info.is_err() {
@@ -82,7 +83,7 @@ impl<'a> Conn<'a> {
     }
 }
 
-async fn drive(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), String> {
+async fn drive(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), MigrationError> {
     let meta = &task.meta;
     let mut node = Conn::new(shared, &shared.opts.node);
     let mut dst = Conn::new(shared, &meta.dst_node);
@@ -131,13 +132,13 @@ async fn drive(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), String> {
             // Every attempt so far ended with the destination's node certainly not promoted
             // (one that promoted returned `switched`), and none follows: failing the task is
             // the confirmation the broker waits for. The slots stay here.
-            return Err(format!(
+            return Err(refused!(
                 "stopped by the broker while switching (fenced): {} was never promoted; the slots stay here",
                 meta.dst_node
             ));
         }
         if !task.switch_allowed() && Instant::now() > deadline {
-            return Err(format!(
+            return Err(refused!(
                 "no switch within {} s (--migration-timeout-secs)",
                 shared.opts.migration_timeout_secs
             ));
@@ -177,7 +178,7 @@ async fn drive(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), String> {
             task.set_progress("switch_attempts", failures);
             task.note_error(format!("the destination is not ready to switch: {e}"));
             if !task.switch_allowed() && failures >= shared.opts.switch_attempts {
-                return Err(format!("the destination was not ready to switch {failures} times; last: {e}"));
+                return Err(refused!("the destination was not ready to switch {failures} times; last: {e}"));
             }
             tokio::time::sleep(retry_gap(failures)).await;
             continue;
@@ -221,7 +222,7 @@ fn retry_gap(failures: u32) -> Duration {
 }
 
 /// The destination's node is promoted: redirect the slots there for good.
-async fn switched(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), String> {
+async fn switched(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), MigrationError> {
     shared.set_override(&task.meta.id, Some(moved_to(task))).await;
     task.set_phase(Phase::Switched);
     super::after_switch(shared, task).await
@@ -238,7 +239,7 @@ async fn switch(
     task: &Arc<Task>,
     node: &mut Conn<'_>,
     dst: &mut Conn<'_>,
-) -> Result<Duration, String> {
+) -> Result<Duration, MigrationError> {
     let meta = &task.meta;
     let t0 = Instant::now();
     let budget = shared.opts.switch_pause();
@@ -269,11 +270,11 @@ async fn promote_destination(
     node: &mut Conn<'_>,
     dst: &mut Conn<'_>,
     deadline: Instant,
-) -> Result<(), String> {
+) -> Result<(), MigrationError> {
     // Every command on a moving slot that reached our node before the hold must be answered
     // before the offset is read: then the offset covers all of them.
     if !shared.wait_drained(deadline).await {
-        return Err(format!(
+        return Err(refused!(
             "{} commands on the moving slots still in flight after the write pause",
             shared.inflight.load(Ordering::SeqCst)
         ));
@@ -283,17 +284,17 @@ async fn promote_destination(
     // be lost.
     dst.reset();
     let conn = dst.get().await?;
-    let conn_id = conn.client_id().await.map_err(|e| e.to_string())?;
+    let conn_id = conn.client_id().await?;
     loop {
-        let info = conn.replication().await.map_err(|e| e.to_string())?;
+        let info = conn.replication().await?;
         if !info.is_synced_replica() {
-            return Err("the destination's node is not a synced replica any more".into());
+            return Err(refused!("the destination's node is not a synced replica any more"));
         }
         if info.master_repl_offset >= offset {
             break;
         }
         if Instant::now() >= deadline {
-            return Err(format!(
+            return Err(refused!(
                 "the destination's node processed offset {} of {offset} within the write pause",
                 info.master_repl_offset
             ));
@@ -311,15 +312,15 @@ async fn promote_destination(
     loop {
         let looked = async {
             let conn = dst.get().await?;
-            conn.kill_client(conn_id).await.map_err(|e| e.to_string())?;
-            let theirs = conn.replication().await.map_err(|e| e.to_string())?;
+            conn.kill_client(conn_id).await?;
+            let theirs = conn.replication().await?;
             let ours = node.replication().await?;
-            Ok::<_, String>(theirs.promoted_from(&ours.master_replid))
+            Ok::<_, MigrationError>(theirs.promoted_from(&ours.master_replid))
         }
         .await;
         match looked {
             Ok(true) => return Ok(()),
-            Ok(false) => return Err(format!("promoting the destination's node failed: {e}")),
+            Ok(false) => return Err(refused!("promoting the destination's node failed: {e}")),
             Err(check) => {
                 dst.reset();
                 task.note_error(format!("promoting the destination's node: {e}; cannot look yet: {check}"));
@@ -331,7 +332,7 @@ async fn promote_destination(
 
 /// `UMCTL <sub> <id> <epoch> <rest…>` to the destination proxy: `READY` (does it follow?)
 /// or `TMPSWITCH` (its node is promoted: serve).
-async fn umctl(shared: &Shared, meta: &MigrationMeta, args: &[&str], timeout: Duration) -> Result<(), String> {
+async fn umctl(shared: &Shared, meta: &MigrationMeta, args: &[&str], timeout: Duration) -> Result<(), MigrationError> {
     let epoch = meta.epoch.to_string();
     let mut parts = vec![args[0], meta.id.as_str(), epoch.as_str()];
     parts.extend_from_slice(&args[1..]);
@@ -341,7 +342,7 @@ async fn umctl(shared: &Shared, meta: &MigrationMeta, args: &[&str], timeout: Du
 /// Whether the destination's node was promoted from being our node's replica: it is a master
 /// whose previous replication id is our node's. Asked only once the switch is allowed: the
 /// destination followed us in this migration then, and only we promote it.
-async fn dst_promoted(node: &mut Conn<'_>, dst: &mut Conn<'_>) -> Result<bool, String> {
+async fn dst_promoted(node: &mut Conn<'_>, dst: &mut Conn<'_>) -> Result<bool, MigrationError> {
     let ours = node.replication().await?;
     let theirs = dst.replication().await?;
     Ok(theirs.promoted_from(&ours.master_replid))

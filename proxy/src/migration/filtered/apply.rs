@@ -6,6 +6,7 @@
 //! of the last unit whose reply is in, carried forward over the commands nothing was sent for.
 
 use crate::backend::{Backend, BackendError, ConnectOptions};
+use crate::migration::error::{refused, MigrationError};
 use crate::state::Shared;
 use bytes::{Bytes, BytesMut};
 use sluice_common::resp::{encode_command, Protocol};
@@ -47,7 +48,7 @@ const BATCH_BYTES: usize = 256 * 1024;
 impl Applier {
     /// A connection to the destination's node; `offset`: where the stream starts (the
     /// snapshot's offset).
-    pub async fn connect(shared: &Shared, node: &str, offset: u64) -> Result<Applier, String> {
+    pub async fn connect(shared: &Shared, node: &str, offset: u64) -> Result<Applier, MigrationError> {
         let opts = ConnectOptions {
             protocol: Protocol::Resp2,
             user: shared.opts.node_user.clone(),
@@ -57,7 +58,7 @@ impl Applier {
             tls: None,
             queue: shared.opts.backend_queue,
         };
-        let backend = Backend::connect(node, &opts).await.map_err(|e| e.to_string())?;
+        let backend = Backend::connect(node, &opts).await?;
         Ok(Applier {
             backend,
             window: VecDeque::new(),
@@ -76,7 +77,7 @@ impl Applier {
 
     /// `RESTORE key ttl payload ABSTTL REPLACE` of a snapshot entry (`rdb_version`: the
     /// snapshot's; source and destination run the same Redis).
-    pub async fn restore(&mut self, entry: &Entry, rdb_version: u16) -> Result<(), String> {
+    pub async fn restore(&mut self, entry: &Entry, rdb_version: u16) -> Result<(), MigrationError> {
         let ttl = entry.expire_at_ms.unwrap_or(0).max(0).to_string();
         let payload = entry.dump_payload(rdb_version);
         encode_command(
@@ -92,7 +93,7 @@ impl Applier {
     }
 
     /// Sends the `RESTORE`s batched so far.
-    pub async fn flush(&mut self) -> Result<(), String> {
+    pub async fn flush(&mut self) -> Result<(), MigrationError> {
         if self.batch_n == 0 {
             return Ok(());
         }
@@ -102,7 +103,7 @@ impl Applier {
     }
 
     /// A unit of the stream reaching `offset` (after every `RESTORE` batched before it).
-    pub async fn unit(&mut self, data: Bytes, commands: usize, offset: u64) -> Result<(), String> {
+    pub async fn unit(&mut self, data: Bytes, commands: usize, offset: u64) -> Result<(), MigrationError> {
         self.flush().await?;
         self.units += 1;
         self.send(data, commands, offset).await
@@ -116,7 +117,7 @@ impl Applier {
         }
     }
 
-    async fn send(&mut self, data: Bytes, commands: usize, offset: u64) -> Result<(), String> {
+    async fn send(&mut self, data: Bytes, commands: usize, offset: u64) -> Result<(), MigrationError> {
         while self.window.len() >= WINDOW {
             self.settle_one().await?;
         }
@@ -124,14 +125,14 @@ impl Applier {
             .backend
             .send_many(data, commands)
             .await
-            .map_err(|_| format!("the connection to the destination node {} is closed", self.backend.addr()))?;
+            .map_err(|_| refused!("the connection to the destination node {} is closed", self.backend.addr()))?;
         self.read = self.read.max(offset);
         self.window.push_back(Sent { offset, replies });
         self.settle_ready()
     }
 
     /// Takes in every reply already there.
-    pub fn settle_ready(&mut self) -> Result<(), String> {
+    pub fn settle_ready(&mut self) -> Result<(), MigrationError> {
         while let Some(front) = self.window.front_mut() {
             match front.replies.try_recv() {
                 Ok(replies) => {
@@ -151,7 +152,7 @@ impl Applier {
 
     /// Waits for the oldest outstanding reply (nothing when none is outstanding). Cancel-safe:
     /// the entry leaves the window only once its reply is in.
-    pub async fn settle_one(&mut self) -> Result<(), String> {
+    pub async fn settle_one(&mut self) -> Result<(), MigrationError> {
         let Some(front) = self.window.front_mut() else { return Ok(()) };
         let replies = (&mut front.replies).await;
         let offset = front.offset;
@@ -165,7 +166,7 @@ impl Applier {
     }
 
     /// Waits until every reply is in (sending what is batched first).
-    pub async fn settle_all(&mut self) -> Result<(), String> {
+    pub async fn settle_all(&mut self) -> Result<(), MigrationError> {
         self.flush().await?;
         while !self.window.is_empty() {
             self.settle_one().await?;
@@ -177,10 +178,10 @@ impl Applier {
     /// A unit's replies. An error reply means the destination diverged from the source (the
     /// stream only carries commands that succeeded there); inside a `MULTI` unit the commands'
     /// own errors are in `EXEC`'s array, as they were on the source, and do not count.
-    fn took(&mut self, offset: u64, replies: Result<Vec<Bytes>, BackendError>) -> Result<(), String> {
-        let replies = replies.map_err(|e| e.to_string())?;
+    fn took(&mut self, offset: u64, replies: Result<Vec<Bytes>, BackendError>) -> Result<(), MigrationError> {
+        let replies = replies?;
         if let Some(err) = replies.iter().find(|r| r.first() == Some(&b'-')) {
-            return Err(format!(
+            return Err(refused!(
                 "the destination node refused part of the copy: {}",
                 String::from_utf8_lossy(err).trim_end()
             ));
@@ -189,7 +190,7 @@ impl Applier {
         Ok(())
     }
 
-    fn lost(&self) -> String {
-        format!("the connection to the destination node {} broke during the copy", self.backend.addr())
+    fn lost(&self) -> MigrationError {
+        refused!("the connection to the destination node {} broke during the copy", self.backend.addr())
     }
 }

@@ -12,6 +12,7 @@
 //! slots, unless it splits by key (`DEL`, `UNLINK`, `MSET`).
 
 use crate::command;
+use crate::migration::error::{refused, MigrationError};
 use bytes::{Bytes, BytesMut};
 use sluice_common::resp::{encode_command, Command};
 use sluice_common::slot::key_slot;
@@ -41,13 +42,13 @@ impl StreamFilter {
 
     /// One command of the stream (`args`, name first; `raw` its RESP bytes): what the
     /// destination must run now, if anything (a `MULTI` unit comes whole with its `EXEC`).
-    pub fn feed(&mut self, args: &[Bytes], raw: &Bytes) -> Result<Option<Unit>, String> {
+    pub fn feed(&mut self, args: &[Bytes], raw: &Bytes) -> Result<Option<Unit>, MigrationError> {
         let Some(name) = args.first() else { return Ok(None) };
         let name = String::from_utf8_lossy(name).to_ascii_uppercase();
         match name.as_str() {
             "SELECT" => {
                 let db = args.get(1).and_then(|a| std::str::from_utf8(a).ok()).and_then(|a| a.parse().ok());
-                self.db = db.ok_or_else(|| format!("the stream selected database {:?}", args.get(1)))?;
+                self.db = db.ok_or_else(|| refused!("the stream selected database {:?}", args.get(1)))?;
                 return Ok(None);
             }
             "MULTI" => {
@@ -68,7 +69,7 @@ impl StreamFilter {
                 return Ok(Some(Unit { data: data.freeze(), commands: cmds.len() + 2 }));
             }
             "FLUSHALL" | "FLUSHDB" | "SWAPDB" => {
-                return Err(format!(
+                return Err(refused!(
                     "the source node ran {name} during the copy: which keys of the moving slots it left cannot be \
                      told from the stream; start the migration again"
                 ))
@@ -92,10 +93,10 @@ impl StreamFilter {
 
     /// A keyed command: itself when all its keys move, its moving keys' part when it splits,
     /// nothing when none moves.
-    fn filter_keyed(&self, name: &str, args: &[Bytes], raw: &Bytes) -> Result<Option<Bytes>, String> {
+    fn filter_keyed(&self, name: &str, args: &[Bytes], raw: &Bytes) -> Result<Option<Bytes>, MigrationError> {
         let cmd = Command::from_parts(raw.clone(), args.to_vec());
-        let spec = command::lookup(&cmd).ok_or_else(|| format!("the stream carries {name}, unknown to sluice"))?;
-        let keys = command::key_positions(&cmd, spec).map_err(|e| format!("{name} in the stream: {e}"))?;
+        let spec = command::lookup(&cmd).ok_or_else(|| refused!("the stream carries {name}, unknown to sluice"))?;
+        let keys = command::key_positions(&cmd, spec).map_err(|e| refused!("{name} in the stream: {e}"))?;
         let moves: Vec<bool> = keys.iter().map(|&i| self.moving[usize::from(key_slot(&args[i]))]).collect();
         if moves.iter().all(|m| !m) {
             return Ok(None);
@@ -112,11 +113,11 @@ impl StreamFilter {
             "MSET" => {
                 for (&i, _) in keys.iter().zip(&moves).filter(|(_, m)| **m) {
                     out.push(args[i].clone());
-                    out.push(args.get(i + 1).cloned().ok_or("MSET without a value")?);
+                    out.push(args.get(i + 1).cloned().ok_or_else(|| refused!("MSET without a value"))?);
                 }
             }
             _ => {
-                return Err(format!(
+                return Err(refused!(
                     "the stream carries {name} on keys of moving and staying slots at once; it cannot be split"
                 ))
             }
@@ -146,7 +147,7 @@ mod tests {
         (args, raw.freeze())
     }
 
-    fn feed(f: &mut StreamFilter, parts: &[&str]) -> Result<Option<Unit>, String> {
+    fn feed(f: &mut StreamFilter, parts: &[&str]) -> Result<Option<Unit>, MigrationError> {
         let (args, raw) = cmd(parts);
         f.feed(&args, &raw)
     }
@@ -201,15 +202,16 @@ mod tests {
         let unit = feed(&mut f, &["MSET", "b", "1", "a", "2"]).unwrap().expect("a part");
         assert_eq!(unit.data, raw(&["MSET", "a", "2"]));
         let err = feed(&mut f, &["RENAME", "a", "b"]).unwrap_err();
-        assert!(err.contains("cannot be split"), "{err}");
+        assert!(matches!(&err, MigrationError::Refused(why) if why.contains("cannot be split")), "{err}");
     }
 
     #[test]
     fn what_cannot_be_filtered_ends_the_copy() {
         for c in [&["FLUSHALL"][..], &["FLUSHDB", "ASYNC"], &["SWAPDB", "0", "1"]] {
             let err = feed(&mut filter(), c).unwrap_err();
-            assert!(err.contains("start the migration again"), "{err}");
+            assert!(matches!(&err, MigrationError::Refused(why) if why.contains("start the migration again")), "{err}");
         }
-        assert!(feed(&mut filter(), &["NOSUCHCOMMAND", "a"]).unwrap_err().contains("unknown"));
+        let err = feed(&mut filter(), &["NOSUCHCOMMAND", "a"]).unwrap_err();
+        assert!(matches!(&err, MigrationError::Refused(why) if why.contains("unknown")), "{err}");
     }
 }

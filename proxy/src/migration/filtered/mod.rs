@@ -29,6 +29,7 @@ pub mod filter;
 
 use super::node::connect;
 use super::{Phase, Stage, Task};
+use crate::migration::error::{refused, MigrationError};
 use crate::route::{Override, OverrideKind};
 use crate::state::Shared;
 use apply::Applier;
@@ -64,13 +65,13 @@ fn attempt_number() -> u64 {
 /// Why a copy ended.
 enum Stop {
     /// Retry with a fresh copy (after `note`).
-    Retry(String),
+    Retry(MigrationError),
     /// The migration left the config, or the source was fenced.
     Ended,
 }
 
-impl From<String> for Stop {
-    fn from(e: String) -> Stop {
+impl From<MigrationError> for Stop {
+    fn from(e: MigrationError) -> Stop {
         Stop::Retry(e)
     }
 }
@@ -123,7 +124,7 @@ async fn delete_copy(shared: &Shared, task: &Task, node: &str) {
     }
 }
 
-async fn drive(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), String> {
+async fn drive(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), MigrationError> {
     let meta = &task.meta;
     task.set_phase(Phase::Starting);
     if task.switch_allowed() {
@@ -148,13 +149,13 @@ async fn drive(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), String> {
             return Ok(());
         }
         if task.fenced() {
-            return Err(format!(
+            return Err(refused!(
                 "stopped by the broker while switching (fenced): {} never served the slots; they stay here",
                 meta.dst_proxy
             ));
         }
         if !task.switch_allowed() && Instant::now() > deadline {
-            return Err(format!(
+            return Err(refused!(
                 "no switch within {} s (--migration-timeout-secs)",
                 shared.opts.migration_timeout_secs
             ));
@@ -168,7 +169,7 @@ async fn drive(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), String> {
                 task.note_error(format!("copy {failures} abandoned: {e}"));
                 tracing::warn!(migration = %meta.id, attempt = failures, error = %e, "filtered copy abandoned");
                 if !task.switch_allowed() && failures >= shared.opts.switch_attempts {
-                    return Err(format!("the copy failed {failures} times; last: {e}"));
+                    return Err(refused!("the copy failed {failures} times; last: {e}"));
                 }
                 tokio::time::sleep((Duration::from_millis(200) * failures).min(MAX_RETRY_GAP)).await;
             }
@@ -177,7 +178,7 @@ async fn drive(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), String> {
 }
 
 /// The destination serves the slots: redirect them there for good.
-async fn switched(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), String> {
+async fn switched(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), MigrationError> {
     let to = Override { slots: task.meta.slots.clone(), kind: OverrideKind::MovedTo(task.meta.dst_proxy.clone()) };
     shared.set_override(&task.meta.id, Some(to)).await;
     task.set_phase(Phase::Switched);
@@ -205,7 +206,7 @@ async fn copy_and_switch(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), S
         ReplicaLink::connect_with(&shared.opts.node, shared.opts.node_password.as_deref(), port, options)
     );
     task.set_progress("cleared_at_destination", cleared?);
-    let mut link = link.map_err(|e| format!("cannot replicate our node: {e}"))?;
+    let mut link = link.map_err(|e| refused!("cannot replicate our node: {e}"))?;
     let mut applier = Applier::connect(shared, &meta.dst_node, link.initial_offset()).await?;
     // The snapshot.
     let started = Instant::now();
@@ -213,7 +214,7 @@ async fn copy_and_switch(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), S
         if task.is_gone() || task.fenced() {
             return Err(Stop::Ended);
         }
-        let event = link.next_event().await.map_err(|e| format!("reading our node's snapshot: {e}"))?;
+        let event = link.next_event().await.map_err(|e| refused!("reading our node's snapshot: {e}"))?;
         match event {
             Some(Event::Entry(e)) => {
                 let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
@@ -248,7 +249,7 @@ struct Follow {
 impl Follow {
     /// Applies one command of the stream. Never cancelled half-way: a command taken from the
     /// link is always handed to the applier (only the wait for the next one is bounded).
-    async fn apply(&mut self, cmd: sluice_rdb::ReplCommand) -> Result<(), String> {
+    async fn apply(&mut self, cmd: sluice_rdb::ReplCommand) -> Result<(), MigrationError> {
         match self.filter.feed(&cmd.args, &cmd.raw)? {
             Some(unit) => self.applier.unit(unit.data, unit.commands, cmd.offset).await,
             None => {
@@ -259,15 +260,18 @@ impl Follow {
     }
 
     /// The next command of the stream, if one comes before `until`.
-    async fn next_before(&mut self, until: tokio::time::Instant) -> Result<Option<sluice_rdb::ReplCommand>, String> {
+    async fn next_before(
+        &mut self,
+        until: tokio::time::Instant,
+    ) -> Result<Option<sluice_rdb::ReplCommand>, MigrationError> {
         match tokio::time::timeout_at(until, self.link.next_command()).await {
-            Ok(cmd) => cmd.map(Some).map_err(|e| format!("our node's replication stream: {e}")),
+            Ok(cmd) => cmd.map(Some).map_err(|e| refused!("our node's replication stream: {e}")),
             Err(_) => Ok(None),
         }
     }
 
     /// Applies the stream for up to `wait` (less if nothing comes).
-    async fn run_for(&mut self, wait: Duration) -> Result<(), String> {
+    async fn run_for(&mut self, wait: Duration) -> Result<(), MigrationError> {
         let until = tokio::time::Instant::now() + wait;
         while let Some(cmd) = self.next_before(until).await? {
             self.apply(cmd).await?;
@@ -276,7 +280,7 @@ impl Follow {
     }
 
     /// Applies the stream until the destination has applied `offset`; `false` at `deadline`.
-    async fn catch_up(&mut self, offset: u64, deadline: Instant) -> Result<bool, String> {
+    async fn catch_up(&mut self, offset: u64, deadline: Instant) -> Result<bool, MigrationError> {
         let until = tokio::time::Instant::from_std(deadline);
         while self.applier.applied() < offset {
             if Instant::now() >= deadline {
@@ -310,7 +314,7 @@ async fn follow_and_switch(shared: &Arc<Shared>, task: &Arc<Task>, follow: &mut 
         if task.is_gone() || task.fenced() {
             return Err(Stop::Ended);
         }
-        let ours = node.replication().await.map_err(|e| format!("cannot read our node's replication: {e}"))?;
+        let ours = node.replication().await.map_err(|e| refused!("cannot read our node's replication: {e}"))?;
         let lag = ours.master_repl_offset.saturating_sub(follow.applier.applied());
         task.set_progress("lag_bytes", lag);
         task.set_progress("stream_units", follow.applier.units);
@@ -347,7 +351,7 @@ async fn switch(
     task: &Arc<Task>,
     node: &mut super::source::Conn<'_>,
     follow: &mut Follow,
-) -> Result<bool, String> {
+) -> Result<bool, MigrationError> {
     let meta = &task.meta;
     // A proxy shutting down starts no switch; one under way ends before it exits.
     let Some(_switching) = shared.begin_switch() else { return std::future::pending().await };
@@ -382,7 +386,7 @@ async fn switch(
             return Ok(true);
         }
         // No connection to the destination: nothing was sent, so nothing can switch late.
-        Err(e) if e.contains("cannot reach") => {
+        Err(e) if e.is_unreachable() => {
             return release(format!("the destination proxy cannot be reached: {e}")).await;
         }
         Err(e) => e,
@@ -405,31 +409,31 @@ async fn switch(
 
 /// `UMCTL SWITCHED <id> <epoch> <attempt>` at the destination: whether it serves the slots;
 /// when not, it refuses `attempt` and every earlier one from now on.
-async fn ask_switched(shared: &Shared, task: &Task, attempt: u64) -> Result<bool, String> {
+async fn ask_switched(shared: &Shared, task: &Task, attempt: u64) -> Result<bool, MigrationError> {
     let meta = &task.meta;
     let epoch = meta.epoch.to_string();
     let args = ["SWITCHED", meta.id.as_str(), epoch.as_str(), &attempt.to_string()];
     match super::call_destination(shared, meta, &args, Duration::from_secs(2)).await? {
         Frame::Integer(n) => Ok(n == 1),
-        other => Err(format!("UMCTL SWITCHED answered {other:?}")),
+        other => Err(refused!("UMCTL SWITCHED answered {other:?}")),
     }
 }
 
 /// Deletes every key of the `moving` slots from the node at `addr` (a destination that does
 /// not serve them); answers how many.
-async fn clear_slots(shared: &Shared, addr: &str, moving: &[bool]) -> Result<u64, String> {
+async fn clear_slots(shared: &Shared, addr: &str, moving: &[bool]) -> Result<u64, MigrationError> {
     let node = connect(shared, addr).await?;
     let count = shared.opts.keys_scan_count.max(1).to_string();
     let mut cursor = "0".to_string();
     let mut deleted = 0u64;
     loop {
-        let (next, keys) = node.scan(&cursor, &count).await.map_err(|e| e.to_string())?;
+        let (next, keys) = node.scan(&cursor, &count).await?;
         let doomed: Vec<Bytes> = keys.into_iter().filter(|k| moving[usize::from(key_slot(k))]).collect();
         if !doomed.is_empty() {
             let mut args = vec![Bytes::from_static(b"UNLINK")];
             deleted += doomed.len() as u64;
             args.extend(doomed);
-            node.call_command(&sluice_common::resp::Command::new(args)).await.map_err(|e| e.to_string())?;
+            node.call_command(&sluice_common::resp::Command::new(args)).await?;
         }
         if next == "0" {
             return Ok(deleted);
@@ -480,9 +484,9 @@ async fn serve(shared: &Arc<Shared>, task: &Arc<Task>) {
 
 /// Whether the broker's record says the switch happened; if so, serves (a restart lost it).
 /// Call with `switch_lock` held or before anyone can call in.
-async fn adopt_recorded_switch(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<bool, String> {
-    let broker = crate::broker::Broker::new(&shared.opts).map_err(|e| e.to_string())?;
-    let m = broker.migration(&task.meta.cluster, &task.meta.id).await.map_err(|e| e.to_string())?;
+async fn adopt_recorded_switch(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<bool, MigrationError> {
+    let broker = crate::broker::Broker::new(&shared.opts)?;
+    let m = broker.migration(&task.meta.cluster, &task.meta.id).await?;
     let switched = m.epoch == task.meta.epoch && (Phase::Switched..=Phase::Done).contains(&m.phase);
     if switched && task.phase() < Phase::Switched {
         serve(shared, task).await;
@@ -493,35 +497,35 @@ async fn adopt_recorded_switch(shared: &Arc<Shared>, task: &Arc<Task>) -> Result
 /// `UMCTL TMPSWITCH` of a filtered migration, at the destination: record the switch at the
 /// broker, then serve the slots; refused for an attempt the source already asked about
 /// ([`switched_or_refuse`]). A record whose answer is lost is read back before answering.
-pub async fn tmp_switch(shared: &Arc<Shared>, task: &Arc<Task>, attempt: u64) -> Result<(), String> {
+pub async fn tmp_switch(shared: &Arc<Shared>, task: &Arc<Task>, attempt: u64) -> Result<(), MigrationError> {
     let _one_at_a_time = task.switch_lock.lock().await;
     if (Phase::Switched..=Phase::Done).contains(&task.phase()) {
         return Ok(());
     }
     if task.phase().is_final() || task.is_gone() {
-        return Err(format!("migration {} ended here ({:?})", task.meta.id, task.phase()));
+        return Err(refused!("migration {} ended here ({:?})", task.meta.id, task.phase()));
     }
     if attempt <= task.refused_attempts() {
-        return Err(format!("switch attempt {attempt} of migration {} was refused already", task.meta.id));
+        return Err(refused!("switch attempt {attempt} of migration {} was refused already", task.meta.id));
     }
-    let broker = crate::broker::Broker::new(&shared.opts).map_err(|e| e.to_string())?;
+    let broker = crate::broker::Broker::new(&shared.opts)?;
     match broker.report_switched(&task.meta.cluster, &task.meta.id).await {
         Ok(m) if (Phase::Switched..=Phase::Done).contains(&m.phase) => {
             serve(shared, task).await;
             Ok(())
         }
-        Ok(m) => Err(format!("the broker has migration {} {:?}, not switched", task.meta.id, m.phase)),
+        Ok(m) => Err(refused!("the broker has migration {} {:?}, not switched", task.meta.id, m.phase)),
         Err(e) => match adopt_recorded_switch(shared, task).await {
             Ok(true) => Ok(()),
-            Ok(false) => Err(format!("the broker did not record the switch: {e}")),
-            Err(again) => Err(format!("cannot tell whether the broker recorded the switch: {e}; {again}")),
+            Ok(false) => Err(refused!("the broker did not record the switch: {e}")),
+            Err(again) => Err(refused!("cannot tell whether the broker recorded the switch: {e}; {again}")),
         },
     }
 }
 
 /// `UMCTL SWITCHED`: whether we serve the slots (by the broker's record); when not, `attempt`
 /// and every earlier one are refused from now on. `Err`: cannot tell (the broker is away).
-pub async fn switched_or_refuse(shared: &Arc<Shared>, task: &Arc<Task>, attempt: u64) -> Result<bool, String> {
+pub async fn switched_or_refuse(shared: &Arc<Shared>, task: &Arc<Task>, attempt: u64) -> Result<bool, MigrationError> {
     let _one_at_a_time = task.switch_lock.lock().await;
     if (Phase::Switched..=Phase::Done).contains(&task.phase()) {
         return Ok(true);
