@@ -78,7 +78,10 @@ impl Metrics {
         )?;
         let epoch = IntGauge::new("epoch", "The broker epoch the last round read")?;
         let proxies = IntGauge::new("proxies", "Proxies this coordinator looked after (its share) at the last round")?;
-        let answering = IntGauge::new("proxies_answering", "Proxies of this coordinator whose last Status call answered (idle ones are asked every --idle-status-ms)")?;
+        let answering = IntGauge::new(
+            "proxies_answering",
+            "Proxies of this coordinator whose last Status call answered (idle ones are asked every --idle-status-ms)",
+        )?;
         registry.register(Box::new(rounds.clone()))?;
         registry.register(Box::new(round_duration.clone()))?;
         registry.register(Box::new(pushes.clone()))?;
