@@ -129,6 +129,67 @@ async fn maxclients_refuses_the_next_client_like_redis_and_admits_again_after_on
     Ok(())
 }
 
+/// Sends `PING` on a new connection: `Some(conn)` if it was answered `PONG`, `None` if the
+/// proxy refused the client with Redis's error (and closed it); anything else fails.
+async fn ping_or_refused(addr: &str) -> Result<Option<RespConn>> {
+    let mut c = RespConn::connect(addr).await?;
+    match c.call(&["PING"]).await {
+        Ok(Frame::Simple(s)) if &s[..] == b"PONG" => Ok(Some(c)),
+        Ok(reply) if error_text(&reply).as_deref() == Some("ERR max number of clients reached") => Ok(None),
+        // The refusal can arrive before the PING is written, and the close with it.
+        Err(_) => Ok(None),
+        Ok(reply) => bail!("PING answered {reply:?}"),
+    }
+}
+
+/// 2,000 clients against `--maxclients 1000`: 1,000 are served, the other 1,000 get Redis's
+/// error, and the proxy's memory grows by what 1,000 sessions hold, nothing for the refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_clients_against_maxclients_1000_half_are_served_half_refused() -> Result<()> {
+    const MAX: usize = 1000;
+    let mut cluster = ProxyCluster::start(1, &["--maxclients", "1000"]).await?;
+    let addr = cluster.proxies[0].addr();
+    let pid = cluster.proxies[0].process().pid().context("proxy pid")?;
+    let rss_start = rss(pid)?;
+    // The first 1,000, 100 at a time (the readiness checks' connections may still be closing:
+    // a refused one is tried again until 1,000 are in).
+    let mut admitted = Vec::new();
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while admitted.len() < MAX {
+        assert!(std::time::Instant::now() < deadline, "only {} clients admitted", admitted.len());
+        let want = (MAX - admitted.len()).min(100);
+        let batch = futures::future::join_all((0..want).map(|_| ping_or_refused(&addr))).await;
+        for c in batch {
+            admitted.extend(c?);
+        }
+    }
+    let rss_admitted = rss(pid)?;
+    // The next 1,000: every one refused.
+    for round in 0..10 {
+        let batch = futures::future::join_all((0..100).map(|_| ping_or_refused(&addr))).await;
+        for c in batch {
+            anyhow::ensure!(c?.is_none(), "round {round}: a client past --maxclients {MAX} was served");
+        }
+    }
+    // The 1,000 admitted are all served.
+    for (i, c) in admitted.iter_mut().enumerate() {
+        let key = format!("max:{i}");
+        assert_eq!(c.call(&["SET", key.as_str(), "v"]).await?, Frame::Simple("OK".into()));
+    }
+    let rss_end = rss(pid)?;
+    eprintln!(
+        "maxclients: RSS {} MiB at start, {} MiB with {MAX} clients, {} MiB after {MAX} more refused",
+        rss_start >> 20,
+        rss_admitted >> 20,
+        rss_end >> 20
+    );
+    let refused_cost = rss_end.saturating_sub(rss_admitted);
+    assert!(refused_cost < 16 << 20, "RSS grew by {refused_cost} bytes over {MAX} refused clients");
+    let per_client = rss_admitted.saturating_sub(rss_start) / MAX as u64;
+    assert!(per_client < 256 << 10, "each admitted client holds {per_client} bytes of RSS");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_does_not_read_is_closed_at_its_output_limit_while_others_are_served() -> Result<()> {
     const LIMIT: u64 = 16 << 20;
