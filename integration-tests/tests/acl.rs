@@ -80,10 +80,7 @@ async fn keys_of(cluster: &LocalCluster, proxy: &str, n: usize) -> Result<Vec<St
 
 async fn migrate(cluster: &LocalCluster, src: &str, dst: &str, slots: SlotRange, mode: MigrationMode) -> Result<()> {
     let m = cluster.start_migration(src, dst, &[slots], mode).await?;
-    let done = cluster
-        .watch_migration(&m.id)
-        .until("the migration to end", Duration::from_secs(120), |m| m.phase.is_final())
-        .await?;
+    let done = cluster.watch_migration(&m.id).until_final(Duration::from_secs(120)).await?;
     if done.phase != MigrationPhase::Done {
         bail!("the {mode:?} migration {src} -> {dst} ended {:?}: {:?}", done.phase, done.error);
     }

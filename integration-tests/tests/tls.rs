@@ -195,10 +195,7 @@ async fn clients_migrations_and_refusals_over_tls() -> Result<()> {
     let dst = cluster.proxies[cluster.spec.proxies].addr();
     let slots = upper_half(&cluster.view().await?, &src)?;
     let m = cluster.start_migration(&src, &dst, &[slots], MigrationMode::Replication).await?;
-    let done = cluster
-        .watch_migration(&m.id)
-        .until("the migration to end", Duration::from_secs(120), |m| m.phase.is_final())
-        .await?;
+    let done = cluster.watch_migration(&m.id).until_final(Duration::from_secs(120)).await?;
     if done.phase != MigrationPhase::Done {
         bail!("the migration between TLS proxies ended {:?}: {:?}", done.phase, done.error);
     }
