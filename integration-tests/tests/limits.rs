@@ -64,10 +64,9 @@ async fn maxclients_refuses_the_next_client_like_redis_and_admits_again_after_on
     let deadline = std::time::Instant::now() + DEADLINE;
     while admitted.len() < 5 {
         assert!(std::time::Instant::now() < deadline, "only {} clients admitted", admitted.len());
-        let mut c = RespConn::connect(&addr).await?;
-        match c.call(&["PING"]).await {
-            Ok(Frame::Simple(s)) if &s[..] == b"PONG" => admitted.push(c),
-            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        match ping_or_refused(&addr).await? {
+            Some(c) => admitted.push(c),
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
     // The sixth: Redis's error, then the connection is closed.
@@ -83,13 +82,7 @@ async fn maxclients_refuses_the_next_client_like_redis_and_admits_again_after_on
     drop(admitted.pop());
     let mut again = wait_for("a client admitted after one left", DEADLINE, || {
         let addr = addr.clone();
-        async move {
-            let mut c = RespConn::connect(&addr).await?;
-            Ok(match c.call(&["PING"]).await {
-                Ok(Frame::Simple(s)) if &s[..] == b"PONG" => Some(c),
-                _ => None,
-            })
-        }
+        async move { ping_or_refused(&addr).await }
     })
     .await?;
     assert_eq!(again.call(&["GET", "k"]).await?, Frame::Bulk("v".into()));
