@@ -229,7 +229,7 @@ pub const DEFAULT_QUEUE: usize = 4096;
 
 /// A handle to one pipelined connection. Cheap to clone.
 #[derive(Clone)]
-pub struct Backend {
+pub struct PipelinedConn {
     tx: mpsc::Sender<Request>,
     addr: Arc<str>,
     id: ConnId,
@@ -250,9 +250,9 @@ impl ConnId {
     }
 }
 
-impl Backend {
+impl PipelinedConn {
     /// Connects, runs the setup commands and starts the reader and writer tasks.
-    pub async fn connect(addr: &str, opts: &ConnectOptions) -> Result<Backend, BackendError> {
+    pub async fn connect(addr: &str, opts: &ConnectOptions) -> Result<PipelinedConn, BackendError> {
         let addr: Arc<str> = Arc::from(addr);
         let unreachable = |reason: String| BackendError::Unreachable { addr: addr.clone(), reason };
         let stream = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(&*addr))
@@ -305,7 +305,7 @@ impl Backend {
         tokio::spawn(write_loop(rx, wr, pending_tx, stop.clone()));
         crate::metrics::BACKEND_CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tokio::spawn(read_loop(reader, pending_rx, stop.clone(), addr.clone()));
-        Ok(Backend { tx, addr, id: ConnId::next(), stop })
+        Ok(PipelinedConn { tx, addr, id: ConnId::next(), stop })
     }
 
     pub fn addr(&self) -> &Arc<str> {
@@ -344,7 +344,7 @@ impl Backend {
         self.send_for(data, None).await
     }
 
-    /// [`Backend::send`] for a client whose replies count against `budget`.
+    /// [`PipelinedConn::send`] for a client whose replies count against `budget`.
     pub async fn send_for(
         &self,
         data: Bytes,
@@ -364,7 +364,7 @@ impl Backend {
         self.send_many_for(data, n, None).await
     }
 
-    /// [`Backend::send_many`] for a client whose replies count against `budget`.
+    /// [`PipelinedConn::send_many`] for a client whose replies count against `budget`.
     pub async fn send_many_for(
         &self,
         data: Bytes,
@@ -564,7 +564,7 @@ struct Slot {
 
 #[derive(Default)]
 struct SlotState {
-    backend: Option<Backend>,
+    backend: Option<PipelinedConn>,
     /// When the last connect failed: for a short while callers fail fast instead of
     /// queueing behind another connect attempt.
     failed: Option<(Instant, BackendError)>,
@@ -592,7 +592,7 @@ impl BackendPool {
 
     /// A live shared connection for `protocol`; `key` spreads sessions over the pool (a
     /// session always uses the same one, which keeps its commands in order).
-    pub async fn get(&self, protocol: Protocol, key: u64) -> Result<Backend, BackendError> {
+    pub async fn get(&self, protocol: Protocol, key: u64) -> Result<PipelinedConn, BackendError> {
         let slots = if protocol == Protocol::Resp3 { &self.resp3 } else { &self.resp2 };
         let slot = &slots[(key % self.size as u64) as usize];
         let mut state = slot.conn.lock().await;
@@ -610,7 +610,7 @@ impl BackendPool {
             }
         }
         let opts = ConnectOptions { protocol, ..self.opts.clone() };
-        match Backend::connect(&self.addr, &opts).await {
+        match PipelinedConn::connect(&self.addr, &opts).await {
             Ok(b) => {
                 state.backend = Some(b.clone());
                 state.failed = None;
@@ -626,7 +626,7 @@ impl BackendPool {
     }
 
     /// Any live connection among `slots` (skipping those being connected right now).
-    async fn any_live(&self, slots: &[Slot]) -> Option<Backend> {
+    async fn any_live(&self, slots: &[Slot]) -> Option<PipelinedConn> {
         for slot in slots {
             if let Ok(state) = slot.conn.try_lock() {
                 if let Some(b) = state.backend.as_ref().filter(|b| !b.is_closed()) {
@@ -638,8 +638,8 @@ impl BackendPool {
     }
 
     /// A new connection used by one session only (blocking commands, `WATCH`).
-    pub async fn private(&self, protocol: Protocol) -> Result<Backend, BackendError> {
-        let b = Backend::connect(&self.addr, &ConnectOptions { protocol, ..self.opts.clone() }).await?;
+    pub async fn private(&self, protocol: Protocol) -> Result<PipelinedConn, BackendError> {
+        let b = PipelinedConn::connect(&self.addr, &ConnectOptions { protocol, ..self.opts.clone() }).await?;
         let mut privates = self.privates.lock().unwrap_or_else(|p| p.into_inner());
         privates.retain(|stop| !stop.is_cancelled());
         privates.push(b.stop.clone());

@@ -2,7 +2,7 @@
 //! port calls the same code (see [`crate::umctl`]).
 
 use crate::migration::error::{refused, MigrationError};
-use crate::migration::{destination, filtered, keys, phase_name, Migrations, Role, Task};
+use crate::migration::{destination, filtered, keys_mode, phase_name, Migrations, Role, Task};
 use crate::state::{Applied, ConfigError, Shared};
 use crate::status;
 use sluice_common::model::MigrationMode;
@@ -48,7 +48,7 @@ impl Control {
     pub async fn tmp_switch(&self, migration_id: &str, epoch: u64, attempt: u64) -> Result<(), MigrationError> {
         let task = self.destination_task(migration_id, epoch)?;
         match task.meta.mode {
-            MigrationMode::Keys => keys::tmp_switch(&self.shared, &task).await,
+            MigrationMode::Keys => keys_mode::tmp_switch(&self.shared, &task).await,
             MigrationMode::Filtered => filtered::tmp_switch(&self.shared, &task, attempt).await,
             _ => destination::tmp_switch(&self.shared, &task).await,
         }

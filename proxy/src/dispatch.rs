@@ -4,7 +4,7 @@
 
 use crate::command;
 use crate::session::{noauth, Flow, Session};
-use crate::{cluster, connection, info, keyed, node_level, slot_keys, transaction};
+use crate::{cluster, connection_commands, info, keyed, node_level, slot_keys, transaction};
 use sluice_common::resp::{Command, Frame};
 
 /// Decides what to do with one command and queues its reply.
@@ -35,9 +35,9 @@ pub async fn handle(s: &mut Session, cmd: Command) -> Flow {
     }
     match spec.name {
         "ping" | "echo" | "quit" | "auth" | "hello" | "select" | "reset" | "readonly" | "readwrite" | "asking" => {
-            connection::handle(s, cmd, spec).await
+            connection_commands::handle(s, cmd, spec).await
         }
-        name if name.starts_with("client|") || name == "acl|whoami" => connection::handle(s, cmd, spec).await,
+        name if name.starts_with("client|") || name == "acl|whoami" => connection_commands::handle(s, cmd, spec).await,
         "cluster|countkeysinslot" | "cluster|getkeysinslot" => slot_keys::handle(s, cmd).await,
         name if name.starts_with("cluster|") => {
             let reply = cluster::handle(&s.shared, &cmd, spec);

@@ -12,7 +12,7 @@
 //! (`--switch-pause-ms`) releases the slots for a while and is tried again.
 
 use crate::migration::error::{refused, MigrationError};
-use crate::migration::node::{connect, NodeConn};
+use crate::migration::node::{connect, ControlConn};
 use crate::route::{Override, OverrideKind};
 use crate::state::Shared;
 use std::sync::atomic::Ordering;
@@ -78,7 +78,7 @@ async fn attempt(shared: &Arc<Shared>) -> Result<bool, MigrationError> {
     if !shared.wait_drained(deadline).await {
         return Ok(false);
     }
-    let ours: NodeConn = connect(shared, &shared.opts.node).await?;
+    let ours: ControlConn = connect(shared, &shared.opts.node).await?;
     let offset = ours.replication().await?.master_repl_offset;
     let theirs = connect(shared, &replica.node).await?;
     loop {

@@ -5,7 +5,7 @@
 //! commands, queues replies in order and keeps the pipeline's order on every connection,
 //! [`dispatch`] decides what each command does, [`command`] says where its keys are,
 //! [`keyed`] routes by slot using the [`route`] table, [`backend`] pipelines commands to
-//! the node. The commands the proxy answers itself live in [`cluster`], [`connection`],
+//! the node. The commands the proxy answers itself live in [`cluster`], [`connection_commands`],
 //! [`info`], [`node_level`], [`transaction`]. Migrations run in [`migration`]; [`control`]
 //! is the gRPC service. ARCHITECTURE.md lists the layers (each imports only those below).
 
@@ -14,7 +14,7 @@ pub mod backend;
 pub mod broker;
 pub mod cluster;
 pub mod command;
-pub mod connection;
+pub mod connection_commands;
 pub mod control;
 pub mod dispatch;
 pub mod exporter;

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-/// Backend connections open in this process (the node's pool, private lanes, peers,
+/// PipelinedConn connections open in this process (the node's pool, private lanes, peers,
 /// migration links): kept by `backend.rs` as connections open and close.
 pub static BACKEND_CONNECTIONS: AtomicI64 = AtomicI64::new(0);
 

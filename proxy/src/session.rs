@@ -17,7 +17,7 @@
 //! no defined order, so "sent earlier" is only enough on the same connection.
 
 use crate::ack::AckCheck;
-use crate::backend::{Backend, BackendError, BackendPool, ConnId, OutputBudget, ReplyResult};
+use crate::backend::{BackendError, BackendPool, ConnId, OutputBudget, PipelinedConn, ReplyResult};
 use crate::command::{flags, CommandSpec};
 use crate::metrics::{BatchTally, ReplyPath};
 use crate::socket::{ReadHalf, Socket, WriteHalf};
@@ -198,10 +198,10 @@ pub struct Session {
     dispatched: u64,
     /// The connection this session's latest commands were sent on (see the module doc).
     last_conn: Option<ConnId>,
-    node: Option<Backend>,
-    private: Option<Backend>,
+    node: Option<PipelinedConn>,
+    private: Option<PipelinedConn>,
     /// A connection of this session's own to another proxy (for forwarded blocking commands).
-    private_peer: Option<(String, Backend)>,
+    private_peer: Option<(String, PipelinedConn)>,
     /// The private connection that held this session's WATCH broke.
     pub private_lost: bool,
     /// The client disconnected while the session waited at a lane switch.
@@ -725,7 +725,7 @@ impl Session {
         &mut self,
         to: &To,
         data: Bytes,
-        send: impl Fn(Backend, Bytes) -> F,
+        send: impl Fn(PipelinedConn, Bytes) -> F,
     ) -> Result<R, BackendError>
     where
         F: std::future::Future<Output = Result<R, Bytes>>,
@@ -756,7 +756,7 @@ impl Session {
         Err(BackendError::Lost { addr: Arc::from(addr) })
     }
 
-    async fn backend_for(&mut self, to: &To) -> Result<Backend, BackendError> {
+    async fn backend_for(&mut self, to: &To) -> Result<PipelinedConn, BackendError> {
         match to {
             To::Node(Lane::Shared) => self.shared_backend().await,
             To::Node(Lane::Private) => self.private_backend().await,
@@ -780,7 +780,7 @@ impl Session {
         self.user.as_ref().map_or(&self.shared.node, |u| &u.pool)
     }
 
-    async fn shared_backend(&mut self) -> Result<Backend, BackendError> {
+    async fn shared_backend(&mut self) -> Result<PipelinedConn, BackendError> {
         if let Some(b) = &self.node {
             if !b.is_closed() {
                 return Ok(b.clone());
@@ -791,7 +791,7 @@ impl Session {
         Ok(b)
     }
 
-    async fn private_backend(&mut self) -> Result<Backend, BackendError> {
+    async fn private_backend(&mut self) -> Result<PipelinedConn, BackendError> {
         if let Some(b) = &self.private {
             if !b.is_closed() {
                 return Ok(b.clone());
@@ -817,7 +817,7 @@ impl Session {
     }
 
     /// This session's own connection to the proxy of `pool` (for blocking commands).
-    async fn private_peer(&mut self, pool: &BackendPool) -> Result<Backend, BackendError> {
+    async fn private_peer(&mut self, pool: &BackendPool) -> Result<PipelinedConn, BackendError> {
         if let Some((addr, b)) = &self.private_peer {
             if addr == pool.addr() && !b.is_closed() {
                 return Ok(b.clone());
@@ -830,7 +830,7 @@ impl Session {
 
     /// Before a fresh `WATCH`: a broken private connection from earlier may be replaced.
     pub fn prepare_private_for_watch(&mut self) {
-        if self.private.as_ref().is_some_and(Backend::is_closed) {
+        if self.private.as_ref().is_some_and(PipelinedConn::is_closed) {
             self.private = None;
         }
         self.private_lost = false;

@@ -12,7 +12,7 @@
 //! keeps trying, so emptying the node (or replacing the replica) is enough.
 
 use crate::migration::error::{refused, MigrationError};
-use crate::migration::node::{connect, NodeConn};
+use crate::migration::node::{connect, ControlConn};
 use crate::state::{Shared, PROMOTION};
 use sluice_common::model::MigrationMode;
 use std::sync::atomic::Ordering;
@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The node connection, opened again if it broke.
-async fn connection<'a>(shared: &Shared, node: &'a mut Option<NodeConn>) -> Result<&'a NodeConn, MigrationError> {
-    if node.as_ref().is_none_or(NodeConn::is_closed) {
+async fn connection<'a>(shared: &Shared, node: &'a mut Option<ControlConn>) -> Result<&'a ControlConn, MigrationError> {
+    if node.as_ref().is_none_or(ControlConn::is_closed) {
         *node = Some(connect(shared, &shared.opts.node).await?);
     }
     node.as_ref().ok_or_else(|| refused!("no connection to the node"))
@@ -39,7 +39,7 @@ const POLL: Duration = Duration::from_millis(250);
 /// Runs for the life of the proxy.
 pub async fn run(shared: Arc<Shared>) {
     let mut changes = shared.route_changes();
-    let mut node: Option<NodeConn> = None;
+    let mut node: Option<ControlConn> = None;
     let mut last_problem = String::new();
     loop {
         match step(&shared, &mut node).await {
@@ -62,7 +62,7 @@ pub async fn run(shared: Arc<Shared>) {
 }
 
 /// One look at the node: makes a replica's node follow the shard's master.
-async fn step(shared: &Shared, node: &mut Option<NodeConn>) -> Result<(), MigrationError> {
+async fn step(shared: &Shared, node: &mut Option<ControlConn>) -> Result<(), MigrationError> {
     let routes = shared.routes_full();
     if routes.me.is_none() && shared.has_override(PROMOTION) {
         // Demoted again before the promotion: the hold is not this proxy's to keep.

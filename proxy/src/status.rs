@@ -56,7 +56,7 @@ pub async fn collect(shared: &Shared) -> ProxyStatus {
 #[derive(Debug, thiserror::Error)]
 enum ProbeError {
     #[error(transparent)]
-    Backend(#[from] BackendError),
+    PipelinedConn(#[from] BackendError),
     #[error("connection to the node closed")]
     Closed,
     #[error("connection to the node lost")]

@@ -8,7 +8,7 @@
 //! node accepted get a pool. The proxy's own connections (migrations, health, clients of the
 //! default user) authenticate with `--node-user`/`--node-password`.
 
-use crate::backend::{Backend, BackendError, BackendPool, ConnectOptions};
+use crate::backend::{BackendError, BackendPool, ConnectOptions, PipelinedConn};
 use crate::options::ProxyOptions;
 use sluice_common::resp::Protocol;
 use std::collections::HashMap;
@@ -50,7 +50,7 @@ impl Users {
             tls: None,
             queue: opts.backend_queue,
         };
-        match Backend::connect(&opts.node, &connect).await {
+        match PipelinedConn::connect(&opts.node, &connect).await {
             Ok(check) => check.close(),
             // The node's answer to AUTH (WRONGPASS, a disabled user) goes to the client as is.
             Err(BackendError::Handshake { reason, .. }) => return Err(AuthError::Refused(reason)),

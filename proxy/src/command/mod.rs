@@ -86,7 +86,7 @@ fn find(name: &str) -> Option<&'static CommandSpec> {
 }
 
 /// Subcommands newer than the generated table (Redis 7.0's) that the proxy answers itself
-/// (`connection.rs`): Redis 7.2 clients send `CLIENT SETINFO` on every new connection
+/// (`connection_commands.rs`): Redis 7.2 clients send `CLIENT SETINFO` on every new connection
 /// (redis-py, Jedis, go-redis) and `CLIENT NO-TOUCH` is a per-connection flag. They are not in
 /// [`all`]; [`index`] places them after it.
 static ANSWERED_HERE: &[CommandSpec] = &[

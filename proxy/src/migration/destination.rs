@@ -11,8 +11,8 @@
 //! before the switch, the node stops replicating and everything it copied is deleted.
 
 use super::node::connect;
-use super::node::{NodeConn, ReplInfo};
-use super::source::Conn;
+use super::node::{ControlConn, ReplInfo};
+use super::source::RedialingConn;
 use super::{Phase, Task};
 use crate::migration::error::{refused, MigrationError};
 use crate::route::{Override, OverrideKind};
@@ -55,7 +55,7 @@ async fn promoted_by_source(shared: &Shared, task: &Task, info: &ReplInfo) -> Re
 /// `copying` becomes true once the node replicates from the source (or is found doing so).
 async fn drive(shared: &Arc<Shared>, task: &Arc<Task>, copying: &mut bool) -> Result<(), MigrationError> {
     task.set_phase(Phase::Starting);
-    let mut node = Conn::new(shared, &shared.opts.node);
+    let mut node = RedialingConn::new(shared, &shared.opts.node);
     loop {
         if task.is_gone() {
             if *copying {
@@ -112,7 +112,7 @@ async fn drive(shared: &Arc<Shared>, task: &Arc<Task>, copying: &mut bool) -> Re
 }
 
 /// Checks the node may take a copy of the source's, then `REPLICAOF`.
-async fn start_replicating(shared: &Shared, task: &Task, node: &NodeConn) -> Result<(), MigrationError> {
+async fn start_replicating(shared: &Shared, task: &Task, node: &ControlConn) -> Result<(), MigrationError> {
     let served = shared.routes().slots_served();
     if served > 0 {
         return Err(refused!(
@@ -192,7 +192,7 @@ async fn stop_replicating(shared: &Arc<Shared>, task: &Arc<Task>) {
     super::gc::discard_copy(shared, task).await;
 }
 
-async fn promote_if_replica(node: &NodeConn) -> Result<(), MigrationError> {
+async fn promote_if_replica(node: &ControlConn) -> Result<(), MigrationError> {
     let info = node.replication().await?;
     if !info.is_master() {
         node.promote().await?;

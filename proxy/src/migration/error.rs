@@ -15,7 +15,7 @@ pub enum MigrationError {
     Node(#[from] NodeError),
     /// A data connection (to a node or a peer proxy) failed.
     #[error(transparent)]
-    Backend(#[from] BackendError),
+    PipelinedConn(#[from] BackendError),
     /// `what` did not answer within `after`.
     #[error("no answer from {what} within {after:?}")]
     Timeout { what: String, after: Duration },
@@ -33,8 +33,8 @@ impl MigrationError {
     pub fn is_unreachable(&self) -> bool {
         matches!(
             self,
-            MigrationError::Backend(BackendError::Unreachable { .. })
-                | MigrationError::Node(NodeError::Backend(BackendError::Unreachable { .. }))
+            MigrationError::PipelinedConn(BackendError::Unreachable { .. })
+                | MigrationError::Node(NodeError::PipelinedConn(BackendError::Unreachable { .. }))
         )
     }
 }

@@ -13,7 +13,7 @@
 //! epoch E has no garbage left on this proxy once `clean_epoch >= E`.
 
 use super::node::connect;
-use super::node::NodeConn;
+use super::node::ControlConn;
 use super::{Phase, Task};
 use crate::migration::error::MigrationError;
 use crate::route::RouteTable;
@@ -75,7 +75,7 @@ fn garbage(shared: &Shared, routes: &RouteTable, extra: &[SlotRange]) -> Vec<boo
 
 /// The collector's loop; runs for the life of the proxy.
 pub async fn run(shared: Arc<Shared>) {
-    let mut node: Option<NodeConn> = None;
+    let mut node: Option<ControlConn> = None;
     // The garbage the last complete pass covered: a later config with no new garbage slots
     // needs no new pass (the keyspace only shrinks in those slots).
     let mut covered: Option<Vec<bool>> = None;
@@ -103,7 +103,7 @@ pub async fn run(shared: Arc<Shared>) {
 /// is a replica) or was superseded by a newer table.
 async fn pass(
     shared: &Arc<Shared>,
-    node: &mut Option<NodeConn>,
+    node: &mut Option<ControlConn>,
     covered: &mut Option<Vec<bool>>,
 ) -> Result<bool, MigrationError> {
     if shared.gc.take_stale_coverage() {
@@ -120,7 +120,7 @@ async fn pass(
         shared.gc.clean_epoch.fetch_max(epoch, Ordering::SeqCst);
         return Ok(true);
     }
-    if node.as_ref().is_none_or(NodeConn::is_closed) {
+    if node.as_ref().is_none_or(ControlConn::is_closed) {
         *node = Some(connect(shared, &shared.opts.node).await?);
     }
     let Some(conn) = node.as_ref() else { return Ok(false) };

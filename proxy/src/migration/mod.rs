@@ -10,7 +10,7 @@ pub mod destination;
 pub mod error;
 pub mod filtered;
 pub mod gc;
-pub mod keys;
+pub mod keys_mode;
 pub mod leftover;
 pub mod node;
 pub mod source;
@@ -310,10 +310,10 @@ impl Migrations {
             }
             match (meta.mode, role) {
                 (MigrationMode::Keys, Role::Source) => {
-                    tokio::spawn(keys::run_source(shared, task));
+                    tokio::spawn(keys_mode::run_source(shared, task));
                 }
                 (MigrationMode::Keys, Role::Destination) => {
-                    tokio::spawn(keys::run_destination(shared, task));
+                    tokio::spawn(keys_mode::run_destination(shared, task));
                 }
                 (MigrationMode::Auto, _) => {
                     // The broker resolves `auto` when it creates a migration; never seen here.

@@ -2,15 +2,15 @@
 //! Migration tasks use a connection of their own for this, never a client's. Also the
 //! `MIGRATE` command keys-mode migrations and their pulls send to a node.
 
-use crate::backend::{Backend, BackendError, ConnectOptions};
+use crate::backend::{BackendError, ConnectOptions, PipelinedConn};
 use crate::state::Shared;
 use bytes::Bytes;
 use sluice_common::resp::{parse_frame, Command, Frame, Limits, Protocol};
 use std::time::Duration;
 
 /// A control connection to a node (ours or a peer's), with the node password.
-pub async fn connect(shared: &Shared, addr: &str) -> Result<NodeConn, NodeError> {
-    NodeConn::connect(
+pub async fn connect(shared: &Shared, addr: &str) -> Result<ControlConn, NodeError> {
+    ControlConn::connect(
         addr,
         shared.opts.node_user.clone(),
         shared.opts.node_password.clone(),
@@ -52,15 +52,15 @@ pub fn migrate_command(shared: &Shared, node: &str, keys: &[Bytes]) -> Command {
 }
 
 /// A control connection to one node.
-pub struct NodeConn {
-    backend: Backend,
+pub struct ControlConn {
+    backend: PipelinedConn,
     pub addr: String,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error(transparent)]
-    Backend(#[from] BackendError),
+    PipelinedConn(#[from] BackendError),
     #[error("node {addr} answered {cmd} with: {reply}")]
     Refused { addr: String, cmd: String, reply: String },
     #[error("node {addr} did not answer {cmd} within {timeout:?}")]
@@ -70,13 +70,13 @@ pub enum NodeError {
 /// How long any single control command may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
-impl NodeConn {
+impl ControlConn {
     pub async fn connect(
         addr: &str,
         user: Option<String>,
         password: Option<String>,
         timeout: Duration,
-    ) -> Result<NodeConn, NodeError> {
+    ) -> Result<ControlConn, NodeError> {
         let opts = ConnectOptions {
             protocol: Protocol::Resp2,
             user,
@@ -86,7 +86,7 @@ impl NodeConn {
             tls: None,
             queue: crate::backend::DEFAULT_QUEUE,
         };
-        Ok(NodeConn { backend: Backend::connect(addr, &opts).await?, addr: addr.to_string() })
+        Ok(ControlConn { backend: PipelinedConn::connect(addr, &opts).await?, addr: addr.to_string() })
     }
 
     pub fn is_closed(&self) -> bool {
@@ -98,7 +98,7 @@ impl NodeConn {
         self.call_command(&Command::from_strs(args)).await
     }
 
-    /// Like [`NodeConn::call`], for a command already built (binary arguments).
+    /// Like [`ControlConn::call`], for a command already built (binary arguments).
     pub async fn call_command(&self, cmd: &Command) -> Result<Frame, NodeError> {
         let name = String::from_utf8_lossy(cmd.name()).to_ascii_uppercase();
         let raw = tokio::time::timeout(CALL_TIMEOUT, self.backend.call(cmd))
@@ -184,7 +184,7 @@ impl NodeConn {
 /// share. Each filters the keys by slot itself; a key present throughout is seen at least
 /// once (`SCAN`'s guarantee), possibly twice if the node rehashes meanwhile.
 pub struct KeyScan<'a> {
-    conn: &'a NodeConn,
+    conn: &'a ControlConn,
     count: String,
     /// The next cursor; `None` once the node answered cursor 0.
     cursor: Option<String>,

@@ -21,7 +21,7 @@
 //!    there). After the broker's commit, the garbage collector deletes our copies (`cleaning`),
 //!    then `done`.
 
-use super::node::{connect, resolve, NodeConn, ReplInfo};
+use super::node::{connect, resolve, ControlConn, ReplInfo};
 use super::{Phase, Task};
 use crate::migration::error::{refused, MigrationError};
 use crate::route::{Override, OverrideKind};
@@ -47,19 +47,19 @@ pub async fn run(shared: Arc<Shared>, task: Arc<Task>) {
 
 /// A control connection to a node that is opened again after it broke (both replication
 /// tasks keep one to their own node, the source one to the destination's too).
-pub(super) struct Conn<'a> {
+pub(super) struct RedialingConn<'a> {
     shared: &'a Shared,
     addr: String,
-    conn: Option<NodeConn>,
+    conn: Option<ControlConn>,
 }
 
-impl<'a> Conn<'a> {
-    pub(super) fn new(shared: &'a Shared, addr: &str) -> Conn<'a> {
-        Conn { shared, addr: addr.to_string(), conn: None }
+impl<'a> RedialingConn<'a> {
+    pub(super) fn new(shared: &'a Shared, addr: &str) -> RedialingConn<'a> {
+        RedialingConn { shared, addr: addr.to_string(), conn: None }
     }
 
-    pub(super) async fn get(&mut self) -> Result<&NodeConn, MigrationError> {
-        if self.conn.as_ref().is_none_or(NodeConn::is_closed) {
+    pub(super) async fn get(&mut self) -> Result<&ControlConn, MigrationError> {
+        if self.conn.as_ref().is_none_or(ControlConn::is_closed) {
             self.conn = Some(connect(self.shared, &self.addr).await?);
         }
         self.conn.as_ref().ok_or_else(|| refused!("no connection"))
@@ -85,8 +85,8 @@ impl<'a> Conn<'a> {
 
 async fn drive(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), MigrationError> {
     let meta = &task.meta;
-    let mut node = Conn::new(shared, &shared.opts.node);
-    let mut dst = Conn::new(shared, &meta.dst_node);
+    let mut node = RedialingConn::new(shared, &shared.opts.node);
+    let mut dst = RedialingConn::new(shared, &meta.dst_node);
     let dst_addrs = resolve(&meta.dst_node).await;
     task.set_phase(Phase::Starting);
 
@@ -195,7 +195,7 @@ async fn drive(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), MigrationEr
         super::carry_scripts(shared, task).await;
         // The offset read at the switch covers commands on the moving slots counted in
         // flight; one routed before the migration was known is not counted: wait for those.
-        super::keys::wait_routed_before(shared, task).await;
+        super::keys_mode::wait_routed_before(shared, task).await;
         // A proxy shutting down starts no switch (it exits with the slots here); one under
         // way completes or releases before the proxy exits.
         let Some(switching) = shared.begin_switch() else { return std::future::pending().await };
@@ -237,8 +237,8 @@ fn moved_to(task: &Task) -> Override {
 async fn switch(
     shared: &Arc<Shared>,
     task: &Arc<Task>,
-    node: &mut Conn<'_>,
-    dst: &mut Conn<'_>,
+    node: &mut RedialingConn<'_>,
+    dst: &mut RedialingConn<'_>,
 ) -> Result<Duration, MigrationError> {
     let meta = &task.meta;
     let t0 = Instant::now();
@@ -267,8 +267,8 @@ async fn switch(
 async fn promote_destination(
     shared: &Shared,
     task: &Task,
-    node: &mut Conn<'_>,
-    dst: &mut Conn<'_>,
+    node: &mut RedialingConn<'_>,
+    dst: &mut RedialingConn<'_>,
     deadline: Instant,
 ) -> Result<(), MigrationError> {
     // Every command on a moving slot that reached our node before the hold must be answered
@@ -342,7 +342,7 @@ async fn umctl(shared: &Shared, meta: &MigrationMeta, args: &[&str], timeout: Du
 /// Whether the destination's node was promoted from being our node's replica: it is a master
 /// whose previous replication id is our node's. Asked only once the switch is allowed: the
 /// destination followed us in this migration then, and only we promote it.
-async fn dst_promoted(node: &mut Conn<'_>, dst: &mut Conn<'_>) -> Result<bool, MigrationError> {
+async fn dst_promoted(node: &mut RedialingConn<'_>, dst: &mut RedialingConn<'_>) -> Result<bool, MigrationError> {
     let ours = node.replication().await?;
     let theirs = dst.replication().await?;
     Ok(theirs.promoted_from(&ours.master_replid))

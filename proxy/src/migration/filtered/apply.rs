@@ -5,7 +5,7 @@
 //! buffer). It knows how far the destination has *applied* the source's stream: the offset
 //! of the last unit whose reply is in, carried forward over the commands nothing was sent for.
 
-use crate::backend::{Backend, BackendError, ConnectOptions};
+use crate::backend::{BackendError, ConnectOptions, PipelinedConn};
 use crate::migration::error::{refused, MigrationError};
 use crate::state::Shared;
 use bytes::{Bytes, BytesMut};
@@ -26,7 +26,7 @@ struct Sent {
 }
 
 pub struct Applier {
-    backend: Backend,
+    backend: PipelinedConn,
     window: VecDeque<Sent>,
     /// The stream offset up to which everything the destination must run has run.
     applied: u64,
@@ -58,7 +58,7 @@ impl Applier {
             tls: None,
             queue: shared.opts.backend_queue,
         };
-        let backend = Backend::connect(node, &opts).await?;
+        let backend = PipelinedConn::connect(node, &opts).await?;
         Ok(Applier {
             backend,
             window: VecDeque::new(),

@@ -303,7 +303,7 @@ impl Follow {
 }
 
 async fn follow_and_switch(shared: &Arc<Shared>, task: &Arc<Task>, follow: &mut Follow) -> Result<(), Stop> {
-    let mut node = super::source::Conn::new(shared, &shared.opts.node);
+    let mut node = super::source::RedialingConn::new(shared, &shared.opts.node);
     let min_follow = Duration::from_millis(shared.opts.min_follow_ms);
     let following_since = Instant::now();
     let mut attempts = 0u32;
@@ -328,7 +328,7 @@ async fn follow_and_switch(shared: &Arc<Shared>, task: &Arc<Task>, follow: &mut 
         }
         task.set_phase(Phase::Switching);
         if !waited_routed {
-            super::keys::wait_routed_before(shared, task).await;
+            super::keys_mode::wait_routed_before(shared, task).await;
             waited_routed = true;
         }
         super::carry_scripts(shared, task).await;
@@ -349,7 +349,7 @@ async fn follow_and_switch(shared: &Arc<Shared>, task: &Arc<Task>, follow: &mut 
 async fn switch(
     shared: &Arc<Shared>,
     task: &Arc<Task>,
-    node: &mut super::source::Conn<'_>,
+    node: &mut super::source::RedialingConn<'_>,
     follow: &mut Follow,
 ) -> Result<bool, MigrationError> {
     let meta = &task.meta;

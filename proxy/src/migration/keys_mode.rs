@@ -192,7 +192,7 @@ async fn pass(
 /// Returns how many keys moved.
 async fn migrate(
     shared: &Shared,
-    node: &super::node::NodeConn,
+    node: &super::node::ControlConn,
     dst_node: &str,
     keys: &[Bytes],
     batch: usize,
