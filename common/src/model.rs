@@ -272,6 +272,10 @@ impl MigrationPhase {
         MigrationPhase::Aborted,
     ];
 
+    /// The phases a migration that succeeds goes through, in order: [`MigrationPhase::ALL`]
+    /// without the two ways of ending early.
+    pub const SUCCEEDING: &'static [MigrationPhase] = MigrationPhase::ALL.split_at(8).0;
+
     /// The phase as the API (and serde) spells it, without a JSON round trip.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -18,18 +18,6 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::{Duration, Instant, SystemTime};
 
-/// The phases of a replication-mode migration that completes, in order.
-pub const REPLICATION_PHASES: [MigrationPhase; 8] = [
-    MigrationPhase::Pending,
-    MigrationPhase::Starting,
-    MigrationPhase::Following,
-    MigrationPhase::Switching,
-    MigrationPhase::Switched,
-    MigrationPhase::Committed,
-    MigrationPhase::Cleaning,
-    MigrationPhase::Done,
-];
-
 /// A non-2xx answer of the broker: `{"error":{"code","message"}}`.
 #[derive(Debug, Clone)]
 pub struct ApiRefusal {
