@@ -54,11 +54,11 @@ pub async fn handle(s: &mut Session, cmd: Command, spec: &'static CommandSpec) -
 async fn client(s: &mut Session, cmd: &Command, spec: &'static CommandSpec) -> Flow {
     let args = cmd.args();
     let reply = match spec.name {
-        "client|setname" => set_name(s, &args[2]).map_or_else(|e| e, |()| Frame::ok()),
+        "client|setname" => ok_or_error(set_name(s, &args[2])),
         "client|getname" => s.name().cloned().map_or(Frame::Null, Frame::Bulk),
         "client|id" => Frame::Integer(s.id() as i64),
         "client|info" => Frame::Verbatim(Bytes::from_static(b"txt"), Bytes::from(client_info_line(s))),
-        "client|setinfo" => set_info(s, &args[2], &args[3]).map_or_else(|e| e, |()| Frame::ok()),
+        "client|setinfo" => ok_or_error(set_info(s, &args[2], &args[3])),
         // Eviction hints: about the node's view of its clients, which are sluice's connections.
         "client|no-evict" | "client|no-touch" => Frame::ok(),
         _ => return refuse(s, cmd, spec).await,
@@ -89,11 +89,13 @@ async fn auth(s: &mut Session, args: &[Bytes]) -> Flow {
         3 => (Some(&args[1]), &args[2]),
         _ => return s.reply(Frame::error("ERR syntax error")).await,
     };
-    let reply = match authenticate(s, user, pass).await {
-        Ok(()) => Frame::ok(),
-        Err(e) => e,
-    };
+    let reply = ok_or_error(authenticate(s, user, pass).await);
     s.reply(reply).await
+}
+
+/// `OK`, or the error a command was refused with.
+fn ok_or_error(done: Result<(), Frame>) -> Frame {
+    done.map_or_else(|e| e, |()| Frame::ok())
 }
 
 /// `CLIENT SETNAME name`: an empty name clears it; spaces and special characters are refused
