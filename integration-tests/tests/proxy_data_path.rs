@@ -537,6 +537,38 @@ async fn requirepass_guards_every_command() -> Result<()> {
     Ok(())
 }
 
+/// `RESET` gives the connection back as a new client's: no transaction (its queued writes
+/// never run), RESP2 again, no name, and with `--requirepass` not authenticated; the
+/// library a client declared stays, as in Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_returns_the_connection_to_a_new_clients_state() -> Result<()> {
+    let cluster = ProxyCluster::start(1, &[]).await?;
+    let mut c = RespConn::connect(&cluster.proxies[0].addr()).await?;
+    assert_eq!(c.call(&["HSET", "h", "f", "v"]).await?, Frame::Integer(1));
+    let Frame::Map(_) = c.call(&["HELLO", "3", "SETNAME", "tester"]).await? else { panic!("HELLO 3 answers a map") };
+    assert_eq!(c.call(&["CLIENT", "SETINFO", "lib-name", "mylib"]).await?, Frame::ok());
+    assert_eq!(c.call(&["MULTI"]).await?, Frame::ok());
+    assert_eq!(c.call(&["SET", "a", "1"]).await?, Frame::simple("QUEUED"));
+    assert_eq!(c.call(&["RESET"]).await?, Frame::simple("RESET"));
+
+    assert!(err_text(&c.call(&["EXEC"]).await?).contains("EXEC without MULTI"));
+    assert_eq!(c.call(&["GET", "a"]).await?, Frame::Null, "the discarded transaction's SET never ran");
+    assert_eq!(c.call(&["HGETALL", "h"]).await?, Frame::Array(vec![Frame::bulk("f"), Frame::bulk("v")]), "RESP2 again");
+    assert_eq!(c.call(&["CLIENT", "GETNAME"]).await?, Frame::Null);
+    let line = bulk(&c.call(&["CLIENT", "INFO"]).await?).unwrap();
+    assert!(line.contains(" name= ") && line.contains(" resp=2 ") && line.contains(" lib-name=mylib "), "{line}");
+
+    let guarded = ProxyCluster::start(1, &["--requirepass", "s3cret"]).await?;
+    let mut g = RespConn::connect(&guarded.proxies[0].addr()).await?;
+    assert_eq!(g.call(&["AUTH", "s3cret"]).await?, Frame::ok());
+    assert_eq!(g.call(&["PING"]).await?, Frame::simple("PONG"));
+    assert_eq!(g.call(&["RESET"]).await?, Frame::simple("RESET"));
+    assert!(err_text(&g.call(&["PING"]).await?).starts_with("NOAUTH"), "RESET deauthenticates");
+    assert_eq!(g.call(&["AUTH", "s3cret"]).await?, Frame::ok());
+    assert_eq!(g.call(&["PING"]).await?, Frame::simple("PONG"));
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resp3_clients_get_resp3_replies() -> Result<()> {
     let cluster = ProxyCluster::start(1, &[]).await?;

@@ -30,80 +30,82 @@ pub async fn handle(s: &mut Session, cmd: Command, spec: &'static CommandSpec) -
             Flow::Close
         }
         "readonly" | "readwrite" => {
-            s.readonly = spec.name == "readonly";
+            s.set_readonly(spec.name == "readonly");
             s.reply(Frame::ok()).await
         }
         "asking" => s.reply(Frame::ok()).await,
-        "select" => {
-            let reply = match parse_int(&args[1]) {
-                Some(0) => Frame::ok(),
-                Some(_) => Frame::error("ERR SELECT is not allowed in cluster mode"),
-                None => Frame::error("ERR value is not an integer or out of range"),
-            };
-            s.reply(reply).await
-        }
-        "auth" => {
-            let (user, pass) = match args.len() {
-                2 => (None, &args[1]),
-                3 => (Some(&args[1]), &args[2]),
-                _ => return s.reply(Frame::error("ERR syntax error")).await,
-            };
-            let reply = match authenticate(s, user, pass).await {
-                Ok(()) => Frame::ok(),
-                Err(e) => e,
-            };
-            s.reply(reply).await
-        }
+        "select" => select(s, &args[1]).await,
+        "auth" => auth(s, args).await,
         "hello" => hello(s, &cmd).await,
         "reset" => {
-            s.tx = TxState::None;
-            s.protocol = Protocol::Resp2;
-            s.name = None;
-            s.readonly = false;
-            s.authenticated = s.shared.opts.requirepass.is_none();
-            s.user = None;
-            s.reset_backends();
+            s.reset();
             s.reply(Frame::simple("RESET")).await
         }
-        "client|setname" => {
-            let name = &args[2];
-            if name.iter().any(|&b| b <= b' ' || b > b'~') {
-                return s
-                    .reply(Frame::error("ERR Client names cannot contain spaces, newlines or special characters."))
-                    .await;
-            }
-            s.name = (!name.is_empty()).then(|| name.clone());
-            s.reply(Frame::ok()).await
-        }
-        "client|getname" => {
-            let reply = s.name.clone().map_or(Frame::Null, Frame::Bulk);
-            s.reply(reply).await
-        }
         "acl|whoami" => {
-            let name = s.user.as_ref().map_or("default", |u| &u.name);
-            let reply = Frame::Bulk(Bytes::copy_from_slice(name.as_bytes()));
+            let reply = Frame::Bulk(Bytes::copy_from_slice(s.user_name().as_bytes()));
             s.reply(reply).await
         }
-        "client|id" => s.reply(Frame::Integer(s.id as i64)).await,
-        "client|info" => {
-            let line = client_info_line(s);
-            s.reply(Frame::Verbatim(Bytes::from_static(b"txt"), Bytes::from(line))).await
-        }
-        "client|setinfo" => {
-            let reply = match set_info(s, &args[2], &args[3]) {
-                Ok(()) => Frame::ok(),
-                Err(e) => e,
-            };
-            s.reply(reply).await
-        }
-        // Eviction hints: about the node's view of its clients, which are sluice's connections.
-        "client|no-evict" | "client|no-touch" => s.reply(Frame::ok()).await,
-        _ => {
-            let err = keyed::refusal(&cmd, spec, &s.shared)
-                .unwrap_or_else(|| Frame::error("ERR sluice: unsupported command"));
-            s.reply(err).await
-        }
+        name if name.starts_with("client|") => client(s, &cmd, spec).await,
+        _ => refuse(s, &cmd, spec).await,
     }
+}
+
+/// The `CLIENT` subcommands about the client's own connection.
+async fn client(s: &mut Session, cmd: &Command, spec: &'static CommandSpec) -> Flow {
+    let args = cmd.args();
+    let reply = match spec.name {
+        "client|setname" => ok_or_error(set_name(s, &args[2])),
+        "client|getname" => s.name().cloned().map_or(Frame::Null, Frame::Bulk),
+        "client|id" => Frame::Integer(s.id() as i64),
+        "client|info" => Frame::Verbatim(Bytes::from_static(b"txt"), Bytes::from(client_info_line(s))),
+        "client|setinfo" => ok_or_error(set_info(s, &args[2], &args[3])),
+        // Eviction hints: about the node's view of its clients, which are sluice's connections.
+        "client|no-evict" | "client|no-touch" => Frame::ok(),
+        _ => return refuse(s, cmd, spec).await,
+    };
+    s.reply(reply).await
+}
+
+/// A command routed here that the proxy does not answer: why (or that it is unsupported).
+async fn refuse(s: &mut Session, cmd: &Command, spec: &'static CommandSpec) -> Flow {
+    let err = keyed::refusal(cmd, spec, s.shared()).unwrap_or_else(|| Frame::error("ERR sluice: unsupported command"));
+    s.reply(err).await
+}
+
+/// `SELECT db`: only database 0 exists in cluster mode.
+async fn select(s: &mut Session, db: &Bytes) -> Flow {
+    let reply = match parse_int(db) {
+        Some(0) => Frame::ok(),
+        Some(_) => Frame::error("ERR SELECT is not allowed in cluster mode"),
+        None => Frame::error("ERR value is not an integer or out of range"),
+    };
+    s.reply(reply).await
+}
+
+/// `AUTH [user] pass`
+async fn auth(s: &mut Session, args: &[Bytes]) -> Flow {
+    let (user, pass) = match args.len() {
+        2 => (None, &args[1]),
+        3 => (Some(&args[1]), &args[2]),
+        _ => return s.reply(Frame::error("ERR syntax error")).await,
+    };
+    let reply = ok_or_error(authenticate(s, user, pass).await);
+    s.reply(reply).await
+}
+
+/// `OK`, or the error a command was refused with.
+fn ok_or_error(done: Result<(), Frame>) -> Frame {
+    done.map_or_else(|e| e, |()| Frame::ok())
+}
+
+/// `CLIENT SETNAME name`: an empty name clears it; spaces and special characters are refused
+/// with Redis's words.
+fn set_name(s: &mut Session, name: &Bytes) -> Result<(), Frame> {
+    if name.iter().any(|&b| b <= b' ' || b > b'~') {
+        return Err(Frame::error("ERR Client names cannot contain spaces, newlines or special characters."));
+    }
+    s.set_name((!name.is_empty()).then(|| name.clone()));
+    Ok(())
 }
 
 /// `AUTH [user] pass`: the default user against `--requirepass`, any other user against the
@@ -111,22 +113,18 @@ pub async fn handle(s: &mut Session, cmd: Command, spec: &'static CommandSpec) -
 async fn authenticate(s: &mut Session, user: Option<&Bytes>, pass: &Bytes) -> Result<(), Frame> {
     let user = user.filter(|u| &u[..] != b"default");
     let Some(user) = user else {
-        check_password(s, None, pass)?;
-        if s.user.take().is_some() {
-            s.reset_backends();
-        }
+        check_password(s, pass)?;
+        s.authenticate(None);
         return Ok(());
     };
     let wrongpass = || Frame::error("WRONGPASS invalid username-password pair or user is disabled.");
     let (Ok(name), Ok(pass)) = (std::str::from_utf8(user), std::str::from_utf8(pass)) else {
         return Err(wrongpass());
     };
-    match s.shared.users.authenticate(&s.shared.opts, name, pass).await {
+    let shared = s.shared().clone();
+    match shared.users.authenticate(&shared.opts, name, pass).await {
         Ok(u) => {
-            s.authenticated = true;
-            s.user = Some(u);
-            // The next command takes the user's connections (after a barrier: see `send`).
-            s.reset_backends();
+            s.authenticate(Some(u));
             Ok(())
         }
         Err(e) => Err(Frame::error(e.to_string())),
@@ -139,9 +137,9 @@ async fn authenticate(s: &mut Session, user: Option<&Bytes>, pass: &Bytes) -> Re
 fn set_info(s: &mut Session, attr: &Bytes, value: &Bytes) -> Result<(), Frame> {
     let shown = String::from_utf8_lossy(attr);
     let slot = if attr.eq_ignore_ascii_case(b"lib-name") {
-        &mut s.lib.name
+        &mut s.lib_mut().name
     } else if attr.eq_ignore_ascii_case(b"lib-ver") {
-        &mut s.lib.version
+        &mut s.lib_mut().version
     } else {
         return Err(Frame::error(format!("ERR Unrecognized option '{shown}'")));
     };
@@ -152,17 +150,15 @@ fn set_info(s: &mut Session, attr: &Bytes, value: &Bytes) -> Result<(), Frame> {
     Ok(())
 }
 
-/// `Ok` if the password is right; the error Redis would give otherwise.
-fn check_password(s: &mut Session, user: Option<&Bytes>, pass: &Bytes) -> Result<(), Frame> {
-    let Some(required) = &s.shared.opts.requirepass else {
+/// `Ok` if the default user's password is right; the error Redis would give otherwise.
+fn check_password(s: &Session, pass: &Bytes) -> Result<(), Frame> {
+    let Some(required) = &s.shared().opts.requirepass else {
         return Err(Frame::error(
             "ERR AUTH <password> called without any password configured for the default user. \
              Are you sure your configuration is correct?",
         ));
     };
-    let user_ok = user.is_none_or(|u| &u[..] == b"default");
-    if user_ok && constant_time_eq(pass, required.as_bytes()) {
-        s.authenticated = true;
+    if constant_time_eq(pass, required.as_bytes()) {
         Ok(())
     } else {
         Err(Frame::error("WRONGPASS invalid username-password pair or user is disabled."))
@@ -176,7 +172,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// `HELLO [protover [AUTH user pass] [SETNAME name]]`
 async fn hello(s: &mut Session, cmd: &Command) -> Flow {
     let args = cmd.args();
-    let mut protocol = s.protocol;
+    let mut protocol = s.protocol();
     if let Some(v) = args.get(1) {
         protocol = match parse_int(v) {
             Some(2) => Protocol::Resp2,
@@ -203,7 +199,7 @@ async fn hello(s: &mut Session, cmd: &Command) -> Flow {
                 .await;
         }
     }
-    if !s.authenticated {
+    if !s.is_authenticated() {
         return s
             .reply(Frame::error(
                 "NOAUTH HELLO must be called with the client already authenticated, otherwise the \
@@ -213,18 +209,14 @@ async fn hello(s: &mut Session, cmd: &Command) -> Flow {
             .await;
     }
     if let Some(n) = name {
-        s.name = Some(n);
+        s.set_name(Some(n));
     }
-    if protocol != s.protocol {
-        // Replies pass through untouched, so the node connections must speak the same protocol.
-        s.protocol = protocol;
-        s.reset_backends();
-    }
+    s.set_protocol(protocol);
     let reply = Frame::Map(vec![
         (Frame::bulk("server"), Frame::bulk("redis")),
         (Frame::bulk("version"), Frame::bulk(REDIS_VERSION)),
         (Frame::bulk("proto"), Frame::Integer(if protocol == Protocol::Resp3 { 3 } else { 2 })),
-        (Frame::bulk("id"), Frame::Integer(s.id as i64)),
+        (Frame::bulk("id"), Frame::Integer(s.id() as i64)),
         (Frame::bulk("mode"), Frame::bulk("cluster")),
         (Frame::bulk("role"), Frame::bulk("master")),
         (Frame::bulk("modules"), Frame::Array(Vec::new())),
@@ -234,22 +226,22 @@ async fn hello(s: &mut Session, cmd: &Command) -> Flow {
 
 /// A `CLIENT INFO` line in Redis's format (7.2's, with the library fields), describing the client's connection to the proxy.
 fn client_info_line(s: &Session) -> String {
-    let addr = s.addr.map(|a| a.to_string()).unwrap_or_default();
-    let laddr = s.local_addr.map(|a| a.to_string()).unwrap_or_default();
-    let name = s.name.as_ref().map(|n| String::from_utf8_lossy(n).into_owned()).unwrap_or_default();
-    let multi = match &s.tx {
+    let show_addr = |a: Option<std::net::SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
+    let (addr, laddr) = (show_addr(s.addr()), show_addr(s.local_addr()));
+    let show = |v: Option<&Bytes>| v.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
+    let name = show(s.name());
+    let multi = match s.tx() {
         TxState::Queued { commands, .. } => commands.len() as i64,
         _ => -1,
     };
-    let resp = if s.protocol == Protocol::Resp3 { 3 } else { 2 };
-    let user = s.user.as_ref().map_or("default", |u| &u.name);
-    let show = |v: &Option<Bytes>| v.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
-    let (lib_name, lib_ver) = (show(&s.lib.name), show(&s.lib.version));
+    let resp = if s.protocol() == Protocol::Resp3 { 3 } else { 2 };
+    let user = s.user_name();
+    let (lib_name, lib_ver) = (show(s.lib().name.as_ref()), show(s.lib().version.as_ref()));
     format!(
         "id={} addr={addr} laddr={laddr} fd=0 name={name} age={} idle=0 flags=N db=0 sub=0 psub=0 ssub=0 \
          multi={multi} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 \
          events=r cmd=client|info user={user} redir=-1 resp={resp} lib-name={lib_name} lib-ver={lib_ver}\n",
-        s.id,
-        s.created.elapsed().as_secs(),
+        s.id(),
+        s.age().as_secs(),
     )
 }

@@ -10,12 +10,12 @@ use sluice_common::resp::{Command, Frame};
 /// Decides what to do with one command and queues its reply.
 pub async fn handle(s: &mut Session, cmd: Command) -> Flow {
     let found = command::lookup(&cmd);
-    s.shared.metrics.command(found);
+    s.shared().metrics.command(found);
     let Some(spec) = found else {
         let err = unknown_command(&cmd);
         return s.reply_error_in_tx(err).await;
     };
-    if !s.authenticated && !matches!(spec.name, "auth" | "hello" | "quit" | "reset") {
+    if !s.is_authenticated() && !matches!(spec.name, "auth" | "hello" | "quit" | "reset") {
         return s.reply(noauth()).await;
     }
     if spec.has_subcommands && cmd.len() > 1 {
@@ -40,7 +40,7 @@ pub async fn handle(s: &mut Session, cmd: Command) -> Flow {
         name if name.starts_with("client|") || name == "acl|whoami" => connection_commands::handle(s, cmd, spec).await,
         "cluster|countkeysinslot" | "cluster|getkeysinslot" => slot_keys::handle(s, cmd).await,
         name if name.starts_with("cluster|") => {
-            let reply = cluster::handle(&s.shared, &cmd, spec);
+            let reply = cluster::handle(s.shared(), &cmd, spec);
             s.reply(reply).await
         }
         "info" => info::handle(s, cmd).await,
@@ -50,7 +50,7 @@ pub async fn handle(s: &mut Session, cmd: Command) -> Flow {
         "eval" | "eval_ro" | "script|load" => {
             let body = if spec.name == "script|load" { cmd.arg(2) } else { cmd.arg(1) };
             if let Some(body) = body {
-                s.shared.scripts.remember(body);
+                s.shared().scripts.remember(body);
             }
             keyed::handle(s, cmd, spec).await
         }

@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 pub async fn handle(s: &mut Session, cmd: Command) -> Flow {
-    let shared = s.shared.clone();
-    let protocol = s.protocol;
+    let shared = s.shared().clone();
+    let protocol = s.protocol();
     let wants_sluice = cmd.len() == 1
         || cmd.args()[1..]
             .iter()

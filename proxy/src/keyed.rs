@@ -43,7 +43,7 @@ async fn wait_while_held(
     since: &mut Option<Instant>,
     slots: &[u16],
 ) -> Result<(), Frame> {
-    let limit = s.shared.opts.switch_pause() * 2 + HOLD_MARGIN;
+    let limit = s.shared().opts.switch_pause() * 2 + HOLD_MARGIN;
     let since = *since.get_or_insert_with(Instant::now);
     s.flush().await;
     let left = limit.saturating_sub(since.elapsed());
@@ -119,7 +119,7 @@ fn single_slot(cmd: &Command, keys: &KeyPositions) -> Result<Option<u16>, Frame>
 /// For commands that must run here as a whole (transactions): the slot of their keys if it
 /// is served here, or the error a Redis Cluster node would give.
 pub fn local_slot(s: &Session, cmd: &Command, spec: &CommandSpec) -> Result<Option<u16>, Frame> {
-    if let Some(err) = refusal(cmd, spec, &s.shared) {
+    if let Some(err) = refusal(cmd, spec, s.shared()) {
         return Err(err);
     }
     let keys = command::key_positions(cmd, spec).map_err(|e| Frame::error(e.to_string()))?;
@@ -133,8 +133,8 @@ pub fn local_slot(s: &Session, cmd: &Command, spec: &CommandSpec) -> Result<Opti
 /// `Ok` if this proxy serves `slot` (held slots and slots a keys-mode migration is moving
 /// away included: they are still this proxy's to answer), else `MOVED`/`CLUSTERDOWN`.
 pub fn check_local(s: &Session, slot: u16) -> Result<(), Frame> {
-    let routes = s.shared.routes();
-    match routes.route_for(slot, s.is_peer) {
+    let routes = s.shared().routes();
+    match routes.route_for(slot, s.is_peer()) {
         Route::Local | Route::Held | Route::Pull(_) => Ok(()),
         Route::Peer(p) => Err(moved(slot, p)),
         Route::Unserved => Err(clusterdown()),
@@ -209,11 +209,11 @@ fn plan(routes: &RouteTable, slots: &[u16], from_peer: bool) -> Plan {
 /// session notes the table it was routed with ([`crate::state::Routed`]). `None`: the table
 /// changed while it was noted (possible with several threads): plan again.
 fn plan_counted(s: &mut Session, slots: &[u16], count: bool) -> Option<Plan> {
-    let routes = s.shared.routes_full();
-    let decision = plan(&routes, slots, s.is_peer);
+    let routes = s.shared().routes_full();
+    let decision = plan(&routes, slots, s.is_peer());
     if count && matches!(decision, Plan::Local { .. }) {
         s.routed_with(&routes);
-        if !Arc::ptr_eq(&routes, &s.shared.routes_full()) {
+        if !Arc::ptr_eq(&routes, &s.shared().routes_full()) {
             s.forget_routed();
             return None;
         }
@@ -234,7 +234,7 @@ pub enum Gate {
 pub async fn gate(s: &mut Session, slots: &[u16]) -> Result<Gate, Frame> {
     let mut held_since = None;
     loop {
-        let mut changes = s.shared.route_changes();
+        let mut changes = s.shared().route_changes();
         let Some(decision) = plan_counted(s, slots, true) else { continue };
         match decision {
             Plan::Held => wait_while_held(s, &mut changes, &mut held_since, slots).await?,
@@ -259,7 +259,7 @@ pub async fn pull(s: &mut Session, target: &PullTarget, keys: &[Bytes]) -> Resul
     if keys.is_empty() {
         return Ok(());
     }
-    let cmd = migrate_command(&s.shared, &target.node, keys);
+    let cmd = migrate_command(s.shared(), &target.node, keys);
     let rx = s.send(&To::Node(Lane::Shared), cmd.raw().clone()).await.map_err(|e| e.to_frame())?;
     let raw = match rx.await {
         Ok(Ok(raw)) => raw,
@@ -276,7 +276,7 @@ pub async fn pull(s: &mut Session, target: &PullTarget, keys: &[Bytes]) -> Resul
 
 /// Routes an ordinary command.
 pub async fn handle(s: &mut Session, cmd: Command, spec: &'static CommandSpec) -> Flow {
-    if let Some(err) = refusal(&cmd, spec, &s.shared) {
+    if let Some(err) = refusal(&cmd, spec, s.shared()) {
         return s.reply(err).await;
     }
     let keys = match command::key_positions(&cmd, spec) {
@@ -292,7 +292,7 @@ pub async fn handle(s: &mut Session, cmd: Command, spec: &'static CommandSpec) -
             None => return s.reply(crossslot).await,
         },
     };
-    if s.readonly && spec.has(flags::READONLY) && !slots.is_empty() && reads_from_replica(&s.shared, &slots) {
+    if s.is_readonly() && spec.has(flags::READONLY) && !slots.is_empty() && reads_from_replica(s.shared(), &slots) {
         return s.send_to_node(lane, cmd.raw().clone(), false).await;
     }
     // A command that waited for a switch is forwarded to the slot's new proxy: the client
@@ -300,7 +300,7 @@ pub async fn handle(s: &mut Session, cmd: Command, spec: &'static CommandSpec) -
     let mut waited = false;
     let mut held_since = None;
     loop {
-        let mut changes = s.shared.route_changes();
+        let mut changes = s.shared().route_changes();
         let blocking = lane == Lane::Private;
         // Blocking commands are not counted: they may wait for as long as their timeout.
         let Some(decision) = plan_counted(s, &slots, !blocking) else { continue };
@@ -369,19 +369,19 @@ async fn split(
         let rx = match dest {
             Dest::Local => {
                 let local: Vec<u16> = ordinals.iter().map(|&o| slots[o]).collect();
-                if local.iter().any(|&sl| s.shared.routes().is_migrating(sl)) && !s.enter_migrating(&local) {
+                if local.iter().any(|&sl| s.shared().routes().is_migrating(sl)) && !s.enter_migrating(&local) {
                     // The table changed under us: the client retries on the answer.
                     return s.reply(Frame::error("TRYAGAIN sluice: slots are being switched")).await;
                 }
                 s.send(&To::Node(Lane::Shared), sub.raw().clone()).await
             }
-            Dest::Peer(p) => s.send(&To::peer(&s.shared, &p.proxy, false), sub.raw().clone()).await,
+            Dest::Peer(p) => s.send(&To::peer(s.shared(), &p.proxy, false), sub.raw().clone()).await,
             Dest::Pull(t) => {
                 let key_args: Vec<Bytes> = positions.iter().map(|&i| cmd.args()[i].clone()).collect();
                 if let Err(e) = pull(s, &t, &key_args).await {
                     return s.reply(e).await;
                 }
-                s.send(&To::peer(&s.shared, &t.proxy, false), sub.raw().clone()).await
+                s.send(&To::peer(s.shared(), &t.proxy, false), sub.raw().clone()).await
             }
         };
         match rx {
@@ -389,7 +389,7 @@ async fn split(
             Err(e) => return s.reply(e.to_frame()).await,
         }
     }
-    let protocol = s.protocol;
+    let protocol = s.protocol();
     let total = keys.len();
     let fut = async move {
         let mut results = Vec::with_capacity(parts.len());
@@ -407,7 +407,7 @@ async fn split(
 
 /// Forwards a whole command to the proxy that serves its slot and relays the answer.
 async fn forward(s: &mut Session, proxy: &str, data: Bytes, blocking: bool) -> Flow {
-    match s.send_counted(&To::peer(&s.shared, proxy, blocking), data).await {
+    match s.send_counted(&To::peer(s.shared(), proxy, blocking), data).await {
         Ok(rx) => s.push(Pending::Reply(rx)).await,
         Err(e) => s.reply(e.to_frame()).await,
     }
@@ -417,12 +417,12 @@ async fn forward(s: &mut Session, proxy: &str, data: Bytes, blocking: bool) -> F
 /// may hold keys of slots served elsewhere (a replica's copy, keys waiting for the garbage
 /// collector), so the keys of the slots served here are counted with `SCAN` instead.
 pub async fn dbsize(s: &mut Session, cmd: Command) -> Flow {
-    if s.shared.routes().config.migrations.is_empty() {
+    if s.shared().routes().config.migrations.is_empty() {
         return s.send_to_node(Lane::Shared, cmd.raw().clone(), false).await;
     }
     s.own_connection().await;
-    let shared = s.shared.clone();
-    let protocol = s.protocol;
+    let shared = s.shared().clone();
+    let protocol = s.protocol();
     let fut = async move {
         match count_served_keys(&shared).await {
             Ok(n) => Frame::Integer(n),
@@ -447,8 +447,8 @@ async fn count_served_keys(shared: &Arc<Shared>) -> Result<i64, NodeError> {
 /// `SCAN` and `KEYS`: run on the node, then drop every key of a slot this proxy does not
 /// serve (keys a migration left behind stay invisible).
 pub async fn scan(s: &mut Session, cmd: Command, spec: &'static CommandSpec) -> Flow {
-    let shared = s.shared.clone();
-    let protocol = s.protocol;
+    let shared = s.shared().clone();
+    let protocol = s.protocol();
     let is_scan = spec.name == "scan";
     s.send_and_present(cmd.raw().clone(), move |raw| {
         let Ok((frame, _)) = parse_frame(&raw, &Limits::SERVER) else {

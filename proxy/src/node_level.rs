@@ -121,8 +121,8 @@ fn config_set_refusal(cmd: &Command, shared: &Shared) -> Option<Frame> {
 
 /// `CONFIG GET`: the node's answer, presented as a cluster node's (see the module doc).
 pub async fn config_get(s: &mut Session, cmd: Command) -> Flow {
-    let shared = s.shared.clone();
-    let protocol = s.protocol;
+    let shared = s.shared().clone();
+    let protocol = s.protocol();
     s.send_and_present(cmd.raw().clone(), move |raw| match parse_frame(&raw, &Limits::SERVER) {
         Ok((Frame::Array(items), _)) => {
             let mut pairs: Vec<(Frame, Frame)> = Vec::with_capacity(items.len() / 2);

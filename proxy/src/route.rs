@@ -5,7 +5,9 @@
 //! config says who owns a slot; an override says what a migration changed since: slots held
 //! during a switch, slots already handed to the destination, slots taken over from the source.
 
-use sluice_common::model::{node_id, ClusterView, Epoch, MigrationMode, ModelError, ProxyConfig, SlotRange, SlotTag};
+use sluice_common::model::{
+    node_id, ClusterView, Epoch, MigrationMeta, MigrationMode, ModelError, NodeView, ProxyConfig, SlotRange, SlotTag,
+};
 use sluice_common::slot::SLOT_COUNT;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
@@ -113,6 +115,142 @@ pub struct RouteTable {
     pub routed: Arc<AtomicUsize>,
 }
 
+impl Peer {
+    /// A master of the cluster, with its replicas.
+    fn of_master(node: &NodeView) -> Peer {
+        let replicas = node
+            .replicas
+            .iter()
+            .map(|r| Peer {
+                proxy: r.proxy.clone(),
+                node: r.node.clone(),
+                id: node_id(&r.proxy),
+                peer: r.peer.clone().unwrap_or_else(|| r.proxy.clone()),
+                replicas: Vec::new(),
+                config_epoch: node.config_epoch,
+            })
+            .collect();
+        Peer {
+            proxy: node.proxy.clone(),
+            node: node.node.clone(),
+            id: node_id(&node.proxy),
+            peer: node.peer_address().to_string(),
+            replicas,
+            config_epoch: node.config_epoch,
+        }
+    }
+}
+
+/// The per-slot part of a [`RouteTable`] while [`RouteTable::build`] fills it in.
+struct SlotMaps {
+    owners: Box<[u16]>,
+    flags: Box<[u8]>,
+    pull_index: Box<[u16]>,
+    pulls: Vec<PullTarget>,
+}
+
+impl SlotMaps {
+    /// Nobody serves anything, nothing moves.
+    fn new() -> SlotMaps {
+        SlotMaps {
+            owners: vec![NO_OWNER; usize::from(SLOT_COUNT)].into_boxed_slice(),
+            flags: vec![0; usize::from(SLOT_COUNT)].into_boxed_slice(),
+            pull_index: vec![NO_PULL; usize::from(SLOT_COUNT)].into_boxed_slice(),
+            pulls: Vec::new(),
+        }
+    }
+
+    /// The config's owner of each slot, as an index into the cluster's nodes (checked to fit
+    /// below `NO_OWNER`).
+    fn set_owners(&mut self, slot_owners: Vec<Option<usize>>) {
+        for (slot, owner) in slot_owners.into_iter().enumerate() {
+            if let Some(o) = owner {
+                self.owners[slot] = o as u16;
+            }
+        }
+    }
+
+    /// Adds `flag` to every slot of `range`.
+    fn flag(&mut self, range: SlotRange, flag: u8) {
+        for slot in range.slots() {
+            self.flags[usize::from(slot)] |= flag;
+        }
+    }
+
+    /// Adds `flag` to the slots of `node` that no migration tags.
+    fn flag_untagged(&mut self, node: &NodeView, flag: u8) {
+        for a in node.slots.iter().filter(|a| a.tag.is_none()) {
+            self.flag(a.range(), flag);
+        }
+    }
+
+    /// Flags this proxy's slots that migrations tag: moving away (counted in flight; for a
+    /// keys-mode migration also pulled to its destination) or coming in.
+    fn flag_migrations(&mut self, config: &ProxyConfig, node: &NodeView) -> Result<(), ModelError> {
+        for a in &node.slots {
+            let keys_mode = a.migration.as_ref().and_then(|id| config.migrations.iter().find(|m| &m.id == id));
+            let keys_mode = keys_mode.filter(|m| m.mode == MigrationMode::Keys);
+            let flag = match (a.tag, keys_mode) {
+                (Some(SlotTag::Migrating), Some(m)) => {
+                    let index = self.pull_target(m)?;
+                    for slot in a.range().slots() {
+                        self.pull_index[usize::from(slot)] = index;
+                    }
+                    MIGRATING | PULLING
+                }
+                (Some(SlotTag::Migrating), None) => MIGRATING,
+                (Some(SlotTag::Importing), Some(_)) => IMPORTING | IMPORTING_KEYS,
+                (Some(SlotTag::Importing), None) => IMPORTING,
+                (None, _) => 0,
+            };
+            self.flag(a.range(), flag);
+        }
+        Ok(())
+    }
+
+    /// The index in `pulls` of where keys-mode migration `m` sends its keys (added on first use).
+    fn pull_target(&mut self, m: &MigrationMeta) -> Result<u16, ModelError> {
+        let index = match self.pulls.iter().position(|p| p.migration == m.id) {
+            Some(i) => i,
+            None => {
+                self.pulls.push(PullTarget {
+                    migration: m.id.clone(),
+                    proxy: m.dst_proxy.clone(),
+                    node: m.dst_node.clone(),
+                });
+                self.pulls.len() - 1
+            }
+        };
+        // At most one entry per migration, and a migration has at least one of the 16384
+        // slots: the index always fits below `NO_PULL`.
+        u16::try_from(index).map_err(|_| ModelError::TooManyMigrations)
+    }
+
+    /// What a running migration changed since the config: its slots held, or served by
+    /// another proxy (or by this one, `me`) with nothing moving any more.
+    fn apply(&mut self, o: &Override, peers: &[Peer], me: Option<usize>) {
+        let target = match &o.kind {
+            OverrideKind::Hold => None,
+            OverrideKind::MovedTo(proxy) => peers.iter().position(|p| &p.proxy == proxy).map(|i| i as u16),
+            OverrideKind::Here => me.map(|i| i as u16),
+        };
+        for r in &o.slots {
+            for slot in r.slots().filter(|&s| s < SLOT_COUNT) {
+                let s = usize::from(slot);
+                match o.kind {
+                    OverrideKind::Hold => self.flags[s] |= HELD,
+                    _ => {
+                        if let Some(t) = target {
+                            self.owners[s] = t;
+                        }
+                        self.flags[s] &= !(MIGRATING | HELD | PULLING | IMPORTING_KEYS);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The owners of the slots as a proxy last saw them while it was a node of a cluster.
 #[derive(Debug)]
 struct FormerView {
@@ -124,12 +262,13 @@ struct FormerView {
 impl RouteTable {
     /// The table of a proxy that has no config yet (epoch 0, serves nothing).
     pub fn empty(me: &str) -> RouteTable {
+        let SlotMaps { owners, flags, pull_index, pulls } = SlotMaps::new();
         RouteTable {
             config: Arc::new(ProxyConfig::free(me, 0)),
-            owners: vec![NO_OWNER; usize::from(SLOT_COUNT)].into_boxed_slice(),
-            flags: vec![0; usize::from(SLOT_COUNT)].into_boxed_slice(),
-            pull_index: vec![NO_PULL; usize::from(SLOT_COUNT)].into_boxed_slice(),
-            pulls: Vec::new(),
+            owners,
+            flags,
+            pull_index,
+            pulls,
             peers: Vec::new(),
             me: None,
             replica_of: None,
@@ -141,126 +280,39 @@ impl RouteTable {
     /// Builds the table of `config` (checked first) with the migrations' overrides applied.
     pub fn build(config: Arc<ProxyConfig>, overrides: &[Override]) -> Result<RouteTable, ModelError> {
         config.validate()?;
-        let mut owners = vec![NO_OWNER; usize::from(SLOT_COUNT)].into_boxed_slice();
-        let mut flags = vec![0u8; usize::from(SLOT_COUNT)].into_boxed_slice();
-        let mut pull_index = vec![NO_PULL; usize::from(SLOT_COUNT)].into_boxed_slice();
-        let mut pulls = Vec::new();
+        let mut slots = SlotMaps::new();
         let mut peers = Vec::new();
         let mut me = None;
         let mut replica_of = None;
         if let Some(cluster) = &config.cluster {
             let slot_owners = cluster.slot_owners()?;
-            for (i, node) in cluster.nodes.iter().enumerate() {
-                if node.proxy == config.proxy {
-                    me = Some(i);
-                }
-                if node.replicas.iter().any(|r| r.proxy == config.proxy) {
-                    replica_of = Some(i);
-                }
-                let replicas = node
-                    .replicas
-                    .iter()
-                    .map(|r| Peer {
-                        proxy: r.proxy.clone(),
-                        node: r.node.clone(),
-                        id: node_id(&r.proxy),
-                        peer: r.peer.clone().unwrap_or_else(|| r.proxy.clone()),
-                        replicas: Vec::new(),
-                        config_epoch: node.config_epoch,
-                    })
-                    .collect();
-                peers.push(Peer {
-                    proxy: node.proxy.clone(),
-                    node: node.node.clone(),
-                    id: node_id(&node.proxy),
-                    peer: node.peer_address().to_string(),
-                    replicas,
-                    config_epoch: node.config_epoch,
-                });
-            }
             // Owners are stored as u16 indices with `NO_OWNER` reserved: a larger cluster
             // (far beyond any real one) is refused rather than truncated to another node.
             if cluster.nodes.len() >= usize::from(NO_OWNER) {
                 return Err(ModelError::TooManyNodes(cluster.nodes.len()));
             }
-            for (slot, owner) in slot_owners.into_iter().enumerate() {
-                if let Some(o) = owner {
-                    owners[slot] = o as u16;
-                }
-            }
+            slots.set_owners(slot_owners);
+            peers = cluster.nodes.iter().map(Peer::of_master).collect();
+            // The last node naming this proxy, should a config name it twice.
+            me = cluster.nodes.iter().rposition(|n| n.proxy == config.proxy);
+            replica_of = cluster.nodes.iter().rposition(|n| n.replicas.iter().any(|r| r.proxy == config.proxy));
             if let Some(master) = replica_of {
-                for a in cluster.nodes[master].slots.iter().filter(|a| a.tag.is_none()) {
-                    for slot in a.range().slots() {
-                        flags[usize::from(slot)] |= REPLICA_READS;
-                    }
-                }
-            }
-            if let Some(me) = me.filter(|&i| cluster.nodes[i].handover.is_some()) {
-                // A graceful failover is handing the shard over: commands on its slots are
-                // counted in flight, so the handover can wait for them (`handover.rs`).
-                for a in cluster.nodes[me].slots.iter().filter(|a| a.tag.is_none()) {
-                    for slot in a.range().slots() {
-                        flags[usize::from(slot)] |= MIGRATING;
-                    }
-                }
+                slots.flag_untagged(&cluster.nodes[master], REPLICA_READS);
             }
             if let Some(me) = me {
-                for a in &cluster.nodes[me].slots {
-                    let keys_mode = a.migration.as_ref().and_then(|id| config.migrations.iter().find(|m| &m.id == id));
-                    let keys_mode = keys_mode.filter(|m| m.mode == MigrationMode::Keys);
-                    let flag = match (a.tag, keys_mode) {
-                        (Some(SlotTag::Migrating), Some(m)) => {
-                            let index = match pulls.iter().position(|p: &PullTarget| p.migration == m.id) {
-                                Some(i) => i,
-                                None => {
-                                    pulls.push(PullTarget {
-                                        migration: m.id.clone(),
-                                        proxy: m.dst_proxy.clone(),
-                                        node: m.dst_node.clone(),
-                                    });
-                                    pulls.len() - 1
-                                }
-                            };
-                            // At most one entry per migration, and a migration has at least one
-                            // of the 16384 slots: the index always fits below `NO_PULL`.
-                            let index = u16::try_from(index).map_err(|_| ModelError::TooManyMigrations)?;
-                            for slot in a.range().slots() {
-                                pull_index[usize::from(slot)] = index;
-                            }
-                            MIGRATING | PULLING
-                        }
-                        (Some(SlotTag::Migrating), None) => MIGRATING,
-                        (Some(SlotTag::Importing), Some(_)) => IMPORTING | IMPORTING_KEYS,
-                        (Some(SlotTag::Importing), None) => IMPORTING,
-                        (None, _) => 0,
-                    };
-                    for slot in a.range().slots() {
-                        flags[usize::from(slot)] |= flag;
-                    }
+                let node = &cluster.nodes[me];
+                if node.handover.is_some() {
+                    // A graceful failover is handing the shard over: commands on its slots are
+                    // counted in flight, so the handover can wait for them (`handover.rs`).
+                    slots.flag_untagged(node, MIGRATING);
                 }
+                slots.flag_migrations(&config, node)?;
             }
         }
         for o in overrides {
-            let target = match &o.kind {
-                OverrideKind::Hold => None,
-                OverrideKind::MovedTo(proxy) => peers.iter().position(|p| &p.proxy == proxy).map(|i| i as u16),
-                OverrideKind::Here => me.map(|i| i as u16),
-            };
-            for r in &o.slots {
-                for slot in r.slots().filter(|&s| s < SLOT_COUNT) {
-                    let s = usize::from(slot);
-                    match o.kind {
-                        OverrideKind::Hold => flags[s] |= HELD,
-                        _ => {
-                            if let Some(t) = target {
-                                owners[s] = t;
-                            }
-                            flags[s] &= !(MIGRATING | HELD | PULLING | IMPORTING_KEYS);
-                        }
-                    }
-                }
-            }
+            slots.apply(o, &peers, me);
         }
+        let SlotMaps { owners, flags, pull_index, pulls } = slots;
         Ok(RouteTable {
             config,
             owners,

@@ -20,7 +20,7 @@ struct Router {
 impl Commands for Router {
     async fn handle(&self, s: &mut Session, cmd: Command) -> Flow {
         if cmd.name().eq_ignore_ascii_case(b"umctl") {
-            if !s.authenticated {
+            if !s.is_authenticated() {
                 return s.reply(noauth()).await;
             }
             return umctl::handle(s, cmd, &self.control).await;

@@ -34,6 +34,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::codec::Decoder;
 
+mod client_state;
+pub use client_state::ClientLib;
+
 /// A reply that will be written to the client once it is known, in queue order.
 pub enum Pending {
     /// Already encoded.
@@ -164,32 +167,28 @@ const MAX_BACKLOG: usize = 1024;
 const MAX_BATCH_BYTES: usize = 64 * 1024;
 const MAX_BATCH_COMMANDS: usize = 256;
 
-/// The client library a connection declared (`CLIENT SETINFO`); empty until it does.
-#[derive(Debug, Clone, Default)]
-pub struct ClientLib {
-    pub name: Option<Bytes>,
-    pub version: Option<Bytes>,
-}
-
+/// One client connection's state. Its fields are private: what the command modules may
+/// change (protocol, credentials, name, transaction) goes through methods that keep the
+/// connections in step with it (a new protocol or user takes new node connections).
 pub struct Session {
-    pub shared: Arc<Shared>,
-    pub id: u64,
-    pub addr: Option<SocketAddr>,
-    pub local_addr: Option<SocketAddr>,
-    pub created: Instant,
-    pub protocol: Protocol,
-    pub authenticated: bool,
+    shared: Arc<Shared>,
+    id: u64,
+    addr: Option<SocketAddr>,
+    local_addr: Option<SocketAddr>,
+    created: Instant,
+    protocol: Protocol,
+    authenticated: bool,
     /// The node's ACL user this client authenticated as (`users.rs`): its commands go to the
     /// node on that user's connections. `None`: the default user, the proxy's connections.
-    pub user: Option<crate::users::User>,
-    pub name: Option<Bytes>,
+    user: Option<crate::users::User>,
+    name: Option<Bytes>,
     /// `CLIENT SETINFO lib-name|lib-ver` (Redis 7.2), shown by `CLIENT INFO`.
-    pub lib: ClientLib,
+    lib: ClientLib,
     /// `READONLY` was sent: reads of a replica's master's slots are served by the replica.
-    pub readonly: bool,
+    readonly: bool,
     /// This connection comes from another proxy forwarding to us: never forward again.
-    pub is_peer: bool,
-    pub tx: TxState,
+    is_peer: bool,
+    tx: TxState,
     reader: ClientInput,
     backlog: VecDeque<Result<Command, CodecError>>,
     /// Each reply with what it keeps alive and when it was queued (for the latency metrics).
@@ -203,7 +202,7 @@ pub struct Session {
     /// A connection of this session's own to another proxy (for forwarded blocking commands).
     private_peer: Option<(String, PipelinedConn)>,
     /// The private connection that held this session's WATCH broke.
-    pub private_lost: bool,
+    private_lost: bool,
     /// The client disconnected while the session waited at a lane switch.
     client_gone: bool,
     /// Pass-through commands for the shared lane, not sent yet: everything the client

@@ -57,7 +57,7 @@ pub async fn handle(s: &mut Session, cmd: Command) -> Flow {
     let slot = match wanted {
         Wanted::Count(slot) | Wanted::Keys(slot, _) => slot,
     };
-    if !s.shared.routes().shows_keys_of(slot) {
+    if !s.shared().routes().shows_keys_of(slot) {
         let none = match wanted {
             Wanted::Count(_) => Frame::Integer(0),
             Wanted::Keys(..) => Frame::Array(Vec::new()),
@@ -65,8 +65,8 @@ pub async fn handle(s: &mut Session, cmd: Command) -> Flow {
         return s.reply(none).await;
     }
     s.own_connection().await;
-    let shared = s.shared.clone();
-    let protocol = s.protocol;
+    let shared = s.shared().clone();
+    let protocol = s.protocol();
     let fut = async move {
         let limit = match wanted {
             Wanted::Count(_) => usize::MAX,

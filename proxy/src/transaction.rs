@@ -54,9 +54,9 @@ pub async fn intercept(s: &mut Session, cmd: &Command, spec: &'static CommandSpe
         return None;
     }
     let flow = match name {
-        "multi" => match &mut s.tx {
+        "multi" => match s.tx_mut() {
             TxState::None => {
-                s.tx = TxState::Queued { commands: Vec::new(), slot: None, dirty: false };
+                *s.tx_mut() = TxState::Queued { commands: Vec::new(), slot: None, dirty: false };
                 s.reply(Frame::ok()).await
             }
             TxState::Watching { in_multi: in_multi @ false, .. } => {
@@ -66,28 +66,28 @@ pub async fn intercept(s: &mut Session, cmd: &Command, spec: &'static CommandSpe
             _ => s.reply(Frame::error("ERR MULTI calls can not be nested")).await,
         },
         "exec" => exec(s).await,
-        "discard" => match std::mem::take(&mut s.tx) {
+        "discard" => match std::mem::take(s.tx_mut()) {
             TxState::Queued { .. } => s.reply(Frame::ok()).await,
             TxState::Watching { in_multi: true, .. } => finish_private(s, cmd.raw().clone(), None, false).await,
             other => {
-                s.tx = other;
+                *s.tx_mut() = other;
                 s.reply(Frame::error("ERR DISCARD without MULTI")).await
             }
         },
         "watch" => watch(s, cmd, spec).await,
-        "unwatch" => match &s.tx {
+        "unwatch" => match s.tx() {
             TxState::None => s.reply(Frame::ok()).await,
             TxState::Watching { in_multi: false, .. } => {
-                s.tx = TxState::None;
+                *s.tx_mut() = TxState::None;
                 finish_private(s, cmd.raw().clone(), None, false).await
             }
             TxState::Watching { .. } => s.send_to_node(Lane::Private, cmd.raw().clone(), false).await,
             TxState::Queued { .. } => queue(s, cmd, spec).await,
         },
-        _ => match &s.tx {
+        _ => match s.tx() {
             TxState::None => return None,
             TxState::Queued { .. } => queue(s, cmd, spec).await,
-            TxState::Watching { .. } if answered_by_proxy(name) && !s.tx.in_multi() => return None,
+            TxState::Watching { .. } if answered_by_proxy(name) && !s.tx().in_multi() => return None,
             TxState::Watching { .. } => in_watch(s, cmd, spec).await,
         },
     };
@@ -96,7 +96,7 @@ pub async fn intercept(s: &mut Session, cmd: &Command, spec: &'static CommandSpe
 
 /// Checks that a command may join the transaction; the slot it touches, if any.
 fn admit(s: &Session, cmd: &Command, spec: &'static CommandSpec, tx_slot: Option<u16>) -> Result<Option<u16>, Frame> {
-    if s.tx.in_multi() {
+    if s.tx().in_multi() {
         if answered_by_proxy(spec.name) && !matches!(spec.name, "ping" | "echo") {
             return Err(Frame::error(format!(
                 "ERR sluice: '{}' cannot be used inside MULTI through the proxy",
@@ -116,13 +116,13 @@ fn admit(s: &Session, cmd: &Command, spec: &'static CommandSpec, tx_slot: Option
 
 /// A command after `MULTI` (no `WATCH`): checked, held, answered `QUEUED`.
 async fn queue(s: &mut Session, cmd: &Command, spec: &'static CommandSpec) -> Flow {
-    let tx_slot = match &s.tx {
+    let tx_slot = match s.tx() {
         TxState::Queued { slot, .. } => *slot,
         _ => None,
     };
     match admit(s, cmd, spec, tx_slot) {
         Ok(slot) => {
-            if let TxState::Queued { commands, slot: tx_slot, .. } = &mut s.tx {
+            if let TxState::Queued { commands, slot: tx_slot, .. } = s.tx_mut() {
                 commands.push(cmd.clone());
                 *tx_slot = tx_slot.or(slot);
             }
@@ -134,7 +134,7 @@ async fn queue(s: &mut Session, cmd: &Command, spec: &'static CommandSpec) -> Fl
 
 /// A command while watching: checked, then sent to the private connection.
 async fn in_watch(s: &mut Session, cmd: &Command, spec: &'static CommandSpec) -> Flow {
-    let watch_slot = match &s.tx {
+    let watch_slot = match s.tx() {
         TxState::Watching { slot, .. } => *slot,
         _ => None,
     };
@@ -148,16 +148,16 @@ async fn in_watch(s: &mut Session, cmd: &Command, spec: &'static CommandSpec) ->
         Err(e) => Err(e),
     };
     match checked {
-        Ok(()) => s.send_to_node(Lane::Private, cmd.raw().clone(), !s.tx.in_multi() && spec.may_write()).await,
+        Ok(()) => s.send_to_node(Lane::Private, cmd.raw().clone(), !s.tx().in_multi() && spec.may_write()).await,
         Err(e) => s.reply_error_in_tx(e).await,
     }
 }
 
 async fn watch(s: &mut Session, cmd: &Command, spec: &'static CommandSpec) -> Flow {
-    if s.tx.in_multi() {
+    if s.tx().in_multi() {
         return s.reply_error_in_tx(Frame::error("ERR WATCH inside MULTI is not allowed")).await;
     }
-    let watch_slot = match &s.tx {
+    let watch_slot = match s.tx() {
         TxState::Watching { slot, .. } => *slot,
         _ => None,
     };
@@ -173,18 +173,18 @@ async fn watch(s: &mut Session, cmd: &Command, spec: &'static CommandSpec) -> Fl
             Err(e) => return s.reply(e).await,
         }
     }
-    if !s.tx.is_watching() {
+    if !s.tx().is_watching() {
         s.prepare_private_for_watch();
     }
-    s.tx = TxState::Watching { slot: watch_slot.or(slot), in_multi: false, dirty: false };
+    *s.tx_mut() = TxState::Watching { slot: watch_slot.or(slot), in_multi: false, dirty: false };
     s.send_to_node(Lane::Private, cmd.raw().clone(), false).await
 }
 
 async fn exec(s: &mut Session) -> Flow {
-    match std::mem::take(&mut s.tx) {
+    match std::mem::take(s.tx_mut()) {
         TxState::None => s.reply(Frame::error("ERR EXEC without MULTI")).await,
         TxState::Watching { in_multi: false, slot, dirty } => {
-            s.tx = TxState::Watching { in_multi: false, slot, dirty };
+            *s.tx_mut() = TxState::Watching { in_multi: false, slot, dirty };
             s.reply(Frame::error("ERR EXEC without MULTI")).await
         }
         TxState::Watching { dirty: true, .. } => {
@@ -228,7 +228,7 @@ async fn exec(s: &mut Session) -> Flow {
             }
             data.extend_from_slice(b"*1\r\n$4\r\nEXEC\r\n");
             let n = commands.len() + 2;
-            let protocol = s.protocol;
+            let protocol = s.protocol();
             if let Some(target) = pull_target {
                 return exec_at_destination(s, &target, &commands, data.freeze(), n).await;
             }
@@ -267,8 +267,8 @@ async fn exec_at_destination(
     if let Err(e) = keyed::pull(s, target, &keys).await {
         return s.reply(e).await;
     }
-    let protocol = s.protocol;
-    match s.send_many(&To::peer(&s.shared, &target.proxy, false), unit, n).await {
+    let protocol = s.protocol();
+    match s.send_many(&To::peer(s.shared(), &target.proxy, false), unit, n).await {
         Ok(rx) => s.push(exec_reply(rx, protocol, None)).await,
         Err(e) => s.reply(e.to_frame()).await,
     }
@@ -300,8 +300,8 @@ fn exec_reply(
 /// `exec`: the command is `EXEC`, which runs the queued writes (with `--ack-replicas` its
 /// reply waits for replicas).
 async fn finish_private(s: &mut Session, data: Bytes, answer: Option<Frame>, exec: bool) -> Flow {
-    s.tx = TxState::None;
-    let lost = std::mem::take(&mut s.private_lost);
+    *s.tx_mut() = TxState::None;
+    let lost = s.take_watch_lost();
     if lost {
         return s.reply(Frame::error("EXECABORT Transaction discarded: the connection holding WATCH was lost")).await;
     }

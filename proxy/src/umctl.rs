@@ -81,12 +81,12 @@ pub async fn handle(s: &mut Session, cmd: Command, control: &Control) -> Flow {
             Ok(_) => Frame::ok(),
             Err(e) => Frame::error(format!("ERR sluice: {e}")),
         },
-        Ok(Request::GetEpoch) => Frame::Integer(s.shared.epoch() as i64),
+        Ok(Request::GetEpoch) => Frame::Integer(s.shared().epoch() as i64),
         Ok(Request::InfoMgr) => {
-            let status = status::collect(&s.shared).await;
+            let status = status::collect(s.shared()).await;
             let mut json = serde_json::to_value(&status).unwrap_or_default();
             json["migrations"] = serde_json::to_value(control.migrations.reports()).unwrap_or_default();
-            json["clean_epoch"] = s.shared.gc.clean_epoch.load(std::sync::atomic::Ordering::SeqCst).into();
+            json["clean_epoch"] = s.shared().gc.clean_epoch.load(std::sync::atomic::Ordering::SeqCst).into();
             Frame::bulk(json.to_string())
         }
         Ok(Request::Switched { id, epoch, attempt }) => match control.switched(&id, epoch, attempt).await {

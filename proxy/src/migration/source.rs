@@ -89,86 +89,21 @@ async fn drive(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), MigrationEr
     let mut dst = RedialingConn::new(shared, &meta.dst_node);
     let dst_addrs = resolve(&meta.dst_node).await;
     task.set_phase(Phase::Starting);
-
-    if task.switch_allowed() {
-        // An earlier run may have promoted the destination: until we know, the slots stay
-        // held (the destination may be serving them), however long that takes.
-        loop {
-            match dst_promoted(&mut node, &mut dst).await {
-                Ok(true) => {
-                    tracing::info!(migration = %meta.id, "the destination was promoted before: the switch had completed");
-                    return switched(shared, task).await;
-                }
-                Ok(false) => break,
-                Err(e) => {
-                    // Fenced or not: until we know, we cannot say we promoted nothing.
-                    task.note_error(format!("cannot tell yet whether the destination was promoted: {e}"));
-                    tokio::time::sleep(POLL).await;
-                }
-            }
-        }
+    if task.switch_allowed() && promoted_before(task, &mut node, &mut dst).await {
+        tracing::info!(migration = %meta.id, "the destination was promoted before: the switch had completed");
+        return switched(shared, task).await;
     }
     shared.set_override(&meta.id, None).await;
-    // One replica, no reason to wait for more before streaming the snapshot (Redis waits
-    // 5 s by default for others to join a diskless sync).
-    if let Ok(n) = node.get().await {
-        if let Err(e) = n.call(&["CONFIG", "SET", "repl-diskless-sync-delay", "0"]).await {
-            tracing::debug!(error = %e, "could not shorten the diskless sync delay");
-        }
-    }
+    shorten_diskless_sync_delay(&mut node).await;
 
     let deadline = Instant::now() + Duration::from_secs(shared.opts.migration_timeout_secs);
-    let min_follow = Duration::from_millis(shared.opts.min_follow_ms);
     let mut following_since: Option<Instant> = None;
     let mut failures = 0u32;
     loop {
-        if task.is_gone() {
-            // Before the switch was allowed, or after a fence we confirmed.
-            shared.set_override(&meta.id, None).await;
-            task.set_phase(Phase::Aborted);
-            return Ok(());
+        if let Some(end) = ended(shared, task, deadline).await {
+            return end;
         }
-        if task.fenced() {
-            // Every attempt so far ended with the destination's node certainly not promoted
-            // (one that promoted returned `switched`), and none follows: failing the task is
-            // the confirmation the broker waits for. The slots stay here.
-            return Err(refused!(
-                "stopped by the broker while switching (fenced): {} was never promoted; the slots stay here",
-                meta.dst_node
-            ));
-        }
-        if !task.switch_allowed() && Instant::now() > deadline {
-            return Err(refused!(
-                "no switch within {} s (--migration-timeout-secs)",
-                shared.opts.migration_timeout_secs
-            ));
-        }
-        let info = match node.replication().await {
-            Ok(info) => info,
-            Err(e) => {
-                task.note_error(format!("cannot read our node's replication: {e}"));
-                tokio::time::sleep(POLL).await;
-                continue;
-            }
-        };
-        let Some(replica) = info.replica_at(&dst_addrs) else {
-            following_since = None;
-            task.set_progress("replica", "not connected yet");
-            tokio::time::sleep(POLL).await;
-            continue;
-        };
-        if replica.state != "online" {
-            following_since = None;
-            task.set_progress("replica", replica.state.clone());
-            tokio::time::sleep(POLL).await;
-            continue;
-        }
-        let lag = info.master_repl_offset.saturating_sub(replica.offset);
-        task.set_phase(Phase::Following);
-        task.set_progress("replica", "online");
-        task.set_progress("lag_bytes", lag);
-        let since = *following_since.get_or_insert_with(Instant::now);
-        if lag > shared.opts.switch_max_lag_bytes || since.elapsed() < min_follow {
+        if !follows_closely(shared, task, &mut node, &dst_addrs, &mut following_since).await {
             tokio::time::sleep(POLL).await;
             continue;
         }
@@ -215,6 +150,94 @@ async fn drive(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), MigrationEr
             }
         }
     }
+}
+
+/// After a restart once the switch was allowed: whether an earlier run of this task promoted
+/// the destination. Until we know, the slots stay held (the destination may be serving
+/// them), however long that takes.
+async fn promoted_before(task: &Task, node: &mut RedialingConn<'_>, dst: &mut RedialingConn<'_>) -> bool {
+    loop {
+        match dst_promoted(node, dst).await {
+            Ok(promoted) => return promoted,
+            Err(e) => {
+                // Fenced or not: until we know, we cannot say we promoted nothing.
+                task.note_error(format!("cannot tell yet whether the destination was promoted: {e}"));
+                tokio::time::sleep(POLL).await;
+            }
+        }
+    }
+}
+
+/// One replica, no reason to wait for more before streaming the snapshot (Redis waits 5 s
+/// by default for others to join a diskless sync).
+async fn shorten_diskless_sync_delay(node: &mut RedialingConn<'_>) {
+    if let Ok(n) = node.get().await {
+        if let Err(e) = n.call(&["CONFIG", "SET", "repl-diskless-sync-delay", "0"]).await {
+            tracing::debug!(error = %e, "could not shorten the diskless sync delay");
+        }
+    }
+}
+
+/// `Some` when the task ends before a switch: the migration is gone (aborted before the
+/// switch was allowed, or after a fence we confirmed), fenced, or out of time.
+async fn ended(shared: &Shared, task: &Task, deadline: Instant) -> Option<Result<(), MigrationError>> {
+    let meta = &task.meta;
+    if task.is_gone() {
+        shared.set_override(&meta.id, None).await;
+        task.set_phase(Phase::Aborted);
+        return Some(Ok(()));
+    }
+    if task.fenced() {
+        // Every attempt so far ended with the destination's node certainly not promoted
+        // (one that promoted returned `switched`), and none follows: failing the task is
+        // the confirmation the broker waits for. The slots stay here.
+        return Some(Err(refused!(
+            "stopped by the broker while switching (fenced): {} was never promoted; the slots stay here",
+            meta.dst_node
+        )));
+    }
+    if !task.switch_allowed() && Instant::now() > deadline {
+        return Some(Err(refused!(
+            "no switch within {} s (--migration-timeout-secs)",
+            shared.opts.migration_timeout_secs
+        )));
+    }
+    None
+}
+
+/// Whether the destination's node follows ours closely enough to try a switch: an online
+/// replica whose lag is at most `--switch-max-lag-bytes`, for `--min-follow-ms` in a row
+/// (`following_since` counts that). Reports what it sees in the task's progress.
+async fn follows_closely(
+    shared: &Shared,
+    task: &Task,
+    node: &mut RedialingConn<'_>,
+    dst_addrs: &[std::net::SocketAddr],
+    following_since: &mut Option<Instant>,
+) -> bool {
+    let info = match node.replication().await {
+        Ok(info) => info,
+        Err(e) => {
+            task.note_error(format!("cannot read our node's replication: {e}"));
+            return false;
+        }
+    };
+    let Some(replica) = info.replica_at(dst_addrs) else {
+        *following_since = None;
+        task.set_progress("replica", "not connected yet");
+        return false;
+    };
+    if replica.state != "online" {
+        *following_since = None;
+        task.set_progress("replica", replica.state.clone());
+        return false;
+    }
+    let lag = info.master_repl_offset.saturating_sub(replica.offset);
+    task.set_phase(Phase::Following);
+    task.set_progress("replica", "online");
+    task.set_progress("lag_bytes", lag);
+    let since = *following_since.get_or_insert_with(Instant::now);
+    lag <= shared.opts.switch_max_lag_bytes && since.elapsed() >= Duration::from_millis(shared.opts.min_follow_ms)
 }
 
 fn retry_gap(failures: u32) -> Duration {
