@@ -884,3 +884,90 @@ impl BackendPool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{OutputBudget, FIRST_BATCH};
+    use crate::options::OutputLimit;
+    use std::time::Duration;
+
+    const MB: usize = 1 << 20;
+
+    fn budget(hard: usize, soft: usize, soft_for: Duration) -> OutputBudget {
+        OutputBudget::new(OutputLimit { hard, soft, soft_for })
+    }
+
+    #[test]
+    fn past_the_hard_limit_the_client_is_cut_off_and_nothing_more_is_counted() {
+        let b = budget(4 * MB, 0, Duration::ZERO);
+        // A single reply fits when nothing else is held, however large.
+        assert!(b.charge(10 * MB));
+        b.release(10 * MB);
+        assert!(b.charge(3 * MB));
+        assert!(!b.exceeded().is_cancelled());
+        assert!(!b.charge(2 * MB), "3 + 2 MiB passes the 4 MiB hard limit");
+        assert!(b.exceeded().is_cancelled());
+        assert_eq!(b.used(), 3 * MB, "the refused reply is not counted");
+        assert!(!b.charge(1), "after the cut every reply is dropped");
+    }
+
+    #[test]
+    fn above_the_soft_limit_for_longer_than_its_seconds_the_client_is_cut_off() {
+        let b = budget(0, MB, Duration::ZERO);
+        assert!(b.charge(2 * MB), "the first charge above the soft limit starts its clock");
+        std::thread::sleep(Duration::from_millis(3));
+        assert!(!b.charge(1), "still above it, past its time");
+        assert!(b.exceeded().is_cancelled());
+
+        // Back under the soft limit, the clock starts again.
+        let b = budget(0, MB, Duration::ZERO);
+        assert!(b.charge(2 * MB));
+        b.release(2 * MB);
+        std::thread::sleep(Duration::from_millis(3));
+        assert!(b.charge(2 * MB));
+        assert!(!b.exceeded().is_cancelled());
+    }
+
+    #[test]
+    fn the_session_sends_within_what_the_replies_due_may_bring() {
+        let b = budget(32 * MB, 16 * MB, Duration::from_secs(60));
+        // Nothing known of the replies yet: a small first request, then wait for it.
+        assert_eq!(b.batch_room(), FIRST_BATCH);
+        assert!(b.may_send());
+        b.sending(FIRST_BATCH);
+        assert!(!b.may_send(), "the newest request has not begun to answer");
+        // Its replies are 1 MiB each: 15 more due would bring 15 MiB on top of the 1 held.
+        assert!(b.charge_reply(MB));
+        assert!(b.may_send());
+        assert!(b.charge_reply(MB));
+        assert!(b.charge_reply(MB));
+        // 3 MiB held, 13 due: 16 MiB, the soft limit: still fine; room for 13 commands.
+        assert!(b.may_send());
+        assert_eq!(b.batch_room(), 13);
+        b.sending(1);
+        assert!(!b.may_send(), "the new request has not begun to answer");
+        for _ in 0..14 {
+            assert!(b.charge_reply(MB));
+        }
+        // 17 MiB held, nothing due: over the soft limit, the session waits for the client.
+        assert!(!b.may_send());
+        b.release(2 * MB);
+        assert!(b.may_send());
+        // Replies that never come (a connection lost) count as answered.
+        b.sending(4);
+        b.answered(4);
+        assert!(b.may_send());
+    }
+
+    #[test]
+    fn without_a_limit_nothing_is_counted_and_everything_may_go() {
+        let b = OutputBudget::new(OutputLimit::NONE);
+        b.sending(1000);
+        assert!(b.charge_reply(usize::MAX / 2));
+        assert!(b.may_send());
+        assert_eq!(b.batch_room(), usize::MAX);
+        let b = budget(MB, MB, Duration::ZERO);
+        b.unlimit();
+        assert!(b.charge(10 * MB) && b.charge(10 * MB) && b.may_send());
+    }
+}
