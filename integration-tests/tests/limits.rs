@@ -8,6 +8,8 @@ use sluice_common::resp::{encode_command, parse_frame, Frame, Limits, ReplyCodec
 use sluice_harness::client::{call_ok, RespConn};
 use sluice_harness::cluster::ProxyCluster;
 use sluice_harness::wait_for;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -48,10 +50,12 @@ async fn read_to_close<S: tokio::io::AsyncRead + Unpin + ?Sized>(stream: &mut S)
     }
 }
 
+fn proxy_log_path(cluster: &ProxyCluster) -> std::path::PathBuf {
+    cluster.dir.path().join(format!("proxy-{}.log", cluster.proxies[0].port))
+}
+
 fn proxy_log(cluster: &ProxyCluster) -> String {
-    let dir = cluster.dir.path();
-    let log = dir.join(format!("proxy-{}.log", cluster.proxies[0].port));
-    std::fs::read_to_string(log).unwrap_or_default()
+    std::fs::read_to_string(proxy_log_path(cluster)).unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,85 +187,25 @@ async fn two_thousand_clients_against_maxclients_1000_half_are_served_half_refus
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_does_not_read_is_closed_at_its_output_limit_while_others_are_served() -> Result<()> {
-    const LIMIT: u64 = 16 << 20;
-    const VALUE: usize = 1 << 20;
-    const GETS: usize = 1500;
-    let mut cluster = ProxyCluster::start(1, &["--client-output-buffer-limit", "16mb"]).await?;
-    let addr = cluster.proxies[0].addr();
-    let pid = cluster.proxies[0].process().pid().context("proxy pid")?;
-    let mut bystander = RespConn::connect(&addr).await?;
-    let value = vec![b'x'; VALUE];
-    assert_eq!(bystander.call(&[&b"SET"[..], b"big", &value]).await?, Frame::Simple("OK".into()));
-    let baseline = rss(pid)?;
-
-    // The greedy client: 1500 GETs of the 1 MiB value (1.5 GiB of replies), never read.
-    let mut greedy = TcpStream::connect(&addr).await?;
-    let mut out = BytesMut::new();
-    for _ in 0..GETS {
-        encode_command(&["GET", "big"], &mut out);
-    }
-    greedy.write_all(&out).await?;
-
-    // Meanwhile another client is served, and the proxy's memory stays bounded.
-    let mut peak = baseline;
-    let mut served = 0;
-    // Each bystander SET+GET's time, printed (not asserted: the machine is shared).
-    let mut latencies = Vec::new();
-    let closed = loop {
-        let key = format!("bystander:{served}");
-        let started = std::time::Instant::now();
-        assert_eq!(bystander.call(&["SET", key.as_str(), "1"]).await?, Frame::Simple("OK".into()));
-        assert_eq!(bystander.call(&["GET", key.as_str()]).await?, Frame::Bulk("1".into()));
-        latencies.push(started.elapsed());
-        served += 1;
-        peak = peak.max(rss(pid)?);
-        let grown = peak.saturating_sub(baseline);
-        assert!(grown < LIMIT + (64 << 20), "the proxy's RSS grew by {grown} bytes during the flood (limit {LIMIT})");
-        if proxy_log(&cluster).contains("--client-output-buffer-limit") {
-            break true;
-        }
-        if served > 20_000 {
-            break false;
-        }
-    };
-    assert!(closed, "no log line says the greedy client was closed:\n{}", proxy_log(&cluster));
-    // What it can still read is what was in flight when it was closed, far from everything.
-    let read = read_to_close(&mut greedy).await?;
-    assert!(read < (GETS * VALUE) as u64 / 2, "the greedy client read {read} bytes: it was not cut off");
-    peak = peak.max(rss(pid)?);
-    let grown = peak.saturating_sub(baseline);
-    latencies.sort();
-    eprintln!(
-        "output limit: RSS grew by {} MiB at most; the greedy client read {} MiB before being closed; \
-         bystander SET+GET during the flood: {} pairs, p50 {:?}, max {:?}",
-        grown >> 20,
-        read >> 20,
-        latencies.len(),
-        latencies[latencies.len() / 2],
-        latencies[latencies.len() - 1]
-    );
-    assert!(grown < LIMIT + (64 << 20), "the proxy's RSS grew by {grown} bytes (limit {LIMIT})");
-    // And it goes on serving.
-    assert_eq!(bystander.call(&["GET", "bystander:0"]).await?, Frame::Bulk("1".into()));
-    let mut fresh = RespConn::connect(&addr).await?;
-    let reply = fresh.call(&["GET", "big"]).await?;
-    assert_eq!(reply.as_bytes().map(|b| b.len()), Some(VALUE));
-    Ok(())
-}
-
+/// A client that reads is served a pipeline of replies far larger than its limits, hard one
+/// included: its session sends the next batch to the node only once the client has read
+/// enough (back-pressure at the source), so the proxy never holds much for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_reads_gets_a_pipeline_of_replies_far_larger_than_its_output_limit() -> Result<()> {
-    const VALUE: usize = 1 << 20;
-    const GETS: usize = 128;
-    let cluster = ProxyCluster::start(1, &["--client-output-buffer-limit", "16mb"]).await?;
+    const HARD: u64 = 96 << 20;
+    const VALUE: usize = 256 << 10;
+    const GETS: usize = 1024;
+    // The soft limit's seconds are generous: a loaded machine may read slowly.
+    let mut cluster = ProxyCluster::start(1, &["--client-output-buffer-limit", "96mb 16mb 10"]).await?;
     let addr = cluster.proxies[0].addr();
+    let pid = cluster.proxies[0].process().pid().context("proxy pid")?;
     let mut client = RespConn::connect(&addr).await?;
     let value = vec![b'v'; VALUE];
     assert_eq!(client.call(&[&b"SET"[..], b"big", &value]).await?, Frame::Simple("OK".into()));
-    // 128 MiB of replies to one pipeline (one batch to the node), read as they come: only
-    // what the client has not read yet counts, so it is served in full.
+    let baseline = rss(pid)?;
+    // 256 MiB of replies to one pipeline (batches of 256 commands, 64 MiB of replies each),
+    // read as they come: only what the client has not read yet counts, so it is served in
+    // full.
     let mut out = BytesMut::new();
     for _ in 0..GETS {
         encode_command(&["GET", "big"], &mut out);
@@ -272,13 +216,177 @@ async fn a_client_that_reads_gets_a_pipeline_of_replies_far_larger_than_its_outp
     let expected = (GETS * one) as u64;
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
+    let mut peak = baseline;
     while total < expected {
         let n = tokio::time::timeout(DEADLINE, stream.read(&mut buf)).await??;
         anyhow::ensure!(n > 0, "closed after {total} of {expected} bytes:\n{}", proxy_log(&cluster));
         total += n as u64;
+        peak = peak.max(rss(pid)?);
     }
     assert_eq!(total, expected);
     assert!(!proxy_log(&cluster).contains("--client-output-buffer-limit"), "{}", proxy_log(&cluster));
+    let grown = peak.saturating_sub(baseline);
+    eprintln!("a reading client: {} MiB served, the proxy's RSS grew by {} MiB at most", total >> 20, grown >> 20);
+    assert!(grown < HARD + (64 << 20), "the proxy's RSS grew by {grown} bytes (hard limit {HARD})");
+    Ok(())
+}
+
+/// Issue 22: one client pipelines 1 GiB of `GET big` (1 MiB each) and never reads. It is cut
+/// off (`16mb` stands for hard 32 MiB, soft 16 MiB for 1 s: its first request brings 16 MiB,
+/// nothing more is sent for it, and it stays above the soft limit), the proxy's RSS grows by
+/// less than the hard limit plus 64 MiB, and the bystanders, whose commands share the greedy
+/// client's node connection (`--backend-connections 1`), keep their normal latency: nothing
+/// waits for the greedy client to read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_is_cut_off_at_its_output_limit_while_others_keep_their_latency() -> Result<()> {
+    const HARD: u64 = 32 << 20;
+    const VALUE: usize = 1 << 20;
+    const GETS: usize = 1024;
+    const BYSTANDERS: usize = 4;
+    // Pairs each bystander times once the greedy client is gone, at least.
+    const PAIRS: usize = 100;
+    let args = ["--client-output-buffer-limit", "16mb", "--backend-connections", "1"];
+    let mut cluster = ProxyCluster::start(1, &args).await?;
+    let addr = cluster.proxies[0].addr();
+    let pid = cluster.proxies[0].process().pid().context("proxy pid")?;
+    let value = vec![b'x'; VALUE];
+    assert_eq!(call_ok(&addr, &[&b"SET"[..], b"big", &value]).await?, Frame::Simple("OK".into()));
+    let mut bystanders = Vec::new();
+    for _ in 0..BYSTANDERS {
+        bystanders.push(RespConn::connect(&addr).await?);
+    }
+    let quiet = bystander_latencies(&mut bystanders[0], "quiet", PAIRS, || true).await?;
+    let baseline = rss(pid)?;
+
+    // The greedy client writes its 1024 GETs and never reads.
+    let mut greedy = TcpStream::connect(&addr).await?;
+    let mut out = BytesMut::new();
+    for _ in 0..GETS {
+        encode_command(&["GET", "big"], &mut out);
+    }
+    let gone = Arc::new(AtomicBool::new(false));
+    let log = proxy_log_path(&cluster);
+    let flood = tokio::spawn({
+        let gone = gone.clone();
+        async move {
+            greedy.write_all(&out).await?;
+            // It reads nothing until the proxy says it cut the client off; what it can read
+            // then is what was in flight.
+            wait_for("the greedy client cut off", DEADLINE, || async {
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                Ok(log.contains("--client-output-buffer-limit").then_some(()))
+            })
+            .await?;
+            let read = read_to_close(&mut greedy).await;
+            gone.store(true, Ordering::Release);
+            read
+        }
+    });
+    // The proxy's memory, sampled every few milliseconds until the greedy client is gone.
+    let sampler = tokio::spawn({
+        let gone = gone.clone();
+        async move {
+            let mut peak = baseline;
+            while !gone.load(Ordering::Acquire) {
+                peak = peak.max(rss(pid)?);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Ok::<u64, anyhow::Error>(peak.max(rss(pid)?))
+        }
+    });
+    // Meanwhile the bystanders go on, each until the greedy client is gone and it has timed
+    // PAIRS more pairs.
+    let timed = bystanders.iter_mut().enumerate().map(|(i, conn)| {
+        let gone = gone.clone();
+        let mut after = 0;
+        async move {
+            bystander_latencies(conn, &format!("b{i}"), usize::MAX, move || {
+                after += usize::from(gone.load(Ordering::Acquire));
+                after <= PAIRS
+            })
+            .await
+        }
+    });
+    let mut latencies = Vec::new();
+    for l in futures::future::join_all(timed).await {
+        latencies.extend(l?);
+    }
+    let read = flood.await??;
+    let peak = sampler.await??;
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+    let grown = peak.saturating_sub(baseline);
+    eprintln!(
+        "output limit: the greedy client read {} MiB before being cut off; RSS grew by {} MiB at most; \
+         {BYSTANDERS} bystanders' SET+GET during the flood: {} pairs, p50 {:?}, p99 {:?}, max {:?} \
+         (quiet: p50 {:?}, max {:?})",
+        read >> 20,
+        grown >> 20,
+        latencies.len(),
+        at(0.5),
+        at(0.99),
+        at(1.0),
+        quiet[quiet.len() / 2],
+        quiet[quiet.len() - 1],
+    );
+    // Cut off at once: what it read was under the hard limit, plus the sockets' buffers.
+    assert!(read < HARD + (32 << 20), "the greedy client read {read} bytes: it was not cut off at its limit");
+    assert!(grown < HARD + (64 << 20), "the proxy's RSS grew by {grown} bytes (hard limit {HARD})");
+    // Debug build, shared machine: wide margins (the head-of-line wait behind the greedy
+    // client this guards against took the max past 1 s).
+    assert!(at(0.99) < Duration::from_millis(100), "bystanders' p99 {:?}", at(0.99));
+    assert!(at(1.0) < Duration::from_millis(500), "bystanders' max {:?}", at(1.0));
+    // And the proxy goes on serving the value to a client that reads.
+    let reply = call_ok(&addr, &["GET", "big"]).await?;
+    assert_eq!(reply.as_bytes().map(|b| b.len()), Some(VALUE));
+    Ok(())
+}
+
+/// Times `SET`+`GET` pairs on `conn` (keys named after `name`), at most `max` of them, while
+/// `more()` says so; the times, sorted.
+async fn bystander_latencies(
+    conn: &mut RespConn,
+    name: &str,
+    max: usize,
+    mut more: impl FnMut() -> bool,
+) -> Result<Vec<Duration>> {
+    let mut times = Vec::new();
+    while times.len() < max && more() {
+        let key = format!("bystander:{name}:{}", times.len());
+        let started = std::time::Instant::now();
+        assert_eq!(conn.call(&["SET", key.as_str(), "1"]).await?, Frame::Simple("OK".into()));
+        assert_eq!(conn.call(&["GET", key.as_str()]).await?, Frame::Bulk("1".into()));
+        times.push(started.elapsed());
+        anyhow::ensure!(times.len() < 1_000_000, "the flood never ended");
+    }
+    times.sort();
+    Ok(times)
+}
+
+/// The soft limit: a client whose unread replies stay above it (and under the hard limit) is
+/// cut off once its seconds have passed, though no further reply comes to be charged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_above_its_soft_output_limit_is_cut_off_after_its_seconds() -> Result<()> {
+    const VALUE: usize = 1 << 20;
+    let cluster = ProxyCluster::start(1, &["--client-output-buffer-limit", "256mb 4mb 1"]).await?;
+    let addr = cluster.proxies[0].addr();
+    let value = vec![b's'; VALUE];
+    assert_eq!(call_ok(&addr, &[&b"SET"[..], b"big", &value]).await?, Frame::Simple("OK".into()));
+    // 16 MiB of replies, unread: above the soft limit, far under the hard one.
+    let mut client = TcpStream::connect(&addr).await?;
+    let mut out = BytesMut::new();
+    for _ in 0..16 {
+        encode_command(&["GET", "big"], &mut out);
+    }
+    let started = std::time::Instant::now();
+    client.write_all(&out).await?;
+    wait_for("the client cut off at its soft limit", DEADLINE, || async {
+        Ok(proxy_log(&cluster).contains("--client-output-buffer-limit").then_some(()))
+    })
+    .await?;
+    let after = started.elapsed();
+    assert!(after >= Duration::from_secs(1), "cut off after {after:?}, before its soft limit's second");
+    read_to_close(&mut client).await?;
     Ok(())
 }
 

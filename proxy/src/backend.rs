@@ -13,18 +13,20 @@
 //! because we stopped reading it.
 //!
 //! A request may carry the [`OutputBudget`] of the client it is for: the reader charges each
-//! reply to it as it arrives, so a client that does not read its replies is stopped at its
-//! `--client-output-buffer-limit` instead of making the proxy hold them all.
+//! reply to it as it arrives, without ever waiting, so a client that does not read its replies
+//! is cut off at its `--client-output-buffer-limit` instead of making the proxy hold them all,
+//! and the other clients of the connection are not held up behind it.
 //!
 //! A request is written at most once. When a connection fails, every request on it gets an
 //! error; nothing is replayed on the next connection.
 
+use crate::options::OutputLimit;
 use crate::socket::{ReadHalf, Socket, WriteHalf};
 use crate::tls::Tls;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use sluice_common::resp::{Command, Frame, Limits, Protocol, ReplyCodec};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
@@ -49,96 +51,197 @@ pub enum BackendError {
 }
 
 /// What one client's replies may hold in the proxy: bytes received for it and not yet
-/// written to it (`--client-output-buffer-limit`; 0: no limit). Charged by the backend
-/// reader as replies arrive and by the session's writer for replies it makes itself;
-/// released by the writer once written.
+/// written to it, bounded as Redis bounds a client's output buffer
+/// (`--client-output-buffer-limit`, [`OutputLimit`]: a hard limit and a soft limit with its
+/// seconds). Charged by the backend reader as replies arrive and by the session's writer for
+/// replies it makes itself; released by the writer once written.
 ///
-/// A reply that does not fit waits (the backend reader with it) up to [`OUTPUT_GRACE`] for
-/// the client to read: a client that reads gets a burst of replies far larger than the
-/// limit, at the pace it reads. One that does not is past the limit after the grace: then
-/// `exceeded` fires, its replies are dropped instead of kept, and its session closes the
-/// connection. A single reply is let through when nothing else is held, however large.
-#[derive(Debug, Default)]
+/// Nobody ever waits in here for the client to read: the backend reader carries the replies
+/// of every client of a node connection, and one client that does not read must not hold up
+/// the others (issue 22). A reply that would take the client past its hard limit, or one
+/// charged after it stayed above its soft limit too long, cuts the client off: `exceeded`
+/// fires, its replies are dropped from then on, and its session closes the connection. A single
+/// reply is let through when nothing else is held, however large.
+///
+/// What keeps the memory bounded for a client that reads slowly is back-pressure at the
+/// source: its session sends nothing more to a node while [`OutputBudget::may_send`] says no
+/// (held bytes over the soft limit, or the replies still due likely to take them there, by
+/// the size of its recent replies), so what it holds is bounded by what it had already sent.
+#[derive(Debug)]
 pub struct OutputBudget {
     used: AtomicUsize,
-    /// 0: no limit (set so for another proxy's connection, see [`OutputBudget::unlimit`]).
-    limit: AtomicUsize,
+    /// 0: no hard limit (both 0: no limit at all, see [`OutputBudget::unlimit`]).
+    hard: AtomicUsize,
+    /// 0: no soft limit.
+    soft: AtomicUsize,
+    soft_for: Duration,
+    /// When `used` went above `soft` (in [`OutputBudget::mark`]s), 0 while it is not.
+    over_since: AtomicU64,
+    base: Instant,
     exceeded: CancellationToken,
     /// The client's writer is gone: its replies are dropped at once.
-    closed: std::sync::atomic::AtomicBool,
-    /// Signalled when bytes are released (a reply waiting for room looks again).
+    closed: AtomicBool,
+    /// Commands sent with this budget, and their replies read: the difference is what may
+    /// still come (the session's window, [`OutputBudget::may_send`]).
+    sent: AtomicUsize,
+    answered: AtomicUsize,
+    /// `sent` before the newest request: once `answered` is past it, that request's first
+    /// reply is in and `reply_size` says something of it.
+    newest: AtomicUsize,
+    /// A decaying maximum of this client's reply sizes: what a reply still due may bring.
+    reply_size: AtomicUsize,
+    /// The session waits in [`OutputBudget::room`]: only then do charges and releases signal.
+    waiting: AtomicBool,
     room: tokio::sync::Notify,
 }
 
-/// How long a reply for a client at its output limit may wait for the client to read (the
-/// node connection's other replies wait with it) before the client is cut off.
-pub const OUTPUT_GRACE: Duration = Duration::from_secs(1);
+/// The most commands a client's first request carries while nothing is known of its replies'
+/// size: a client whose first pipeline asks for huge replies makes the node send that much on
+/// a connection other clients share before the proxy can tell.
+pub const FIRST_BATCH: usize = 16;
+
+/// How often a session waiting for room, or a writer blocked on a client, looks again at
+/// the soft limit's clock (a wait for room also ends on a signal).
+const SOFT_CHECK: Duration = Duration::from_millis(100);
 
 impl OutputBudget {
-    pub fn new(limit: usize) -> OutputBudget {
-        OutputBudget { limit: AtomicUsize::new(limit), ..Default::default() }
+    pub fn new(limit: OutputLimit) -> OutputBudget {
+        OutputBudget {
+            used: AtomicUsize::new(0),
+            hard: AtomicUsize::new(limit.hard),
+            soft: AtomicUsize::new(limit.soft),
+            soft_for: limit.soft_for,
+            over_since: AtomicU64::new(0),
+            base: Instant::now(),
+            exceeded: CancellationToken::new(),
+            closed: AtomicBool::new(false),
+            sent: AtomicUsize::new(0),
+            answered: AtomicUsize::new(0),
+            newest: AtomicUsize::new(0),
+            reply_size: AtomicUsize::new(0),
+            waiting: AtomicBool::new(false),
+            room: tokio::sync::Notify::new(),
+        }
     }
 
     /// No limit from now on: for a connection from another proxy, whose reader never stops
     /// reading and which carries the replies of many clients (each bounded on that proxy).
     pub fn unlimit(&self) {
-        self.limit.store(0, Ordering::Relaxed);
+        self.hard.store(0, Ordering::Relaxed);
+        self.soft.store(0, Ordering::Relaxed);
         self.room.notify_waiters();
     }
 
-    /// Counts `n` more bytes if they fit now.
-    fn try_charge(&self, n: usize, limit: usize) -> bool {
-        self.used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| (u == 0 || u + n <= limit).then_some(u + n))
-            .is_ok()
+    fn is_limited(&self) -> bool {
+        self.hard.load(Ordering::Relaxed) != 0 || self.soft.load(Ordering::Relaxed) != 0
     }
 
-    /// One try at counting `n` more bytes: `Some(true)` counted (or no limit), `Some(false)`
-    /// never (the budget was exceeded or the client is gone), `None` no room now.
-    fn try_once(&self, n: usize) -> Option<bool> {
-        let limit = self.limit();
-        if limit == 0 {
-            return Some(true);
-        }
-        if self.exceeded.is_cancelled() || self.closed.load(Ordering::Acquire) {
-            return Some(false);
-        }
-        self.try_charge(n, limit).then_some(true)
+    /// Cut off, or its writer gone: nothing more is kept for the client.
+    fn is_cut(&self) -> bool {
+        self.exceeded.is_cancelled() || self.closed.load(Ordering::Acquire)
     }
 
-    /// Counts `n` more bytes held for the client, without waiting. `false` (nothing
-    /// counted, `exceeded` fired) if they do not fit: the bytes should be dropped.
+    fn cut(&self) {
+        self.exceeded.cancel();
+        self.room.notify_waiters();
+    }
+
+    /// Now, in milliseconds since `base`, plus one (0 stands for "not above the soft limit").
+    fn mark(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64 + 1
+    }
+
+    /// Held bytes above the soft limit for longer than its seconds: the client is cut off
+    /// (`true`). The first call that sees them above starts the clock.
+    fn soft_expired(&self) -> bool {
+        let soft = self.soft.load(Ordering::Relaxed);
+        if soft == 0 || self.used.load(Ordering::SeqCst) <= soft {
+            return false;
+        }
+        let now = self.mark();
+        match self.over_since.load(Ordering::SeqCst) {
+            0 => {
+                let _ = self.over_since.compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst);
+                false
+            }
+            since if now.saturating_sub(since) > self.soft_for.as_millis() as u64 => {
+                self.cut();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Counts `n` more bytes held for the client, without waiting. `false` (nothing counted,
+    /// the client cut off) past the hard limit or after too long above the soft one: the
+    /// bytes should be dropped.
     pub fn charge(&self, n: usize) -> bool {
-        self.try_once(n).unwrap_or_else(|| {
-            self.exceeded.cancel();
-            false
-        })
+        if !self.is_limited() {
+            return true;
+        }
+        if self.is_cut() {
+            return false;
+        }
+        let hard = self.hard.load(Ordering::Relaxed);
+        let fits = |u: usize| (hard == 0 || u == 0 || u.saturating_add(n) <= hard).then_some(u + n);
+        let counted = self.used.fetch_update(Ordering::SeqCst, Ordering::SeqCst, fits).is_ok();
+        if counted && !self.soft_expired() {
+            return true;
+        }
+        if counted {
+            self.used.fetch_sub(n, Ordering::SeqCst);
+        }
+        self.cut();
+        false
     }
 
-    /// Like [`OutputBudget::charge`], waiting up to [`OUTPUT_GRACE`] for the client to make
-    /// room.
-    pub async fn charge_within_grace(&self, n: usize) -> bool {
-        let deadline = Instant::now() + OUTPUT_GRACE;
-        loop {
-            let room = self.room.notified();
-            if let Some(done) = self.try_once(n) {
-                return done;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                self.exceeded.cancel();
-                return false;
-            }
-            let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), room).await;
+    /// [`OutputBudget::charge`] for a reply read from a node, which also answers one command
+    /// sent with this budget and tells what the next replies may weigh.
+    pub fn charge_reply(&self, n: usize) -> bool {
+        if !self.is_limited() {
+            return true;
+        }
+        let size = self.reply_size.load(Ordering::Relaxed);
+        self.reply_size.store(n.max(size - size / 8), Ordering::Relaxed);
+        let fits = self.charge(n);
+        self.answered(1);
+        fits
+    }
+
+    /// `n` commands are about to be sent with this budget.
+    pub fn sending(&self, n: usize) {
+        if self.is_limited() {
+            let before = self.sent.fetch_add(n, Ordering::SeqCst);
+            self.newest.store(before, Ordering::SeqCst);
+        }
+    }
+
+    /// `n` replies to commands sent with this budget were read (or will never come).
+    pub fn answered(&self, n: usize) {
+        if self.is_limited() {
+            self.answered.fetch_add(n, Ordering::SeqCst);
+            self.signal();
+        }
+    }
+
+    /// Wakes a session waiting for room.
+    fn signal(&self) {
+        if self.waiting.load(Ordering::SeqCst) {
+            self.room.notify_waiters();
         }
     }
 
     /// `n` bytes charged earlier were written (or dropped).
     pub fn release(&self, n: usize) {
-        if self.limit() != 0 && n != 0 {
-            self.used.fetch_sub(n, Ordering::AcqRel);
-            self.room.notify_waiters();
+        if n == 0 || !self.is_limited() {
+            return;
         }
+        let before = self.used.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| Some(u.saturating_sub(n)));
+        let left = before.unwrap_or(0).saturating_sub(n);
+        if left <= self.soft.load(Ordering::Relaxed) {
+            self.over_since.store(0, Ordering::SeqCst);
+        }
+        self.signal();
     }
 
     /// The client's writer is gone: nothing more is kept for it.
@@ -147,16 +250,96 @@ impl OutputBudget {
         self.room.notify_waiters();
     }
 
+    /// What the session's sends are bounded by: the soft limit, the hard one without it.
+    fn bound(&self) -> usize {
+        match self.soft.load(Ordering::Relaxed) {
+            0 => self.hard.load(Ordering::Relaxed),
+            soft => soft,
+        }
+    }
+
+    /// Whether the session may send another request now: held bytes within the soft limit
+    /// (the hard one without it), and, with replies still due, the newest request answering
+    /// already and what is due likely to fit too, at the size of the client's recent replies.
+    /// With nothing due one request may always go, whatever it brings. Always `true` without
+    /// a limit, and once the client is cut off (its session stops anyway).
+    pub fn may_send(&self) -> bool {
+        if !self.is_limited() || self.is_cut() {
+            return true;
+        }
+        let bound = self.bound();
+        let used = self.used.load(Ordering::SeqCst);
+        if used > bound {
+            return false;
+        }
+        let answered = self.answered.load(Ordering::SeqCst);
+        let due = self.sent.load(Ordering::SeqCst).saturating_sub(answered);
+        if due == 0 {
+            return true;
+        }
+        // Until the newest request answers, nothing is known of what it brings.
+        if answered <= self.newest.load(Ordering::SeqCst) {
+            return false;
+        }
+        let size = self.reply_size.load(Ordering::Relaxed);
+        used.saturating_add(due.saturating_mul(size)) <= bound
+    }
+
+    /// How many commands the session may batch into one request: as many as the room left
+    /// takes at the size of the client's recent replies, at least one; [`FIRST_BATCH`] before
+    /// any reply was seen.
+    pub fn batch_room(&self) -> usize {
+        if !self.is_limited() {
+            return usize::MAX;
+        }
+        match self.reply_size.load(Ordering::Relaxed) {
+            0 => FIRST_BATCH,
+            size => (self.bound().saturating_sub(self.used()) / size).max(1),
+        }
+    }
+
+    /// Resolves once [`OutputBudget::may_send`] says yes, or the client is cut off (also when
+    /// it stays above its soft limit too long meanwhile).
+    pub async fn room(&self) {
+        loop {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            self.waiting.store(true, Ordering::SeqCst);
+            if self.may_send() || self.soft_expired() {
+                break;
+            }
+            let _ = tokio::time::timeout(SOFT_CHECK, notified).await;
+        }
+        self.waiting.store(false, Ordering::SeqCst);
+    }
+
+    /// Resolves when the client is cut off for staying above its soft limit too long: for a
+    /// writer blocked on a client that does not read (no reply may come to be charged).
+    pub async fn soft_limit_expired(&self) {
+        if self.soft.load(Ordering::Relaxed) == 0 {
+            return std::future::pending().await;
+        }
+        while !self.soft_expired() {
+            let left = match self.over_since.load(Ordering::SeqCst) {
+                0 => SOFT_CHECK,
+                since => (self.soft_for + Duration::from_millis(since)).saturating_sub(self.base.elapsed()),
+            };
+            tokio::time::sleep(left.clamp(Duration::from_millis(1), SOFT_CHECK)).await;
+        }
+    }
+
     /// Bytes held now.
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)
     }
 
+    /// The limit a log line names: the hard one, else the soft one.
     pub fn limit(&self) -> usize {
-        self.limit.load(Ordering::Relaxed)
+        self.hard.load(Ordering::Relaxed).max(self.soft.load(Ordering::Relaxed))
     }
 
-    /// Fires once the limit was passed.
+    /// Fires once the client was cut off.
     pub fn exceeded(&self) -> &CancellationToken {
         &self.exceeded
     }
@@ -302,7 +485,7 @@ impl PipelinedConn {
         let (tx, rx) = mpsc::channel(opts.queue.max(1));
         let (pending_tx, pending_rx) = mpsc::unbounded_channel();
         let stop = CancellationToken::new();
-        tokio::spawn(write_loop(rx, wr, pending_tx, stop.clone()));
+        tokio::spawn(write_loop(rx, wr, pending_tx, stop.clone(), addr.clone()));
         crate::metrics::BACKEND_CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tokio::spawn(read_loop(reader, pending_rx, stop.clone(), addr.clone()));
         Ok(PipelinedConn { tx, addr, id: ConnId::next(), stop })
@@ -329,12 +512,22 @@ impl PipelinedConn {
     /// Queues one request, waiting for room in the queue if it is full. `Err` (with the
     /// data back) if the connection is closed, in which case nothing was sent.
     async fn enqueue(&self, data: Bytes, pending: Pending) -> Result<(), Bytes> {
+        // Counted before its reply can be read; taken back if nothing is sent.
+        if let Some(b) = &pending.budget {
+            b.sending(pending.sink.replies());
+        }
+        let unsent = |r: Request| {
+            if let Some(b) = &r.pending.budget {
+                b.answered(r.pending.sink.replies());
+            }
+            r.data
+        };
         let request = Request { data, pending };
         // The common case takes no wait and no permit.
         match self.tx.try_send(request) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Closed(r)) => Err(r.data),
-            Err(mpsc::error::TrySendError::Full(r)) => self.tx.send(r).await.map_err(|e| e.0.data),
+            Err(mpsc::error::TrySendError::Closed(r)) => Err(unsent(r)),
+            Err(mpsc::error::TrySendError::Full(r)) => self.tx.send(r).await.map_err(|e| unsent(e.0)),
         }
     }
 
@@ -407,6 +600,7 @@ async fn write_loop(
     mut wr: WriteHalf,
     pending: mpsc::UnboundedSender<Pending>,
     stop: CancellationToken,
+    addr: Arc<str>,
 ) {
     let mut buf = BytesMut::with_capacity(16 * 1024);
     'outer: loop {
@@ -417,7 +611,8 @@ async fn write_loop(
         let Some(mut req) = first else { break };
         loop {
             // The sink is queued before the bytes go out, so a reply never beats its sink.
-            if pending.send(req.pending).is_err() {
+            if let Err(unsent) = pending.send(req.pending) {
+                unsent.0.fail(&BackendError::Lost { addr: addr.clone() });
                 break 'outer;
             }
             if req.data.len() >= MAX_BATCH {
@@ -451,6 +646,11 @@ async fn write_loop(
         }
     }
     stop.cancel();
+    // What was queued and never written fails here (its client's budget hears of it too).
+    rx.close();
+    while let Ok(req) = rx.try_recv() {
+        req.pending.fail(&BackendError::Lost { addr: addr.clone() });
+    }
 }
 
 async fn read_loop(
@@ -466,69 +666,49 @@ async fn read_loop(
             _ = stop.cancelled() => None,
         };
         let Some(Ok(reply)) = frame else { break };
-        let sink = match current.take() {
-            Some(s) => s,
-            None => match pending.try_recv() {
-                Ok(s) => s,
-                Err(_) => {
-                    // A reply nobody asked for: the stream is out of step; drop it.
-                    tracing::warn!(backend = %addr, "unexpected reply from backend; closing the connection");
-                    break;
-                }
-            },
+        let Some(next) = current.take().or_else(|| pending.try_recv().ok()) else {
+            // A reply nobody asked for: the stream is out of step; drop it.
+            tracing::warn!(backend = %addr, "unexpected reply from backend; closing the connection");
+            break;
         };
-        let Pending { sink, budget } = sink;
-        // A reply for a client past its output limit is dropped here, not kept.
-        let fits = match budget.as_deref() {
-            None => true,
-            Some(b) => b.charge_within_grace(reply.len()).await,
-        };
-        match sink {
-            Sink::One(tx) => {
-                let _ = tx.send(if fits { Ok(reply) } else { Err(BackendError::OutputLimit) });
-            }
-            Sink::Many { n, mut got, seen, tx } => {
-                if fits && seen == got.len() {
-                    got.push(reply);
-                } else if let Some(b) = &budget {
-                    // Past the limit: what this request kept so far goes too.
-                    b.release(got.iter().map(Bytes::len).sum::<usize>() + if fits { reply.len() } else { 0 });
-                    got = Vec::new();
-                }
-                let seen = seen + 1;
-                if seen >= n {
-                    let _ = tx.send(if seen == got.len() { Ok(got) } else { Err(BackendError::OutputLimit) });
-                } else {
-                    current = Some(Pending { sink: Sink::Many { n, got, seen, tx }, budget });
-                }
-            }
-            Sink::Stream { n, seen, tx } => {
-                let _ = tx.send(if fits { Ok(reply) } else { Err(BackendError::OutputLimit) });
-                let seen = seen + 1;
-                if seen < n {
-                    let sink = if fits { Sink::Stream { n, seen, tx } } else { Sink::Skip(n - seen) };
-                    current = Some(Pending { sink, budget });
-                }
-            }
-            Sink::Skip(left) => {
-                if let Some(b) = &budget {
-                    if fits {
-                        b.release(reply.len());
-                    }
-                }
-                if left > 1 {
-                    current = Some(Pending { sink: Sink::Skip(left - 1), budget });
-                }
-            }
-        }
+        current = next.deliver(reply);
     }
     stop.cancel();
     crate::metrics::BACKEND_CONNECTIONS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     pending.close();
     let lost = BackendError::Lost { addr: addr.clone() };
-    for Pending { sink, budget } in current.into_iter().chain(std::iter::from_fn(|| pending.try_recv().ok())) {
-        if let (Some(b), Sink::Many { got, .. }) = (&budget, &sink) {
-            b.release(got.iter().map(Bytes::len).sum());
+    for p in current.into_iter().chain(std::iter::from_fn(|| pending.try_recv().ok())) {
+        p.fail(&lost);
+    }
+}
+
+impl Pending {
+    /// Hands `reply` to its sink, charged to the client's budget without waiting (a reply
+    /// for a client cut off is dropped here, not kept). What is left when more replies are
+    /// due to this request.
+    fn deliver(self, reply: Bytes) -> Option<Pending> {
+        let Pending { sink, budget } = self;
+        let fits = match (&budget, &sink) {
+            (None, _) => true,
+            // Dropped anyway: never charged.
+            (Some(b), Sink::Skip(_)) => {
+                b.answered(1);
+                true
+            }
+            (Some(b), _) => b.charge_reply(reply.len()),
+        };
+        let sink = sink.take(reply, fits, budget.as_deref())?;
+        Some(Pending { sink, budget })
+    }
+
+    /// The connection is gone: the request gets `lost`, and its budget what it held back.
+    fn fail(self, lost: &BackendError) {
+        let Pending { sink, budget } = self;
+        if let Some(b) = &budget {
+            if let Sink::Many { got, .. } = &sink {
+                b.release(got.iter().map(Bytes::len).sum());
+            }
+            b.answered(sink.replies());
         }
         match sink {
             Sink::One(tx) => {
@@ -541,6 +721,49 @@ async fn read_loop(
                 let _ = tx.send(Err(lost.clone()));
             }
             Sink::Skip(_) => {}
+        }
+    }
+}
+
+impl Sink {
+    /// Replies still due to this sink.
+    fn replies(&self) -> usize {
+        match self {
+            Sink::One(_) => 1,
+            Sink::Many { n, seen, .. } | Sink::Stream { n, seen, .. } => n - seen,
+            Sink::Skip(left) => *left,
+        }
+    }
+
+    /// Takes one reply (`fits`: charged to `budget`, else to be dropped); the sink for the
+    /// replies still due, if any.
+    fn take(self, reply: Bytes, fits: bool, budget: Option<&OutputBudget>) -> Option<Sink> {
+        match self {
+            Sink::One(tx) => {
+                let _ = tx.send(if fits { Ok(reply) } else { Err(BackendError::OutputLimit) });
+                None
+            }
+            Sink::Many { n, mut got, seen, tx } => {
+                if fits && seen == got.len() {
+                    got.push(reply);
+                } else if let Some(b) = budget {
+                    // Past the limit: what this request kept so far goes too.
+                    b.release(got.iter().map(Bytes::len).sum::<usize>() + if fits { reply.len() } else { 0 });
+                    got = Vec::new();
+                }
+                let seen = seen + 1;
+                if seen < n {
+                    return Some(Sink::Many { n, got, seen, tx });
+                }
+                let _ = tx.send(if seen == got.len() { Ok(got) } else { Err(BackendError::OutputLimit) });
+                None
+            }
+            Sink::Stream { n, seen, tx } => {
+                let _ = tx.send(if fits { Ok(reply) } else { Err(BackendError::OutputLimit) });
+                let seen = seen + 1;
+                (seen < n).then(|| if fits { Sink::Stream { n, seen, tx } } else { Sink::Skip(n - seen) })
+            }
+            Sink::Skip(left) => (left > 1).then(|| Sink::Skip(left - 1)),
         }
     }
 }
@@ -659,5 +882,92 @@ impl BackendPool {
         for stop in self.privates.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
             stop.cancel();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{OutputBudget, FIRST_BATCH};
+    use crate::options::OutputLimit;
+    use std::time::Duration;
+
+    const MB: usize = 1 << 20;
+
+    fn budget(hard: usize, soft: usize, soft_for: Duration) -> OutputBudget {
+        OutputBudget::new(OutputLimit { hard, soft, soft_for })
+    }
+
+    #[test]
+    fn past_the_hard_limit_the_client_is_cut_off_and_nothing_more_is_counted() {
+        let b = budget(4 * MB, 0, Duration::ZERO);
+        // A single reply fits when nothing else is held, however large.
+        assert!(b.charge(10 * MB));
+        b.release(10 * MB);
+        assert!(b.charge(3 * MB));
+        assert!(!b.exceeded().is_cancelled());
+        assert!(!b.charge(2 * MB), "3 + 2 MiB passes the 4 MiB hard limit");
+        assert!(b.exceeded().is_cancelled());
+        assert_eq!(b.used(), 3 * MB, "the refused reply is not counted");
+        assert!(!b.charge(1), "after the cut every reply is dropped");
+    }
+
+    #[test]
+    fn above_the_soft_limit_for_longer_than_its_seconds_the_client_is_cut_off() {
+        let b = budget(0, MB, Duration::ZERO);
+        assert!(b.charge(2 * MB), "the first charge above the soft limit starts its clock");
+        std::thread::sleep(Duration::from_millis(3));
+        assert!(!b.charge(1), "still above it, past its time");
+        assert!(b.exceeded().is_cancelled());
+
+        // Back under the soft limit, the clock starts again.
+        let b = budget(0, MB, Duration::ZERO);
+        assert!(b.charge(2 * MB));
+        b.release(2 * MB);
+        std::thread::sleep(Duration::from_millis(3));
+        assert!(b.charge(2 * MB));
+        assert!(!b.exceeded().is_cancelled());
+    }
+
+    #[test]
+    fn the_session_sends_within_what_the_replies_due_may_bring() {
+        let b = budget(32 * MB, 16 * MB, Duration::from_secs(60));
+        // Nothing known of the replies yet: a small first request, then wait for it.
+        assert_eq!(b.batch_room(), FIRST_BATCH);
+        assert!(b.may_send());
+        b.sending(FIRST_BATCH);
+        assert!(!b.may_send(), "the newest request has not begun to answer");
+        // Its replies are 1 MiB each: 15 more due would bring 15 MiB on top of the 1 held.
+        assert!(b.charge_reply(MB));
+        assert!(b.may_send());
+        assert!(b.charge_reply(MB));
+        assert!(b.charge_reply(MB));
+        // 3 MiB held, 13 due: 16 MiB, the soft limit: still fine; room for 13 commands.
+        assert!(b.may_send());
+        assert_eq!(b.batch_room(), 13);
+        b.sending(1);
+        assert!(!b.may_send(), "the new request has not begun to answer");
+        for _ in 0..14 {
+            assert!(b.charge_reply(MB));
+        }
+        // 17 MiB held, nothing due: over the soft limit, the session waits for the client.
+        assert!(!b.may_send());
+        b.release(2 * MB);
+        assert!(b.may_send());
+        // Replies that never come (a connection lost) count as answered.
+        b.sending(4);
+        b.answered(4);
+        assert!(b.may_send());
+    }
+
+    #[test]
+    fn without_a_limit_nothing_is_counted_and_everything_may_go() {
+        let b = OutputBudget::new(OutputLimit::NONE);
+        b.sending(1000);
+        assert!(b.charge_reply(usize::MAX / 2));
+        assert!(b.may_send());
+        assert_eq!(b.batch_room(), usize::MAX);
+        let b = budget(MB, MB, Duration::ZERO);
+        b.unlimit();
+        assert!(b.charge(10 * MB) && b.charge(10 * MB) && b.may_send());
     }
 }

@@ -168,13 +168,15 @@ pub struct ProxyOptions {
     /// bulk string (512mb) still fits. Units as Redis's (`64mb`, `1gb`, plain bytes).
     #[arg(long, env = "SLUICE_PROXY_CLIENT_QUERY_BUFFER_LIMIT", default_value = "576mb", value_parser = parse_bytes)]
     pub client_query_buffer_limit: usize,
-    /// Most reply bytes a client may have waiting in the proxy (received from the node, not
-    /// yet written to the client); past it the client is closed (Redis:
-    /// `client-output-buffer-limit normal`, the hard limit; 0: none, Redis's default for
-    /// normal clients). Redis keeps replies in its own memory anyway; a proxy would hold a
-    /// second copy for a client that does not read, so it is bounded here by default.
-    #[arg(long, env = "SLUICE_PROXY_CLIENT_OUTPUT_BUFFER_LIMIT", default_value = "64mb", value_parser = parse_bytes)]
-    pub client_output_buffer_limit: usize,
+    /// What a client's replies may hold in the proxy (received from the node, not yet written
+    /// to the client), as Redis's `client-output-buffer-limit normal <hard> <soft> <seconds>`:
+    /// `"HARD SOFT SECONDS"`, or one size `S`, short for `"2S S 1"`. A client past the hard
+    /// limit, or past the soft limit for longer than the seconds, is closed; `0` (or
+    /// `"0 0 0"`): no limit, Redis's default for normal clients. Redis keeps replies in its own
+    /// memory anyway; a proxy would hold a second copy for a client that does not read, so it
+    /// is bounded here by default.
+    #[arg(long, env = "SLUICE_PROXY_CLIENT_OUTPUT_BUFFER_LIMIT", default_value = "64mb", value_parser = OutputLimit::parse)]
+    pub client_output_buffer_limit: OutputLimit,
     /// Most requests queued for one node (or peer) connection before senders wait.
     #[arg(long, env = "SLUICE_PROXY_BACKEND_QUEUE", default_value_t = 4096)]
     pub backend_queue: usize,
@@ -216,6 +218,55 @@ pub fn parse_bytes(text: &str) -> Result<usize, SizeError> {
     n.checked_mul(unit).ok_or_else(|| SizeError::TooLarge(text.to_string()))
 }
 
+/// `--client-output-buffer-limit`: Redis's `client-output-buffer-limit` for the normal class.
+/// A client is closed at once when its held replies reach `hard`, or when they stay above
+/// `soft` for longer than `soft_for`; either limit is off at 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputLimit {
+    pub hard: usize,
+    pub soft: usize,
+    pub soft_for: Duration,
+}
+
+/// Why `--client-output-buffer-limit` does not parse.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OutputLimitError {
+    #[error(transparent)]
+    Size(#[from] SizeError),
+    #[error("{0:?} is not a number of seconds")]
+    Seconds(String),
+    #[error("expected SIZE or \"HARD SOFT SECONDS\" (as Redis's client-output-buffer-limit), got {0:?}")]
+    Shape(String),
+}
+
+impl OutputLimit {
+    /// No limit: for a connection from another proxy (its own clients are bounded there).
+    pub const NONE: OutputLimit = OutputLimit { hard: 0, soft: 0, soft_for: Duration::ZERO };
+
+    /// `"HARD SOFT SECONDS"` as Redis writes it, or one size `S` for `"2S S 1"`.
+    pub fn parse(text: &str) -> Result<OutputLimit, OutputLimitError> {
+        let words: Vec<&str> = text.split_whitespace().collect();
+        match words[..] {
+            [size] => {
+                let soft = parse_bytes(size)?;
+                let hard = soft.checked_mul(2).ok_or_else(|| SizeError::TooLarge(size.to_string()))?;
+                Ok(OutputLimit { hard, soft, soft_for: Duration::from_secs(1) })
+            }
+            [hard, soft, seconds] => Ok(OutputLimit {
+                hard: parse_bytes(hard)?,
+                soft: parse_bytes(soft)?,
+                soft_for: Duration::from_secs(seconds.parse().map_err(|_| OutputLimitError::Seconds(seconds.into()))?),
+            }),
+            _ => Err(OutputLimitError::Shape(text.to_string())),
+        }
+    }
+
+    /// Whether any limit applies.
+    pub fn is_set(&self) -> bool {
+        self.hard != 0 || self.soft != 0
+    }
+}
+
 impl ProxyOptions {
     /// The address this proxy is known by.
     pub fn announce(&self) -> &str {
@@ -252,7 +303,21 @@ impl ProxyOptions {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_bytes;
+    use super::{parse_bytes, OutputLimit};
+    use std::time::Duration;
+
+    #[test]
+    fn output_limits_as_redis_writes_them_or_one_size() {
+        let limit = |hard, soft, secs| Ok(OutputLimit { hard, soft, soft_for: Duration::from_secs(secs) });
+        assert_eq!(OutputLimit::parse("64mb"), limit(128 << 20, 64 << 20, 1));
+        assert_eq!(OutputLimit::parse("256mb 64mb 60"), limit(256 << 20, 64 << 20, 60));
+        assert_eq!(OutputLimit::parse("0 0 0"), limit(0, 0, 0));
+        assert!(!OutputLimit::parse("0").expect("0 parses").is_set());
+        assert!(OutputLimit::parse("32mb 0 0").expect("hard only parses").is_set());
+        for bad in ["", "1mb 2mb", "1mb 2mb 3 4", "1mb 2mb x", "1mb 2mb -1", "12xb"] {
+            assert!(OutputLimit::parse(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn sizes_in_redis_units() {

@@ -19,7 +19,7 @@
 use crate::ack::AckCheck;
 use crate::backend::{BackendError, BackendPool, ConnId, OutputBudget, PipelinedConn, ReplyResult};
 use crate::command::{flags, CommandSpec};
-use crate::metrics::{BatchTally, ReplyPath};
+use crate::metrics::{BatchTally, Metrics, ReplyPath};
 use crate::socket::{ReadHalf, Socket, WriteHalf};
 use crate::state::{Routed, Shared};
 use bytes::{Bytes, BytesMut};
@@ -209,6 +209,9 @@ pub struct Session {
     /// pipelined is sent as one request with one reply slot (see [`Session::flush_batch`]).
     batch: BytesMut,
     batch_len: usize,
+    /// Most commands in this batch: [`MAX_BATCH_COMMANDS`], fewer when the client's replies
+    /// are large ([`OutputBudget::batch_room`]).
+    batch_cap: usize,
     /// Commands on migrating slots in the batch (see [`InFlight`]).
     batch_inflight: usize,
     /// The positions of the batch's writes (for `--ack-replicas`).
@@ -311,6 +314,7 @@ pub async fn serve<C: Commands>(
         client_gone: false,
         batch: BytesMut::new(),
         batch_len: 0,
+        batch_cap: MAX_BATCH_COMMANDS,
         batch_inflight: 0,
         batch_writes: Vec::new(),
         unattributed: 0,
@@ -534,13 +538,16 @@ impl Session {
             if self.batch_routed.is_none() {
                 self.batch_routed = routed;
             }
+            if self.batch_len == 0 {
+                self.batch_cap = self.budget.batch_room().min(MAX_BATCH_COMMANDS);
+            }
             self.batch.extend_from_slice(&data);
             if write {
                 self.batch_writes.push(self.batch_len as u16);
             }
             self.batch_len += 1;
             self.batch_inflight += std::mem::take(&mut self.unattributed);
-            if self.batch.len() >= MAX_BATCH_BYTES || self.batch_len >= MAX_BATCH_COMMANDS {
+            if self.batch.len() >= MAX_BATCH_BYTES || self.batch_len >= self.batch_cap {
                 return self.flush_batch().await;
             }
             return Flow::Continue;
@@ -729,6 +736,9 @@ impl Session {
     where
         F: std::future::Future<Output = Result<R, Bytes>>,
     {
+        if !self.budget.may_send() {
+            self.output_room().await;
+        }
         let mut data = data;
         for _ in 0..2 {
             let backend = self.backend_for(to).await?;
@@ -874,6 +884,32 @@ impl Session {
         }
     }
 
+    /// Back-pressure at the source: while the client's replies held in the proxy are over its
+    /// output limit, or those still due would take them there ([`OutputBudget::may_send`]),
+    /// nothing more of it is sent, so what the proxy holds for it stays bounded by what it had
+    /// already sent. Only this client waits (never a backend reader); it reads ahead meanwhile
+    /// (like [`Session::barrier`]). The wait ends when the client read enough, or when it is
+    /// cut off (past its hard limit, or above its soft limit too long).
+    async fn output_room(&mut self) {
+        let budget = self.budget.clone();
+        let room = budget.room();
+        tokio::pin!(room);
+        let mut eof = false;
+        loop {
+            tokio::select! {
+                _ = &mut room => break,
+                next = self.reader.next(), if !eof && self.backlog.len() < MAX_BACKLOG => match next {
+                    Some(item) => self.backlog.push_back(item),
+                    // The client may still read what it asked for: wait on.
+                    None => eof = true,
+                },
+            }
+        }
+        if budget.exceeded().is_cancelled() {
+            self.client_gone = true;
+        }
+    }
+
     /// The client's protocol-specific encoding of a frame.
     pub fn encode(&self, frame: &Frame) -> Bytes {
         frame.to_bytes(self.protocol)
@@ -975,29 +1011,53 @@ struct ClientOutput {
     budget: Arc<OutputBudget>,
 }
 
+/// What is gathered is written once it holds this much; a larger reply is written on its own.
+const FLUSH_AT: usize = 64 * 1024;
+
+/// The writer stops: the client is gone, or was cut off at its output limit.
+struct Gone;
+
+/// A reply resolved by the writer, to be passed on to the client.
+struct Resolved {
+    bytes: Bytes,
+    /// Bytes of `bytes` already charged to the budget (by the backend's reader).
+    charged: usize,
+    replies: u64,
+    path: ReplyPath,
+}
+
+impl Resolved {
+    /// Replies the writer gathered already as it resolved them (a batch's).
+    fn gathered(n: usize) -> Resolved {
+        Resolved { bytes: Bytes::new(), charged: 0, replies: n as u64, path: ReplyPath::Batch }
+    }
+}
+
 impl ClientOutput {
-    /// Writes `buf`; `false` if the client is gone or its budget was exceeded meanwhile (a
-    /// client that does not read would otherwise keep the write waiting for ever).
+    /// Writes `buf`; `false` if the client is gone or was cut off meanwhile: a client that does
+    /// not read would otherwise keep the write waiting for ever, so a write blocked while
+    /// the client stays above its soft limit too long cuts it off too.
     async fn write_all(&mut self, direct: Option<&[u8]>) -> bool {
         let buf = direct.unwrap_or(&self.out);
         tokio::select! {
             biased;
             _ = self.budget.exceeded().cancelled() => false,
             r = write_and_flush(&mut self.wr, buf) => r.is_ok(),
+            _ = self.budget.soft_limit_expired() => false,
         }
     }
 
     /// Writes what is gathered, if anything.
-    async fn flush(&mut self) -> bool {
+    async fn flush(&mut self) -> Result<(), Gone> {
         if self.out.is_empty() {
-            return true;
+            return Ok(());
         }
         if !self.write_all(None).await {
-            return false;
+            return Err(Gone);
         }
         self.out.clear();
         self.budget.release(std::mem::take(&mut self.held));
-        true
+        Ok(())
     }
 
     /// Adds a reply whose `charged` bytes count against the budget already.
@@ -1005,11 +1065,179 @@ impl ClientOutput {
         self.out.extend_from_slice(bytes);
         self.held += charged;
     }
+
+    /// The next queued reply; before waiting for one, the client gets what is gathered.
+    async fn next<T>(&mut self, rx: &mut mpsc::Receiver<T>) -> Option<T> {
+        match rx.try_recv() {
+            Ok(item) => Some(item),
+            Err(mpsc::error::TryRecvError::Empty) => {
+                self.flush().await.ok()?;
+                rx.recv().await
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => None,
+        }
+    }
+
+    /// Waits for a backend's answer, letting the client have what is ready first.
+    async fn answer<T>(
+        &mut self,
+        mut rx: oneshot::Receiver<Result<T, BackendError>>,
+    ) -> Result<Result<T, BackendError>, Gone> {
+        match rx.try_recv() {
+            Ok(r) => Ok(r),
+            Err(oneshot::error::TryRecvError::Closed) => Ok(Err(lost())),
+            Err(oneshot::error::TryRecvError::Empty) => {
+                self.flush().await?;
+                Ok(rx.await.unwrap_or_else(|_| Err(lost())))
+            }
+        }
+    }
+
+    /// Resolves a queued reply (all but [`Pending::Close`], which the writer's loop handles).
+    async fn resolve(&mut self, item: Pending, metrics: &Metrics, queued: Instant) -> Result<Resolved, Gone> {
+        let resolved = match item {
+            Pending::Ready(bytes) => Resolved { bytes, charged: 0, replies: 1, path: ReplyPath::Proxy },
+            Pending::Batch(rx, n, ack) => self.batch(rx, n, ack, metrics, queued).await?,
+            Pending::Stream(rx, n) => self.stream(rx, n, metrics, queued).await?,
+            Pending::Reply(rx) => match self.answer(rx).await? {
+                Ok(bytes) => Resolved { charged: bytes.len(), bytes, replies: 1, path: ReplyPath::Single },
+                Err(e) => Resolved {
+                    bytes: e.to_frame().to_bytes(Protocol::Resp2),
+                    charged: 0,
+                    replies: 1,
+                    path: ReplyPath::Single,
+                },
+            },
+            Pending::Future(f) => {
+                self.flush().await?;
+                Resolved { bytes: f.await, charged: 0, replies: 1, path: ReplyPath::Merged }
+            }
+            Pending::Close => return Err(Gone),
+        };
+        Ok(resolved)
+    }
+
+    /// A batch whose replies come together: gathered (with `--ack-replicas`, as its `WAIT`
+    /// decides), counted in the metrics once for the whole batch.
+    async fn batch(
+        &mut self,
+        rx: oneshot::Receiver<Result<Vec<Bytes>, BackendError>>,
+        n: usize,
+        ack: Option<AckCheck>,
+        metrics: &Metrics,
+        queued: Instant,
+    ) -> Result<Resolved, Gone> {
+        match self.answer(rx).await? {
+            Ok(mut all) => {
+                let held: usize = all.iter().map(Bytes::len).sum();
+                if let Some(ack) = &ack {
+                    ack.apply(&mut all);
+                }
+                for b in &all {
+                    self.gather(b, 0);
+                }
+                self.held += held;
+                metrics.batch(all.iter().map(|b| &b[..]), queued.elapsed());
+            }
+            Err(e) => {
+                let err = e.to_frame().to_bytes(Protocol::Resp2);
+                for _ in 0..n {
+                    self.gather(&err, 0);
+                }
+                metrics.batch(std::iter::repeat_n(&err[..], n), queued.elapsed());
+            }
+        }
+        Ok(Resolved::gathered(n))
+    }
+
+    /// A batch whose replies come one by one: each is passed on as it comes, so a batch of
+    /// large replies is never held whole.
+    async fn stream(
+        &mut self,
+        mut rx: mpsc::UnboundedReceiver<ReplyResult>,
+        n: usize,
+        metrics: &Metrics,
+        queued: Instant,
+    ) -> Result<Resolved, Gone> {
+        let mut tally = BatchTally::default();
+        // After an error nothing more comes: the rest of the batch gets it too.
+        let mut failed: Option<Bytes> = None;
+        for _ in 0..n {
+            if let Some(err) = &failed {
+                tally.add(err);
+                self.gather(err, 0);
+                continue;
+            }
+            match self.streamed(&mut rx).await? {
+                Ok(b) => {
+                    tally.add(&b);
+                    self.gather(&b, b.len());
+                    if self.out.len() >= FLUSH_AT {
+                        self.flush().await?;
+                    }
+                }
+                Err(err) => {
+                    tally.add(&err);
+                    self.gather(&err, 0);
+                    failed = Some(err);
+                }
+            }
+        }
+        metrics.batch_done(tally, queued.elapsed());
+        Ok(Resolved::gathered(n))
+    }
+
+    /// The next reply of a streamed batch (an error as its reply bytes).
+    async fn streamed(&mut self, rx: &mut mpsc::UnboundedReceiver<ReplyResult>) -> Result<Result<Bytes, Bytes>, Gone> {
+        let next = match rx.try_recv() {
+            Ok(r) => r,
+            Err(mpsc::error::TryRecvError::Disconnected) => Err(lost()),
+            Err(mpsc::error::TryRecvError::Empty) => {
+                self.flush().await?;
+                rx.recv().await.unwrap_or_else(|| Err(lost()))
+            }
+        };
+        Ok(next.map_err(|e| e.to_frame().to_bytes(Protocol::Resp2)))
+    }
+
+    /// Passes a resolved reply on: charged if the proxy made it (the client is cut off if it
+    /// does not fit), counted, then gathered, or written on its own when large.
+    async fn pass_on(
+        &mut self,
+        r: Resolved,
+        progress: &Progress,
+        metrics: &Metrics,
+        queued: Instant,
+    ) -> Result<(), Gone> {
+        let Resolved { bytes, charged, replies, path } = r;
+        if charged == 0 && !bytes.is_empty() && !self.budget.charge(bytes.len()) {
+            return Err(Gone);
+        }
+        if self.budget.exceeded().is_cancelled() {
+            return Err(Gone);
+        }
+        let charged = if charged == 0 { bytes.len() } else { charged };
+        progress.complete(replies);
+        // A batch counted its replies as it resolved them.
+        if path != ReplyPath::Batch {
+            metrics.replies(path, &bytes, replies, queued.elapsed());
+        }
+        if bytes.len() < FLUSH_AT {
+            self.gather(&bytes, charged);
+            return if self.out.len() >= FLUSH_AT { self.flush().await } else { Ok(()) };
+        }
+        self.flush().await?;
+        if !self.write_all(Some(&bytes)).await {
+            return Err(Gone);
+        }
+        self.budget.release(charged);
+        Ok(())
+    }
 }
 
 /// Writes replies in queue order, batching whatever is ready into one write. Replies from a
 /// backend were charged to the client's budget as they arrived; those the proxy makes are
-/// charged here. Past the limit the client is closed, with a log line saying why.
+/// charged here. A client cut off at its limit is closed, with a log line saying why.
 async fn reply_writer(
     wr: WriteHalf,
     mut rx: mpsc::Receiver<(Pending, Guards, Instant)>,
@@ -1019,167 +1247,21 @@ async fn reply_writer(
     (client, addr): (u64, Option<SocketAddr>),
 ) {
     let metrics = &shared.metrics;
-    const FLUSH_AT: usize = 64 * 1024;
     let mut o = ClientOutput { wr, out: BytesMut::with_capacity(16 * 1024), held: 0, budget: budget.clone() };
-    'replies: loop {
-        let item = match rx.try_recv() {
-            Ok(item) => item,
-            Err(mpsc::error::TryRecvError::Empty) => {
-                if !o.flush().await {
-                    break;
-                }
-                match rx.recv().await {
-                    Some(item) => item,
-                    None => break,
-                }
-            }
-            Err(mpsc::error::TryRecvError::Disconnected) => break,
-        };
-        // The guards go once the reply is in (at the end of this round).
-        let (item, _guards, queued) = item;
-        let mut replies = 1;
-        let mut path = ReplyPath::Proxy;
-        // Bytes of `bytes` already charged to the budget (by the backend's reader).
-        let mut charged = 0;
-        let bytes = match item {
-            Pending::Ready(b) => b,
-            Pending::Batch(mut batch, n, ack) => {
-                replies = n as u64;
-                let result = match batch.try_recv() {
-                    Ok(r) => r,
-                    Err(oneshot::error::TryRecvError::Closed) => Err(lost()),
-                    Err(oneshot::error::TryRecvError::Empty) => {
-                        if !o.flush().await {
-                            break;
-                        }
-                        batch.await.unwrap_or_else(|_| Err(lost()))
-                    }
-                };
-                match result {
-                    Ok(mut all) => {
-                        let held: usize = all.iter().map(Bytes::len).sum();
-                        if let Some(ack) = &ack {
-                            ack.apply(&mut all);
-                        }
-                        for b in &all {
-                            o.gather(b, 0);
-                        }
-                        o.held += held;
-                        metrics.batch(all.iter().map(|b| &b[..]), queued.elapsed());
-                    }
-                    Err(e) => {
-                        let err = e.to_frame().to_bytes(Protocol::Resp2);
-                        for _ in 0..n {
-                            o.gather(&err, 0);
-                        }
-                        metrics.batch(std::iter::repeat_n(&err[..], n), queued.elapsed());
-                    }
-                }
-                path = ReplyPath::Batch;
-                Bytes::new()
-            }
-            Pending::Stream(mut stream, n) => {
-                replies = n as u64;
-                path = ReplyPath::Batch;
-                let mut tally = BatchTally::default();
-                // After an error nothing more comes: the rest of the batch gets it too.
-                let mut failed: Option<Bytes> = None;
-                for _ in 0..n {
-                    let next = match &failed {
-                        Some(err) => Err(err.clone()),
-                        None => {
-                            let next = match stream.try_recv() {
-                                Ok(r) => r,
-                                Err(mpsc::error::TryRecvError::Disconnected) => Err(lost()),
-                                Err(mpsc::error::TryRecvError::Empty) => {
-                                    if !o.flush().await {
-                                        break 'replies;
-                                    }
-                                    stream.recv().await.unwrap_or_else(|| Err(lost()))
-                                }
-                            };
-                            next.map_err(|e| e.to_frame().to_bytes(Protocol::Resp2))
-                        }
-                    };
-                    match next {
-                        Ok(b) => {
-                            tally.add(&b);
-                            o.gather(&b, b.len());
-                            if o.out.len() >= FLUSH_AT && !o.flush().await {
-                                break 'replies;
-                            }
-                        }
-                        Err(err) => {
-                            tally.add(&err);
-                            o.gather(&err, 0);
-                            failed = Some(err);
-                        }
-                    }
-                }
-                metrics.batch_done(tally, queued.elapsed());
-                Bytes::new()
-            }
-            Pending::Reply(mut reply) => {
-                path = ReplyPath::Single;
-                let result = match reply.try_recv() {
-                    Ok(r) => Some(r),
-                    Err(oneshot::error::TryRecvError::Empty) => None,
-                    Err(oneshot::error::TryRecvError::Closed) => Some(Err(lost())),
-                };
-                let result = match result {
-                    Some(r) => r,
-                    None => {
-                        // Not in yet: let the client have what is ready before waiting.
-                        if !o.flush().await {
-                            break;
-                        }
-                        reply.await.unwrap_or_else(|_| Err(lost()))
-                    }
-                };
-                match result {
-                    Ok(b) => {
-                        charged = b.len();
-                        b
-                    }
-                    Err(e) => e.to_frame().to_bytes(Protocol::Resp2),
-                }
-            }
-            Pending::Future(f) => {
-                path = ReplyPath::Merged;
-                if !o.flush().await {
-                    break;
-                }
-                f.await
-            }
+    // The guards go once the reply is in (at the end of each round).
+    while let Some((item, _guards, queued)) = o.next(&mut rx).await {
+        let resolved = match item {
             Pending::Close => {
-                o.flush().await;
+                let _ = o.flush().await;
                 let _ = o.wr.shutdown().await;
                 progress.complete(1);
                 break;
             }
+            item => o.resolve(item, metrics, queued).await,
         };
-        if charged == 0 && !bytes.is_empty() && !budget.charge(bytes.len()) {
+        let Ok(resolved) = resolved else { break };
+        if o.pass_on(resolved, &progress, metrics, queued).await.is_err() {
             break;
-        }
-        if budget.exceeded().is_cancelled() {
-            break;
-        }
-        let charged = if charged == 0 { bytes.len() } else { charged };
-        progress.complete(replies);
-        // A batch counted its replies above, once for the whole batch.
-        if path != ReplyPath::Batch {
-            metrics.replies(path, &bytes, replies, queued.elapsed());
-        }
-        if bytes.len() >= FLUSH_AT {
-            if !o.flush().await || !o.write_all(Some(&bytes)).await {
-                break;
-            }
-            budget.release(charged);
-        } else {
-            o.gather(&bytes, charged);
-            if o.out.len() >= FLUSH_AT && !o.flush().await {
-                break;
-            }
         }
     }
     if budget.exceeded().is_cancelled() {
