@@ -24,6 +24,7 @@ pub mod quiet;
 pub mod reconcile;
 pub mod run;
 pub mod share;
+pub mod trace;
 
 pub use broker_client::{BrokerClient, BrokerError};
 pub use config::{Cli, LogFormat, Settings};

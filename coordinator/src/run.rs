@@ -18,6 +18,7 @@ use crate::proxy_client::ProxyClients;
 use crate::quiet::LogOnce;
 use crate::reconcile::{self, MigrationAction, PushDecision, Side};
 use crate::share::{self, Share};
+use crate::trace;
 use futures::future::join_all;
 use futures::StreamExt;
 use sluice_common::api::{ConfigsResponse, HealthReport, Migration, ProxyConfigEntry, ProxyState};
@@ -27,6 +28,7 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// A report that only refreshes a migration's progress (same phase) is sent at most this
 /// often: each one is a flushed write on the broker. Phase changes go at once.
@@ -548,7 +550,10 @@ impl Coordinator {
             }
         }
         let broker = &self.broker;
-        let results = join_all(plans.into_iter().map(|(m, actions)| execute(broker, m, actions))).await;
+        let results = join_all(
+            plans.into_iter().map(|(m, actions)| execute(broker, m, actions).instrument(trace::migration_span(m))),
+        )
+        .await;
 
         let mut accepted = 0;
         for (m, done) in results {
@@ -628,27 +633,28 @@ async fn execute<'m>(
     (m, done)
 }
 
+/// Logs inside the migration's span, which names it (`trace::migration_span`).
 fn log_migration_report(m: &Migration, action: &MigrationAction, after: &Migration) {
-    let (id, cluster) = (&m.id, &m.cluster);
+    let _span = trace::migration_span(m).entered();
     match action {
         MigrationAction::Progress(r) if r.phase != m.phase => tracing::info!(
-            migration = %id, %cluster, from = ?m.phase, phase = ?r.phase, at = ?r.at, progress = ?r.progress,
+            from = ?m.phase, phase = ?r.phase, at = ?r.at, progress = ?r.progress,
             error = ?r.error, "migration phase reported"
         ),
         MigrationAction::Progress(r) if r.error.is_some() => tracing::info!(
-            migration = %id, %cluster, phase = ?r.phase, error = ?r.error, "migration error reported"
+            phase = ?r.phase, error = ?r.error, "migration error reported"
         ),
         MigrationAction::Progress(r) => {
-            tracing::debug!(migration = %id, %cluster, phase = ?r.phase, progress = ?r.progress, "migration progress reported")
+            tracing::debug!(phase = ?r.phase, progress = ?r.progress, "migration progress reported")
         }
         MigrationAction::Commit { epoch } => tracing::info!(
-            migration = %id, %cluster, migration_epoch = epoch, phase = ?after.phase, "migration committed"
+            migration_epoch = epoch, phase = ?after.phase, "migration committed"
         ),
         MigrationAction::Fail { error, source_stopped_epoch: None } if !after.phase.is_final() => {
-            tracing::warn!(migration = %id, %cluster, %error, "migration stopped while switching: its source is fenced")
+            tracing::warn!(%error, "migration stopped while switching: its source is fenced")
         }
         MigrationAction::Fail { error, .. } => {
-            tracing::info!(migration = %id, %cluster, %error, phase = ?after.phase, "migration reported failed")
+            tracing::info!(%error, phase = ?after.phase, "migration reported failed")
         }
     }
 }
@@ -750,7 +756,8 @@ async fn push(clients: &ProxyClients, metrics: &Metrics, entry: &ProxyConfigEntr
         // Logged here, as it happens: the round goes on until its slowest proxy answers.
         match &outcome {
             PushOutcome::Applied { changed: true, held, .. } => {
-                tracing::info!(proxy, from_epoch = from, to_epoch = to, held_epoch = held, "config pushed")
+                let migrations = trace::migration_ids(&entry.config);
+                tracing::info!(proxy, from_epoch = from, to_epoch = to, held_epoch = held, %migrations, "config pushed")
             }
             PushOutcome::Applied { .. } => tracing::debug!(proxy, epoch = to, "proxy already held the config"),
             PushOutcome::Stale { message } => {

@@ -14,8 +14,8 @@ use anyhow::{Context, Result};
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
-use sluice_common::api::{Migration, ProxyState, ScaleRequest};
-use sluice_common::model::{MigrationMode, MigrationPhase, SlotRange};
+use sluice_common::api::{Migration, ProxyList, ProxyState, ScaleRequest};
+use sluice_common::model::{ClusterView, MigrationMode, MigrationPhase, NodeView, SlotRange};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -575,57 +575,76 @@ impl Driver {
 
     /// One random action.
     pub async fn step(&mut self, cluster: &mut LocalCluster, monitor: &EpochMonitor) -> Result<()> {
-        let total: u32 = ACTIONS.iter().map(|(_, w)| w).sum();
-        let mut pick = self.rng.random_range(0..total);
-        let mut action = Action::MigrateKeys;
-        for (a, w) in ACTIONS {
-            if pick < w {
-                action = a;
-                break;
-            }
-            pick -= w;
-        }
-        match action {
+        match self.pick_action() {
             Action::MigrateKeys => self.migrate(cluster, false).await,
             Action::MigrateToFree => self.migrate(cluster, true).await,
             Action::Abort => self.abort_one(cluster).await,
             Action::Scale => self.scale(cluster).await,
             Action::KillProxy => self.kill_proxy(cluster, monitor),
             Action::PauseProxy => self.pause_proxy(cluster),
-            Action::KillCoordinator => {
-                if !self.coordinator_faulted() {
-                    cluster.coordinators[0].kill();
-                    self.fault("coordinator SIGKILL", "");
-                    let after = self.between(self.opts.down);
-                    self.later(after, Undo::RestartCoordinator);
-                }
+            action @ (Action::KillCoordinator
+            | Action::PauseCoordinator
+            | Action::SecondCoordinator
+            | Action::KillBroker) => self.control_plane_fault(cluster, action)?,
+            action @ (Action::RelayLatency | Action::RelayDrop | Action::RelayOutage) => self.relay_fault(action),
+            Action::KillNode => self.node_fault(cluster, true).await,
+            Action::PauseNode => self.node_fault(cluster, false).await,
+        }
+        Ok(())
+    }
+
+    /// An action drawn by its weight in [`ACTIONS`].
+    fn pick_action(&mut self) -> Action {
+        let total: u32 = ACTIONS.iter().map(|(_, w)| w).sum();
+        let mut pick = self.rng.random_range(0..total);
+        for (a, w) in ACTIONS {
+            if pick < w {
+                return a;
             }
-            Action::PauseCoordinator => {
-                if !self.coordinator_faulted() {
-                    cluster.coordinators[0].pause();
-                    let after = self.between(self.opts.pause);
-                    self.fault("coordinator SIGSTOP", format!("for {after:?}"));
-                    self.later(after, Undo::ResumeCoordinator);
-                }
+            pick -= w;
+        }
+        Action::MigrateKeys
+    }
+
+    /// A coordinator killed, paused or doubled, or the broker killed; undone later. Only one
+    /// such fault of the coordinator and one of the broker at a time.
+    fn control_plane_fault(&mut self, cluster: &mut LocalCluster, action: Action) -> Result<()> {
+        match action {
+            Action::KillCoordinator if !self.coordinator_faulted() => {
+                cluster.coordinators[0].kill();
+                self.fault("coordinator SIGKILL", "");
+                let after = self.between(self.opts.down);
+                self.later(after, Undo::RestartCoordinator);
             }
-            Action::SecondCoordinator => {
-                if cluster.coordinators.len() == 1 {
-                    cluster.start_coordinator()?;
-                    let after = self.between((Duration::from_secs(5), Duration::from_secs(20)));
-                    self.fault("second coordinator", format!("for {after:?}"));
-                    self.later(after, Undo::StopSecondCoordinator);
-                }
+            Action::PauseCoordinator if !self.coordinator_faulted() => {
+                cluster.coordinators[0].pause();
+                let after = self.between(self.opts.pause);
+                self.fault("coordinator SIGSTOP", format!("for {after:?}"));
+                self.later(after, Undo::ResumeCoordinator);
             }
-            Action::KillBroker => {
-                if !self.broker_down() {
-                    cluster.broker.kill();
-                    let after = self.between((Duration::from_millis(200), Duration::from_millis(3_000)));
-                    self.fault("broker SIGKILL", format!("down for {after:?}"));
-                    self.later(after, Undo::RestartBroker);
-                }
+            Action::SecondCoordinator if cluster.coordinators.len() == 1 => {
+                cluster.start_coordinator()?;
+                let after = self.between((Duration::from_secs(5), Duration::from_secs(20)));
+                self.fault("second coordinator", format!("for {after:?}"));
+                self.later(after, Undo::StopSecondCoordinator);
             }
+            Action::KillBroker if !self.broker_down() => {
+                cluster.broker.kill();
+                let after = self.between((Duration::from_millis(200), Duration::from_millis(3_000)));
+                self.fault("broker SIGKILL", format!("down for {after:?}"));
+                self.later(after, Undo::RestartBroker);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Latency, reset connections or an outage on a random relay (between a proxy and its
+    /// node); latency and outages are healed later.
+    fn relay_fault(&mut self, action: Action) {
+        let i = self.rng.random_range(0..self.relays.len());
+        match action {
             Action::RelayLatency => {
-                let i = self.rng.random_range(0..self.relays.len());
                 let ms = self.rng.random_range(1..=40);
                 self.relays[i].set_latency(Duration::from_millis(ms));
                 let after = self.between((Duration::from_secs(2), Duration::from_secs(10)));
@@ -633,7 +652,6 @@ impl Driver {
                 self.later(after, Undo::HealRelay(i));
             }
             Action::RelayDrop => {
-                let i = self.rng.random_range(0..self.relays.len());
                 let fraction = self.rng.random_range(0.3..=1.0);
                 // Its own generator: how many draws it takes depends on the live connections.
                 let mut cuts = StdRng::seed_from_u64(self.rng.random());
@@ -642,10 +660,7 @@ impl Driver {
                     self.fault("relay connections reset", format!("#{i}: {cut}"));
                 }
             }
-            Action::KillNode => self.node_fault(cluster, true).await,
-            Action::PauseNode => self.node_fault(cluster, false).await,
-            Action::RelayOutage => {
-                let i = self.rng.random_range(0..self.relays.len());
+            _ => {
                 self.relays[i].set_refusing(true);
                 let mut cuts = StdRng::seed_from_u64(self.rng.random());
                 self.relays[i].drop_connections(1.0, &mut cuts);
@@ -654,7 +669,6 @@ impl Driver {
                 self.later(after, Undo::HealRelay(i));
             }
         }
-        Ok(())
     }
 
     fn pick_proxy(&mut self, cluster: &LocalCluster) -> Option<usize> {
@@ -752,41 +766,65 @@ impl Driver {
             Ok(v) => v,
             Err(e) => return self.error("read the cluster", e),
         };
-        let sources: Vec<&sluice_common::model::NodeView> =
-            view.nodes.iter().filter(|n| n.slots.iter().any(|a| a.tag.is_none())).collect();
+        let sources: Vec<&NodeView> = view.nodes.iter().filter(|n| n.slots.iter().any(|a| a.tag.is_none())).collect();
         let Some(src) = sources.choose(&mut self.rng).copied() else {
             return self.operations.add("migration skipped: nothing to move");
         };
-        let dst = if to_free {
-            let free: Vec<&str> = proxies
-                .proxies
-                .iter()
-                .filter(|p| p.state == ProxyState::Free && p.reserved_for.is_none())
-                .map(|p| p.address.as_str())
-                .collect();
-            free.choose(&mut self.rng).map(|s| s.to_string())
-        } else {
-            let others: Vec<&str> =
-                view.nodes.iter().filter(|n| n.proxy != src.proxy).map(|n| n.proxy.as_str()).collect();
-            others.choose(&mut self.rng).map(|s| s.to_string())
-        };
-        let Some(dst) = dst else {
+        let Some(dst) = self.pick_destination(&view, &proxies, src, to_free) else {
             return self.operations.add(if to_free {
                 "migration skipped: no free proxy"
             } else {
                 "migration skipped: one node"
             });
         };
+        let ranges = self.pick_ranges(&view, src);
+        let mode = match (to_free, self.rng.random_range(0..3)) {
+            (true, 0) => MigrationMode::Replication,
+            (false, 0) => MigrationMode::Keys,
+            (_, 1) => MigrationMode::Filtered,
+            _ => MigrationMode::Auto,
+        };
+        let kind = if to_free { "to a free proxy" } else { "between nodes" };
+        match cluster.try_start_migration(&src.proxy, &dst, &ranges, mode).await {
+            Ok(Ok(m)) => self.migration_started(cluster, &m, kind, &ranges).await,
+            Ok(Err(refusal)) => self.refused(&format!("migration {kind}"), &refusal),
+            Err(e) => self.error("start a migration", e),
+        }
+    }
+
+    /// Where a migration from `src` goes: a free proxy, or another node of the cluster.
+    fn pick_destination(
+        &mut self,
+        view: &ClusterView,
+        proxies: &ProxyList,
+        src: &NodeView,
+        to_free: bool,
+    ) -> Option<String> {
+        let candidates: Vec<&str> = if to_free {
+            proxies
+                .proxies
+                .iter()
+                .filter(|p| p.state == ProxyState::Free && p.reserved_for.is_none())
+                .map(|p| p.address.as_str())
+                .collect()
+        } else {
+            view.nodes.iter().filter(|n| n.proxy != src.proxy).map(|n| n.proxy.as_str()).collect()
+        };
+        candidates.choose(&mut self.rng).map(|s| s.to_string())
+    }
+
+    /// One range (sometimes two) of `src`'s untagged slots, in slot order: usually a part of
+    /// no more than `max_range` slots, sometimes a whole range (a node giving away everything
+    /// leaves the cluster), but never the last node's last slots.
+    fn pick_ranges(&mut self, view: &ClusterView, src: &NodeView) -> Vec<SlotRange> {
         let untagged: Vec<SlotRange> = src.slots.iter().filter(|a| a.tag.is_none()).map(|a| a.range()).collect();
         let held: usize = src.slots.iter().map(|a| a.range().len()).sum();
         let mut ranges = Vec::new();
         let count = if untagged.len() > 1 && self.rng.random_bool(0.2) { 2 } else { 1 };
-        let mut pool = untagged.clone();
+        let mut pool = untagged;
         for _ in 0..count {
             let k = self.rng.random_range(0..pool.len());
             let r = pool.remove(k);
-            // Sometimes a whole range (a node giving away everything leaves the cluster),
-            // but never the last node's last slots.
             let whole = self.rng.random_bool(0.1) && (view.nodes.len() > 2 || r.len() < held);
             let sub = if whole {
                 r
@@ -798,34 +836,19 @@ impl Driver {
             ranges.push(sub);
         }
         ranges.sort_by_key(|r| r.start);
-        let mode = match (to_free, self.rng.random_range(0..3)) {
-            (true, 0) => MigrationMode::Replication,
-            (false, 0) => MigrationMode::Keys,
-            (_, 1) => MigrationMode::Filtered,
-            _ => MigrationMode::Auto,
-        };
-        let kind = if to_free { "to a free proxy" } else { "between nodes" };
-        match cluster.try_start_migration(&src.proxy, &dst, &ranges, mode).await {
-            Ok(Ok(m)) => {
-                self.operations.add(format!("migration started {kind} ({})", mode_name(m.mode)));
-                self.started.push(m.id.clone());
-                let slots: usize = ranges.iter().map(SlotRange::len).sum();
-                self.log(format!(
-                    "{} {} -> {} {:?} ({slots} slots, {})",
-                    m.id,
-                    src.proxy,
-                    dst,
-                    ranges,
-                    mode_name(m.mode)
-                ));
-                // Now and then an abort right away, while it is `pending` at the broker.
-                let abortable = self.opts.abort_replication || m.mode != MigrationMode::Replication;
-                if self.rng.random_bool(0.15) && abortable {
-                    self.abort(cluster, &m.id).await;
-                }
-            }
-            Ok(Err(refusal)) => self.refused(&format!("migration {kind}"), &refusal),
-            Err(e) => self.error("start a migration", e),
+        ranges
+    }
+
+    /// Records a migration the broker accepted; now and then aborts it right away, while it
+    /// is `pending` at the broker.
+    async fn migration_started(&mut self, cluster: &LocalCluster, m: &Migration, kind: &str, ranges: &[SlotRange]) {
+        self.operations.add(format!("migration started {kind} ({})", mode_name(m.mode)));
+        self.started.push(m.id.clone());
+        let slots: usize = ranges.iter().map(SlotRange::len).sum();
+        self.log(format!("{} {} -> {} {:?} ({slots} slots, {})", m.id, m.src, m.dst, ranges, mode_name(m.mode)));
+        let abortable = self.opts.abort_replication || m.mode != MigrationMode::Replication;
+        if self.rng.random_bool(0.15) && abortable {
+            self.abort(cluster, &m.id).await;
         }
     }
 

@@ -647,6 +647,8 @@ impl Writer {
         self.keys.into_iter().map(|(_, m)| m).collect()
     }
 
+    /// One operation on one of this writer's keys, drawn by the weights above, and its
+    /// answer checked against the key's model.
     async fn step(&mut self) {
         let j = self.rng.random_range(0..self.keys.len());
         let i = self.keys[j].0;
@@ -659,120 +661,145 @@ impl Writer {
         if pick < W_GET {
             let r: redis::RedisResult<Option<String>> = c.get(&key).await;
             self.shared.op(0, started.elapsed());
-            match r {
-                Ok(v) => {
-                    let read = parse_value(i, v.as_deref());
-                    let model = &mut self.keys[j].1;
-                    if model.allows(&read) {
-                        model.possible = vec![read];
-                    } else {
-                        let expected = model.expected();
-                        self.shared.wrong(format!("GET {key} read {read}, expected {expected}"));
-                        model.possible = vec![read];
-                    }
-                }
-                Err(e) => self.shared.error(0, &key, &e),
-            }
+            self.check_get(j, &key, r);
         } else if pick < W_GET + W_WRITE && !is_counter(i) {
             let value = format!("{key}#{}", self.seq);
             let r: redis::RedisResult<()> = c.set(&key, &value).await;
             self.shared.op(1, started.elapsed());
-            let model = &mut self.keys[j].1;
-            match r {
-                Ok(()) => *model = KeyModel::certain(Value::Str(value), Ttl::None),
-                Err(e) => {
-                    self.shared.error(1, &key, &e);
-                    model.add_possible(Value::Str(value));
-                    model.ttl = Ttl::Unknown;
-                }
-            }
+            self.check_set(j, &key, value, r);
         } else if pick < W_GET + W_WRITE {
             let r: redis::RedisResult<i64> = c.incr(&key, 1).await;
             self.shared.op(2, started.elapsed());
-            let tolerate = self.config.tolerate_client_resends;
-            let model = &mut self.keys[j].1;
-            match r {
-                Ok(n) => {
-                    let got = Value::Int(n);
-                    let expected: Vec<Value> = model.possible.iter().filter_map(Value::incremented).collect();
-                    if !expected.contains(&got) {
-                        let above = model.possible.iter().any(|p| match p {
-                            Value::Absent => n > 1,
-                            Value::Int(m) => n > m + 1,
-                            Value::Str(_) => false,
-                        });
-                        if tolerate && above {
-                            self.shared.reapplied.fetch_add(1, Ordering::Relaxed);
-                        } else {
-                            let want: Vec<String> = expected.iter().map(Value::to_string).collect();
-                            self.shared.wrong(format!("INCR {key} answered {n}, expected {}", want.join(" or ")));
-                        }
-                    }
-                    if !model.is_certain() {
-                        model.ttl = Ttl::Unknown;
-                    }
-                    model.possible = vec![got];
-                }
-                Err(e) => {
-                    self.shared.error(2, &key, &e);
-                    let next: Vec<Value> = model.possible.iter().filter_map(Value::incremented).collect();
-                    for v in next {
-                        model.add_possible(v);
-                    }
-                }
-            }
+            self.check_incr(j, &key, r);
         } else if pick < W_GET + W_WRITE + W_DEL {
             let r: redis::RedisResult<i64> = c.del(&key).await;
             self.shared.op(3, started.elapsed());
-            let model = &mut self.keys[j].1;
-            match r {
-                Ok(n) => {
-                    let existed = n > 0;
-                    if !model.possible.iter().any(|p| p.exists() == existed) {
-                        if !existed && self.config.tolerate_client_resends {
-                            self.shared.reapplied.fetch_add(1, Ordering::Relaxed);
-                        } else {
-                            let expected = model.expected();
-                            let what = if existed { "deleted a key" } else { "found no key" };
-                            self.shared.wrong(format!("DEL {key} {what}, expected {expected}"));
-                        }
-                    }
-                    *model = KeyModel::absent();
-                }
-                Err(e) => {
-                    self.shared.error(3, &key, &e);
-                    model.add_possible(Value::Absent);
-                    model.ttl = Ttl::Unknown;
-                }
-            }
+            self.check_del(j, &key, r);
         } else {
             let r: redis::RedisResult<i64> = c.expire(&key, LONG_TTL_SECS).await;
             self.shared.op(4, started.elapsed());
-            let model = &mut self.keys[j].1;
-            match r {
-                Ok(n) => {
-                    let existed = n > 0;
-                    if !model.possible.iter().any(|p| p.exists() == existed) {
-                        let expected = model.expected();
-                        let what = if existed { "found the key" } else { "found no key" };
-                        self.shared.wrong(format!("EXPIRE {key} {what}, expected {expected}"));
-                    }
-                    if existed {
-                        model.possible.retain(Value::exists);
-                        model.ttl = Ttl::Set;
+            self.check_expire(j, &key, r);
+        }
+    }
+
+    /// A GET must read a value the model allows; either way the read is what the key holds.
+    fn check_get(&mut self, j: usize, key: &str, r: redis::RedisResult<Option<String>>) {
+        let i = self.keys[j].0;
+        match r {
+            Ok(v) => {
+                let read = parse_value(i, v.as_deref());
+                let model = &mut self.keys[j].1;
+                if !model.allows(&read) {
+                    let expected = model.expected();
+                    self.shared.wrong(format!("GET {key} read {read}, expected {expected}"));
+                }
+                model.possible = vec![read];
+            }
+            Err(e) => self.shared.error(0, key, &e),
+        }
+    }
+
+    /// A SET that failed may or may not have been applied.
+    fn check_set(&mut self, j: usize, key: &str, value: String, r: redis::RedisResult<()>) {
+        let model = &mut self.keys[j].1;
+        match r {
+            Ok(()) => *model = KeyModel::certain(Value::Str(value), Ttl::None),
+            Err(e) => {
+                self.shared.error(1, key, &e);
+                model.add_possible(Value::Str(value));
+                model.ttl = Ttl::Unknown;
+            }
+        }
+    }
+
+    /// An INCR must answer one more than a value the model allows (more, when resends are
+    /// tolerated, is counted as reapplied).
+    fn check_incr(&mut self, j: usize, key: &str, r: redis::RedisResult<i64>) {
+        let tolerate = self.config.tolerate_client_resends;
+        let model = &mut self.keys[j].1;
+        match r {
+            Ok(n) => {
+                let got = Value::Int(n);
+                let expected: Vec<Value> = model.possible.iter().filter_map(Value::incremented).collect();
+                if !expected.contains(&got) {
+                    let above = model.possible.iter().any(|p| match p {
+                        Value::Absent => n > 1,
+                        Value::Int(m) => n > m + 1,
+                        Value::Str(_) => false,
+                    });
+                    if tolerate && above {
+                        self.shared.reapplied.fetch_add(1, Ordering::Relaxed);
                     } else {
-                        *model = KeyModel::absent();
-                    }
-                    if model.possible.is_empty() {
-                        // Contradiction already counted; keep the model usable.
-                        model.possible = vec![Value::Absent];
-                        model.ttl = Ttl::Unknown;
+                        let want: Vec<String> = expected.iter().map(Value::to_string).collect();
+                        self.shared.wrong(format!("INCR {key} answered {n}, expected {}", want.join(" or ")));
                     }
                 }
-                Err(e) => {
-                    self.shared.error(4, &key, &e);
+                if !model.is_certain() {
                     model.ttl = Ttl::Unknown;
                 }
+                model.possible = vec![got];
+            }
+            Err(e) => {
+                self.shared.error(2, key, &e);
+                let next: Vec<Value> = model.possible.iter().filter_map(Value::incremented).collect();
+                for v in next {
+                    model.add_possible(v);
+                }
+            }
+        }
+    }
+
+    /// A DEL must find the key when the model says it exists, and not find it when it says not.
+    fn check_del(&mut self, j: usize, key: &str, r: redis::RedisResult<i64>) {
+        let model = &mut self.keys[j].1;
+        match r {
+            Ok(n) => {
+                let existed = n > 0;
+                if !model.possible.iter().any(|p| p.exists() == existed) {
+                    if !existed && self.config.tolerate_client_resends {
+                        self.shared.reapplied.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        let expected = model.expected();
+                        let what = if existed { "deleted a key" } else { "found no key" };
+                        self.shared.wrong(format!("DEL {key} {what}, expected {expected}"));
+                    }
+                }
+                *model = KeyModel::absent();
+            }
+            Err(e) => {
+                self.shared.error(3, key, &e);
+                model.add_possible(Value::Absent);
+                model.ttl = Ttl::Unknown;
+            }
+        }
+    }
+
+    /// An EXPIRE must find the key exactly when the model says it exists.
+    fn check_expire(&mut self, j: usize, key: &str, r: redis::RedisResult<i64>) {
+        let model = &mut self.keys[j].1;
+        match r {
+            Ok(n) => {
+                let existed = n > 0;
+                if !model.possible.iter().any(|p| p.exists() == existed) {
+                    let expected = model.expected();
+                    let what = if existed { "found the key" } else { "found no key" };
+                    self.shared.wrong(format!("EXPIRE {key} {what}, expected {expected}"));
+                }
+                if existed {
+                    model.possible.retain(Value::exists);
+                    model.ttl = Ttl::Set;
+                } else {
+                    *model = KeyModel::absent();
+                }
+                if model.possible.is_empty() {
+                    // Contradiction already counted; keep the model usable.
+                    model.possible = vec![Value::Absent];
+                    model.ttl = Ttl::Unknown;
+                }
+            }
+            Err(e) => {
+                self.shared.error(4, key, &e);
+                model.ttl = Ttl::Unknown;
             }
         }
     }

@@ -556,3 +556,60 @@ async fn a_migration_stuck_in_switching_with_its_destination_gone_ends_failed_af
     cluster.check_nothing_lost_or_misplaced_with(&mut workload, &options).await?;
     Ok(())
 }
+
+/// Issue 23: one migration can be followed through the logs by its id. Each of the four
+/// programs logs it at the default level inside a `migration` span that names it: the broker
+/// (created, the phases reported, committed), the coordinator (the phases it reports, the
+/// commit), the source proxy (its task's phases, the promotion) and the destination proxy
+/// (its task, the TmpSwitch the source sent it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_migration_is_followed_by_its_id_through_all_four_logs() -> Result<()> {
+    let (mut cluster, plan) = start_cluster().await?;
+    let m = cluster.start_migration(&plan.src, &plan.dst, &[plan.slots], MigrationMode::Replication).await?;
+    let end = cluster.watch_migration(&m.id).until_final(MIGRATION_DEADLINE).await?;
+    assert_eq!(end.phase, MigrationPhase::Done, "{end:?}");
+    let span = format!("migration{{id={} ", m.id);
+    let logs: [(&str, std::path::PathBuf, &[&str]); 4] = [
+        (
+            "broker",
+            cluster.broker.process().log_path().to_path_buf(),
+            &["migration created", "migration phase reported", "migration committed"],
+        ),
+        (
+            "coordinator",
+            cluster.coordinators[0].log_path().to_path_buf(),
+            &["migration phase reported", "migration committed"],
+        ),
+        (
+            "source proxy",
+            cluster.proxies[plan.src_index].process().log_path().to_path_buf(),
+            &["role=source", "migration task started", "to=Switching", "promoted the destination's node"],
+        ),
+        (
+            "destination proxy",
+            cluster.proxies[plan.dst_index].process().log_path().to_path_buf(),
+            &["role=destination", "migration task started", "TmpSwitch asked by the source", "to=Committed"],
+        ),
+    ];
+    for (program, path, needles) in logs {
+        // Each needle on some line inside the migration's span; polled, as the last lines
+        // (the commit's) may land just after the broker records `done`.
+        wait_for(&format!("{program}'s log to follow {}", m.id), Duration::from_secs(10), || {
+            let (path, span) = (path.clone(), span.clone());
+            async move {
+                let text = std::fs::read_to_string(&path)?;
+                let missing: Vec<&str> = needles
+                    .iter()
+                    .copied()
+                    .filter(|n| !text.lines().any(|l| l.contains(span.as_str()) && l.contains(n)))
+                    .collect();
+                if !missing.is_empty() {
+                    bail!("{program} ({}): no line in `{span}` with {missing:?}", path.display());
+                }
+                Ok(Some(()))
+            }
+        })
+        .await?;
+    }
+    Ok(())
+}

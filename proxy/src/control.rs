@@ -16,6 +16,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 /// What the control operations act on: the proxy's shared state and its migration tasks.
 /// Built once at start; the gRPC service and `UMCTL` on the data port hold one each.
@@ -47,11 +48,15 @@ impl Control {
     /// broker recorded it, unless `attempt` was refused: see [`filtered`]).
     pub async fn tmp_switch(&self, migration_id: &str, epoch: u64, attempt: u64) -> Result<(), MigrationError> {
         let task = self.destination_task(migration_id, epoch)?;
-        match task.meta.mode {
-            MigrationMode::Keys => keys_mode::tmp_switch(&self.shared, &task).await,
-            MigrationMode::Filtered => filtered::tmp_switch(&self.shared, &task, attempt).await,
-            _ => destination::tmp_switch(&self.shared, &task).await,
-        }
+        let switch = async {
+            tracing::info!(attempt, "TmpSwitch asked by the source");
+            match task.meta.mode {
+                MigrationMode::Keys => keys_mode::tmp_switch(&self.shared, &task).await,
+                MigrationMode::Filtered => filtered::tmp_switch(&self.shared, &task, attempt).await,
+                _ => destination::tmp_switch(&self.shared, &task).await,
+            }
+        };
+        switch.instrument(task.span()).await
     }
 
     /// Whether the destination of a filtered migration serves its slots; when not, refuses
@@ -59,7 +64,9 @@ impl Control {
     pub async fn switched(&self, migration_id: &str, epoch: u64, attempt: u64) -> Result<bool, MigrationError> {
         let task = self.destination_task(migration_id, epoch)?;
         match task.meta.mode {
-            MigrationMode::Filtered => filtered::switched_or_refuse(&self.shared, &task, attempt).await,
+            MigrationMode::Filtered => {
+                filtered::switched_or_refuse(&self.shared, &task, attempt).instrument(task.span()).await
+            }
             _ => Err(refused!("migration {migration_id} is not filtered")),
         }
     }
@@ -69,7 +76,7 @@ impl Control {
     pub async fn ready(&self, migration_id: &str, epoch: u64) -> Result<(), MigrationError> {
         let task = self.destination_task(migration_id, epoch)?;
         match task.meta.mode {
-            MigrationMode::Replication => destination::ready(&self.shared, &task).await,
+            MigrationMode::Replication => destination::ready(&self.shared, &task).instrument(task.span()).await,
             _ => Err(refused!("migration {migration_id} does not replicate")),
         }
     }

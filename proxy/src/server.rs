@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
+use tracing::Instrument;
 
 /// What a client's commands run through.
 struct Router {
@@ -41,7 +42,10 @@ pub async fn run(listener: TcpListener, control: Control) -> std::io::Result<()>
         };
         match accepted {
             Ok((stream, addr)) => {
-                tokio::spawn(start_session(stream, addr, shared.clone(), router.clone()));
+                // One span per connection, never one per command: `id` is the CLIENT ID the
+                // session takes (recorded by `session::serve`), `peer` the client's address.
+                let span = tracing::info_span!("client", id = tracing::field::Empty, peer = %addr);
+                tokio::spawn(start_session(stream, addr, shared.clone(), router.clone()).instrument(span));
             }
             Err(e) => {
                 // Out of file descriptors and similar: log, wait a moment, go on.

@@ -277,6 +277,7 @@ pub async fn serve<C: Commands>(
     let progress = Arc::new(Progress::new());
     let budget = Arc::new(OutputBudget::new(shared.opts.client_output_buffer_limit));
     let id = shared.next_client_id();
+    tracing::Span::current().record("id", id);
     let writer = tokio::spawn(reply_writer(wr, rx, progress.clone(), shared.clone(), budget.clone(), (id, addr)));
     let limits = Limits { max_bulk_len: shared.opts.max_bulk_len, ..Limits::CLIENT };
     let authenticated = shared.opts.requirepass.is_none();

@@ -41,6 +41,7 @@ pub async fn create_migration(
     JsonBody(req): JsonBody<CreateMigration>,
 ) -> Result<Response, ApiError> {
     let (m, s) = app.mutate(if_match, move |t| t.create_migration(&name, req)).await?;
+    log_moved(None, &m, "migration created");
     Ok(reply(StatusCode::ACCEPTED, s.epoch, m))
 }
 
@@ -67,7 +68,7 @@ pub async fn list_migrations(
     Ok(reply(StatusCode::OK, s.epoch, MigrationList { migrations }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct MigrationPath {
     pub name: String,
     pub id: String,
@@ -150,16 +151,13 @@ pub async fn report_progress(
     ApiPath(p): ApiPath<MigrationPath>,
     JsonBody(r): JsonBody<RawProgress>,
 ) -> Result<Response, ApiError> {
-    let (m, s) = app
+    let ((before, m), s) = app
         .mutate(if_match, move |t| {
-            let before = t.state.migration(&p.name, &p.id).map(|(_, m)| m.phase);
-            let m = t.report_progress(&p.name, &p.id, &r.phase, r.progress, r.error, r.at)?;
-            if before != Some(m.phase) {
-                tracing::info!(migration = %m.id, cluster = %m.cluster, phase = %crate::ops::phase_name(m.phase), "migration phase");
-            }
-            Ok(m)
+            let before = phase_of(t, &p);
+            Ok((before, t.report_progress(&p.name, &p.id, &r.phase, r.progress, r.error, r.at)?))
         })
         .await?;
+    log_moved(before, &m, "migration phase reported");
     Ok(reply(StatusCode::OK, s.epoch, m))
 }
 
@@ -193,7 +191,9 @@ pub async fn commit_migration(
     ApiPath(p): ApiPath<MigrationPath>,
     OptionalJsonBody(req): OptionalJsonBody<CommitRequest>,
 ) -> Result<Response, ApiError> {
-    let (m, s) = app.mutate(if_match, move |t| t.commit(&p.name, &p.id, req.epoch)).await?;
+    let ((before, m), s) =
+        app.mutate(if_match, move |t| Ok((phase_of(t, &p), t.commit(&p.name, &p.id, req.epoch)?))).await?;
+    log_moved(before, &m, "migration committed");
     Ok(reply(StatusCode::OK, s.epoch, m))
 }
 
@@ -232,8 +232,12 @@ pub async fn abort_migration(
 ) -> Result<Response, ApiError> {
     let error = req.error.filter(|e| !e.is_empty()).unwrap_or_else(|| "aborted on request".to_string());
     let confirmed = req.source_stopped_epoch;
-    let (m, s) =
-        app.mutate(if_match, move |t| t.stop(&p.name, &p.id, MigrationPhase::Aborted, error, confirmed)).await?;
+    let ((before, m), s) = app
+        .mutate(if_match, move |t| {
+            Ok((phase_of(t, &p), t.stop(&p.name, &p.id, MigrationPhase::Aborted, error, confirmed)?))
+        })
+        .await?;
+    log_moved(before, &m, ABORT);
     Ok(reply(stop_status(&m), s.epoch, m))
 }
 
@@ -272,8 +276,12 @@ pub async fn fail_migration(
         return Err(ApiError::invalid("fail needs the reason: {\"error\": \"…\"}"));
     };
     let confirmed = req.source_stopped_epoch;
-    let (m, s) =
-        app.mutate(if_match, move |t| t.stop(&p.name, &p.id, MigrationPhase::Failed, error, confirmed)).await?;
+    let ((before, m), s) = app
+        .mutate(if_match, move |t| {
+            Ok((phase_of(t, &p), t.stop(&p.name, &p.id, MigrationPhase::Failed, error, confirmed)?))
+        })
+        .await?;
+    log_moved(before, &m, "migration failure reported");
     Ok(reply(stop_status(&m), s.epoch, m))
 }
 
@@ -286,3 +294,29 @@ fn stop_status(m: &Migration) -> StatusCode {
         StatusCode::ACCEPTED
     }
 }
+
+/// The phase of the migration `p` names before a change, to log only changes that moved it.
+fn phase_of(t: &crate::ops::Txn, p: &MigrationPath) -> Option<MigrationPhase> {
+    t.state.migration(&p.name, &p.id).map(|(_, m)| m.phase)
+}
+
+/// Logs at info that `m` moved: created, or its phase changed (a repeated report, commit or
+/// fail that changed nothing logs at debug; an operator's abort always at info). Inside a
+/// `migration` span with its id: the span name and field the proxies and the coordinator
+/// use, so one `grep 'id=m-7'` follows a migration through all four logs.
+fn log_moved(before: Option<MigrationPhase>, m: &Migration, what: &str) {
+    let _span = tracing::info_span!("migration", id = %m.id, cluster = %m.cluster).entered();
+    let (phase, migration_epoch, error) = (m.phase.as_str(), m.epoch, m.error.as_deref());
+    if before.is_none() {
+        let slots: Vec<String> = m.slots.iter().map(ToString::to_string).collect();
+        let (mode, src, dst, slots) = (m.mode.as_str(), &m.src, &m.dst, slots.join(","));
+        tracing::info!(%phase, migration_epoch, %mode, %src, %dst, %slots, "{what}");
+    } else if before == Some(m.phase) && what != ABORT {
+        tracing::debug!(%phase, "{what}: no change");
+    } else {
+        let from = before.map(|b| b.as_str()).unwrap_or_default();
+        tracing::info!(%from, %phase, error, "{what}");
+    }
+}
+
+const ABORT: &str = "migration abort asked";

@@ -18,86 +18,17 @@ impl Txn {
                 req.name
             )));
         }
-        let max = usize::from(SLOT_COUNT);
         let replicas = usize::try_from(req.replicas).unwrap_or(usize::MAX);
         if replicas > MAX_REPLICAS {
             return Err(ApiError::invalid(format!(
                 "replicas must be between 0 and {MAX_REPLICAS} per shard, not {replicas}"
             )));
         }
-        // The chosen proxies as nodes without slots yet, in slot order.
-        let chosen: Vec<NodeView> = match &req.proxies {
-            ProxySelection::Count(n) => {
-                let n = usize::try_from(*n).unwrap_or(usize::MAX);
-                if n == 0 || n > max {
-                    return Err(ApiError::invalid(format!("proxies must be between 1 and {max}, not {n}")));
-                }
-                if self.state.clusters.contains_key(&req.name) {
-                    return Err(self.cluster_exists(&req.name));
-                }
-                let free = self.state.free_proxies();
-                let needed = n.saturating_mul(1 + replicas);
-                if free.len() < needed {
-                    return Err(ApiError::conflict(format!(
-                        "cluster {:?} needs {needed} free proxies ({n} shards × {} proxies) but only {} are \
-                         free; register more proxies (POST /api/v1/proxies) or ask for fewer",
-                        req.name,
-                        1 + replicas,
-                        free.len()
-                    )));
-                }
-                free.into_iter().take(n).map(|p| p.node_view()).collect()
-            }
-            ProxySelection::Addresses(list) => {
-                if list.is_empty() || list.len() > max {
-                    return Err(ApiError::invalid(format!(
-                        "proxies must list between 1 and {max} addresses, not {}",
-                        list.len()
-                    )));
-                }
-                for (i, a) in list.iter().enumerate() {
-                    check_address("proxy", a).map_err(ApiError::invalid)?;
-                    if list[..i].contains(a) {
-                        return Err(ApiError::invalid(format!("proxy {a} is listed twice")));
-                    }
-                }
-                if self.state.clusters.contains_key(&req.name) {
-                    return Err(self.cluster_exists(&req.name));
-                }
-                let mut chosen = Vec::with_capacity(list.len());
-                for a in list {
-                    let p = self.require_free(a, "the new cluster")?;
-                    chosen.push(p.node_view());
-                }
-                chosen
-            }
+        let chosen = match &req.proxies {
+            ProxySelection::Count(n) => self.counted_masters(&req.name, *n, replicas)?,
+            ProxySelection::Addresses(list) => self.listed_masters(&req.name, list)?,
         };
-        // Replicas: free proxies other than the chosen masters, in address order.
-        let spare: Vec<ReplicaView> = self
-            .state
-            .free_proxies()
-            .into_iter()
-            .filter(|p| !chosen.iter().any(|n| n.proxy == p.address))
-            .map(|p| p.replica_view())
-            .collect();
-        let mut spare = spare.into_iter();
-        let mut shards = Vec::with_capacity(chosen.len());
-        for master in chosen {
-            let mut shard = Vec::with_capacity(replicas);
-            for _ in 0..replicas {
-                match spare.next() {
-                    Some(r) => shard.push(r),
-                    None => {
-                        return Err(ApiError::conflict(format!(
-                            "cluster {:?} needs {replicas} replicas per shard, but too few proxies are free; \
-                             register more proxies (POST /api/v1/proxies) or ask for fewer replicas",
-                            req.name
-                        )))
-                    }
-                }
-            }
-            shards.push((master, shard));
-        }
+        let shards = self.with_replicas(&req.name, chosen, replicas)?;
         let epoch = self.bump();
         let ranges = split_slots_evenly(shards.len());
         let nodes = shards
@@ -121,6 +52,82 @@ impl Txn {
         ));
         self.state.clusters.insert(req.name, view.clone());
         Ok(view)
+    }
+
+    /// `proxies: N`: the first `n` free proxies as masters without slots yet, once there are
+    /// enough free ones for their replicas too.
+    fn counted_masters(&self, name: &str, n: u64, replicas: usize) -> Result<Vec<NodeView>, ApiError> {
+        let max = usize::from(SLOT_COUNT);
+        let n = usize::try_from(n).unwrap_or(usize::MAX);
+        if n == 0 || n > max {
+            return Err(ApiError::invalid(format!("proxies must be between 1 and {max}, not {n}")));
+        }
+        if self.state.clusters.contains_key(name) {
+            return Err(self.cluster_exists(name));
+        }
+        let free = self.state.free_proxies();
+        let needed = n.saturating_mul(1 + replicas);
+        if free.len() < needed {
+            return Err(ApiError::conflict(format!(
+                "cluster {name:?} needs {needed} free proxies ({n} shards × {} proxies) but only {} are \
+                 free; register more proxies (POST /api/v1/proxies) or ask for fewer",
+                1 + replicas,
+                free.len()
+            )));
+        }
+        Ok(free.into_iter().take(n).map(|p| p.node_view()).collect())
+    }
+
+    /// `proxies: [addresses]`: those proxies as masters without slots yet, in slot order;
+    /// each must be registered, free and listed once.
+    fn listed_masters(&self, name: &str, list: &[String]) -> Result<Vec<NodeView>, ApiError> {
+        let max = usize::from(SLOT_COUNT);
+        if list.is_empty() || list.len() > max {
+            return Err(ApiError::invalid(format!(
+                "proxies must list between 1 and {max} addresses, not {}",
+                list.len()
+            )));
+        }
+        for (i, a) in list.iter().enumerate() {
+            check_address("proxy", a).map_err(ApiError::invalid)?;
+            if list[..i].contains(a) {
+                return Err(ApiError::invalid(format!("proxy {a} is listed twice")));
+            }
+        }
+        if self.state.clusters.contains_key(name) {
+            return Err(self.cluster_exists(name));
+        }
+        list.iter().map(|a| Ok(self.require_free(a, "the new cluster")?.node_view())).collect()
+    }
+
+    /// Each chosen master with `replicas` replicas: free proxies other than the chosen
+    /// masters, in address order.
+    fn with_replicas(
+        &self,
+        name: &str,
+        chosen: Vec<NodeView>,
+        replicas: usize,
+    ) -> Result<Vec<(NodeView, Vec<ReplicaView>)>, ApiError> {
+        let spare: Vec<ReplicaView> = self
+            .state
+            .free_proxies()
+            .into_iter()
+            .filter(|p| !chosen.iter().any(|n| n.proxy == p.address))
+            .map(|p| p.replica_view())
+            .collect();
+        let mut spare = spare.into_iter();
+        let mut shards = Vec::with_capacity(chosen.len());
+        for master in chosen {
+            let shard: Vec<ReplicaView> = spare.by_ref().take(replicas).collect();
+            if shard.len() < replicas {
+                return Err(ApiError::conflict(format!(
+                    "cluster {name:?} needs {replicas} replicas per shard, but too few proxies are free; \
+                     register more proxies (POST /api/v1/proxies) or ask for fewer replicas"
+                )));
+            }
+            shards.push((master, shard));
+        }
+        Ok(shards)
     }
 
     fn cluster_exists(&self, name: &str) -> ApiError {

@@ -25,6 +25,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 pub use sluice_common::model::MigrationPhase as Phase;
 
@@ -35,6 +36,15 @@ const KEEP_ENDED: Duration = Duration::from_secs(600);
 pub enum Role {
     Source,
     Destination,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Source => "source",
+            Role::Destination => "destination",
+        }
+    }
 }
 
 /// Where a migration stands in the config.
@@ -123,6 +133,14 @@ impl Task {
         }
     }
 
+    /// The span every log line about this migration runs in: its task, and the control calls
+    /// (TmpSwitch, READY, SWITCHED) that act on it, so `grep id=m-7` follows one migration
+    /// through this proxy's log (and the broker's and the coordinator's, which use the same
+    /// span name and field).
+    pub fn span(&self) -> tracing::Span {
+        tracing::info_span!("migration", id = %self.meta.id, role = %self.role.as_str())
+    }
+
     fn status(&self) -> std::sync::MutexGuard<'_, TaskStatus> {
         self.status.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -138,7 +156,8 @@ impl Task {
         if st.phase.is_final() || phase <= st.phase {
             return;
         }
-        tracing::info!(migration = %self.meta.id, role = ?self.role, from = ?st.phase, to = ?phase, "migration phase");
+        // The id and role come from the task's span (`Task::span`), which every caller runs in.
+        tracing::info!(from = ?st.phase, to = ?phase, "migration phase");
         st.phase = phase;
         let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
         let times = st.progress.entry("phase_times").or_insert_with(|| serde_json::json!({}));
@@ -162,7 +181,7 @@ impl Task {
     /// Ends the task as failed.
     pub fn fail(&self, error: impl std::fmt::Display) {
         let error = error.to_string();
-        tracing::warn!(migration = %self.meta.id, role = ?self.role, error = %error, "migration failed");
+        tracing::warn!(error = %error, "migration failed");
         self.status().error = Some(error);
         self.set_phase(Phase::Failed);
     }
@@ -300,41 +319,7 @@ impl Migrations {
             let deleted = shared.gc.deleted.load(std::sync::atomic::Ordering::Relaxed);
             let task = Arc::new(Task::new(meta.clone(), role, deleted));
             tasks.insert(meta.id.clone(), task.clone());
-            let shared = shared.clone();
-            if stage_in(config, &meta.id) == Stage::Committed {
-                // Committed before this task existed (the proxy restarted): only cleaning is left.
-                task.stage.send_replace(Stage::Committed);
-                task.set_phase(Phase::Committed);
-                tokio::spawn(async move { gc::clean(&shared, &task).await });
-                continue;
-            }
-            match (meta.mode, role) {
-                (MigrationMode::Keys, Role::Source) => {
-                    tokio::spawn(keys_mode::run_source(shared, task));
-                }
-                (MigrationMode::Keys, Role::Destination) => {
-                    tokio::spawn(keys_mode::run_destination(shared, task));
-                }
-                (MigrationMode::Auto, _) => {
-                    // The broker resolves `auto` when it creates a migration; never seen here.
-                    tokio::spawn(async move {
-                        task.fail("the broker sent mode auto unresolved");
-                        shared.set_override(&task.meta.id, None).await;
-                    });
-                }
-                (MigrationMode::Replication, Role::Source) => {
-                    tokio::spawn(source::run(shared, task));
-                }
-                (MigrationMode::Replication, Role::Destination) => {
-                    tokio::spawn(destination::run(shared, task));
-                }
-                (MigrationMode::Filtered, Role::Source) => {
-                    tokio::spawn(filtered::run_source(shared, task));
-                }
-                (MigrationMode::Filtered, Role::Destination) => {
-                    tokio::spawn(filtered::run_destination(shared, task));
-                }
-            }
+            spawn(shared.clone(), task, stage_in(config, &meta.id) == Stage::Committed);
         }
         for (id, task) in tasks.iter() {
             if config.migrations.iter().any(|m| &m.id == id && m.switch_allowed) {
@@ -366,6 +351,52 @@ impl Migrations {
     }
 }
 
+/// Runs `task` as a tokio task of its own, inside the task's span (`Task::span`).
+/// `committed`: the migration was committed before this task existed (the proxy restarted),
+/// so only cleaning is left.
+fn spawn(shared: Arc<Shared>, task: Arc<Task>, committed: bool) {
+    let span = task.span();
+    let m = &task.meta;
+    span.in_scope(|| {
+let slots: Vec<String> = m.slots.iter().map(ToString::to_string).collect();
+        tracing::info!(mode = %m.mode.as_str(), slots = %slots.join(","), src = %m.src_proxy, dst = %m.dst_proxy, migration_epoch = m.epoch, committed, "migration task started")
+    });
+    if committed {
+        task.stage.send_replace(Stage::Committed);
+        span.in_scope(|| task.set_phase(Phase::Committed));
+        tokio::spawn(async move { gc::clean(&shared, &task).await }.instrument(span));
+        return;
+    }
+    match (task.meta.mode, task.role) {
+        (MigrationMode::Keys, Role::Source) => {
+            tokio::spawn(keys_mode::run_source(shared, task).instrument(span));
+        }
+        (MigrationMode::Keys, Role::Destination) => {
+            tokio::spawn(keys_mode::run_destination(shared, task).instrument(span));
+        }
+        (MigrationMode::Auto, _) => {
+            // The broker resolves `auto` when it creates a migration; never seen here.
+            let unresolved = async move {
+                task.fail("the broker sent mode auto unresolved");
+                shared.set_override(&task.meta.id, None).await;
+            };
+            tokio::spawn(unresolved.instrument(span));
+        }
+        (MigrationMode::Replication, Role::Source) => {
+            tokio::spawn(source::run(shared, task).instrument(span));
+        }
+        (MigrationMode::Replication, Role::Destination) => {
+            tokio::spawn(destination::run(shared, task).instrument(span));
+        }
+        (MigrationMode::Filtered, Role::Source) => {
+            tokio::spawn(filtered::run_source(shared, task).instrument(span));
+        }
+        (MigrationMode::Filtered, Role::Destination) => {
+            tokio::spawn(filtered::run_destination(shared, task).instrument(span));
+        }
+    }
+}
+
 impl MigrationTasks for Migrations {
     /// Tagged migrations of `config` in which `me` is the source and that have no task yet.
     fn new_sources(&self, config: &ProxyConfig, me: &str) -> Vec<MigrationMeta> {
@@ -392,7 +423,7 @@ pub async fn after_switch(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), 
     if task.wait_untagged().await == Stage::Gone {
         // Left the config without a commit after the switch: the broker refuses that, so
         // this only happens if the migration was deleted with its cluster.
-        tracing::warn!(migration = %task.meta.id, "migration left the config after the switch without a commit");
+        tracing::warn!("migration left the config after the switch without a commit");
         return Ok(());
     }
     task.set_phase(Phase::Committed);

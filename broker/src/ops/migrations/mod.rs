@@ -24,53 +24,12 @@ impl Txn {
         at: Option<String>,
     ) -> Result<Migration, ApiError> {
         let number = self.migration_number(cluster, id)?;
-        let m = &self.state.migrations[&number];
-        let target: MigrationPhase = phase.parse().map_err(|_| {
-            ApiError::conflict(format!(
-                "unknown phase {phase:?}; report one of pending, starting, following, switching, switched, \
-                     cleaning, done"
-            ))
-        })?;
-        let progress = match progress {
-            None | Some(serde_json::Value::Null) => None,
-            Some(v @ serde_json::Value::Object(_)) => Some(v),
-            Some(_) => return Err(ApiError::invalid("progress must be a JSON object")),
-        };
-        let at = match at {
-            None => None,
-            Some(text) => Some(humantime::parse_rfc3339(text.trim()).map_err(|e| {
-                ApiError::invalid(format!(
-                    "at {text:?} is not an RFC 3339 UTC timestamp like 2026-01-01T10:00:00.000Z ({e})"
-                ))
-            })?),
-        };
-        use MigrationPhase::*;
-        let current = m.phase;
+        let current = self.state.migrations[&number].phase;
+        let target = parse_phase(phase)?;
+        let progress = progress_object(progress)?;
+        let at = parse_at(at)?;
         if target != current {
-            let refuse = |why: String| {
-                Err(ApiError::conflict(format!(
-                    "migration {id} is {}; it cannot report {}: {why}",
-                    phase_name(current),
-                    phase_name(target)
-                )))
-            };
-            match target {
-                Failed | Aborted => {
-                    return refuse(format!(
-                        "use POST /api/v1/clusters/{cluster}/migrations/{id}/{}",
-                        if target == Failed { "fail" } else { "abort" }
-                    ));
-                }
-                Committed => {
-                    return refuse(format!("use POST /api/v1/clusters/{cluster}/migrations/{id}/commit"));
-                }
-                _ if current.is_final() => return refuse("it has already ended".into()),
-                _ if target < current => return refuse("phases never go backwards".into()),
-                Cleaning | Done if current < Committed => {
-                    return refuse("it must be committed first (it has not switched and been committed)".into());
-                }
-                _ => {}
-            }
+            check_reported_move(cluster, id, current, target)?;
         }
         let now = self.now.clone();
         let m = self.state.migrations.get_mut(&number).ok_or_else(|| ApiError::internal("migration vanished"))?;
@@ -90,6 +49,16 @@ impl Txn {
             m.updated_at = now;
         }
         let m = m.clone();
+        self.note_reported_move(&m, current, target);
+        self.sync_scales();
+        Ok(m)
+    }
+
+    /// The metadata changes a reported phase makes: entering `switching` (streamed modes)
+    /// and reaching `done` each bump the epoch; other reports are status only.
+    fn note_reported_move(&mut self, m: &Migration, current: MigrationPhase, target: MigrationPhase) {
+        use MigrationPhase::*;
+        let (id, cluster) = (&m.id, &m.cluster);
         if m.mode.is_streamed() && current < Switching && target >= Switching {
             // The source promotes the destination's node only once its config says the
             // broker recorded this (`switch_allowed`): from here on nothing but the commit
@@ -108,8 +77,6 @@ impl Txn {
                 m.src, m.dst
             ));
         }
-        self.sync_scales();
-        Ok(m)
     }
 
     /// Commits a switched migration: the ranges move to dst, the tags go, a node left without
@@ -357,6 +324,65 @@ pub fn phase_time(
 /// The phase as the API spells it.
 pub fn phase_name(p: MigrationPhase) -> String {
     p.as_str().to_string()
+}
+
+/// A reported phase by its API name.
+fn parse_phase(phase: &str) -> Result<MigrationPhase, ApiError> {
+    phase.parse().map_err(|_| {
+        ApiError::conflict(format!(
+            "unknown phase {phase:?}; report one of pending, starting, following, switching, switched, \
+                 cleaning, done"
+        ))
+    })
+}
+
+/// A report's progress: a JSON object, or nothing (`null` too).
+fn progress_object(progress: Option<serde_json::Value>) -> Result<Option<serde_json::Value>, ApiError> {
+    match progress {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(v @ serde_json::Value::Object(_)) => Ok(Some(v)),
+        Some(_) => Err(ApiError::invalid("progress must be a JSON object")),
+    }
+}
+
+/// A report's `at`: when the phase was entered, as an RFC 3339 UTC timestamp.
+fn parse_at(at: Option<String>) -> Result<Option<std::time::SystemTime>, ApiError> {
+    let Some(text) = at else { return Ok(None) };
+    humantime::parse_rfc3339(text.trim()).map(Some).map_err(|e| {
+        ApiError::invalid(format!("at {text:?} is not an RFC 3339 UTC timestamp like 2026-01-01T10:00:00.000Z ({e})"))
+    })
+}
+
+/// Whether a report may move a migration from `current` to `target`: never backwards, never
+/// out of an end, never into a phase that has its own route (commit, abort, fail), never to
+/// cleaning or done before the commit.
+fn check_reported_move(
+    cluster: &str,
+    id: &str,
+    current: MigrationPhase,
+    target: MigrationPhase,
+) -> Result<(), ApiError> {
+    use MigrationPhase::*;
+    let refuse = |why: String| {
+        Err(ApiError::conflict(format!(
+            "migration {id} is {}; it cannot report {}: {why}",
+            phase_name(current),
+            phase_name(target)
+        )))
+    };
+    match target {
+        Failed | Aborted => refuse(format!(
+            "use POST /api/v1/clusters/{cluster}/migrations/{id}/{}",
+            if target == Failed { "fail" } else { "abort" }
+        )),
+        Committed => refuse(format!("use POST /api/v1/clusters/{cluster}/migrations/{id}/commit")),
+        _ if current.is_final() => refuse("it has already ended".into()),
+        _ if target < current => refuse("phases never go backwards".into()),
+        Cleaning | Done if current < Committed => {
+            refuse("it must be committed first (it has not switched and been committed)".into())
+        }
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

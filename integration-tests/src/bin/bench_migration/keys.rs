@@ -190,17 +190,46 @@ pub(crate) async fn sluice_run(
         ..LocalSpec::default()
     };
     let cluster = LocalCluster::start(spec).await?;
-    let src = cluster.proxies[0].addr();
-    let dst = cluster.proxies[1].addr();
+    let (layout, before) = load_layout(opts, &cluster).await?;
+    let (node_a, node_b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let plain = match plain {
+        true => Some(crate::replication::plain_replicaof(&cluster.dir, node_a, before.0).await?),
+        false => None,
+    };
+    let m = migrate_under_load(opts, &cluster, &layout, mode).await?;
+    let total_keys = cluster.total_keys().await?;
+    let expect_keys = opts.keys as i64 + m.record.created as i64;
+    let after_nodes = (node_a.dbsize().await?, node_b.dbsize().await?);
+    let placement = cluster.check_keys_on_owners(&cluster.node_addrs()).await?;
+    let run = SluiceRun {
+        end: m.end,
+        seen: m.seen,
+        moving_progress: m.moving_progress,
+        record: m.record,
+        mig_start: m.mig_start,
+        mig_end: m.mig_end,
+        before,
+        after_nodes,
+        total_keys,
+        expect_keys,
+        placement,
+        plain,
+    };
+    Ok((layout, run))
+}
+
+/// Writes `opts.keys` keys straight into the node serving each one's slot and picks the
+/// moving range (the lower half of A's); answers the layout and the keys on A and B.
+async fn load_layout(opts: &Options, cluster: &LocalCluster) -> Result<(Layout, (i64, i64))> {
     let view = cluster.view().await?;
-    let (a_ranges, b_ranges) = (ranges_of(&view, &src), ranges_of(&view, &dst));
+    let (a_ranges, b_ranges) =
+        (ranges_of(&view, &cluster.proxies[0].addr()), ranges_of(&view, &cluster.proxies[1].addr()));
     let [a] = a_ranges[..] else { bail!("node A should hold one slot range, not {a_ranges:?}") };
     if a.len() < 2 {
         bail!("node A's range {a:?} cannot be halved");
     }
     let moving = SlotRange::new(a.start, a.start + (a.len() / 2) as u16 - 1);
-
-    let keys: Vec<String> = (0..opts.keys as u64).map(key_name).collect();
+    let keys: Arc<Vec<String>> = Arc::new((0..opts.keys as u64).map(key_name).collect());
     let split = split_keys(&keys, &a_ranges, &b_ranges)?;
     let moving_keys = split.0.iter().filter(|&&i| moving.contains(key_slot(keys[i].as_bytes()))).count();
     let (node_a, node_b) = (&cluster.nodes[0], &cluster.nodes[1]);
@@ -228,14 +257,30 @@ pub(crate) async fn sluice_run(
         moving.start,
         moving.end
     );
-    let plain = match plain {
-        true => Some(crate::replication::plain_replicaof(&cluster.dir, node_a, before.0).await?),
-        false => None,
-    };
+    Ok((Layout { keys, a_ranges, b_ranges, split, moving, moving_keys }, before))
+}
 
-    let keys = Arc::new(keys);
+/// What the migration did under the client load.
+struct UnderLoad {
+    end: sluice_common::api::Migration,
+    seen: String,
+    moving_progress: Option<serde_json::Value>,
+    record: LoadRecord,
+    mig_start: Duration,
+    mig_end: Duration,
+}
+
+/// Starts the client load, then (after a baseline) the migration of `layout.moving` from A to
+/// B in `mode`; follows it to its end, and stops the load a little after.
+async fn migrate_under_load(
+    opts: &Options,
+    cluster: &LocalCluster,
+    layout: &Layout,
+    mode: MigrationMode,
+) -> Result<UnderLoad> {
+    let (src, dst, moving) = (cluster.proxies[0].addr(), cluster.proxies[1].addr(), layout.moving);
     let t0 = Instant::now();
-    let load = Load::start_running(&cluster.urls(), &keys, opts, t0).await?;
+    let load = Load::start_running(&cluster.urls(), &layout.keys, opts, t0).await?;
     // A baseline of the load before the migration.
     load.wait_ops(u64::from(opts.rate.max(1000)), Duration::from_secs(60)).await?;
     let mig_start = t0.elapsed();
@@ -269,60 +314,80 @@ pub(crate) async fn sluice_run(
     after?;
     let seen = watch.seen().to_string();
     eprintln!("phases seen: {seen}");
+    Ok(UnderLoad { end, seen, moving_progress, record, mig_start, mig_end })
+}
 
-    let total_keys = cluster.total_keys().await?;
-    let expect_keys = opts.keys as i64 + record.created as i64;
-    let after_nodes = (node_a.dbsize().await?, node_b.dbsize().await?);
-    let placement = cluster.check_keys_on_owners(&cluster.node_addrs()).await?;
-    let layout = Layout { keys, a_ranges, b_ranges, split, moving, moving_keys };
-    let run = SluiceRun {
-        end,
-        seen,
-        moving_progress,
-        record,
-        mig_start,
-        mig_end,
-        before,
-        after_nodes,
-        total_keys,
-        expect_keys,
-        placement,
-        plain,
-    };
-    Ok((layout, run))
+/// What keys mode's report compares: sluice's times against the reshard's.
+struct Figures {
+    to_switched: Option<f64>,
+    to_committed: Option<f64>,
+    to_done: Option<f64>,
+    reshard_s: f64,
+    keys_per_s: Option<f64>,
+    reshard_keys_per_s: f64,
+    ratio_done: Option<f64>,
+    ratio_committed: Option<f64>,
+}
+
+impl Figures {
+    fn of(run: &SluiceRun, reshard: &Reshard, moving_keys: usize) -> Figures {
+        let to_switched = seconds_to(&run.end, MigrationPhase::Switched);
+        let to_committed = seconds_to(&run.end, MigrationPhase::Committed);
+        let to_done = seconds_to(&run.end, MigrationPhase::Done);
+        let reshard_s = reshard.took.as_secs_f64();
+        Figures {
+            to_switched,
+            to_committed,
+            to_done,
+            reshard_s,
+            keys_per_s: to_switched.map(|s| moving_keys as f64 / s),
+            reshard_keys_per_s: moving_keys as f64 / reshard_s,
+            ratio_done: to_done.map(|s| reshard_s / s),
+            ratio_committed: to_committed.map(|s| reshard_s / s),
+        }
+    }
+}
+
+fn ratio(r: Option<f64>) -> String {
+    r.map(|r| format!("{r:.2}")).unwrap_or_else(|| "-".into())
 }
 
 pub async fn run(opts: &Options) -> Result<bool> {
     let (layout, sluice) = sluice_run(opts, MigrationMode::Keys, "keys", false).await?;
     let Layout { keys, a_ranges, b_ranges, split, moving, moving_keys } = layout;
-    let SluiceRun {
-        end,
-        moving_progress,
-        record,
-        mig_start,
-        mig_end,
-        before,
-        after_nodes,
-        total_keys,
-        expect_keys,
-        placement,
-        ..
-    } = sluice;
-
     let reshard = native_reshard(opts, [a_ranges, b_ranges], &keys, &split, moving, moving_keys).await?;
+    let window = Window::of(&sluice.record, sluice.mig_start, sluice.mig_end);
+    let fig = Figures::of(&sluice, &reshard, moving_keys);
+    print_sluice(opts, &sluice, &window, &fig, moving, moving_keys);
+    print_reshard(opts, &reshard, &fig, moving, moving_keys);
+    let result = result_json(opts, &sluice, &window, &fig, &reshard, moving, moving_keys);
+    println!("RESULT {result}");
 
-    let window = Window::of(&record, mig_start, mig_end);
-    let max_during = window.max();
-    let to_switched = seconds_to(&end, MigrationPhase::Switched);
-    let to_committed = seconds_to(&end, MigrationPhase::Committed);
-    let to_done = seconds_to(&end, MigrationPhase::Done);
-    let reshard_s = reshard.took.as_secs_f64();
-    let keys_per_s = to_switched.map(|s| moving_keys as f64 / s);
-    let reshard_keys_per_s = moving_keys as f64 / reshard_s;
-    let ratio_done = to_done.map(|s| reshard_s / s);
-    let ratio_committed = to_committed.map(|s| reshard_s / s);
-    let errors = error_classes(&record);
+    let ok = sluice.end.phase == MigrationPhase::Done
+        && sluice.record.errors.is_empty()
+        && sluice.total_keys == sluice.expect_keys
+        && sluice.placement.misplaced == 0
+        && reshard.problems.is_empty();
+    if !ok {
+        eprintln!(
+            "bench_migration: keys mode FAILED (the migration must reach done, with 0 client errors, the nodes must \
+             hold exactly the loaded and created keys, each where its slot is served, and the reshard must have moved \
+             its keys)"
+        );
+    }
+    Ok(ok)
+}
 
+/// The sluice half of the report: times, the clients' view, the keys afterwards.
+fn print_sluice(
+    opts: &Options,
+    run: &SluiceRun,
+    window: &Window,
+    fig: &Figures,
+    moving: SlotRange,
+    moving_keys: usize,
+) {
+    let (end, record, before) = (&run.end, &run.record, run.before);
     println!();
     println!(
         "sluice keys-mode migration: {} keys x {} B on 2 nodes ({} on A, {} on B), slots {}-{} of A ({} slots, {} \
@@ -340,44 +405,48 @@ pub async fn run(opts: &Options) -> Result<bool> {
     let ended =
         format!("{}{}", phase_name(end.phase), end.error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default());
     line("migration ended", ended);
-    line("seconds to switched", fmt_s(to_switched));
-    line("seconds to committed", fmt_s(to_committed));
-    line("seconds to done", fmt_s(to_done));
+    line("seconds to switched", fmt_s(fig.to_switched));
+    line("seconds to committed", fmt_s(fig.to_committed));
+    line("seconds to done", fmt_s(fig.to_done));
     line(
         "keys/s (keys of the slots / to switched)",
-        keys_per_s.map(|k| format!("{k:.0}")).unwrap_or_else(|| "-".into()),
+        fig.keys_per_s.map(|k| format!("{k:.0}")).unwrap_or_else(|| "-".into()),
     );
     let progress = |p: &Option<serde_json::Value>| p.as_ref().map(|p| p.to_string()).unwrap_or_else(|| "-".into());
-    line("last progress of the moving", progress(&moving_progress));
+    line("last progress of the moving", progress(&run.moving_progress));
     line("last progress", progress(&end.progress));
     line("client commands during the migration", window.summary());
     line(
         "longest client command during the migration",
-        format!("{:.1} ms{}", ms(max_during), window.worst_when("the migration's creation")),
+        format!("{:.1} ms{}", ms(window.max()), window.worst_when("the migration's creation")),
     );
     line("longest client command before it (baseline)", format!("{:.1} ms", ms(window.max_before)));
-    line("client errors (must be 0)", format!("{} {errors:?}", record.errors.len()));
-    print_errors(&record);
+    line("client errors (must be 0)", format!("{} {:?}", record.errors.len(), error_classes(record)));
+    print_errors(record);
     line("keys on A, B before", format!("{} + {}", before.0, before.1));
-    line("keys on A, B after", format!("{} + {}", after_nodes.0, after_nodes.1));
+    line("keys on A, B after", format!("{} + {}", run.after_nodes.0, run.after_nodes.1));
     line(
         "keys on all nodes after",
         format!(
-            "{total_keys} (must be {expect_keys} = {} loaded + {} created: nothing lost, nothing left)",
-            opts.keys, record.created
+            "{} (must be {} = {} loaded + {} created: nothing lost, nothing left)",
+            run.total_keys, run.expect_keys, opts.keys, record.created
         ),
     );
-    line("keys on a node that does not own their slot", format!("{} (must be 0)", placement.misplaced));
-    for e in &placement.examples {
+    line("keys on a node that does not own their slot", format!("{} (must be 0)", run.placement.misplaced));
+    for e in &run.placement.examples {
         println!("      {e}");
     }
+}
+
+/// The native half of the report, and the ratios against the goal.
+fn print_reshard(opts: &Options, reshard: &Reshard, fig: &Figures, moving: SlotRange, moving_keys: usize) {
     println!(
         "native Redis Cluster, redis-cli --cluster reshard of the same {} slots holding the same {} keys ({}):",
         moving.len(),
         moving_keys,
         if opts.native_under_load { "under the same load" } else { "idle" }
     );
-    line("reshard time", format!("{reshard_s:.2}s ({reshard_keys_per_s:.0} keys/s)"));
+    line("reshard time", format!("{:.2}s ({:.0} keys/s)", fig.reshard_s, fig.reshard_keys_per_s));
     line(
         "keys of the slots on the destination / source",
         format!("{} / {} (total {})", reshard.keys_on_dst, reshard.keys_left, reshard.total_keys),
@@ -394,57 +463,54 @@ pub async fn run(opts: &Options) -> Result<bool> {
         "reshard / sluice (to done)",
         format!(
             "{}   goal: >= {GOAL_RATIO}: {}",
-            ratio_done.map(|r| format!("{r:.2}")).unwrap_or_else(|| "-".into()),
-            verdict(ratio_done.is_some_and(|r| r >= GOAL_RATIO))
+            ratio(fig.ratio_done),
+            verdict(fig.ratio_done.is_some_and(|r| r >= GOAL_RATIO))
         ),
     );
-    line("reshard / sluice (to committed)", ratio_committed.map(|r| format!("{r:.2}")).unwrap_or_else(|| "-".into()));
-    let result = serde_json::json!({
+    line("reshard / sluice (to committed)", ratio(fig.ratio_committed));
+}
+
+/// The `RESULT` line `bench/migration.sh` collects.
+fn result_json(
+    opts: &Options,
+    run: &SluiceRun,
+    window: &Window,
+    fig: &Figures,
+    reshard: &Reshard,
+    moving: SlotRange,
+    moving_keys: usize,
+) -> serde_json::Value {
+    serde_json::json!({
         "mode": "keys",
         "keys": opts.keys,
         "value_size": opts.value_size,
-        "keys_on_a": before.0,
-        "keys_on_b": before.1,
+        "keys_on_a": run.before.0,
+        "keys_on_b": run.before.1,
         "slots_moved": moving.len(),
         "keys_moved": moving_keys,
         "clients": opts.clients,
         "rate": opts.rate,
-        "phase": phase_name(end.phase),
-        "to_switched_s": to_switched,
-        "to_committed_s": to_committed,
-        "to_done_s": to_done,
-        "keys_per_s": keys_per_s,
-        "progress_moving": moving_progress,
-        "progress": end.progress,
-        "max_latency_ms": ms(max_during),
+        "phase": phase_name(run.end.phase),
+        "to_switched_s": fig.to_switched,
+        "to_committed_s": fig.to_committed,
+        "to_done_s": fig.to_done,
+        "keys_per_s": fig.keys_per_s,
+        "progress_moving": run.moving_progress,
+        "progress": run.end.progress,
+        "max_latency_ms": ms(window.max()),
         "max_latency_before_ms": ms(window.max_before),
         "p99_ms": ms(window.p(0.99)),
         "ops_during": window.during.len(),
-        "client_errors": record.errors.len(),
-        "keys_created": record.created,
-        "keys_after": total_keys,
-        "misplaced": placement.misplaced,
-        "reshard_s": reshard_s,
-        "reshard_keys_per_s": reshard_keys_per_s,
+        "client_errors": run.record.errors.len(),
+        "keys_created": run.record.created,
+        "keys_after": run.total_keys,
+        "misplaced": run.placement.misplaced,
+        "reshard_s": fig.reshard_s,
+        "reshard_keys_per_s": fig.reshard_keys_per_s,
         "reshard_under_load": opts.native_under_load,
         "reshard_client_errors": reshard.load.as_ref().map(|r| r.errors.len()),
-        "ratio_reshard_done": ratio_done,
-        "ratio_reshard_committed": ratio_committed,
+        "ratio_reshard_done": fig.ratio_done,
+        "ratio_reshard_committed": fig.ratio_committed,
         "proxy_args": Options::proxy_args(),
-    });
-    println!("RESULT {result}");
-
-    let ok = end.phase == MigrationPhase::Done
-        && record.errors.is_empty()
-        && total_keys == expect_keys
-        && placement.misplaced == 0
-        && reshard.problems.is_empty();
-    if !ok {
-        eprintln!(
-            "bench_migration: keys mode FAILED (the migration must reach done, with 0 client errors, the nodes must \
-             hold exactly the loaded and created keys, each where its slot is served, and the reshard must have moved \
-             its keys)"
-        );
-    }
-    Ok(ok)
+    })
 }

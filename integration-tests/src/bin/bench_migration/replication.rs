@@ -12,10 +12,13 @@
 //! write pause), the client errors (must be 0), the plain REPLICAOF time and the ratio, next
 //! to the goals: committed ≤ 2 × plain + 1 s, longest pause ≤ 100 ms.
 
-use crate::load::{error_classes, fmt_s, key_name, line, load_node, ms, print_errors, verdict, Load, Window};
+use crate::load::{
+    error_classes, fmt_s, key_name, line, load_node, ms, print_errors, verdict, Load, LoadRecord, Window,
+};
 use crate::Options;
 use anyhow::{bail, Result};
-use sluice_common::model::{MigrationMode, MigrationPhase, SlotRange};
+use sluice_common::api::Migration;
+use sluice_common::model::{ClusterView, MigrationMode, MigrationPhase, SlotRange};
 use sluice_common::resp::Frame;
 use sluice_common::slot::key_slot;
 use sluice_harness::client::RespConn;
@@ -85,15 +88,64 @@ pub async fn run(opts: &Options) -> Result<bool> {
     let src = cluster.proxies[0].addr();
     let dst = cluster.proxies[2].addr();
     let view = cluster.view().await?;
+    let moving = upper_half(&view, &src)?;
+    let (keys, moving_keys) = load_node_a(opts, &cluster, &view, &src, moving).await?;
+    let run = plain_then_migrate(opts, &cluster, &keys, (&src, &dst), moving).await?;
+    let total_keys = cluster.total_keys().await?;
+    let expect_keys = opts.keys as i64 + run.record.created as i64;
+    let window = Window::of(&run.record, run.mig_start, run.mig_end);
+    let fig = Figures::of(&run);
+    print_report(opts, &run, &window, &fig, moving, moving_keys, (total_keys, expect_keys));
+    let result = serde_json::json!({
+        "mode": "replication",
+        "keys": opts.keys,
+        "value_size": opts.value_size,
+        "slots_moved": moving.len(),
+        "keys_moved": moving_keys,
+        "clients": opts.clients,
+        "rate": opts.rate,
+        "phase": phase_name(run.end.phase),
+        "to_switched_s": fig.to_switched,
+        "to_committed_s": fig.to_committed,
+        "to_done_s": fig.to_done,
+        "plain_replicaof_s": fig.plain_s,
+        "plain_under_load": opts.plain_under_load,
+        "ratio_committed_plain": fig.ratio,
+        "max_latency_ms": ms(window.max()),
+        "max_latency_before_ms": ms(window.max_before),
+        "p99_ms": ms(window.p(0.99)),
+        "ops_during": window.during.len(),
+        "client_errors": run.record.errors.len(),
+        "keys_created": run.record.created,
+        "keys_after": total_keys,
+    });
+    println!("RESULT {result}");
+
+    let ok = run.end.phase == MigrationPhase::Done && run.record.errors.is_empty() && total_keys == expect_keys;
+    if !ok {
+        eprintln!(
+            "bench_migration: replication mode FAILED (the migration must reach done, with 0 client errors, and the \
+             nodes must hold exactly the loaded and created keys)"
+        );
+    }
+    Ok(ok)
+}
+
+/// Writes `opts.keys` keys `key:N` whose slots A serves straight into A's node; answers them
+/// and how many are in the `moving` slots.
+async fn load_node_a(
+    opts: &Options,
+    cluster: &LocalCluster,
+    view: &ClusterView,
+    src: &str,
+    moving: SlotRange,
+) -> Result<(Arc<Vec<String>>, usize)> {
     let a_slots: Vec<SlotRange> = view
         .nodes
         .iter()
         .find(|n| n.proxy == src)
         .map(|n| n.slots.iter().map(|a| a.range()).collect())
         .unwrap_or_default();
-    let moving = upper_half(&view, &src)?;
-
-    // The keys `key:N` whose slots A serves, straight into A's node.
     let mut keys = Vec::with_capacity(opts.keys);
     let mut n = 0u64;
     while keys.len() < opts.keys {
@@ -124,30 +176,49 @@ pub async fn run(opts: &Options) -> Result<bool> {
         moving.start,
         moving.end
     );
+    Ok((Arc::new(keys), moving_keys))
+}
 
-    let keys = Arc::new(keys);
+/// The plain `REPLICAOF` of node A and the migration under the client load.
+struct Run {
+    plain: Duration,
+    end: Migration,
+    record: LoadRecord,
+    mig_start: Duration,
+    mig_end: Duration,
+}
+
+/// Times a plain `REPLICAOF` of node A (idle, or under the load with
+/// `--plain-under-load`), then migrates `moving` from `src` to `dst` (the spare) under the
+/// client load, after a baseline of it, and stops the load a little after the end.
+async fn plain_then_migrate(
+    opts: &Options,
+    cluster: &LocalCluster,
+    keys: &Arc<Vec<String>>,
+    (src, dst): (&str, &str),
+    moving: SlotRange,
+) -> Result<Run> {
     let t0 = Instant::now();
     let urls = cluster.urls();
     let mut load = None;
     if opts.plain_under_load {
-        load = Some(Load::start_running(&urls, &keys, opts, t0).await?);
+        load = Some(Load::start_running(&urls, keys, opts, t0).await?);
     }
-    let plain = plain_replicaof(&cluster.dir, node_a, opts.keys as i64).await?;
+    let plain = plain_replicaof(&cluster.dir, &cluster.nodes[0], opts.keys as i64).await?;
     eprintln!(
         "plain REPLICAOF of node A: {:.2}s ({})",
         plain.as_secs_f64(),
         if opts.plain_under_load { "under load" } else { "idle" }
     );
-
     let load = match load {
         Some(l) => l,
-        None => Load::start_running(&urls, &keys, opts, t0).await?,
+        None => Load::start_running(&urls, keys, opts, t0).await?,
     };
     // A baseline of the load before the migration.
     load.wait_ops(u64::from(opts.rate.max(1000)), Duration::from_secs(60)).await?;
 
     let mig_start = t0.elapsed();
-    let m = cluster.start_migration(&src, &dst, &[moving], MigrationMode::Replication).await?;
+    let m = cluster.start_migration(src, dst, &[moving], MigrationMode::Replication).await?;
     eprintln!("migration {} created: {src} -> {dst}, slots {}-{}", m.id, moving.start, moving.end);
     let mut watch = cluster.watch_migration(&m.id);
     let end = watch.until_final(opts.deadline).await;
@@ -158,18 +229,46 @@ pub async fn run(opts: &Options) -> Result<bool> {
     let end = end?;
     after?;
     eprintln!("phases seen: {}", watch.seen());
+    Ok(Run { plain, end, record, mig_start, mig_end })
+}
 
-    let window = Window::of(&record, mig_start, mig_end);
+/// The times the report compares with the goals.
+struct Figures {
+    to_switched: Option<f64>,
+    to_committed: Option<f64>,
+    to_done: Option<f64>,
+    plain_s: f64,
+    /// Committed / plain.
+    ratio: Option<f64>,
+}
+
+impl Figures {
+    fn of(run: &Run) -> Figures {
+        let plain_s = run.plain.as_secs_f64();
+        let to_committed = seconds_to(&run.end, MigrationPhase::Committed);
+        Figures {
+            to_switched: seconds_to(&run.end, MigrationPhase::Switched),
+            to_committed,
+            to_done: seconds_to(&run.end, MigrationPhase::Done),
+            plain_s,
+            ratio: to_committed.map(|c| c / plain_s),
+        }
+    }
+}
+
+/// The human-readable report. `keys`: (on all nodes after, expected).
+fn print_report(
+    opts: &Options,
+    run: &Run,
+    window: &Window,
+    fig: &Figures,
+    moving: SlotRange,
+    moving_keys: usize,
+    (total_keys, expect_keys): (i64, i64),
+) {
+    let (end, record) = (&run.end, &run.record);
+    let goal_commit = 2.0 * fig.plain_s + 1.0;
     let max_during = window.max();
-    let to_switched = seconds_to(&end, MigrationPhase::Switched);
-    let to_committed = seconds_to(&end, MigrationPhase::Committed);
-    let to_done = seconds_to(&end, MigrationPhase::Done);
-    let plain_s = plain.as_secs_f64();
-    let goal_commit = 2.0 * plain_s + 1.0;
-    let errors = error_classes(&record);
-    let total_keys = cluster.total_keys().await?;
-    let expect_keys = opts.keys as i64 + record.created as i64;
-
     println!();
     println!(
         "sluice replication-mode migration: {} keys x {} B on node A, slots {}-{} ({} slots, {} keys) to a spare",
@@ -184,19 +283,18 @@ pub async fn run(opts: &Options) -> Result<bool> {
     let ended =
         format!("{}{}", phase_name(end.phase), end.error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default());
     line("migration ended", ended);
-    line("seconds to switched", fmt_s(to_switched));
-    line("seconds to committed", fmt_s(to_committed));
-    line("seconds to done", fmt_s(to_done));
+    line("seconds to switched", fmt_s(fig.to_switched));
+    line("seconds to committed", fmt_s(fig.to_committed));
+    line("seconds to done", fmt_s(fig.to_done));
     let plain_label =
         if opts.plain_under_load { "plain REPLICAOF (under the same load)" } else { "plain REPLICAOF (idle)" };
-    line(plain_label, format!("{plain_s:.2}s"));
-    let ratio = to_committed.map(|c| c / plain_s);
+    line(plain_label, format!("{:.2}s", fig.plain_s));
     line(
         "committed / plain",
         format!(
             "{}   goal: committed <= 2 x plain + 1 s = {goal_commit:.2}s: {}",
-            ratio.map(|r| format!("{r:.2}")).unwrap_or_else(|| "-".into()),
-            verdict(to_committed.is_some_and(|c| c <= goal_commit))
+            fig.ratio.map(|r| format!("{r:.2}")).unwrap_or_else(|| "-".into()),
+            verdict(fig.to_committed.is_some_and(|c| c <= goal_commit))
         ),
     );
     line("client commands during the migration", window.summary());
@@ -210,8 +308,8 @@ pub async fn run(opts: &Options) -> Result<bool> {
         ),
     );
     line("longest client command before it (baseline)", format!("{:.1} ms", ms(window.max_before)));
-    line("client errors (must be 0)", format!("{} {errors:?}", record.errors.len()));
-    print_errors(&record);
+    line("client errors (must be 0)", format!("{} {:?}", record.errors.len(), error_classes(record)));
+    print_errors(record);
     line(
         "keys on all nodes after",
         format!(
@@ -219,37 +317,4 @@ pub async fn run(opts: &Options) -> Result<bool> {
             opts.keys, record.created
         ),
     );
-    let result = serde_json::json!({
-        "mode": "replication",
-        "keys": opts.keys,
-        "value_size": opts.value_size,
-        "slots_moved": moving.len(),
-        "keys_moved": moving_keys,
-        "clients": opts.clients,
-        "rate": opts.rate,
-        "phase": phase_name(end.phase),
-        "to_switched_s": to_switched,
-        "to_committed_s": to_committed,
-        "to_done_s": to_done,
-        "plain_replicaof_s": plain_s,
-        "plain_under_load": opts.plain_under_load,
-        "ratio_committed_plain": ratio,
-        "max_latency_ms": ms(max_during),
-        "max_latency_before_ms": ms(window.max_before),
-        "p99_ms": ms(window.p(0.99)),
-        "ops_during": window.during.len(),
-        "client_errors": record.errors.len(),
-        "keys_created": record.created,
-        "keys_after": total_keys,
-    });
-    println!("RESULT {result}");
-
-    let ok = end.phase == MigrationPhase::Done && record.errors.is_empty() && total_keys == expect_keys;
-    if !ok {
-        eprintln!(
-            "bench_migration: replication mode FAILED (the migration must reach done, with 0 client errors, and the \
-             nodes must hold exactly the loaded and created keys)"
-        );
-    }
-    Ok(ok)
 }
