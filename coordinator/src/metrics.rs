@@ -1,5 +1,5 @@
 //! The coordinator's Prometheus metrics (`--metrics host:port`, `GET /metrics`): its rounds,
-//! the configs it pushed (how long each `SetConfig` took and how it ended), the proxies that
+//! the configs it pushed (whole or the epoch alone, how long each took and how it ended), the proxies that
 //! did not answer, and what it reported to the broker.
 
 use crate::run::RoundSummary;

@@ -1,6 +1,7 @@
 //! Simulated proxies for control-plane tests and benchmarks: N lightweight gRPC
 //! `ProxyControl` servers in one process, each on its own loopback port, that register with
-//! the broker like real proxies, take configs by the proxy's epoch rules and answer Status,
+//! the broker like real proxies, take configs (whole, or the epoch alone over the config
+//! version they hold) by the proxy's epoch rules and answer Status,
 //! so a thousand of them fit a small machine. They have no data port and no Redis node: only
 //! the control plane (broker → coordinators → proxies) is exercised.
 //!
