@@ -810,12 +810,10 @@ async fn push(
         PushDecision::UpToDate => return None,
     };
     let same_config = !entry.config_version.is_empty() && version == Some(entry.config_version.as_str());
-    let outcome = match same_config {
-        true => match advance_epoch(clients, metrics, entry, from, to).await {
-            Some(outcome) => outcome,
-            None => set_config(clients, metrics, entry, from, to).await,
-        },
-        false => set_config(clients, metrics, entry, from, to).await,
+    let advanced = if same_config { advance_epoch(clients, metrics, entry, from, to).await } else { None };
+    let outcome = match advanced {
+        Some(outcome) => outcome,
+        None => set_config(clients, metrics, entry, from, to).await,
     };
     // Logged here, as it happens: the round goes on until its slowest proxy answers.
     match &outcome {

@@ -122,6 +122,28 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 10_000.0).round() / 10.0
 }
 
+/// `n` coordinators of the broker at `broker`, with the extra flags of
+/// `$BENCH_COORDINATOR_ARGS`, their logs in `dir`.
+fn start_coordinators(n: usize, broker: &str, dir: &Path) -> Result<Vec<ChildProcess>> {
+    let extra: Vec<String> =
+        std::env::var("BENCH_COORDINATOR_ARGS").unwrap_or_default().split_whitespace().map(str::to_string).collect();
+    let mut coords = Vec::new();
+    for i in 0..n {
+        let mut args = vec![
+            "--broker".to_string(),
+            broker.to_string(),
+            "--id".into(),
+            format!("bench-{i}"),
+            "--metrics".into(),
+            format!("127.0.0.1:{}", free_port()),
+        ];
+        args.extend(extra.iter().cloned());
+        let log = dir.join(format!("coordinator-{i}.log"));
+        coords.push(ChildProcess::spawn(&format!("coordinator-{i}"), &binary("sluice-coordinator")?, &args, &log)?);
+    }
+    Ok(coords)
+}
+
 async fn run(o: &Options, coordinators: usize, dir: &Path) -> Result<Run> {
     std::fs::create_dir_all(dir)?;
     let mut broker = BrokerProcess::start(dir, &dir.join("broker"), None).await?;
@@ -132,22 +154,7 @@ async fn run(o: &Options, coordinators: usize, dir: &Path) -> Result<Run> {
     for (i, chunk) in members.chunks(o.cluster_size).enumerate() {
         client.create_cluster(&format!("c{i}"), chunk.to_vec()).await?;
     }
-    let extra: Vec<String> =
-        std::env::var("BENCH_COORDINATOR_ARGS").unwrap_or_default().split_whitespace().map(str::to_string).collect();
-    let mut coords = Vec::new();
-    for i in 0..coordinators {
-        let mut args = vec![
-            "--broker".to_string(),
-            broker.url(),
-            "--id".into(),
-            format!("bench-{i}"),
-            "--metrics".into(),
-            format!("127.0.0.1:{}", free_port()),
-        ];
-        args.extend(extra.iter().cloned());
-        let log = dir.join(format!("coordinator-{i}.log"));
-        coords.push(ChildProcess::spawn(&format!("coordinator-{i}"), &binary("sluice-coordinator")?, &args, &log)?);
-    }
+    let coords = start_coordinators(coordinators, &broker.url(), dir)?;
     let epoch = client.epoch().await?;
     fleet.wait_all(epoch, Instant::now(), Duration::from_secs(120)).await.context("initial convergence")?;
     // Let the coordinators find each other and settle on their split before measuring.
