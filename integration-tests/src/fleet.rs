@@ -75,6 +75,17 @@ impl SimProxy {
         self.advance_epoch_calls.load(Ordering::Relaxed)
     }
 
+    /// The config it holds.
+    pub fn config(&self) -> Option<ProxyConfig> {
+        self.lock().config.clone()
+    }
+
+    /// Replaces the config held behind the coordinators' backs (as an operator's `UMCTL
+    /// SETDB` of another content at the same epoch would).
+    pub fn replace_config(&self, config: ProxyConfig) {
+        self.lock().config = Some(config);
+    }
+
     /// The version of the config held, as a real proxy says it ("" before the first).
     fn version(held: &Held) -> String {
         held.config.as_ref().map(ProxyConfig::version).unwrap_or_default()

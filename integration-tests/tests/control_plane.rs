@@ -117,6 +117,19 @@ async fn a_change_sends_whole_configs_only_to_the_proxies_it_concerns() -> Resul
     }
     assert_eq!(metric(&m, FULL).await, Some(full_before + 2), "whole configs: the two proxies concerned");
     assert_eq!(metric(&m, EPOCH_ONLY).await, Some(epoch_only_before + 10), "the epoch alone: the ten others");
+
+    // A proxy whose config was changed behind the coordinator's back is never advanced over
+    // it: whichever it learns first (its Status, or an AdvanceEpoch refused for the version),
+    // it gets the broker's whole config.
+    let odd = &fleet.proxies[5];
+    let broker_config = odd.config().context("a config")?;
+    odd.replace_config(sluice_common::model::ProxyConfig::free(odd.address.clone(), broker_config.epoch));
+    let started = Instant::now();
+    client.delete("/clusters/pair").await?;
+    let epoch = client.epoch().await?;
+    fleet.wait_all(epoch, started, DEADLINE).await?;
+    let held = odd.config().context("a config")?;
+    assert_eq!(held, sluice_common::model::ProxyConfig { epoch, ..broker_config }, "the broker's config again");
     Ok(())
 }
 
