@@ -220,9 +220,11 @@ impl State {
             .values()
             .map(|p| {
                 let cluster = membership.get(p.address.as_str()).and_then(|name| self.clusters.get(*name));
+                let config = self.config_with(&p.address, cluster);
                 ProxyConfigEntry {
                     proxy: self.info_with(p, cluster.map(|c| c.name.as_str())),
-                    config: self.config_with(&p.address, cluster),
+                    config_version: config.version(),
+                    config,
                 }
             })
             .collect();

@@ -534,6 +534,11 @@ pub struct ClusterDetail {
 pub struct ProxyConfigEntry {
     pub proxy: ProxyInfo,
     pub config: ProxyConfig,
+    /// `config`'s [`ProxyConfig::version`]: the same for every epoch at which this proxy's
+    /// config has the same content, so a proxy already holding it only needs the new epoch.
+    /// Empty from a broker that predates it: then the coordinator always sends the config.
+    #[serde(default)]
+    pub config_version: String,
 }
 
 /// `GET /api/v1/configs`: every proxy's config at one epoch, in one answer.

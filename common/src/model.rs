@@ -473,7 +473,31 @@ impl ClusterView {
     }
 }
 
+/// What a [`ProxyConfig::version`] is computed from: everything but the epoch.
+#[derive(Serialize)]
+struct ConfigContent<'a> {
+    proxy: &'a str,
+    cluster: &'a Option<ClusterView>,
+    migrations: &'a [MigrationMeta],
+}
+
 impl ProxyConfig {
+    /// The version of this config's content: everything but its epoch (the broker's global
+    /// epoch, which every change moves, also for proxies the change does not concern). Two
+    /// configs of a proxy with the same version are the same apart from their epochs, so a
+    /// proxy holding one is moved to the other's epoch by `AdvanceEpoch`, without the whole
+    /// config travelling. 32 hex digits of the XXH3-128 of the content's JSON: computed the
+    /// same way by the broker (which serves it with each config) and the proxy (which says
+    /// what it holds); a proxy built with another model simply never matches and gets whole
+    /// configs.
+    pub fn version(&self) -> String {
+        let content = ConfigContent { proxy: &self.proxy, cluster: &self.cluster, migrations: &self.migrations };
+        // Serialising plain data into memory cannot fail; should it ever, the empty input
+        // still gives a version, which a proxy's config would not share.
+        let json = serde_json::to_vec(&content).unwrap_or_default();
+        format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&json))
+    }
+
     /// An empty config for a proxy that belongs to no cluster.
     pub fn free(proxy: impl Into<String>, epoch: Epoch) -> ProxyConfig {
         ProxyConfig { epoch, proxy: proxy.into(), cluster: None, migrations: Vec::new() }
@@ -537,6 +561,28 @@ mod tests {
         let node = NodeView { config_epoch: 7, ..node };
         let back: NodeView = serde_json::from_str(&serde_json::to_string(&node).expect("json")).expect("json");
         assert_eq!(back.config_epoch, 7);
+    }
+
+    #[test]
+    fn a_config_version_ignores_the_epoch_and_nothing_else() {
+        let a = ProxyConfig {
+            epoch: 5,
+            proxy: "p:1".into(),
+            cluster: Some(cluster(vec![("p:1", vec![SlotAssignment::plain(SlotRange::new(0, 16383))])])),
+            migrations: Vec::new(),
+        };
+        let v = a.version();
+        assert_eq!(v.len(), 32);
+        assert_eq!(ProxyConfig { epoch: 9, ..a.clone() }.version(), v, "only the epoch moved");
+        let through_json: ProxyConfig = serde_json::from_str(&serde_json::to_string(&a).expect("json")).expect("json");
+        assert_eq!(through_json.version(), v, "what a proxy holds after SetConfig has the broker's version");
+        let mut other = a.clone();
+        if let Some(c) = other.cluster.as_mut() {
+            c.epoch = 6;
+        }
+        assert_ne!(other.version(), v, "the cluster changed");
+        assert_ne!(ProxyConfig { proxy: "p:2".into(), ..a.clone() }.version(), v);
+        assert_ne!(ProxyConfig { cluster: None, ..a }.version(), v);
     }
 
     fn cluster(nodes: Vec<(&str, Vec<SlotAssignment>)>) -> ClusterView {

@@ -1,5 +1,5 @@
 //! The coordinator's Prometheus metrics (`--metrics host:port`, `GET /metrics`): its rounds,
-//! the configs it pushed (how long each `SetConfig` took and how it ended), the proxies that
+//! the configs it pushed (whole or the epoch alone, how long each took and how it ended), the proxies that
 //! did not answer, and what it reported to the broker.
 
 use crate::run::RoundSummary;
@@ -33,12 +33,32 @@ impl PushResult {
     }
 }
 
+/// What a push sent: the whole config, or only the epoch (the proxy's config was the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushKind {
+    /// `SetConfig`.
+    Full,
+    /// `AdvanceEpoch`.
+    EpochOnly,
+}
+
+impl PushKind {
+    fn name(self) -> &'static str {
+        match self {
+            PushKind::Full => "full",
+            PushKind::EpochOnly => "epoch_only",
+        }
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     rounds_ok: IntCounter,
     rounds_broker_down: IntCounter,
     round_duration: Histogram,
     pushes: [IntCounter; 4],
+    push_calls: [IntCounter; 2],
+    epoch_only_mismatches: IntCounter,
     push_duration: Histogram,
     status_failures: IntCounter,
     reports: IntCounterVec,
@@ -67,9 +87,24 @@ impl Metrics {
             Opts::new("pushes_total", "SetConfig calls, by result: applied, unchanged, stale, failed"),
             &["result"],
         )?;
+        let push_calls = IntCounterVec::new(
+            Opts::new(
+                "push_calls_total",
+                "Pushes by what they sent: full (SetConfig, the whole config), epoch_only (AdvanceEpoch, \
+                 the proxy's config being the same apart from the epoch)",
+            ),
+            &["kind"],
+        )?;
+        let epoch_only_mismatches = IntCounter::new(
+            "epoch_only_mismatches_total",
+            "AdvanceEpoch calls the proxy answered holding another config version; the full config followed",
+        )?;
         let push_duration = Histogram::with_opts(
-            HistogramOpts::new("push_duration_seconds", "From sending a SetConfig to the proxy's answer")
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "push_duration_seconds",
+                "From sending a SetConfig or AdvanceEpoch to the proxy's answer",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
         )?;
         let status_failures = IntCounter::new("status_failures_total", "Status calls a proxy did not answer")?;
         let reports = IntCounterVec::new(
@@ -85,6 +120,8 @@ impl Metrics {
         registry.register(Box::new(rounds.clone()))?;
         registry.register(Box::new(round_duration.clone()))?;
         registry.register(Box::new(pushes.clone()))?;
+        registry.register(Box::new(push_calls.clone()))?;
+        registry.register(Box::new(epoch_only_mismatches.clone()))?;
         registry.register(Box::new(push_duration.clone()))?;
         registry.register(Box::new(status_failures.clone()))?;
         registry.register(Box::new(reports.clone()))?;
@@ -95,6 +132,8 @@ impl Metrics {
             rounds_ok: rounds.with_label_values(&["ok"]),
             rounds_broker_down: rounds.with_label_values(&["broker_unreachable"]),
             pushes: PushResult::ALL.map(|r| pushes.with_label_values(&[r.name()])),
+            push_calls: [PushKind::Full, PushKind::EpochOnly].map(|k| push_calls.with_label_values(&[k.name()])),
+            epoch_only_mismatches,
             registry,
             round_duration,
             push_duration,
@@ -106,9 +145,16 @@ impl Metrics {
         })
     }
 
-    pub fn push(&self, result: PushResult, took: Duration) {
+    /// A push that got an answer (or failed): how it ended, what it sent, how long it took.
+    pub fn push(&self, result: PushResult, kind: PushKind, took: Duration) {
         self.pushes[result as usize].inc();
+        self.push_calls[kind as usize].inc();
         self.push_duration.observe(took.as_secs_f64());
+    }
+
+    /// An `AdvanceEpoch` the proxy refused for holding another config version.
+    pub fn epoch_only_mismatch(&self) {
+        self.epoch_only_mismatches.inc();
     }
 
     pub fn status_failed(&self) {
@@ -151,17 +197,22 @@ mod tests {
     #[test]
     fn rounds_and_pushes_are_counted() {
         let m = Metrics::new().expect("registry");
-        m.push(PushResult::Applied, Duration::from_millis(2));
-        m.push(PushResult::Failed, Duration::from_millis(500));
+        m.push(PushResult::Applied, PushKind::Full, Duration::from_millis(2));
+        m.push(PushResult::Failed, PushKind::Full, Duration::from_millis(500));
+        m.push(PushResult::Applied, PushKind::EpochOnly, Duration::from_millis(1));
+        m.epoch_only_mismatch();
         m.status_failed();
         m.broker_unreachable();
         let summary = RoundSummary { epoch: 9, proxies: 4, answered: 3, health_reports: 1, ..RoundSummary::default() };
         m.round(&summary, Duration::from_millis(10));
         let text = m.render().expect("render");
         for line in [
-            r#"sluice_coordinator_pushes_total{result="applied"} 1"#,
+            r#"sluice_coordinator_pushes_total{result="applied"} 2"#,
             r#"sluice_coordinator_pushes_total{result="failed"} 1"#,
-            r#"sluice_coordinator_push_duration_seconds_count 2"#,
+            r#"sluice_coordinator_push_calls_total{kind="full"} 2"#,
+            r#"sluice_coordinator_push_calls_total{kind="epoch_only"} 1"#,
+            "sluice_coordinator_epoch_only_mismatches_total 1",
+            r#"sluice_coordinator_push_duration_seconds_count 3"#,
             r#"sluice_coordinator_rounds_total{result="broker_unreachable"} 1"#,
             r#"sluice_coordinator_rounds_total{result="ok"} 1"#,
             r#"sluice_coordinator_broker_reports_total{kind="health"} 1"#,

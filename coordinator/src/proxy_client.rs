@@ -7,7 +7,9 @@
 //! call dials afresh: a restarted proxy (same address, new process) is reached at once
 //! instead of through a connection that tonic still believes in.
 
-use sluice_proto::control::{SetConfigReply, SetConfigRequest, StatusReply, StatusRequest};
+use sluice_proto::control::{
+    AdvanceEpochReply, AdvanceEpochRequest, SetConfigReply, SetConfigRequest, StatusReply, StatusRequest,
+};
 use sluice_proto::ProxyControlClient;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -30,6 +32,11 @@ impl RpcError {
     /// another config). Another coordinator was faster, or this one read an old config.
     pub fn is_stale_config(&self) -> bool {
         matches!(self, RpcError::Status { code: Code::FailedPrecondition, .. })
+    }
+
+    /// UNIMPLEMENTED: a proxy that predates the call (`AdvanceEpoch`).
+    pub fn is_unimplemented(&self) -> bool {
+        matches!(self, RpcError::Status { code: Code::Unimplemented, .. })
     }
 
     /// Whether the proxy did not answer at all (as opposed to answering with an error): no
@@ -92,6 +99,20 @@ impl ProxyClients {
         let mut client = self.client(control)?;
         let result =
             tokio::time::timeout(self.timeout, client.set_config(SetConfigRequest { epoch, config_json })).await;
+        self.finish(control, result).map(tonic::Response::into_inner)
+    }
+
+    /// `AdvanceEpoch` on the proxy at `control`: the config it holds, at `epoch`, if that
+    /// config has `config_version`.
+    pub async fn advance_epoch(
+        &self,
+        control: &str,
+        epoch: u64,
+        config_version: String,
+    ) -> Result<AdvanceEpochReply, RpcError> {
+        let mut client = self.client(control)?;
+        let request = AdvanceEpochRequest { epoch, config_version };
+        let result = tokio::time::timeout(self.timeout, client.advance_epoch(request)).await;
         self.finish(control, result).map(tonic::Response::into_inner)
     }
 

@@ -13,8 +13,8 @@ use crate::config_cache::ConfigCache;
 use crate::failover::FailoverTracker;
 use crate::fence::FenceTracker;
 use crate::health::{HealthAction, HealthTracker, Probe};
-use crate::metrics::{Metrics, PushResult};
-use crate::proxy_client::ProxyClients;
+use crate::metrics::{Metrics, PushKind, PushResult};
+use crate::proxy_client::{ProxyClients, RpcError};
 use crate::quiet::LogOnce;
 use crate::reconcile::{self, MigrationAction, PushDecision, Side};
 use crate::share::{self, Share};
@@ -56,6 +56,9 @@ pub struct RoundSummary {
     pub answered: usize,
     /// SetConfig calls that changed a proxy's config.
     pub pushed: usize,
+    /// AdvanceEpoch calls that moved a proxy to the epoch (its config was the same but for
+    /// the epoch).
+    pub advanced: usize,
     /// Health reports the broker accepted.
     pub health_reports: usize,
     /// Migration calls (progress, commit, fail) the broker accepted.
@@ -93,6 +96,9 @@ pub struct Coordinator {
 struct Seen {
     /// The epoch the proxy holds, from its last Status or SetConfig answer; `None`: unknown.
     held: Option<Epoch>,
+    /// The version of the config it holds (`ProxyConfig::version`), from the same answers;
+    /// `None`: unknown, so the next push sends the whole config.
+    version: Option<String>,
     /// Its last Status answer and when; dropped when a Status call got no answer.
     status: Option<(Instant, StatusReply)>,
 }
@@ -155,25 +161,7 @@ impl Coordinator {
         // theirs.
         let mut known_epoch: Option<Epoch> = None;
         loop {
-            let round_started = Instant::now();
-            let mut stopping = false;
-            let round = {
-                let round = self.round_at(known_epoch.take());
-                tokio::pin!(round);
-                tokio::select! {
-                    biased;
-                    r = &mut round => r,
-                    () = &mut shutdown => {
-                        tracing::info!("stopping after the current round");
-                        stopping = true;
-                        round.await
-                    }
-                }
-            };
-            match &round {
-                Ok(summary) => self.metrics.round(summary, round_started.elapsed()),
-                Err(_) => self.metrics.broker_unreachable(),
-            }
+            let (round, stopping) = self.round_or_stop(known_epoch.take(), shutdown.as_mut()).await;
             if stopping {
                 break;
             }
@@ -182,26 +170,12 @@ impl Coordinator {
                     self.broker_answered();
                     backoff.reset();
                     tracing::debug!(?summary, "round done");
-                    let started = Instant::now();
-                    let polled = tokio::select! {
-                        biased;
-                        () = &mut shutdown => break,
-                        r = self.broker.wait_epoch(summary.epoch, self.settings.interval) => r,
+                    let Some((polled, wait)) = self.poll_epoch(summary.epoch, shutdown.as_mut(), &mut backoff).await
+                    else {
+                        break;
                     };
-                    if let Ok(epoch) = &polled {
-                        known_epoch = Some(*epoch);
-                    }
-                    match polled {
-                        // The epoch moved: go at once.
-                        Ok(epoch) if epoch > summary.epoch => Duration::ZERO,
-                        // The poll timed out, as it should after an interval; a broker that
-                        // answered early without news must not make the loop spin.
-                        Ok(_) => self.settings.interval.saturating_sub(started.elapsed()),
-                        Err(e) => {
-                            self.broker_failed(&e);
-                            backoff.next_delay()
-                        }
-                    }
+                    known_epoch = polled;
+                    wait
                 }
                 Err(e) => {
                     self.broker_failed(&e);
@@ -216,15 +190,77 @@ impl Coordinator {
                 }
             }
         }
-        // The others take this one's clusters over now instead of when its heartbeat expires.
-        if self.heartbeat_at.is_some() {
-            match tokio::time::timeout(Duration::from_secs(1), self.broker.leave(self.share.me())).await {
-                Ok(Ok(())) => tracing::debug!(id = self.share.me(), "left the coordinators"),
-                Ok(Err(e)) => tracing::debug!(error = %e, "could not deregister; the heartbeat expires by itself"),
-                Err(_) => tracing::debug!("deregistering timed out; the heartbeat expires by itself"),
-            }
-        }
+        self.leave().await;
         tracing::info!("coordinator stopped");
+    }
+
+    /// One round, counted in the metrics; `true` with it when `shutdown` completed meanwhile
+    /// (the round was finished first).
+    async fn round_or_stop(
+        &mut self,
+        epoch: Option<Epoch>,
+        mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> (Result<RoundSummary, BrokerError>, bool) {
+        let started = Instant::now();
+        let mut stopping = false;
+        let round = {
+            let round = self.round_at(epoch);
+            tokio::pin!(round);
+            tokio::select! {
+                biased;
+                r = &mut round => r,
+                () = &mut shutdown => {
+                    tracing::info!("stopping after the current round");
+                    stopping = true;
+                    round.await
+                }
+            }
+        };
+        match &round {
+            Ok(summary) => self.metrics.round(summary, started.elapsed()),
+            Err(_) => self.metrics.broker_unreachable(),
+        }
+        (round, stopping)
+    }
+
+    /// The long poll after a round read at `epoch`: the epoch the broker answered (if it did)
+    /// and how long to wait before the next round; `None` when `shutdown` completed.
+    async fn poll_epoch(
+        &mut self,
+        epoch: Epoch,
+        mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+        backoff: &mut Backoff,
+    ) -> Option<(Option<Epoch>, Duration)> {
+        let started = Instant::now();
+        let polled = tokio::select! {
+            biased;
+            () = &mut shutdown => return None,
+            r = self.broker.wait_epoch(epoch, self.settings.interval) => r,
+        };
+        Some(match polled {
+            // The epoch moved: go at once.
+            Ok(now) if now > epoch => (Some(now), Duration::ZERO),
+            // The poll timed out, as it should after an interval; a broker that answered
+            // early without news must not make the loop spin.
+            Ok(now) => (Some(now), self.settings.interval.saturating_sub(started.elapsed())),
+            Err(e) => {
+                self.broker_failed(&e);
+                (None, backoff.next_delay())
+            }
+        })
+    }
+
+    /// Leaves the coordinators: the others take this one's clusters over now instead of when
+    /// its heartbeat expires.
+    async fn leave(&self) {
+        if self.heartbeat_at.is_none() {
+            return;
+        }
+        match tokio::time::timeout(Duration::from_secs(1), self.broker.leave(self.share.me())).await {
+            Ok(Ok(())) => tracing::debug!(id = self.share.me(), "left the coordinators"),
+            Ok(Err(e)) => tracing::debug!(error = %e, "could not deregister; the heartbeat expires by itself"),
+            Err(_) => tracing::debug!("deregistering timed out; the heartbeat expires by itself"),
+        }
     }
 
     /// Says this coordinator is live (every quarter of the heartbeat's lifetime) and takes the
@@ -271,6 +307,47 @@ impl Coordinator {
 
     async fn round_inner(&mut self, epoch: Option<Epoch>) -> Result<RoundSummary, BrokerError> {
         self.heartbeat().await;
+        let (configs, migrations) = self.read_broker(epoch).await?;
+        self.forget_the_gone(&configs, &migrations);
+        let mine: Vec<&ProxyConfigEntry> = configs.configs.iter().filter(|e| self.share.owns(share::key(e))).collect();
+        let mut summary = RoundSummary { epoch: configs.epoch, proxies: mine.len(), ..RoundSummary::default() };
+
+        let now = Instant::now();
+        let plans: Vec<(&ProxyConfigEntry, Call)> = mine.iter().map(|e| (*e, self.call_for(e, now))).collect();
+        let probed: Vec<Probed<'_>> = {
+            let (clients, metrics) = (&self.proxies, &*self.metrics);
+            // Collected first: a closure inside the stream would make this future's type
+            // higher-ranked, which `tokio::spawn` cannot take.
+            let calls: Vec<_> = plans.into_iter().map(|(entry, call)| probe(clients, metrics, entry, call)).collect();
+            futures::stream::iter(calls).buffer_unordered(self.settings.push_concurrency).collect().await
+        };
+        let health_actions = self.take_probes(probed, &mut summary);
+
+        // What the decisions below read: the last answer of each of this coordinator's
+        // proxies (this round's for the busy ones, at most --idle-status-ms old otherwise).
+        let statuses: HashMap<String, StatusReply> = mine
+            .iter()
+            .filter_map(|e| {
+                let (_, status) = self.seen.get(&e.proxy.address)?.status.as_ref()?;
+                Some((e.proxy.address.clone(), status.clone()))
+            })
+            .collect();
+        summary.answered = statuses.len();
+        let migrations: Vec<Migration> =
+            migrations.iter().filter(|m| self.share.owns(share::cluster_key(&m.cluster))).cloned().collect();
+
+        summary.health_reports = self.report_health(health_actions).await;
+        summary.migration_reports = self.report_migrations(&migrations, &statuses, configs.epoch).await;
+        summary.failovers = self.fail_over(&configs, &statuses).await;
+        Ok(summary)
+    }
+
+    /// The configs (reused while the broker's epoch is `epoch`) and the migrations (see
+    /// [`ConfigCache::migrations_at`]).
+    async fn read_broker(
+        &mut self,
+        epoch: Option<Epoch>,
+    ) -> Result<(Arc<ConfigsResponse>, Arc<Vec<Migration>>), BrokerError> {
         let configs = match self.cache.configs_at(epoch) {
             Some(c) => c,
             None => {
@@ -286,31 +363,31 @@ impl Coordinator {
                 self.cache.set_migrations(read, configs.epoch, now)
             }
         };
-        self.forget_the_gone(&configs, &migrations);
-        let mine: Vec<&ProxyConfigEntry> = configs.configs.iter().filter(|e| self.share.owns(share::key(e))).collect();
-        let mut summary = RoundSummary { epoch: configs.epoch, proxies: mine.len(), ..RoundSummary::default() };
+        Ok((configs, migrations))
+    }
 
-        let plans: Vec<(&ProxyConfigEntry, Call)> = mine.iter().map(|e| (*e, self.call_for(e, now))).collect();
-        let probed: Vec<Probed<'_>> = {
-            let (clients, metrics) = (&self.proxies, &*self.metrics);
-            // Collected first: a closure inside the stream would make this future's type
-            // higher-ranked, which `tokio::spawn` cannot take.
-            let calls: Vec<_> = plans.into_iter().map(|(entry, call)| probe(clients, metrics, entry, call)).collect();
-            futures::stream::iter(calls).buffer_unordered(self.settings.push_concurrency).collect().await
-        };
-
+    /// Remembers what each proxy answered this round (counted in `summary`) and decides the
+    /// health reports it calls for.
+    fn take_probes(&mut self, probed: Vec<Probed<'_>>, summary: &mut RoundSummary) -> Vec<(String, HealthAction)> {
         let mut health_actions = Vec::new();
         let now = Instant::now();
         for p in probed {
             self.log_push(&p);
-            summary.pushed += usize::from(matches!(p.push, Some(PushOutcome::Applied { changed: true, .. })));
+            if let Some(PushOutcome::Applied { changed: true, kind, .. }) = &p.push {
+                match kind {
+                    PushKind::Full => summary.pushed += 1,
+                    PushKind::EpochOnly => summary.advanced += 1,
+                }
+            }
             let address = p.entry.proxy.address.as_str();
             let control = p.entry.proxy.control_address.as_str();
             let broker_failed = self.cache.state(address, p.entry.proxy.state) == ProxyState::Failed;
             let seen = self.seen.entry(address.to_string()).or_default();
             match &p.push {
-                Some(PushOutcome::Applied { held, .. }) => seen.held = Some(*held),
-                Some(_) => seen.held = None,
+                Some(PushOutcome::Applied { held, version, .. }) => {
+                    (seen.held, seen.version) = (Some(*held), version.clone())
+                }
+                Some(_) => (seen.held, seen.version) = (None, None),
                 None => {}
             }
             let Some(status) = p.status else { continue };
@@ -330,33 +407,15 @@ impl Coordinator {
                 Ok(status) => {
                     if p.push.is_none() {
                         seen.held = Some(status.epoch);
+                        seen.version = known_version(&status.config_version);
                     }
                     seen.status = Some((now, status.clone()));
                     self.log_node_health(address, &status);
                 }
-                Err(_) => {
-                    seen.held = None;
-                    seen.status = None;
-                }
+                Err(_) => (seen.held, seen.version, seen.status) = (None, None, None),
             }
         }
-        // What the decisions below read: the last answer of each of this coordinator's
-        // proxies (this round's for the busy ones, at most --idle-status-ms old otherwise).
-        let statuses: HashMap<String, StatusReply> = mine
-            .iter()
-            .filter_map(|e| {
-                let (_, status) = self.seen.get(&e.proxy.address)?.status.as_ref()?;
-                Some((e.proxy.address.clone(), status.clone()))
-            })
-            .collect();
-        summary.answered = statuses.len();
-        let migrations: Vec<Migration> =
-            migrations.iter().filter(|m| self.share.owns(share::cluster_key(&m.cluster))).cloned().collect();
-
-        summary.health_reports = self.report_health(health_actions).await;
-        summary.migration_reports = self.report_migrations(&migrations, &statuses, configs.epoch).await;
-        summary.failovers = self.fail_over(&configs, &statuses).await;
-        Ok(summary)
+        health_actions
     }
 
     /// Asks for the failovers that are due (see [`crate::failover`]), each conditioned on the
@@ -422,7 +481,7 @@ impl Coordinator {
         if busy || now.duration_since(*at) + skew >= self.settings.idle_status {
             Call::Status
         } else if held < entry.config.epoch {
-            Call::Push { held }
+            Call::Push { held, version: seen.version.clone() }
         } else {
             Call::Nothing
         }
@@ -668,22 +727,25 @@ struct Probed<'a> {
 }
 
 /// What to ask one proxy this round.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Call {
     /// Status, then SetConfig if it is behind.
     Status,
-    /// It was seen holding `held`, older than its config: SetConfig straight away (one call
-    /// per proxy when the epoch moves, not two).
-    Push { held: Epoch },
+    /// It was seen holding `held` (of config version `version`, if known), older than its
+    /// config: push straight away (one call per proxy when the epoch moves, not two).
+    Push { held: Epoch, version: Option<String> },
     /// Nothing: it holds its config and its last Status is recent enough.
     Nothing,
 }
 
 enum PushOutcome {
-    /// The proxy took the config (`changed`: it was new to it).
+    /// The proxy took the config or the epoch (`changed`: it was new to it); it now holds
+    /// `held`, of config version `version` (if it said).
     Applied {
         changed: bool,
         held: Epoch,
+        version: Option<String>,
+        kind: PushKind,
     },
     /// FAILED_PRECONDITION: the proxy holds a newer config than this round read.
     Stale {
@@ -696,14 +758,20 @@ enum PushOutcome {
     },
 }
 
-/// Status, then SetConfig if the proxy is behind (or only one of them, as `call` says). Both
-/// calls are bounded by the RPC timeout.
+/// A version a proxy reported; an empty one (no config yet, or a proxy that predates
+/// versions) is unknown.
+fn known_version(version: &str) -> Option<String> {
+    (!version.is_empty()).then(|| version.to_string())
+}
+
+/// Status, then a push if the proxy is behind (or only one of them, as `call` says). Every
+/// call is bounded by the RPC timeout.
 async fn probe<'a>(clients: &ProxyClients, metrics: &Metrics, entry: &'a ProxyConfigEntry, call: Call) -> Probed<'a> {
     let control = entry.proxy.control_address.as_str();
     match call {
         Call::Nothing => return Probed { entry, status: None, push: None },
-        Call::Push { held } => {
-            let push = push(clients, metrics, entry, held).await;
+        Call::Push { held, version } => {
+            let push = push(clients, metrics, entry, held, version.as_deref()).await;
             return Probed { entry, status: None, push };
         }
         Call::Status => {}
@@ -724,50 +792,129 @@ async fn probe<'a>(clients: &ProxyClients, metrics: &Metrics, entry: &'a ProxyCo
             return Probed { entry, status: Some(Err(e)), push: None };
         }
     };
-    let push = push(clients, metrics, entry, status.epoch).await;
+    let push = push(clients, metrics, entry, status.epoch, Some(status.config_version.as_str())).await;
     Probed { entry, status: Some(Ok(status)), push }
 }
 
-/// SetConfig if a proxy holding `held` is behind its config; what came of it.
-async fn push(clients: &ProxyClients, metrics: &Metrics, entry: &ProxyConfigEntry, held: Epoch) -> Option<PushOutcome> {
-    let control = entry.proxy.control_address.as_str();
+/// Brings a proxy holding `held` (of config version `version`) to its config if it is behind:
+/// only the epoch when it holds the config's version already, else the whole config; what
+/// came of it.
+async fn push(
+    clients: &ProxyClients,
+    metrics: &Metrics,
+    entry: &ProxyConfigEntry,
+    held: Epoch,
+    version: Option<&str>,
+) -> Option<PushOutcome> {
     let proxy = entry.proxy.address.as_str();
-    let decision = reconcile::push_decision(held, entry.config.epoch);
-    if let PushDecision::ProxyAhead { proxy: held, config } = decision {
-        tracing::debug!(proxy, held_epoch = held, config_epoch = config, "proxy is ahead of the config read");
-    }
-    if let PushDecision::Push { from, to } = decision {
-        let sent = Instant::now();
-        let outcome = match serde_json::to_string(&entry.config) {
-            Err(e) => PushOutcome::Failed { from, to, error: format!("config not serialisable: {e}") },
-            Ok(json) => match clients.set_config(control, to, json).await {
-                Ok(reply) => PushOutcome::Applied { changed: reply.changed, held: reply.epoch },
-                Err(e) if e.is_stale_config() => PushOutcome::Stale { message: e.to_string() },
-                Err(e) => PushOutcome::Failed { from, to, error: e.to_string() },
-            },
-        };
-        let result = match &outcome {
-            PushOutcome::Applied { changed: true, .. } => PushResult::Applied,
-            PushOutcome::Applied { .. } => PushResult::Unchanged,
-            PushOutcome::Stale { .. } => PushResult::Stale,
-            PushOutcome::Failed { .. } => PushResult::Failed,
-        };
-        metrics.push(result, sent.elapsed());
-        // Logged here, as it happens: the round goes on until its slowest proxy answers.
-        match &outcome {
-            PushOutcome::Applied { changed: true, held, .. } => {
-                let migrations = trace::migration_ids(&entry.config);
-                tracing::info!(proxy, from_epoch = from, to_epoch = to, held_epoch = held, %migrations, "config pushed")
-            }
-            PushOutcome::Applied { .. } => tracing::debug!(proxy, epoch = to, "proxy already held the config"),
-            PushOutcome::Stale { message } => {
-                tracing::debug!(proxy, epoch = to, %message, "proxy holds a newer config; nothing to push")
-            }
-            PushOutcome::Failed { .. } => {}
+    let (from, to) = match reconcile::push_decision(held, entry.config.epoch) {
+        PushDecision::Push { from, to } => (from, to),
+        PushDecision::ProxyAhead { proxy: held, config } => {
+            tracing::debug!(proxy, held_epoch = held, config_epoch = config, "proxy is ahead of the config read");
+            return None;
         }
-        return Some(outcome);
+        PushDecision::UpToDate => return None,
+    };
+    let same_config = !entry.config_version.is_empty() && version == Some(entry.config_version.as_str());
+    let advanced = if same_config { advance_epoch(clients, metrics, entry, from, to).await } else { None };
+    let outcome = match advanced {
+        Some(outcome) => outcome,
+        None => set_config(clients, metrics, entry, from, to).await,
+    };
+    // Logged here, as it happens: the round goes on until its slowest proxy answers.
+    match &outcome {
+        PushOutcome::Applied { changed: true, held, kind: PushKind::Full, .. } => {
+            let migrations = trace::migration_ids(&entry.config);
+            tracing::info!(proxy, from_epoch = from, to_epoch = to, held_epoch = held, %migrations, "config pushed")
+        }
+        PushOutcome::Applied { changed: true, held, kind: PushKind::EpochOnly, .. } => {
+            tracing::debug!(
+                proxy,
+                from_epoch = from,
+                to_epoch = to,
+                held_epoch = held,
+                "epoch pushed, config unchanged"
+            )
+        }
+        PushOutcome::Applied { .. } => tracing::debug!(proxy, epoch = to, "proxy already held the config"),
+        PushOutcome::Stale { message } => {
+            tracing::debug!(proxy, epoch = to, %message, "proxy holds a newer config; nothing to push")
+        }
+        PushOutcome::Failed { .. } => {}
     }
-    None
+    Some(outcome)
+}
+
+/// SetConfig: the whole config.
+async fn set_config(
+    clients: &ProxyClients,
+    metrics: &Metrics,
+    entry: &ProxyConfigEntry,
+    from: Epoch,
+    to: Epoch,
+) -> PushOutcome {
+    let sent = Instant::now();
+    let outcome = match serde_json::to_string(&entry.config) {
+        Err(e) => PushOutcome::Failed { from, to, error: format!("config not serialisable: {e}") },
+        Ok(json) => match clients.set_config(&entry.proxy.control_address, to, json).await {
+            Ok(reply) => PushOutcome::Applied {
+                changed: reply.changed,
+                held: reply.epoch,
+                version: known_version(&reply.config_version),
+                kind: PushKind::Full,
+            },
+            Err(e) => refused(e, from, to),
+        },
+    };
+    metrics.push(push_result(&outcome), PushKind::Full, sent.elapsed());
+    outcome
+}
+
+/// AdvanceEpoch: only the epoch, the proxy holding the config's version already. `None` when
+/// the whole config must follow: the proxy holds another version after all (another
+/// coordinator pushed meanwhile, it restarted), or it predates the call.
+async fn advance_epoch(
+    clients: &ProxyClients,
+    metrics: &Metrics,
+    entry: &ProxyConfigEntry,
+    from: Epoch,
+    to: Epoch,
+) -> Option<PushOutcome> {
+    let sent = Instant::now();
+    let outcome = match clients.advance_epoch(&entry.proxy.control_address, to, entry.config_version.clone()).await {
+        Ok(reply) if reply.matched => PushOutcome::Applied {
+            changed: reply.changed,
+            held: reply.epoch,
+            version: known_version(&reply.config_version),
+            kind: PushKind::EpochOnly,
+        },
+        Ok(_) => {
+            metrics.epoch_only_mismatch();
+            return None;
+        }
+        Err(e) if e.is_unimplemented() => return None,
+        Err(e) => refused(e, from, to),
+    };
+    metrics.push(push_result(&outcome), PushKind::EpochOnly, sent.elapsed());
+    Some(outcome)
+}
+
+/// A push the proxy refused or did not answer.
+fn refused(e: RpcError, from: Epoch, to: Epoch) -> PushOutcome {
+    if e.is_stale_config() {
+        PushOutcome::Stale { message: e.to_string() }
+    } else {
+        PushOutcome::Failed { from, to, error: e.to_string() }
+    }
+}
+
+fn push_result(outcome: &PushOutcome) -> PushResult {
+    match outcome {
+        PushOutcome::Applied { changed: true, .. } => PushResult::Applied,
+        PushOutcome::Applied { .. } => PushResult::Unchanged,
+        PushOutcome::Stale { .. } => PushResult::Stale,
+        PushOutcome::Failed { .. } => PushResult::Failed,
+    }
 }
 
 /// Doubling waits while the broker does not answer, from the interval up to a cap.

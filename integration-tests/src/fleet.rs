@@ -1,6 +1,7 @@
 //! Simulated proxies for control-plane tests and benchmarks: N lightweight gRPC
 //! `ProxyControl` servers in one process, each on its own loopback port, that register with
-//! the broker like real proxies, take configs by the proxy's epoch rules and answer Status,
+//! the broker like real proxies, take configs (whole, or the epoch alone over the config
+//! version they hold) by the proxy's epoch rules and answer Status,
 //! so a thousand of them fit a small machine. They have no data port and no Redis node: only
 //! the control plane (broker → coordinators → proxies) is exercised.
 //!
@@ -13,7 +14,8 @@ use anyhow::{Context, Result};
 use sluice_common::api::{ProxyInfo, RegisterProxy};
 use sluice_common::model::{Epoch, ProxyConfig};
 use sluice_proto::control::{
-    SetConfigReply, SetConfigRequest, StatusReply, StatusRequest, TmpSwitchReply, TmpSwitchRequest,
+    AdvanceEpochReply, AdvanceEpochRequest, SetConfigReply, SetConfigRequest, StatusReply, StatusRequest,
+    TmpSwitchReply, TmpSwitchRequest,
 };
 use sluice_proto::{ProxyControl, ProxyControlServer};
 use std::collections::HashSet;
@@ -34,6 +36,7 @@ pub struct SimProxy {
     state: Mutex<Held>,
     status_calls: AtomicU64,
     set_config_calls: AtomicU64,
+    advance_epoch_calls: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -68,6 +71,26 @@ impl SimProxy {
         self.set_config_calls.load(Ordering::Relaxed)
     }
 
+    pub fn advance_epoch_calls(&self) -> u64 {
+        self.advance_epoch_calls.load(Ordering::Relaxed)
+    }
+
+    /// The config it holds.
+    pub fn config(&self) -> Option<ProxyConfig> {
+        self.lock().config.clone()
+    }
+
+    /// Replaces the config held behind the coordinators' backs (as an operator's `UMCTL
+    /// SETDB` of another content at the same epoch would).
+    pub fn replace_config(&self, config: ProxyConfig) {
+        self.lock().config = Some(config);
+    }
+
+    /// The version of the config held, as a real proxy says it ("" before the first).
+    fn version(held: &Held) -> String {
+        held.config.as_ref().map(ProxyConfig::version).unwrap_or_default()
+    }
+
     /// Where its Status calls came from since the last call of this (one address per
     /// coordinator connection).
     pub fn take_status_callers(&self) -> HashSet<SocketAddr> {
@@ -92,13 +115,38 @@ impl SimProxy {
         }
         if config.epoch == epoch {
             return match &held.config {
-                Some(c) if *c == config => Ok(SetConfigReply { epoch, changed: false }),
+                Some(c) if *c == config => {
+                    Ok(SetConfigReply { epoch, changed: false, config_version: Self::version(&held) })
+                }
                 _ => Err(Status::failed_precondition(format!("another config at the held epoch {epoch}"))),
             };
         }
         held.taken.push((config.epoch, Instant::now()));
         held.config = Some(config);
-        Ok(SetConfigReply { epoch: req.epoch, changed: true })
+        Ok(SetConfigReply { epoch: req.epoch, changed: true, config_version: Self::version(&held) })
+    }
+
+    /// The proxy's `AdvanceEpoch` (proxy/src/state.rs `advance_epoch`): the held config at a
+    /// newer epoch if its version is the one named, by the same epoch rules; else nothing.
+    fn advance_epoch(&self, req: AdvanceEpochRequest) -> Result<AdvanceEpochReply, Status> {
+        let mut held = self.lock();
+        let version = Self::version(&held);
+        let Some(config) = held.config.as_mut().filter(|_| version == req.config_version) else {
+            let epoch = held.config.as_ref().map_or(0, |c| c.epoch);
+            return Ok(AdvanceEpochReply { epoch, changed: false, matched: false, config_version: version });
+        };
+        if req.epoch < config.epoch {
+            return Err(Status::failed_precondition(format!(
+                "epoch {} is older than the held {}",
+                req.epoch, config.epoch
+            )));
+        }
+        let changed = req.epoch > config.epoch;
+        config.epoch = req.epoch;
+        if changed {
+            held.taken.push((req.epoch, Instant::now()));
+        }
+        Ok(AdvanceEpochReply { epoch: req.epoch, changed, matched: true, config_version: version })
     }
 
     fn status(&self, from: Option<SocketAddr>) -> StatusReply {
@@ -124,6 +172,7 @@ impl SimProxy {
             repl_offset: 0,
             master_link_up: false,
             handover_ready_epoch: 0,
+            config_version: Self::version(&held),
         }
     }
 }
@@ -135,6 +184,14 @@ impl ProxyControl for Service {
     async fn set_config(&self, request: Request<SetConfigRequest>) -> Result<Response<SetConfigReply>, Status> {
         self.0.set_config_calls.fetch_add(1, Ordering::Relaxed);
         self.0.set_config(request.into_inner()).map(Response::new)
+    }
+
+    async fn advance_epoch(
+        &self,
+        request: Request<AdvanceEpochRequest>,
+    ) -> Result<Response<AdvanceEpochReply>, Status> {
+        self.0.advance_epoch_calls.fetch_add(1, Ordering::Relaxed);
+        self.0.advance_epoch(request.into_inner()).map(Response::new)
     }
 
     async fn tmp_switch(&self, _: Request<TmpSwitchRequest>) -> Result<Response<TmpSwitchReply>, Status> {
@@ -175,6 +232,7 @@ impl Fleet {
                 state: Mutex::new(Held::default()),
                 status_calls: AtomicU64::new(0),
                 set_config_calls: AtomicU64::new(0),
+                advance_epoch_calls: AtomicU64::new(0),
             });
             let service = ProxyControlServer::new(Service(proxy.clone()));
             fleet.servers.push(tokio::spawn(async move {
@@ -233,10 +291,22 @@ impl Fleet {
         }
     }
 
-    /// Status and SetConfig calls answered so far, over all proxies.
-    pub fn calls(&self) -> (u64, u64) {
-        let status = self.proxies.iter().map(|p| p.status_calls()).sum();
-        let set = self.proxies.iter().map(|p| p.set_config_calls()).sum();
-        (status, set)
+    /// Status, SetConfig and AdvanceEpoch calls answered so far, over all proxies.
+    pub fn calls(&self) -> Calls {
+        Calls {
+            status: self.proxies.iter().map(|p| p.status_calls()).sum(),
+            set_config: self.proxies.iter().map(|p| p.set_config_calls()).sum(),
+            advance_epoch: self.proxies.iter().map(|p| p.advance_epoch_calls()).sum(),
+        }
     }
+}
+
+/// Control calls the fleet answered, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Calls {
+    pub status: u64,
+    /// Whole configs.
+    pub set_config: u64,
+    /// Epoch-only updates.
+    pub advance_epoch: u64,
 }

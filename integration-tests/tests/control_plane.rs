@@ -1,7 +1,8 @@
 //! Coordinators at scale (issue 16): several real coordinators split simulated proxies (the
 //! control services of `sluice_harness::fleet`, registered with a real broker) among
 //! themselves, every proxy is looked after by exactly one of them, and when one stops its
-//! share is taken over and keeps getting the broker's changes.
+//! share is taken over and keeps getting the broker's changes; a change sends whole configs
+//! only to the proxies whose config it changed, and the epoch alone to the others.
 
 use anyhow::{bail, Context, Result};
 use sluice_common::api::CoordinatorList;
@@ -48,9 +49,88 @@ fn start_coordinator(dir: &Path, broker: &str, id: &str) -> Result<Coordinator> 
 /// `sluice_coordinator_proxies` of a coordinator: how many proxies it looked after at its last
 /// round; `None` while it does not answer.
 async fn proxies_gauge(metrics: &str) -> Option<u64> {
+    metric(metrics, "sluice_coordinator_proxies").await
+}
+
+/// One sample of a coordinator's metrics (`name` with its labels, as the text shows it);
+/// `None` while it does not answer or has not shown it yet.
+async fn metric(metrics: &str, name: &str) -> Option<u64> {
     let text = reqwest::get(format!("http://{metrics}/metrics")).await.ok()?.text().await.ok()?;
-    let line = text.lines().find(|l| l.starts_with("sluice_coordinator_proxies "))?;
+    let line = text.lines().find(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(' ')))?;
     line.rsplit(' ').next()?.parse::<f64>().ok().map(|v| v as u64)
+}
+
+const FULL: &str = r#"sluice_coordinator_push_calls_total{kind="full"}"#;
+const EPOCH_ONLY: &str = r#"sluice_coordinator_push_calls_total{kind="epoch_only"}"#;
+
+/// Issue 16: every proxy config has a version (its content apart from the epoch). A change
+/// that alters the configs of 2 proxies out of 12 sends those 2 their whole config and the
+/// other 10 only the new epoch (`AdvanceEpoch`), and every proxy holds the broker's epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_sends_whole_configs_only_to_the_proxies_it_concerns() -> Result<()> {
+    let dir = tempfile::Builder::new().prefix("sluice-cp-").tempdir()?;
+    let broker = BrokerProcess::start(dir.path(), &dir.path().join("broker"), None).await?;
+    let client = broker.client();
+    let fleet = Fleet::start(12, &client).await?;
+    let addresses = fleet.addresses();
+    let (pair, members) = addresses.split_at(2);
+    for (i, chunk) in members.chunks(5).enumerate() {
+        client.create_cluster(&format!("c{i}"), chunk.to_vec()).await?;
+    }
+    let coordinator = start_coordinator(dir.path(), &broker.url(), "coord")?;
+    fleet.wait_all(client.epoch().await?, Instant::now(), DEADLINE).await?;
+    let m = coordinator.metrics.clone();
+    // Every push of the convergence counted (a push is counted once its answer is in).
+    wait_for("the coordinator's metrics", DEADLINE, || {
+        let m = m.clone();
+        async move { Ok(metric(&m, FULL).await.filter(|n| *n >= 12).map(|_| ())) }
+    })
+    .await?;
+    let before: Vec<(u64, u64)> =
+        fleet.proxies.iter().map(|p| (p.set_config_calls(), p.advance_epoch_calls())).collect();
+    let (full_before, epoch_only_before) =
+        (metric(&m, FULL).await.unwrap_or(0), metric(&m, EPOCH_ONLY).await.unwrap_or(0));
+
+    // The two free proxies form a cluster: their configs change, the other ten only see the
+    // global epoch move.
+    let started = Instant::now();
+    let view: ClusterView = client.create_cluster("pair", pair.to_vec()).await?;
+    fleet.wait_all(view.epoch, started, DEADLINE).await?;
+    let epoch = client.epoch().await?;
+    assert_eq!(epoch, view.epoch, "nothing else changed meanwhile");
+    wait_for("both kinds of push counted", DEADLINE, || {
+        let m = m.clone();
+        async move {
+            let (full, epoch_only) = (metric(&m, FULL).await.unwrap_or(0), metric(&m, EPOCH_ONLY).await.unwrap_or(0));
+            Ok((full >= full_before + 2 && epoch_only >= epoch_only_before + 10).then_some(()))
+        }
+    })
+    .await?;
+    for (p, (set_before, advance_before)) in fleet.proxies.iter().zip(&before) {
+        let (set, advanced) = (p.set_config_calls() - set_before, p.advance_epoch_calls() - advance_before);
+        if pair.contains(&p.address) {
+            assert_eq!((set, advanced), (1, 0), "{} joined a cluster: one whole config, nothing else", p.address);
+        } else {
+            assert_eq!((set, advanced), (0, 1), "{}'s config did not change: only the epoch", p.address);
+        }
+        assert_eq!(p.epoch(), epoch, "{} holds the broker's epoch", p.address);
+    }
+    assert_eq!(metric(&m, FULL).await, Some(full_before + 2), "whole configs: the two proxies concerned");
+    assert_eq!(metric(&m, EPOCH_ONLY).await, Some(epoch_only_before + 10), "the epoch alone: the ten others");
+
+    // A proxy whose config was changed behind the coordinator's back is never advanced over
+    // it: whichever it learns first (its Status, or an AdvanceEpoch refused for the version),
+    // it gets the broker's whole config.
+    let odd = &fleet.proxies[5];
+    let broker_config = odd.config().context("a config")?;
+    odd.replace_config(sluice_common::model::ProxyConfig::free(odd.address.clone(), broker_config.epoch));
+    let started = Instant::now();
+    client.delete("/clusters/pair").await?;
+    let epoch = client.epoch().await?;
+    fleet.wait_all(epoch, started, DEADLINE).await?;
+    let held = odd.config().context("a config")?;
+    assert_eq!(held, sluice_common::model::ProxyConfig { epoch, ..broker_config }, "the broker's config again");
+    Ok(())
 }
 
 async fn live_coordinators(broker: &str) -> Result<Vec<String>> {

@@ -8,7 +8,8 @@ use crate::status;
 use sluice_common::model::MigrationMode;
 use sluice_common::model::ProxyConfig;
 use sluice_proto::control::{
-    MigrationTask, SetConfigReply, SetConfigRequest, StatusReply, StatusRequest, TmpSwitchReply, TmpSwitchRequest,
+    AdvanceEpochReply, AdvanceEpochRequest, MigrationTask, SetConfigReply, SetConfigRequest, StatusReply,
+    StatusRequest, TmpSwitchReply, TmpSwitchRequest,
 };
 use sluice_proto::{ProxyControl, ProxyControlServer};
 use std::sync::atomic::Ordering;
@@ -34,6 +35,12 @@ impl Control {
     /// Takes a config (gRPC `SetConfig` and `UMCTL SETDB`), starting and telling tasks.
     pub async fn set_config(&self, config: ProxyConfig) -> Result<Applied, ConfigError> {
         self.shared.apply_config(config, &*self.migrations).await
+    }
+
+    /// Moves the held config to `epoch` if its content has `version` (gRPC `AdvanceEpoch`);
+    /// `Ok(None)`: it does not, nothing changed.
+    pub async fn advance_epoch(&self, epoch: u64, version: &str) -> Result<Option<Applied>, ConfigError> {
+        self.shared.advance_epoch(epoch, version, &*self.migrations).await
     }
 
     /// Takes a config given as JSON.
@@ -124,6 +131,21 @@ impl ProxyControl for ControlService {
         Ok(Response::new(SetConfigReply {
             epoch: self.control.shared.epoch(),
             changed: matches!(applied, Applied::Updated { .. }),
+            config_version: self.control.shared.config_version(),
+        }))
+    }
+
+    async fn advance_epoch(
+        &self,
+        request: Request<AdvanceEpochRequest>,
+    ) -> Result<Response<AdvanceEpochReply>, Status> {
+        let req = request.into_inner();
+        let applied = self.control.advance_epoch(req.epoch, &req.config_version).await.map_err(to_status)?;
+        Ok(Response::new(AdvanceEpochReply {
+            epoch: self.control.shared.epoch(),
+            changed: matches!(applied, Some(Applied::Updated { .. })),
+            matched: applied.is_some(),
+            config_version: self.control.shared.config_version(),
         }))
     }
 
@@ -166,6 +188,7 @@ impl ProxyControl for ControlService {
             repl_offset: s.repl_offset,
             master_link_up: s.master_link_up,
             handover_ready_epoch: self.control.shared.handover_ready.load(Ordering::SeqCst),
+            config_version: self.control.shared.config_version(),
         }))
     }
 }

@@ -220,6 +220,45 @@ impl Shared {
         tasks: &dyn MigrationTasks,
     ) -> Result<Applied, ConfigError> {
         let _guard = self.config_lock.lock().await;
+        self.apply_config_locked(config, tasks).await
+    }
+
+    /// The version of the config held ([`ProxyConfig::version`]); empty before the first
+    /// config, so nothing is ever advanced from the one a proxy starts with.
+    pub fn config_version(&self) -> String {
+        let table = self.routes.load();
+        if table.epoch() == 0 {
+            String::new()
+        } else {
+            table.config.version()
+        }
+    }
+
+    /// `AdvanceEpoch`: takes the held config again at `epoch` when its content has `version`
+    /// (the broker's config for this proxy at `epoch` is then this one but for the epoch), by
+    /// the same rules and with the same effects as [`Shared::apply_config`] of that config.
+    /// `Ok(None)`: the version differs (or no config was taken yet); nothing changed.
+    pub async fn advance_epoch(
+        self: &Arc<Self>,
+        epoch: Epoch,
+        version: &str,
+        tasks: &dyn MigrationTasks,
+    ) -> Result<Option<Applied>, ConfigError> {
+        let _guard = self.config_lock.lock().await;
+        let current = self.routes.load_full();
+        if current.epoch() == 0 || current.config.version() != version {
+            return Ok(None);
+        }
+        let config = ProxyConfig { epoch, ..(*current.config).clone() };
+        self.apply_config_locked(config, tasks).await.map(Some)
+    }
+
+    /// [`Shared::apply_config`] with `config_lock` held.
+    async fn apply_config_locked(
+        self: &Arc<Self>,
+        config: ProxyConfig,
+        tasks: &dyn MigrationTasks,
+    ) -> Result<Applied, ConfigError> {
         let current = self.routes.load_full();
         let held = current.epoch();
         if config.proxy != self.me() {
@@ -534,6 +573,35 @@ mod tests {
         }
 
         fn reconcile(&self, _: &Arc<Shared>, _: &ProxyConfig) {}
+    }
+
+    #[test]
+    fn an_epoch_is_advanced_only_over_the_config_version_named() {
+        use super::testing::{config, proxy, ME};
+        let (rt, shared) = proxy();
+        let tasks = super::testing::NoTasks;
+        let version = config(1).version();
+        rt.block_on(async {
+            assert_eq!(shared.config_version(), "", "no config taken yet");
+            let none = shared.advance_epoch(2, &ProxyConfig::free(ME, 0).version(), &tasks).await;
+            assert!(matches!(none, Ok(None)), "nothing is advanced from the config a proxy starts with");
+            shared.apply_config(config(1), &tasks).await.expect("a valid config");
+            assert_eq!(shared.config_version(), version);
+            let other = shared.advance_epoch(3, "0123", &tasks).await;
+            assert!(matches!(other, Ok(None)), "another version: refused");
+            assert_eq!(shared.epoch(), 1, "a refusal changes nothing");
+            let moved = shared.advance_epoch(3, &version, &tasks).await;
+            assert!(matches!(moved, Ok(Some(Applied::Updated { from: 1, to: 3 }))), "{moved:?}");
+            assert_eq!(
+                *shared.routes().config,
+                ProxyConfig { epoch: 3, ..config(1) },
+                "the same config at the new epoch"
+            );
+            let again = shared.advance_epoch(3, &version, &tasks).await;
+            assert!(matches!(again, Ok(Some(Applied::Unchanged))), "{again:?}");
+            let back = shared.advance_epoch(2, &version, &tasks).await;
+            assert!(matches!(back, Err(ConfigError::Stale { offered: 2, held: 3 })), "{back:?}");
+        });
     }
 
     #[tokio::test]

@@ -107,6 +107,7 @@ struct Run {
     requests_per_sec: f64,
     status_per_sec: f64,
     set_config_per_change: f64,
+    advance_epoch_per_change: f64,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -121,6 +122,28 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 10_000.0).round() / 10.0
 }
 
+/// `n` coordinators of the broker at `broker`, with the extra flags of
+/// `$BENCH_COORDINATOR_ARGS`, their logs in `dir`.
+fn start_coordinators(n: usize, broker: &str, dir: &Path) -> Result<Vec<ChildProcess>> {
+    let extra: Vec<String> =
+        std::env::var("BENCH_COORDINATOR_ARGS").unwrap_or_default().split_whitespace().map(str::to_string).collect();
+    let mut coords = Vec::new();
+    for i in 0..n {
+        let mut args = vec![
+            "--broker".to_string(),
+            broker.to_string(),
+            "--id".into(),
+            format!("bench-{i}"),
+            "--metrics".into(),
+            format!("127.0.0.1:{}", free_port()),
+        ];
+        args.extend(extra.iter().cloned());
+        let log = dir.join(format!("coordinator-{i}.log"));
+        coords.push(ChildProcess::spawn(&format!("coordinator-{i}"), &binary("sluice-coordinator")?, &args, &log)?);
+    }
+    Ok(coords)
+}
+
 async fn run(o: &Options, coordinators: usize, dir: &Path) -> Result<Run> {
     std::fs::create_dir_all(dir)?;
     let mut broker = BrokerProcess::start(dir, &dir.join("broker"), None).await?;
@@ -131,31 +154,16 @@ async fn run(o: &Options, coordinators: usize, dir: &Path) -> Result<Run> {
     for (i, chunk) in members.chunks(o.cluster_size).enumerate() {
         client.create_cluster(&format!("c{i}"), chunk.to_vec()).await?;
     }
-    let extra: Vec<String> =
-        std::env::var("BENCH_COORDINATOR_ARGS").unwrap_or_default().split_whitespace().map(str::to_string).collect();
-    let mut coords = Vec::new();
-    for i in 0..coordinators {
-        let mut args = vec![
-            "--broker".to_string(),
-            broker.url(),
-            "--id".into(),
-            format!("bench-{i}"),
-            "--metrics".into(),
-            format!("127.0.0.1:{}", free_port()),
-        ];
-        args.extend(extra.iter().cloned());
-        let log = dir.join(format!("coordinator-{i}.log"));
-        coords.push(ChildProcess::spawn(&format!("coordinator-{i}"), &binary("sluice-coordinator")?, &args, &log)?);
-    }
+    let coords = start_coordinators(coordinators, &broker.url(), dir)?;
     let epoch = client.epoch().await?;
     fleet.wait_all(epoch, Instant::now(), Duration::from_secs(120)).await.context("initial convergence")?;
     // Let the coordinators find each other and settle on their split before measuring.
     tokio::time::sleep(Duration::from_secs(4)).await;
 
     let mut samples = Vec::with_capacity(o.changes * o.proxies);
-    let mut set_configs = 0u64;
+    let (mut set_configs, mut advances) = (0u64, 0u64);
     for change in 0..o.changes {
-        let (_, set_before) = fleet.calls();
+        let before = fleet.calls();
         let started = Instant::now();
         let epoch: Epoch = if change % 2 == 0 {
             let view: ClusterView = client.create_cluster("bench-change", spares.to_vec()).await?;
@@ -170,7 +178,9 @@ async fn run(o: &Options, coordinators: usize, dir: &Path) -> Result<Run> {
         samples.extend(took);
         // Wait for the pushes of this change to end before the next one.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        set_configs += fleet.calls().1 - set_before;
+        let after = fleet.calls();
+        set_configs += after.set_config - before.set_config;
+        advances += after.advance_epoch - before.advance_epoch;
     }
     samples.sort();
 
@@ -181,11 +191,11 @@ async fn run(o: &Options, coordinators: usize, dir: &Path) -> Result<Run> {
     for c in &coords {
         pids.push(c.pid().context("a coordinator has no pid")?);
     }
-    let (status_before, _) = fleet.calls();
+    let status_before = fleet.calls().status;
     let window = rest::Window::open(&pids, &broker.url()).await?;
     tokio::time::sleep(o.rest).await;
     let usage = window.close(&pids, &broker.url()).await?;
-    let (status_after, _) = fleet.calls();
+    let status_after = fleet.calls().status;
 
     Ok(Run {
         coordinators,
@@ -197,6 +207,7 @@ async fn run(o: &Options, coordinators: usize, dir: &Path) -> Result<Run> {
         requests_per_sec: usage.requests_per_sec,
         status_per_sec: (status_after - status_before) as f64 / o.rest.as_secs_f64(),
         set_config_per_change: set_configs as f64 / o.changes as f64,
+        advance_epoch_per_change: advances as f64 / o.changes as f64,
     })
 }
 
@@ -208,12 +219,13 @@ async fn main_inner(o: Options) -> Result<bool> {
         eprintln!("{} simulated proxies, clusters of {}, {n} coordinator(s):", o.proxies, o.cluster_size);
         let r = run(&o, n, &base.join(format!("{n}"))).await?;
         println!(
-            "{n} coordinator(s): change → every proxy p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {:.0} SetConfig per change; \
+            "{n} coordinator(s): change → every proxy p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {:.0} SetConfig + {:.0} AdvanceEpoch per change; \
              at rest: broker {:.2}% CPU, {:.1} req/s; coordinators {} % CPU; {:.0} Status/s",
             ms(r.p50),
             ms(r.p99),
             ms(r.max),
             r.set_config_per_change,
+            r.advance_epoch_per_change,
             r.broker_cpu,
             r.requests_per_sec,
             r.coordinator_cpu.iter().map(|c| format!("{c:.1}")).collect::<Vec<_>>().join("/"),
@@ -229,6 +241,7 @@ async fn main_inner(o: Options) -> Result<bool> {
                 "coordinators": r.coordinators,
                 "p50_ms": ms(r.p50), "p99_ms": ms(r.p99), "max_ms": ms(r.max),
                 "set_config_per_change": r.set_config_per_change,
+                "advance_epoch_per_change": r.advance_epoch_per_change,
                 "broker_rest_cpu_percent": r.broker_cpu,
                 "broker_rest_requests_per_sec": r.requests_per_sec,
                 "coordinators_rest_cpu_percent": r.coordinator_cpu,
