@@ -2,13 +2,18 @@
 
 use super::frame::encode_command;
 use bytes::{Bytes, BytesMut};
+use smallvec::SmallVec;
+
+/// A command's arguments: most commands have three or fewer (`GET k`, `SET k v`), which then
+/// live in the command itself instead of in an allocation of their own.
+type Args = SmallVec<[Bytes; 3]>;
 
 /// One command as a client sent it. `raw` is the multibulk encoding (the client's own bytes
 /// when it sent multibulk), so a command routed unchanged is forwarded without re-encoding.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Command {
     raw: Bytes,
-    args: Vec<Bytes>,
+    args: Args,
 }
 
 impl Command {
@@ -16,11 +21,17 @@ impl Command {
     pub fn new(args: Vec<Bytes>) -> Command {
         let mut buf = BytesMut::new();
         encode_command(&args, &mut buf);
-        Command { raw: buf.freeze(), args }
+        Command { raw: buf.freeze(), args: Args::from_vec(args) }
     }
 
     /// Builds a command from raw multibulk bytes and the argument slices cut from them.
     pub fn from_parts(raw: Bytes, args: Vec<Bytes>) -> Command {
+        Command { raw, args: Args::from_vec(args) }
+    }
+
+    /// Builds a command from raw multibulk bytes and the (start, end) of each argument in them.
+    pub fn from_ranges(raw: Bytes, ranges: &[(usize, usize)]) -> Command {
+        let args = ranges.iter().map(|&(s, e)| raw.slice(s..e)).collect();
         Command { raw, args }
     }
 
