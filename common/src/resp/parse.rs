@@ -142,6 +142,9 @@ pub fn parse_int(s: &[u8]) -> Option<i64> {
 
 /// Reads the integer on the line after the type byte at `pos`; returns (value, start of body).
 fn header(buf: &[u8], pos: usize, limits: &Limits, what: &str) -> Result<Result<(i64, usize), usize>, ProtocolError> {
+    if let Some(h) = digits_line(buf, pos + 1, limits) {
+        return Ok(Ok(h));
+    }
     match line_end(buf, pos + 1, limits)? {
         Step::Need(n) => Ok(Err(n)),
         Step::Next(cr) => {
@@ -149,6 +152,26 @@ fn header(buf: &[u8], pos: usize, limits: &Limits, what: &str) -> Result<Result<
             Ok(Ok((v, cr + 2)))
         }
     }
+}
+
+/// The line at `start` when it is what nearly every header is: 1 to 17 digits, no leading
+/// zero, then `\r\n`; read in one pass (value, start of body). `None` for anything else, which
+/// the general path (`line_end`, [`parse_int`]) reads, with the same result for these lines.
+#[inline]
+fn digits_line(buf: &[u8], start: usize, limits: &Limits) -> Option<(i64, usize)> {
+    let mut v: i64 = 0;
+    let mut i = start;
+    while let Some(&c) = buf.get(i) {
+        if !c.is_ascii_digit() || i - start >= 17 {
+            break;
+        }
+        v = v * 10 + i64::from(c - b'0');
+        i += 1;
+    }
+    let n = i - start;
+    let leading_zero = n > 1 && buf[start] == b'0';
+    let ends = buf.get(i) == Some(&b'\r') && buf.get(i + 1) == Some(&b'\n');
+    (n > 0 && !leading_zero && ends && n <= limits.max_line_len).then_some((v, i + 2))
 }
 
 /// Measures the first frame of `buf` (a reply stream: any RESP2/RESP3 type).
