@@ -104,9 +104,13 @@ fn sort_uses_patterns(cmd: &Command) -> bool {
 
 /// The single slot of a command's keys, if it has keys: `CROSSSLOT` if they span slots.
 fn single_slot(cmd: &Command, keys: &KeyPositions) -> Result<Option<u16>, Frame> {
+    same_slot(keys.iter().map(|&i| key_slot(&cmd.args()[i])))
+}
+
+/// The one slot all of `slots` are in (`None` for no slot): `CROSSSLOT` if they differ.
+fn same_slot(slots: impl IntoIterator<Item = u16>) -> Result<Option<u16>, Frame> {
     let mut slot = None;
-    for &i in keys {
-        let s = key_slot(&cmd.args()[i]);
+    for s in slots {
         match slot {
             None => slot = Some(s),
             Some(prev) if prev != s => return Err(crossslot()),
@@ -166,6 +170,16 @@ pub enum Dest {
 }
 
 fn plan(routes: &RouteTable, slots: &[u16], from_peer: bool) -> Plan {
+    // Nearly always every key is served here: that answer needs no per-destination lists.
+    let mut migrating = false;
+    let all_local = slots.iter().all(|&slot| {
+        let local = matches!(routes.route_for(slot, from_peer), Route::Local);
+        migrating |= local && routes.is_migrating(slot);
+        local
+    });
+    if all_local {
+        return Plan::Local { migrating };
+    }
     let mut dests: Vec<(Dest, Vec<usize>)> = Vec::new();
     let mut migrating = false;
     let mut first_foreign = None;
@@ -209,11 +223,13 @@ fn plan(routes: &RouteTable, slots: &[u16], from_peer: bool) -> Plan {
 /// session notes the table it was routed with ([`crate::state::Routed`]). `None`: the table
 /// changed while it was noted (possible with several threads): plan again.
 fn plan_counted(s: &mut Session, slots: &[u16], count: bool) -> Option<Plan> {
-    let routes = s.shared().routes_full();
+    // Guards, not owned pointers: this runs for every command, and a guard costs no
+    // reference count (nothing here waits while holding one).
+    let routes = s.shared().routes();
     let decision = plan(&routes, slots, s.is_peer());
     if count && matches!(decision, Plan::Local { .. }) {
         s.routed_with(&routes);
-        if !Arc::ptr_eq(&routes, &s.shared().routes_full()) {
+        if !Arc::ptr_eq(&routes, &s.shared().routes()) {
             s.forget_routed();
             return None;
         }
@@ -285,7 +301,8 @@ pub async fn handle(s: &mut Session, cmd: Command, spec: &'static CommandSpec) -
     };
     let lane = if is_blocking(&cmd, spec) { Lane::Private } else { Lane::Shared };
     let slots: SmallVec<[u16; 4]> = keys.iter().map(|&i| key_slot(&cmd.args()[i])).collect();
-    let kind = match single_slot(&cmd, &keys) {
+    // The slots are hashed once: CRC16 of every key is a good part of routing a command.
+    let kind = match same_slot(slots.iter().copied()) {
         Ok(_) => None,
         Err(crossslot) => match multikey::merge_kind(spec.name) {
             Some(kind) => Some(kind),

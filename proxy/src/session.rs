@@ -93,22 +93,27 @@ pub struct Progress {
     /// When the latest reply was resolved, in milliseconds since `base` (for `--timeout`).
     done_at_ms: AtomicU64,
     base: Instant,
+    /// Whether `done_at_ms` is kept: only with `--timeout` (a clock read per reply otherwise).
+    timed: bool,
 }
 
 impl Progress {
-    fn new() -> Progress {
+    fn new(timed: bool) -> Progress {
         Progress {
             completed: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             notify: Notify::new(),
             done_at_ms: AtomicU64::new(0),
             base: Instant::now(),
+            timed,
         }
     }
 
     fn complete(&self, n: u64) {
         self.completed.fetch_add(n, Ordering::Release);
-        self.done_at_ms.store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
+        if self.timed {
+            self.done_at_ms.store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
+        }
         self.notify.notify_one();
     }
 
@@ -208,6 +213,10 @@ pub struct Session {
     /// Pass-through commands for the shared lane, not sent yet: everything the client
     /// pipelined is sent as one request with one reply slot (see [`Session::flush_batch`]).
     batch: BytesMut,
+    /// A batch of one command is that command's own bytes, sent as they came from the client:
+    /// a client waiting for each reply (no pipeline) costs no copy and no buffer. A second
+    /// command moves them into `batch`.
+    batch_first: Option<Bytes>,
     batch_len: usize,
     /// Most commands in this batch: [`MAX_BATCH_COMMANDS`], fewer when the client's replies
     /// are large ([`OutputBudget::batch_room`]).
@@ -274,7 +283,7 @@ pub async fn serve<C: Commands>(
 ) {
     let (rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::channel(shared.opts.pipeline_depth.max(1));
-    let progress = Arc::new(Progress::new());
+    let progress = Arc::new(Progress::new(shared.opts.timeout > 0));
     let budget = Arc::new(OutputBudget::new(shared.opts.client_output_buffer_limit));
     let id = shared.next_client_id();
     tracing::Span::current().record("id", id);
@@ -314,6 +323,7 @@ pub async fn serve<C: Commands>(
         private_lost: false,
         client_gone: false,
         batch: BytesMut::new(),
+        batch_first: None,
         batch_len: 0,
         batch_cap: MAX_BATCH_COMMANDS,
         batch_inflight: 0,
@@ -541,14 +551,20 @@ impl Session {
             }
             if self.batch_len == 0 {
                 self.batch_cap = self.budget.batch_room().min(MAX_BATCH_COMMANDS);
+                self.batch_first = Some(data);
+            } else {
+                if let Some(first) = self.batch_first.take() {
+                    self.batch.extend_from_slice(&first);
+                }
+                self.batch.extend_from_slice(&data);
             }
-            self.batch.extend_from_slice(&data);
             if write {
                 self.batch_writes.push(self.batch_len as u16);
             }
             self.batch_len += 1;
             self.batch_inflight += std::mem::take(&mut self.unattributed);
-            if self.batch.len() >= MAX_BATCH_BYTES || self.batch_len >= self.batch_cap {
+            let bytes = self.batch.len() + self.batch_first.as_ref().map_or(0, Bytes::len);
+            if bytes >= MAX_BATCH_BYTES || self.batch_len >= self.batch_cap {
                 return self.flush_batch().await;
             }
             return Flow::Continue;
@@ -598,12 +614,26 @@ impl Session {
         let n = std::mem::take(&mut self.batch_len);
         let inflight = std::mem::take(&mut self.batch_inflight);
         let routed = self.batch_routed.take();
-        let writes = std::mem::take(&mut self.batch_writes);
+        // Kept (with its buffer) unless `--ack-replicas` needs it.
+        let writes = if self.shared.ack_replicas() > 0 {
+            std::mem::take(&mut self.batch_writes)
+        } else {
+            self.batch_writes.clear();
+            Vec::new()
+        };
         let ack = self.ack_check(Some(writes));
-        if let Some(ack) = &ack {
-            self.batch.extend_from_slice(&ack.wait_command());
-        }
-        let data = self.batch.split().freeze();
+        let data = match (self.batch_first.take(), &ack) {
+            (Some(only), None) => only,
+            (first, ack) => {
+                if let Some(first) = first {
+                    self.batch.extend_from_slice(&first);
+                }
+                if let Some(ack) = ack {
+                    self.batch.extend_from_slice(&ack.wait_command());
+                }
+                self.batch.split().freeze()
+            }
+        };
         let sent_n = n + usize::from(ack.is_some());
         let budget = Some(self.budget.clone());
         // One reply (or a `WAIT` that decides them all): nothing to gain from streaming, and

@@ -63,8 +63,7 @@ impl Decoder for CommandCodec {
                     if self.offsets.is_empty() {
                         continue; // `*0` is ignored, as Redis does
                     }
-                    let args = self.offsets.iter().map(|&(s, e)| raw.slice(s..e)).collect();
-                    return Ok(Some(Command::from_parts(raw, args)));
+                    return Ok(Some(Command::from_ranges(raw, &self.offsets)));
                 }
                 CommandScan::Inline { len } => {
                     self.need = 0;
