@@ -85,9 +85,6 @@ pub struct OutputBudget {
     /// still come (the session's window, [`OutputBudget::may_send`]).
     sent: AtomicUsize,
     answered: AtomicUsize,
-    /// `sent` before the newest request: once `answered` is past it, that request's first
-    /// reply is in and `reply_size` says something of it.
-    newest: AtomicUsize,
     /// A decaying maximum of this client's reply sizes: what a reply still due may bring.
     reply_size: AtomicUsize,
     /// The session waits in [`OutputBudget::room`]: only then do charges and releases signal.
@@ -117,7 +114,6 @@ impl OutputBudget {
             closed: AtomicBool::new(false),
             sent: AtomicUsize::new(0),
             answered: AtomicUsize::new(0),
-            newest: AtomicUsize::new(0),
             reply_size: AtomicUsize::new(0),
             waiting: AtomicBool::new(false),
             room: tokio::sync::Notify::new(),
@@ -211,8 +207,7 @@ impl OutputBudget {
     /// `n` commands are about to be sent with this budget.
     pub fn sending(&self, n: usize) {
         if self.is_limited() {
-            let before = self.sent.fetch_add(n, Ordering::SeqCst);
-            self.newest.store(before, Ordering::SeqCst);
+            self.sent.fetch_add(n, Ordering::SeqCst);
         }
     }
 
@@ -259,10 +254,12 @@ impl OutputBudget {
     }
 
     /// Whether the session may send another request now: held bytes within the soft limit
-    /// (the hard one without it), and, with replies still due, the newest request answering
-    /// already and what is due likely to fit too, at the size of the client's recent replies.
-    /// With nothing due one request may always go, whatever it brings. Always `true` without
-    /// a limit, and once the client is cut off (its session stops anyway).
+    /// (the hard one without it), and what is still due likely to fit too, at the size of the
+    /// client's recent replies. Only a client never answered yet waits for its first request
+    /// to answer; after that it never waits for a reply only to learn its size: a request whose
+    /// node stopped answering (a SIGSTOPped master) must not hold back the client's next ones,
+    /// which a failover answers. Always `true` without a limit, and once the client is cut off
+    /// (its session stops anyway).
     pub fn may_send(&self) -> bool {
         if !self.is_limited() || self.is_cut() {
             return true;
@@ -277,12 +274,12 @@ impl OutputBudget {
         if due == 0 {
             return true;
         }
-        // Until the newest request answers, nothing is known of what it brings.
-        if answered <= self.newest.load(Ordering::SeqCst) {
-            return false;
+        match self.reply_size.load(Ordering::Relaxed) {
+            // Nothing answered yet: the first request (`FIRST_BATCH` commands at most) says
+            // what this client's replies weigh before more go.
+            0 => false,
+            size => used.saturating_add(due.saturating_mul(size)) <= bound,
         }
-        let size = self.reply_size.load(Ordering::Relaxed);
-        used.saturating_add(due.saturating_mul(size)) <= bound
     }
 
     /// How many commands the session may batch into one request: as many as the room left
@@ -935,7 +932,7 @@ mod tests {
         assert_eq!(b.batch_room(), FIRST_BATCH);
         assert!(b.may_send());
         b.sending(FIRST_BATCH);
-        assert!(!b.may_send(), "the newest request has not begun to answer");
+        assert!(!b.may_send(), "nothing answered yet: the first request says what replies weigh");
         // Its replies are 1 MiB each: 15 more due would bring 15 MiB on top of the 1 held.
         assert!(b.charge_reply(MB));
         assert!(b.may_send());
@@ -945,7 +942,7 @@ mod tests {
         assert!(b.may_send());
         assert_eq!(b.batch_room(), 13);
         b.sending(1);
-        assert!(!b.may_send(), "the new request has not begun to answer");
+        assert!(!b.may_send(), "14 MiB due on 3 held: over the soft limit");
         for _ in 0..14 {
             assert!(b.charge_reply(MB));
         }
