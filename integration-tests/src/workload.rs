@@ -187,7 +187,7 @@ pub struct Event {
     pub outcome: String,
 }
 
-/// The last [`HISTORY`] commands on one key, so a verify mismatch can be lined up with what
+/// The last few (10) commands on one key, so a verify mismatch can be lined up with what
 /// happened to the key's slot in the process logs (a lost `DEL`, a value that came back).
 #[derive(Debug, Clone, Default)]
 pub struct History {
