@@ -924,6 +924,20 @@ mod tests {
     }
 
     #[test]
+    fn a_history_keeps_the_last_commands_and_says_how_many_it_dropped() {
+        let mut h = History::default();
+        for n in 0..HISTORY + 2 {
+            let sent = Duration::from_millis(n as u64 * 1500);
+            h.push(Event { sent, took: Duration::from_millis(3), command: format!("SET #{n}"), outcome: "Ok".into() });
+        }
+        assert_eq!(h.events().count(), HISTORY);
+        let text = h.render(std::time::UNIX_EPOCH);
+        assert!(text.contains("(2 earlier commands not kept)"), "{text}");
+        assert!(!text.contains("SET #1 ") && text.contains("SET #2 ") && text.contains("SET #11 "), "{text}");
+        assert!(text.contains("16.500s (1970-01-01T00:00:16.500Z) SET #11 -> Ok [3 ms]"), "{text}");
+    }
+
+    #[test]
     fn incr_after_an_unknown_outcome_accepts_both() {
         let mut m = KeyModel::certain(Value::Int(4), Ttl::None);
         for v in m.possible.clone().iter().filter_map(Value::incremented) {
