@@ -427,8 +427,11 @@ impl Driver {
         self.log(format!("{kind} {detail}"));
     }
 
+    /// Logs with the time since the driver started and the wall clock (UTC), to line the
+    /// driver's faults up with the processes' logs and the workload's key histories.
     fn log(&self, what: impl fmt::Display) {
-        eprintln!("chaos: [{:7.2}s] {what}", self.since.elapsed().as_secs_f64());
+        let wall = humantime::format_rfc3339_millis(std::time::SystemTime::now());
+        eprintln!("chaos: [{:7.2}s {wall}] {what}", self.since.elapsed().as_secs_f64());
     }
 
     fn error(&mut self, kind: &str, e: impl fmt::Display) {

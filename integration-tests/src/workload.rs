@@ -23,11 +23,11 @@ use rand::{Rng, SeedableRng};
 use redis::cluster_async::ClusterConnection;
 use redis::AsyncCommands;
 use sluice_common::slot::{key_slot, SLOT_COUNT};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::task::JoinHandle;
 
 /// The TTL `EXPIRE` sets: long enough that nothing expires during a test (issue 6 checks that
@@ -36,6 +36,9 @@ pub const LONG_TTL_SECS: i64 = 100_000;
 
 /// How many examples of each kind of problem a report keeps.
 const EXAMPLES: usize = 20;
+
+/// How many of its last commands a key's [`History`] keeps.
+const HISTORY: usize = 10;
 
 /// For every slot, a short hash tag (the decimal text of the smallest number hashing there):
 /// `{tag}` in a key puts the key in that slot.
@@ -170,6 +173,63 @@ pub enum Ttl {
     Unknown,
 }
 
+/// One command the workload sent on a key: when (on the workload's clock), what, and what
+/// came back.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// When the command was sent, since the workload's start (prefill: zero).
+    pub sent: Duration,
+    /// How long the answer took.
+    pub took: Duration,
+    /// The command (`SET …#12`, `DEL`, …).
+    pub command: String,
+    /// The answer, or the error (an unknown outcome).
+    pub outcome: String,
+}
+
+/// The last few (10) commands on one key, so a verify mismatch can be lined up with what
+/// happened to the key's slot in the process logs (a lost `DEL`, a value that came back).
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    events: VecDeque<Event>,
+    /// Commands that fell off the front.
+    dropped: u64,
+}
+
+impl History {
+    fn push(&mut self, e: Event) {
+        if self.events.len() == HISTORY {
+            self.events.pop_front();
+            self.dropped += 1;
+        }
+        self.events.push_back(e);
+    }
+
+    pub fn events(&self) -> impl Iterator<Item = &Event> {
+        self.events.iter()
+    }
+
+    /// One line per command, each with the wall clock (UTC) of its start, given the
+    /// workload's start by the wall clock.
+    pub fn render(&self, wall_start: SystemTime) -> String {
+        let mut out = String::new();
+        if self.dropped > 0 {
+            out.push_str(&format!("\n        ({} earlier commands not kept)", self.dropped));
+        }
+        for e in &self.events {
+            let wall = humantime::format_rfc3339_millis(wall_start + e.sent);
+            out.push_str(&format!(
+                "\n        {:>9.3}s ({wall}) {} -> {} [{} ms]",
+                e.sent.as_secs_f64(),
+                e.command,
+                e.outcome,
+                e.took.as_millis()
+            ));
+        }
+        out
+    }
+}
+
 /// What the workload knows about one key.
 #[derive(Debug, Clone)]
 pub struct KeyModel {
@@ -177,15 +237,23 @@ pub struct KeyModel {
     /// writes whose outcome the client could not learn (an error). Never empty.
     pub possible: Vec<Value>,
     pub ttl: Ttl,
+    /// The last commands sent on the key (printed for a mismatch).
+    pub history: History,
 }
 
 impl KeyModel {
     fn absent() -> KeyModel {
-        KeyModel { possible: vec![Value::Absent], ttl: Ttl::None }
+        KeyModel { possible: vec![Value::Absent], ttl: Ttl::None, history: History::default() }
     }
 
     fn certain(v: Value, ttl: Ttl) -> KeyModel {
-        KeyModel { possible: vec![v], ttl }
+        KeyModel { possible: vec![v], ttl, history: History::default() }
+    }
+
+    /// Settles the key to exactly `v` (an acknowledged command), keeping its history.
+    fn settle(&mut self, v: Value, ttl: Ttl) {
+        self.possible = vec![v];
+        self.ttl = ttl;
     }
 
     pub fn is_certain(&self) -> bool {
@@ -215,6 +283,8 @@ const KINDS: [&str; 5] = ["GET", "SET", "INCR", "DEL", "EXPIRE"];
 struct Shared {
     stop: AtomicBool,
     started: Instant,
+    /// `started` by the wall clock (histories print UTC, to line up with the logs).
+    wall_started: SystemTime,
     ops: [AtomicU64; KINDS.len()],
     errors_total: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
@@ -230,6 +300,7 @@ impl Shared {
         Shared {
             stop: AtomicBool::new(false),
             started: Instant::now(),
+            wall_started: SystemTime::now(),
             ops: Default::default(),
             errors_total: AtomicU64::new(0),
             errors: Mutex::new(BTreeMap::new()),
@@ -530,7 +601,12 @@ impl Workload {
             if !model.allows(&read) {
                 report.mismatches += 1;
                 if report.examples.len() < EXAMPLES {
-                    report.examples.push(format!("{key}: read {read}, expected {}", model.expected()));
+                    let slot = key_slot(key.as_bytes());
+                    let history = model.history.render(self.shared.wall_started);
+                    report.examples.push(format!(
+                        "{key}: read {read}, expected {} (slot {slot}); its last commands:{history}",
+                        model.expected()
+                    ));
                 }
             } else {
                 model.possible = vec![read.clone()];
@@ -548,7 +624,11 @@ impl Workload {
                 if !ok {
                     report.ttl_mismatches += 1;
                     if report.examples.len() < EXAMPLES {
-                        report.examples.push(format!("{key}: TTL {ttl}, model says {:?} (value {read})", model.ttl));
+                        let history = model.history.render(self.shared.wall_started);
+                        report.examples.push(format!(
+                            "{key}: TTL {ttl}, model says {:?} (value {read}); its last commands:{history}",
+                            model.ttl
+                        ));
                     }
                 }
             }
@@ -563,6 +643,14 @@ impl Drop for Workload {
         for w in &self.writers {
             w.abort();
         }
+    }
+}
+
+/// A command's answer as a history shows it: the value, or the error and its class.
+fn outcome<T: fmt::Debug>(r: &redis::RedisResult<T>) -> String {
+    match r {
+        Ok(v) => format!("{v:?}"),
+        Err(e) => format!("ERROR ({}) {e}", error_class(e)),
     }
 }
 
@@ -607,7 +695,9 @@ async fn prefill(config: &WorkloadConfig, conn: &ClusterConnection, model: &mut 
         r?;
     }
     for (m, v) in model.iter_mut().zip(values) {
+        let command = format!("prefill SET {v}");
         *m = KeyModel::certain(v, Ttl::None);
+        m.history.push(Event { sent: Duration::ZERO, took: Duration::ZERO, command, outcome: "Ok".into() });
     }
     eprintln!("workload: prefilled {} keys in {:?}", config.keys, started.elapsed());
     Ok(())
@@ -658,28 +748,41 @@ impl Writer {
         self.seq += 1;
         let mut c = self.conn.clone();
         let started = Instant::now();
-        if pick < W_GET {
+        let sent = self.shared.started.elapsed();
+        let (command, outcome) = if pick < W_GET {
             let r: redis::RedisResult<Option<String>> = c.get(&key).await;
             self.shared.op(0, started.elapsed());
+            let outcome = outcome(&r);
             self.check_get(j, &key, r);
+            ("GET".to_string(), outcome)
         } else if pick < W_GET + W_WRITE && !is_counter(i) {
             let value = format!("{key}#{}", self.seq);
             let r: redis::RedisResult<()> = c.set(&key, &value).await;
             self.shared.op(1, started.elapsed());
+            let outcome = outcome(&r);
             self.check_set(j, &key, value, r);
+            (format!("SET #{}", self.seq), outcome)
         } else if pick < W_GET + W_WRITE {
             let r: redis::RedisResult<i64> = c.incr(&key, 1).await;
             self.shared.op(2, started.elapsed());
+            let outcome = outcome(&r);
             self.check_incr(j, &key, r);
+            ("INCR".to_string(), outcome)
         } else if pick < W_GET + W_WRITE + W_DEL {
             let r: redis::RedisResult<i64> = c.del(&key).await;
             self.shared.op(3, started.elapsed());
+            let outcome = outcome(&r);
             self.check_del(j, &key, r);
+            ("DEL".to_string(), outcome)
         } else {
             let r: redis::RedisResult<i64> = c.expire(&key, LONG_TTL_SECS).await;
             self.shared.op(4, started.elapsed());
+            let outcome = outcome(&r);
             self.check_expire(j, &key, r);
-        }
+            (format!("EXPIRE {LONG_TTL_SECS}"), outcome)
+        };
+        let took = started.elapsed();
+        self.keys[j].1.history.push(Event { sent, took, command, outcome });
     }
 
     /// A GET must read a value the model allows; either way the read is what the key holds.
@@ -703,7 +806,7 @@ impl Writer {
     fn check_set(&mut self, j: usize, key: &str, value: String, r: redis::RedisResult<()>) {
         let model = &mut self.keys[j].1;
         match r {
-            Ok(()) => *model = KeyModel::certain(Value::Str(value), Ttl::None),
+            Ok(()) => model.settle(Value::Str(value), Ttl::None),
             Err(e) => {
                 self.shared.error(1, key, &e);
                 model.add_possible(Value::Str(value));
@@ -764,7 +867,7 @@ impl Writer {
                         self.shared.wrong(format!("DEL {key} {what}, expected {expected}"));
                     }
                 }
-                *model = KeyModel::absent();
+                model.settle(Value::Absent, Ttl::None);
             }
             Err(e) => {
                 self.shared.error(3, key, &e);
@@ -789,7 +892,7 @@ impl Writer {
                     model.possible.retain(Value::exists);
                     model.ttl = Ttl::Set;
                 } else {
-                    *model = KeyModel::absent();
+                    model.settle(Value::Absent, Ttl::None);
                 }
                 if model.possible.is_empty() {
                     // Contradiction already counted; keep the model usable.
@@ -818,6 +921,20 @@ mod tests {
         assert_eq!(key_slot(c.key(16_385).as_bytes()), 7919);
         let slots: std::collections::HashSet<u16> = (0..50_000).map(|i| key_slot(c.key(i).as_bytes())).collect();
         assert_eq!(slots.len(), usize::from(SLOT_COUNT));
+    }
+
+    #[test]
+    fn a_history_keeps_the_last_commands_and_says_how_many_it_dropped() {
+        let mut h = History::default();
+        for n in 0..HISTORY + 2 {
+            let sent = Duration::from_millis(n as u64 * 1500);
+            h.push(Event { sent, took: Duration::from_millis(3), command: format!("SET #{n}"), outcome: "Ok".into() });
+        }
+        assert_eq!(h.events().count(), HISTORY);
+        let text = h.render(std::time::UNIX_EPOCH);
+        assert!(text.contains("(2 earlier commands not kept)"), "{text}");
+        assert!(!text.contains("SET #1 ") && text.contains("SET #2 ") && text.contains("SET #11 "), "{text}");
+        assert!(text.contains("16.500s (1970-01-01T00:00:16.500Z) SET #11 -> Ok [3 ms]"), "{text}");
     }
 
     #[test]

@@ -43,7 +43,10 @@
 //! that source had promoted in an earlier migration, taken for that earlier switch; keys-mode
 //! aborts (refused in every phase); two keys-mode migrations in opposite directions blocking
 //! both nodes on `MIGRATE` (cycles refused); a keys-mode source forwarding before the
-//! destination had the config; an empty `CLUSTER SLOTS` from unconfigured proxies.
+//! destination had the config; an empty `CLUSTER SLOTS` from unconfigured proxies; a
+//! keys-mode import into a node right after it committed a replication import, before its
+//! garbage collector had deleted the copy of the source's other slots: a key deleted at the
+//! source since came back with its old value (keys mode now waits for `done`).
 
 use anyhow::Result;
 use sluice_common::model::MigrationPhase;

@@ -102,6 +102,7 @@ impl Txn {
         let mode = resolve_mode(cluster, req, dst.index.is_none())?;
         self.check_no_cycle(req, mode)?;
         self.check_no_replication_import(cluster, req)?;
+        self.check_no_garbage_at_dst(cluster, req, ranges, mode)?;
         check_src_owns(view, cluster, req, ranges, src_index)?;
         Ok(Placement { src_index, src_node, dst, mode })
     }
@@ -205,6 +206,46 @@ impl Txn {
                 req.dst,
                 busy.mode.as_str(),
                 busy.id
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// A keys-mode import must not land on keys a streamed migration left at dst and has not
+    /// collected yet: the destination of a committed replication holds a copy of every slot
+    /// of its source until its garbage collector has passed (`done`), the source of a
+    /// committed replication or filtered migration its old copy of the moved slots. Keys mode
+    /// only `MIGRATE`s (with `REPLACE`) the keys its source still holds, and the collector never
+    /// deletes in a slot its proxy imports or serves: a key deleted at the source since that
+    /// copy was taken would come back from it (found by the chaos test: an acknowledged `DEL`
+    /// undone). Filtered imports empty the moving slots at the destination first, and a
+    /// replication import needs an empty node, so only keys mode waits.
+    fn check_no_garbage_at_dst(
+        &self,
+        cluster: &str,
+        req: &CreateMigration,
+        ranges: &[SlotRange],
+        mode: MigrationMode,
+    ) -> Result<(), ApiError> {
+        if mode != MigrationMode::Keys {
+            return Ok(());
+        }
+        let overlaps = |slots: &[SlotRange]| slots.iter().any(|a| ranges.iter().any(|b| a.overlaps(b)));
+        let collecting = self.state.migrations_of(cluster).map(|(_, m)| m).find(|m| {
+            m.in_configs()
+                && !m.is_tagged()
+                && ((m.dst == req.dst && m.mode == MigrationMode::Replication)
+                    || (m.src == req.dst && m.mode.is_streamed() && overlaps(&m.slots)))
+        });
+        match collecting {
+            Some(m) => Err(ApiError::conflict(format!(
+                "dst {} still holds keys migration {} ({}, {}) left there and has not deleted yet; a keys-mode \
+                 import would bring back keys deleted since that copy: wait until {} is done, or use mode filtered",
+                req.dst,
+                m.id,
+                m.mode.as_str(),
+                m.phase,
+                m.id
             ))),
             None => Ok(()),
         }
@@ -424,5 +465,51 @@ mod tests {
             m.phase = Committed;
         }
         txn(&mut s2, T0, |t| t.create_migration("shop", back(SlotRange::new(9000, 9100)))).expect("no cycle");
+    }
+
+    #[test]
+    fn keys_mode_waits_until_a_streamed_migration_collected_its_garbage_at_dst() {
+        // m-1: 6001 gives 0-100 to the free 6003 by replication, which copies all of 6001.
+        let mut s = setup(true);
+        for phase in ["starting", "following", "switching", "switched"] {
+            report(&mut s, T0, phase, None).expect(phase);
+        }
+        txn(&mut s, T0, |t| t.commit("shop", "m-1", None)).expect("commit");
+        let keys = |src: u16, dst: u16, slots: SlotRange, mode: MigrationMode| CreateMigration {
+            src: addr(src),
+            dst: addr(dst),
+            slots: vec![slots],
+            mode,
+        };
+        // 6003 still holds 6001's copy of 200-300, 6001 its copy of 0-100 (both garbage).
+        let before = s.clone();
+        for req in [
+            keys(6001, 6003, SlotRange::new(200, 300), MigrationMode::Keys),
+            keys(6003, 6001, SlotRange::new(50, 60), MigrationMode::Keys),
+        ] {
+            let e = txn(&mut s, T0, |t| t.create_migration("shop", req)).expect_err("garbage at dst");
+            assert_eq!(e.code, "conflict");
+            assert!(e.message.contains("m-1") && e.message.contains("keys deleted since"), "{}", e.message);
+            assert_eq!(s, before, "a refused migration changes nothing");
+        }
+        // Slots 6001 never gave away, and filtered imports (they empty the moving slots at
+        // the destination first), are fine meanwhile.
+        let mut s2 = s.clone();
+        txn(&mut s2, T0, |t| {
+            t.create_migration("shop", keys(6001, 6002, SlotRange::new(200, 300), MigrationMode::Keys))
+        })
+        .expect("no garbage at 6002");
+        let mut s3 = s.clone();
+        txn(&mut s3, T0, |t| {
+            t.create_migration("shop", keys(6001, 6003, SlotRange::new(200, 300), MigrationMode::Filtered))
+        })
+        .expect("filtered empties the slots first");
+        // Once m-1 is done (both collectors passed), keys mode is fine too.
+        report(&mut s, T0, "cleaning", None).expect("cleaning");
+        report(&mut s, T0, "done", None).expect("done");
+        txn(&mut s, T0, |t| {
+            t.create_migration("shop", keys(6001, 6003, SlotRange::new(200, 300), MigrationMode::Keys))
+        })
+        .expect("garbage collected");
     }
 }
