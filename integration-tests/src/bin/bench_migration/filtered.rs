@@ -51,17 +51,9 @@ pub async fn run(opts: &Options) -> Result<bool> {
     println!("load: {}", opts.load_text());
     print_filtered(&filtered, &window, &fig);
     print_yardsticks(&keys, &reshard, &fig);
-    let result = serde_json::json!({
-        "mode": "filtered",
-        "keys": opts.keys,
-        "value_size": opts.value_size,
+    let figures = serde_json::json!({
         "keys_on_a": filtered.before.0,
         "keys_on_b": filtered.before.1,
-        "slots_moved": moving.len(),
-        "keys_moved": moving_keys,
-        "clients": opts.clients,
-        "rate": opts.rate,
-        "phase": phase_name(filtered.end.phase),
         "to_committed_s": fig.committed,
         "to_done_s": seconds_to(&filtered.end, MigrationPhase::Done),
         "max_latency_ms": ms(window.max()),
@@ -76,7 +68,7 @@ pub async fn run(opts: &Options) -> Result<bool> {
         "ratio_vs_plain": fig.vs_plain,
         "proxy_args": Options::proxy_args(),
     });
-    println!("RESULT {result}");
+    opts.print_result("filtered", (moving.len(), moving_keys), filtered.end.phase, &[figures]);
     let ok = sound(&filtered) && sound(&keys) && reshard.problems.is_empty();
     if !ok {
         eprintln!(

@@ -360,8 +360,13 @@ pub async fn run(opts: &Options) -> Result<bool> {
     let fig = Figures::of(&sluice, &reshard, moving_keys);
     print_sluice(opts, &sluice, &window, &fig, moving, moving_keys);
     print_reshard(opts, &reshard, &fig, moving, moving_keys);
-    let result = result_json(opts, &sluice, &window, &fig, &reshard, moving, moving_keys);
-    println!("RESULT {result}");
+    let figures = figures_json(opts, &sluice, &fig, &reshard);
+    opts.print_result(
+        "keys",
+        (moving.len(), moving_keys),
+        sluice.end.phase,
+        &[figures, window.result_figures(&sluice.record)],
+    );
 
     let ok = sluice.end.phase == MigrationPhase::Done
         && sluice.record.errors.is_empty()
@@ -470,39 +475,17 @@ fn print_reshard(opts: &Options, reshard: &Reshard, fig: &Figures, moving: SlotR
     line("reshard / sluice (to committed)", ratio(fig.ratio_committed));
 }
 
-/// The `RESULT` line `bench/migration.sh` collects.
-fn result_json(
-    opts: &Options,
-    run: &SluiceRun,
-    window: &Window,
-    fig: &Figures,
-    reshard: &Reshard,
-    moving: SlotRange,
-    moving_keys: usize,
-) -> serde_json::Value {
+/// Keys mode's own figures in the `RESULT` line (see [`Options::print_result`]).
+fn figures_json(opts: &Options, run: &SluiceRun, fig: &Figures, reshard: &Reshard) -> serde_json::Value {
     serde_json::json!({
-        "mode": "keys",
-        "keys": opts.keys,
-        "value_size": opts.value_size,
         "keys_on_a": run.before.0,
         "keys_on_b": run.before.1,
-        "slots_moved": moving.len(),
-        "keys_moved": moving_keys,
-        "clients": opts.clients,
-        "rate": opts.rate,
-        "phase": phase_name(run.end.phase),
         "to_switched_s": fig.to_switched,
         "to_committed_s": fig.to_committed,
         "to_done_s": fig.to_done,
         "keys_per_s": fig.keys_per_s,
         "progress_moving": run.moving_progress,
         "progress": run.end.progress,
-        "max_latency_ms": ms(window.max()),
-        "max_latency_before_ms": ms(window.max_before),
-        "p99_ms": ms(window.p(0.99)),
-        "ops_during": window.during.len(),
-        "client_errors": run.record.errors.len(),
-        "keys_created": run.record.created,
         "keys_after": run.total_keys,
         "misplaced": run.placement.misplaced,
         "reshard_s": fig.reshard_s,

@@ -208,6 +208,19 @@ impl Window {
         self.during.last().copied().unwrap_or(0)
     }
 
+    /// The clients' figures of a `RESULT` line: latencies in and before the window, the
+    /// errors and the keys the clients created.
+    pub fn result_figures(&self, record: &LoadRecord) -> serde_json::Value {
+        serde_json::json!({
+            "max_latency_ms": ms(self.max()),
+            "max_latency_before_ms": ms(self.max_before),
+            "p99_ms": ms(self.p(0.99)),
+            "ops_during": self.during.len(),
+            "client_errors": record.errors.len(),
+            "keys_created": record.created,
+        })
+    }
+
     pub fn p(&self, p: f64) -> u64 {
         percentile(&self.during, p)
     }

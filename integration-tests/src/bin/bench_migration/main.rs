@@ -72,6 +72,33 @@ pub struct Options {
 }
 
 impl Options {
+    /// Prints the `RESULT` line `bench/migration.sh` collects: the run's shape and how it
+    /// ended, as every mode reports them, then the mode's own `figures` (JSON objects).
+    pub fn print_result(
+        &self,
+        mode: &str,
+        (slots_moved, keys_moved): (usize, usize),
+        phase: sluice_common::model::MigrationPhase,
+        figures: &[serde_json::Value],
+    ) {
+        let mut result = serde_json::json!({
+            "mode": mode,
+            "keys": self.keys,
+            "value_size": self.value_size,
+            "slots_moved": slots_moved,
+            "keys_moved": keys_moved,
+            "clients": self.clients,
+            "rate": self.rate,
+            "phase": sluice_harness::migration::phase_name(phase),
+        });
+        if let Some(all) = result.as_object_mut() {
+            all.extend(
+                figures.iter().filter_map(serde_json::Value::as_object).flatten().map(|(k, v)| (k.clone(), v.clone())),
+            );
+        }
+        println!("RESULT {result}");
+    }
+
     /// Where a run keeps its files: `<data-dir>/<run>`, or a temporary directory.
     pub fn data_dir_for(&self, run: &str) -> Option<PathBuf> {
         self.data_dir.as_ref().map(|d| d.join(run))

@@ -96,30 +96,21 @@ pub async fn run(opts: &Options) -> Result<bool> {
     let window = Window::of(&run.record, run.mig_start, run.mig_end);
     let fig = Figures::of(&run);
     print_report(opts, &run, &window, &fig, moving, moving_keys, (total_keys, expect_keys));
-    let result = serde_json::json!({
-        "mode": "replication",
-        "keys": opts.keys,
-        "value_size": opts.value_size,
-        "slots_moved": moving.len(),
-        "keys_moved": moving_keys,
-        "clients": opts.clients,
-        "rate": opts.rate,
-        "phase": phase_name(run.end.phase),
+    let figures = serde_json::json!({
         "to_switched_s": fig.to_switched,
         "to_committed_s": fig.to_committed,
         "to_done_s": fig.to_done,
         "plain_replicaof_s": fig.plain_s,
         "plain_under_load": opts.plain_under_load,
         "ratio_committed_plain": fig.ratio,
-        "max_latency_ms": ms(window.max()),
-        "max_latency_before_ms": ms(window.max_before),
-        "p99_ms": ms(window.p(0.99)),
-        "ops_during": window.during.len(),
-        "client_errors": run.record.errors.len(),
-        "keys_created": run.record.created,
         "keys_after": total_keys,
     });
-    println!("RESULT {result}");
+    opts.print_result(
+        "replication",
+        (moving.len(), moving_keys),
+        run.end.phase,
+        &[figures, window.result_figures(&run.record)],
+    );
 
     let ok = run.end.phase == MigrationPhase::Done && run.record.errors.is_empty() && total_keys == expect_keys;
     if !ok {
