@@ -503,7 +503,6 @@ impl ProxyConfig {
         ProxyConfig { epoch, proxy: proxy.into(), cluster: None, migrations: Vec::new() }
     }
 
-    /// Checks that the config is usable by the proxy `me`.
     /// Whether the cluster still tags slots for migration `id` (on any node): it is not
     /// committed yet.
     pub fn is_tagged(&self, id: &str) -> bool {
@@ -512,6 +511,7 @@ impl ProxyConfig {
             .is_some_and(|c| c.nodes.iter().any(|n| n.slots.iter().any(|a| a.migration.as_deref() == Some(id))))
     }
 
+    /// Checks that the config is usable by its proxy (`self.proxy`).
     pub fn validate(&self) -> Result<(), ModelError> {
         if let Some(cluster) = &self.cluster {
             cluster.slot_owners()?;

@@ -113,6 +113,8 @@ pub struct RouteTable {
     /// Commands routed to this proxy's node with this table and not answered yet (see
     /// [`crate::state::Routed`]): a migration waits for those of older tables.
     pub routed: Arc<AtomicUsize>,
+    /// `config.version()`, hashed once on first use: every Status and push reply names it.
+    version: std::sync::OnceLock<String>,
 }
 
 impl Peer {
@@ -260,6 +262,12 @@ struct FormerView {
 }
 
 impl RouteTable {
+    /// The version of the config ([`ProxyConfig::version`]): the config is fixed for the
+    /// table's life, so it is hashed once, not at every Status.
+    pub fn config_version(&self) -> &str {
+        self.version.get_or_init(|| self.config.version())
+    }
+
     /// The table of a proxy that has no config yet (epoch 0, serves nothing).
     pub fn empty(me: &str) -> RouteTable {
         let SlotMaps { owners, flags, pull_index, pulls } = SlotMaps::new();
@@ -274,6 +282,7 @@ impl RouteTable {
             replica_of: None,
             former: None,
             routed: Arc::default(),
+            version: std::sync::OnceLock::new(),
         }
     }
 
@@ -324,6 +333,7 @@ impl RouteTable {
             replica_of,
             former: None,
             routed: Arc::default(),
+            version: std::sync::OnceLock::new(),
         })
     }
 

@@ -230,7 +230,7 @@ impl Shared {
         if table.epoch() == 0 {
             String::new()
         } else {
-            table.config.version()
+            table.config_version().to_string()
         }
     }
 
@@ -246,7 +246,7 @@ impl Shared {
     ) -> Result<Option<Applied>, ConfigError> {
         let _guard = self.config_lock.lock().await;
         let current = self.routes.load_full();
-        if current.epoch() == 0 || current.config.version() != version {
+        if current.epoch() == 0 || current.config_version() != version {
             return Ok(None);
         }
         let config = ProxyConfig { epoch, ..(*current.config).clone() };
