@@ -79,6 +79,8 @@ pub struct OutputBudget {
     over_since: AtomicU64,
     base: Instant,
     exceeded: CancellationToken,
+    /// `exceeded` fired: the same answer without the token's lock, for checks on every reply.
+    was_cut: AtomicBool,
     /// The client's writer is gone: its replies are dropped at once.
     closed: AtomicBool,
     /// Commands sent with this budget, and their replies read: the difference is what may
@@ -111,6 +113,7 @@ impl OutputBudget {
             over_since: AtomicU64::new(0),
             base: Instant::now(),
             exceeded: CancellationToken::new(),
+            was_cut: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             sent: AtomicUsize::new(0),
             answered: AtomicUsize::new(0),
@@ -134,10 +137,16 @@ impl OutputBudget {
 
     /// Cut off, or its writer gone: nothing more is kept for the client.
     fn is_cut(&self) -> bool {
-        self.exceeded.is_cancelled() || self.closed.load(Ordering::Acquire)
+        self.is_exceeded() || self.closed.load(Ordering::Acquire)
+    }
+
+    /// Whether the client was cut off ([`OutputBudget::exceeded`] fired).
+    pub fn is_exceeded(&self) -> bool {
+        self.was_cut.load(Ordering::Acquire)
     }
 
     fn cut(&self) {
+        self.was_cut.store(true, Ordering::Release);
         self.exceeded.cancel();
         self.room.notify_waiters();
     }
@@ -600,10 +609,14 @@ async fn write_loop(
     addr: Arc<str>,
 ) {
     let mut buf = BytesMut::with_capacity(16 * 1024);
+    // One wait for the stop, registered once (not once per request).
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
     'outer: loop {
         let first = tokio::select! {
+            biased;
+            _ = &mut stopped => None,
             r = rx.recv() => r,
-            _ = stop.cancelled() => None,
         };
         let Some(mut req) = first else { break };
         loop {
@@ -657,10 +670,15 @@ async fn read_loop(
     addr: Arc<str>,
 ) {
     let mut current: Option<Pending> = None;
+    // One wait for the stop, registered once (not once per reply).
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
     loop {
+        // The stop first: a connection closed delivers no reply read after it.
         let frame = tokio::select! {
+            biased;
+            _ = &mut stopped => None,
             f = reader.next() => f,
-            _ = stop.cancelled() => None,
         };
         let Some(Ok(reply)) = frame else { break };
         let Some(next) = current.take().or_else(|| pending.try_recv().ok()) else {

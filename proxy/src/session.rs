@@ -20,13 +20,19 @@ use crate::ack::AckCheck;
 use crate::backend::{BackendError, BackendPool, ConnId, OutputBudget, PipelinedConn, ReplyResult};
 use crate::command::{flags, CommandSpec};
 use crate::metrics::{BatchTally, Metrics, ReplyPath};
+use crate::route::Route;
 use crate::socket::{ReadHalf, Socket, WriteHalf};
 use crate::state::{Routed, Shared};
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
-use sluice_common::resp::{CodecError, Command, CommandCodec, Frame, Limits, Protocol, ProtocolError};
+use sluice_common::resp::{
+    scan_command, CodecError, Command, CommandCodec, CommandScan, Frame, Limits, Protocol, ProtocolError,
+};
+use sluice_common::slot::key_slot;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -234,6 +240,9 @@ pub struct Session {
     batch_routed: Option<Routed>,
     /// What this client's replies may hold in the proxy (`--client-output-buffer-limit`).
     budget: Arc<OutputBudget>,
+    /// Resolves when the session must stop reading (the proxy shuts down, or the client's
+    /// replies passed its output limit): one wait for the session's life, not one per read.
+    stopping: Pin<Box<dyn Future<Output = Stop> + Send>>,
 }
 
 /// What a queued reply keeps alive until it is in.
@@ -290,6 +299,14 @@ pub async fn serve<C: Commands>(
     let writer = tokio::spawn(reply_writer(wr, rx, progress.clone(), shared.clone(), budget.clone(), (id, addr)));
     let limits = Limits { max_bulk_len: shared.opts.max_bulk_len, ..Limits::CLIENT };
     let authenticated = shared.opts.requirepass.is_none();
+    let (shutdown, exceeded) = (shared.shutdown.clone(), budget.exceeded().clone());
+    let stopping = Box::pin(async move {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => Stop::Shutdown,
+            _ = exceeded.cancelled() => Stop::OutputLimit,
+        }
+    });
     let mut session = Session {
         shared: shared.clone(),
         id,
@@ -308,6 +325,8 @@ pub async fn serve<C: Commands>(
             rd,
             buf: BytesMut::with_capacity(16 * 1024),
             codec: CommandCodec::new(limits),
+            limits,
+            scan: Vec::new(),
             done: false,
             read: 0,
             max_buffered: shared.opts.client_query_buffer_limit,
@@ -332,6 +351,7 @@ pub async fn serve<C: Commands>(
         routed: None,
         batch_routed: None,
         budget,
+        stopping,
     };
     session.run(&*commands).await;
     drop(session);
@@ -387,39 +407,48 @@ enum Stop {
 impl Session {
     async fn run<C: Commands>(&mut self, commands: &C) {
         while !self.client_gone {
-            let next = match self.backlog.pop_front() {
-                Some(item) => Some(item),
-                None => match self.next_or_stop().await {
-                    Ok(next) => next,
-                    Err(why) => {
-                        self.stop(why).await;
+            // Whatever the client already sent is handled before anything is sent on, so a
+            // pipeline travels to the node as one batch.
+            loop {
+                if self.take_plain() {
+                    if self.batch_is_full() && self.flush_batch().await == Flow::Close {
                         return;
                     }
-                },
-            };
-            self.shared.metrics.bytes_in(std::mem::take(&mut self.reader.read));
-            if self.step(next, commands).await == Flow::Close {
-                break;
-            }
-            // Whatever else the client already sent is handled before anything is sent on, so
-            // a pipeline travels to the node as one batch.
-            while let Some(item) = self.buffered() {
+                    continue;
+                }
+                let Some(item) = self.buffered() else { break };
                 if self.step(Some(item), commands).await == Flow::Close {
                     self.flush_batch().await;
                     return;
                 }
             }
-            if self.flush_batch().await == Flow::Close {
+            if self.client_gone || self.flush_batch().await == Flow::Close {
                 break;
+            }
+            match self.more_or_stop().await {
+                Ok(None) => self.shared.metrics.bytes_in(std::mem::take(&mut self.reader.read)),
+                Ok(Some(end)) => {
+                    // The end of input (or a read error): what was read before it is handled.
+                    if self.step(end, commands).await == Flow::Close {
+                        break;
+                    }
+                }
+                Err(why) => {
+                    self.stop(why).await;
+                    return;
+                }
             }
         }
         self.flush_batch().await;
     }
 
-    /// The next command from the client, unless the session must stop first: idle past
+    /// More input from the client, unless the session must stop first: idle past
     /// `--timeout` (a client waiting for a reply, e.g. a blocked `BLPOP`, is not idle), the
     /// proxy shutting down, or the client's output limit passed.
-    async fn next_or_stop(&mut self) -> Result<Option<Result<Command, CodecError>>, Stop> {
+    ///
+    /// `Ok(None)`: more bytes were read; `Ok(Some(end))`: nothing more will come, `end` says
+    /// how the input ended (`None`: closed; an I/O error).
+    async fn more_or_stop(&mut self) -> Result<Option<Option<Result<Command, CodecError>>>, Stop> {
         let idle = Duration::from_secs(self.shared.opts.timeout);
         let started = Instant::now();
         let mut wait = idle;
@@ -430,10 +459,11 @@ impl Session {
                 }
                 tokio::time::sleep(wait).await;
             };
+            // A stop first: a client that never pauses still sees the proxy shut down.
             tokio::select! {
-                next = self.reader.next() => return Ok(next),
-                _ = self.shared.shutdown.cancelled() => return Err(Stop::Shutdown),
-                _ = self.budget.exceeded().cancelled() => return Err(Stop::OutputLimit),
+                biased;
+                why = &mut self.stopping => return Err(why),
+                more = self.reader.read_more() => return Ok(more),
                 _ = timer => {
                     if self.is_peer || self.progress.completed.load(Ordering::Acquire) < self.dispatched {
                         // Waiting for a reply (blocked): not idle; look again a timeout later.
@@ -549,22 +579,12 @@ impl Session {
             if self.batch_routed.is_none() {
                 self.batch_routed = routed;
             }
-            if self.batch_len == 0 {
-                self.batch_cap = self.budget.batch_room().min(MAX_BATCH_COMMANDS);
-                self.batch_first = Some(data);
-            } else {
-                if let Some(first) = self.batch_first.take() {
-                    self.batch.extend_from_slice(&first);
-                }
-                self.batch.extend_from_slice(&data);
-            }
             if write {
                 self.batch_writes.push(self.batch_len as u16);
             }
-            self.batch_len += 1;
+            self.join_batch(data, 1);
             self.batch_inflight += std::mem::take(&mut self.unattributed);
-            let bytes = self.batch.len() + self.batch_first.as_ref().map_or(0, Bytes::len);
-            if bytes >= MAX_BATCH_BYTES || self.batch_len >= self.batch_cap {
+            if self.batch_is_full() {
                 return self.flush_batch().await;
             }
             return Flow::Continue;
@@ -590,6 +610,96 @@ impl Session {
             Ok(rx) => self.push(Pending::Batch(rx, 1, Some(ack))).await,
             Err(e) => self.reply(e.to_frame()).await,
         }
+    }
+
+    /// Adds `n` commands (`data`, written back to back) to the batch (the caller noted the
+    /// places of those that may write in `batch_writes`).
+    fn join_batch(&mut self, data: Bytes, n: usize) {
+        if self.batch_len == 0 {
+            self.batch_first = Some(data);
+        } else {
+            if let Some(first) = self.batch_first.take() {
+                self.batch.extend_from_slice(&first);
+            }
+            self.batch.extend_from_slice(&data);
+        }
+        self.batch_len += n;
+    }
+
+    /// Room left in the batch: (commands, bytes). A new batch takes its size from the
+    /// client's output budget ([`OutputBudget::batch_room`]).
+    fn batch_room(&mut self) -> (usize, usize) {
+        if self.batch_len == 0 {
+            self.batch_cap = self.budget.batch_room().min(MAX_BATCH_COMMANDS);
+        }
+        let bytes = self.batch.len() + self.batch_first.as_ref().map_or(0, Bytes::len);
+        (self.batch_cap.saturating_sub(self.batch_len), MAX_BATCH_BYTES.saturating_sub(bytes))
+    }
+
+    fn batch_is_full(&mut self) -> bool {
+        let (commands, bytes) = self.batch_room();
+        commands == 0 || bytes == 0
+    }
+
+    /// Moves the plain commands at the head of the client's input into the batch, as the
+    /// client's own bytes: commands with one key whose slot is served here and not migrating,
+    /// from a client in its plain state (authenticated, no transaction, not `READONLY`).
+    /// They are neither decoded into a [`Command`] nor dispatched: that is what the full way
+    /// ([`Commands::handle`]) would do with them, and it is most of any workload. Stops at
+    /// the first command that is not plain (or not complete); `false` if none was taken.
+    fn take_plain(&mut self) -> bool {
+        if !self.backlog.is_empty() || self.client_gone || !self.authenticated || self.readonly {
+            return false;
+        }
+        if !matches!(self.tx, TxState::None) || self.routed.is_some() || self.unattributed > 0 {
+            return false;
+        }
+        let routes = self.shared.routes();
+        let noted_here = self.batch_routed.is_none();
+        if noted_here {
+            // As `keyed::plan_counted` does: the batch is noted with the table its commands
+            // are routed with, and that table is still current once noted.
+            self.batch_routed = Some(Routed::new(&routes));
+            if !Arc::ptr_eq(&routes, &self.shared.routes()) {
+                self.batch_routed = None;
+                return false;
+            }
+        }
+        let (room, room_bytes) = self.batch_room();
+        let input = &mut self.reader;
+        let (mut len, mut n) = (0, 0);
+        while n < room {
+            let rest = &input.buf[len..];
+            let size = match scan_command(rest, &input.limits, &mut input.scan) {
+                Ok(CommandScan::Multibulk { len }) => len,
+                _ => break,
+            };
+            if size > input.max_buffered || (n > 0 && len + size > room_bytes) {
+                break;
+            }
+            let arg = |i: usize| input.scan.get(i).map(|&(s, e)| &rest[s..e]);
+            let (Some(name), Some(key)) = (arg(0), arg(1)) else { break };
+            let Some(spec) = crate::command::plain(name, input.scan.len()) else { break };
+            let slot = key_slot(key);
+            if !matches!(routes.route_for(slot, self.is_peer), Route::Local) || routes.is_migrating(slot) {
+                break;
+            }
+            self.shared.metrics.command(Some(spec));
+            if spec.may_write() {
+                self.batch_writes.push((self.batch_len + n) as u16);
+            }
+            len += size;
+            n += 1;
+        }
+        if n == 0 {
+            if noted_here {
+                self.batch_routed = None;
+            }
+            return false;
+        }
+        let data = self.reader.buf.split_to(len).freeze();
+        self.join_batch(data, n);
+        true
     }
 
     /// What `--ack-replicas` asks of a request whose writes are at `writes` (none: nothing).
@@ -936,7 +1046,7 @@ impl Session {
                 },
             }
         }
-        if budget.exceeded().is_cancelled() {
+        if budget.is_exceeded() {
             self.client_gone = true;
         }
     }
@@ -967,6 +1077,10 @@ struct ClientInput {
     rd: ReadHalf,
     buf: BytesMut,
     codec: CommandCodec,
+    /// The codec's limits, for scanning plain commands in `buf` (see `Session::take_plain`).
+    limits: Limits,
+    /// Argument positions of the command scanned last; reused between commands.
+    scan: Vec<(usize, usize)>,
     /// End of input or an error was reported: nothing more will come.
     done: bool,
     /// Bytes read since the session last counted them in the metrics.
@@ -996,6 +1110,31 @@ impl ClientInput {
                     self.done = true;
                     return Some(Err(CodecError::Io(e)));
                 }
+            }
+        }
+    }
+
+    /// Reads more from the socket. `None` once something was read; `Some(end)` when nothing
+    /// more will come: `end` is `None` at the end of input, or the read error. Cancel-safe.
+    async fn read_more(&mut self) -> Option<Option<Result<Command, CodecError>>> {
+        if self.done {
+            return Some(None);
+        }
+        if self.buf.capacity() - self.buf.len() < 4096 {
+            self.buf.reserve(16 * 1024);
+        }
+        match self.rd.read_buf(&mut self.buf).await {
+            Ok(0) => {
+                self.done = true;
+                Some(None)
+            }
+            Ok(n) => {
+                self.read += n;
+                None
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Some(Err(CodecError::Io(e))))
             }
         }
     }
@@ -1069,11 +1208,16 @@ impl ClientOutput {
     /// not read would otherwise keep the write waiting for ever, so a write blocked while
     /// the client stays above its soft limit too long cuts it off too.
     async fn write_all(&mut self, direct: Option<&[u8]>) -> bool {
+        if self.budget.is_exceeded() {
+            return false;
+        }
         let buf = direct.unwrap_or(&self.out);
+        // The write first: when the socket takes it at once (nearly always), the waits for a
+        // cut-off are never polled, so they cost no registration.
         tokio::select! {
             biased;
-            _ = self.budget.exceeded().cancelled() => false,
             r = write_and_flush(&mut self.wr, buf) => r.is_ok(),
+            _ = self.budget.exceeded().cancelled() => false,
             _ = self.budget.soft_limit_expired() => false,
         }
     }
@@ -1244,7 +1388,7 @@ impl ClientOutput {
         if charged == 0 && !bytes.is_empty() && !self.budget.charge(bytes.len()) {
             return Err(Gone);
         }
-        if self.budget.exceeded().is_cancelled() {
+        if self.budget.is_exceeded() {
             return Err(Gone);
         }
         let charged = if charged == 0 { bytes.len() } else { charged };
@@ -1295,7 +1439,7 @@ async fn reply_writer(
             break;
         }
     }
-    if budget.exceeded().is_cancelled() {
+    if budget.is_exceeded() {
         tracing::warn!(
             client,
             addr = ?addr,

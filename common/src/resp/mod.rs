@@ -8,7 +8,9 @@ mod parse;
 pub use codec::{CodecError, CommandCodec, ReplyCodec};
 pub use command::Command;
 pub use frame::{encode_command, Frame, Protocol};
-pub use parse::{measure, parse_frame, parse_int, split_inline, Limits, ProtocolError, Scan};
+pub use parse::{
+    measure, parse_frame, parse_int, scan_command, split_inline, CommandScan, Limits, ProtocolError, Scan,
+};
 
 #[cfg(test)]
 mod proptests;

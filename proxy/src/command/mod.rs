@@ -54,6 +54,70 @@ pub fn all() -> &'static [CommandSpec] {
     table::COMMANDS
 }
 
+/// The spec of a *plain* command named `name` (as the client spelled it) with `argc`
+/// arguments: one key, at argument 1, and nothing the proxy does with it but route it by that
+/// key's slot (no subcommands, not blocking, not pub/sub or admin, not a command the proxy
+/// answers, refuses or treats by name: see [`NOT_PLAIN`]). A session sends such commands on
+/// as the client's own bytes when their slot is served here (`session::Session::take_plain`),
+/// which is most of any workload; `None` sends a command the full way (`dispatch`).
+pub fn plain(name: &[u8], argc: usize) -> Option<&'static CommandSpec> {
+    let mut buf = [0u8; 32];
+    let spec = find(lower_into(name, &mut buf)?)?;
+    static PLAIN: OnceLock<Vec<bool>> = OnceLock::new();
+    let table = PLAIN.get_or_init(|| table::COMMANDS.iter().map(has_plain_shape).collect());
+    let is_plain = index(spec).and_then(|i| table.get(i).copied()).unwrap_or(false);
+    (is_plain && argc >= 2 && spec.arity_ok(argc)).then_some(spec)
+}
+
+/// Commands with one key at argument 1 that the proxy still treats by name: `dispatch`
+/// answers them, `transaction` holds them, `keyed::refusal` refuses them, or their keys are
+/// not found by the key specs alone (`key_positions`). Never plain.
+pub const NOT_PLAIN: &[&str] = &[
+    "ping",
+    "echo",
+    "quit",
+    "auth",
+    "hello",
+    "select",
+    "reset",
+    "readonly",
+    "readwrite",
+    "asking",
+    "info",
+    "scan",
+    "keys",
+    "dbsize",
+    "eval",
+    "eval_ro",
+    "evalsha",
+    "evalsha_ro",
+    "fcall",
+    "fcall_ro",
+    "multi",
+    "exec",
+    "discard",
+    "watch",
+    "unwatch",
+    "move",
+    "swapdb",
+    "copy",
+    "randomkey",
+    "wait",
+    "waitaof",
+    "migrate",
+    "sort",
+    "sort_ro",
+    "debug",
+    "umctl",
+];
+
+fn has_plain_shape(spec: &CommandSpec) -> bool {
+    let single_key_at_1 =
+        matches!(spec.keys, [KeySpec { begin: BeginSearch::Index(1), find: FindKeys::Range { last_key: 0, .. }, .. }]);
+    let special = flags::PUBSUB | flags::ADMIN | flags::BLOCKING | flags::MOVABLEKEYS;
+    single_key_at_1 && !spec.has_subcommands && spec.flags & special == 0 && !NOT_PLAIN.contains(&spec.name)
+}
+
 /// How many commands [`lookup`] can answer: those of [`all`], then the few the proxy answers
 /// although the table lacks them.
 pub fn count() -> usize {
@@ -309,6 +373,40 @@ mod tests {
         assert_eq!(key_positions(&cmd, spec), Err(KeysError::TooManyKeys));
         let cmd = Command::from_strs(&["EVAL", "return 1", "x", "a"]);
         assert_eq!(key_positions(&cmd, spec), Err(KeysError::BadNumKeys));
+    }
+
+    #[test]
+    fn plain_commands_are_single_key_commands_routed_by_that_key_alone() {
+        let plain = |args: &[&str]| plain(args[0].as_bytes(), args.len()).map(|s| s.name);
+        assert_eq!(plain(&["GET", "k"]), Some("get"));
+        assert_eq!(plain(&["set", "k", "v", "EX", "10"]), Some("set"));
+        assert_eq!(plain(&["HSET", "h", "f", "v"]), Some("hset"));
+        assert_eq!(plain(&["incr", "k"]), Some("incr"));
+        // Wrong arity: the full path answers the error.
+        assert_eq!(plain(&["GET", "k", "extra"]), None);
+        assert_eq!(plain(&["SET", "k"]), None);
+        // Several keys, blocking, subcommands, transactions, refusals, scripts, pub/sub.
+        for args in [
+            &["MGET", "a", "b"][..],
+            &["DEL", "a"],
+            &["BLPOP", "a", "0"],
+            &["OBJECT", "ENCODING", "k"],
+            &["WATCH", "k"],
+            &["MOVE", "k", "1"],
+            &["SORT", "k"],
+            &["EVALSHA", "abc", "1", "k"],
+            &["SUBSCRIBE", "c"],
+            &["PUBLISH", "c", "m"],
+            &["COPY", "a", "b"],
+            &["RENAME", "a", "b"],
+            &["UMCTL", "x"],
+            &["NOSUCHCOMMAND", "k"],
+        ] {
+            assert_eq!(plain(args), None, "{args:?}");
+        }
+        for name in NOT_PLAIN {
+            assert!(super::plain(name.as_bytes(), 2).is_none() && super::plain(name.as_bytes(), 3).is_none(), "{name}");
+        }
     }
 
     #[test]
