@@ -9,7 +9,7 @@
 
 use super::command::Command;
 use super::parse::{measure, scan_command, split_inline, CommandScan, Limits, ProtocolError, Scan};
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
 /// An error on a RESP connection: bad input or the socket itself.
@@ -126,6 +126,12 @@ impl Decoder for ReplyCodec {
                 self.need = n;
                 Ok(None)
             }
+            Scan::Complete(len) if len >= COPY_OUT => {
+                self.need = 0;
+                let reply = Bytes::copy_from_slice(&buf[..len]);
+                buf.advance(len);
+                Ok(Some(reply))
+            }
             Scan::Complete(len) => {
                 self.need = 0;
                 Ok(Some(buf.split_to(len).freeze()))
@@ -133,6 +139,13 @@ impl Decoder for ReplyCodec {
         }
     }
 }
+
+/// Replies at least this large are copied out of the read buffer rather than cut from it: a
+/// cut keeps the whole buffer it was read into alive for as long as the reply waits for its
+/// client, so the memory a slow client's replies pin would be a multiple of their size (and
+/// not what `--client-output-buffer-limit` counts). Small replies are cut: their copy would
+/// cost more than the buffer they share.
+const COPY_OUT: usize = 16 * 1024;
 
 impl Encoder<Bytes> for ReplyCodec {
     type Error = CodecError;
