@@ -616,6 +616,7 @@ impl Session {
     /// places of those that may write in `batch_writes`).
     fn join_batch(&mut self, data: Bytes, n: usize) {
         if self.batch_len == 0 {
+            self.batch_cap = self.budget.batch_room().min(MAX_BATCH_COMMANDS);
             self.batch_first = Some(data);
         } else {
             if let Some(first) = self.batch_first.take() {
@@ -627,18 +628,19 @@ impl Session {
     }
 
     /// Room left in the batch: (commands, bytes). A new batch takes its size from the
-    /// client's output budget ([`OutputBudget::batch_room`]).
-    fn batch_room(&mut self) -> (usize, usize) {
-        if self.batch_len == 0 {
-            self.batch_cap = self.budget.batch_room().min(MAX_BATCH_COMMANDS);
-        }
+    /// client's output budget when its first command joins ([`OutputBudget::batch_room`]).
+    fn batch_room(&self) -> (usize, usize) {
+        let cap = match self.batch_len {
+            0 => self.budget.batch_room().min(MAX_BATCH_COMMANDS),
+            _ => self.batch_cap,
+        };
         let bytes = self.batch.len() + self.batch_first.as_ref().map_or(0, Bytes::len);
-        (self.batch_cap.saturating_sub(self.batch_len), MAX_BATCH_BYTES.saturating_sub(bytes))
+        (cap.saturating_sub(self.batch_len), MAX_BATCH_BYTES.saturating_sub(bytes))
     }
 
-    fn batch_is_full(&mut self) -> bool {
+    fn batch_is_full(&self) -> bool {
         let (commands, bytes) = self.batch_room();
-        commands == 0 || bytes == 0
+        self.batch_len > 0 && (commands == 0 || bytes == 0)
     }
 
     /// Moves the plain commands at the head of the client's input into the batch, as the
