@@ -26,27 +26,14 @@ METRICS=${METRICS:-1}
 # Issue 17's targets: the least proxy/direct ratio per cell, for SET and GET.
 declare -A TARGET=([50:1]=0.9 [50:16]=0.8 [1:1]=0.4)
 
-for tool in redis-server redis-benchmark redis-cli; do
-  command -v "$tool" >/dev/null || { echo "$tool missing: apt-get install redis-server redis-tools" >&2; exit 1; }
-done
-
-if [[ -z "${SLUICE_BIN_DIR:-}" ]]; then
-  cargo build --release -q -p sluice-proxy
-  SLUICE_BIN_DIR=target/release
-fi
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
+source bench/proxy_common.sh
+require "redis-server redis-tools" redis-server redis-benchmark redis-cli
+find_proxy
 
 targets=(direct proxy)
 [[ $METRICS == 1 ]] && targets+=(metrics)
 
-rport=$(free_port)
-redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" --loglevel warning \
-  --logfile "$work/redis.log" & rpid=$!; pids+=($rpid); disown
+start_redis
 # Two proxies in front of the same node: one as configured, one also counting and serving
 # Prometheus metrics (--metrics), so their ratio is the cost of the metrics.
 pport=$(free_port)
@@ -68,9 +55,7 @@ for _ in $(seq 100); do
 done
 for t in "${targets[@]}"; do
   [[ $t == direct ]] && continue
-  p=${port[$t]}
-  config="{\"epoch\":1,\"proxy\":\"127.0.0.1:$p\",\"cluster\":{\"name\":\"bench\",\"epoch\":1,\"nodes\":[{\"proxy\":\"127.0.0.1:$p\",\"node\":\"127.0.0.1:$rport\",\"slots\":[{\"start\":0,\"end\":16383}]}]}}"
-  [[ "$(redis-cli -p "$p" UMCTL SETDB "$config")" == OK ]] || { echo "proxy $p did not take its config" >&2; exit 1; }
+  give_all_slots "${port[$t]}"
 done
 
 tck=$(getconf CLK_TCK)

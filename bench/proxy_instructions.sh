@@ -18,23 +18,10 @@ N1=${N1:-$((N / 4))}
 CELLS=${CELLS:-"50:1 50:16 1:1"}
 TESTS=${TESTS:-get}
 
-for tool in valgrind callgrind_control redis-server redis-benchmark redis-cli; do
-  command -v "$tool" >/dev/null || { echo "$tool missing: apt-get install valgrind redis-server redis-tools" >&2; exit 1; }
-done
-if [[ -z "${SLUICE_BIN_DIR:-}" ]]; then
-  cargo build --release -q -p sluice-proxy
-  SLUICE_BIN_DIR=target/release
-fi
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-
-rport=$(free_port)
-redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" --loglevel warning \
-  --logfile "$work/redis.log" & pids+=($!); disown
+source bench/proxy_common.sh
+require "valgrind redis-server redis-tools" valgrind callgrind_control redis-server redis-benchmark redis-cli
+find_proxy
+start_redis
 
 # count CLIENTS PIPELINE TEST REQUESTS -> instructions per request
 count() {
@@ -44,8 +31,7 @@ count() {
     "$SLUICE_BIN_DIR/sluice-proxy" --listen "127.0.0.1:$port" --node "127.0.0.1:$rport" 2>"$work/valgrind.log" &
   pid=$!; pids+=($pid)
   for _ in $(seq 200); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
-  config="{\"epoch\":1,\"proxy\":\"127.0.0.1:$port\",\"cluster\":{\"name\":\"bench\",\"epoch\":1,\"nodes\":[{\"proxy\":\"127.0.0.1:$port\",\"node\":\"127.0.0.1:$rport\",\"slots\":[{\"start\":0,\"end\":16383}]}]}}"
-  [[ "$(redis-cli -p "$port" UMCTL SETDB "$config")" == OK ]] || { echo "the proxy did not take its config" >&2; exit 1; }
+  give_all_slots "$port"
   redis-benchmark -p "$port" -c "$1" -P "$2" -n 2000 -t "$3" -r 100000 -q >/dev/null 2>&1
   callgrind_control -i on "$pid" >/dev/null 2>&1
   redis-benchmark -p "$port" -c "$1" -P "$2" -n "$4" -t "$3" -r 100000 -q >/dev/null 2>&1
