@@ -99,6 +99,14 @@ pub struct OutputBudget {
 /// a connection other clients share before the proxy can tell.
 pub const FIRST_BATCH: usize = 16;
 
+/// The least a reply still due is reckoned to weigh: small replies so far (a `+OK`) say nothing
+/// of the next ones (a pipeline of large `GET`s), and reckoned at their own size they would
+/// let batches of hundreds of large replies go before the first of them is charged. Reckoned
+/// at this, what a client has in flight before its estimate catches up stays a bounded
+/// multiple of its soft limit; with the default limit (`64mb`) a session's batch still takes
+/// the most commands a batch may hold.
+const SIZE_FLOOR: usize = 128 * 1024;
+
 /// How often a session waiting for room, or a writer blocked on a client, looks again at
 /// the soft limit's clock (a wait for room also ends on a signal).
 const SOFT_CHECK: Duration = Duration::from_millis(100);
@@ -287,7 +295,7 @@ impl OutputBudget {
             // Nothing answered yet: the first request (`FIRST_BATCH` commands at most) says
             // what this client's replies weigh before more go.
             0 => false,
-            size => used.saturating_add(due.saturating_mul(size)) <= bound,
+            size => used.saturating_add(due.saturating_mul(size.max(SIZE_FLOOR))) <= bound,
         }
     }
 
@@ -300,7 +308,7 @@ impl OutputBudget {
         }
         match self.reply_size.load(Ordering::Relaxed) {
             0 => FIRST_BATCH,
-            size => (self.bound().saturating_sub(self.used()) / size).max(1),
+            size => (self.bound().saturating_sub(self.used()) / size.max(SIZE_FLOOR)).max(1),
         }
     }
 
