@@ -1099,19 +1099,8 @@ impl ClientInput {
             if let Some(item) = self.decode_buffered() {
                 return Some(item);
             }
-            if self.done {
-                return None;
-            }
-            if self.buf.capacity() - self.buf.len() < 4096 {
-                self.buf.reserve(16 * 1024);
-            }
-            match self.rd.read_buf(&mut self.buf).await {
-                Ok(0) => self.done = true,
-                Ok(n) => self.read += n,
-                Err(e) => {
-                    self.done = true;
-                    return Some(Err(CodecError::Io(e)));
-                }
+            if let Some(end) = self.read_more().await {
+                return end;
             }
         }
     }
