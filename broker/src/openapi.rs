@@ -38,6 +38,7 @@ use utoipa::{Modify, OpenApi};
         migrations::list_migrations,
         migrations::get_migration,
         migrations::report_progress,
+        migrations::report_copy_deleted,
         migrations::commit_migration,
         migrations::abort_migration,
         migrations::fail_migration,

@@ -284,6 +284,12 @@ pub struct Migration {
     /// committed if the switch completed first. Absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopping: Option<StopIntent>,
+    /// A replication or filtered import that ended before its switch (`aborted`, `failed`)
+    /// left a copy of the moving slots on the destination's node: true once a proxy reported
+    /// it deleted (`POST …/copy-deleted`). Until then a keys-mode import of those slots into
+    /// that destination is refused: it would make the copy's keys live again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub copy_deleted: bool,
 }
 
 /// A stop of a `switching` migration that waits for its source (see [`Migration::stopping`]).

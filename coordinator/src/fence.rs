@@ -87,6 +87,7 @@ mod tests {
             timestamps: PhaseTimestamps::default(),
             updated_at: String::new(),
             stopping: None,
+            copy_deleted: false,
         }
     }
 

@@ -435,6 +435,7 @@ mod tests {
             timestamps: PhaseTimestamps::default(),
             updated_at: "2026-01-01T00:00:00.000Z".into(),
             stopping: None,
+            copy_deleted: false,
         }
     }
 

@@ -46,7 +46,11 @@
 //! destination had the config; an empty `CLUSTER SLOTS` from unconfigured proxies; a
 //! keys-mode import into a node right after it committed a replication import, before its
 //! garbage collector had deleted the copy of the source's other slots: a key deleted at the
-//! source since came back with its old value (keys mode now waits for `done`).
+//! source since came back with its old value (keys mode now waits for `done`); the copy of a
+//! filtered import that ended before its switch left on its destination for good when the
+//! same slots went on to move into another node (`an_aborted_copy_is_deleted_while_its_slots_
+//! move_into_another_node` in `migration_filtered.rs`; keys mode into that destination now
+//! also waits until the copy is reported deleted).
 
 use anyhow::Result;
 use sluice_common::model::MigrationPhase;

@@ -1,6 +1,7 @@
 //! The few broker calls a proxy makes itself (besides registering): a filtered migration's
 //! destination records its switch at the broker before it serves the slots, and reads the
-//! record back after a restart (see `migration::filtered`).
+//! record back after a restart (see `migration::filtered`); a streamed import that ended
+//! before its switch is reported once its copy at the destination is deleted.
 
 use crate::options::ProxyOptions;
 use sluice_common::api::{Migration, ProgressReport};
@@ -48,6 +49,15 @@ impl Broker {
     pub async fn report_switched(&self, cluster: &str, id: &str) -> Result<Migration, BrokerError> {
         let body = ProgressReport { phase: MigrationPhase::Switched, progress: None, error: None, at: None };
         let mut req = self.http.post(self.url(cluster, id, "/progress")).json(&body);
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        answer(req.send().await).await
+    }
+
+    /// `POST …/migrations/{id}/copy-deleted`.
+    pub async fn report_copy_deleted(&self, cluster: &str, id: &str) -> Result<Migration, BrokerError> {
+        let mut req = self.http.post(self.url(cluster, id, "/copy-deleted"));
         if let Some(token) = &self.token {
             req = req.bearer_auth(token);
         }

@@ -161,6 +161,39 @@ pub async fn report_progress(
     Ok(reply(StatusCode::OK, s.epoch, m))
 }
 
+/// A proxy's word that the destination's node no longer holds the copy a replication or
+/// filtered import left there when it ended before its switch (`aborted`, `failed`): sets
+/// the migration's `copy_deleted`, which a keys-mode import of those slots into that
+/// destination waits for. Status only, the epoch does not move. Again: 200, no change.
+#[utoipa::path(
+    post,
+    path = "/api/v1/clusters/{name}/migrations/{id}/copy-deleted",
+    tag = "coordinator",
+    params(
+        ("name" = String, Path, description = "Cluster name"),
+        ("id" = String, Path, description = "Migration id"),
+        ("If-Match" = Option<String>, Header, description = "Expected global epoch"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Recorded (now or before)", body = Migration),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 404, description = "No such cluster or migration", body = ErrorBody),
+        (status = 409, description = "Not a replication or filtered import that ended before its switch", body = ErrorBody),
+        (status = 412, description = "Epoch mismatch", body = ErrorBody),
+    )
+)]
+pub async fn report_copy_deleted(
+    State(app): State<AppState>,
+    IfMatch(if_match): IfMatch,
+    ApiPath(p): ApiPath<MigrationPath>,
+) -> Result<Response, ApiError> {
+    let (m, s) = app.mutate(if_match, move |t| t.report_copy_deleted(&p.name, &p.id)).await?;
+    let _span = tracing::info_span!("migration", id = %m.id, cluster = %m.cluster).entered();
+    tracing::info!(dst = %m.dst, "the copy at the destination is reported deleted");
+    Ok(reply(StatusCode::OK, s.epoch, m))
+}
+
 /// Commits a switched migration: the tags go, the ranges belong to dst, a node left without
 /// slots leaves the cluster (its proxy is free), phase `committed`, the epoch moves (the new
 /// epoch is recorded as the migration's `committed_epoch`). Committing again is a 200 that

@@ -196,6 +196,7 @@ fn route_table() -> RouteTable {
         .add(Post, "/api/v1/clusters/{name}/migrations", migrations::create_migration)
         .add(Get, "/api/v1/clusters/{name}/migrations/{id}", migrations::get_migration)
         .add(Post, "/api/v1/clusters/{name}/migrations/{id}/progress", migrations::report_progress)
+        .add(Post, "/api/v1/clusters/{name}/migrations/{id}/copy-deleted", migrations::report_copy_deleted)
         .add(Post, "/api/v1/clusters/{name}/migrations/{id}/commit", migrations::commit_migration)
         .add(Post, "/api/v1/clusters/{name}/migrations/{id}/abort", migrations::abort_migration)
         .add(Post, "/api/v1/clusters/{name}/migrations/{id}/fail", migrations::fail_migration)

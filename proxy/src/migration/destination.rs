@@ -181,15 +181,23 @@ pub async fn tmp_switch(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), Mi
 /// The migration ended before the switch: stop replicating and delete what was copied (the
 /// node was empty and served no slots when the migration started).
 async fn stop_replicating(shared: &Arc<Shared>, task: &Arc<Task>) {
-    match connect(shared, &shared.opts.node).await {
-        Ok(node) => {
-            if let Err(e) = promote_if_replica(&node).await {
+    let stopped = match connect(shared, &shared.opts.node).await {
+        Ok(node) => match promote_if_replica(&node).await {
+            Ok(()) => true,
+            Err(e) => {
                 tracing::warn!(migration = %task.meta.id, error = %e, "could not stop the node replicating");
+                false
             }
+        },
+        Err(e) => {
+            tracing::warn!(migration = %task.meta.id, error = %e, "could not reach the node to stop replicating");
+            false
         }
-        Err(e) => tracing::warn!(migration = %task.meta.id, error = %e, "could not reach the node to stop replicating"),
-    }
+    };
     super::gc::discard_copy(shared, task).await;
+    if stopped {
+        super::report_copy_deleted(shared, task).await;
+    }
 }
 
 async fn promote_if_replica(node: &ControlConn) -> Result<(), MigrationError> {

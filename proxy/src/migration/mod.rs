@@ -417,6 +417,38 @@ impl MigrationTasks for Migrations {
     }
 }
 
+/// Tells the broker that the destination's node no longer holds the copy of this import,
+/// which ended before its switch: a keys-mode import of those slots into that node waits
+/// for it (it would make the copy's keys live again). Retries a while; logs the outcome.
+pub async fn report_copy_deleted(shared: &Shared, task: &Task) {
+    let broker = match crate::broker::Broker::new(&shared.opts) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::debug!(migration = %task.meta.id, error = %e, "the deleted copy is not reported");
+            return;
+        }
+    };
+    for attempt in 1..=10u32 {
+        match broker.report_copy_deleted(&task.meta.cluster, &task.meta.id).await {
+            Ok(_) => {
+                tracing::info!(migration = %task.meta.id, "reported the copy at the destination deleted");
+                return;
+            }
+            Err(e @ crate::broker::BrokerError::Refused { status: 404 | 409, .. }) => {
+                tracing::info!(migration = %task.meta.id, error = %e, "the broker takes no report of the deleted copy");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(migration = %task.meta.id, attempt, error = %e, "cannot report the deleted copy yet");
+                tokio::time::sleep(
+                    (std::time::Duration::from_millis(250) * attempt).min(std::time::Duration::from_secs(3)),
+                )
+                .await;
+            }
+        }
+    }
+}
+
 /// After the switch: wait for the commit, then for the keys the migration left on this node
 /// to be deleted by the garbage collector.
 pub async fn after_switch(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), MigrationError> {

@@ -219,7 +219,9 @@ impl Txn {
     /// deletes in a slot its proxy imports or serves: a key deleted at the source since that
     /// copy was taken would come back from it (found by the chaos test: an acknowledged `DEL`
     /// undone). Filtered imports empty the moving slots at the destination first, and a
-    /// replication import needs an empty node, so only keys mode waits.
+    /// replication import needs an empty node, so only keys mode waits. The same holds for the
+    /// copy a streamed import into dst left when it ended before its switch, until a proxy
+    /// reports it deleted ([`Migration::copy_deleted`]; a replication's copy is of every slot).
     fn check_no_garbage_at_dst(
         &self,
         cluster: &str,
@@ -232,20 +234,30 @@ impl Txn {
         }
         let overlaps = |slots: &[SlotRange]| slots.iter().any(|a| ranges.iter().any(|b| a.overlaps(b)));
         let collecting = self.state.migrations_of(cluster).map(|(_, m)| m).find(|m| {
-            m.in_configs()
-                && !m.is_tagged()
-                && ((m.dst == req.dst && m.mode == MigrationMode::Replication)
-                    || (m.src == req.dst && m.mode.is_streamed() && overlaps(&m.slots)))
+            let undeleted_copy = m.dst == req.dst
+                && m.mode.is_streamed()
+                && matches!(m.phase, MigrationPhase::Aborted | MigrationPhase::Failed)
+                && !m.copy_deleted
+                && (m.mode == MigrationMode::Replication || overlaps(&m.slots));
+            undeleted_copy
+                || (m.in_configs()
+                    && !m.is_tagged()
+                    && ((m.dst == req.dst && m.mode == MigrationMode::Replication)
+                        || (m.src == req.dst && m.mode.is_streamed() && overlaps(&m.slots))))
         });
         match collecting {
             Some(m) => Err(ApiError::conflict(format!(
                 "dst {} still holds keys migration {} ({}, {}) left there and has not deleted yet; a keys-mode \
-                 import would bring back keys deleted since that copy: wait until {} is done, or use mode filtered",
+                 import would bring back keys deleted since that copy: wait until {}, or use mode filtered",
                 req.dst,
                 m.id,
                 m.mode.as_str(),
                 m.phase,
-                m.id
+                if m.phase.is_final() {
+                    "a proxy reports that copy deleted (its copy_deleted)".to_string()
+                } else {
+                    format!("{} is done", m.id)
+                }
             ))),
             None => Ok(()),
         }
@@ -308,6 +320,7 @@ impl Txn {
             timestamps,
             updated_at: self.now.clone(),
             stopping: None,
+            copy_deleted: false,
         };
         self.state.migrations.insert(number, migration.clone());
         self.prune_ended(cluster);
@@ -440,7 +453,8 @@ fn replica_refused(side: &str, proxy: &str, master: &str) -> ApiError {
 #[cfg(test)]
 mod tests {
     use crate::ops::testutil::*;
-    use sluice_common::api::CreateMigration;
+    use crate::state::State;
+    use sluice_common::api::{CreateCluster, CreateMigration, ProxySelection};
     use sluice_common::model::MigrationPhase::*;
     use sluice_common::model::{MigrationMode, SlotRange};
 
@@ -511,5 +525,56 @@ mod tests {
             t.create_migration("shop", keys(6001, 6003, SlotRange::new(200, 300), MigrationMode::Keys))
         })
         .expect("garbage collected");
+    }
+
+    #[test]
+    fn keys_mode_waits_until_the_copy_of_an_import_that_ended_before_its_switch_is_deleted() {
+        let mut s = State::default();
+        register(&mut s, 6001..=6003);
+        let cluster = CreateCluster {
+            name: "shop".into(),
+            proxies: ProxySelection::Addresses(vec![addr(6001), addr(6002)]),
+            replicas: 0,
+        };
+        txn(&mut s, T0, |t| t.create_cluster(cluster)).expect("cluster");
+        let req = |slots: SlotRange, mode: MigrationMode| CreateMigration {
+            src: addr(6001),
+            dst: addr(6002),
+            slots: vec![slots],
+            mode,
+        };
+        // m-1: a filtered import of 0-100 into 6002, aborted after its copy began.
+        txn(&mut s, T0, |t| t.create_migration("shop", req(SlotRange::new(0, 100), MigrationMode::Filtered)))
+            .expect("m-1");
+        let e = txn(&mut s, T0, |t| t.report_copy_deleted("shop", "m-1")).expect_err("still running");
+        assert_eq!(e.code, "conflict");
+        report(&mut s, T0, "starting", None).expect("starting");
+        txn(&mut s, T0, |t| t.stop("shop", "m-1", Aborted, "aborted on request".into(), None)).expect("abort");
+        let before = s.clone();
+        for slots in [SlotRange::new(0, 100), SlotRange::new(50, 150)] {
+            let e = txn(&mut s, T0, |t| t.create_migration("shop", req(slots, MigrationMode::Keys)))
+                .expect_err("the copy is still at 6002");
+            assert_eq!(e.code, "conflict");
+            assert!(e.message.contains("m-1") && e.message.contains("copy_deleted"), "{}", e.message);
+            assert_eq!(s, before, "a refused migration changes nothing");
+        }
+        // Other slots, and a filtered import (it empties the moving slots first), are fine.
+        let mut other = s.clone();
+        txn(&mut other, T0, |t| t.create_migration("shop", req(SlotRange::new(200, 300), MigrationMode::Keys)))
+            .expect("no copy of 200-300 at 6002");
+        let mut filtered = s.clone();
+        txn(&mut filtered, T0, |t| t.create_migration("shop", req(SlotRange::new(0, 100), MigrationMode::Filtered)))
+            .expect("filtered empties the slots first");
+        // Once a proxy reports the copy deleted (twice: no change the second time).
+        let m = txn(&mut s, T0, |t| t.report_copy_deleted("shop", "m-1")).expect("copy deleted");
+        assert!(m.copy_deleted && m.phase == Aborted, "{m:?}");
+        let again = s.clone();
+        txn(&mut s, T0, |t| t.report_copy_deleted("shop", "m-1")).expect("again");
+        assert_eq!(s, again);
+        let m2 = txn(&mut s, T0, |t| t.create_migration("shop", req(SlotRange::new(0, 100), MigrationMode::Keys)))
+            .expect("nothing left at 6002");
+        // Keys mode leaves no copy to report.
+        let e = txn(&mut s, T0, |t| t.report_copy_deleted("shop", &m2.id)).expect_err("keys mode");
+        assert_eq!(e.code, "conflict");
     }
 }

@@ -54,6 +54,28 @@ impl Txn {
         Ok(m)
     }
 
+    /// A proxy's word that the destination's node no longer holds the copy a replication or
+    /// filtered import left there when it ended before its switch ([`Migration::copy_deleted`]):
+    /// status only, no epoch bump. Again: no change. Any other migration: 409.
+    pub fn report_copy_deleted(&mut self, cluster: &str, id: &str) -> Result<Migration, ApiError> {
+        let number = self.migration_number(cluster, id)?;
+        let now = self.now.clone();
+        let m = self.state.migrations.get_mut(&number).ok_or_else(|| ApiError::internal("migration vanished"))?;
+        if !(m.mode.is_streamed() && matches!(m.phase, MigrationPhase::Aborted | MigrationPhase::Failed)) {
+            return Err(ApiError::conflict(format!(
+                "migration {id} is {} ({}): only a replication or filtered import that ended before its switch \
+                 (aborted or failed) leaves a copy at its destination",
+                phase_name(m.phase),
+                m.mode.as_str()
+            )));
+        }
+        if !m.copy_deleted {
+            m.copy_deleted = true;
+            m.updated_at = now;
+        }
+        Ok(m.clone())
+    }
+
     /// The metadata changes a reported phase makes: entering `switching` (streamed modes)
     /// and reaching `done` each bump the epoch; other reports are status only.
     fn note_reported_move(&mut self, m: &Migration, current: MigrationPhase, target: MigrationPhase) {

@@ -98,22 +98,10 @@ pub async fn run_source(shared: Arc<Shared>, task: Arc<Task>) {
 async fn delete_copy(shared: &Shared, task: &Task, node: &str) {
     let moving = moving(task);
     for attempt in 1..=20u32 {
-        // A slot another migration imports now (it starts by emptying them itself, then copies)
-        // is not ours to clean any more.
-        let routes = shared.routes_full();
-        let taken = |slot: u16| {
-            routes.cluster().is_some_and(|c| {
-                c.nodes.iter().flat_map(|n| &n.slots).any(|a| {
-                    a.tag == Some(sluice_common::model::SlotTag::Importing)
-                        && a.migration.as_deref() != Some(task.meta.id.as_str())
-                        && a.range().contains(slot)
-                })
-            })
-        };
-        let still: Box<[bool]> = moving.iter().enumerate().map(|(s, &m)| m && !taken(s as u16)).collect();
-        match clear_slots(shared, node, &still).await {
+        match clear_slots(shared, node, || not_imported_again(shared, task, &moving)).await {
             Ok(n) => {
                 tracing::info!(migration = %task.meta.id, node, keys = n, "filtered import ended before the switch: its copy deleted");
+                super::report_copy_deleted(shared, task).await;
                 return;
             }
             Err(e) => {
@@ -122,6 +110,27 @@ async fn delete_copy(shared: &Shared, task: &Task, node: &str) {
             }
         }
     }
+}
+
+/// The `moving` slots still ours to empty at the destination's node: all but those another
+/// migration imports into that same node now (a streamed import empties them itself before
+/// it copies; a keys-mode import's moved keys live there). Imports into *other* nodes do not
+/// count: skipping for them left this copy on a node that never serves those slots (found by
+/// the chaos test). Read afresh before each deletion, so an import that starts meanwhile is
+/// not cut into.
+fn not_imported_again(shared: &Shared, task: &Task, moving: &[bool]) -> Box<[bool]> {
+    let mut still: Box<[bool]> = moving.into();
+    let routes = shared.routes_full();
+    let Some(cluster) = routes.cluster() else { return still };
+    let imports = cluster.nodes.iter().filter(|n| n.node == task.meta.dst_node).flat_map(|n| &n.slots).filter(|a| {
+        a.tag == Some(sluice_common::model::SlotTag::Importing) && a.migration.as_deref() != Some(task.meta.id.as_str())
+    });
+    for a in imports {
+        for s in a.range().slots().filter(|&s| s < SLOT_COUNT) {
+            still[usize::from(s)] = false;
+        }
+    }
+    still
 }
 
 async fn drive(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), MigrationError> {
@@ -202,7 +211,7 @@ async fn copy_and_switch(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), S
     // Empty the moving slots at the destination (a copy of an earlier attempt may be there)
     // while our node forks for the snapshot: the snapshot waits in the socket meanwhile.
     let (cleared, link) = tokio::join!(
-        clear_slots(shared, &meta.dst_node, &moving),
+        clear_slots(shared, &meta.dst_node, || moving.clone()),
         ReplicaLink::connect_with(&shared.opts.node, shared.opts.node_password.as_deref(), port, options)
     );
     task.set_progress("cleared_at_destination", cleared?);
@@ -419,21 +428,24 @@ async fn ask_switched(shared: &Shared, task: &Task, attempt: u64) -> Result<bool
     }
 }
 
-/// Deletes every key of the `moving` slots from the node at `addr` (a destination that does
-/// not serve them); answers how many.
-async fn clear_slots(shared: &Shared, addr: &str, moving: &[bool]) -> Result<u64, MigrationError> {
+/// Deletes every key of the slots `doomed` answers from the node at `addr` (a destination
+/// that does not serve them); `doomed` is asked again before each deletion. Answers how many.
+async fn clear_slots(shared: &Shared, addr: &str, doomed: impl Fn() -> Box<[bool]>) -> Result<u64, MigrationError> {
     let node = connect(shared, addr).await?;
     let count = shared.opts.keys_scan_count.max(1).to_string();
     let mut cursor = "0".to_string();
     let mut deleted = 0u64;
     loop {
         let (next, keys) = node.scan(&cursor, &count).await?;
-        let doomed: Vec<Bytes> = keys.into_iter().filter(|k| moving[usize::from(key_slot(k))]).collect();
-        if !doomed.is_empty() {
-            let mut args = vec![Bytes::from_static(b"UNLINK")];
-            deleted += doomed.len() as u64;
-            args.extend(doomed);
-            node.call_command(&sluice_common::resp::Command::new(args)).await?;
+        if !keys.is_empty() {
+            let slots = doomed();
+            let doomed: Vec<Bytes> = keys.into_iter().filter(|k| slots[usize::from(key_slot(k))]).collect();
+            if !doomed.is_empty() {
+                let mut args = vec![Bytes::from_static(b"UNLINK")];
+                deleted += doomed.len() as u64;
+                args.extend(doomed);
+                node.call_command(&sluice_common::resp::Command::new(args)).await?;
+            }
         }
         if next == "0" {
             return Ok(deleted);
