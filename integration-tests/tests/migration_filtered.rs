@@ -383,3 +383,49 @@ async fn an_aborted_copy_is_deleted_while_its_slots_move_into_another_node() -> 
     cluster.check_nothing_lost_or_misplaced_with(&mut workload, &options).await?;
     Ok(())
 }
+
+/// A filtered import aborted in the middle of its snapshot, with the destination's node
+/// stopped so that `RESTORE`s pile up on their way to it: once the node is back, the copy is
+/// deleted and nothing the source had already written lands after the deletion (the
+/// connection that restores is cut off first, and a copy given up sends nothing more).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restores_on_their_way_when_an_import_is_aborted_leave_nothing_behind() -> Result<()> {
+    use sluice_common::slot::key_slot;
+    let mut cluster = LocalCluster::start(LocalSpec { spare: 0, ..LocalSpec::default() }).await?;
+    let view = cluster.view().await?;
+    let (src, dst) = (view.nodes[0].proxy.clone(), view.nodes[1].proxy.clone());
+    let dst_i = cluster.proxy_index(&dst)?;
+    let dst_node = cluster.nodes[dst_i].addr();
+    let moving = upper_half(&view, &src)?;
+    let config = WorkloadConfig { prefill: true, ..WorkloadConfig::new(200_000) };
+    let mut workload = Workload::start(config, &cluster.urls()).await?;
+    let in_moving = |keys: Vec<String>| keys.into_iter().filter(|k| moving.contains(key_slot(k.as_bytes()))).count();
+
+    let m = cluster.start_migration(&src, &dst, &[moving], MigrationMode::Filtered).await?;
+    wait_for("the source to start restoring", DEADLINE, || {
+        let (src, id) = (src.clone(), m.id.clone());
+        async move {
+            let t = sluice_harness::migration::proxy_task(&src, &id).await?;
+            Ok(t.filter(|t| t["progress"].get("cleared_at_destination").is_some()).map(|_| ()))
+        }
+    })
+    .await?;
+    cluster.nodes[dst_i].process().pause();
+    let aborted = cluster.abort_migration(&m.id).await?;
+    ensure!(aborted.as_ref().is_ok_and(|m| m.phase == MigrationPhase::Aborted), "abort: {aborted:?}");
+    // The source's RESTOREs wait in sockets and queues meanwhile.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.nodes[dst_i].process().resume();
+
+    wait_for("the source to report the copy deleted", Duration::from_secs(90), || {
+        let cluster = &cluster;
+        let id = m.id.clone();
+        async move { Ok(cluster.migration(&id).await?.copy_deleted.then_some(())) }
+    })
+    .await?;
+    let left = in_moving(sluice_harness::migration::node_keys(&dst_node).await?);
+    ensure!(left == 0, "the destination's node still holds {left} keys of {moving:?} after the copy was deleted");
+    let options = sluice_harness::migration::CheckOptions { tolerate_client_errors: true, ..Default::default() };
+    cluster.check_nothing_lost_or_misplaced_with(&mut workload, &options).await?;
+    Ok(())
+}

@@ -48,12 +48,14 @@ const BATCH_BYTES: usize = 256 * 1024;
 impl Applier {
     /// A connection to the destination's node; `offset`: where the stream starts (the
     /// snapshot's offset).
-    pub async fn connect(shared: &Shared, node: &str, offset: u64) -> Result<Applier, MigrationError> {
+    /// Connects to the destination's node, the connection named `name` there
+    /// ([`super::copy_client_name`]), so a deletion of the copy can cut it off first.
+    pub async fn connect(shared: &Shared, node: &str, name: &str, offset: u64) -> Result<Applier, MigrationError> {
         let opts = ConnectOptions {
             protocol: Protocol::Resp2,
             user: shared.opts.node_user.clone(),
             password: shared.opts.node_password.clone(),
-            setup: Vec::new(),
+            setup: vec![sluice_common::resp::Command::from_strs(&["CLIENT", "SETNAME", name])],
             connect_timeout: shared.opts.connect_timeout(),
             tls: None,
             queue: shared.opts.backend_queue,
@@ -192,5 +194,13 @@ impl Applier {
 
     fn lost(&self) -> MigrationError {
         refused!("the connection to the destination node {} broke during the copy", self.backend.addr())
+    }
+}
+
+/// Whatever is still queued for the destination goes nowhere once the copy is given up: a
+/// `RESTORE` written after the copy's deletion would leave a key behind.
+impl Drop for Applier {
+    fn drop(&mut self) {
+        self.backend.close();
     }
 }

@@ -98,10 +98,14 @@ pub async fn run_source(shared: Arc<Shared>, task: Arc<Task>) {
 async fn delete_copy(shared: &Shared, task: &Task, node: &str) {
     let moving = moving(task);
     for attempt in 1..=20u32 {
-        match clear_slots(shared, node, || not_imported_again(shared, task, &moving)).await {
+        match clear_slots(shared, task, node, || not_imported_again(shared, task, &moving)).await {
             Ok(n) => {
                 tracing::info!(migration = %task.meta.id, node, keys = n, "filtered import ended before the switch: its copy deleted");
-                super::report_copy_deleted(shared, task).await;
+                // Only the source knows that no copy of its runs any more (the destination
+                // deletes too, but a source that has not heard of the end may still copy).
+                if task.role == super::Role::Source {
+                    super::report_copy_deleted(shared, task).await;
+                }
                 return;
             }
             Err(e) => {
@@ -211,12 +215,12 @@ async fn copy_and_switch(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), S
     // Empty the moving slots at the destination (a copy of an earlier attempt may be there)
     // while our node forks for the snapshot: the snapshot waits in the socket meanwhile.
     let (cleared, link) = tokio::join!(
-        clear_slots(shared, &meta.dst_node, || moving.clone()),
+        clear_slots(shared, task, &meta.dst_node, || moving.clone()),
         ReplicaLink::connect_with(&shared.opts.node, shared.opts.node_password.as_deref(), port, options)
     );
     task.set_progress("cleared_at_destination", cleared?);
     let mut link = link.map_err(|e| refused!("cannot replicate our node: {e}"))?;
-    let mut applier = Applier::connect(shared, &meta.dst_node, link.initial_offset()).await?;
+    let mut applier = Applier::connect(shared, &meta.dst_node, &copy_client_name(task), link.initial_offset()).await?;
     // The snapshot.
     let started = Instant::now();
     loop {
@@ -428,10 +432,24 @@ async fn ask_switched(shared: &Shared, task: &Task, attempt: u64) -> Result<bool
     }
 }
 
+/// The name of the connections that restore a copy of `task` at its destination's node.
+fn copy_client_name(task: &Task) -> String {
+    format!("sluice-copy-{}", task.meta.id)
+}
+
 /// Deletes every key of the slots `doomed` answers from the node at `addr` (a destination
 /// that does not serve them); `doomed` is asked again before each deletion. Answers how many.
-async fn clear_slots(shared: &Shared, addr: &str, doomed: impl Fn() -> Box<[bool]>) -> Result<u64, MigrationError> {
+/// First the connections that restore this migration's copies there are cut off: a `RESTORE`
+/// already written (still in a socket, or queued by a copy given up) would otherwise land
+/// after the scan passed its key.
+async fn clear_slots(
+    shared: &Shared,
+    task: &Task,
+    addr: &str,
+    doomed: impl Fn() -> Box<[bool]>,
+) -> Result<u64, MigrationError> {
     let node = connect(shared, addr).await?;
+    kill_clients_named(&node, &copy_client_name(task)).await?;
     let count = shared.opts.keys_scan_count.max(1).to_string();
     let mut cursor = "0".to_string();
     let mut deleted = 0u64;
@@ -452,6 +470,23 @@ async fn clear_slots(shared: &Shared, addr: &str, doomed: impl Fn() -> Box<[bool
         }
         cursor = next;
     }
+}
+
+/// Closes every connection of the node that is named `name` (`CLIENT SETNAME`); the node drops
+/// what they sent and it has not run yet.
+async fn kill_clients_named(node: &super::node::ControlConn, name: &str) -> Result<(), MigrationError> {
+    let list = node.call(&["CLIENT", "LIST", "TYPE", "normal"]).await?;
+    let text = list.as_bytes().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+    for line in text.lines() {
+        let field = |key: &str| line.split(' ').find_map(|f| f.strip_prefix(key));
+        if let (Some(id), Some(n)) = (field("id="), field("name=")) {
+            if n == name {
+                // Gone already is fine: an error here only means there was nothing to close.
+                let _ = node.call(&["CLIENT", "KILL", "ID", id]).await;
+            }
+        }
+    }
+    Ok(())
 }
 
 // ---- the destination ----
