@@ -221,6 +221,28 @@ async fn filtered_replication_under_redis_py_writers_loses_nothing() -> Result<(
     Ok(())
 }
 
+/// Three proxies (no spare) whose filtered sources follow for at least `ms` before switching.
+fn following_at_least(ms: &str) -> LocalSpec {
+    LocalSpec { spare: 0, proxy_args: vec!["--min-follow-ms".into(), ms.into()], ..LocalSpec::default() }
+}
+
+/// Waits until the source's copy has begun (the destination's moving slots emptied).
+async fn wait_copy_begun(src: &str, id: &str) -> Result<()> {
+    wait_for("the source to start copying", DEADLINE, || async move {
+        let t = sluice_harness::migration::proxy_task(src, id).await?;
+        Ok(t.filter(|t| t["progress"].get("cleared_at_destination").is_some()).map(|_| ()))
+    })
+    .await
+}
+
+/// Waits until the broker records the copy of migration `id` deleted (its source reports it).
+async fn wait_copy_deleted(cluster: &LocalCluster, id: &str) -> Result<()> {
+    wait_for("the broker to record the copy deleted", Duration::from_secs(90), || async move {
+        Ok(cluster.migration(id).await?.copy_deleted.then_some(()))
+    })
+    .await
+}
+
 /// When a fault hits a filtered migration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fault {
@@ -251,12 +273,7 @@ async fn a_destination_killed_while_the_source_follows_switches_once_back() -> R
 /// A filtered migration under writers with `fault`; it completes once the proxy is back,
 /// and nothing is lost, duplicated or left on a node that does not serve its slot.
 async fn filtered_with_fault(fault: Fault) -> Result<()> {
-    let spec = LocalSpec {
-        spare: 0,
-        proxy_args: ["--min-follow-ms", "3000"].map(String::from).to_vec(),
-        ..LocalSpec::default()
-    };
-    let mut cluster = LocalCluster::start(spec).await?;
+    let mut cluster = LocalCluster::start(following_at_least("3000")).await?;
     let view = cluster.view().await?;
     let (src, dst) = (view.nodes[0].proxy.clone(), view.nodes[1].proxy.clone());
     let (src_i, dst_i) = (cluster.proxy_index(&src)?, cluster.proxy_index(&dst)?);
@@ -273,14 +290,7 @@ async fn filtered_with_fault(fault: Fault) -> Result<()> {
         Fault::SourceMidSnapshot => {
             // The copy has begun (the destination's slots emptied): stop the destination's
             // node, so the snapshot's RESTOREs wait, then kill the source in the middle.
-            wait_for("the source to start copying", DEADLINE, || {
-                let (src, id) = (src.clone(), m.id.clone());
-                async move {
-                    let t = sluice_harness::migration::proxy_task(&src, &id).await?;
-                    Ok(t.filter(|t| t["progress"].get("cleared_at_destination").is_some()).map(|_| ()))
-                }
-            })
-            .await?;
+            wait_copy_begun(&src, &m.id).await?;
             cluster.nodes[dst_i].process().pause();
             let t = sluice_harness::migration::proxy_task(&src, &m.id).await?;
             eprintln!("source task when its destination's node stopped: {t:?}");
@@ -327,14 +337,9 @@ async fn filtered_with_fault(fault: Fault) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_aborted_copy_is_deleted_while_its_slots_move_into_another_node() -> Result<()> {
     use sluice_common::slot::key_slot;
-    let spec = LocalSpec {
-        spare: 0,
-        // Long enough to abort the first while it follows, and for X's node to come back
-        // while the second still imports.
-        proxy_args: ["--min-follow-ms", "8000"].map(String::from).to_vec(),
-        ..LocalSpec::default()
-    };
-    let mut cluster = LocalCluster::start(spec).await?;
+    // Long enough to abort the first while it follows, and for X's node to come back while
+    // the second still imports.
+    let mut cluster = LocalCluster::start(following_at_least("8000")).await?;
     let view = cluster.view().await?;
     let (src, x, y) = (view.nodes[0].proxy.clone(), view.nodes[1].proxy.clone(), view.nodes[2].proxy.clone());
     let x_i = cluster.proxy_index(&x)?;
@@ -370,12 +375,7 @@ async fn an_aborted_copy_is_deleted_while_its_slots_move_into_another_node() -> 
     left?;
     ensure!(still_importing, "the second migration was still importing when X's copy went (the case tested)");
     // The broker hears of it: a keys-mode import of those slots into X waits for that.
-    wait_for("the broker to record the first migration's copy deleted", Duration::from_secs(30), || {
-        let cluster = &cluster;
-        let id = first.id.clone();
-        async move { Ok(cluster.migration(&id).await?.copy_deleted.then_some(())) }
-    })
-    .await?;
+    wait_copy_deleted(&cluster, &first.id).await?;
     let end = second_watch.until_final(DEADLINE).await?;
     ensure!(end.phase == MigrationPhase::Done, "{end:?}");
     // X's node stopped for a moment: commands on its slots may have timed out meanwhile.
@@ -402,14 +402,7 @@ async fn restores_on_their_way_when_an_import_is_aborted_leave_nothing_behind() 
     let in_moving = |keys: Vec<String>| keys.into_iter().filter(|k| moving.contains(key_slot(k.as_bytes()))).count();
 
     let m = cluster.start_migration(&src, &dst, &[moving], MigrationMode::Filtered).await?;
-    wait_for("the source to start restoring", DEADLINE, || {
-        let (src, id) = (src.clone(), m.id.clone());
-        async move {
-            let t = sluice_harness::migration::proxy_task(&src, &id).await?;
-            Ok(t.filter(|t| t["progress"].get("cleared_at_destination").is_some()).map(|_| ()))
-        }
-    })
-    .await?;
+    wait_copy_begun(&src, &m.id).await?;
     cluster.nodes[dst_i].process().pause();
     let aborted = cluster.abort_migration(&m.id).await?;
     ensure!(aborted.as_ref().is_ok_and(|m| m.phase == MigrationPhase::Aborted), "abort: {aborted:?}");
@@ -417,12 +410,7 @@ async fn restores_on_their_way_when_an_import_is_aborted_leave_nothing_behind() 
     tokio::time::sleep(Duration::from_secs(2)).await;
     cluster.nodes[dst_i].process().resume();
 
-    wait_for("the source to report the copy deleted", Duration::from_secs(90), || {
-        let cluster = &cluster;
-        let id = m.id.clone();
-        async move { Ok(cluster.migration(&id).await?.copy_deleted.then_some(())) }
-    })
-    .await?;
+    wait_copy_deleted(&cluster, &m.id).await?;
     let left = in_moving(sluice_harness::migration::node_keys(&dst_node).await?);
     ensure!(left == 0, "the destination's node still holds {left} keys of {moving:?} after the copy was deleted");
     let options = sluice_harness::migration::CheckOptions { tolerate_client_errors: true, ..Default::default() };
