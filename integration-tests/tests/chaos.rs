@@ -50,7 +50,10 @@
 //! filtered import that ended before its switch left on its destination for good when the
 //! same slots went on to move into another node (`an_aborted_copy_is_deleted_while_its_slots_
 //! move_into_another_node` in `migration_filtered.rs`; keys mode into that destination now
-//! also waits until the copy is reported deleted).
+//! also waits until the copy is reported deleted), or when the destination's master node
+//! died before the deletion and its replica, holding the copy, took over
+//! (`an_aborted_import_s_copy_is_deleted_from_the_shard_s_new_master_after_a_failover` in
+//! `failover.rs`).
 
 use anyhow::Result;
 use sluice_common::model::MigrationPhase;

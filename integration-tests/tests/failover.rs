@@ -301,3 +301,51 @@ async fn a_shard_added_by_a_scale_out_with_replicas_fails_over_to_its_replica() 
     check_and_report(&cluster, &mut workload, &after, true, "scale-out replica failover").await?;
     Ok(())
 }
+
+/// A filtered import into a shard is aborted while the shard's master node is stopped (so
+/// its copy cannot be deleted there), and that node is then killed: the replica, which
+/// replicated the copy, becomes the master. The copy is deleted from the new master (the
+/// source deletes from the destination's shard as it is now, not from the node it copied
+/// into), and reported deleted; nothing is lost or left on a node that does not serve it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_import_s_copy_is_deleted_from_the_shard_s_new_master_after_a_failover() -> Result<()> {
+    use sluice_common::model::{MigrationMode, MigrationPhase};
+    use sluice_common::slot::key_slot;
+    use sluice_harness::migration::{node_keys, upper_half};
+    // The import follows until aborted.
+    let (mut cluster, view) = start_with_replicas(&["--min-follow-ms", "600000"]).await?;
+    let (src, dst) = (view.nodes[0].proxy.clone(), view.nodes[1].proxy.clone());
+    let (dst_node, replica) = (view.nodes[1].node.clone(), view.nodes[1].replicas[0].clone());
+    let moving = upper_half(&view, &src)?;
+    let in_moving = |keys: Vec<String>| keys.into_iter().filter(|k| moving.contains(key_slot(k.as_bytes()))).count();
+    let config = WorkloadConfig { prefill: true, ..WorkloadConfig::new(KEYS) };
+    let mut workload = Workload::start(config, &cluster.urls()).await?;
+
+    let m = cluster.start_migration(&src, &dst, &[moving], MigrationMode::Filtered).await?;
+    let mut watch = cluster.watch_migration(&m.id);
+    watch.until("following", Duration::from_secs(60), |m| m.phase >= MigrationPhase::Following).await?;
+    let copied = wait_for("the replica to hold the copy too", Duration::from_secs(30), || {
+        let node = replica.node.clone();
+        async move { Ok(Some(in_moving(node_keys(&node).await?)).filter(|&n| n > 0)) }
+    })
+    .await?;
+    let victim = cluster.nodes.iter().position(|n| n.addr() == dst_node).expect("the master's node");
+    cluster.nodes[victim].process().pause();
+    let aborted = cluster.abort_migration(&m.id).await?;
+    ensure!(aborted.as_ref().is_ok_and(|m| m.phase == MigrationPhase::Aborted), "abort: {aborted:?}");
+    let (_, after) = kill_master_node(&mut cluster, &dst_node, &replica.proxy).await?;
+    eprintln!("{copied} keys of {moving:?} copied; {} is the shard's master now", replica.proxy);
+
+    wait_for("the new master to hold no key of the moving slots", Duration::from_secs(90), || {
+        let node = replica.node.clone();
+        async move { Ok((in_moving(node_keys(&node).await?) == 0).then_some(())) }
+    })
+    .await?;
+    wait_for("the source to report the copy deleted", Duration::from_secs(60), || {
+        let (cluster, id) = (&cluster, m.id.clone());
+        async move { Ok(cluster.migration(&id).await?.copy_deleted.then_some(())) }
+    })
+    .await?;
+    wait_every_slot_served(&cluster.urls(), "after-failover", Duration::from_secs(60)).await?;
+    check_and_report(&cluster, &mut workload, &after, true, "aborted import, failover").await
+}

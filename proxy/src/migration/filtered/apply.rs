@@ -49,7 +49,7 @@ impl Applier {
     /// A connection to the destination's node; `offset`: where the stream starts (the
     /// snapshot's offset).
     /// Connects to the destination's node, the connection named `name` there
-    /// ([`super::copy_client_name`]), so a deletion of the copy can cut it off first.
+    /// (`sluice-copy-<migration id>`), so a deletion of the copy can cut it off first.
     pub async fn connect(shared: &Shared, node: &str, name: &str, offset: u64) -> Result<Applier, MigrationError> {
         let opts = ConnectOptions {
             protocol: Protocol::Resp2,

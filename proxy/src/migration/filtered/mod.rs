@@ -35,6 +35,7 @@ use crate::state::Shared;
 use apply::Applier;
 use bytes::Bytes;
 use filter::StreamFilter;
+use sluice_common::model::{ClusterView, NodeView};
 use sluice_common::resp::Frame;
 use sluice_common::slot::{key_slot, SLOT_COUNT};
 use sluice_rdb::{Event, LinkOptions, ReplicaLink};
@@ -89,15 +90,21 @@ pub async fn run_source(shared: Arc<Shared>, task: Arc<Task>) {
     if ended {
         // The destination deletes its copy itself, but it may be down now and back after the
         // migration left its config: delete it from here too (it never served those slots).
-        delete_copy(&shared, &task, &task.meta.dst_node).await;
+        delete_copy(&shared, &task).await;
     }
 }
 
-/// Deletes the copy of the moving slots from `node` (the destination's, or our own as the
-/// destination), retrying a while; logs the outcome.
-async fn delete_copy(shared: &Shared, task: &Task, node: &str) {
+/// Deletes the copy of the moving slots from the destination's shard (its master's node now,
+/// see [`destination_shard`]), retrying a while; logs the outcome.
+async fn delete_copy(shared: &Shared, task: &Task) {
     let moving = moving(task);
     for attempt in 1..=20u32 {
+        let node = {
+            let routes = shared.routes_full();
+            let shard = routes.cluster().and_then(|c| destination_shard(c, task));
+            shard.map_or_else(|| task.meta.dst_node.clone(), |n| n.node.clone())
+        };
+        let node = node.as_str();
         match clear_slots(shared, task, node, || not_imported_again(shared, task, &moving)).await {
             Ok(n) => {
                 tracing::info!(migration = %task.meta.id, node, keys = n, "filtered import ended before the switch: its copy deleted");
@@ -125,8 +132,8 @@ async fn delete_copy(shared: &Shared, task: &Task, node: &str) {
 fn not_imported_again(shared: &Shared, task: &Task, moving: &[bool]) -> Box<[bool]> {
     let mut still: Box<[bool]> = moving.into();
     let routes = shared.routes_full();
-    let Some(cluster) = routes.cluster() else { return still };
-    let imports = cluster.nodes.iter().filter(|n| n.node == task.meta.dst_node).flat_map(|n| &n.slots).filter(|a| {
+    let Some(shard) = routes.cluster().and_then(|c| destination_shard(c, task)) else { return still };
+    let imports = shard.slots.iter().filter(|a| {
         a.tag == Some(sluice_common::model::SlotTag::Importing) && a.migration.as_deref() != Some(task.meta.id.as_str())
     });
     for a in imports {
@@ -135,6 +142,15 @@ fn not_imported_again(shared: &Shared, task: &Task, moving: &[bool]) -> Box<[boo
         }
     }
     still
+}
+
+/// The destination's shard in the cluster now: the node whose proxy is the destination, or
+/// has it as a replica. After a failover the copy is on the promoted replica's node (it
+/// replicated it), which the shard names as its master; the destination's own node, if back,
+/// is a replica and takes no deletion. `None`: the destination is in no shard (free).
+fn destination_shard<'a>(cluster: &'a ClusterView, task: &Task) -> Option<&'a NodeView> {
+    let dst = task.meta.dst_proxy.as_str();
+    cluster.nodes.iter().find(|n| n.proxy == dst || n.replicas.iter().any(|r| r.proxy == dst))
 }
 
 async fn drive(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<(), MigrationError> {
@@ -508,7 +524,7 @@ pub async fn run_destination(shared: Arc<Shared>, task: Arc<Task>) {
     match task.wait_untagged().await {
         Stage::Gone if task.phase() < Phase::Switched => {
             // Ended before the switch: what the copy restored here is not ours to keep.
-            delete_copy(&shared, &task, &shared.opts.node).await;
+            delete_copy(&shared, &task).await;
             task.set_phase(Phase::Aborted);
         }
         Stage::Gone => {}
