@@ -177,6 +177,22 @@ impl ControlConn {
             other => other.map(|_| ()),
         }
     }
+
+    /// Closes every connection to the node named `name` (`CLIENT SETNAME`), as
+    /// [`ControlConn::kill_client`] does one.
+    pub async fn kill_clients_named(&self, name: &str) -> Result<(), NodeError> {
+        let list = self.call(&["CLIENT", "LIST", "TYPE", "normal"]).await?;
+        let text = list.as_bytes().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+        for line in text.lines() {
+            let field = |key: &str| line.split(' ').find_map(|f| f.strip_prefix(key));
+            if field("name=") == Some(name) {
+                if let Some(id) = field("id=").and_then(|id| id.parse().ok()) {
+                    self.kill_client(id).await?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A whole `SCAN` of a node, one step per [`KeyScan::next_batch`]: what the garbage

@@ -465,7 +465,7 @@ async fn clear_slots(
     doomed: impl Fn() -> Box<[bool]>,
 ) -> Result<u64, MigrationError> {
     let node = connect(shared, addr).await?;
-    kill_clients_named(&node, &copy_client_name(task)).await?;
+    node.kill_clients_named(&copy_client_name(task)).await?;
     let count = shared.opts.keys_scan_count.max(1).to_string();
     let mut cursor = "0".to_string();
     let mut deleted = 0u64;
@@ -486,23 +486,6 @@ async fn clear_slots(
         }
         cursor = next;
     }
-}
-
-/// Closes every connection of the node that is named `name` (`CLIENT SETNAME`); the node drops
-/// what they sent and it has not run yet.
-async fn kill_clients_named(node: &super::node::ControlConn, name: &str) -> Result<(), MigrationError> {
-    let list = node.call(&["CLIENT", "LIST", "TYPE", "normal"]).await?;
-    let text = list.as_bytes().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
-    for line in text.lines() {
-        let field = |key: &str| line.split(' ').find_map(|f| f.strip_prefix(key));
-        if let (Some(id), Some(n)) = (field("id="), field("name=")) {
-            if n == name {
-                // Gone already is fine: an error here only means there was nothing to close.
-                let _ = node.call(&["CLIENT", "KILL", "ID", id]).await;
-            }
-        }
-    }
-    Ok(())
 }
 
 // ---- the destination ----
