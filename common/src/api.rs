@@ -336,6 +336,14 @@ impl Migration {
     pub fn in_configs(&self) -> bool {
         !self.phase.is_final()
     }
+
+    /// A replication or filtered import that ended before its switch and whose copy at the
+    /// destination nobody has reported deleted yet ([`Migration::copy_deleted`]).
+    pub fn copy_may_remain(&self) -> bool {
+        self.mode.is_streamed()
+            && matches!(self.phase, MigrationPhase::Aborted | MigrationPhase::Failed)
+            && !self.copy_deleted
+    }
 }
 
 /// `GET /api/v1/clusters/{name}/migrations`, `GET /api/v1/migrations`.

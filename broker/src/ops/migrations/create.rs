@@ -234,11 +234,8 @@ impl Txn {
         }
         let overlaps = |slots: &[SlotRange]| slots.iter().any(|a| ranges.iter().any(|b| a.overlaps(b)));
         let collecting = self.state.migrations_of(cluster).map(|(_, m)| m).find(|m| {
-            let undeleted_copy = m.dst == req.dst
-                && m.mode.is_streamed()
-                && matches!(m.phase, MigrationPhase::Aborted | MigrationPhase::Failed)
-                && !m.copy_deleted
-                && (m.mode == MigrationMode::Replication || overlaps(&m.slots));
+            let undeleted_copy =
+                m.dst == req.dst && m.copy_may_remain() && (m.mode == MigrationMode::Replication || overlaps(&m.slots));
             undeleted_copy
                 || (m.in_configs()
                     && !m.is_tagged()
@@ -335,9 +332,15 @@ impl Txn {
         Ok(migration)
     }
 
+    /// Forgets the oldest ended migrations past [`RETAINED_ENDED_MIGRATIONS`], but never one
+    /// whose copy may remain at its destination: a keys-mode import checks it.
     fn prune_ended(&mut self, cluster: &str) {
-        let ended: Vec<u64> =
-            self.state.migrations_of(cluster).filter(|(_, m)| m.phase.is_final()).map(|(n, _)| *n).collect();
+        let ended: Vec<u64> = self
+            .state
+            .migrations_of(cluster)
+            .filter(|(_, m)| m.phase.is_final() && !m.copy_may_remain())
+            .map(|(n, _)| *n)
+            .collect();
         if ended.len() > RETAINED_ENDED_MIGRATIONS {
             for n in &ended[..ended.len() - RETAINED_ENDED_MIGRATIONS] {
                 self.state.migrations.remove(n);
@@ -576,5 +579,40 @@ mod tests {
         // Keys mode leaves no copy to report.
         let e = txn(&mut s, T0, |t| t.report_copy_deleted("shop", &m2.id)).expect_err("keys mode");
         assert_eq!(e.code, "conflict");
+    }
+
+    #[test]
+    fn an_ended_import_whose_copy_may_remain_is_never_pruned() {
+        let mut s = State::default();
+        register(&mut s, 6001..=6002);
+        let cluster = CreateCluster {
+            name: "shop".into(),
+            proxies: ProxySelection::Addresses(vec![addr(6001), addr(6002)]),
+            replicas: 0,
+        };
+        txn(&mut s, T0, |t| t.create_cluster(cluster)).expect("cluster");
+        let filtered = |slots: SlotRange| CreateMigration {
+            src: addr(6001),
+            dst: addr(6002),
+            slots: vec![slots],
+            mode: MigrationMode::Filtered,
+        };
+        let aborted = |s: &mut State, slots: SlotRange| {
+            let m = txn(s, T0, |t| t.create_migration("shop", filtered(slots))).expect("created");
+            txn(s, T0, |t| t.stop("shop", &m.id, Aborted, "aborted on request".into(), None)).expect("aborted");
+            m.id
+        };
+        // m-1's copy is never reported deleted; the next ones' are.
+        let first = aborted(&mut s, SlotRange::new(0, 100));
+        for _ in 0..crate::ops::RETAINED_ENDED_MIGRATIONS + 5 {
+            let id = aborted(&mut s, SlotRange::new(200, 300));
+            txn(&mut s, T0, |t| t.report_copy_deleted("shop", &id)).expect("copy deleted");
+        }
+        txn(&mut s, T0, |t| t.create_migration("shop", filtered(SlotRange::new(400, 500)))).expect("prunes");
+        assert!(s.migration("shop", &first).is_some(), "m-1 is kept: its copy may remain at 6002");
+        assert!(s.migration("shop", "m-2").is_none(), "the oldest ended migrations go");
+        let keys = CreateMigration { mode: MigrationMode::Keys, ..filtered(SlotRange::new(0, 100)) };
+        let e = txn(&mut s, T0, |t| t.create_migration("shop", keys)).expect_err("still refused");
+        assert!(e.message.contains(&first), "{}", e.message);
     }
 }
