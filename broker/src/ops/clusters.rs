@@ -163,7 +163,7 @@ impl Txn {
 mod tests {
     use crate::ops::testutil::*;
     use crate::state::State;
-    use sluice_common::api::{CreateCluster, FailoverRequest, ProxySelection};
+    use sluice_common::api::FailoverRequest;
     use sluice_common::model::MigrationPhase;
 
     fn epochs(s: &State) -> Vec<(String, u64)> {
@@ -211,14 +211,7 @@ mod tests {
 
     #[test]
     fn a_failover_gives_the_promoted_replica_the_greatest_epoch() {
-        let mut s = State::default();
-        register(&mut s, 6001..=6004);
-        let req = CreateCluster {
-            name: "shop".into(),
-            proxies: ProxySelection::Addresses(vec![addr(6001), addr(6002)]),
-            replicas: 1,
-        };
-        txn(&mut s, T0, |t| t.create_cluster(req)).expect("cluster");
+        let mut s = shop(6001..=6004, 1);
         assert_eq!(epochs(&s), vec![(addr(6001), 1), (addr(6002), 2)]);
         let failover = |master: u16| FailoverRequest {
             master: addr(master),

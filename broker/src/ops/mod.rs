@@ -133,17 +133,24 @@ mod testutil {
         }
     }
 
-    /// Cluster `shop` on 6001 and 6002, free 6003, and `m-1`: 6001 gives all its slots to 6002
-    /// (keys mode) or, with `to_free`, slots 0-100 to the free 6003 (replication).
-    pub(super) fn setup(to_free: bool) -> State {
+    /// Proxies registered on `ports` (from 6001), and cluster `shop` on 6001 and 6002 with
+    /// `replicas` replicas per shard.
+    pub(super) fn shop(ports: std::ops::RangeInclusive<u16>, replicas: u64) -> State {
         let mut s = State::default();
-        register(&mut s, 6001..=6003);
+        register(&mut s, ports);
         let req = CreateCluster {
             name: "shop".into(),
             proxies: ProxySelection::Addresses(vec![addr(6001), addr(6002)]),
-            replicas: 0,
+            replicas,
         };
         txn(&mut s, T0, |t| t.create_cluster(req)).expect("cluster");
+        s
+    }
+
+    /// Cluster `shop` on 6001 and 6002, free 6003, and `m-1`: 6001 gives all its slots to 6002
+    /// (keys mode) or, with `to_free`, slots 0-100 to the free 6003 (replication).
+    pub(super) fn setup(to_free: bool) -> State {
+        let mut s = shop(6001..=6003, 0);
         let req = if to_free {
             CreateMigration {
                 src: addr(6001),

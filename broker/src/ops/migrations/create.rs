@@ -457,7 +457,7 @@ fn replica_refused(side: &str, proxy: &str, master: &str) -> ApiError {
 mod tests {
     use crate::ops::testutil::*;
     use crate::state::State;
-    use sluice_common::api::{CreateCluster, CreateMigration, ProxySelection};
+    use sluice_common::api::CreateMigration;
     use sluice_common::model::MigrationPhase::*;
     use sluice_common::model::{MigrationMode, SlotRange};
 
@@ -532,14 +532,7 @@ mod tests {
 
     #[test]
     fn keys_mode_waits_until_the_copy_of_an_import_that_ended_before_its_switch_is_deleted() {
-        let mut s = State::default();
-        register(&mut s, 6001..=6003);
-        let cluster = CreateCluster {
-            name: "shop".into(),
-            proxies: ProxySelection::Addresses(vec![addr(6001), addr(6002)]),
-            replicas: 0,
-        };
-        txn(&mut s, T0, |t| t.create_cluster(cluster)).expect("cluster");
+        let mut s = shop(6001..=6003, 0);
         let req = |slots: SlotRange, mode: MigrationMode| CreateMigration {
             src: addr(6001),
             dst: addr(6002),
@@ -583,14 +576,7 @@ mod tests {
 
     #[test]
     fn an_ended_import_whose_copy_may_remain_is_never_pruned() {
-        let mut s = State::default();
-        register(&mut s, 6001..=6002);
-        let cluster = CreateCluster {
-            name: "shop".into(),
-            proxies: ProxySelection::Addresses(vec![addr(6001), addr(6002)]),
-            replicas: 0,
-        };
-        txn(&mut s, T0, |t| t.create_cluster(cluster)).expect("cluster");
+        let mut s = shop(6001..=6002, 0);
         let filtered = |slots: SlotRange| CreateMigration {
             src: addr(6001),
             dst: addr(6002),
