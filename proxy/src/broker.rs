@@ -48,20 +48,21 @@ impl Broker {
     /// `POST …/migrations/{id}/progress {"phase": "switched"}`.
     pub async fn report_switched(&self, cluster: &str, id: &str) -> Result<Migration, BrokerError> {
         let body = ProgressReport { phase: MigrationPhase::Switched, progress: None, error: None, at: None };
-        let mut req = self.http.post(self.url(cluster, id, "/progress")).json(&body);
-        if let Some(token) = &self.token {
-            req = req.bearer_auth(token);
-        }
-        answer(req.send().await).await
+        answer(self.post(cluster, id, "/progress").json(&body).send().await).await
     }
 
     /// `POST …/migrations/{id}/copy-deleted`.
     pub async fn report_copy_deleted(&self, cluster: &str, id: &str) -> Result<Migration, BrokerError> {
-        let mut req = self.http.post(self.url(cluster, id, "/copy-deleted"));
-        if let Some(token) = &self.token {
-            req = req.bearer_auth(token);
+        answer(self.post(cluster, id, "/copy-deleted").send().await).await
+    }
+
+    /// A `POST` to `…/migrations/{id}{rest}`, with the API token when there is one.
+    fn post(&self, cluster: &str, id: &str, rest: &str) -> reqwest::RequestBuilder {
+        let req = self.http.post(self.url(cluster, id, rest));
+        match &self.token {
+            Some(token) => req.bearer_auth(token),
+            None => req,
         }
-        answer(req.send().await).await
     }
 }
 

@@ -440,10 +440,7 @@ pub async fn report_copy_deleted(shared: &Shared, task: &Task) {
             }
             Err(e) => {
                 tracing::warn!(migration = %task.meta.id, attempt, error = %e, "cannot report the deleted copy yet");
-                tokio::time::sleep(
-                    (std::time::Duration::from_millis(250) * attempt).min(std::time::Duration::from_secs(3)),
-                )
-                .await;
+                tokio::time::sleep((Duration::from_millis(250) * attempt).min(Duration::from_secs(3))).await;
             }
         }
     }
